@@ -1,0 +1,806 @@
+//! The MultiRaft actor: every Raft group of the node, driven in rounds.
+//!
+//! # A round
+//!
+//! Handlers (proposals, raft messages, ticks, callbacks) only mark groups *dirty* and schedule a
+//! round. A round then, for every dirty group with a `Ready`:
+//!
+//! 1. sends the leader's messages;
+//! 2. stages the snapshot, the new entries and the hard state into **one** sled batch;
+//! 3. hands the committed entries over as events;
+//!
+//! writes the batch and makes it durable with **one** sync for all groups; then sends the
+//! persisted messages, calls `advance_append`, persists the commit index of the `LightReady`,
+//! and gives the Store **one** [`Events`] message. That is contracts 2 and 3 of DESIGN.md.
+//!
+//! # Never blocking on the Store
+//!
+//! Events go to the Store with `try_send`. When its mailbox is full they wait here, in order, in
+//! an outbox retried every round and tick. When the committed work the Store has not yet applied
+//! passes `max_unapplied_entries`, new proposals are refused with `BUSY` instead of queueing
+//! without end (contract 1).
+//!
+//! # Membership changes
+//!
+//! When a conf change entry is handed over, the group waits for the Store's [`ChangeApplied`]
+//! callback; proposals that arrive meanwhile are held in order and re-proposed once the change
+//! is applied, under the new configuration (contract 4).
+
+use crate::codec;
+use crate::ids::{NodeId, ProposalId, RangeId, ReadId};
+use crate::messages::*;
+use crate::storage::{Engine, RangeStorage, StorageError};
+use crate::transport::Transport;
+use actix::prelude::*;
+use protobuf::Message as ProtoMessage;
+use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, MessageType, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How MultiRaft runs its groups.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    pub tick_interval: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Committed entries handed to the Store but not yet applied, past which proposals get BUSY.
+    pub max_unapplied_entries: u64,
+    pub max_size_per_msg: u64,
+    pub max_inflight_msgs: usize,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_unapplied_entries: 20_000,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+        }
+    }
+}
+
+/// Counters a test or `INFO` can read while the node runs.
+#[derive(Debug, Default)]
+pub struct RaftMetrics {
+    pub rounds: AtomicU64,
+    pub syncs: AtomicU64,
+    pub proposals_held: AtomicU64,
+    pub proposals_busy: AtomicU64,
+    pub events_deferred: AtomicU64,
+}
+
+/// Ticks a read may wait for its read index before it is asked again (raft drops read requests
+/// silently when the leader is unknown or has not committed in its term).
+const READ_RETRY_TICKS: u64 = 3;
+
+struct PendingRead {
+    context: u64,
+    reads: Vec<ReadId>,
+    issued_tick: u64,
+}
+
+/// One range's raft group on this node.
+struct Group {
+    node: RawNode<RangeStorage>,
+    /// Index of a conf change handed to the Store whose callback has not come back.
+    awaiting_callback: Option<u64>,
+    /// Proposals that arrived while awaiting the callback, in arrival order.
+    held: VecDeque<(ProposalId, ProposalPayload)>,
+    /// Reads to ask a read index for in the next round.
+    new_reads: Vec<ReadId>,
+    reads_in_flight: Vec<PendingRead>,
+    /// Last index handed to the Store, and last index it reported applied.
+    handed: u64,
+    applied: u64,
+    leader: u64,
+    snapshot_requested: bool,
+}
+
+/// Runs every Raft group of the node. See the module documentation.
+pub struct MultiRaft {
+    node: NodeId,
+    engine: Arc<Engine>,
+    settings: RaftSettings,
+    groups: BTreeMap<RangeId, Group>,
+    dirty: BTreeSet<RangeId>,
+    round_scheduled: bool,
+    store: Recipient<Events>,
+    myself: Option<Recipient<ChangeApplied>>,
+    transport: Box<dyn Transport>,
+    /// Events produced outside a round (refused proposals), sent with the next round's.
+    events: Vec<Event>,
+    /// Event batches the Store's mailbox could not take yet, oldest first.
+    outbox: VecDeque<Events>,
+    /// Writes produced outside a round (conf states), written with the next round's batch.
+    staged: sled::Batch,
+    staged_any: bool,
+    unapplied: u64,
+    ticks: u64,
+    next_read_context: u64,
+    logger: slog::Logger,
+    metrics: Arc<RaftMetrics>,
+}
+
+/// Runs a round once the handlers queued so far have run.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RunRound;
+
+impl MultiRaft {
+    /// Loads every range stored in `engine` and prepares its raft group.
+    pub fn load(
+        node: NodeId,
+        engine: Arc<Engine>,
+        settings: RaftSettings,
+        store: Recipient<Events>,
+        transport: Box<dyn Transport>,
+        metrics: Arc<RaftMetrics>,
+    ) -> Result<MultiRaft, StorageError> {
+        let logger = slog::Logger::root(
+            slog::Drain::fuse(slog_stdlog::StdLog),
+            slog::o!("node" => node.0),
+        );
+        let mut mr = MultiRaft {
+            node,
+            engine: engine.clone(),
+            settings,
+            groups: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            round_scheduled: false,
+            store,
+            myself: None,
+            transport,
+            events: Vec::new(),
+            outbox: VecDeque::new(),
+            staged: sled::Batch::default(),
+            staged_any: false,
+            unapplied: 0,
+            ticks: 0,
+            next_read_context: 1,
+            logger,
+            metrics,
+        };
+        for d in engine.descriptors()? {
+            mr.open_group(d.id)?;
+        }
+        Ok(mr)
+    }
+
+    fn raft_config(&self, applied: u64) -> raft::Config {
+        raft::Config {
+            id: self.node.0,
+            election_tick: self.settings.election_ticks,
+            heartbeat_tick: self.settings.heartbeat_ticks,
+            applied,
+            max_size_per_msg: self.settings.max_size_per_msg,
+            max_inflight_msgs: self.settings.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the group of a range from what is stored (possibly nothing: a new replica).
+    fn open_group(&mut self, range: RangeId) -> Result<(), StorageError> {
+        let mut storage = RangeStorage::load(self.engine.clone(), range)?;
+        let applied = self.engine.applied(range)?.index;
+        // The commit index is persisted lazily (LightReady); applied entries were committed.
+        if storage.hard_state().commit < applied {
+            let mut batch = sled::Batch::default();
+            storage.stage_commit(applied, &mut batch);
+            self.engine.write(batch)?;
+        }
+        let conf_index = storage.conf_index();
+        let mut node = RawNode::new(&self.raft_config(applied), storage, &self.logger)
+            .map_err(|e| StorageError::Corrupt {
+                what: format!("raft state of {range}"),
+                detail: e.to_string(),
+            })?;
+        // A conf change the Store applied just before a crash, whose new conf state MultiRaft
+        // had not yet written: apply it again, as the callback would have.
+        if applied > conf_index {
+            let entries = self.engine.log_entries(range)?;
+            let mut batch = sled::Batch::default();
+            for e in entries
+                .iter()
+                .filter(|e| e.index > conf_index && e.index <= applied)
+            {
+                if let Some(cc) = conf_change_of(e) {
+                    if let Ok(cs) = node.apply_conf_change(&cc) {
+                        node.mut_store().stage_conf_state(cs, e.index, &mut batch);
+                    }
+                }
+            }
+            self.engine.write(batch)?;
+        }
+        self.groups.insert(
+            range,
+            Group {
+                node,
+                awaiting_callback: None,
+                held: VecDeque::new(),
+                new_reads: Vec::new(),
+                reads_in_flight: Vec::new(),
+                handed: applied,
+                applied,
+                leader: 0,
+                snapshot_requested: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn schedule_round(&mut self, ctx: &mut Context<Self>) {
+        if !self.round_scheduled {
+            self.round_scheduled = true;
+            ctx.notify(RunRound);
+        }
+    }
+
+    fn mark_dirty(&mut self, range: RangeId, ctx: &mut Context<Self>) {
+        self.dirty.insert(range);
+        self.schedule_round(ctx);
+    }
+
+    /// Proposes now, or holds the proposal while the group awaits a membership callback.
+    fn propose(&mut self, range: RangeId, proposal: ProposalId, payload: ProposalPayload) {
+        let Some(g) = self.groups.get_mut(&range) else {
+            self.events.push(Event::ProposalFailed {
+                proposal,
+                error: ProposeError::RangeNotFound(range),
+            });
+            return;
+        };
+        if g.awaiting_callback.is_some() {
+            g.held.push_back((proposal, payload));
+            self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let result = match payload {
+            ProposalPayload::Command(data) => g.node.propose(proposal.to_context(), data),
+            ProposalPayload::ChangeReplicas(cc) => {
+                if g.node.raft.state == StateRole::Leader && g.node.raft.has_pending_conf() {
+                    self.events.push(Event::ProposalFailed {
+                        proposal,
+                        error: ProposeError::ChangeInProgress(range),
+                    });
+                    return;
+                } else {
+                    g.node.propose_conf_change(proposal.to_context(), cc)
+                }
+            }
+        };
+        match result {
+            Ok(()) => {}
+            Err(raft::Error::ProposalDropped) => self.events.push(Event::ProposalFailed {
+                proposal,
+                error: ProposeError::NoLeader(range),
+            }),
+            Err(e) => self.events.push(Event::ProposalFailed {
+                proposal,
+                error: ProposeError::InvalidChange(range, e.to_string()),
+            }),
+        }
+    }
+
+    /// Gives the Store the events kept back, then `events`, never waiting.
+    fn hand_to_store(&mut self, events: Vec<Event>) {
+        if !events.is_empty() {
+            self.outbox.push_back(Events(events));
+        }
+        while let Some(batch) = self.outbox.pop_front() {
+            match self.store.try_send(batch) {
+                Ok(()) => {}
+                Err(SendError::Full(batch)) => {
+                    self.outbox.push_front(batch);
+                    self.metrics.events_deferred.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(SendError::Closed(_)) => {
+                    log::warn!("{}: store stopped; dropping events", self.node);
+                    self.outbox.clear();
+                    break;
+                }
+            }
+        }
+    }
+
+    fn send_batches(&mut self, out: BTreeMap<NodeId, Vec<(RangeId, raft::prelude::Message)>>) {
+        for (to, messages) in out {
+            let snapshots: Vec<(RangeId, u64)> = messages
+                .iter()
+                .filter(|(_, m)| m.get_msg_type() == MessageType::MsgSnapshot)
+                .map(|(r, m)| (*r, m.to))
+                .collect();
+            let ranges: Vec<(RangeId, u64)> = messages.iter().map(|(r, m)| (*r, m.to)).collect();
+            let batch = RaftBatch {
+                from: self.node,
+                to,
+                messages,
+            };
+            let sent = self.transport.send(batch).is_ok();
+            if !sent {
+                for (range, peer) in ranges {
+                    if let Some(g) = self.groups.get_mut(&range) {
+                        g.node.report_unreachable(peer);
+                    }
+                }
+            }
+            // Snapshots travel whole in one batch: handing it over is all raft waits for.
+            let status = if sent {
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            for (range, peer) in snapshots {
+                if let Some(g) = self.groups.get_mut(&range) {
+                    g.node.report_snapshot(peer, status);
+                }
+            }
+        }
+    }
+
+    /// One round over every dirty group (see the module documentation).
+    fn run_round(&mut self) {
+        self.round_scheduled = false;
+        self.metrics.rounds.fetch_add(1, Ordering::Relaxed);
+        let mut batch = std::mem::take(&mut self.staged);
+        let mut must_write = std::mem::take(&mut self.staged_any);
+        let mut events = std::mem::take(&mut self.events);
+        let mut leader_msgs: BTreeMap<NodeId, Vec<_>> = BTreeMap::new();
+        let mut readies = Vec::new();
+        let mut retry = BTreeSet::new();
+        let myself = self.myself.clone().expect("MultiRaft started");
+
+        for range in std::mem::take(&mut self.dirty) {
+            let Some(g) = self.groups.get_mut(&range) else {
+                continue;
+            };
+            if !g.new_reads.is_empty() {
+                let context = self.next_read_context;
+                self.next_read_context += 1;
+                g.node.read_index(context.to_be_bytes().to_vec());
+                g.reads_in_flight.push(PendingRead {
+                    context,
+                    reads: std::mem::take(&mut g.new_reads),
+                    issued_tick: self.ticks,
+                });
+            }
+            if g.node.store().take_snapshot_request() && !g.snapshot_requested {
+                g.snapshot_requested = true;
+                events.push(Event::SnapshotRequested { range });
+            }
+            if !g.node.has_ready() {
+                continue;
+            }
+            // A snapshot replaces the range's data: install it only once the Store has applied
+            // everything handed to it, so no older entry is applied on top of it.
+            if g.node.raft.raft_log.unstable_snapshot().is_some() && g.applied < g.handed {
+                retry.insert(range);
+                continue;
+            }
+            let mut rd = g.node.ready();
+            for m in rd.take_messages() {
+                leader_msgs.entry(NodeId(m.to)).or_default().push((range, m));
+            }
+            if let Some(ss) = rd.ss() {
+                if ss.leader_id != g.leader {
+                    g.leader = ss.leader_id;
+                    if ss.leader_id != 0 {
+                        events.push(Event::LeaderElected {
+                            range,
+                            term: g.node.raft.term,
+                            leader: NodeId(ss.leader_id),
+                        });
+                    }
+                }
+            }
+            let mut snapshot_index = None;
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot().clone();
+                match g.node.mut_store().stage_snapshot(&snap, &mut batch) {
+                    Ok(descriptor) => {
+                        let m = snap.get_metadata();
+                        g.handed = m.index;
+                        g.applied = m.index;
+                        snapshot_index = Some(m.index);
+                        events.push(Event::SnapshotInstalled {
+                            range,
+                            index: m.index,
+                            term: m.term,
+                            descriptor,
+                        });
+                        must_write = true;
+                    }
+                    Err(e) => panic!("multiraft: {range}: cannot install snapshot: {e}"),
+                }
+            }
+            let committed = rd.take_committed_entries();
+            hand_over(range, g, committed, &mut events, &mut self.unapplied, &myself);
+            if !rd.entries().is_empty() {
+                g.node.mut_store().stage_entries(rd.entries(), &mut batch);
+                must_write = true;
+            }
+            if let Some(hs) = rd.hs() {
+                g.node.mut_store().stage_hard_state(hs.clone(), &mut batch);
+                must_write = true;
+            }
+            for rs in rd.take_read_states() {
+                let context = read_context(&rs.request_ctx);
+                if let Some(pos) = g.reads_in_flight.iter().position(|p| Some(p.context) == context) {
+                    let p = g.reads_in_flight.remove(pos);
+                    events.push(Event::ReadReady {
+                        range,
+                        index: rs.index,
+                        reads: p.reads,
+                    });
+                }
+            }
+            readies.push((range, rd, snapshot_index));
+        }
+
+        self.send_batches(leader_msgs);
+        if must_write {
+            let durable = self.engine.write(batch).and_then(|()| self.engine.sync());
+            if let Err(e) = durable {
+                // Nothing can be acknowledged without durable storage; stopping is the only
+                // safe answer (etcd and TiKV do the same).
+                panic!("multiraft: {}: storage failed: {e}", self.node);
+            }
+            self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+
+        let mut commit_batch = sled::Batch::default();
+        let mut commit_changed = false;
+        let mut late_msgs: BTreeMap<NodeId, Vec<_>> = BTreeMap::new();
+        for (range, mut rd, snapshot_index) in readies {
+            let g = self.groups.get_mut(&range).expect("group of a ready");
+            for m in rd.take_persisted_messages() {
+                late_msgs.entry(NodeId(m.to)).or_default().push((range, m));
+            }
+            let mut light = g.node.advance_append(rd);
+            if let Some(index) = snapshot_index {
+                g.node.advance_apply_to(index);
+            }
+            if let Some(commit) = light.commit_index() {
+                g.node.mut_store().stage_commit(commit, &mut commit_batch);
+                commit_changed = true;
+            }
+            for m in light.take_messages() {
+                late_msgs.entry(NodeId(m.to)).or_default().push((range, m));
+            }
+            let committed = light.take_committed_entries();
+            hand_over(range, g, committed, &mut events, &mut self.unapplied, &myself);
+            if g.node.has_ready() {
+                self.dirty.insert(range);
+            }
+        }
+        if commit_changed {
+            // Durable with the next sync; on restart a commit index behind the applied index is
+            // raised to it (see `open_group`).
+            if let Err(e) = self.engine.write(commit_batch) {
+                panic!("multiraft: {}: storage failed: {e}", self.node);
+            }
+        }
+        self.send_batches(late_msgs);
+        self.hand_to_store(events);
+        self.dirty.extend(retry);
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        for (range, g) in self.groups.iter_mut() {
+            let mut dirty = g.node.tick();
+            for p in g.reads_in_flight.iter_mut() {
+                if self.ticks - p.issued_tick >= READ_RETRY_TICKS {
+                    g.new_reads.append(&mut p.reads);
+                }
+            }
+            g.reads_in_flight.retain(|p| !p.reads.is_empty());
+            dirty |= !g.new_reads.is_empty();
+            if dirty {
+                self.dirty.insert(*range);
+            }
+        }
+    }
+
+    fn status(&self) -> Vec<RaftStatus> {
+        self.groups
+            .iter()
+            .map(|(range, g)| {
+                let cs = g.node.store().conf_state();
+                RaftStatus {
+                    range: *range,
+                    leader: (g.node.raft.leader_id != 0).then_some(NodeId(g.node.raft.leader_id)),
+                    term: g.node.raft.term,
+                    commit: g.node.raft.raft_log.committed,
+                    applied: g.applied,
+                    voters: cs.voters.iter().map(|&n| NodeId(n)).collect(),
+                    learners: cs.learners.iter().map(|&n| NodeId(n)).collect(),
+                    awaiting_callback: g.awaiting_callback.is_some(),
+                    held_proposals: g.held.len(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The membership change a log entry carries, if any. A `ConfChangeV2` entry with empty data is
+/// the leader leaving a joint configuration: a change all the same (contract 4).
+fn conf_change_of(e: &Entry) -> Option<ConfChangeV2> {
+    match e.get_entry_type() {
+        EntryType::EntryNormal => None,
+        EntryType::EntryConfChange => {
+            let mut cc = ConfChange::default();
+            cc.merge_from_bytes(&e.data).ok()?;
+            Some(raft_proto::ConfChangeI::into_v2(cc))
+        }
+        EntryType::EntryConfChangeV2 => {
+            let mut cc = ConfChangeV2::default();
+            cc.merge_from_bytes(&e.data).ok()?;
+            Some(cc)
+        }
+    }
+}
+
+fn read_context(bytes: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = bytes.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+/// Turns committed entries into events for the Store.
+fn hand_over(
+    range: RangeId,
+    g: &mut Group,
+    entries: Vec<Entry>,
+    events: &mut Vec<Event>,
+    unapplied: &mut u64,
+    myself: &Recipient<ChangeApplied>,
+) {
+    for e in entries {
+        if e.index <= g.handed {
+            continue;
+        }
+        *unapplied += e.index - g.handed;
+        g.handed = e.index;
+        let proposal = ProposalId::from_context(&e.context);
+        if e.get_entry_type() == EntryType::EntryNormal {
+            let command = if e.data.is_empty() {
+                None
+            } else {
+                match codec::decode(&e.data) {
+                    Ok(c) => Some(c),
+                    Err(err) => {
+                        log::error!("{range}: entry {} is not a command ({err}); skipped", e.index);
+                        None
+                    }
+                }
+            };
+            events.push(Event::CommandCommitted {
+                range,
+                index: e.index,
+                term: e.term,
+                proposal,
+                command,
+            });
+            continue;
+        }
+        let change = conf_change_of(&e).unwrap_or_else(|| {
+            log::error!("{range}: entry {} is a malformed conf change; treated as empty", e.index);
+            ConfChangeV2::default()
+        });
+        g.awaiting_callback = Some(e.index);
+        events.push(Event::MembershipChangeCommitted {
+            range,
+            index: e.index,
+            term: e.term,
+            proposal,
+            change: change.clone(),
+            callback: ChangeCallback::new(range, e.index, change, myself.clone()),
+        });
+    }
+}
+
+impl Actor for MultiRaft {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.myself = Some(ctx.address().recipient());
+        ctx.run_interval(self.settings.tick_interval, |mr, ctx| {
+            mr.on_tick();
+            // Events the Store could not take yet are retried even when no group is busy.
+            if !mr.dirty.is_empty() || !mr.outbox.is_empty() {
+                mr.schedule_round(ctx);
+            }
+        });
+        // Single-replica ranges elect themselves at once instead of after an election timeout.
+        for g in self.groups.values_mut() {
+            let cs = g.node.store().conf_state();
+            if cs.voters == [self.node.0] && cs.voters_outgoing.is_empty() {
+                let _ = g.node.campaign();
+            }
+        }
+        self.dirty.extend(self.groups.keys().copied());
+        self.schedule_round(ctx);
+    }
+}
+
+impl Handler<RunRound> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, _: RunRound, ctx: &mut Context<Self>) {
+        self.run_round();
+        if !self.dirty.is_empty() || !self.events.is_empty() {
+            self.schedule_round(ctx);
+        }
+    }
+}
+
+impl Handler<Propose> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, msg: Propose, ctx: &mut Context<Self>) {
+        if self.unapplied > self.settings.max_unapplied_entries {
+            self.metrics.proposals_busy.fetch_add(1, Ordering::Relaxed);
+            self.events.push(Event::ProposalFailed {
+                proposal: msg.proposal,
+                error: ProposeError::Busy,
+            });
+        } else {
+            self.propose(msg.range, msg.proposal, msg.payload);
+            self.dirty.insert(msg.range);
+        }
+        self.schedule_round(ctx);
+    }
+}
+
+impl Handler<ReadIndex> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, msg: ReadIndex, ctx: &mut Context<Self>) {
+        match self.groups.get_mut(&msg.range) {
+            Some(g) => {
+                g.new_reads.push(msg.read);
+                self.dirty.insert(msg.range);
+            }
+            None => self.events.push(Event::ReadsFailed {
+                reads: vec![msg.read],
+                error: ProposeError::RangeNotFound(msg.range),
+            }),
+        }
+        self.schedule_round(ctx);
+    }
+}
+
+impl Handler<Applied> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, msg: Applied, ctx: &mut Context<Self>) {
+        for (range, index) in msg.ranges {
+            let Some(g) = self.groups.get_mut(&range) else {
+                continue;
+            };
+            if index <= g.applied {
+                continue;
+            }
+            self.unapplied = self.unapplied.saturating_sub(index - g.applied);
+            g.applied = index;
+            if index > g.node.raft.raft_log.applied {
+                g.node.advance_apply_to(index);
+            }
+            // Applying may let a leader leave a joint configuration, or unblock a snapshot.
+            self.dirty.insert(range);
+        }
+        self.schedule_round(ctx);
+    }
+}
+
+impl Handler<ChangeApplied> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, msg: ChangeApplied, ctx: &mut Context<Self>) {
+        let Some(g) = self.groups.get_mut(&msg.range) else {
+            return;
+        };
+        match g.node.apply_conf_change(&msg.change) {
+            Ok(cs) => {
+                g.node
+                    .mut_store()
+                    .stage_conf_state(cs, msg.index, &mut self.staged);
+                self.staged_any = true;
+            }
+            Err(e) => log::warn!(
+                "{}: {}: membership change at {} aborted: {e}",
+                self.node,
+                msg.range,
+                msg.index
+            ),
+        }
+        if g.awaiting_callback == Some(msg.index) {
+            g.awaiting_callback = None;
+        }
+        let held = std::mem::take(&mut g.held);
+        for (proposal, payload) in held {
+            self.propose(msg.range, proposal, payload);
+        }
+        self.mark_dirty(msg.range, ctx);
+    }
+}
+
+impl Handler<SnapshotGenerated> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, mut msg: SnapshotGenerated, ctx: &mut Context<Self>) {
+        let Some(g) = self.groups.get_mut(&msg.range) else {
+            return;
+        };
+        // Callbacks of every change up to the snapshot's index came before this message (one
+        // mailbox, in order), so the conf state now is the one as of that index.
+        let cs = g.node.store().conf_state().clone();
+        msg.snapshot.mut_metadata().set_conf_state(cs);
+        g.node.mut_store().set_snapshot(msg.snapshot);
+        g.snapshot_requested = false;
+        self.mark_dirty(msg.range, ctx);
+    }
+}
+
+impl Handler<RaftBatch> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, batch: RaftBatch, ctx: &mut Context<Self>) {
+        if batch.to != self.node {
+            log::warn!("{}: dropping a raft batch addressed to {}", self.node, batch.to);
+            return;
+        }
+        for (range, m) in batch.messages {
+            if m.to != self.node.0 {
+                continue;
+            }
+            if !self.groups.contains_key(&range) {
+                // A replica added to this node: created empty, filled by a snapshot.
+                if !matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+                ) {
+                    continue;
+                }
+                if let Err(e) = self.open_group(range) {
+                    log::error!("{}: cannot create replica of {range}: {e}", self.node);
+                    continue;
+                }
+            }
+            let g = self.groups.get_mut(&range).expect("group just checked");
+            if let Err(e) = g.node.step(m) {
+                log::debug!("{}: {range}: step: {e}", self.node);
+            }
+            self.dirty.insert(range);
+        }
+        self.schedule_round(ctx);
+    }
+}
+
+impl Handler<TransferLeader> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, msg: TransferLeader, ctx: &mut Context<Self>) {
+        if let Some(g) = self.groups.get_mut(&msg.range) {
+            g.node.transfer_leader(msg.to.0);
+            self.mark_dirty(msg.range, ctx);
+        }
+    }
+}
+
+impl Handler<GetRaftStatus> for MultiRaft {
+    type Result = MessageResult<GetRaftStatus>;
+    fn handle(&mut self, _: GetRaftStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status())
+    }
+}
+
+/// Builds the snapshot a [`SnapshotGenerated`] carries (data, index and term; the conf state is
+/// added by MultiRaft).
+pub fn snapshot_of(index: u64, term: u64, data: Vec<u8>) -> Snapshot {
+    let mut s = Snapshot::default();
+    s.mut_metadata().index = index;
+    s.mut_metadata().term = term;
+    s.data = data.into();
+    s
+}

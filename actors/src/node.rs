@@ -1,0 +1,122 @@
+//! Starting a node: its sled database, its MultiRaft and Store actors, each on its own thread
+//! (an arbiter), wired to each other and to a transport.
+
+use crate::ids::{NodeId, RangeId};
+use crate::multiraft::{MultiRaft, RaftMetrics, RaftSettings};
+use crate::storage::{Engine, RangeDescriptor, StorageError};
+use crate::store::{Store, StoreSettings};
+use crate::transport::Transport;
+use actix::dev::channel;
+use actix::prelude::*;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// MultiRaft's mailbox bound for `send`; everything reaches it by `do_send`, which ignores it.
+const RAFT_MAILBOX: usize = 1024;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    pub node: NodeId,
+    pub data_dir: PathBuf,
+    /// Keys at which the key space is cut into the initial ranges (used when the data
+    /// directory is new; afterwards the stored range descriptors rule).
+    pub split_keys: Vec<Vec<u8>>,
+    /// The nodes that replicate every initial range.
+    pub initial_members: Vec<NodeId>,
+    /// sled's cache size.
+    pub cache_bytes: u64,
+    pub raft: RaftSettings,
+    pub store: StoreSettings,
+}
+
+/// A running node.
+pub struct Node {
+    pub id: NodeId,
+    pub store: Addr<Store>,
+    pub multiraft: Addr<MultiRaft>,
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<RaftMetrics>,
+    arbiters: Vec<Arbiter>,
+}
+
+/// The initial ranges: `[""; k1)`, `[k1; k2)`, …, `[kn; ∞)`, numbered from 1.
+pub fn initial_ranges(split_keys: &[Vec<u8>], members: &[NodeId]) -> Vec<RangeDescriptor> {
+    let mut bounds = vec![Vec::new()];
+    bounds.extend(split_keys.iter().cloned());
+    bounds.push(Vec::new());
+    bounds
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| RangeDescriptor {
+            id: RangeId(i as u64 + 1),
+            start_key: w[0].clone(),
+            end_key: w[1].clone(),
+            replicas: members.to_vec(),
+        })
+        .collect()
+}
+
+impl Node {
+    /// Opens the data directory (bootstrapping it when new), loads every range and starts the
+    /// actors. The caller connects `transport`'s other end to [`Node::multiraft`].
+    pub fn start(settings: NodeSettings, transport: Box<dyn Transport>) -> Result<Node, StorageError> {
+        let engine = Engine::open(&settings.data_dir, settings.cache_bytes)?;
+        if !engine.is_bootstrapped()? && settings.initial_members.contains(&settings.node) {
+            let mut batch = sled::Batch::default();
+            for d in initial_ranges(&settings.split_keys, &settings.initial_members) {
+                engine.bootstrap_range(&d, &mut batch)?;
+            }
+            engine.write(batch)?;
+            engine.sync()?;
+        }
+        let metrics = Arc::new(RaftMetrics::default());
+        // Addresses first, actors second, so each can be given the other's address; each
+        // actor then starts on its own thread from its receiving end.
+        let (raft_tx, raft_rx) = channel::channel::<MultiRaft>(RAFT_MAILBOX);
+        let (store_tx, store_rx) = channel::channel::<Store>(settings.store.mailbox_capacity);
+        let raft_addr = Addr::new(raft_tx);
+        let store_addr = Addr::new(store_tx);
+        let multiraft = MultiRaft::load(
+            settings.node,
+            engine.clone(),
+            settings.raft.clone(),
+            store_addr.clone().recipient(),
+            transport,
+            metrics.clone(),
+        )?;
+        let store = Store::load(
+            settings.node,
+            rand::random(),
+            engine.clone(),
+            raft_addr.clone(),
+            settings.store.clone(),
+        )?;
+        let raft_arbiter = Arbiter::new();
+        let store_arbiter = Arbiter::new();
+        raft_arbiter.spawn_fn(move || {
+            Context::with_receiver(raft_rx).run(multiraft);
+        });
+        store_arbiter.spawn_fn(move || {
+            Context::with_receiver(store_rx).run(store);
+        });
+        Ok(Node {
+            id: settings.node,
+            store: store_addr,
+            multiraft: raft_addr,
+            engine,
+            metrics,
+            arbiters: vec![raft_arbiter, store_arbiter],
+        })
+    }
+
+    /// Stops the actors and waits for their threads, releasing the data directory.
+    pub fn stop(self) {
+        for a in &self.arbiters {
+            a.stop();
+        }
+        for a in self.arbiters {
+            let _ = a.join();
+        }
+    }
+}

@@ -1,0 +1,843 @@
+//! Raft storage and the state machine's data on sled.
+//!
+//! One sled `Db` per node and one tree for everything that must change atomically (see the
+//! layout in DESIGN.md). [`Engine`] owns the tree and knows how to make a write durable;
+//! [`RangeStorage`] is one range's raft log and state, implementing raft-rs's [`Storage`].
+//!
+//! # Key layout (big-endian)
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `'r' · range · 'l' · index` | raft log entry (protobuf) |
+//! | `'r' · range · 'h'` | hard state (protobuf) |
+//! | `'r' · range · 'c'` | index of the change that made it, conf state (protobuf) |
+//! | `'r' · range · 't'` | truncated index and term |
+//! | `'r' · range · 'a'` | applied index and term |
+//! | `'r' · range · 'd'` | range descriptor (bincode) |
+//! | `'k' · user key` | user value |
+//!
+//! The leading `'r'`/`'k'` keeps raft state and user data apart whatever the range id.
+//!
+//! # Durability
+//!
+//! sled's `flush()` ends in `sync_file_range`, which does not empty the device's write cache,
+//! and large values live in `blobs/` files that sled writes without any sync. [`Engine::sync`]
+//! therefore follows `flush()` with `fdatasync` on the `db` file and `fsync` on every blob file
+//! not yet synced (and the blob directory), which is what contract 6 needs.
+
+use crate::codec;
+use crate::ids::{NodeId, RangeId};
+use protobuf::Message as ProtoMessage;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The log index and term at which every range is bootstrapped. Starting above zero means a
+/// replica created empty (index 0) can never be filled from the log alone: it gets a snapshot,
+/// which carries the range's data and descriptor. TiKV does the same.
+pub const BOOTSTRAP_INDEX: u64 = 5;
+pub const BOOTSTRAP_TERM: u64 = 5;
+
+/// Why storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// sled reported an error.
+    #[error("storage: sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A file operation failed.
+    #[error("storage: {0}")]
+    Io(#[from] std::io::Error),
+    /// Stored bytes could not be decoded: the data directory is damaged.
+    #[error("storage: corrupt {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+}
+
+fn corrupt(what: impl Into<String>, detail: impl ToString) -> StorageError {
+    StorageError::Corrupt {
+        what: what.into(),
+        detail: detail.to_string(),
+    }
+}
+
+/// What a range covers and who replicates it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeDescriptor {
+    pub id: RangeId,
+    /// First key of the range (inclusive).
+    pub start_key: Vec<u8>,
+    /// End of the range (exclusive); empty means "to the end of the key space".
+    pub end_key: Vec<u8>,
+    /// Nodes holding a replica (voters and learners).
+    pub replicas: Vec<NodeId>,
+}
+
+impl RangeDescriptor {
+    /// Whether `key` falls inside the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start_key.as_slice() && (self.end_key.is_empty() || key < self.end_key.as_slice())
+    }
+}
+
+/// A position in a log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogPosition {
+    pub index: u64,
+    pub term: u64,
+}
+
+impl LogPosition {
+    fn encode(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.index.to_be_bytes());
+        out[8..].copy_from_slice(&self.term.to_be_bytes());
+        out
+    }
+
+    fn decode(what: &str, bytes: &[u8]) -> Result<Self, StorageError> {
+        if bytes.len() != 16 {
+            return Err(corrupt(what, format!("{} bytes, expected 16", bytes.len())));
+        }
+        let mut i = [0u8; 8];
+        let mut t = [0u8; 8];
+        i.copy_from_slice(&bytes[..8]);
+        t.copy_from_slice(&bytes[8..]);
+        Ok(LogPosition {
+            index: u64::from_be_bytes(i),
+            term: u64::from_be_bytes(t),
+        })
+    }
+}
+
+/// Builders of the keys in the layout above.
+pub mod keys {
+    use crate::ids::RangeId;
+
+    pub const LOG: u8 = b'l';
+    pub const HARD_STATE: u8 = b'h';
+    pub const CONF_STATE: u8 = b'c';
+    pub const TRUNCATED: u8 = b't';
+    pub const APPLIED: u8 = b'a';
+    pub const DESCRIPTOR: u8 = b'd';
+
+    /// `'r' · range · kind`.
+    pub fn range_key(range: RangeId, kind: u8) -> Vec<u8> {
+        let mut k = Vec::with_capacity(18);
+        k.push(b'r');
+        k.extend_from_slice(&range.0.to_be_bytes());
+        k.push(kind);
+        k
+    }
+
+    /// `'r' · range · 'l' · index`.
+    pub fn log_key(range: RangeId, index: u64) -> Vec<u8> {
+        let mut k = range_key(range, LOG);
+        k.extend_from_slice(&index.to_be_bytes());
+        k
+    }
+
+    /// `'k' · user key`.
+    pub fn user_key(key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(key.len() + 1);
+        k.push(b'k');
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// The stored keys of the user keys in `[start, end)` (`end` empty: unbounded).
+    pub fn user_span(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let lo = user_key(start);
+        let hi = if end.is_empty() { vec![b'k' + 1] } else { user_key(end) };
+        (lo, hi)
+    }
+}
+
+/// A node's sled database and how to make writes to it durable.
+pub struct Engine {
+    db: sled::Db,
+    tree: sled::Tree,
+    db_file: File,
+    blob_dir: PathBuf,
+    synced_blobs: Mutex<HashSet<OsString>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("blob_dir", &self.blob_dir).finish()
+    }
+}
+
+impl Engine {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Engine>, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()?;
+        let tree = db.open_tree("flotilla")?;
+        let db_file = File::open(dir.join("db"))?;
+        let engine = Engine {
+            db,
+            tree,
+            db_file,
+            blob_dir: dir.join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
+        };
+        // Make the files sled just created (and their names) durable once.
+        engine.sync()?;
+        if let Ok(d) = File::open(dir) {
+            d.sync_all()?;
+        }
+        Ok(Arc::new(engine))
+    }
+
+    /// The tree holding everything.
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Applies a batch atomically (visible at once, durable after [`Engine::sync`]).
+    pub fn write(&self, batch: sled::Batch) -> Result<(), StorageError> {
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable on the device.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        self.db_file.sync_data()?;
+        self.sync_new_blobs()
+    }
+
+    fn sync_new_blobs(&self) -> Result<(), StorageError> {
+        let entries = match std::fs::read_dir(&self.blob_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut synced = self.synced_blobs.lock().expect("blob set poisoned");
+        let mut present = HashSet::new();
+        let mut any_new = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                match File::open(entry.path()) {
+                    Ok(f) => f.sync_all()?,
+                    // sled removes blobs it no longer needs: nothing to sync then.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                any_new = true;
+            }
+            present.insert(name);
+        }
+        if any_new {
+            File::open(&self.blob_dir)?.sync_all()?;
+        }
+        *synced = present;
+        Ok(())
+    }
+
+    /// Reads a user key.
+    pub fn get_user(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.tree.get(keys::user_key(key))?.map(|v| v.to_vec()))
+    }
+
+    /// Counts the user keys on this node.
+    pub fn count_user_keys(&self) -> usize {
+        self.tree.scan_prefix([b'k']).count()
+    }
+
+    /// Every user key and value in `[start, end)`.
+    pub fn user_pairs(
+        &self,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let (lo, hi) = keys::user_span(start, end);
+        let mut out = Vec::new();
+        for item in self.tree.range(lo..hi) {
+            let (k, v) = item?;
+            out.push((k[1..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The descriptors of every range that has one stored here.
+    pub fn descriptors(&self) -> Result<Vec<RangeDescriptor>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([b'r']) {
+            let (k, v) = item?;
+            if k.len() == 10 && k[9] == keys::DESCRIPTOR {
+                out.push(
+                    codec::decode::<RangeDescriptor>(&v)
+                        .map_err(|e| corrupt("range descriptor", e))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The applied index and term of a range (zero when nothing was applied).
+    pub fn applied(&self, range: RangeId) -> Result<LogPosition, StorageError> {
+        match self.tree.get(keys::range_key(range, keys::APPLIED))? {
+            Some(v) => LogPosition::decode("applied state", &v),
+            None => Ok(LogPosition::default()),
+        }
+    }
+
+    /// Every log entry stored for a range, in index order (for inspection and tests).
+    pub fn log_entries(&self, range: RangeId) -> Result<Vec<Entry>, StorageError> {
+        let prefix = keys::range_key(range, keys::LOG);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (_, v) = item?;
+            out.push(decode_entry(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Whether any range state exists (false on a brand-new data directory).
+    pub fn is_bootstrapped(&self) -> Result<bool, StorageError> {
+        Ok(self.tree.scan_prefix([b'r']).next().transpose()?.is_some())
+    }
+
+    /// Writes the initial state of a range replicated on `voters`, at [`BOOTSTRAP_INDEX`].
+    pub fn bootstrap_range(
+        &self,
+        descriptor: &RangeDescriptor,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StorageError> {
+        let range = descriptor.id;
+        let start = LogPosition {
+            index: BOOTSTRAP_INDEX,
+            term: BOOTSTRAP_TERM,
+        };
+        let mut hs = HardState::default();
+        hs.term = BOOTSTRAP_TERM;
+        hs.commit = BOOTSTRAP_INDEX;
+        let cs = ConfState::from((descriptor.replicas.iter().map(|n| n.0), Vec::<u64>::new()));
+        batch.insert(keys::range_key(range, keys::HARD_STATE), encode_proto(&hs));
+        batch.insert(
+            keys::range_key(range, keys::CONF_STATE),
+            conf_state_value(BOOTSTRAP_INDEX, &cs),
+        );
+        batch.insert(keys::range_key(range, keys::TRUNCATED), &start.encode());
+        batch.insert(keys::range_key(range, keys::APPLIED), &start.encode());
+        batch.insert(
+            keys::range_key(range, keys::DESCRIPTOR),
+            codec::encode(descriptor),
+        );
+        Ok(())
+    }
+}
+
+/// Puts the applied position of a range into a batch.
+pub fn put_applied(batch: &mut sled::Batch, range: RangeId, applied: LogPosition) {
+    batch.insert(keys::range_key(range, keys::APPLIED), &applied.encode());
+}
+
+/// Puts a range descriptor into a batch.
+pub fn put_descriptor(batch: &mut sled::Batch, descriptor: &RangeDescriptor) {
+    batch.insert(
+        keys::range_key(descriptor.id, keys::DESCRIPTOR),
+        codec::encode(descriptor),
+    );
+}
+
+fn conf_state_value(index: u64, cs: &ConfState) -> Vec<u8> {
+    let mut v = index.to_be_bytes().to_vec();
+    v.extend_from_slice(&encode_proto(cs));
+    v
+}
+
+fn encode_proto<M: ProtoMessage>(m: &M) -> Vec<u8> {
+    m.write_to_bytes()
+        .expect("storage: encoding a raft protobuf failed")
+}
+
+fn decode_proto<M: ProtoMessage>(what: &str, bytes: &[u8]) -> Result<M, StorageError> {
+    M::parse_from_bytes(bytes).map_err(|e| corrupt(what, e))
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
+    decode_proto("raft log entry", bytes)
+}
+
+/// What a snapshot's data holds: the range as of the snapshot's index.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotData {
+    pub descriptor: RangeDescriptor,
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One range's raft log and state.
+///
+/// Reads go to sled; writes are staged into the round's `sled::Batch` by the `stage_*` methods,
+/// which also update the in-memory view raft reads, so raft sees what it appended before the
+/// batch is durable (as raft-rs expects).
+pub struct RangeStorage {
+    engine: Arc<Engine>,
+    range: RangeId,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// The index of the entry (or snapshot) that produced `conf_state`.
+    conf_index: u64,
+    truncated: LogPosition,
+    last_index: u64,
+    /// The latest snapshot the Store generated for this range, served to followers.
+    snapshot: Option<Snapshot>,
+    /// Set when raft asked for a snapshot newer than the one held.
+    snapshot_wanted: AtomicBool,
+}
+
+impl RangeStorage {
+    /// Loads a range's state; a range never seen gives an empty (uninitialized) storage.
+    pub fn load(engine: Arc<Engine>, range: RangeId) -> Result<RangeStorage, StorageError> {
+        let tree = engine.tree();
+        let hard_state = match tree.get(keys::range_key(range, keys::HARD_STATE))? {
+            Some(v) => decode_proto("hard state", &v)?,
+            None => HardState::default(),
+        };
+        let (conf_index, conf_state) = match tree.get(keys::range_key(range, keys::CONF_STATE))? {
+            Some(v) if v.len() >= 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v[..8]);
+                (u64::from_be_bytes(b), decode_proto("conf state", &v[8..])?)
+            }
+            Some(v) => return Err(corrupt("conf state", format!("{} bytes", v.len()))),
+            None => (0, ConfState::default()),
+        };
+        let truncated = match tree.get(keys::range_key(range, keys::TRUNCATED))? {
+            Some(v) => LogPosition::decode("truncated state", &v)?,
+            None => LogPosition::default(),
+        };
+        let last_index = match tree
+            .scan_prefix(keys::range_key(range, keys::LOG))
+            .next_back()
+            .transpose()?
+        {
+            Some((k, _)) => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&k[k.len() - 8..]);
+                u64::from_be_bytes(b)
+            }
+            None => truncated.index,
+        };
+        Ok(RangeStorage {
+            engine,
+            range,
+            hard_state,
+            conf_state,
+            conf_index,
+            truncated,
+            last_index,
+            snapshot: None,
+            snapshot_wanted: AtomicBool::new(false),
+        })
+    }
+
+    pub fn range(&self) -> RangeId {
+        self.range
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The index of the entry (or snapshot) that produced the current conf state.
+    pub fn conf_index(&self) -> u64 {
+        self.conf_index
+    }
+
+    pub fn truncated(&self) -> LogPosition {
+        self.truncated
+    }
+
+    /// Stages appended entries, removing any conflicting tail they replace.
+    pub fn stage_entries(&mut self, entries: &[Entry], batch: &mut sled::Batch) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        assert!(
+            first.index > self.truncated.index,
+            "storage: {} appending entry {} at or below the truncation point {}",
+            self.range,
+            first.index,
+            self.truncated.index
+        );
+        for e in entries {
+            batch.insert(keys::log_key(self.range, e.index), encode_proto(e));
+        }
+        for stale in last.index + 1..=self.last_index {
+            batch.remove(keys::log_key(self.range, stale));
+        }
+        self.last_index = last.index;
+    }
+
+    /// Stages a new hard state.
+    pub fn stage_hard_state(&mut self, hs: HardState, batch: &mut sled::Batch) {
+        batch.insert(keys::range_key(self.range, keys::HARD_STATE), encode_proto(&hs));
+        self.hard_state = hs;
+    }
+
+    /// Stages a commit index learned from a `LightReady`.
+    pub fn stage_commit(&mut self, commit: u64, batch: &mut sled::Batch) {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.stage_hard_state(hs, batch);
+    }
+
+    /// Stages the conf state that applying the change at `index` produced.
+    pub fn stage_conf_state(&mut self, cs: ConfState, index: u64, batch: &mut sled::Batch) {
+        batch.insert(
+            keys::range_key(self.range, keys::CONF_STATE),
+            conf_state_value(index, &cs),
+        );
+        self.conf_state = cs;
+        self.conf_index = index;
+    }
+
+    /// Stages the installation of a snapshot received from the leader: the range's data is
+    /// replaced by the snapshot's, the log is emptied and restarts after the snapshot's index,
+    /// and the applied index moves to it. All of it lands in one atomic batch.
+    pub fn stage_snapshot(
+        &mut self,
+        snapshot: &Snapshot,
+        batch: &mut sled::Batch,
+    ) -> Result<RangeDescriptor, StorageError> {
+        let meta = snapshot.get_metadata();
+        let data: SnapshotData =
+            codec::decode(&snapshot.data).map_err(|e| corrupt("snapshot data", e))?;
+        let d = &data.descriptor;
+        // Whatever this node held of the span before is replaced.
+        let (lo, hi) = keys::user_span(&d.start_key, &d.end_key);
+        for item in self.engine.tree().range(lo..hi) {
+            let (k, _) = item?;
+            batch.remove(k);
+        }
+        for (k, v) in &data.pairs {
+            batch.insert(keys::user_key(k), v.as_slice());
+        }
+        for index in self.truncated.index + 1..=self.last_index {
+            batch.remove(keys::log_key(self.range, index));
+        }
+        let at = LogPosition {
+            index: meta.index,
+            term: meta.term,
+        };
+        batch.insert(keys::range_key(self.range, keys::TRUNCATED), &at.encode());
+        put_applied(batch, self.range, at);
+        put_descriptor(batch, d);
+        self.truncated = at;
+        self.last_index = at.index;
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(at.index);
+        hs.term = hs.term.max(at.term);
+        self.stage_hard_state(hs, batch);
+        self.stage_conf_state(meta.get_conf_state().clone(), meta.index, batch);
+        Ok(data.descriptor)
+    }
+
+    /// Whether raft asked for a snapshot this storage does not have yet; clears the request.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// Holds a snapshot the Store generated, to serve to followers that need one.
+    pub fn set_snapshot(&mut self, snapshot: Snapshot) {
+        self.snapshot = Some(snapshot);
+    }
+
+    fn read_entry(&self, index: u64) -> raft::Result<Entry> {
+        match self.engine.tree().get(keys::log_key(self.range, index)) {
+            Ok(Some(v)) => decode_entry(&v).map_err(|e| raft::Error::Store(other(e))),
+            Ok(None) => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+            Err(e) => Err(raft::Error::Store(other(e))),
+        }
+    }
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> RaftStorageError {
+    RaftStorageError::Other(Box::new(e))
+}
+
+impl Storage for RangeStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated.index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        let scan = self
+            .engine
+            .tree()
+            .range(keys::log_key(self.range, low)..keys::log_key(self.range, high));
+        for item in scan {
+            let (_, v) = item.map_err(|e| raft::Error::Store(other(e)))?;
+            let e = decode_entry(&v).map_err(|e| raft::Error::Store(other(e)))?;
+            size += u64::from(e.compute_size());
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        if out.is_empty() || out[0].index != low {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated.index {
+            return Ok(self.truncated.term);
+        }
+        if idx < self.truncated.index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated.index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A held snapshot is only good if it is recent enough for the request, not older than
+        // the log's start (the follower must be able to continue from it), and its
+        // configuration includes the replica it is for (raft refuses it otherwise).
+        let usable = |s: &Snapshot| {
+            let m = s.get_metadata();
+            let cs = m.get_conf_state();
+            m.index >= request_index.max(self.truncated.index)
+                && [&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next]
+                    .iter()
+                    .any(|ids| ids.contains(&to))
+        };
+        match &self.snapshot {
+            Some(s) if usable(s) => Ok(s.clone()),
+            _ => {
+                self.snapshot_wanted.store(true, Ordering::Relaxed);
+                Err(raft::Error::Store(
+                    RaftStorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = format!("e{index}").into_bytes().into();
+        e
+    }
+
+    fn descriptor() -> RangeDescriptor {
+        RangeDescriptor {
+            id: RangeId(7),
+            start_key: b"a".to_vec(),
+            end_key: b"m".to_vec(),
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+        }
+    }
+
+    fn bootstrapped(dir: &Path) -> (Arc<Engine>, RangeStorage) {
+        let engine = Engine::open(dir, 16 << 20).unwrap();
+        let mut batch = sled::Batch::default();
+        engine.bootstrap_range(&descriptor(), &mut batch).unwrap();
+        engine.write(batch).unwrap();
+        let storage = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
+        (engine, storage)
+    }
+
+    fn ctx() -> GetEntriesContext {
+        GetEntriesContext::empty(false)
+    }
+
+    #[test]
+    fn an_unknown_range_is_uninitialized_and_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let s = RangeStorage::load(engine, RangeId(9)).unwrap();
+        assert!(!s.initial_state().unwrap().initialized());
+        assert_eq!(s.first_index().unwrap(), 1);
+        assert_eq!(s.last_index().unwrap(), 0);
+        assert_eq!(s.term(0).unwrap(), 0);
+    }
+
+    #[test]
+    fn bootstrap_sets_the_truncation_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, s) = bootstrapped(dir.path());
+        let state = s.initial_state().unwrap();
+        assert!(state.initialized());
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(state.hard_state.commit, BOOTSTRAP_INDEX);
+        assert_eq!(s.first_index().unwrap(), BOOTSTRAP_INDEX + 1);
+        assert_eq!(s.last_index().unwrap(), BOOTSTRAP_INDEX);
+        // The term at the truncation point must answer, or raft panics on restart.
+        assert_eq!(s.term(BOOTSTRAP_INDEX).unwrap(), BOOTSTRAP_TERM);
+        assert!(matches!(
+            s.term(BOOTSTRAP_INDEX - 1),
+            Err(raft::Error::Store(RaftStorageError::Compacted))
+        ));
+        assert!(matches!(
+            s.entries(BOOTSTRAP_INDEX, BOOTSTRAP_INDEX + 1, None, ctx()),
+            Err(raft::Error::Store(RaftStorageError::Compacted))
+        ));
+    }
+
+    #[test]
+    fn entries_bounds_sizes_and_conflicting_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, mut s) = bootstrapped(dir.path());
+        let mut batch = sled::Batch::default();
+        s.stage_entries(&(6..=10).map(|i| entry(i, 6)).collect::<Vec<_>>(), &mut batch);
+        engine.write(batch).unwrap();
+        assert_eq!(s.last_index().unwrap(), 10);
+        assert_eq!(s.term(8).unwrap(), 6);
+        let got = s.entries(6, 11, None, ctx()).unwrap();
+        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![6, 7, 8, 9, 10]);
+        // A size limit still returns at least one entry.
+        assert_eq!(s.entries(6, 11, 0, ctx()).unwrap().len(), 1);
+        let one = u64::from(entry(6, 6).compute_size());
+        assert_eq!(s.entries(6, 11, one * 2, ctx()).unwrap().len(), 2);
+        assert!(matches!(
+            s.entries(6, 12, None, ctx()),
+            Err(raft::Error::Store(RaftStorageError::Unavailable))
+        ));
+        assert!(matches!(
+            s.term(11),
+            Err(raft::Error::Store(RaftStorageError::Unavailable))
+        ));
+
+        // A new leader's entries replace the tail from 8 on.
+        let mut batch = sled::Batch::default();
+        s.stage_entries(&[entry(8, 7)], &mut batch);
+        engine.write(batch).unwrap();
+        assert_eq!(s.last_index().unwrap(), 8);
+        assert_eq!(s.term(8).unwrap(), 7);
+        assert_eq!(engine.log_entries(RangeId(7)).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (engine, mut s) = bootstrapped(dir.path());
+            let mut batch = sled::Batch::default();
+            s.stage_entries(&(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>(), &mut batch);
+            let mut hs = s.hard_state().clone();
+            hs.term = 6;
+            hs.vote = 2;
+            hs.commit = 8;
+            s.stage_hard_state(hs, &mut batch);
+            engine.write(batch).unwrap();
+            engine.sync().unwrap();
+        }
+        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let s = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
+        let state = s.initial_state().unwrap();
+        assert_eq!((state.hard_state.term, state.hard_state.vote, state.hard_state.commit), (6, 2, 8));
+        assert_eq!(s.first_index().unwrap(), 6);
+        assert_eq!(s.last_index().unwrap(), 9);
+        assert_eq!(s.entries(9, 10, None, ctx()).unwrap()[0].data.as_ref(), b"e9");
+        assert_eq!(engine.descriptors().unwrap(), vec![descriptor()]);
+        assert_eq!(engine.applied(RangeId(7)).unwrap().index, BOOTSTRAP_INDEX);
+    }
+
+    #[test]
+    fn installing_a_snapshot_replaces_data_and_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, mut s) = bootstrapped(dir.path());
+        let mut batch = sled::Batch::default();
+        s.stage_entries(&(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>(), &mut batch);
+        batch.insert(keys::user_key(b"b-stale"), b"x".as_slice());
+        batch.insert(keys::user_key(b"z-other-range"), b"y".as_slice());
+        engine.write(batch).unwrap();
+
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 20;
+        snap.mut_metadata().term = 8;
+        snap.mut_metadata().set_conf_state(ConfState::from((vec![1, 2], vec![4])));
+        snap.data = codec::encode(&SnapshotData {
+            descriptor: descriptor(),
+            pairs: vec![(b"c".to_vec(), b"3".to_vec())],
+        })
+        .into();
+        let mut batch = sled::Batch::default();
+        let d = s.stage_snapshot(&snap, &mut batch).unwrap();
+        engine.write(batch).unwrap();
+        assert_eq!(d, descriptor());
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(s.last_index().unwrap(), 20);
+        assert_eq!(s.term(20).unwrap(), 8);
+        assert!(engine.log_entries(RangeId(7)).unwrap().is_empty());
+        assert_eq!(engine.get_user(b"c").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(engine.get_user(b"b-stale").unwrap(), None);
+        assert_eq!(engine.get_user(b"z-other-range").unwrap(), Some(b"y".to_vec()));
+        assert_eq!(engine.applied(RangeId(7)).unwrap(), LogPosition { index: 20, term: 8 });
+        drop(s);
+        let s = RangeStorage::load(engine, RangeId(7)).unwrap();
+        assert_eq!(s.initial_state().unwrap().conf_state.learners, vec![4]);
+        assert_eq!(s.term(20).unwrap(), 8);
+    }
+
+    #[test]
+    fn snapshot_requests_are_remembered_until_one_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut s) = bootstrapped(dir.path());
+        assert!(s.snapshot(6, 2).is_err());
+        assert!(s.take_snapshot_request());
+        assert!(!s.take_snapshot_request());
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 6;
+        snap.mut_metadata().set_conf_state(ConfState::from((vec![1], vec![2])));
+        s.set_snapshot(snap);
+        // Not for a replica outside its configuration.
+        assert!(s.snapshot(6, 3).is_err());
+        assert_eq!(s.snapshot(6, 2).unwrap().get_metadata().index, 6);
+        assert!(s.snapshot(7, 2).is_err());
+    }
+}
