@@ -1,1 +1,42 @@
-fn main() {}
+//! The `flotilla` binary: one node of a flotilla cluster.
+
+use clap::Parser;
+use flotilla::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A replicated key-value store of many Raft groups, spoken to over the Redis protocol.
+///
+/// With no argument, starts a single node on the built-in defaults (the same as
+/// config/single-node.toml): clients on 127.0.0.1:6380, data in ./flotilla-data.
+#[derive(Parser, Debug)]
+#[command(name = "flotilla", version)]
+struct Cli {
+    /// Start the node this TOML file describes.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,raft=warn"))
+        .init();
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("flotilla: config error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    let system = actix::System::new();
+    match system.block_on(flotilla::run::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flotilla: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

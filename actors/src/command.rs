@@ -154,7 +154,9 @@ pub fn parse_integer(bytes: &[u8]) -> Option<i64> {
         return None;
     }
     let digits = s.strip_prefix('-').unwrap_or(s);
-    if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) || digits == "0" && s != "0"
+    if digits.is_empty()
+        || (digits.len() > 1 && digits.starts_with('0'))
+        || digits == "0" && s != "0"
     {
         return None;
     }
@@ -188,10 +190,22 @@ mod tests {
     #[test]
     fn set_conditions() {
         let mut s = BTreeMap::new();
-        assert_eq!(run(&mut s, set("a", "1", SetCondition::IfPresent)), CommandOutcome::NotSet);
-        assert_eq!(run(&mut s, set("a", "1", SetCondition::IfAbsent)), CommandOutcome::Ok);
-        assert_eq!(run(&mut s, set("a", "2", SetCondition::IfAbsent)), CommandOutcome::NotSet);
-        assert_eq!(run(&mut s, set("a", "3", SetCondition::IfPresent)), CommandOutcome::Ok);
+        assert_eq!(
+            run(&mut s, set("a", "1", SetCondition::IfPresent)),
+            CommandOutcome::NotSet
+        );
+        assert_eq!(
+            run(&mut s, set("a", "1", SetCondition::IfAbsent)),
+            CommandOutcome::Ok
+        );
+        assert_eq!(
+            run(&mut s, set("a", "2", SetCondition::IfAbsent)),
+            CommandOutcome::NotSet
+        );
+        assert_eq!(
+            run(&mut s, set("a", "3", SetCondition::IfPresent)),
+            CommandOutcome::Ok
+        );
         assert_eq!(s.get(&b"a"[..]), Some(&b"3".to_vec()));
     }
 
@@ -217,7 +231,10 @@ mod tests {
         assert_eq!(run(&mut s, incr(-7)), CommandOutcome::Integer(-2));
         run(&mut s, set("n", "007", SetCondition::Always));
         assert!(matches!(run(&mut s, incr(1)), CommandOutcome::Error(_)));
-        run(&mut s, set("n", &i64::MAX.to_string(), SetCondition::Always));
+        run(
+            &mut s,
+            set("n", &i64::MAX.to_string(), SetCondition::Always),
+        );
         assert_eq!(
             run(&mut s, incr(1)),
             CommandOutcome::Error("ERR increment or decrement would overflow".into())

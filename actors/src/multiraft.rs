@@ -197,10 +197,12 @@ impl MultiRaft {
             self.engine.write(batch)?;
         }
         let conf_index = storage.conf_index();
-        let mut node = RawNode::new(&self.raft_config(applied), storage, &self.logger)
-            .map_err(|e| StorageError::Corrupt {
-                what: format!("raft state of {range}"),
-                detail: e.to_string(),
+        let mut node =
+            RawNode::new(&self.raft_config(applied), storage, &self.logger).map_err(|e| {
+                StorageError::Corrupt {
+                    what: format!("raft state of {range}"),
+                    detail: e.to_string(),
+                }
             })?;
         // A conf change the Store applied just before a crash, whose new conf state MultiRaft
         // had not yet written: apply it again, as the callback would have.
@@ -387,7 +389,10 @@ impl MultiRaft {
             }
             let mut rd = g.node.ready();
             for m in rd.take_messages() {
-                leader_msgs.entry(NodeId(m.to)).or_default().push((range, m));
+                leader_msgs
+                    .entry(NodeId(m.to))
+                    .or_default()
+                    .push((range, m));
             }
             if let Some(ss) = rd.ss() {
                 if ss.leader_id != g.leader {
@@ -422,7 +427,14 @@ impl MultiRaft {
                 }
             }
             let committed = rd.take_committed_entries();
-            hand_over(range, g, committed, &mut events, &mut self.unapplied, &myself);
+            hand_over(
+                range,
+                g,
+                committed,
+                &mut events,
+                &mut self.unapplied,
+                &myself,
+            );
             if !rd.entries().is_empty() {
                 g.node.mut_store().stage_entries(rd.entries(), &mut batch);
                 must_write = true;
@@ -433,7 +445,11 @@ impl MultiRaft {
             }
             for rs in rd.take_read_states() {
                 let context = read_context(&rs.request_ctx);
-                if let Some(pos) = g.reads_in_flight.iter().position(|p| Some(p.context) == context) {
+                if let Some(pos) = g
+                    .reads_in_flight
+                    .iter()
+                    .position(|p| Some(p.context) == context)
+                {
                     let p = g.reads_in_flight.remove(pos);
                     events.push(Event::ReadReady {
                         range,
@@ -476,7 +492,14 @@ impl MultiRaft {
                 late_msgs.entry(NodeId(m.to)).or_default().push((range, m));
             }
             let committed = light.take_committed_entries();
-            hand_over(range, g, committed, &mut events, &mut self.unapplied, &myself);
+            hand_over(
+                range,
+                g,
+                committed,
+                &mut events,
+                &mut self.unapplied,
+                &myself,
+            );
             if g.node.has_ready() {
                 self.dirty.insert(range);
             }
@@ -577,7 +600,10 @@ fn hand_over(
                 match codec::decode(&e.data) {
                     Ok(c) => Some(c),
                     Err(err) => {
-                        log::error!("{range}: entry {} is not a command ({err}); skipped", e.index);
+                        log::error!(
+                            "{range}: entry {} is not a command ({err}); skipped",
+                            e.index
+                        );
                         None
                     }
                 }
@@ -592,7 +618,10 @@ fn hand_over(
             continue;
         }
         let change = conf_change_of(&e).unwrap_or_else(|| {
-            log::error!("{range}: entry {} is a malformed conf change; treated as empty", e.index);
+            log::error!(
+                "{range}: entry {} is a malformed conf change; treated as empty",
+                e.index
+            );
             ConfChangeV2::default()
         });
         g.awaiting_callback = Some(e.index);
@@ -748,7 +777,11 @@ impl Handler<RaftBatch> for MultiRaft {
     type Result = ();
     fn handle(&mut self, batch: RaftBatch, ctx: &mut Context<Self>) {
         if batch.to != self.node {
-            log::warn!("{}: dropping a raft batch addressed to {}", self.node, batch.to);
+            log::warn!(
+                "{}: dropping a raft batch addressed to {}",
+                self.node,
+                batch.to
+            );
             return;
         }
         for (range, m) in batch.messages {

@@ -60,7 +60,10 @@ pub fn initial_ranges(split_keys: &[Vec<u8>], members: &[NodeId]) -> Vec<RangeDe
 impl Node {
     /// Opens the data directory (bootstrapping it when new), loads every range and starts the
     /// actors. The caller connects `transport`'s other end to [`Node::multiraft`].
-    pub fn start(settings: NodeSettings, transport: Box<dyn Transport>) -> Result<Node, StorageError> {
+    pub fn start(
+        settings: NodeSettings,
+        transport: Box<dyn Transport>,
+    ) -> Result<Node, StorageError> {
         let engine = Engine::open(&settings.data_dir, settings.cache_bytes)?;
         if !engine.is_bootstrapped()? && settings.initial_members.contains(&settings.node) {
             let mut batch = sled::Batch::default();

@@ -80,7 +80,8 @@ pub struct RangeDescriptor {
 impl RangeDescriptor {
     /// Whether `key` falls inside the range.
     pub fn contains(&self, key: &[u8]) -> bool {
-        key >= self.start_key.as_slice() && (self.end_key.is_empty() || key < self.end_key.as_slice())
+        key >= self.start_key.as_slice()
+            && (self.end_key.is_empty() || key < self.end_key.as_slice())
     }
 }
 
@@ -152,7 +153,11 @@ pub mod keys {
     /// The stored keys of the user keys in `[start, end)` (`end` empty: unbounded).
     pub fn user_span(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let lo = user_key(start);
-        let hi = if end.is_empty() { vec![b'k' + 1] } else { user_key(end) };
+        let hi = if end.is_empty() {
+            vec![b'k' + 1]
+        } else {
+            user_key(end)
+        };
         (lo, hi)
     }
 }
@@ -168,7 +173,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("blob_dir", &self.blob_dir).finish()
+        f.debug_struct("Engine")
+            .field("blob_dir", &self.blob_dir)
+            .finish()
     }
 }
 
@@ -488,7 +495,10 @@ impl RangeStorage {
 
     /// Stages a new hard state.
     pub fn stage_hard_state(&mut self, hs: HardState, batch: &mut sled::Batch) {
-        batch.insert(keys::range_key(self.range, keys::HARD_STATE), encode_proto(&hs));
+        batch.insert(
+            keys::range_key(self.range, keys::HARD_STATE),
+            encode_proto(&hs),
+        );
         self.hard_state = hs;
     }
 
@@ -645,9 +655,14 @@ impl Storage for RangeStorage {
             let m = s.get_metadata();
             let cs = m.get_conf_state();
             m.index >= request_index.max(self.truncated.index)
-                && [&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next]
-                    .iter()
-                    .any(|ids| ids.contains(&to))
+                && [
+                    &cs.voters,
+                    &cs.learners,
+                    &cs.voters_outgoing,
+                    &cs.learners_next,
+                ]
+                .iter()
+                .any(|ids| ids.contains(&to))
         };
         match &self.snapshot {
             Some(s) if usable(s) => Ok(s.clone()),
@@ -733,12 +748,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (engine, mut s) = bootstrapped(dir.path());
         let mut batch = sled::Batch::default();
-        s.stage_entries(&(6..=10).map(|i| entry(i, 6)).collect::<Vec<_>>(), &mut batch);
+        s.stage_entries(
+            &(6..=10).map(|i| entry(i, 6)).collect::<Vec<_>>(),
+            &mut batch,
+        );
         engine.write(batch).unwrap();
         assert_eq!(s.last_index().unwrap(), 10);
         assert_eq!(s.term(8).unwrap(), 6);
         let got = s.entries(6, 11, None, ctx()).unwrap();
-        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![6, 7, 8, 9, 10]);
+        assert_eq!(
+            got.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![6, 7, 8, 9, 10]
+        );
         // A size limit still returns at least one entry.
         assert_eq!(s.entries(6, 11, 0, ctx()).unwrap().len(), 1);
         let one = u64::from(entry(6, 6).compute_size());
@@ -767,7 +788,10 @@ mod tests {
         {
             let (engine, mut s) = bootstrapped(dir.path());
             let mut batch = sled::Batch::default();
-            s.stage_entries(&(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>(), &mut batch);
+            s.stage_entries(
+                &(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>(),
+                &mut batch,
+            );
             let mut hs = s.hard_state().clone();
             hs.term = 6;
             hs.vote = 2;
@@ -779,10 +803,20 @@ mod tests {
         let engine = Engine::open(dir.path(), 16 << 20).unwrap();
         let s = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
         let state = s.initial_state().unwrap();
-        assert_eq!((state.hard_state.term, state.hard_state.vote, state.hard_state.commit), (6, 2, 8));
+        assert_eq!(
+            (
+                state.hard_state.term,
+                state.hard_state.vote,
+                state.hard_state.commit
+            ),
+            (6, 2, 8)
+        );
         assert_eq!(s.first_index().unwrap(), 6);
         assert_eq!(s.last_index().unwrap(), 9);
-        assert_eq!(s.entries(9, 10, None, ctx()).unwrap()[0].data.as_ref(), b"e9");
+        assert_eq!(
+            s.entries(9, 10, None, ctx()).unwrap()[0].data.as_ref(),
+            b"e9"
+        );
         assert_eq!(engine.descriptors().unwrap(), vec![descriptor()]);
         assert_eq!(engine.applied(RangeId(7)).unwrap().index, BOOTSTRAP_INDEX);
     }
@@ -792,7 +826,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (engine, mut s) = bootstrapped(dir.path());
         let mut batch = sled::Batch::default();
-        s.stage_entries(&(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>(), &mut batch);
+        s.stage_entries(
+            &(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>(),
+            &mut batch,
+        );
         batch.insert(keys::user_key(b"b-stale"), b"x".as_slice());
         batch.insert(keys::user_key(b"z-other-range"), b"y".as_slice());
         engine.write(batch).unwrap();
@@ -800,7 +837,8 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 20;
         snap.mut_metadata().term = 8;
-        snap.mut_metadata().set_conf_state(ConfState::from((vec![1, 2], vec![4])));
+        snap.mut_metadata()
+            .set_conf_state(ConfState::from((vec![1, 2], vec![4])));
         snap.data = codec::encode(&SnapshotData {
             descriptor: descriptor(),
             pairs: vec![(b"c".to_vec(), b"3".to_vec())],
@@ -816,8 +854,14 @@ mod tests {
         assert!(engine.log_entries(RangeId(7)).unwrap().is_empty());
         assert_eq!(engine.get_user(b"c").unwrap(), Some(b"3".to_vec()));
         assert_eq!(engine.get_user(b"b-stale").unwrap(), None);
-        assert_eq!(engine.get_user(b"z-other-range").unwrap(), Some(b"y".to_vec()));
-        assert_eq!(engine.applied(RangeId(7)).unwrap(), LogPosition { index: 20, term: 8 });
+        assert_eq!(
+            engine.get_user(b"z-other-range").unwrap(),
+            Some(b"y".to_vec())
+        );
+        assert_eq!(
+            engine.applied(RangeId(7)).unwrap(),
+            LogPosition { index: 20, term: 8 }
+        );
         drop(s);
         let s = RangeStorage::load(engine, RangeId(7)).unwrap();
         assert_eq!(s.initial_state().unwrap().conf_state.learners, vec![4]);
@@ -833,7 +877,8 @@ mod tests {
         assert!(!s.take_snapshot_request());
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 6;
-        snap.mut_metadata().set_conf_state(ConfState::from((vec![1], vec![2])));
+        snap.mut_metadata()
+            .set_conf_state(ConfState::from((vec![1], vec![2])));
         s.set_snapshot(snap);
         // Not for a replica outside its configuration.
         assert!(s.snapshot(6, 3).is_err());

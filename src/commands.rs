@@ -1,0 +1,661 @@
+//! The client commands: each parses its arguments, runs (locally, or through the Store), and
+//! renders its RESP2 reply with Redis's shapes and error prefixes.
+
+use crate::config::Config;
+use crate::resp::reply;
+use actix::{Addr, MailboxError};
+use bytes::{Bytes, BytesMut};
+use flotilla_actors::command::{parse_integer, Command, CommandOutcome, SetCondition};
+use flotilla_actors::messages::{GetRaftStatus, GetStoreStatus, Read, StoreError, Write};
+use flotilla_actors::multiraft::{MultiRaft, RaftMetrics};
+use flotilla_actors::store::Store;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What every session of a node shares.
+pub struct Shared {
+    pub store: Addr<Store>,
+    pub multiraft: Addr<MultiRaft>,
+    pub metrics: Arc<RaftMetrics>,
+    pub config: Config,
+    pub client_addr: SocketAddr,
+    pub started: Instant,
+    pub clients: AtomicUsize,
+    pub next_client_id: AtomicU64,
+}
+
+/// A reply, and whether the connection closes after it.
+pub struct Reply {
+    pub bytes: BytesMut,
+    pub close: bool,
+}
+
+/// A reply that may still be on its way.
+pub type PendingReply = Pin<Box<dyn Future<Output = Reply>>>;
+
+fn now(f: impl FnOnce(&mut BytesMut)) -> PendingReply {
+    let mut out = BytesMut::new();
+    f(&mut out);
+    Box::pin(std::future::ready(Reply {
+        bytes: out,
+        close: false,
+    }))
+}
+
+fn err(msg: impl Into<String>) -> PendingReply {
+    let msg = msg.into();
+    now(move |out| reply::error(out, &msg))
+}
+
+fn store_failure(out: &mut BytesMut, e: StoreError) {
+    reply::error(out, &e.to_string());
+}
+
+fn mailbox_failure(out: &mut BytesMut, _: MailboxError) {
+    reply::error(out, "ERR node is shutting down");
+}
+
+/// One entry of the command table.
+struct Spec {
+    name: &'static str,
+    /// Redis convention: `n` exactly n arguments (name included), `-n` at least n.
+    arity: i32,
+    flags: &'static [&'static str],
+    first_key: i32,
+    last_key: i32,
+    step: i32,
+}
+
+const fn spec(
+    name: &'static str,
+    arity: i32,
+    flags: &'static [&'static str],
+    keys: (i32, i32, i32),
+) -> Spec {
+    Spec {
+        name,
+        arity,
+        flags,
+        first_key: keys.0,
+        last_key: keys.1,
+        step: keys.2,
+    }
+}
+
+const NO_KEYS: (i32, i32, i32) = (0, 0, 0);
+const WRITE: &[&str] = &["write"];
+const READ: &[&str] = &["readonly"];
+const FAST: &[&str] = &["fast"];
+
+/// Every command flotilla serves (what `COMMAND` lists).
+const COMMANDS: &[Spec] = &[
+    spec("get", 2, READ, (1, 1, 1)),
+    spec("set", -3, WRITE, (1, 1, 1)),
+    spec("del", -2, WRITE, (1, -1, 1)),
+    spec("exists", -2, READ, (1, -1, 1)),
+    spec("mget", -2, READ, (1, -1, 1)),
+    spec("mset", -3, WRITE, (1, -1, 2)),
+    spec("incr", 2, WRITE, (1, 1, 1)),
+    spec("incrby", 3, WRITE, (1, 1, 1)),
+    spec("decr", 2, WRITE, (1, 1, 1)),
+    spec("decrby", 3, WRITE, (1, 1, 1)),
+    spec("dbsize", 1, READ, NO_KEYS),
+    spec("ping", -1, FAST, NO_KEYS),
+    spec("echo", 2, FAST, NO_KEYS),
+    spec("quit", -1, FAST, NO_KEYS),
+    spec("auth", -2, FAST, NO_KEYS),
+    spec("hello", -1, FAST, NO_KEYS),
+    spec("select", 2, FAST, NO_KEYS),
+    spec("info", -1, READ, NO_KEYS),
+    spec("command", -1, READ, NO_KEYS),
+    spec("client", -2, FAST, NO_KEYS),
+    spec("config", -2, READ, NO_KEYS),
+    spec("flotilla", -2, READ, NO_KEYS),
+];
+
+fn lookup(name: &str) -> Option<&'static Spec> {
+    COMMANDS.iter().find(|s| s.name == name)
+}
+
+fn render_spec(out: &mut BytesMut, s: &Spec) {
+    reply::array_header(out, 6);
+    reply::bulk(out, s.name.as_bytes());
+    reply::integer(out, s.arity.into());
+    reply::array_header(out, s.flags.len());
+    for f in s.flags {
+        reply::simple(out, f);
+    }
+    reply::integer(out, s.first_key.into());
+    reply::integer(out, s.last_key.into());
+    reply::integer(out, s.step.into());
+}
+
+/// One client connection's state.
+pub struct Session {
+    shared: Arc<Shared>,
+    id: u64,
+    peer: SocketAddr,
+    authenticated: bool,
+    name: Option<Bytes>,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Session {
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let authenticated = shared.config.password.is_none();
+        Session {
+            shared,
+            id,
+            peer,
+            authenticated,
+            name: None,
+        }
+    }
+
+    /// Runs one command. Replies come back in the order commands were given, whatever order
+    /// they finish in: the connection awaits them in order.
+    pub fn execute(&mut self, args: Vec<Bytes>) -> PendingReply {
+        let name = String::from_utf8_lossy(&args[0]).to_lowercase();
+        let Some(spec) = lookup(&name) else {
+            let mut msg = format!(
+                "ERR unknown command '{}', with args beginning with: ",
+                String::from_utf8_lossy(&args[0])
+            );
+            for a in args.iter().skip(1).take(8) {
+                msg.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
+            }
+            return err(msg);
+        };
+        let n = args.len() as i32;
+        if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
+            return err(format!(
+                "ERR wrong number of arguments for '{name}' command"
+            ));
+        }
+        if !self.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit") {
+            return err("NOAUTH Authentication required.");
+        }
+        let a = &args[1..];
+        match name.as_str() {
+            "get" => self.read(vec![a[0].to_vec()], |out, mut v| {
+                reply::optional_bulk(out, v.remove(0).as_deref())
+            }),
+            "mget" => self.read(a.iter().map(|k| k.to_vec()).collect(), |out, vs| {
+                reply::array_header(out, vs.len());
+                for v in vs {
+                    reply::optional_bulk(out, v.as_deref());
+                }
+            }),
+            "exists" => self.read(a.iter().map(|k| k.to_vec()).collect(), |out, vs| {
+                reply::integer(out, vs.iter().filter(|v| v.is_some()).count() as i64)
+            }),
+            "set" => match parse_set(a) {
+                Ok(cmd) => self.write(cmd),
+                Err(e) => err(e),
+            },
+            "del" => self.write(Command::Delete {
+                keys: a.iter().map(|k| k.to_vec()).collect(),
+            }),
+            "mset" => {
+                if a.len() % 2 != 0 {
+                    return err("ERR wrong number of arguments for 'mset' command");
+                }
+                self.write(Command::MSet {
+                    pairs: a
+                        .chunks(2)
+                        .map(|p| (p[0].to_vec(), p[1].to_vec()))
+                        .collect(),
+                })
+            }
+            "incr" | "decr" => self.write(Command::IncrBy {
+                key: a[0].to_vec(),
+                delta: if name == "incr" { 1 } else { -1 },
+            }),
+            "incrby" | "decrby" => match parse_integer(&a[1]) {
+                Some(d) if name == "incrby" => self.write(Command::IncrBy {
+                    key: a[0].to_vec(),
+                    delta: d,
+                }),
+                Some(d) => match d.checked_neg() {
+                    Some(d) => self.write(Command::IncrBy {
+                        key: a[0].to_vec(),
+                        delta: d,
+                    }),
+                    None => err("ERR decrement would overflow"),
+                },
+                None => err("ERR value is not an integer or out of range"),
+            },
+            "dbsize" => {
+                let store = self.shared.store.clone();
+                Box::pin(async move {
+                    let mut out = BytesMut::new();
+                    match store.send(GetStoreStatus).await {
+                        Ok(s) => reply::integer(&mut out, s.keys as i64),
+                        Err(e) => mailbox_failure(&mut out, e),
+                    }
+                    Reply {
+                        bytes: out,
+                        close: false,
+                    }
+                })
+            }
+            "ping" => match a.first() {
+                None => now(|out| reply::simple(out, "PONG")),
+                Some(m) if a.len() == 1 => {
+                    let m = m.clone();
+                    now(move |out| reply::bulk(out, &m))
+                }
+                Some(_) => err("ERR wrong number of arguments for 'ping' command"),
+            },
+            "echo" => {
+                let m = a[0].clone();
+                now(move |out| reply::bulk(out, &m))
+            }
+            "quit" => {
+                let mut out = BytesMut::new();
+                reply::simple(&mut out, "OK");
+                Box::pin(std::future::ready(Reply {
+                    bytes: out,
+                    close: true,
+                }))
+            }
+            "auth" => match a {
+                [pass] | [_, pass] if a.len() == 1 || a[0].as_ref() == b"default" => {
+                    self.auth(pass)
+                }
+                [_, _] => err("WRONGPASS invalid username-password pair or user is disabled."),
+                _ => err("ERR syntax error"),
+            },
+            "hello" => self.hello(a),
+            "select" => match a[0].as_ref() {
+                b"0" => now(|out| reply::simple(out, "OK")),
+                _ => err("ERR DB index is out of range"),
+            },
+            "info" => self.info(),
+            "command" => command_command(a),
+            "client" => self.client(a),
+            // Tools such as redis-benchmark read a few settings at start; flotilla has none of
+            // Redis's to report.
+            "config" => match String::from_utf8_lossy(&a[0]).to_lowercase().as_str() {
+                "get" => now(|out| reply::array_header(out, 0)),
+                _ => err("ERR CONFIG only supports GET on flotilla"),
+            },
+            "flotilla" => self.admin(a),
+            _ => unreachable!("every command in the table has a branch"),
+        }
+    }
+
+    fn write(&self, command: Command) -> PendingReply {
+        let store = self.shared.store.clone();
+        Box::pin(async move {
+            let mut out = BytesMut::new();
+            match store.send(Write { command }).await {
+                Ok(Ok(CommandOutcome::Ok)) => reply::simple(&mut out, "OK"),
+                Ok(Ok(CommandOutcome::NotSet)) => reply::null(&mut out),
+                Ok(Ok(CommandOutcome::Integer(n))) => reply::integer(&mut out, n),
+                Ok(Ok(CommandOutcome::Error(e))) => reply::error(&mut out, &e),
+                Ok(Err(e)) => store_failure(&mut out, e),
+                Err(e) => mailbox_failure(&mut out, e),
+            }
+            Reply {
+                bytes: out,
+                close: false,
+            }
+        })
+    }
+
+    fn read(
+        &self,
+        keys: Vec<Vec<u8>>,
+        render: impl FnOnce(&mut BytesMut, Vec<Option<Vec<u8>>>) + 'static,
+    ) -> PendingReply {
+        let store = self.shared.store.clone();
+        Box::pin(async move {
+            let mut out = BytesMut::new();
+            match store.send(Read { keys }).await {
+                Ok(Ok(values)) => render(&mut out, values),
+                Ok(Err(e)) => store_failure(&mut out, e),
+                Err(e) => mailbox_failure(&mut out, e),
+            }
+            Reply {
+                bytes: out,
+                close: false,
+            }
+        })
+    }
+
+    fn auth(&mut self, pass: &[u8]) -> PendingReply {
+        match &self.shared.config.password {
+            None => err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
+            Some(p) if p.as_bytes() == pass => {
+                self.authenticated = true;
+                now(|out| reply::simple(out, "OK"))
+            }
+            Some(_) => err("WRONGPASS invalid username-password pair or user is disabled."),
+        }
+    }
+
+    fn hello(&mut self, a: &[Bytes]) -> PendingReply {
+        let mut rest = a;
+        if let Some(v) = rest.first() {
+            match parse_integer(v) {
+                Some(2) => {}
+                Some(3) => return err("NOPROTO this server speaks RESP2 only"),
+                _ => return err("NOPROTO unsupported protocol version"),
+            }
+            rest = &rest[1..];
+        }
+        while !rest.is_empty() {
+            let opt = String::from_utf8_lossy(&rest[0]).to_lowercase();
+            match (opt.as_str(), rest.len()) {
+                ("auth", n) if n >= 3 => {
+                    if rest[1].as_ref() != b"default" {
+                        return err(
+                            "WRONGPASS invalid username-password pair or user is disabled.",
+                        );
+                    }
+                    match &self.shared.config.password {
+                        Some(p) if p.as_bytes() == rest[2].as_ref() => self.authenticated = true,
+                        None => {}
+                        Some(_) => {
+                            return err(
+                                "WRONGPASS invalid username-password pair or user is disabled.",
+                            )
+                        }
+                    }
+                    rest = &rest[3..];
+                }
+                ("setname", n) if n >= 2 => {
+                    self.name = Some(rest[1].clone());
+                    rest = &rest[2..];
+                }
+                _ => return err(format!("ERR Syntax error in HELLO option '{opt}'")),
+            }
+        }
+        if !self.authenticated {
+            return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        let id = self.id;
+        now(move |out| {
+            reply::array_header(out, 14);
+            reply::bulk(out, b"server");
+            reply::bulk(out, b"flotilla");
+            reply::bulk(out, b"version");
+            reply::bulk(out, REDIS_VERSION.as_bytes());
+            reply::bulk(out, b"proto");
+            reply::integer(out, 2);
+            reply::bulk(out, b"id");
+            reply::integer(out, id as i64);
+            reply::bulk(out, b"mode");
+            reply::bulk(out, b"standalone");
+            reply::bulk(out, b"role");
+            reply::bulk(out, b"master");
+            reply::bulk(out, b"modules");
+            reply::array_header(out, 0);
+        })
+    }
+
+    fn client_line(&self) -> String {
+        format!(
+            "id={} addr={} name={} db=0 cmd=client",
+            self.id,
+            self.peer,
+            self.name
+                .as_ref()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_default()
+        )
+    }
+
+    fn client(&mut self, a: &[Bytes]) -> PendingReply {
+        let sub = String::from_utf8_lossy(&a[0]).to_lowercase();
+        match (sub.as_str(), a.len()) {
+            ("setname", 2) => {
+                if a[1].iter().any(|b| *b <= b' ' || *b > b'~') {
+                    return err(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!a[1].is_empty()).then(|| a[1].clone());
+                now(|out| reply::simple(out, "OK"))
+            }
+            ("getname", 1) => {
+                let name = self.name.clone();
+                now(move |out| reply::optional_bulk(out, name.as_deref()))
+            }
+            ("id", 1) => {
+                let id = self.id as i64;
+                now(move |out| reply::integer(out, id))
+            }
+            ("setinfo", 3) | ("no-evict", 2) | ("no-touch", 2) => {
+                now(|out| reply::simple(out, "OK"))
+            }
+            ("info", 1) | ("list", 1) => {
+                let line = format!("{}\n", self.client_line());
+                now(move |out| reply::bulk(out, line.as_bytes()))
+            }
+            _ => err(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CLIENT HELP."
+            )),
+        }
+    }
+
+    fn info(&self) -> PendingReply {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let mut out = BytesMut::new();
+            let status = match shared.store.send(GetStoreStatus).await {
+                Ok(s) => s,
+                Err(e) => {
+                    mailbox_failure(&mut out, e);
+                    return Reply {
+                        bytes: out,
+                        close: false,
+                    };
+                }
+            };
+            let leading = status
+                .ranges
+                .iter()
+                .filter(|r| r.leader == Some(status.node))
+                .count();
+            let m = &shared.metrics;
+            let text = format!(
+                "# Server\r\nredis_version:{REDIS_VERSION}\r\nflotilla_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n\
+                 # Clients\r\nconnected_clients:{}\r\n\r\n\
+                 # Replication\r\nrole:master\r\n\r\n\
+                 # Flotilla\r\nnode_id:{}\r\nranges:{}\r\nranges_led:{}\r\napplied_commands:{}\r\nraft_rounds:{}\r\nraft_syncs:{}\r\nproposals_held:{}\r\nproposals_busy:{}\r\nevents_deferred:{}\r\n\r\n\
+                 # Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id(),
+                shared.client_addr.port(),
+                shared.started.elapsed().as_secs(),
+                shared.clients.load(Ordering::Relaxed),
+                status.node.0,
+                status.ranges.len(),
+                leading,
+                status.applied_commands,
+                m.rounds.load(Ordering::Relaxed),
+                m.syncs.load(Ordering::Relaxed),
+                m.proposals_held.load(Ordering::Relaxed),
+                m.proposals_busy.load(Ordering::Relaxed),
+                m.events_deferred.load(Ordering::Relaxed),
+                status.keys,
+            );
+            reply::bulk(&mut out, text.as_bytes());
+            Reply {
+                bytes: out,
+                close: false,
+            }
+        })
+    }
+
+    /// `FLOTILLA RANGES`: one line per range.
+    fn admin(&self, a: &[Bytes]) -> PendingReply {
+        let sub = String::from_utf8_lossy(&a[0]).to_lowercase();
+        if sub != "ranges" || a.len() != 1 {
+            return err(format!(
+                "ERR unknown FLOTILLA subcommand '{sub}'; try FLOTILLA RANGES"
+            ));
+        }
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let mut out = BytesMut::new();
+            let (store, raft) = futures::join!(
+                shared.store.send(GetStoreStatus),
+                shared.multiraft.send(GetRaftStatus)
+            );
+            match (store, raft) {
+                (Ok(store), Ok(raft)) => {
+                    reply::array_header(&mut out, store.ranges.len());
+                    for r in &store.ranges {
+                        let d = &r.descriptor;
+                        let rs = raft.iter().find(|s| s.range == d.id);
+                        let names = |ns: &[flotilla_actors::ids::NodeId]| {
+                            ns.iter()
+                                .map(|n| n.to_string())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        };
+                        let line = format!(
+                            "{} [{:?}, {}) replicas={} leader={} term={} applied={}",
+                            d.id,
+                            String::from_utf8_lossy(&d.start_key),
+                            if d.end_key.is_empty() {
+                                "end".to_string()
+                            } else {
+                                format!("{:?}", String::from_utf8_lossy(&d.end_key))
+                            },
+                            names(&d.replicas),
+                            rs.and_then(|s| s.leader)
+                                .map(|n| n.to_string())
+                                .unwrap_or_else(|| "none".into()),
+                            rs.map(|s| s.term).unwrap_or(r.term),
+                            r.applied_index,
+                        );
+                        reply::bulk(&mut out, line.as_bytes());
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => mailbox_failure(&mut out, e),
+            }
+            Reply {
+                bytes: out,
+                close: false,
+            }
+        })
+    }
+}
+
+/// The Redis version flotilla answers as, for clients that check it.
+const REDIS_VERSION: &str = "7.2.0";
+
+fn command_command(a: &[Bytes]) -> PendingReply {
+    let sub = a
+        .first()
+        .map(|s| String::from_utf8_lossy(s).to_lowercase())
+        .unwrap_or_default();
+    match sub.as_str() {
+        "" => now(|out| {
+            reply::array_header(out, COMMANDS.len());
+            for s in COMMANDS {
+                render_spec(out, s);
+            }
+        }),
+        "count" => now(|out| reply::integer(out, COMMANDS.len() as i64)),
+        // redis-cli asks for the docs to show hints; it copes with none.
+        "docs" => now(|out| reply::array_header(out, 0)),
+        "list" => now(|out| {
+            reply::array_header(out, COMMANDS.len());
+            for s in COMMANDS {
+                reply::bulk(out, s.name.as_bytes());
+            }
+        }),
+        "info" => {
+            let names: Vec<String> = a[1..]
+                .iter()
+                .map(|n| String::from_utf8_lossy(n).to_lowercase())
+                .collect();
+            now(move |out| {
+                reply::array_header(out, names.len());
+                for n in &names {
+                    match lookup(n) {
+                        Some(s) => render_spec(out, s),
+                        None => reply::null(out),
+                    }
+                }
+            })
+        }
+        _ => err(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try COMMAND HELP."
+        )),
+    }
+}
+
+fn parse_set(a: &[Bytes]) -> Result<Command, String> {
+    let mut condition = SetCondition::Always;
+    for opt in &a[2..] {
+        let o = String::from_utf8_lossy(opt).to_uppercase();
+        condition = match (o.as_str(), condition) {
+            ("NX", SetCondition::Always | SetCondition::IfAbsent) => SetCondition::IfAbsent,
+            ("XX", SetCondition::Always | SetCondition::IfPresent) => SetCondition::IfPresent,
+            ("EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL", _) => {
+                return Err(
+                    "ERR flotilla does not support key expiry (EX, PX, EXAT, PXAT, KEEPTTL)".into(),
+                )
+            }
+            ("GET", _) => return Err("ERR flotilla does not support SET ... GET".into()),
+            _ => return Err("ERR syntax error".into()),
+        };
+    }
+    Ok(Command::Set {
+        key: a[0].to_vec(),
+        value: a[1].to_vec(),
+        condition,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn set_options() {
+        let parse = |opts: &[&str]| {
+            let mut a = vec![b("k"), b("v")];
+            a.extend(opts.iter().map(|o| b(o)));
+            parse_set(&a)
+        };
+        assert!(matches!(
+            parse(&["nx"]),
+            Ok(Command::Set {
+                condition: SetCondition::IfAbsent,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["XX"]),
+            Ok(Command::Set {
+                condition: SetCondition::IfPresent,
+                ..
+            })
+        ));
+        assert_eq!(parse(&["NX", "XX"]).unwrap_err(), "ERR syntax error");
+        assert!(parse(&["EX", "10"]).unwrap_err().contains("expiry"));
+        assert_eq!(parse(&["bogus"]).unwrap_err(), "ERR syntax error");
+    }
+
+    #[test]
+    fn the_command_table_has_redis_arity() {
+        assert_eq!(lookup("get").unwrap().arity, 2);
+        assert_eq!(lookup("mset").unwrap().arity, -3);
+        assert!(lookup("flushall").is_none());
+    }
+}

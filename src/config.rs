@@ -1,0 +1,292 @@
+//! The node's configuration: a TOML file, or the built-in defaults (which are exactly
+//! `config/single-node.toml`).
+//!
+//! [`Config::load`] refuses a bad file before anything starts, with one line that names the
+//! file, the key and the problem.
+
+use flotilla_actors::ids::NodeId;
+use flotilla_actors::multiraft::RaftSettings;
+use flotilla_actors::node::NodeSettings;
+use flotilla_actors::store::StoreSettings;
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The largest `max_value_bytes` accepted (Redis's own limit for a bulk string).
+pub const MAX_VALUE_BYTES_LIMIT: usize = 512 << 20;
+
+/// A node's configuration. Every key is documented in `config/single-node.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub client_addr: SocketAddr,
+    pub password: Option<String>,
+    pub split_keys: Vec<String>,
+    pub max_value_bytes: usize,
+    pub max_clients: usize,
+    pub tick_interval_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub request_timeout_ms: u64,
+    pub max_unapplied_entries: u64,
+    pub cache_mb: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            data_dir: PathBuf::from("./flotilla-data"),
+            client_addr: "127.0.0.1:6380".parse().expect("literal address"),
+            password: None,
+            split_keys: ["f", "key:000000500000", "m", "t"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            max_value_bytes: 1 << 20,
+            max_clients: 10_000,
+            tick_interval_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            request_timeout_ms: 5_000,
+            max_unapplied_entries: 20_000,
+            cache_mb: 256,
+        }
+    }
+}
+
+/// Why a configuration was refused. Displays as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// Line of the problem in the file, when known.
+    pub line: Option<usize>,
+    /// The key at fault, when there is one.
+    pub key: Option<String>,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            key: None,
+            problem: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&file, &text)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+        config.validate().map_err(|(key, problem)| ConfigError {
+            file: file.to_string(),
+            line: line_of_key(text, key),
+            key: Some(key.to_string()),
+            problem,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks values against each other; the error names the key at fault.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.node_id == 0 {
+            return Err(("node_id", "must be at least 1".into()));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(("data_dir", "must not be empty".into()));
+        }
+        if self.password.as_deref() == Some("") {
+            return Err((
+                "password",
+                "must not be empty (leave the key out for no password)".into(),
+            ));
+        }
+        for (i, w) in self.split_keys.windows(2).enumerate() {
+            if w[0] >= w[1] {
+                return Err((
+                    "split_keys",
+                    format!(
+                        "must be in strictly increasing order; {:?} (entry {}) is not before {:?}",
+                        w[0],
+                        i + 1,
+                        w[1]
+                    ),
+                ));
+            }
+        }
+        if self.split_keys.iter().any(String::is_empty) {
+            return Err(("split_keys", "must not contain an empty key".into()));
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
+            return Err((
+                "max_value_bytes",
+                format!("must be between 1 and {MAX_VALUE_BYTES_LIMIT}"),
+            ));
+        }
+        if self.max_clients == 0 {
+            return Err(("max_clients", "must be at least 1".into()));
+        }
+        if !(1..=60_000).contains(&self.tick_interval_ms) {
+            return Err(("tick_interval_ms", "must be between 1 and 60000".into()));
+        }
+        if self.heartbeat_ticks == 0 {
+            return Err(("heartbeat_ticks", "must be at least 1".into()));
+        }
+        if self.heartbeat_ticks >= self.election_ticks {
+            return Err((
+                "heartbeat_ticks",
+                format!(
+                    "must be less than election_ticks ({} >= {})",
+                    self.heartbeat_ticks, self.election_ticks
+                ),
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(("request_timeout_ms", "must be at least 1".into()));
+        }
+        if self.max_unapplied_entries == 0 {
+            return Err(("max_unapplied_entries", "must be at least 1".into()));
+        }
+        if self.cache_mb == 0 {
+            return Err(("cache_mb", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// What the actors need to start this node.
+    pub fn node_settings(&self) -> NodeSettings {
+        NodeSettings {
+            node: NodeId(self.node_id),
+            data_dir: self.data_dir.clone(),
+            split_keys: self
+                .split_keys
+                .iter()
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
+            initial_members: vec![NodeId(self.node_id)],
+            cache_bytes: self.cache_mb << 20,
+            raft: RaftSettings {
+                tick_interval: Duration::from_millis(self.tick_interval_ms),
+                election_ticks: self.election_ticks,
+                heartbeat_ticks: self.heartbeat_ticks,
+                max_unapplied_entries: self.max_unapplied_entries,
+                ..RaftSettings::default()
+            },
+            store: StoreSettings {
+                request_timeout: Duration::from_millis(self.request_timeout_ms),
+                ..StoreSettings::default()
+            },
+        }
+    }
+}
+
+/// Turns toml's multi-line error into one line with the file, line and key.
+fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().replace('\n', " ");
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let key = if let Some(rest) = message.strip_prefix("unknown field `") {
+        rest.split('`').next().map(str::to_string)
+    } else {
+        line.and_then(|l| text.lines().nth(l - 1))
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim().to_string())
+            .filter(|k| !k.is_empty() && !k.starts_with('#'))
+    };
+    ConfigError {
+        file: file.to_string(),
+        line,
+        key,
+        problem: message,
+    }
+}
+
+/// The line where `key` is set, if it is.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse("test.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_shipped_single_node_file_is_the_default() {
+        let text = include_str!("../config/single-node.toml");
+        assert_eq!(
+            Config::parse("single-node.toml", text).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        assert_eq!(Config::parse("x.toml", "").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        assert_eq!(
+            err("node_id = 2\nbogus = 1\n"),
+            "test.toml:2: key `bogus`: unknown field `bogus`, expected one of `node_id`, `data_dir`, `client_addr`, `password`, `split_keys`, `max_value_bytes`, `max_clients`, `tick_interval_ms`, `election_ticks`, `heartbeat_ticks`, `request_timeout_ms`, `max_unapplied_entries`, `cache_mb`"
+        );
+        assert_eq!(
+            err("tick_interval_ms = \"fast\"\n"),
+            "test.toml:1: key `tick_interval_ms`: invalid type: string \"fast\", expected u64"
+        );
+        assert_eq!(
+            err("client_addr = \"nowhere\"\n"),
+            "test.toml:1: key `client_addr`: invalid socket address syntax"
+        );
+        let syntax = err("node_id = = 3\n");
+        assert!(syntax.starts_with("test.toml:1: "), "{syntax}");
+        assert!(!syntax.contains('\n'));
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        assert_eq!(
+            err("election_ticks = 3\nheartbeat_ticks = 3\n"),
+            "test.toml:2: key `heartbeat_ticks`: must be less than election_ticks (3 >= 3)"
+        );
+        assert_eq!(
+            err("split_keys = [\"m\", \"c\"]\n"),
+            "test.toml:1: key `split_keys`: must be in strictly increasing order; \"m\" (entry 1) is not before \"c\""
+        );
+        assert_eq!(
+            err("node_id = 0"),
+            "test.toml:1: key `node_id`: must be at least 1"
+        );
+        assert!(err("max_value_bytes = 0").contains("key `max_value_bytes`"));
+    }
+}

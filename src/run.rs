@@ -1,0 +1,99 @@
+//! Starting a node from its configuration and serving until told to stop.
+
+use crate::commands::Shared;
+use crate::config::Config;
+use flotilla_actors::messages::RaftBatch;
+use flotilla_actors::node::Node;
+use flotilla_actors::transport::{Transport, Unreachable};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+
+/// The transport of a node without peers: every range is replicated on this node alone.
+struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send(&self, _: RaftBatch) -> Result<(), Unreachable> {
+        Err(Unreachable)
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for clients on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the data directory {dir}: {source}")]
+    Storage {
+        dir: String,
+        source: flotilla_actors::storage::StorageError,
+    },
+}
+
+/// Runs a node until SIGINT or SIGTERM. Must be called inside an actix system.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let listener = TcpListener::bind(config.client_addr)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.client_addr,
+            source,
+        })?;
+    let client_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.client_addr,
+        source,
+    })?;
+    let node = Node::start(config.node_settings(), Box::new(NoPeers)).map_err(|source| {
+        StartError::Storage {
+            dir: config.data_dir.display().to_string(),
+            source,
+        }
+    })?;
+    let shared = Arc::new(Shared {
+        store: node.store.clone(),
+        multiraft: node.multiraft.clone(),
+        metrics: node.metrics.clone(),
+        config: config.clone(),
+        client_addr,
+        started: Instant::now(),
+        clients: AtomicUsize::new(0),
+        next_client_id: AtomicU64::new(0),
+    });
+    // Tests and scripts read this line to learn the address (the port may be OS-assigned).
+    println!(
+        "flotilla: node {} serving clients on {client_addr}",
+        config.node_id
+    );
+    let _ = std::io::stdout().flush();
+    log::info!(
+        "node {} up: data in {}, {} ranges",
+        config.node_id,
+        config.data_dir.display(),
+        config.split_keys.len() + 1
+    );
+    let server = actix_rt::spawn(crate::server::serve(listener, shared));
+    wait_for_signal().await;
+    log::info!("stopping");
+    server.abort();
+    node.stop();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

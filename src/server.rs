@@ -1,0 +1,114 @@
+//! Client connections: accept, then for each connection a reader that parses requests and
+//! starts them, and a writer that sends the replies back in request order (pipelining).
+//!
+//! At most [`MAX_IN_FLIGHT`] requests of one connection are under way at once; the reader stops
+//! reading while the writer catches up, so a client that never reads its replies costs bounded
+//! memory. A connection that sends bytes that cannot be framed gets one protocol error and is
+//! closed; other connections never notice.
+
+use crate::commands::{PendingReply, Reply, Session, Shared};
+use crate::resp::{self, reply, Limits};
+use bytes::BytesMut;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Requests of one connection under way at once.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// Replies are written once this much is buffered, or when no more are ready.
+const WRITE_CHUNK: usize = 64 << 10;
+
+/// Accepts clients until the task is dropped.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                actix_rt::spawn(async move {
+                    let clients = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+                    if clients > shared.config.max_clients {
+                        refuse(stream).await;
+                    } else {
+                        connection(stream, Session::new(shared.clone(), peer), &shared).await;
+                    }
+                    shared.clients.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment instead of spinning.
+                log::warn!("accepting a client failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let mut out = BytesMut::new();
+    reply::error(&mut out, "ERR max number of clients reached");
+    let _ = stream.write_all(&out).await;
+}
+
+async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<PendingReply>(MAX_IN_FLIGHT);
+
+    let writer = actix_rt::spawn(async move {
+        let mut out = BytesMut::new();
+        while let Some(pending) = rx.recv().await {
+            let Reply { bytes, close } = pending.await;
+            out.extend_from_slice(&bytes);
+            if close || out.len() >= WRITE_CHUNK || rx.is_empty() {
+                if wr.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+            }
+            if close {
+                let _ = wr.shutdown().await;
+                return;
+            }
+        }
+    });
+
+    let limits = Limits::new(shared.config.max_value_bytes);
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    'read: loop {
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            match resp::parse_request(&mut buf, &limits) {
+                Ok(None) => break,
+                Ok(Some(args)) if args.is_empty() => continue,
+                Ok(Some(args)) => {
+                    let pending = session.execute(args);
+                    if tx.send(pending).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Err(e) => {
+                    let mut out = BytesMut::new();
+                    reply::error(&mut out, &format!("ERR {e}"));
+                    let closing: PendingReply = Box::pin(std::future::ready(Reply {
+                        bytes: out,
+                        close: true,
+                    }));
+                    let _ = tx.send(closing).await;
+                    break 'read;
+                }
+            }
+        }
+        // Keep the buffer from holding on to the memory of one huge request.
+        if buf.is_empty() && buf.capacity() > (1 << 20) {
+            buf = BytesMut::with_capacity(16 << 10);
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
