@@ -1,0 +1,103 @@
+//! Bad input from one client gets a Redis-style error (or, when the bytes cannot be framed, one
+//! protocol error and a closed connection) and harms nothing else: a second client connected
+//! throughout keeps getting answers, and the node keeps serving.
+
+mod common;
+
+use common::{cmd, Raw, Server};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A client that writes and reads back its own counter until told to stop.
+fn bystander(server: &Server, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    let mut con = server.client();
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let v: u64 = redis::cmd("INCR").arg("bystander").query(&mut con).unwrap();
+            n += 1;
+            assert_eq!(v, n);
+            let got: u64 = redis::cmd("GET").arg("bystander").query(&mut con).unwrap();
+            assert_eq!(got, n);
+        }
+        n
+    })
+}
+
+#[test]
+fn bad_input_gets_errors_and_harms_no_other_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), "max_value_bytes = 1024\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let other = bystander(&server, stop.clone());
+
+    // Errors that leave the connection usable.
+    let mut c = Raw::connect(server.addr);
+    c.roundtrip(
+        &cmd(&[b"FOO", b"a", b"b"]),
+        b"-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n",
+    );
+    c.roundtrip(
+        &cmd(&[b"GET"]),
+        b"-ERR wrong number of arguments for 'get' command\r\n",
+    );
+    c.roundtrip(
+        &cmd(&[b"SET", b"k"]),
+        b"-ERR wrong number of arguments for 'set' command\r\n",
+    );
+    c.roundtrip(
+        &cmd(&[b"MSET", b"a", b"1", b"b"]),
+        b"-ERR wrong number of arguments for 'mset' command\r\n",
+    );
+    c.roundtrip(
+        &cmd(&[b"SET", b"k", b"v", b"EX", b"10"]),
+        b"-ERR flotilla does not support key expiry (EX, PX, EXAT, PXAT, KEEPTTL)\r\n",
+    );
+    c.roundtrip(
+        b"\x00\x01\xfe\r\n",
+        b"-ERR unknown command '\x00\x01\xef\xbf\xbd', with args beginning with: \r\n",
+    );
+    // A value at the limit is fine.
+    let max = vec![b'x'; 1024];
+    c.roundtrip(&cmd(&[b"SET", b"big", &max]), b"+OK\r\n");
+    c.roundtrip(&cmd(&[b"PING"]), b"+PONG\r\n");
+
+    // Bytes that cannot be framed: one protocol error, then the connection is closed.
+    let unframable: &[(&[u8], &str)] = &[
+        (b"*1\r\n:3\r\n", "expected '$', got ':'"),
+        (
+            b"*2\r\n$3\r\nSET\r\n$1025\r\n",
+            "invalid bulk length 1025 (the limit, max_value_bytes, is 1024)",
+        ),
+        (
+            b"*1\r\n$-7\r\n",
+            "invalid bulk length -7 (the limit, max_value_bytes, is 1024)",
+        ),
+        (b"*99999999999\r\n", "invalid multibulk length"),
+        (b"*1\r\n$3\r\nGETxx", "bulk string not terminated by CRLF"),
+        (b"*abc\r\n", "invalid multibulk length"),
+    ];
+    for (bytes, message) in unframable {
+        let mut c = Raw::connect(server.addr);
+        c.send(bytes);
+        c.expect(format!("-ERR Protocol error: {message}\r\n").as_bytes());
+        c.expect_closed();
+    }
+    // A line that never ends is cut off at 64 KiB instead of being buffered forever.
+    let mut c = Raw::connect(server.addr);
+    c.send(&vec![b'a'; 70 << 10]);
+    c.expect(b"-ERR Protocol error: too big inline request\r\n");
+    c.expect_closed();
+    // A client that leaves in the middle of a frame.
+    let mut c = Raw::connect(server.addr);
+    c.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100\r\nabc");
+    drop(c);
+
+    // Everyone else is still served, and nothing half-sent was applied.
+    let mut c = Raw::connect(server.addr);
+    c.roundtrip(&cmd(&[b"GET", b"k"]), b"$-1\r\n");
+    c.roundtrip(&cmd(&[b"EXISTS", b"big"]), b":1\r\n");
+    stop.store(true, Ordering::Relaxed);
+    let answered = other.join().expect("the other client saw an error");
+    assert!(answered > 0);
+}

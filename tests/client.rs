@@ -1,0 +1,189 @@
+//! A real Redis client (the `redis` crate) and raw bytes against the built binary, started from
+//! the shipped config file.
+
+mod common;
+
+use common::{cmd, Raw, Server};
+
+#[test]
+fn every_command_answers_with_redis_reply_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), "");
+    let mut c = Raw::connect(server.addr);
+
+    c.roundtrip(&cmd(&[b"PING"]), b"+PONG\r\n");
+    c.roundtrip(&cmd(&[b"ping", b"hi"]), b"$2\r\nhi\r\n");
+    c.roundtrip(&cmd(&[b"ECHO", b"a\r\nb"]), b"$4\r\na\r\nb\r\n");
+    c.roundtrip(&cmd(&[b"GET", b"greeting"]), b"$-1\r\n");
+    c.roundtrip(&cmd(&[b"SET", b"greeting", b"hello"]), b"+OK\r\n");
+    c.roundtrip(&cmd(&[b"GET", b"greeting"]), b"$5\r\nhello\r\n");
+    c.roundtrip(&cmd(&[b"SET", b"greeting", b"x", b"NX"]), b"$-1\r\n");
+    c.roundtrip(&cmd(&[b"SET", b"other", b"x", b"XX"]), b"$-1\r\n");
+    c.roundtrip(&cmd(&[b"SET", b"greeting", b"hey", b"XX"]), b"+OK\r\n");
+    c.roundtrip(&cmd(&[b"SET", b"fresh", b"1", b"nx"]), b"+OK\r\n");
+    c.roundtrip(
+        &cmd(&[b"SET", b"k", b"v", b"NX", b"XX"]),
+        b"-ERR syntax error\r\n",
+    );
+    c.roundtrip(&cmd(&[b"INCR", b"counter"]), b":1\r\n");
+    c.roundtrip(&cmd(&[b"INCRBY", b"counter", b"41"]), b":42\r\n");
+    c.roundtrip(&cmd(&[b"DECRBY", b"counter", b"2"]), b":40\r\n");
+    c.roundtrip(
+        &cmd(&[b"INCR", b"greeting"]),
+        b"-ERR value is not an integer or out of range\r\n",
+    );
+    c.roundtrip(
+        &cmd(&[b"INCRBY", b"counter", b"x"]),
+        b"-ERR value is not an integer or out of range\r\n",
+    );
+    // Keys in different ranges (the shipped config cuts at f, key:000000500000, m, t).
+    c.roundtrip(
+        &cmd(&[b"MSET", b"apple", b"1", b"melon", b"2", b"zebra", b"3"]),
+        b"+OK\r\n",
+    );
+    c.roundtrip(
+        &cmd(&[b"MGET", b"apple", b"nothing", b"melon", b"zebra"]),
+        b"*4\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n$1\r\n3\r\n",
+    );
+    c.roundtrip(
+        &cmd(&[b"EXISTS", b"apple", b"zebra", b"nothing", b"apple"]),
+        b":3\r\n",
+    );
+    c.roundtrip(&cmd(&[b"DEL", b"apple", b"zebra", b"nothing"]), b":2\r\n");
+    c.roundtrip(&cmd(&[b"EXISTS", b"apple", b"zebra"]), b":0\r\n");
+    // greeting, fresh, counter, melon
+    c.roundtrip(&cmd(&[b"DBSIZE"]), b":4\r\n");
+    c.roundtrip(&cmd(&[b"SELECT", b"0"]), b"+OK\r\n");
+    c.roundtrip(
+        &cmd(&[b"SELECT", b"1"]),
+        b"-ERR DB index is out of range\r\n",
+    );
+    c.roundtrip(&cmd(&[b"CLIENT", b"SETNAME", b"tester"]), b"+OK\r\n");
+    c.roundtrip(&cmd(&[b"CLIENT", b"GETNAME"]), b"$6\r\ntester\r\n");
+    c.roundtrip(
+        &cmd(&[b"CLIENT", b"SETINFO", b"LIB-NAME", b"x"]),
+        b"+OK\r\n",
+    );
+    c.roundtrip(&cmd(&[b"COMMAND", b"DOCS"]), b"*0\r\n");
+    c.roundtrip(&cmd(&[b"COMMAND", b"COUNT"]), b":22\r\n");
+    c.roundtrip(
+        &cmd(&[b"COMMAND", b"INFO", b"get"]),
+        b"*1\r\n*6\r\n$3\r\nget\r\n:2\r\n*1\r\n+readonly\r\n:1\r\n:1\r\n:1\r\n",
+    );
+    c.roundtrip(
+        &cmd(&[b"AUTH", b"pw"]),
+        b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+    );
+    c.roundtrip(
+        &cmd(&[b"HELLO", b"3"]),
+        b"-NOPROTO this server speaks RESP2 only\r\n",
+    );
+    c.send(&cmd(&[b"HELLO", b"2"]));
+    assert_eq!(c.line(), "*14\r\n");
+    let hello: Vec<String> = (0..25).map(|_| c.line()).collect();
+    assert_eq!(hello[3], "flotilla\r\n");
+    assert_eq!(hello[10], ":2\r\n");
+    assert_eq!(hello[24], "*0\r\n");
+    c.send(&cmd(&[b"INFO"]));
+    let header = c.line();
+    assert!(header.starts_with('$'), "{header}");
+    assert!(c.line().starts_with("# Server"));
+    // Inline commands, as typed into telnet.
+    let mut c = Raw::connect(server.addr);
+    c.roundtrip(b"SET inline yes\r\nGET inline\r\n", b"+OK\r\n$3\r\nyes\r\n");
+    c.roundtrip(&cmd(&[b"QUIT"]), b"+OK\r\n");
+    c.expect_closed();
+}
+
+#[test]
+fn the_redis_crate_handshake_commands_and_a_thousand_pipelined() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), "");
+    let mut con = server.client();
+
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
+    let v: String = redis::cmd("GET").arg("k").query(&mut con).unwrap();
+    assert_eq!(v, "v");
+    let n: i64 = redis::cmd("INCRBY")
+        .arg("n")
+        .arg(5)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 5);
+    let missing: Option<String> = redis::cmd("GET").arg("missing").query(&mut con).unwrap();
+    assert_eq!(missing, None);
+
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        if i % 2 == 0 {
+            pipe.cmd("SET").arg(format!("p{i}")).arg(i);
+        } else {
+            pipe.cmd("INCR").arg("seq");
+        }
+    }
+    let replies: Vec<redis::Value> = pipe.query(&mut con).unwrap();
+    assert_eq!(replies.len(), 1000);
+    for (i, r) in replies.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(r, &redis::Value::Okay, "reply {i}");
+        } else {
+            // INCR answers 1, 2, 3, ... in request order.
+            assert_eq!(r, &redis::Value::Int(i as i64 / 2 + 1), "reply {i}");
+        }
+    }
+    let mut pipe = redis::pipe();
+    for i in (0..1000).step_by(2) {
+        pipe.cmd("GET").arg(format!("p{i}"));
+    }
+    let values: Vec<i64> = pipe.query(&mut con).unwrap();
+    assert_eq!(values, (0..1000).step_by(2).collect::<Vec<i64>>());
+}
+
+#[test]
+fn the_handshakes_of_redis_cli_and_redis_py() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), "");
+    let mut c = Raw::connect(server.addr);
+    // redis-py 5 sends these right after connecting; redis-cli asks for command docs.
+    c.roundtrip(
+        &[
+            cmd(&[b"CLIENT", b"SETINFO", b"LIB-NAME", b"redis-py"]),
+            cmd(&[b"CLIENT", b"SETINFO", b"LIB-VER", b"5.0.1"]),
+            cmd(&[b"COMMAND", b"DOCS"]),
+            cmd(&[b"PING"]),
+        ]
+        .concat(),
+        b"+OK\r\n+OK\r\n*0\r\n+PONG\r\n",
+    );
+}
+
+#[test]
+fn auth_is_required_when_a_password_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), "password = \"s3cret\"\n");
+    let mut c = Raw::connect(server.addr);
+    c.roundtrip(
+        &cmd(&[b"GET", b"k"]),
+        b"-NOAUTH Authentication required.\r\n",
+    );
+    c.roundtrip(&cmd(&[b"PING"]), b"-NOAUTH Authentication required.\r\n");
+    c.roundtrip(
+        &cmd(&[b"AUTH", b"wrong"]),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    c.roundtrip(&cmd(&[b"AUTH", b"s3cret"]), b"+OK\r\n");
+    c.roundtrip(&cmd(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+
+    // HELLO can authenticate too.
+    let mut c = Raw::connect(server.addr);
+    c.send(&cmd(&[b"HELLO", b"2", b"AUTH", b"default", b"s3cret"]));
+    assert_eq!(c.line(), "*14\r\n");
+
+    // And through the redis crate, with the password in the URL.
+    let url = format!("redis://:s3cret@{}/", server.addr);
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let v: String = redis::cmd("GET").arg("k").query(&mut con).unwrap();
+    assert_eq!(v, "v");
+    let bad = format!("redis://:nope@{}/", server.addr);
+    assert!(redis::Client::open(bad).unwrap().get_connection().is_err());
+}

@@ -1,0 +1,186 @@
+//! Starting the built `flotilla` binary for tests: on loopback, on a port the OS assigns, in a
+//! temporary data directory, always killed when the test ends.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+
+/// A running `flotilla` process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+}
+
+impl Server {
+    /// Starts a node from `config/single-node.toml` with its address and data directory
+    /// replaced, and the `key = value` lines of `extra` replacing or adding to its keys.
+    pub fn start_in(dir: &Path, extra: &str) -> Server {
+        let shipped = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/single-node.toml"
+        ))
+        .unwrap();
+        let overridden: Vec<&str> = extra
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+            .collect();
+        let mut text = String::new();
+        for line in shipped.lines() {
+            let key = line.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
+            if overridden.contains(&key) {
+                continue;
+            }
+            if line.starts_with("client_addr") {
+                text.push_str("client_addr = \"127.0.0.1:0\"\n");
+            } else if line.starts_with("data_dir") {
+                text.push_str(&format!("data_dir = {:?}\n", dir.join("data")));
+            } else {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text.push_str(extra);
+        let config = dir.join("node.toml");
+        std::fs::write(&config, text).unwrap();
+        Server::start_with_config(&config)
+    }
+
+    /// Starts a node from a config file, waiting until it serves clients.
+    pub fn start_with_config(config: &Path) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start flotilla");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(a) = line.split("serving clients on ").nth(1) {
+                        break a.trim().parse().unwrap();
+                    }
+                }
+                _ => {
+                    let status = child.wait().unwrap();
+                    panic!("flotilla exited before serving: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            addr,
+            config: config.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).unwrap();
+        client
+            .get_connection_with_timeout(Duration::from_secs(10))
+            .unwrap()
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw TCP client speaking bytes, for asserting on exact replies.
+pub struct Raw {
+    stream: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads exactly the length of `expected` and asserts it matches.
+    pub fn expect(&mut self, expected: &[u8]) {
+        let mut got = vec![0u8; expected.len()];
+        self.stream.read_exact(&mut got).unwrap_or_else(|e| {
+            panic!(
+                "reading reply (wanted {:?}): {e}",
+                String::from_utf8_lossy(expected)
+            )
+        });
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected)
+        );
+    }
+
+    /// Sends `request` and asserts the reply is exactly `reply`.
+    pub fn roundtrip(&mut self, request: &[u8], reply: &[u8]) {
+        self.send(request);
+        self.expect(reply);
+    }
+
+    /// Reads one CRLF-terminated line.
+    pub fn line(&mut self) -> String {
+        let mut out = Vec::new();
+        let mut b = [0u8; 1];
+        while !out.ends_with(b"\r\n") {
+            self.stream.read_exact(&mut b).unwrap();
+            out.push(b[0]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Asserts the server closed the connection (after any bytes already read).
+    pub fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        let n = self.stream.read_to_end(&mut rest).unwrap();
+        assert_eq!(
+            n,
+            0,
+            "unexpected bytes: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+}
+
+/// Encodes a command as a RESP array of bulk strings.
+pub fn cmd(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
