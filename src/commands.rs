@@ -201,7 +201,7 @@ impl Session {
                 keys: a.iter().map(|k| k.to_vec()).collect(),
             }),
             "mset" => {
-                if a.len() % 2 != 0 {
+                if !a.len().is_multiple_of(2) {
                     return err("ERR wrong number of arguments for 'mset' command");
                 }
                 self.write(Command::MSet {

@@ -286,6 +286,21 @@ pub struct TransferLeader {
 #[rtype(result = "Vec<RaftStatus>")]
 pub struct GetRaftStatus;
 
+/// Asks which proposals were held during a membership change and released after it: the most
+/// recent ones, at most [`crate::multiraft::RELEASED_KEPT`].
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ReleasedProposal>")]
+pub struct GetReleasedProposals;
+
+/// A proposal that waited for a membership change's callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleasedProposal {
+    pub range: RangeId,
+    /// The index of the change entry it waited for.
+    pub change_index: u64,
+    pub proposal: ProposalId,
+}
+
 /// One range as its raft group on this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaftStatus {

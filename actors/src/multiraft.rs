@@ -75,6 +75,9 @@ pub struct RaftMetrics {
     pub events_deferred: AtomicU64,
 }
 
+/// How many released proposals [`GetReleasedProposals`] can report.
+pub const RELEASED_KEPT: usize = 4096;
+
 /// Ticks a read may wait for its read index before it is asked again (raft drops read requests
 /// silently when the leader is unknown or has not committed in its term).
 const READ_RETRY_TICKS: u64 = 3;
@@ -85,13 +88,21 @@ struct PendingRead {
     issued_tick: u64,
 }
 
+/// A proposal kept back while its group awaits a membership callback.
+enum Held {
+    /// Made on this node.
+    Local(ProposalId, ProposalPayload),
+    /// Forwarded by a follower to this node, the leader (`MsgPropose`).
+    Forwarded(raft::prelude::Message),
+}
+
 /// One range's raft group on this node.
 struct Group {
     node: RawNode<RangeStorage>,
     /// Index of a conf change handed to the Store whose callback has not come back.
     awaiting_callback: Option<u64>,
     /// Proposals that arrived while awaiting the callback, in arrival order.
-    held: VecDeque<(ProposalId, ProposalPayload)>,
+    held: VecDeque<Held>,
     /// Reads to ask a read index for in the next round.
     new_reads: Vec<ReadId>,
     reads_in_flight: Vec<PendingRead>,
@@ -121,6 +132,7 @@ pub struct MultiRaft {
     staged: sled::Batch,
     staged_any: bool,
     unapplied: u64,
+    released: VecDeque<ReleasedProposal>,
     ticks: u64,
     next_read_context: u64,
     logger: slog::Logger,
@@ -161,6 +173,7 @@ impl MultiRaft {
             staged: sled::Batch::default(),
             staged_any: false,
             unapplied: 0,
+            released: VecDeque::new(),
             ticks: 0,
             next_read_context: 1,
             logger,
@@ -260,7 +273,7 @@ impl MultiRaft {
             return;
         };
         if g.awaiting_callback.is_some() {
-            g.held.push_back((proposal, payload));
+            g.held.push_back(Held::Local(proposal, payload));
             self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -294,7 +307,12 @@ impl MultiRaft {
     /// Gives the Store the events kept back, then `events`, never waiting.
     fn hand_to_store(&mut self, events: Vec<Event>) {
         if !events.is_empty() {
-            self.outbox.push_back(Events(events));
+            // Behind a full mailbox, later events join the last batch kept back: the Store then
+            // applies fewer, larger batches, which is what a slow Store needs.
+            match self.outbox.back_mut() {
+                Some(last) => last.0.extend(events),
+                None => self.outbox.push_back(Events(events)),
+            }
         }
         while let Some(batch) = self.outbox.pop_front() {
             match self.store.try_send(batch) {
@@ -750,8 +768,33 @@ impl Handler<ChangeApplied> for MultiRaft {
             g.awaiting_callback = None;
         }
         let held = std::mem::take(&mut g.held);
-        for (proposal, payload) in held {
-            self.propose(msg.range, proposal, payload);
+        for h in held {
+            let proposals: Vec<ProposalId> = match &h {
+                Held::Local(p, _) => vec![*p],
+                Held::Forwarded(m) => m
+                    .get_entries()
+                    .iter()
+                    .filter_map(|e| ProposalId::from_context(&e.context))
+                    .collect(),
+            };
+            for proposal in proposals {
+                if self.released.len() == RELEASED_KEPT {
+                    self.released.pop_front();
+                }
+                self.released.push_back(ReleasedProposal {
+                    range: msg.range,
+                    change_index: msg.index,
+                    proposal,
+                });
+            }
+            match h {
+                Held::Local(proposal, payload) => self.propose(msg.range, proposal, payload),
+                Held::Forwarded(m) => {
+                    if let Some(g) = self.groups.get_mut(&msg.range) {
+                        let _ = g.node.step(m);
+                    }
+                }
+            }
         }
         self.mark_dirty(msg.range, ctx);
     }
@@ -802,6 +845,12 @@ impl Handler<RaftBatch> for MultiRaft {
                 }
             }
             let g = self.groups.get_mut(&range).expect("group just checked");
+            if m.get_msg_type() == MessageType::MsgPropose && g.awaiting_callback.is_some() {
+                // A follower's proposal waits like a local one (contract 4).
+                g.held.push_back(Held::Forwarded(m));
+                self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if let Err(e) = g.node.step(m) {
                 log::debug!("{}: {range}: step: {e}", self.node);
             }
@@ -825,6 +874,13 @@ impl Handler<GetRaftStatus> for MultiRaft {
     type Result = MessageResult<GetRaftStatus>;
     fn handle(&mut self, _: GetRaftStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.status())
+    }
+}
+
+impl Handler<GetReleasedProposals> for MultiRaft {
+    type Result = MessageResult<GetReleasedProposals>;
+    fn handle(&mut self, _: GetReleasedProposals, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.released.iter().copied().collect())
     }
 }
 

@@ -65,6 +65,9 @@ fn corrupt(what: impl Into<String>, detail: impl ToString) -> StorageError {
     }
 }
 
+/// A user key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// What a range covers and who replicates it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeDescriptor {
@@ -263,11 +266,7 @@ impl Engine {
     }
 
     /// Every user key and value in `[start, end)`.
-    pub fn user_pairs(
-        &self,
-        start: &[u8],
-        end: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn user_pairs(&self, start: &[u8], end: &[u8]) -> Result<Vec<Pair>, StorageError> {
         let (lo, hi) = keys::user_span(start, end);
         let mut out = Vec::new();
         for item in self.tree.range(lo..hi) {
@@ -327,9 +326,11 @@ impl Engine {
             index: BOOTSTRAP_INDEX,
             term: BOOTSTRAP_TERM,
         };
-        let mut hs = HardState::default();
-        hs.term = BOOTSTRAP_TERM;
-        hs.commit = BOOTSTRAP_INDEX;
+        let hs = HardState {
+            term: BOOTSTRAP_TERM,
+            commit: BOOTSTRAP_INDEX,
+            ..Default::default()
+        };
         let cs = ConfState::from((descriptor.replicas.iter().map(|n| n.0), Vec::<u64>::new()));
         batch.insert(keys::range_key(range, keys::HARD_STATE), encode_proto(&hs));
         batch.insert(
@@ -382,7 +383,7 @@ fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SnapshotData {
     pub descriptor: RangeDescriptor,
-    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub pairs: Vec<Pair>,
 }
 
 /// One range's raft log and state.

@@ -18,7 +18,8 @@ use crate::ids::{NodeId, ProposalId, RangeId, ReadId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft};
 use crate::storage::{
-    put_applied, put_descriptor, Engine, LogPosition, RangeDescriptor, SnapshotData, StorageError,
+    put_applied, put_descriptor, Engine, LogPosition, Pair, RangeDescriptor, SnapshotData,
+    StorageError,
 };
 use actix::prelude::*;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
@@ -184,7 +185,7 @@ impl Store {
                     .collect()
             }
             Command::MSet { pairs } => {
-                let mut parts: BTreeMap<RangeId, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+                let mut parts: BTreeMap<RangeId, Vec<Pair>> = BTreeMap::new();
                 for (k, v) in pairs {
                     parts.entry(route(&k)?).or_default().push((k, v));
                 }

@@ -1,0 +1,464 @@
+//! Several nodes in one process over the in-memory network.
+//!
+//! The main test is the deadlock that shaped this design (CockroachDB's multiraft, cockroach
+//! #1185): a slow Store with a tiny mailbox, clients proposing without pause, replicas added
+//! and removed, leadership moving. Nothing may stall; every request completes or fails with an
+//! error; proposals that arrived while a membership change awaited its callback commit after
+//! the change entry.
+
+use actix::prelude::*;
+use flotilla_actors::command::{Command, SetCondition};
+use flotilla_actors::ids::{NodeId, ProposalId, RangeId};
+use flotilla_actors::messages::*;
+use flotilla_actors::multiraft::RaftSettings;
+use flotilla_actors::node::{Node, NodeSettings};
+use flotilla_actors::store::StoreSettings;
+use flotilla_actors::transport::LocalNetwork;
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, EntryType};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const RANGES: u64 = 4;
+/// Key prefixes falling in each range for split keys g, n, t.
+const PREFIXES: [&str; 4] = ["a", "h", "p", "w"];
+
+fn settings(node: u64, dir: &std::path::Path, store: StoreSettings) -> NodeSettings {
+    NodeSettings {
+        node: NodeId(node),
+        data_dir: dir.join(format!("n{node}")),
+        split_keys: vec![b"g".to_vec(), b"n".to_vec(), b"t".to_vec()],
+        initial_members: vec![NodeId(1), NodeId(2)],
+        cache_bytes: 16 << 20,
+        raft: RaftSettings {
+            tick_interval: Duration::from_millis(20),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            ..RaftSettings::default()
+        },
+        store,
+    }
+}
+
+struct Cluster {
+    net: LocalNetwork,
+    nodes: BTreeMap<u64, Node>,
+}
+
+impl Cluster {
+    fn start(dir: &std::path::Path, ids: &[u64], store: StoreSettings) -> Cluster {
+        let net = LocalNetwork::new(7);
+        let mut nodes = BTreeMap::new();
+        for &id in ids {
+            let node = Node::start(settings(id, dir, store.clone()), Box::new(net.transport()))
+                .expect("node starts");
+            net.register(NodeId(id), node.multiraft.clone().recipient());
+            nodes.insert(id, node);
+        }
+        Cluster { net, nodes }
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[&id]
+    }
+
+    async fn status(&self, id: u64) -> Vec<RaftStatus> {
+        self.node(id).multiraft.send(GetRaftStatus).await.unwrap()
+    }
+
+    /// Waits until every range on node `id` knows a leader.
+    async fn await_leaders(&self, id: u64) {
+        for _ in 0..500 {
+            let s = self.status(id).await;
+            if s.len() as u64 == RANGES && s.iter().all(|r| r.leader.is_some()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("ranges without a leader: {:?}", self.status(id).await);
+    }
+
+    async fn leader_of(&self, range: RangeId) -> Option<NodeId> {
+        self.status(1)
+            .await
+            .into_iter()
+            .find(|s| s.range == range)
+            .and_then(|s| s.leader)
+    }
+
+    /// Applies a membership change through node 1's Store, retrying refusals (no leader, a
+    /// change already in progress, a timeout whose outcome is unknown).
+    async fn change(&self, range: RangeId, node: u64, kind: ConfChangeType) {
+        let mut single = ConfChangeSingle::default();
+        single.node_id = node;
+        single.set_change_type(kind);
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        for _ in 0..50 {
+            let r = self
+                .node(1)
+                .store
+                .send(ChangeReplicas {
+                    range,
+                    change: cc.clone(),
+                })
+                .await
+                .unwrap();
+            let voters = self.voters(range).await;
+            let done = match kind {
+                ConfChangeType::RemoveNode => !voters.contains(&NodeId(node)),
+                _ => voters.contains(&NodeId(node)),
+            };
+            if r.is_ok() || done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{kind:?} of n{node} on {range} never succeeded");
+    }
+
+    async fn voters(&self, range: RangeId) -> Vec<NodeId> {
+        self.status(1)
+            .await
+            .into_iter()
+            .find(|s| s.range == range)
+            .map(|s| s.voters)
+            .unwrap_or_default()
+    }
+
+    /// Moves the range's leadership to `to` and waits (bounded) for it to happen.
+    async fn transfer(&self, range: RangeId, to: u64) {
+        for _ in 0..100 {
+            if self.leader_of(range).await == Some(NodeId(to)) {
+                return;
+            }
+            for node in self.nodes.values() {
+                node.multiraft.do_send(TransferLeader {
+                    range,
+                    to: NodeId(to),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("leadership of {range} never moved to n{to}");
+    }
+
+    fn stop(self) {
+        for (_, n) in self.nodes {
+            n.stop();
+        }
+    }
+}
+
+#[derive(Default)]
+struct History {
+    acked: Vec<(Vec<u8>, Vec<u8>)>,
+    failed: usize,
+    stalled: usize,
+}
+
+#[test]
+fn no_deadlock_under_membership_changes_with_a_slow_store() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let slow_store = StoreSettings {
+            request_timeout: Duration::from_secs(1),
+            apply_delay: Duration::from_millis(20),
+            mailbox_capacity: 2,
+        };
+        let cluster = Rc::new(Cluster::start(dir.path(), &[1, 2, 3], slow_store));
+        cluster.await_leaders(1).await;
+
+        // Clients proposing continuously through nodes 1 and 2: an open-loop load, a new
+        // write every millisecond whatever the earlier ones are doing (at most 256 under way),
+        // so proposals keep arriving while changes await their callbacks. Each request is
+        // bounded by a timeout far above the Store's own: hitting it means something stalled.
+        let history = Rc::new(RefCell::new(History::default()));
+        let stop = Rc::new(std::cell::Cell::new(false));
+        let in_flight = Rc::new(std::cell::Cell::new(0usize));
+        let load = {
+            let (cluster, history, stop, in_flight) = (
+                cluster.clone(),
+                history.clone(),
+                stop.clone(),
+                in_flight.clone(),
+            );
+            actix_rt::spawn(async move {
+                let mut writes = Vec::new();
+                let mut i = 0usize;
+                while !stop.get() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    if in_flight.get() >= 256 {
+                        continue;
+                    }
+                    let key = format!("{}{i}", PREFIXES[i % PREFIXES.len()]).into_bytes();
+                    let value = format!("{i}").into_bytes();
+                    // A clone per request, as the server does, so no request waits on
+                    // another's place in the mailbox.
+                    let store = cluster.node(1 + (i % 2) as u64).store.clone();
+                    let (history, in_flight) = (history.clone(), in_flight.clone());
+                    in_flight.set(in_flight.get() + 1);
+                    writes.push(actix_rt::spawn(async move {
+                        let write = store.send(Write {
+                            command: Command::Set {
+                                key: key.clone(),
+                                value: value.clone(),
+                                condition: SetCondition::Always,
+                            },
+                        });
+                        match tokio::time::timeout(Duration::from_secs(20), write).await {
+                            Err(_) => history.borrow_mut().stalled += 1,
+                            Ok(Ok(Ok(_))) => history.borrow_mut().acked.push((key, value)),
+                            Ok(Ok(Err(_))) => history.borrow_mut().failed += 1,
+                            Ok(Err(e)) => panic!("store mailbox failed: {e}"),
+                        }
+                        in_flight.set(in_flight.get() - 1);
+                    }));
+                    i += 1;
+                }
+                for w in writes {
+                    w.await.unwrap();
+                }
+            })
+        };
+
+        // Membership changes and leadership moves on every range, concurrently, repeated
+        // until proposals have been held often enough to check (each round holds some, how
+        // many depends on timing), at most MAX_ROUNDS times.
+        const MAX_ROUNDS: usize = 10;
+        let held = |cluster: &Cluster| -> u64 {
+            cluster
+                .nodes
+                .values()
+                .map(|n| n.metrics.proposals_held.load(Ordering::Relaxed))
+                .sum()
+        };
+        for round in 0..MAX_ROUNDS {
+            let mut admin = Vec::new();
+            for r in 1..=RANGES {
+                let cluster = cluster.clone();
+                admin.push(actix_rt::spawn(async move {
+                    let range = RangeId(r);
+                    let (there, back) = if round % 2 == 0 { (2, 1) } else { (1, 2) };
+                    cluster.change(range, 3, ConfChangeType::AddNode).await;
+                    cluster.transfer(range, there).await;
+                    cluster.change(range, 3, ConfChangeType::RemoveNode).await;
+                    cluster.transfer(range, back).await;
+                }));
+            }
+            for a in admin {
+                a.await.unwrap();
+            }
+            if round >= 1 && held(&cluster) >= 10 {
+                break;
+            }
+        }
+        stop.set(true);
+        load.await.unwrap();
+
+        let h = history.borrow();
+        assert_eq!(h.stalled, 0, "requests stalled");
+        assert!(
+            h.acked.len() > 100,
+            "only {} writes succeeded",
+            h.acked.len()
+        );
+        println!(
+            "acked {} failed {} (errors are allowed: no leader during a transfer, timeouts)",
+            h.acked.len(),
+            h.failed
+        );
+
+        // The slow Store's tiny mailbox made MultiRaft keep events back, and proposals
+        // were held while changes awaited their callbacks.
+        let deferred: u64 = cluster
+            .nodes
+            .values()
+            .map(|n| n.metrics.events_deferred.load(Ordering::Relaxed))
+            .sum();
+        let held = held(&cluster);
+        println!("events kept back {deferred} times; {held} proposals held");
+        assert!(deferred > 0, "the Store's mailbox never filled");
+
+        let mut checked = 0;
+        for id in [1u64, 2] {
+            let released = cluster
+                .node(id)
+                .multiraft
+                .send(GetReleasedProposals)
+                .await
+                .unwrap();
+            println!(
+                "n{id}: {} released, held metric {}",
+                released.len(),
+                cluster
+                    .node(id)
+                    .metrics
+                    .proposals_held
+                    .load(Ordering::Relaxed)
+            );
+            for p in released {
+                let log = cluster.node(id).engine.log_entries(p.range).unwrap();
+                let change = log
+                    .iter()
+                    .find(|e| e.index == p.change_index)
+                    .expect("the change entry is in the log");
+                assert_ne!(change.get_entry_type(), EntryType::EntryNormal);
+                if let Some(e) = log
+                    .iter()
+                    .find(|e| ProposalId::from_context(&e.context) == Some(p.proposal))
+                {
+                    assert!(
+                        e.index > p.change_index,
+                        "held proposal at {} not after its change at {}",
+                        e.index,
+                        p.change_index
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(
+            held >= 10,
+            "only {held} proposals were held in {MAX_ROUNDS} rounds"
+        );
+        assert!(checked > 0, "no held proposal reached the log");
+        println!("{checked} held proposals committed after their membership change");
+
+        // Every replica holds the same data, and every acknowledged write is in it.
+        let mut converged = false;
+        for _ in 0..250 {
+            let (a, b) = (cluster.status(1).await, cluster.status(2).await);
+            if a.iter()
+                .zip(&b)
+                .all(|(x, y)| x.applied == y.applied && x.applied == x.commit)
+            {
+                converged = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(converged, "replicas did not converge");
+        let one = cluster.node(1).engine.user_pairs(b"", b"").unwrap();
+        let two = cluster.node(2).engine.user_pairs(b"", b"").unwrap();
+        assert!(one == two, "replicas of nodes 1 and 2 differ");
+        let data: BTreeMap<_, _> = one.into_iter().collect();
+        for (k, v) in &h.acked {
+            assert_eq!(data.get(k), Some(v), "acknowledged write lost");
+        }
+        drop(h);
+        match Rc::try_unwrap(cluster) {
+            Ok(c) => c.stop(),
+            Err(_) => panic!("cluster still shared"),
+        }
+    });
+}
+
+#[test]
+fn a_new_replica_is_filled_by_snapshot_reads_linearizably_and_a_minority_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings {
+            request_timeout: Duration::from_secs(1),
+            ..StoreSettings::default()
+        };
+        let cluster = Cluster::start(dir.path(), &[1, 2, 3], settings);
+        cluster.await_leaders(1).await;
+        let range = RangeId(1);
+        for i in 0..50 {
+            cluster
+                .node(1)
+                .store
+                .send(Write {
+                    command: Command::Set {
+                        key: format!("a{i}").into_bytes(),
+                        value: b"x".to_vec(),
+                        condition: SetCondition::Always,
+                    },
+                })
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        cluster.change(range, 3, ConfChangeType::AddNode).await;
+        // Node 3 had nothing; it now serves range 1 with all of its data.
+        let mut values = Vec::new();
+        for _ in 0..250 {
+            let r = cluster
+                .node(3)
+                .store
+                .send(Read {
+                    keys: vec![b"a0".to_vec(), b"a49".to_vec()],
+                })
+                .await
+                .unwrap();
+            if let Ok(v) = r {
+                values = v;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(values, vec![Some(b"x".to_vec()), Some(b"x".to_vec())]);
+        // A read through a follower sees a write acknowledged through the leader.
+        cluster
+            .node(1)
+            .store
+            .send(Write {
+                command: Command::Set {
+                    key: b"a0".to_vec(),
+                    value: b"y".to_vec(),
+                    condition: SetCondition::Always,
+                },
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let got = cluster
+            .node(3)
+            .store
+            .send(Read {
+                keys: vec![b"a0".to_vec()],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, vec![Some(b"y".to_vec())]);
+
+        // Cut off from the others, node 3 is a minority: a write through it fails with an
+        // error, while the majority goes on; healed, node 3 catches up.
+        cluster.net.partition(&[NodeId(3)], &[NodeId(1), NodeId(2)]);
+        let write = |via: u64, value: &'static [u8]| {
+            cluster.node(via).store.send(Write {
+                command: Command::Set {
+                    key: b"a1".to_vec(),
+                    value: value.to_vec(),
+                    condition: SetCondition::Always,
+                },
+            })
+        };
+        assert!(write(3, b"minority").await.unwrap().is_err());
+        write(1, b"majority").await.unwrap().unwrap();
+        cluster.net.heal();
+        let mut seen = None;
+        for _ in 0..250 {
+            let r = cluster
+                .node(3)
+                .store
+                .send(Read {
+                    keys: vec![b"a1".to_vec()],
+                })
+                .await
+                .unwrap();
+            if let Ok(v) = r {
+                seen = v[0].clone();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(seen.as_deref(), Some(&b"majority"[..]));
+        cluster.stop();
+    });
+}
