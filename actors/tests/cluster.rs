@@ -14,7 +14,7 @@ use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
 use flotilla_actors::store::StoreSettings;
 use flotilla_actors::transport::LocalNetwork;
-use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, EntryType};
+use raft::prelude::{ConfChangeType, ConfChangeV2, EntryType};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -91,9 +91,7 @@ impl Cluster {
     /// Applies a membership change through node 1's Store, retrying refusals (no leader, a
     /// change already in progress, a timeout whose outcome is unknown).
     async fn change(&self, range: RangeId, node: u64, kind: ConfChangeType) {
-        let mut single = ConfChangeSingle::default();
-        single.node_id = node;
-        single.set_change_type(kind);
+        let single = raft_proto::new_conf_change_single(node, kind);
         let mut cc = ConfChangeV2::default();
         cc.mut_changes().push(single);
         for _ in 0..50 {
@@ -259,7 +257,7 @@ fn no_deadlock_under_membership_changes_with_a_slow_store() {
         stop.set(true);
         load.await.unwrap();
 
-        let h = history.borrow();
+        let h = std::mem::take(&mut *history.borrow_mut());
         assert_eq!(h.stalled, 0, "requests stalled");
         assert!(
             h.acked.len() > 100,
@@ -349,7 +347,6 @@ fn no_deadlock_under_membership_changes_with_a_slow_store() {
         for (k, v) in &h.acked {
             assert_eq!(data.get(k), Some(v), "acknowledged write lost");
         }
-        drop(h);
         match Rc::try_unwrap(cluster) {
             Ok(c) => c.stop(),
             Err(_) => panic!("cluster still shared"),
