@@ -459,3 +459,66 @@ fn a_new_replica_is_filled_by_snapshot_reads_linearizably_and_a_minority_cannot_
         cluster.stop();
     });
 }
+
+#[test]
+fn a_store_that_falls_behind_makes_new_writes_busy_instead_of_queueing() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let net = LocalNetwork::new(3);
+        let mut s = settings(
+            1,
+            dir.path(),
+            StoreSettings {
+                apply_delay: Duration::from_millis(30),
+                ..StoreSettings::default()
+            },
+        );
+        s.initial_members = vec![NodeId(1)];
+        s.raft.max_unapplied_entries = 8;
+        let node = Node::start(s, Box::new(net.transport())).unwrap();
+        let mut writes = Vec::new();
+        for i in 0..300 {
+            let store = node.store.clone();
+            writes.push(actix_rt::spawn(async move {
+                store
+                    .send(Write {
+                        command: Command::Set {
+                            key: format!("k{i}").into_bytes(),
+                            value: b"v".to_vec(),
+                            condition: SetCondition::Always,
+                        },
+                    })
+                    .await
+                    .unwrap()
+            }));
+            if i % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let (mut ok, mut busy) = (0, 0);
+        for w in writes {
+            match w.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(StoreError::Refused(ProposeError::Busy)) => busy += 1,
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert!(busy > 0, "no write was refused as busy");
+        assert!(ok > 0, "no write got through");
+        assert!(node.metrics.proposals_busy.load(Ordering::Relaxed) >= busy);
+        // Once the Store has caught up, writes are accepted again.
+        let r = node
+            .store
+            .send(Write {
+                command: Command::Set {
+                    key: b"after".to_vec(),
+                    value: b"v".to_vec(),
+                    condition: SetCondition::Always,
+                },
+            })
+            .await
+            .unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        node.stop();
+    });
+}
