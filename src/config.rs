@@ -9,6 +9,7 @@ use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::NodeSettings;
 use flotilla_actors::store::StoreSettings;
 use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,11 @@ pub struct Config {
     pub request_timeout_ms: u64,
     pub max_unapplied_entries: u64,
     pub cache_mb: u64,
+    pub raft_addr: Option<SocketAddr>,
+    pub cluster_id: String,
+    pub cluster_secret: Option<String>,
+    pub initial_members: Vec<u64>,
+    pub peers: BTreeMap<String, SocketAddr>,
 }
 
 impl Default for Config {
@@ -55,6 +61,11 @@ impl Default for Config {
             request_timeout_ms: 5_000,
             max_unapplied_entries: 20_000,
             cache_mb: 256,
+            raft_addr: None,
+            cluster_id: "flotilla".into(),
+            cluster_secret: None,
+            initial_members: Vec::new(),
+            peers: BTreeMap::new(),
         }
     }
 }
@@ -173,7 +184,66 @@ impl Config {
         if self.cache_mb == 0 {
             return Err(("cache_mb", "must be at least 1".into()));
         }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), (&'static str, String)> {
+        if self.cluster_id.is_empty() {
+            return Err(("cluster_id", "must not be empty".into()));
+        }
+        let peers = self.peer_addrs().map_err(|e| ("peers", e))?;
+        if peers.is_empty() {
+            if self.raft_addr.is_some() {
+                return Err(("raft_addr", "is set but no peers are listed".into()));
+            }
+            if !self.initial_members.is_empty() && self.initial_members != [self.node_id] {
+                return Err((
+                    "initial_members",
+                    "lists other nodes but no peers are listed".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if self.raft_addr.is_none() {
+            return Err(("raft_addr", "is required when peers are listed".into()));
+        }
+        if self.cluster_secret.as_deref().unwrap_or("").is_empty() {
+            return Err((
+                "cluster_secret",
+                "is required (and must not be empty) when peers are listed".into(),
+            ));
+        }
+        if !peers.contains_key(&NodeId(self.node_id)) {
+            return Err((
+                "peers",
+                format!(
+                    "must list this node ({}) with its raft address",
+                    self.node_id
+                ),
+            ));
+        }
+        if let Some(m) = self
+            .initial_members
+            .iter()
+            .find(|m| !peers.contains_key(&NodeId(**m)))
+        {
+            return Err(("initial_members", format!("node {m} is not in peers")));
+        }
         Ok(())
+    }
+
+    /// The raft address of every node of the cluster, by node id.
+    pub fn peer_addrs(&self) -> Result<HashMap<NodeId, SocketAddr>, String> {
+        let mut out = HashMap::new();
+        for (id, addr) in &self.peers {
+            match id.parse::<u64>() {
+                Ok(n) if n >= 1 => {
+                    out.insert(NodeId(n), *addr);
+                }
+                _ => return Err(format!("{id:?} is not a node id (an integer from 1)")),
+            }
+        }
+        Ok(out)
     }
 
     /// What the actors need to start this node.
@@ -186,7 +256,11 @@ impl Config {
                 .iter()
                 .map(|k| k.as_bytes().to_vec())
                 .collect(),
-            initial_members: vec![NodeId(self.node_id)],
+            initial_members: if self.initial_members.is_empty() {
+                vec![NodeId(self.node_id)]
+            } else {
+                self.initial_members.iter().map(|&n| NodeId(n)).collect()
+            },
             cache_bytes: self.cache_mb << 20,
             raft: RaftSettings {
                 tick_interval: Duration::from_millis(self.tick_interval_ms),
@@ -258,7 +332,7 @@ mod tests {
     fn errors_name_the_file_line_and_key() {
         assert_eq!(
             err("node_id = 2\nbogus = 1\n"),
-            "test.toml:2: key `bogus`: unknown field `bogus`, expected one of `node_id`, `data_dir`, `client_addr`, `password`, `split_keys`, `max_value_bytes`, `max_clients`, `tick_interval_ms`, `election_ticks`, `heartbeat_ticks`, `request_timeout_ms`, `max_unapplied_entries`, `cache_mb`"
+            "test.toml:2: key `bogus`: unknown field `bogus`, expected one of `node_id`, `data_dir`, `client_addr`, `password`, `split_keys`, `max_value_bytes`, `max_clients`, `tick_interval_ms`, `election_ticks`, `heartbeat_ticks`, `request_timeout_ms`, `max_unapplied_entries`, `cache_mb`, `raft_addr`, `cluster_id`, `cluster_secret`, `initial_members`, `peers`"
         );
         assert_eq!(
             err("tick_interval_ms = \"fast\"\n"),

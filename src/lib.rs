@@ -17,6 +17,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod peers;
 pub mod resp;
 pub mod run;
 pub mod server;

@@ -2,6 +2,8 @@
 
 use crate::commands::Shared;
 use crate::config::Config;
+use crate::peers::Credentials;
+use flotilla_actors::ids::NodeId;
 use flotilla_actors::messages::RaftBatch;
 use flotilla_actors::node::Node;
 use flotilla_actors::transport::{Transport, Unreachable};
@@ -47,12 +49,41 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         addr: config.client_addr,
         source,
     })?;
-    let node = Node::start(config.node_settings(), Box::new(NoPeers)).map_err(|source| {
-        StartError::Storage {
+    let peers = config.peer_addrs().unwrap_or_default();
+    let credentials = Credentials {
+        cluster_id: config.cluster_id.clone(),
+        secret: config.cluster_secret.clone().unwrap_or_default(),
+    };
+    let raft_listener = match config.raft_addr {
+        Some(addr) if !peers.is_empty() => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?,
+        ),
+        _ => None,
+    };
+    let me = NodeId(config.node_id);
+    let transport: Box<dyn Transport> = if peers.is_empty() {
+        Box::new(NoPeers)
+    } else {
+        Box::new(crate::peers::connect(me, &peers, &credentials))
+    };
+    let node =
+        Node::start(config.node_settings(), transport).map_err(|source| StartError::Storage {
             dir: config.data_dir.display().to_string(),
             source,
+        })?;
+    let raft_server = raft_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            println!("flotilla: node {} raft on {a}", config.node_id);
         }
-    })?;
+        actix_rt::spawn(crate::peers::listen(
+            l,
+            me,
+            credentials,
+            node.multiraft.clone().recipient(),
+        ))
+    });
     let shared = Arc::new(Shared {
         store: node.store.clone(),
         multiraft: node.multiraft.clone(),
@@ -75,10 +106,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config.data_dir.display(),
         config.split_keys.len() + 1
     );
+    let _ = std::io::stdout().flush();
     let server = actix_rt::spawn(crate::server::serve(listener, shared));
     wait_for_signal().await;
     log::info!("stopping");
     server.abort();
+    if let Some(r) = raft_server {
+        r.abort();
+    }
     node.stop();
     Ok(())
 }

@@ -344,8 +344,24 @@ impl MultiRaft {
                 to,
                 messages,
             };
+            let proposals: Vec<(RangeId, ProposalId)> = batch
+                .messages
+                .iter()
+                .filter(|(_, m)| m.get_msg_type() == MessageType::MsgPropose)
+                .flat_map(|(r, m)| m.get_entries().iter().map(move |e| (*r, e)))
+                .filter_map(|(r, e)| ProposalId::from_context(&e.context).map(|p| (r, p)))
+                .filter(|(_, p)| p.node == self.node)
+                .collect();
             let sent = self.transport.send(batch).is_ok();
             if !sent {
+                // A proposal forwarded to a leader that cannot be reached never left this
+                // node: the client may retry at once instead of waiting for its timeout.
+                for (range, proposal) in proposals {
+                    self.events.push(Event::ProposalFailed {
+                        proposal,
+                        error: ProposeError::NoLeader(range),
+                    });
+                }
                 for (range, peer) in ranges {
                     if let Some(g) = self.groups.get_mut(&range) {
                         g.node.report_unreachable(peer);
@@ -530,6 +546,7 @@ impl MultiRaft {
             }
         }
         self.send_batches(late_msgs);
+        events.append(&mut self.events);
         self.hand_to_store(events);
         self.dirty.extend(retry);
     }
