@@ -82,9 +82,14 @@ pub const RELEASED_KEPT: usize = 4096;
 /// silently when the leader is unknown or has not committed in its term).
 const READ_RETRY_TICKS: u64 = 3;
 
+/// Ticks after which a read still without a read index is failed and forgotten (by then the
+/// Store has long answered its client with a timeout).
+const READ_GIVE_UP_TICKS: u64 = 600;
+
 struct PendingRead {
     context: u64,
-    reads: Vec<ReadId>,
+    /// Each read with the tick it was first asked for.
+    reads: Vec<(ReadId, u64)>,
     issued_tick: u64,
 }
 
@@ -103,8 +108,8 @@ struct Group {
     awaiting_callback: Option<u64>,
     /// Proposals that arrived while awaiting the callback, in arrival order.
     held: VecDeque<Held>,
-    /// Reads to ask a read index for in the next round.
-    new_reads: Vec<ReadId>,
+    /// Reads to ask a read index for in the next round, with the tick each was first asked.
+    new_reads: Vec<(ReadId, u64)>,
     reads_in_flight: Vec<PendingRead>,
     /// Last index handed to the Store, and last index it reported applied.
     handed: u64,
@@ -220,12 +225,11 @@ impl MultiRaft {
         // A conf change the Store applied just before a crash, whose new conf state MultiRaft
         // had not yet written: apply it again, as the callback would have.
         if applied > conf_index {
-            let entries = self.engine.log_entries(range)?;
+            let entries = self
+                .engine
+                .log_entries_between(range, conf_index + 1, applied)?;
             let mut batch = sled::Batch::default();
-            for e in entries
-                .iter()
-                .filter(|e| e.index > conf_index && e.index <= applied)
-            {
+            for e in &entries {
                 if let Some(cc) = conf_change_of(e) {
                     if let Ok(cs) = node.apply_conf_change(&cc) {
                         node.mut_store().stage_conf_state(cs, e.index, &mut batch);
@@ -391,7 +395,6 @@ impl MultiRaft {
         let mut events = std::mem::take(&mut self.events);
         let mut leader_msgs: BTreeMap<NodeId, Vec<_>> = BTreeMap::new();
         let mut readies = Vec::new();
-        let mut retry = BTreeSet::new();
         let myself = self.myself.clone().expect("MultiRaft started");
 
         for range in std::mem::take(&mut self.dirty) {
@@ -401,7 +404,10 @@ impl MultiRaft {
             if !g.new_reads.is_empty() {
                 let context = self.next_read_context;
                 self.next_read_context += 1;
-                g.node.read_index(context.to_be_bytes().to_vec());
+                // Unique across nodes: a leader ignores a context it already has pending.
+                let mut ctx = self.node.0.to_be_bytes().to_vec();
+                ctx.extend_from_slice(&context.to_be_bytes());
+                g.node.read_index(ctx);
                 g.reads_in_flight.push(PendingRead {
                     context,
                     reads: std::mem::take(&mut g.new_reads),
@@ -417,8 +423,8 @@ impl MultiRaft {
             }
             // A snapshot replaces the range's data: install it only once the Store has applied
             // everything handed to it, so no older entry is applied on top of it.
+            // The range becomes dirty again when the Store reports `Applied`.
             if g.node.raft.raft_log.unstable_snapshot().is_some() && g.applied < g.handed {
-                retry.insert(range);
                 continue;
             }
             let mut rd = g.node.ready();
@@ -478,7 +484,7 @@ impl MultiRaft {
                 must_write = true;
             }
             for rs in rd.take_read_states() {
-                let context = read_context(&rs.request_ctx);
+                let context = read_context(self.node, &rs.request_ctx);
                 if let Some(pos) = g
                     .reads_in_flight
                     .iter()
@@ -488,7 +494,7 @@ impl MultiRaft {
                     events.push(Event::ReadReady {
                         range,
                         index: rs.index,
-                        reads: p.reads,
+                        reads: p.reads.into_iter().map(|(r, _)| r).collect(),
                     });
                 }
             }
@@ -548,7 +554,6 @@ impl MultiRaft {
         self.send_batches(late_msgs);
         events.append(&mut self.events);
         self.hand_to_store(events);
-        self.dirty.extend(retry);
     }
 
     fn on_tick(&mut self) {
@@ -561,6 +566,20 @@ impl MultiRaft {
                 }
             }
             g.reads_in_flight.retain(|p| !p.reads.is_empty());
+            let mut expired = Vec::new();
+            g.new_reads.retain(|&(read, first)| {
+                let keep = self.ticks - first < READ_GIVE_UP_TICKS;
+                if !keep {
+                    expired.push(read);
+                }
+                keep
+            });
+            if !expired.is_empty() {
+                self.events.push(Event::ReadsFailed {
+                    reads: expired,
+                    error: ProposeError::NoLeader(*range),
+                });
+            }
             dirty |= !g.new_reads.is_empty();
             if dirty {
                 self.dirty.insert(*range);
@@ -607,9 +626,12 @@ fn conf_change_of(e: &Entry) -> Option<ConfChangeV2> {
     }
 }
 
-fn read_context(bytes: &[u8]) -> Option<u64> {
-    let b: [u8; 8] = bytes.try_into().ok()?;
-    Some(u64::from_be_bytes(b))
+/// The counter of a read context this node issued (node id, counter).
+fn read_context(node: NodeId, bytes: &[u8]) -> Option<u64> {
+    let b: [u8; 16] = bytes.try_into().ok()?;
+    let (n, c) = b.split_at(8);
+    (u64::from_be_bytes(n.try_into().ok()?) == node.0)
+        .then(|| u64::from_be_bytes(c.try_into().expect("8 bytes")))
 }
 
 /// Turns committed entries into events for the Store.
@@ -727,7 +749,7 @@ impl Handler<ReadIndex> for MultiRaft {
     fn handle(&mut self, msg: ReadIndex, ctx: &mut Context<Self>) {
         match self.groups.get_mut(&msg.range) {
             Some(g) => {
-                g.new_reads.push(msg.read);
+                g.new_reads.push((msg.read, self.ticks));
                 self.dirty.insert(msg.range);
             }
             None => self.events.push(Event::ReadsFailed {
@@ -783,6 +805,11 @@ impl Handler<ChangeApplied> for MultiRaft {
         }
         if g.awaiting_callback == Some(msg.index) {
             g.awaiting_callback = None;
+        }
+        // The Store applied everything up to the change before calling back: let raft know,
+        // so a held membership change is not refused as "pending".
+        if msg.index > g.node.raft.raft_log.applied && msg.index <= g.node.raft.raft_log.committed {
+            g.node.advance_apply_to(msg.index);
         }
         let held = std::mem::take(&mut g.held);
         for h in held {

@@ -301,9 +301,21 @@ impl Engine {
 
     /// Every log entry stored for a range, in index order (for inspection and tests).
     pub fn log_entries(&self, range: RangeId) -> Result<Vec<Entry>, StorageError> {
-        let prefix = keys::range_key(range, keys::LOG);
+        self.log_entries_between(range, 0, u64::MAX)
+    }
+
+    /// The stored log entries of a range with `low <= index <= high`.
+    pub fn log_entries_between(
+        &self,
+        range: RangeId,
+        low: u64,
+        high: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix) {
+        for item in self
+            .tree
+            .range(keys::log_key(range, low)..=keys::log_key(range, high))
+        {
             let (_, v) = item?;
             out.push(decode_entry(&v)?);
         }
