@@ -15,8 +15,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The largest `max_value_bytes` accepted (Redis's own limit for a bulk string).
-pub const MAX_VALUE_BYTES_LIMIT: usize = 512 << 20;
+/// The largest `max_value_bytes` accepted: an entry must fit in one raft frame between nodes
+/// (64 MiB) with room to spare.
+pub const MAX_VALUE_BYTES_LIMIT: usize = 16 << 20;
 
 /// A node's configuration. Every key is documented in `config/single-node.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

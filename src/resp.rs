@@ -20,6 +20,8 @@ pub struct Limits {
     pub max_args: usize,
     /// Longest inline command or header line.
     pub max_inline_bytes: usize,
+    /// Largest whole request (all its arguments together).
+    pub max_request_bytes: usize,
 }
 
 impl Limits {
@@ -28,6 +30,7 @@ impl Limits {
             max_bulk_bytes,
             max_args: 1 << 20,
             max_inline_bytes: 64 << 10,
+            max_request_bytes: (2 * max_bulk_bytes).max(16 << 20),
         }
     }
 }
@@ -108,6 +111,12 @@ pub fn parse_request(
         }
         let start = eol + 1;
         let end = start + len as usize;
+        if end > limits.max_request_bytes {
+            return Err(protocol(format!(
+                "request larger than {} bytes",
+                limits.max_request_bytes
+            )));
+        }
         if buf.len() < end + 2 {
             return Ok(None);
         }
@@ -204,6 +213,7 @@ mod tests {
             max_bulk_bytes: 16,
             max_args: 4,
             max_inline_bytes: 32,
+            max_request_bytes: 40,
         }
     }
 
@@ -265,6 +275,10 @@ mod tests {
         assert_eq!(
             parse(&[b'x'; 40]).unwrap_err(),
             protocol("too big inline request")
+        );
+        assert_eq!(
+            parse(b"*3\r\n$16\r\n0123456789abcdef\r\n$16\r\n0123456789abcdef\r\n").unwrap_err(),
+            protocol("request larger than 40 bytes")
         );
         assert_eq!(
             parse(b"*1\r\n$-5\r\n").unwrap_err().0,
