@@ -9,9 +9,11 @@ use flotilla_actors::command::{parse_integer, Command, CommandOutcome, SetCondit
 use flotilla_actors::messages::{GetRaftStatus, GetStoreStatus, Read, StoreError, Write};
 use flotilla_actors::multiraft::{MultiRaft, RaftMetrics};
 use flotilla_actors::store::Store;
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -141,6 +143,16 @@ pub struct Session {
     peer: SocketAddr,
     authenticated: bool,
     name: Option<Bytes>,
+    order: Rc<Order>,
+}
+
+/// What [`Session::sequenced`] needs to know of the commands under way on a connection.
+#[derive(Default)]
+struct Order {
+    /// Commands queued that have not reached the Store yet.
+    undispatched: Cell<usize>,
+    /// Writes started and not yet answered.
+    writes: Cell<usize>,
 }
 
 impl Session {
@@ -153,6 +165,7 @@ impl Session {
             peer,
             authenticated,
             name: None,
+            order: Rc::new(Order::default()),
         }
     }
 
@@ -231,7 +244,7 @@ impl Session {
             },
             "dbsize" => {
                 let store = self.shared.store.clone();
-                Box::pin(async move {
+                self.in_turn(async move {
                     let mut out = BytesMut::new();
                     match store.send(GetStoreStatus).await {
                         Ok(s) => reply::integer(&mut out, s.keys as i64),
@@ -289,21 +302,71 @@ impl Session {
         }
     }
 
+    /// Starts a data command now if that cannot change what this connection observes, or else
+    /// once every earlier command of the connection has been answered.
+    ///
+    /// # Ordering within a connection
+    ///
+    /// Pipelined commands must behave as if run one after the other. A write may start at
+    /// once when every earlier command has already reached the Store: the Store proposes in
+    /// arrival order, so the log keeps the connection's order, and a read that reached the
+    /// Store first got its read index first. A read may start at once only when, in addition,
+    /// no write of the connection is still under way, so it sees every earlier write. Anything
+    /// else waits its turn.
+    fn sequenced<F>(&self, is_write: bool, start: impl FnOnce() -> F + 'static) -> PendingReply
+    where
+        F: Future<Output = Reply> + 'static,
+    {
+        let order = self.order.clone();
+        let now = order.undispatched.get() == 0 && (is_write || order.writes.get() == 0);
+        if is_write {
+            order.writes.set(order.writes.get() + 1);
+        }
+        if now {
+            let running = start();
+            return Box::pin(async move {
+                let reply = running.await;
+                if is_write {
+                    order.writes.set(order.writes.get() - 1);
+                }
+                reply
+            });
+        }
+        order.undispatched.set(order.undispatched.get() + 1);
+        Box::pin(async move {
+            order.undispatched.set(order.undispatched.get() - 1);
+            let reply = start().await;
+            if is_write {
+                order.writes.set(order.writes.get() - 1);
+            }
+            reply
+        })
+    }
+
+    /// A command that runs once every earlier command has been answered.
+    fn in_turn(&self, run: impl Future<Output = Reply> + 'static) -> PendingReply {
+        self.sequenced(false, move || run)
+    }
+
     fn write(&self, command: Command) -> PendingReply {
         let store = self.shared.store.clone();
-        Box::pin(async move {
-            let mut out = BytesMut::new();
-            match store.send(Write { command }).await {
-                Ok(Ok(CommandOutcome::Ok)) => reply::simple(&mut out, "OK"),
-                Ok(Ok(CommandOutcome::NotSet)) => reply::null(&mut out),
-                Ok(Ok(CommandOutcome::Integer(n))) => reply::integer(&mut out, n),
-                Ok(Ok(CommandOutcome::Error(e))) => reply::error(&mut out, &e),
-                Ok(Err(e)) => store_failure(&mut out, e),
-                Err(e) => mailbox_failure(&mut out, e),
-            }
-            Reply {
-                bytes: out,
-                close: false,
+        self.sequenced(true, move || {
+            // `send` enqueues at once; only the answer is awaited.
+            let request = store.send(Write { command });
+            async move {
+                let mut out = BytesMut::new();
+                match request.await {
+                    Ok(Ok(CommandOutcome::Ok)) => reply::simple(&mut out, "OK"),
+                    Ok(Ok(CommandOutcome::NotSet)) => reply::null(&mut out),
+                    Ok(Ok(CommandOutcome::Integer(n))) => reply::integer(&mut out, n),
+                    Ok(Ok(CommandOutcome::Error(e))) => reply::error(&mut out, &e),
+                    Ok(Err(e)) => store_failure(&mut out, e),
+                    Err(e) => mailbox_failure(&mut out, e),
+                }
+                Reply {
+                    bytes: out,
+                    close: false,
+                }
             }
         })
     }
@@ -314,16 +377,19 @@ impl Session {
         render: impl FnOnce(&mut BytesMut, Vec<Option<Vec<u8>>>) + 'static,
     ) -> PendingReply {
         let store = self.shared.store.clone();
-        Box::pin(async move {
-            let mut out = BytesMut::new();
-            match store.send(Read { keys }).await {
-                Ok(Ok(values)) => render(&mut out, values),
-                Ok(Err(e)) => store_failure(&mut out, e),
-                Err(e) => mailbox_failure(&mut out, e),
-            }
-            Reply {
-                bytes: out,
-                close: false,
+        self.sequenced(false, move || {
+            let request = store.send(Read { keys });
+            async move {
+                let mut out = BytesMut::new();
+                match request.await {
+                    Ok(Ok(values)) => render(&mut out, values),
+                    Ok(Err(e)) => store_failure(&mut out, e),
+                    Err(e) => mailbox_failure(&mut out, e),
+                }
+                Reply {
+                    bytes: out,
+                    close: false,
+                }
             }
         })
     }
@@ -446,7 +512,7 @@ impl Session {
 
     fn info(&self) -> PendingReply {
         let shared = self.shared.clone();
-        Box::pin(async move {
+        self.in_turn(async move {
             let mut out = BytesMut::new();
             let status = match shared.store.send(GetStoreStatus).await {
                 Ok(s) => s,
@@ -503,7 +569,7 @@ impl Session {
             ));
         }
         let shared = self.shared.clone();
-        Box::pin(async move {
+        self.in_turn(async move {
             let mut out = BytesMut::new();
             let (store, raft) = futures::join!(
                 shared.store.send(GetStoreStatus),

@@ -137,6 +137,28 @@ fn the_redis_crate_handshake_commands_and_a_thousand_pipelined() {
     }
     let values: Vec<i64> = pipe.query(&mut con).unwrap();
     assert_eq!(values, (0..1000).step_by(2).collect::<Vec<i64>>());
+
+    // Writes and reads mixed in one pipeline behave as if run one after the other.
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.cmd("SET").arg("mixed").arg(i);
+        pipe.cmd("GET").arg("mixed");
+        pipe.cmd("INCR").arg("mixed-counter");
+        pipe.cmd("EXISTS").arg(format!("later{i}"));
+        pipe.cmd("SET").arg(format!("later{i}")).arg(1);
+    }
+    let replies: Vec<redis::Value> = pipe.query(&mut con).unwrap();
+    for i in 0..200usize {
+        let r = &replies[i * 5..i * 5 + 5];
+        assert_eq!(
+            r[1],
+            redis::Value::BulkString(i.to_string().into_bytes()),
+            "GET after SET {i}"
+        );
+        assert_eq!(r[2], redis::Value::Int(i as i64 + 1));
+        assert_eq!(r[3], redis::Value::Int(0), "EXISTS saw a later write");
+        assert_eq!(r[4], redis::Value::Okay);
+    }
 }
 
 #[test]

@@ -29,7 +29,7 @@
 use crate::codec;
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId};
 use crate::messages::*;
-use crate::storage::{Engine, RangeStorage, StorageError};
+use crate::storage::{Engine, RangeStorage, SnapshotData, StorageError};
 use crate::transport::Transport;
 use actix::prelude::*;
 use protobuf::Message as ProtoMessage;
@@ -874,6 +874,16 @@ impl Handler<RaftBatch> for MultiRaft {
         for (range, m) in batch.messages {
             if m.to != self.node.0 {
                 continue;
+            }
+            // A snapshot that cannot be installed is refused here, before raft accepts it.
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                if let Err(e) = codec::decode::<SnapshotData>(&m.get_snapshot().data) {
+                    log::warn!(
+                        "{}: {range}: dropping an undecodable snapshot: {e}",
+                        self.node
+                    );
+                    continue;
+                }
             }
             if !self.groups.contains_key(&range) {
                 // A replica added to this node: created empty, filled by a snapshot.
