@@ -42,6 +42,17 @@ fn settings(node: u64, dir: &std::path::Path, store: StoreSettings) -> NodeSetti
     }
 }
 
+/// A plain `SET`.
+fn set(key: Vec<u8>, value: Vec<u8>) -> Write {
+    Write {
+        command: Command::Set {
+            key,
+            value,
+            condition: SetCondition::Always,
+        },
+    }
+}
+
 struct Cluster {
     net: LocalNetwork,
     nodes: BTreeMap<u64, Node>,
@@ -200,13 +211,7 @@ fn no_deadlock_under_membership_changes_with_a_slow_store() {
                     let (history, in_flight) = (history.clone(), in_flight.clone());
                     in_flight.set(in_flight.get() + 1);
                     writes.push(actix_rt::spawn(async move {
-                        let write = store.send(Write {
-                            command: Command::Set {
-                                key: key.clone(),
-                                value: value.clone(),
-                                condition: SetCondition::Always,
-                            },
-                        });
+                        let write = store.send(set(key.clone(), value.clone()));
                         match tokio::time::timeout(Duration::from_secs(20), write).await {
                             Err(_) => history.borrow_mut().stalled += 1,
                             Ok(Ok(Ok(_))) => history.borrow_mut().acked.push((key, value)),
@@ -369,13 +374,7 @@ fn a_new_replica_is_filled_by_snapshot_reads_linearizably_and_a_minority_cannot_
             cluster
                 .node(1)
                 .store
-                .send(Write {
-                    command: Command::Set {
-                        key: format!("a{i}").into_bytes(),
-                        value: b"x".to_vec(),
-                        condition: SetCondition::Always,
-                    },
-                })
+                .send(set(format!("a{i}").into_bytes(), b"x".to_vec()))
                 .await
                 .unwrap()
                 .unwrap();
@@ -403,13 +402,7 @@ fn a_new_replica_is_filled_by_snapshot_reads_linearizably_and_a_minority_cannot_
         cluster
             .node(1)
             .store
-            .send(Write {
-                command: Command::Set {
-                    key: b"a0".to_vec(),
-                    value: b"y".to_vec(),
-                    condition: SetCondition::Always,
-                },
-            })
+            .send(set(b"a0".to_vec(), b"y".to_vec()))
             .await
             .unwrap()
             .unwrap();
@@ -428,13 +421,10 @@ fn a_new_replica_is_filled_by_snapshot_reads_linearizably_and_a_minority_cannot_
         // error, while the majority goes on; healed, node 3 catches up.
         cluster.net.partition(&[NodeId(3)], &[NodeId(1), NodeId(2)]);
         let write = |via: u64, value: &'static [u8]| {
-            cluster.node(via).store.send(Write {
-                command: Command::Set {
-                    key: b"a1".to_vec(),
-                    value: value.to_vec(),
-                    condition: SetCondition::Always,
-                },
-            })
+            cluster
+                .node(via)
+                .store
+                .send(set(b"a1".to_vec(), value.to_vec()))
         };
         assert!(write(3, b"minority").await.unwrap().is_err());
         write(1, b"majority").await.unwrap().unwrap();
@@ -481,13 +471,7 @@ fn a_store_that_falls_behind_makes_new_writes_busy_instead_of_queueing() {
             let store = node.store.clone();
             writes.push(actix_rt::spawn(async move {
                 store
-                    .send(Write {
-                        command: Command::Set {
-                            key: format!("k{i}").into_bytes(),
-                            value: b"v".to_vec(),
-                            condition: SetCondition::Always,
-                        },
-                    })
+                    .send(set(format!("k{i}").into_bytes(), b"v".to_vec()))
                     .await
                     .unwrap()
             }));
@@ -509,13 +493,7 @@ fn a_store_that_falls_behind_makes_new_writes_busy_instead_of_queueing() {
         // Once the Store has caught up, writes are accepted again.
         let r = node
             .store
-            .send(Write {
-                command: Command::Set {
-                    key: b"after".to_vec(),
-                    value: b"v".to_vec(),
-                    condition: SetCondition::Always,
-                },
-            })
+            .send(set(b"after".to_vec(), b"v".to_vec()))
             .await
             .unwrap();
         assert!(r.is_ok(), "{r:?}");
