@@ -6,7 +6,7 @@ use crate::resp::reply;
 use actix::{Addr, MailboxError};
 use bytes::{Bytes, BytesMut};
 use flotilla_actors::command::{parse_integer, Command, CommandOutcome, SetCondition};
-use flotilla_actors::messages::{GetRaftStatus, GetStoreStatus, Read, StoreError, Write};
+use flotilla_actors::messages::{GetStoreStatus, Read, StoreError, Write};
 use flotilla_actors::multiraft::{MultiRaft, RaftMetrics};
 use flotilla_actors::store::Store;
 use std::cell::Cell;
@@ -560,59 +560,9 @@ impl Session {
         })
     }
 
-    /// `FLOTILLA RANGES`: one line per range.
+    /// `FLOTILLA ...` (see [`crate::admin`]).
     fn admin(&self, a: &[Bytes]) -> PendingReply {
-        let sub = String::from_utf8_lossy(&a[0]).to_lowercase();
-        if sub != "ranges" || a.len() != 1 {
-            return err(format!(
-                "ERR unknown FLOTILLA subcommand '{sub}'; try FLOTILLA RANGES"
-            ));
-        }
-        let shared = self.shared.clone();
-        self.in_turn(async move {
-            let mut out = BytesMut::new();
-            let (store, raft) = futures::join!(
-                shared.store.send(GetStoreStatus),
-                shared.multiraft.send(GetRaftStatus)
-            );
-            match (store, raft) {
-                (Ok(store), Ok(raft)) => {
-                    reply::array_header(&mut out, store.ranges.len());
-                    for r in &store.ranges {
-                        let d = &r.descriptor;
-                        let rs = raft.iter().find(|s| s.range == d.id);
-                        let names = |ns: &[flotilla_actors::ids::NodeId]| {
-                            ns.iter()
-                                .map(|n| n.to_string())
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        };
-                        let line = format!(
-                            "{} [{:?}, {}) replicas={} leader={} term={} applied={}",
-                            d.id,
-                            String::from_utf8_lossy(&d.start_key),
-                            if d.end_key.is_empty() {
-                                "end".to_string()
-                            } else {
-                                format!("{:?}", String::from_utf8_lossy(&d.end_key))
-                            },
-                            names(&d.replicas),
-                            rs.and_then(|s| s.leader)
-                                .map(|n| n.to_string())
-                                .unwrap_or_else(|| "none".into()),
-                            rs.map(|s| s.term).unwrap_or(r.term),
-                            r.applied_index,
-                        );
-                        reply::bulk(&mut out, line.as_bytes());
-                    }
-                }
-                (Err(e), _) | (_, Err(e)) => mailbox_failure(&mut out, e),
-            }
-            Reply {
-                bytes: out,
-                close: false,
-            }
-        })
+        self.in_turn(crate::admin::run(self.shared.clone(), a.to_vec()))
     }
 }
 

@@ -4,7 +4,7 @@
 //! [`Config::load`] refuses a bad file before anything starts, with one line that names the
 //! file, the key and the problem.
 
-use flotilla_actors::ids::NodeId;
+use flotilla_actors::ids::{NodeId, MAX_NODE_ID};
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::NodeSettings;
 use flotilla_actors::store::StoreSettings;
@@ -35,6 +35,7 @@ pub struct Config {
     pub heartbeat_ticks: usize,
     pub request_timeout_ms: u64,
     pub max_unapplied_entries: u64,
+    pub log_compaction_entries: u64,
     pub cache_mb: u64,
     pub raft_addr: Option<SocketAddr>,
     pub cluster_id: String,
@@ -61,6 +62,7 @@ impl Default for Config {
             heartbeat_ticks: 2,
             request_timeout_ms: 5_000,
             max_unapplied_entries: 20_000,
+            log_compaction_entries: 10_000,
             cache_mb: 256,
             raft_addr: None,
             cluster_id: "flotilla".into(),
@@ -124,8 +126,8 @@ impl Config {
 
     /// Checks values against each other; the error names the key at fault.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.node_id == 0 {
-            return Err(("node_id", "must be at least 1".into()));
+        if !(1..=MAX_NODE_ID).contains(&self.node_id) {
+            return Err(("node_id", format!("must be between 1 and {MAX_NODE_ID}")));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(("data_dir", "must not be empty".into()));
@@ -181,6 +183,9 @@ impl Config {
         }
         if self.max_unapplied_entries == 0 {
             return Err(("max_unapplied_entries", "must be at least 1".into()));
+        }
+        if self.log_compaction_entries < 2 {
+            return Err(("log_compaction_entries", "must be at least 2".into()));
         }
         if self.cache_mb == 0 {
             return Err(("cache_mb", "must be at least 1".into()));
@@ -238,10 +243,14 @@ impl Config {
         let mut out = HashMap::new();
         for (id, addr) in &self.peers {
             match id.parse::<u64>() {
-                Ok(n) if n >= 1 => {
+                Ok(n) if (1..=MAX_NODE_ID).contains(&n) => {
                     out.insert(NodeId(n), *addr);
                 }
-                _ => return Err(format!("{id:?} is not a node id (an integer from 1)")),
+                _ => {
+                    return Err(format!(
+                        "{id:?} is not a node id (an integer from 1 to {MAX_NODE_ID})"
+                    ))
+                }
             }
         }
         Ok(out)
@@ -268,6 +277,7 @@ impl Config {
                 election_ticks: self.election_ticks,
                 heartbeat_ticks: self.heartbeat_ticks,
                 max_unapplied_entries: self.max_unapplied_entries,
+                log_compaction_entries: self.log_compaction_entries,
                 ..RaftSettings::default()
             },
             store: StoreSettings {
@@ -333,7 +343,7 @@ mod tests {
     fn errors_name_the_file_line_and_key() {
         assert_eq!(
             err("node_id = 2\nbogus = 1\n"),
-            "test.toml:2: key `bogus`: unknown field `bogus`, expected one of `node_id`, `data_dir`, `client_addr`, `password`, `split_keys`, `max_value_bytes`, `max_clients`, `tick_interval_ms`, `election_ticks`, `heartbeat_ticks`, `request_timeout_ms`, `max_unapplied_entries`, `cache_mb`, `raft_addr`, `cluster_id`, `cluster_secret`, `initial_members`, `peers`"
+            "test.toml:2: key `bogus`: unknown field `bogus`, expected one of `node_id`, `data_dir`, `client_addr`, `password`, `split_keys`, `max_value_bytes`, `max_clients`, `tick_interval_ms`, `election_ticks`, `heartbeat_ticks`, `request_timeout_ms`, `max_unapplied_entries`, `log_compaction_entries`, `cache_mb`, `raft_addr`, `cluster_id`, `cluster_secret`, `initial_members`, `peers`"
         );
         assert_eq!(
             err("tick_interval_ms = \"fast\"\n"),
@@ -360,7 +370,7 @@ mod tests {
         );
         assert_eq!(
             err("node_id = 0"),
-            "test.toml:1: key `node_id`: must be at least 1"
+            "test.toml:1: key `node_id`: must be between 1 and 4294967295"
         );
         assert!(err("max_value_bytes = 0").contains("key `max_value_bytes`"));
     }

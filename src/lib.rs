@@ -2,7 +2,8 @@
 //! protocol.
 //!
 //! This crate is the node around the actor system of `flotilla-actors`: the configuration
-//! ([`config`]), the client protocol ([`resp`], [`commands`], [`server`]) and the wiring that
+//! ([`config`]), the client protocol ([`resp`], [`commands`], [`admin`], [`server`]), the
+//! transport between nodes ([`peers`]) and the wiring that
 //! starts a node ([`run`]).
 //!
 //! # The life of a request
@@ -15,6 +16,7 @@
 //! earlier request of that connection. See the `flotilla-actors` crate documentation for what
 //! happens in between.
 
+pub mod admin;
 pub mod commands;
 pub mod config;
 pub mod peers;

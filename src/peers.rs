@@ -5,8 +5,14 @@
 //! A connection carries length-prefixed frames: a 4-byte big-endian length, then that many bytes
 //! of a bincode-encoded [`Frame`]. The first frame a connecting node sends is
 //! [`Frame::Hello`], proving the cluster id and shared secret of the config; a connection that
-//! does not is refused and logged. Every later frame is one [`Frame::Batch`]: every raft
-//! message of one MultiRaft round for the receiving node, each as protobuf bytes.
+//! does not is refused and logged. Every later frame is a [`Frame::Batch`] (the raft messages of
+//! one MultiRaft round for the receiving node, each as protobuf bytes, with the heartbeats of
+//! all ranges coalesced into compact tuples) or a [`Frame::SnapshotChunk`].
+//!
+//! A round's batch larger than a frame is split over several. A snapshot larger than
+//! [`CHUNK_BYTES`] travels in chunks, written between the other frames to that node, so a big
+//! range never holds the others' messages back by more than one chunk; the receiver joins the
+//! chunks and hands the whole snapshot to MultiRaft, which installs it in one atomic write.
 //!
 //! Every frame is checked against [`MAX_FRAME_BYTES`] before it is read, and decoded under a
 //! limit; bytes that are not a frame close that connection and nothing else (contract 8).
@@ -17,13 +23,13 @@
 
 use actix::Recipient;
 use flotilla_actors::codec;
-use flotilla_actors::ids::{NodeId, RangeId};
-use flotilla_actors::messages::RaftBatch;
+use flotilla_actors::ids::{NodeId, RangeId, ReplicaId};
+use flotilla_actors::messages::{Heartbeat, RaftBatch};
 use flotilla_actors::transport::{Transport, Unreachable};
 use protobuf::Message as ProtoMessage;
-use raft::prelude::Message as RaftMessage;
+use raft::prelude::{Message as RaftMessage, MessageType};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,8 +38,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// The largest frame accepted (a whole range snapshot travels in one).
+/// The largest frame accepted.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// The size of a snapshot's chunks; smaller snapshots travel inside a batch.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// The most snapshot bytes a connection may have received and not yet completed.
+pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
+
+/// What a frame costs beyond its messages' bytes (lengths, ids), counted generously.
+const FRAME_OVERHEAD: usize = 64;
 
 /// Batches queued for one peer before `send` reports it unreachable.
 const QUEUE_BATCHES: usize = 1024;
@@ -47,12 +62,75 @@ pub enum Frame {
         secret: String,
         from: u64,
     },
-    /// The raft messages of one round, as `(range, protobuf bytes)`.
+    /// Raft messages of one round, as `(range, protobuf bytes)`, heartbeats coalesced, and
+    /// removal notices (see [`RaftBatch`]).
     Batch {
         from: u64,
         to: u64,
         messages: Vec<(u64, Vec<u8>)>,
+        heartbeats: Vec<Heartbeat>,
+        removed: Vec<(RangeId, ReplicaId)>,
     },
+    /// Part of a range's snapshot. The last chunk carries the `MsgSnapshot` itself (protobuf,
+    /// with empty data), whose data is the chunks joined in order.
+    SnapshotChunk {
+        range: u64,
+        data: Vec<u8>,
+        message: Option<Vec<u8>>,
+    },
+}
+
+/// A batch as the frames that carry it: the batch frames, then the snapshot chunk frames
+/// (written between later batches). Each frame is at most `max_frame` bytes unless one raft
+/// message alone is larger.
+pub fn frames_of(batch: RaftBatch, max_frame: usize, chunk: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (from, to) = (batch.from.0, batch.to.0);
+    let mut frames = Vec::new();
+    let mut chunks = Vec::new();
+    let mut messages = Vec::new();
+    let mut size = FRAME_OVERHEAD;
+    let mut heartbeats = batch.heartbeats;
+    let mut removed = batch.removed;
+    size += heartbeats.len() * FRAME_OVERHEAD
+        + heartbeats.iter().map(|h| h.context.len()).sum::<usize>();
+    let flush = |messages: &mut Vec<(u64, Vec<u8>)>,
+                 heartbeats: &mut Vec<Heartbeat>,
+                 removed: &mut Vec<(RangeId, ReplicaId)>,
+                 frames: &mut Vec<Vec<u8>>| {
+        frames.push(encode_frame(&Frame::Batch {
+            from,
+            to,
+            messages: std::mem::take(messages),
+            heartbeats: std::mem::take(heartbeats),
+            removed: std::mem::take(removed),
+        }));
+    };
+    for (range, mut m) in batch.messages {
+        if m.get_msg_type() == MessageType::MsgSnapshot && m.get_snapshot().data.len() > chunk {
+            let data = std::mem::take(&mut m.mut_snapshot().data);
+            let header = m.write_to_bytes().expect("encoding a raft message");
+            let mut parts = data.chunks(chunk).peekable();
+            while let Some(part) = parts.next() {
+                chunks.push(encode_frame(&Frame::SnapshotChunk {
+                    range: range.0,
+                    data: part.to_vec(),
+                    message: parts.peek().is_none().then(|| header.clone()),
+                }));
+            }
+            continue;
+        }
+        let bytes = m.write_to_bytes().expect("encoding a raft message");
+        if !messages.is_empty() && size + bytes.len() + FRAME_OVERHEAD > max_frame {
+            flush(&mut messages, &mut heartbeats, &mut removed, &mut frames);
+            size = FRAME_OVERHEAD;
+        }
+        size += bytes.len() + FRAME_OVERHEAD;
+        messages.push((range.0, bytes));
+    }
+    if !messages.is_empty() || !heartbeats.is_empty() || !removed.is_empty() || frames.is_empty() {
+        flush(&mut messages, &mut heartbeats, &mut removed, &mut frames);
+    }
+    (frames, chunks)
 }
 
 /// Who may talk to this node.
@@ -169,29 +247,39 @@ async fn outbound(
                     let mut b = [0u8; 1];
                     let _ = rd.read(&mut b).await;
                 });
+                // Snapshot chunks still to write; batches go first.
+                let mut chunks: VecDeque<Vec<u8>> = VecDeque::new();
                 loop {
-                    let batch = tokio::select! {
-                        b = rx.recv() => match b {
-                            Some(b) => b,
-                            None => return,
-                        },
-                        _ = &mut closed => break,
+                    let batch = if chunks.is_empty() {
+                        tokio::select! {
+                            b = rx.recv() => match b {
+                                Some(b) => Some(b),
+                                None => return,
+                            },
+                            _ = &mut closed => break,
+                        }
+                    } else {
+                        match rx.try_recv() {
+                            Ok(b) => Some(b),
+                            Err(mpsc::error::TryRecvError::Empty) => None,
+                            Err(mpsc::error::TryRecvError::Disconnected) => return,
+                        }
                     };
-                    let frame = Frame::Batch {
-                        from: batch.from.0,
-                        to: batch.to.0,
-                        messages: batch
-                            .messages
-                            .iter()
-                            .map(|(r, m)| {
-                                (r.0, m.write_to_bytes().expect("encoding a raft message"))
-                            })
-                            .collect(),
-                    };
-                    if w.write_all(&encode_frame(&frame)).await.is_err() {
-                        break;
+                    let mut failed = false;
+                    match batch {
+                        Some(batch) => {
+                            let (frames, more) = frames_of(batch, MAX_FRAME_BYTES, CHUNK_BYTES);
+                            for f in frames {
+                                failed |= w.write_all(&f).await.is_err();
+                            }
+                            chunks.extend(more);
+                        }
+                        None => {
+                            let chunk = chunks.pop_front().expect("a chunk is waiting");
+                            failed |= w.write_all(&chunk).await.is_err();
+                        }
                     }
-                    if rx.is_empty() && w.flush().await.is_err() {
+                    if failed || (rx.is_empty() && w.flush().await.is_err()) {
                         break;
                     }
                 }
@@ -255,35 +343,66 @@ async fn inbound(
             }
             from
         }
-        Frame::Batch { .. } => {
+        Frame::Batch { .. } | Frame::SnapshotChunk { .. } => {
             return Err(FrameError::Refused(
                 "no hello before the first batch".into(),
             ))
         }
     };
+    let decode = |bytes: &[u8]| {
+        RaftMessage::parse_from_bytes(bytes).map_err(|e| FrameError::Decode(e.to_string()))
+    };
+    // Snapshots being received, per range, and their bytes in all.
+    let mut partial: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut partial_bytes = 0usize;
     loop {
         match read_frame(&mut stream, MAX_FRAME_BYTES).await? {
             Frame::Batch {
                 from: f,
                 to,
                 messages,
+                heartbeats,
+                removed,
             } => {
                 if f != from || to != me.0 {
                     return Err(FrameError::Refused(format!(
                         "batch from {f} to {to} on the connection of {from}"
                     )));
                 }
-                let mut decoded = Vec::with_capacity(messages.len());
+                let mut batch = RaftBatch::new(NodeId(from), me);
                 for (range, bytes) in messages {
-                    let m = RaftMessage::parse_from_bytes(&bytes)
-                        .map_err(|e| FrameError::Decode(e.to_string()))?;
-                    decoded.push((RangeId(range), m));
+                    batch.messages.push((RangeId(range), decode(&bytes)?));
                 }
-                multiraft.do_send(RaftBatch {
-                    from: NodeId(from),
-                    to: me,
-                    messages: decoded,
-                });
+                batch.heartbeats = heartbeats;
+                batch.removed = removed;
+                multiraft.do_send(batch);
+            }
+            Frame::SnapshotChunk {
+                range,
+                data,
+                message,
+            } => {
+                partial_bytes += data.len();
+                if partial_bytes > MAX_SNAPSHOT_BYTES {
+                    return Err(FrameError::Refused(format!(
+                        "snapshots in flight exceed {MAX_SNAPSHOT_BYTES} bytes"
+                    )));
+                }
+                partial.entry(range).or_default().extend_from_slice(&data);
+                if let Some(header) = message {
+                    let data = partial.remove(&range).unwrap_or_default();
+                    partial_bytes -= data.len();
+                    let mut m = decode(&header)?;
+                    if m.get_msg_type() != MessageType::MsgSnapshot {
+                        return Err(FrameError::Decode(
+                            "a snapshot chunk that is not a snapshot".into(),
+                        ));
+                    }
+                    m.mut_snapshot().data = data.into();
+                    let mut batch = RaftBatch::new(NodeId(from), me);
+                    batch.messages.push((RangeId(range), m));
+                    multiraft.do_send(batch);
+                }
             }
             Frame::Hello { .. } => return Err(FrameError::Refused("a second hello".into())),
         }

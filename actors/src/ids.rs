@@ -12,6 +12,41 @@ pub struct RangeId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub u64);
 
+/// One replica of a range: its id inside the range's Raft group. The low 32 bits are the node
+/// holding it; the high 32 bits count how many times that node held the range before, so a
+/// node removed from a range and added again is a new replica that stale messages addressed
+/// to the old one cannot reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReplicaId(pub u64);
+
+/// The largest node id (node ids fill the low half of a [`ReplicaId`]).
+pub const MAX_NODE_ID: u64 = u32::MAX as u64;
+
+impl ReplicaId {
+    /// The replica of `node` in its `generation`-th membership of a range (from 0).
+    pub fn new(node: NodeId, generation: u64) -> ReplicaId {
+        debug_assert!(node.0 <= MAX_NODE_ID && generation <= MAX_NODE_ID);
+        ReplicaId(generation << 32 | node.0)
+    }
+
+    pub fn node(self) -> NodeId {
+        NodeId(self.0 & MAX_NODE_ID)
+    }
+
+    pub fn generation(self) -> u64 {
+        self.0 >> 32
+    }
+}
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.generation() {
+            0 => write!(f, "{}", self.node()),
+            g => write!(f, "{}.{g}", self.node()),
+        }
+    }
+}
+
 /// Identifies one proposal from the moment a client asks for it until its entry is applied:
 /// the proposing node, that node's boot (so ids never repeat across restarts) and a counter.
 /// It travels in the raft entry's `context`, so the node that proposed it recognises the entry
@@ -84,5 +119,16 @@ mod tests {
         assert_eq!(ProposalId::from_context(&id.to_context()), Some(id));
         assert_eq!(ProposalId::from_context(b""), None);
         assert_eq!(ProposalId::from_context(&[0; 23]), None);
+    }
+
+    #[test]
+    fn a_replica_id_names_its_node_and_generation() {
+        let r = ReplicaId::new(NodeId(7), 0);
+        assert_eq!(r.0, 7, "first replicas keep the node's id as raft id");
+        let again = ReplicaId::new(NodeId(7), 2);
+        assert_eq!((again.node(), again.generation()), (NodeId(7), 2));
+        assert!(again > r);
+        assert_eq!(again.to_string(), "n7.2");
+        assert_eq!(r.to_string(), "n7");
     }
 }

@@ -7,7 +7,7 @@
 //! actor ever waits for the other (contract 1). Answers travel back as messages of their own.
 
 use crate::command::{Command, CommandOutcome};
-use crate::ids::{NodeId, ProposalId, RangeId, ReadId};
+use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::storage::RangeDescriptor;
 use actix::prelude::*;
 use raft::prelude::{ConfChangeV2, Message as RaftMessage, Snapshot};
@@ -71,6 +71,14 @@ pub struct SnapshotGenerated {
     pub snapshot: Snapshot,
 }
 
+/// The Store has deleted the data of a removed replica ([`Event::ReplicaRemoved`]): the range
+/// may be created on this node again (for a newer replica).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReplicaDestroyed {
+    pub range: RangeId,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Transport → MultiRaft
 // ---------------------------------------------------------------------------------------------
@@ -81,7 +89,89 @@ pub struct SnapshotGenerated {
 pub struct RaftBatch {
     pub from: NodeId,
     pub to: NodeId,
+    /// Raft messages other than heartbeats.
     pub messages: Vec<(RangeId, RaftMessage)>,
+    /// The heartbeats (and their responses) of every range between the two nodes, coalesced.
+    pub heartbeats: Vec<Heartbeat>,
+    /// Replicas of the receiving node that have been removed from their range (a committed
+    /// membership change): the receiver deletes them and keeps a tombstone.
+    pub removed: Vec<(RangeId, ReplicaId)>,
+}
+
+impl RaftBatch {
+    /// An empty batch from one node to another.
+    pub fn new(from: NodeId, to: NodeId) -> RaftBatch {
+        RaftBatch {
+            from,
+            to,
+            messages: Vec::new(),
+            heartbeats: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.heartbeats.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// A raft heartbeat or heartbeat response, without the fields raft leaves empty in them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Heartbeat {
+    pub range: RangeId,
+    pub from: ReplicaId,
+    pub to: ReplicaId,
+    pub term: u64,
+    pub commit: u64,
+    /// A read index request's context, carried by the heartbeats that confirm it.
+    pub context: Vec<u8>,
+    pub response: bool,
+}
+
+impl Heartbeat {
+    /// The compact form of `m`, if it is a heartbeat or heartbeat response.
+    pub fn of(range: RangeId, m: &RaftMessage) -> Option<Heartbeat> {
+        let response = match m.get_msg_type() {
+            raft::prelude::MessageType::MsgHeartbeat => false,
+            raft::prelude::MessageType::MsgHeartbeatResponse => true,
+            _ => return None,
+        };
+        // Anything beyond these fields would be lost: such a message travels whole.
+        let plain = RaftMessage {
+            msg_type: m.msg_type,
+            to: m.to,
+            from: m.from,
+            term: m.term,
+            commit: m.commit,
+            context: m.context.clone(),
+            ..Default::default()
+        };
+        (&plain == m).then(|| Heartbeat {
+            range,
+            from: ReplicaId(m.from),
+            to: ReplicaId(m.to),
+            term: m.term,
+            commit: m.commit,
+            context: m.context.to_vec(),
+            response,
+        })
+    }
+
+    /// The raft message it stands for.
+    pub fn into_message(self) -> (RangeId, RaftMessage) {
+        let mut m = RaftMessage::default();
+        m.set_msg_type(if self.response {
+            raft::prelude::MessageType::MsgHeartbeatResponse
+        } else {
+            raft::prelude::MessageType::MsgHeartbeat
+        });
+        m.from = self.from.0;
+        m.to = self.to.0;
+        m.term = self.term;
+        m.commit = self.commit;
+        m.context = self.context.into();
+        (self.range, m)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -138,6 +228,9 @@ pub enum Event {
     },
     /// Raft needs a snapshot of the range to send to a follower.
     SnapshotRequested { range: RangeId },
+    /// This node's replica of the range was removed from it: the Store deletes its data and
+    /// leaves a tombstone for `replica`. MultiRaft has already dropped the group.
+    ReplicaRemoved { range: RangeId, replica: ReplicaId },
     /// A snapshot from the leader was installed: the range's data, descriptor and applied index
     /// are now those of the snapshot.
     SnapshotInstalled {
@@ -215,8 +308,12 @@ pub enum StoreError {
     Refused(#[from] ProposeError),
     #[error("TRYAGAIN request timed out; the write may or may not have been applied")]
     Timeout,
+    #[error("TRYAGAIN {0} was removed from this node; a write in flight may or may not have been applied")]
+    Removed(RangeId),
     #[error("ERR no range holds key on this node")]
     NoRange,
+    #[error("ERR {0}")]
+    Invalid(String),
     #[error("ERR {0}")]
     Internal(String),
 }
@@ -238,12 +335,47 @@ pub struct Read {
     pub keys: Vec<Vec<u8>>,
 }
 
-/// Adds or removes replicas of a range; answered once the change is applied on this node.
+/// Adds a replica of a range on a node: it joins as a learner, is filled by a snapshot and the
+/// log, and is promoted to voter once caught up. Answered when this node has applied the
+/// promotion; a node that already holds a voting replica is answered at once.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), StoreError>")]
-pub struct ChangeReplicas {
+pub struct AddReplica {
     pub range: RangeId,
-    pub change: ConfChangeV2,
+    pub node: NodeId,
+}
+
+/// Removes a node's replica of a range; if it leads the range, leadership moves first.
+/// Answered once the removal is applied on this node (or, removing this node's own replica,
+/// once it is gone).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct RemoveReplica {
+    pub range: RangeId,
+    pub node: NodeId,
+}
+
+/// Moves a range's leadership to the replica on a node; answered once this node sees it there.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct TransferLeader {
+    pub range: RangeId,
+    pub to: NodeId,
+}
+
+/// Asks for a digest of every range's data on this node, to compare replicas.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<RangeDigest>, StoreError>")]
+pub struct GetDigest;
+
+/// A range's data on one node as of an applied index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeDigest {
+    pub range: RangeId,
+    pub applied_index: u64,
+    pub keys: u64,
+    /// FNV-1a over every key and value, in key order.
+    pub hash: u64,
 }
 
 /// Asks for a description of the node's ranges and counters.
@@ -273,10 +405,11 @@ pub struct RangeStatus {
 // Admin → MultiRaft
 // ---------------------------------------------------------------------------------------------
 
-/// Moves a range's leadership to another replica.
+/// Starts moving a range's leadership to the replica on a node (raft forwards the request to
+/// the leader); see [`TransferLeader`] for the request that waits for the outcome.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct TransferLeader {
+pub struct BeginLeaderTransfer {
     pub range: RangeId,
     pub to: NodeId,
 }

@@ -25,15 +25,33 @@
 //! When a conf change entry is handed over, the group waits for the Store's [`ChangeApplied`]
 //! callback; proposals that arrive meanwhile are held in order and re-proposed once the change
 //! is applied, under the new configuration (contract 4).
+//!
+//! New replicas join as learners; the leader promotes a learner once it has every committed
+//! entry. A change that removes the leader's own replica waits until leadership has moved to
+//! another voter, then goes to the new leader.
+//!
+//! A replica removed from its range (it applied its own removal, or another replica tells it
+//! so: every replica that applies a removal notifies the removed node, and any replica answers
+//! a message from a removed replica the same way) is dropped here, and the Store deletes its
+//! data and keeps a tombstone: messages to that replica are refused from then on. A node added
+//! again gets a new replica id (see [`ReplicaId`]), so it is not mistaken for the old one.
+//!
+//! # Log compaction
+//!
+//! Once a range has more than `log_compaction_entries` applied entries in its log, the oldest
+//! are deleted, keeping the most recent half; a follower that needs deleted entries gets a
+//! snapshot.
 
 use crate::codec;
-use crate::ids::{NodeId, ProposalId, RangeId, ReadId};
+use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::storage::{Engine, RangeStorage, SnapshotData, StorageError};
 use crate::transport::Transport;
 use actix::prelude::*;
 use protobuf::Message as ProtoMessage;
-use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, MessageType, Snapshot};
+use raft::prelude::{
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, MessageType, Snapshot,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +68,8 @@ pub struct RaftSettings {
     pub max_unapplied_entries: u64,
     pub max_size_per_msg: u64,
     pub max_inflight_msgs: usize,
+    /// Applied entries a range's log may hold before the oldest are deleted.
+    pub log_compaction_entries: u64,
 }
 
 impl Default for RaftSettings {
@@ -61,6 +81,7 @@ impl Default for RaftSettings {
             max_unapplied_entries: 20_000,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            log_compaction_entries: 10_000,
         }
     }
 }
@@ -73,6 +94,10 @@ pub struct RaftMetrics {
     pub proposals_held: AtomicU64,
     pub proposals_busy: AtomicU64,
     pub events_deferred: AtomicU64,
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_installed: AtomicU64,
+    pub log_compactions: AtomicU64,
+    pub learners_promoted: AtomicU64,
 }
 
 /// How many released proposals [`GetReleasedProposals`] can report.
@@ -101,9 +126,16 @@ enum Held {
     Forwarded(raft::prelude::Message),
 }
 
+/// Leader-transfer ticks after which a change waiting for leadership to move is given up.
+const TRANSFER_GIVE_UP_ELECTIONS: u64 = 3;
+
 /// One range's raft group on this node.
 struct Group {
     node: RawNode<RangeStorage>,
+    /// This node's replica: the group's raft id.
+    replica: ReplicaId,
+    /// Replicas removed from the range (raft ids), as far as this replica has applied.
+    removed: BTreeSet<u64>,
     /// Index of a conf change handed to the Store whose callback has not come back.
     awaiting_callback: Option<u64>,
     /// Proposals that arrived while awaiting the callback, in arrival order.
@@ -116,6 +148,78 @@ struct Group {
     applied: u64,
     leader: u64,
     snapshot_requested: bool,
+    /// Changes removing this replica, held until leadership has moved to another replica.
+    after_transfer: Vec<Held>,
+    /// Tick at which the transfer for `after_transfer` started.
+    transfer_started: u64,
+}
+
+impl Group {
+    /// The replica raft ids of the applied configuration.
+    fn members(&self) -> impl Iterator<Item = u64> + '_ {
+        members(self.node.store().conf_state())
+    }
+
+    /// The raft id of `node`'s replica in the applied configuration.
+    fn replica_on(&self, node: NodeId) -> Option<u64> {
+        self.members().find(|&id| ReplicaId(id).node() == node)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// The voter (other than this one) best placed to take over leadership.
+    fn successor(&self) -> Option<u64> {
+        let cs = self.node.store().conf_state();
+        cs.voters
+            .iter()
+            .filter(|&&id| id != self.replica.0)
+            .max_by_key(|&&id| self.node.raft.prs().get(id).map_or(0, |p| p.matched))
+            .copied()
+    }
+
+    /// Whether `cc` removes this replica or demotes it, or re-adds a removed replica.
+    fn vet(&self, range: RangeId, cc: &ConfChangeV2) -> Result<bool, ProposeError> {
+        let mut removes_self = false;
+        for c in cc.get_changes() {
+            match c.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+                    if self.removed.contains(&c.node_id) =>
+                {
+                    return Err(ProposeError::InvalidChange(
+                        range,
+                        format!(
+                            "replica {} was removed from the range; its node must be added again",
+                            ReplicaId(c.node_id)
+                        ),
+                    ));
+                }
+                ConfChangeType::RemoveNode | ConfChangeType::AddLearnerNode
+                    if c.node_id == self.replica.0 =>
+                {
+                    removes_self = true
+                }
+                _ => {}
+            }
+        }
+        Ok(removes_self)
+    }
+}
+
+/// Every replica id of a configuration (voters, learners, and both sides of a joint one).
+fn members(cs: &ConfState) -> impl Iterator<Item = u64> + '_ {
+    cs.voters
+        .iter()
+        .chain(&cs.learners)
+        .chain(&cs.voters_outgoing)
+        .chain(&cs.learners_next)
+        .copied()
+}
+
+/// The conf change a proposal forwarded by a follower carries, if any.
+fn forwarded_change(m: &raft::prelude::Message) -> Option<ConfChangeV2> {
+    m.get_entries().iter().find_map(conf_change_of)
 }
 
 /// Runs every Raft group of the node. See the module documentation.
@@ -140,6 +244,12 @@ pub struct MultiRaft {
     released: VecDeque<ReleasedProposal>,
     ticks: u64,
     next_read_context: u64,
+    /// Ranges whose replica on this node was removed, with that replica.
+    tombstones: BTreeMap<RangeId, ReplicaId>,
+    /// Removed ranges whose data the Store has not yet deleted: nothing of them is created.
+    destroying: BTreeSet<RangeId>,
+    /// Removal notices to send with the next round, per node.
+    notices: BTreeMap<NodeId, Vec<(RangeId, ReplicaId)>>,
     logger: slog::Logger,
     metrics: Arc<RaftMetrics>,
 }
@@ -181,18 +291,21 @@ impl MultiRaft {
             released: VecDeque::new(),
             ticks: 0,
             next_read_context: 1,
+            tombstones: engine.tombstones()?,
+            destroying: BTreeSet::new(),
+            notices: BTreeMap::new(),
             logger,
             metrics,
         };
         for d in engine.descriptors()? {
-            mr.open_group(d.id)?;
+            mr.open_group(d.id, None)?;
         }
         Ok(mr)
     }
 
-    fn raft_config(&self, applied: u64) -> raft::Config {
+    fn raft_config(&self, id: ReplicaId, applied: u64) -> raft::Config {
         raft::Config {
-            id: self.node.0,
+            id: id.0,
             election_tick: self.settings.election_ticks,
             heartbeat_tick: self.settings.heartbeat_ticks,
             applied,
@@ -204,9 +317,29 @@ impl MultiRaft {
         }
     }
 
-    /// Creates the group of a range from what is stored (possibly nothing: a new replica).
-    fn open_group(&mut self, range: RangeId) -> Result<(), StorageError> {
+    /// Creates the group of a range from what is stored, or an empty one for `new_replica` (a
+    /// replica added to this node, to be filled by a snapshot).
+    fn open_group(
+        &mut self,
+        range: RangeId,
+        new_replica: Option<ReplicaId>,
+    ) -> Result<(), StorageError> {
         let mut storage = RangeStorage::load(self.engine.clone(), range)?;
+        let stored = members(storage.conf_state()).find(|&id| ReplicaId(id).node() == self.node);
+        let Some(replica) = new_replica.or(stored.map(ReplicaId)) else {
+            // Removed from the range while its data waits to be deleted (a crash came in
+            // between): it stays closed; its peers' messages bring the removal notice.
+            log::warn!(
+                "{}: {range} has no replica on this node; not opened",
+                self.node
+            );
+            return Ok(());
+        };
+        let removed = self
+            .engine
+            .descriptor(range)?
+            .map(|d| d.removed.iter().map(|r| r.0).collect())
+            .unwrap_or_default();
         let applied = self.engine.applied(range)?.index;
         // The commit index is persisted lazily (LightReady); applied entries were committed.
         if storage.hard_state().commit < applied {
@@ -215,12 +348,10 @@ impl MultiRaft {
             self.engine.write(batch)?;
         }
         let conf_index = storage.conf_index();
-        let mut node =
-            RawNode::new(&self.raft_config(applied), storage, &self.logger).map_err(|e| {
-                StorageError::Corrupt {
-                    what: format!("raft state of {range}"),
-                    detail: e.to_string(),
-                }
+        let mut node = RawNode::new(&self.raft_config(replica, applied), storage, &self.logger)
+            .map_err(|e| StorageError::Corrupt {
+                what: format!("raft state of {range}"),
+                detail: e.to_string(),
             })?;
         // A conf change the Store applied just before a crash, whose new conf state MultiRaft
         // had not yet written: apply it again, as the callback would have.
@@ -242,6 +373,8 @@ impl MultiRaft {
             range,
             Group {
                 node,
+                replica,
+                removed,
                 awaiting_callback: None,
                 held: VecDeque::new(),
                 new_reads: Vec::new(),
@@ -250,9 +383,57 @@ impl MultiRaft {
                 applied,
                 leader: 0,
                 snapshot_requested: false,
+                after_transfer: Vec::new(),
+                transfer_started: 0,
             },
         );
         Ok(())
+    }
+
+    /// Drops the group of a range whose replica here was removed; the Store deletes its data
+    /// (in order, after every event handed to it before) and confirms with
+    /// [`ReplicaDestroyed`].
+    fn remove_replica(&mut self, range: RangeId) {
+        let Some(g) = self.groups.remove(&range) else {
+            return;
+        };
+        log::info!("{}: replica {} of {range} removed", self.node, g.replica);
+        self.unapplied = self.unapplied.saturating_sub(g.handed - g.applied);
+        self.dirty.remove(&range);
+        for h in g.held.into_iter().chain(g.after_transfer) {
+            if let Held::Local(proposal, _) = h {
+                self.events.push(Event::ProposalFailed {
+                    proposal,
+                    error: ProposeError::RangeNotFound(range),
+                });
+            }
+        }
+        let reads: Vec<ReadId> = g
+            .new_reads
+            .into_iter()
+            .chain(g.reads_in_flight.into_iter().flat_map(|p| p.reads))
+            .map(|(r, _)| r)
+            .collect();
+        if !reads.is_empty() {
+            self.events.push(Event::ReadsFailed {
+                reads,
+                error: ProposeError::RangeNotFound(range),
+            });
+        }
+        self.tombstones.insert(range, g.replica);
+        self.destroying.insert(range);
+        self.events.push(Event::ReplicaRemoved {
+            range,
+            replica: g.replica,
+        });
+    }
+
+    /// Tells `replica`'s node, with the next round, that it was removed from `range`.
+    fn notify_removed(&mut self, range: RangeId, replica: ReplicaId) {
+        let list = self.notices.entry(replica.node()).or_default();
+        if !list.contains(&(range, replica)) {
+            list.push((range, replica));
+        }
     }
 
     fn schedule_round(&mut self, ctx: &mut Context<Self>) {
@@ -284,15 +465,38 @@ impl MultiRaft {
         let result = match payload {
             ProposalPayload::Command(data) => g.node.propose(proposal.to_context(), data),
             ProposalPayload::ChangeReplicas(cc) => {
-                if g.node.raft.state == StateRole::Leader && g.node.raft.has_pending_conf() {
-                    self.events.push(Event::ProposalFailed {
-                        proposal,
-                        error: ProposeError::ChangeInProgress(range),
-                    });
-                    return;
-                } else {
-                    g.node.propose_conf_change(proposal.to_context(), cc)
+                if g.is_leader() {
+                    let refusal = match g.vet(range, &cc) {
+                        _ if g.node.raft.has_pending_conf() => {
+                            Some(ProposeError::ChangeInProgress(range))
+                        }
+                        Err(e) => Some(e),
+                        Ok(true) => {
+                            // Removing the leader's own replica: leadership moves first.
+                            match g.successor() {
+                                Some(to) => {
+                                    g.node.transfer_leader(to);
+                                    g.transfer_started = self.ticks;
+                                    g.after_transfer.push(Held::Local(
+                                        proposal,
+                                        ProposalPayload::ChangeReplicas(cc),
+                                    ));
+                                    return;
+                                }
+                                None => Some(ProposeError::InvalidChange(
+                                    range,
+                                    "it would remove the range's last voter".into(),
+                                )),
+                            }
+                        }
+                        Ok(false) => None,
+                    };
+                    if let Some(error) = refusal {
+                        self.events.push(Event::ProposalFailed { proposal, error });
+                        return;
+                    }
                 }
+                g.node.propose_conf_change(proposal.to_context(), cc)
             }
         };
         match result {
@@ -335,19 +539,28 @@ impl MultiRaft {
         }
     }
 
-    fn send_batches(&mut self, out: BTreeMap<NodeId, Vec<(RangeId, raft::prelude::Message)>>) {
-        for (to, messages) in out {
-            let snapshots: Vec<(RangeId, u64)> = messages
+    fn send_batches(&mut self, mut out: BTreeMap<NodeId, Vec<(RangeId, raft::prelude::Message)>>) {
+        for to in self.notices.keys() {
+            out.entry(*to).or_default();
+        }
+        for (to, all) in out {
+            let snapshots: Vec<(RangeId, u64)> = all
                 .iter()
                 .filter(|(_, m)| m.get_msg_type() == MessageType::MsgSnapshot)
                 .map(|(r, m)| (*r, m.to))
                 .collect();
-            let ranges: Vec<(RangeId, u64)> = messages.iter().map(|(r, m)| (*r, m.to)).collect();
-            let batch = RaftBatch {
-                from: self.node,
-                to,
-                messages,
-            };
+            self.metrics
+                .snapshots_sent
+                .fetch_add(snapshots.len() as u64, Ordering::Relaxed);
+            let ranges: Vec<(RangeId, u64)> = all.iter().map(|(r, m)| (*r, m.to)).collect();
+            let mut batch = RaftBatch::new(self.node, to);
+            batch.removed = self.notices.remove(&to).unwrap_or_default();
+            for (range, m) in all {
+                match Heartbeat::of(range, &m) {
+                    Some(h) => batch.heartbeats.push(h),
+                    None => batch.messages.push((range, m)),
+                }
+            }
             let proposals: Vec<(RangeId, ProposalId)> = batch
                 .messages
                 .iter()
@@ -430,7 +643,7 @@ impl MultiRaft {
             let mut rd = g.node.ready();
             for m in rd.take_messages() {
                 leader_msgs
-                    .entry(NodeId(m.to))
+                    .entry(ReplicaId(m.to).node())
                     .or_default()
                     .push((range, m));
             }
@@ -441,7 +654,7 @@ impl MultiRaft {
                         events.push(Event::LeaderElected {
                             range,
                             term: g.node.raft.term,
-                            leader: NodeId(ss.leader_id),
+                            leader: ReplicaId(ss.leader_id).node(),
                         });
                     }
                 }
@@ -455,6 +668,9 @@ impl MultiRaft {
                         g.handed = m.index;
                         g.applied = m.index;
                         snapshot_index = Some(m.index);
+                        self.metrics
+                            .snapshots_installed
+                            .fetch_add(1, Ordering::Relaxed);
                         events.push(Event::SnapshotInstalled {
                             range,
                             index: m.index,
@@ -518,7 +734,10 @@ impl MultiRaft {
         for (range, mut rd, snapshot_index) in readies {
             let g = self.groups.get_mut(&range).expect("group of a ready");
             for m in rd.take_persisted_messages() {
-                late_msgs.entry(NodeId(m.to)).or_default().push((range, m));
+                late_msgs
+                    .entry(ReplicaId(m.to).node())
+                    .or_default()
+                    .push((range, m));
             }
             let mut light = g.node.advance_append(rd);
             if let Some(index) = snapshot_index {
@@ -529,7 +748,10 @@ impl MultiRaft {
                 commit_changed = true;
             }
             for m in light.take_messages() {
-                late_msgs.entry(NodeId(m.to)).or_default().push((range, m));
+                late_msgs
+                    .entry(ReplicaId(m.to).node())
+                    .or_default()
+                    .push((range, m));
             }
             let committed = light.take_committed_entries();
             hand_over(
@@ -558,8 +780,35 @@ impl MultiRaft {
 
     fn on_tick(&mut self) {
         self.ticks += 1;
+        let mut moved = Vec::new();
         for (range, g) in self.groups.iter_mut() {
             let mut dirty = g.node.tick();
+            if g.is_leader() {
+                dirty |= promote_caught_up_learner(g, &self.metrics);
+            }
+            if !g.after_transfer.is_empty() {
+                let leader = g.node.raft.leader_id;
+                if leader != 0 && leader != g.replica.0 {
+                    moved.push(*range);
+                } else if self.ticks - g.transfer_started
+                    > TRANSFER_GIVE_UP_ELECTIONS * self.settings.election_ticks as u64
+                {
+                    for h in std::mem::take(&mut g.after_transfer) {
+                        if let Held::Local(proposal, _) = h {
+                            self.events.push(Event::ProposalFailed {
+                                proposal,
+                                error: ProposeError::NoLeader(*range),
+                            });
+                        }
+                    }
+                } else if g.is_leader() && g.node.raft.lead_transferee.is_none() {
+                    // raft gave the transfer up after an election timeout: try again.
+                    if let Some(to) = g.successor() {
+                        g.node.transfer_leader(to);
+                        dirty = true;
+                    }
+                }
+            }
             for p in g.reads_in_flight.iter_mut() {
                 if self.ticks - p.issued_tick >= READ_RETRY_TICKS {
                     g.new_reads.append(&mut p.reads);
@@ -585,6 +834,21 @@ impl MultiRaft {
                 self.dirty.insert(*range);
             }
         }
+        // Leadership moved away: the changes removing this replica go to the new leader.
+        for range in moved {
+            let g = self.groups.get_mut(&range).expect("group just seen");
+            for h in std::mem::take(&mut g.after_transfer) {
+                match h {
+                    Held::Local(proposal, payload) => self.propose(range, proposal, payload),
+                    Held::Forwarded(m) => {
+                        if let Some(g) = self.groups.get_mut(&range) {
+                            let _ = g.node.step(m);
+                        }
+                    }
+                }
+            }
+            self.dirty.insert(range);
+        }
     }
 
     fn status(&self) -> Vec<RaftStatus> {
@@ -592,20 +856,62 @@ impl MultiRaft {
             .iter()
             .map(|(range, g)| {
                 let cs = g.node.store().conf_state();
+                let nodes = |ids: &[u64]| ids.iter().map(|&id| ReplicaId(id).node()).collect();
                 RaftStatus {
                     range: *range,
-                    leader: (g.node.raft.leader_id != 0).then_some(NodeId(g.node.raft.leader_id)),
+                    leader: (g.node.raft.leader_id != 0)
+                        .then(|| ReplicaId(g.node.raft.leader_id).node()),
                     term: g.node.raft.term,
                     commit: g.node.raft.raft_log.committed,
                     applied: g.applied,
-                    voters: cs.voters.iter().map(|&n| NodeId(n)).collect(),
-                    learners: cs.learners.iter().map(|&n| NodeId(n)).collect(),
+                    voters: nodes(&cs.voters),
+                    learners: nodes(&cs.learners),
                     awaiting_callback: g.awaiting_callback.is_some(),
                     held_proposals: g.held.len(),
                 }
             })
             .collect()
     }
+}
+
+/// On a leader, proposes the promotion of one learner that has every committed entry, when no
+/// other change is under way. Returns whether it proposed.
+fn promote_caught_up_learner(g: &mut Group, metrics: &RaftMetrics) -> bool {
+    if g.awaiting_callback.is_some()
+        || g.node.raft.has_pending_conf()
+        || g.node.raft.lead_transferee.is_some()
+    {
+        return false;
+    }
+    let committed = g.node.raft.raft_log.committed;
+    let ready = g
+        .node
+        .store()
+        .conf_state()
+        .learners
+        .iter()
+        .copied()
+        .find(|&id| {
+            !g.removed.contains(&id)
+                && g.node
+                    .raft
+                    .prs()
+                    .get(id)
+                    .is_some_and(|p| p.matched >= committed)
+        });
+    let Some(learner) = ready else {
+        return false;
+    };
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(raft_proto::new_conf_change_single(
+        learner,
+        ConfChangeType::AddNode,
+    ));
+    let proposed = g.node.propose_conf_change(Vec::new(), cc).is_ok();
+    if proposed {
+        metrics.learners_promoted.fetch_add(1, Ordering::Relaxed);
+    }
+    proposed
 }
 
 /// The membership change a log entry carries, if any. A `ConfChangeV2` entry with empty data is
@@ -708,7 +1014,7 @@ impl Actor for MultiRaft {
         // Single-replica ranges elect themselves at once instead of after an election timeout.
         for g in self.groups.values_mut() {
             let cs = g.node.store().conf_state();
-            if cs.voters == [self.node.0] && cs.voters_outgoing.is_empty() {
+            if cs.voters == [g.replica.0] && cs.voters_outgoing.is_empty() {
                 let _ = g.node.campaign();
             }
         }
@@ -776,6 +1082,23 @@ impl Handler<Applied> for MultiRaft {
             if index > g.node.raft.raft_log.applied {
                 g.node.advance_apply_to(index);
             }
+            // A change's callback comes before the report of its index, so the conf state
+            // written with the same batch is the one as of the compacted log.
+            let keep = self.settings.log_compaction_entries;
+            let truncated = g.node.store().truncated().index;
+            if g.awaiting_callback.is_none() && index.saturating_sub(truncated) > keep {
+                match g
+                    .node
+                    .mut_store()
+                    .stage_compact(index - keep / 2, &mut self.staged)
+                {
+                    Ok(()) => {
+                        self.staged_any = true;
+                        self.metrics.log_compactions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => log::error!("{}: {range}: log compaction failed: {e}", self.node),
+                }
+            }
             // Applying may let a leader leave a joint configuration, or unblock a snapshot.
             self.dirty.insert(range);
         }
@@ -789,8 +1112,19 @@ impl Handler<ChangeApplied> for MultiRaft {
         let Some(g) = self.groups.get_mut(&msg.range) else {
             return;
         };
+        let mut removed_here = false;
+        let mut notify = Vec::new();
         match g.node.apply_conf_change(&msg.change) {
             Ok(cs) => {
+                for c in msg.change.get_changes() {
+                    if c.get_change_type() == ConfChangeType::RemoveNode {
+                        g.removed.insert(c.node_id);
+                        if c.node_id != g.replica.0 {
+                            notify.push(ReplicaId(c.node_id));
+                        }
+                    }
+                }
+                removed_here = !members(&cs).any(|id| id == g.replica.0);
                 g.node
                     .mut_store()
                     .stage_conf_state(cs, msg.index, &mut self.staged);
@@ -811,6 +1145,17 @@ impl Handler<ChangeApplied> for MultiRaft {
         if msg.index > g.node.raft.raft_log.applied && msg.index <= g.node.raft.raft_log.committed {
             g.node.advance_apply_to(msg.index);
         }
+        for replica in notify {
+            self.notify_removed(msg.range, replica);
+        }
+        if removed_here {
+            self.remove_replica(msg.range);
+            self.schedule_round(ctx);
+            return;
+        }
+        let Some(g) = self.groups.get_mut(&msg.range) else {
+            return;
+        };
         let held = std::mem::take(&mut g.held);
         for h in held {
             let proposals: Vec<ProposalId> = match &h {
@@ -871,8 +1216,21 @@ impl Handler<RaftBatch> for MultiRaft {
             );
             return;
         }
-        for (range, m) in batch.messages {
-            if m.to != self.node.0 {
+        for (range, replica) in batch.removed {
+            if self
+                .groups
+                .get(&range)
+                .is_some_and(|g| g.replica <= replica)
+            {
+                self.remove_replica(range);
+            }
+        }
+        let heartbeats = batch.heartbeats.into_iter().map(Heartbeat::into_message);
+        for (range, m) in batch.messages.into_iter().chain(heartbeats) {
+            if ReplicaId(m.to).node() != self.node || self.destroying.contains(&range) {
+                continue;
+            }
+            if self.tombstones.get(&range).is_some_and(|t| m.to <= t.0) {
                 continue;
             }
             // A snapshot that cannot be installed is refused here, before raft accepts it.
@@ -885,25 +1243,61 @@ impl Handler<RaftBatch> for MultiRaft {
                     continue;
                 }
             }
-            if !self.groups.contains_key(&range) {
-                // A replica added to this node: created empty, filled by a snapshot.
-                if !matches!(
-                    m.get_msg_type(),
-                    MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
-                ) {
+            match self.groups.get(&range) {
+                // A message for a newer replica of this node: the one here was removed.
+                Some(g) if m.to > g.replica.0 => {
+                    self.remove_replica(range);
                     continue;
                 }
-                if let Err(e) = self.open_group(range) {
-                    log::error!("{}: cannot create replica of {range}: {e}", self.node);
-                    continue;
+                Some(g) if m.to < g.replica.0 => continue,
+                Some(_) => {}
+                None => {
+                    // A replica added to this node: created empty, filled by a snapshot.
+                    if !matches!(
+                        m.get_msg_type(),
+                        MessageType::MsgAppend
+                            | MessageType::MsgHeartbeat
+                            | MessageType::MsgSnapshot
+                    ) {
+                        continue;
+                    }
+                    if let Err(e) = self.open_group(range, Some(ReplicaId(m.to))) {
+                        log::error!("{}: cannot create replica of {range}: {e}", self.node);
+                        continue;
+                    }
                 }
             }
             let g = self.groups.get_mut(&range).expect("group just checked");
-            if m.get_msg_type() == MessageType::MsgPropose && g.awaiting_callback.is_some() {
-                // A follower's proposal waits like a local one (contract 4).
-                g.held.push_back(Held::Forwarded(m));
-                self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
+            if g.removed.contains(&m.from) {
+                // A replica that missed its own removal: tell it.
+                self.notify_removed(range, ReplicaId(m.from));
                 continue;
+            }
+            if m.get_msg_type() == MessageType::MsgPropose {
+                if g.awaiting_callback.is_some() {
+                    // A follower's proposal waits like a local one (contract 4).
+                    g.held.push_back(Held::Forwarded(m));
+                    self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if let (true, Some(cc)) = (g.is_leader(), forwarded_change(&m)) {
+                    match g.vet(range, &cc) {
+                        Err(e) => {
+                            log::warn!("{}: {range}: refusing a forwarded change: {e}", self.node);
+                            continue;
+                        }
+                        Ok(true) => {
+                            if let Some(to) = g.successor() {
+                                g.node.transfer_leader(to);
+                                g.transfer_started = self.ticks;
+                                g.after_transfer.push(Held::Forwarded(m));
+                                self.dirty.insert(range);
+                            }
+                            continue;
+                        }
+                        Ok(false) => {}
+                    }
+                }
             }
             if let Err(e) = g.node.step(m) {
                 log::debug!("{}: {range}: step: {e}", self.node);
@@ -914,13 +1308,22 @@ impl Handler<RaftBatch> for MultiRaft {
     }
 }
 
-impl Handler<TransferLeader> for MultiRaft {
+impl Handler<BeginLeaderTransfer> for MultiRaft {
     type Result = ();
-    fn handle(&mut self, msg: TransferLeader, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: BeginLeaderTransfer, ctx: &mut Context<Self>) {
         if let Some(g) = self.groups.get_mut(&msg.range) {
-            g.node.transfer_leader(msg.to.0);
-            self.mark_dirty(msg.range, ctx);
+            if let Some(to) = g.replica_on(msg.to) {
+                g.node.transfer_leader(to);
+                self.mark_dirty(msg.range, ctx);
+            }
         }
+    }
+}
+
+impl Handler<ReplicaDestroyed> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, msg: ReplicaDestroyed, _: &mut Context<Self>) {
+        self.destroying.remove(&msg.range);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Starting a node: its sled database, its MultiRaft and Store actors, each on its own thread
 //! (an arbiter), wired to each other and to a transport.
 
-use crate::ids::{NodeId, RangeId};
+use crate::ids::{NodeId, RangeId, ReplicaId};
 use crate::multiraft::{MultiRaft, RaftMetrics, RaftSettings};
 use crate::storage::{Engine, RangeDescriptor, StorageError};
 use crate::store::{Store, StoreSettings};
@@ -52,7 +52,9 @@ pub fn initial_ranges(split_keys: &[Vec<u8>], members: &[NodeId]) -> Vec<RangeDe
             id: RangeId(i as u64 + 1),
             start_key: w[0].clone(),
             end_key: w[1].clone(),
-            replicas: members.to_vec(),
+            voters: members.iter().map(|&n| ReplicaId::new(n, 0)).collect(),
+            learners: Vec::new(),
+            removed: Vec::new(),
         })
         .collect()
 }

@@ -14,6 +14,7 @@
 //! | `'r' · range · 't'` | truncated index and term |
 //! | `'r' · range · 'a'` | applied index and term |
 //! | `'r' · range · 'd'` | range descriptor (bincode) |
+//! | `'r' · range · 'x'` | tombstone: the replica removed from this node (8 bytes) |
 //! | `'k' · user key` | user value |
 //!
 //! The leading `'r'`/`'k'` keeps raft state and user data apart whatever the range id.
@@ -26,12 +27,12 @@
 //! not yet synced (and the blob directory), which is what contract 6 needs.
 
 use crate::codec;
-use crate::ids::{NodeId, RangeId};
+use crate::ids::{NodeId, RangeId, ReplicaId};
 use protobuf::Message as ProtoMessage;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -76,11 +77,36 @@ pub struct RangeDescriptor {
     pub start_key: Vec<u8>,
     /// End of the range (exclusive); empty means "to the end of the key space".
     pub end_key: Vec<u8>,
-    /// Nodes holding a replica (voters and learners).
-    pub replicas: Vec<NodeId>,
+    /// Replicas that vote.
+    pub voters: Vec<ReplicaId>,
+    /// Replicas that receive the log without voting (new ones, until they catch up).
+    pub learners: Vec<ReplicaId>,
+    /// Replicas removed from the range. Their ids are never used again.
+    pub removed: Vec<ReplicaId>,
 }
 
 impl RangeDescriptor {
+    /// The replica `node` holds, voter or learner.
+    pub fn replica_of(&self, node: NodeId) -> Option<ReplicaId> {
+        self.voters
+            .iter()
+            .chain(&self.learners)
+            .copied()
+            .find(|r| r.node() == node)
+    }
+
+    /// The id a new replica on `node` gets: one generation past any it held before.
+    pub fn next_replica_for(&self, node: NodeId) -> ReplicaId {
+        let generation = self
+            .removed
+            .iter()
+            .filter(|r| r.node() == node)
+            .map(|r| r.generation() + 1)
+            .max()
+            .unwrap_or(0);
+        ReplicaId::new(node, generation)
+    }
+
     /// Whether `key` falls inside the range.
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start_key.as_slice()
@@ -128,6 +154,15 @@ pub mod keys {
     pub const TRUNCATED: u8 = b't';
     pub const APPLIED: u8 = b'a';
     pub const DESCRIPTOR: u8 = b'd';
+    pub const TOMBSTONE: u8 = b'x';
+
+    /// `'r' · range`: the prefix of every key of a range's state.
+    pub fn range_prefix(range: RangeId) -> Vec<u8> {
+        let mut k = Vec::with_capacity(9);
+        k.push(b'r');
+        k.extend_from_slice(&range.0.to_be_bytes());
+        k
+    }
 
     /// `'r' · range · kind`.
     pub fn range_key(range: RangeId, kind: u8) -> Vec<u8> {
@@ -291,6 +326,64 @@ impl Engine {
         Ok(out)
     }
 
+    /// The descriptor of a range, if this node has one.
+    pub fn descriptor(&self, range: RangeId) -> Result<Option<RangeDescriptor>, StorageError> {
+        match self.tree.get(keys::range_key(range, keys::DESCRIPTOR))? {
+            Some(v) => Ok(Some(
+                codec::decode(&v).map_err(|e| corrupt("range descriptor", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Every range a replica was removed from, with the removed replica.
+    pub fn tombstones(&self) -> Result<BTreeMap<RangeId, ReplicaId>, StorageError> {
+        let mut out = BTreeMap::new();
+        for item in self.tree.scan_prefix([b'r']) {
+            let (k, v) = item?;
+            if k.len() == 10 && k[9] == keys::TOMBSTONE {
+                let id: [u8; 8] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("tombstone", format!("{} bytes", v.len())))?;
+                let range: [u8; 8] = k[1..9].try_into().expect("8 bytes");
+                out.insert(
+                    RangeId(u64::from_be_bytes(range)),
+                    ReplicaId(u64::from_be_bytes(id)),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stages the removal of everything this node holds of a range (its raft state, its
+    /// descriptor and the user data of its span) and leaves a tombstone naming `replica`, so
+    /// messages to that replica are refused from now on.
+    pub fn stage_destroy(
+        &self,
+        range: RangeId,
+        replica: ReplicaId,
+        span: Option<(&[u8], &[u8])>,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StorageError> {
+        for item in self.tree.scan_prefix(keys::range_prefix(range)) {
+            let (k, _) = item?;
+            batch.remove(k);
+        }
+        if let Some((start, end)) = span {
+            let (lo, hi) = keys::user_span(start, end);
+            for item in self.tree.range(lo..hi) {
+                let (k, _) = item?;
+                batch.remove(k);
+            }
+        }
+        batch.insert(
+            keys::range_key(range, keys::TOMBSTONE),
+            &replica.0.to_be_bytes(),
+        );
+        Ok(())
+    }
+
     /// The applied index and term of a range (zero when nothing was applied).
     pub fn applied(&self, range: RangeId) -> Result<LogPosition, StorageError> {
         match self.tree.get(keys::range_key(range, keys::APPLIED))? {
@@ -343,7 +436,10 @@ impl Engine {
             commit: BOOTSTRAP_INDEX,
             ..Default::default()
         };
-        let cs = ConfState::from((descriptor.replicas.iter().map(|n| n.0), Vec::<u64>::new()));
+        let cs = ConfState::from((
+            descriptor.voters.iter().map(|r| r.0),
+            descriptor.learners.iter().map(|r| r.0),
+        ));
         batch.insert(keys::range_key(range, keys::HARD_STATE), encode_proto(&hs));
         batch.insert(
             keys::range_key(range, keys::CONF_STATE),
@@ -573,6 +669,32 @@ impl RangeStorage {
         Ok(data.descriptor)
     }
 
+    /// Stages the removal of the log up to `index` (which must be applied): the log then
+    /// starts after it, and a follower that needs older entries gets a snapshot.
+    pub fn stage_compact(
+        &mut self,
+        index: u64,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StorageError> {
+        if index <= self.truncated.index {
+            return Ok(());
+        }
+        let index = index.min(self.last_index);
+        let term = match self.read_entry(index) {
+            Ok(e) => e.term,
+            Err(e) => return Err(corrupt(format!("log entry {index} of {}", self.range), e)),
+        };
+        for i in self.truncated.index + 1..=index {
+            batch.remove(keys::log_key(self.range, i));
+        }
+        self.truncated = LogPosition { index, term };
+        batch.insert(
+            keys::range_key(self.range, keys::TRUNCATED),
+            &self.truncated.encode(),
+        );
+        Ok(())
+    }
+
     /// Whether raft asked for a snapshot this storage does not have yet; clears the request.
     pub fn take_snapshot_request(&self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::Relaxed)
@@ -707,7 +829,9 @@ mod tests {
             id: RangeId(7),
             start_key: b"a".to_vec(),
             end_key: b"m".to_vec(),
-            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            voters: [1, 2, 3].map(|n| ReplicaId::new(NodeId(n), 0)).to_vec(),
+            learners: Vec::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -794,6 +918,91 @@ mod tests {
         assert_eq!(s.last_index().unwrap(), 8);
         assert_eq!(s.term(8).unwrap(), 7);
         assert_eq!(engine.log_entries(RangeId(7)).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn compaction_drops_the_log_up_to_an_index_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (engine, mut s) = bootstrapped(dir.path());
+            let mut batch = sled::Batch::default();
+            s.stage_entries(
+                &(6..=10).map(|i| entry(i, 6)).collect::<Vec<_>>(),
+                &mut batch,
+            );
+            engine.write(batch).unwrap();
+            let mut batch = sled::Batch::default();
+            s.stage_compact(8, &mut batch).unwrap();
+            engine.write(batch).unwrap();
+            assert_eq!(s.first_index().unwrap(), 9);
+            assert_eq!(
+                s.term(8).unwrap(),
+                6,
+                "the term at the truncation point stays known"
+            );
+            assert!(matches!(
+                s.entries(8, 10, None, ctx()),
+                Err(raft::Error::Store(RaftStorageError::Compacted))
+            ));
+            // Compacting to an older point changes nothing.
+            let mut batch = sled::Batch::default();
+            s.stage_compact(7, &mut batch).unwrap();
+            engine.write(batch).unwrap();
+            assert_eq!(s.first_index().unwrap(), 9);
+        }
+        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let s = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (9, 10));
+        assert_eq!(
+            engine
+                .log_entries(RangeId(7))
+                .unwrap()
+                .iter()
+                .map(|e| e.index)
+                .collect::<Vec<_>>(),
+            vec![9, 10]
+        );
+    }
+
+    #[test]
+    fn destroying_a_range_leaves_only_its_tombstone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, _) = bootstrapped(dir.path());
+        let mut other = descriptor();
+        other.id = RangeId(8);
+        other.start_key = b"m".to_vec();
+        other.end_key = Vec::new();
+        let mut batch = sled::Batch::default();
+        engine.bootstrap_range(&other, &mut batch).unwrap();
+        for k in [&b"b"[..], b"l", b"m", b"z"] {
+            batch.insert(keys::user_key(k), b"v".as_slice());
+        }
+        engine.write(batch).unwrap();
+
+        let d = descriptor();
+        let replica = ReplicaId::new(NodeId(2), 0);
+        let mut batch = sled::Batch::default();
+        engine
+            .stage_destroy(d.id, replica, Some((&d.start_key, &d.end_key)), &mut batch)
+            .unwrap();
+        engine.write(batch).unwrap();
+
+        assert_eq!(engine.descriptors().unwrap(), vec![other.clone()]);
+        assert_eq!(
+            engine.tombstones().unwrap().into_iter().collect::<Vec<_>>(),
+            vec![(RangeId(7), replica)]
+        );
+        assert!(engine
+            .tree()
+            .scan_prefix(keys::range_key(d.id, keys::HARD_STATE))
+            .next()
+            .is_none());
+        assert_eq!(engine.get_user(b"b").unwrap(), None);
+        assert_eq!(engine.get_user(b"l").unwrap(), None);
+        // The neighbour keeps its data and state.
+        assert_eq!(engine.get_user(b"m").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(engine.get_user(b"z").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(engine.applied(RangeId(8)).unwrap().index, BOOTSTRAP_INDEX);
     }
 
     #[test]

@@ -8,13 +8,16 @@
 //! Reads are linearizable (contract 7): each read asks MultiRaft for a read index and is served
 //! once the range has applied up to it.
 //!
+//! Admin requests (adding and removing replicas, moving leadership) are proposals or requests
+//! to MultiRaft like any other, and are answered when this node's state shows their outcome.
+//!
 //! The Store never waits for MultiRaft: requests go out with `do_send`, answers come back as
 //! events. A request not answered within `request_timeout` fails with an error that says its
 //! outcome is unknown (contract 6).
 
 use crate::codec;
 use crate::command::{Command, CommandOutcome};
-use crate::ids::{NodeId, ProposalId, RangeId, ReadId};
+use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft};
 use crate::storage::{
@@ -38,6 +41,8 @@ pub struct StoreSettings {
     pub apply_delay: Duration,
     /// Capacity of the Store's mailbox; MultiRaft keeps events back while it is full.
     pub mailbox_capacity: usize,
+    /// How long an admin request (a new replica being filled, a leadership move) may take.
+    pub admin_timeout: Duration,
 }
 
 impl Default for StoreSettings {
@@ -46,6 +51,7 @@ impl Default for StoreSettings {
             request_timeout: Duration::from_secs(5),
             apply_delay: Duration::ZERO,
             mailbox_capacity: 1024,
+            admin_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -67,7 +73,24 @@ enum Waiter {
 }
 
 struct PendingWrite {
+    range: RangeId,
     reply: Waiter,
+    deadline: Instant,
+}
+
+/// What an admin request waits to see on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Until {
+    /// `node` holds a voting replica of the range.
+    Voter(NodeId),
+    /// `node` leads the range.
+    Leader(NodeId),
+}
+
+struct PendingCondition {
+    range: RangeId,
+    until: Until,
+    reply: ChangeReply,
     deadline: Instant,
 }
 
@@ -94,6 +117,7 @@ pub struct Store {
     next_read: u64,
     writes: HashMap<ProposalId, PendingWrite>,
     reads: HashMap<ReadId, PendingRead>,
+    conditions: Vec<PendingCondition>,
     applied_commands: u64,
 }
 
@@ -118,6 +142,7 @@ impl Store {
             next_read: 0,
             writes: HashMap::new(),
             reads: HashMap::new(),
+            conditions: Vec::new(),
             applied_commands: 0,
         };
         for d in engine.descriptors()? {
@@ -164,6 +189,100 @@ impl Store {
 
     fn deadline(&self) -> Instant {
         Instant::now() + self.settings.request_timeout
+    }
+
+    /// Answers the admin requests whose condition now holds (or can no longer hold).
+    fn check_conditions(&mut self) {
+        let (met, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.conditions)
+            .into_iter()
+            .partition(|c| match self.ranges.get(&c.range) {
+                None => true,
+                Some(r) => match c.until {
+                    Until::Voter(node) => r.descriptor.voters.iter().any(|v| v.node() == node),
+                    Until::Leader(node) => r.leader == Some(node),
+                },
+            });
+        self.conditions = pending;
+        for c in met {
+            let result = if self.ranges.contains_key(&c.range) {
+                Ok(())
+            } else {
+                Err(StoreError::Removed(c.range))
+            };
+            let _ = c.reply.send(result);
+        }
+    }
+
+    /// Registers an admin request's condition; the receiver gets the outcome.
+    fn wait_until(
+        &mut self,
+        range: RangeId,
+        until: Until,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        self.conditions.push(PendingCondition {
+            range,
+            until,
+            reply: tx,
+            deadline: Instant::now() + self.settings.admin_timeout,
+        });
+        self.check_conditions();
+        rx
+    }
+
+    /// Proposes a membership change; the receiver gets the outcome once this node applied it.
+    fn propose_change(
+        &mut self,
+        range: RangeId,
+        change: ConfChangeV2,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
+        let proposal = self.next_proposal();
+        let (tx, rx) = oneshot::channel();
+        self.writes.insert(
+            proposal,
+            PendingWrite {
+                range,
+                reply: Waiter::Change(tx),
+                deadline: Instant::now() + self.settings.admin_timeout,
+            },
+        );
+        self.multiraft.do_send(Propose {
+            range,
+            proposal,
+            payload: ProposalPayload::ChangeReplicas(change),
+        });
+        rx
+    }
+
+    /// The range's descriptor here, for an admin request.
+    fn descriptor(&self, range: RangeId) -> Result<&RangeDescriptor, StoreError> {
+        self.ranges
+            .get(&range)
+            .map(|r| &r.descriptor)
+            .ok_or(StoreError::Refused(ProposeError::RangeNotFound(range)))
+    }
+
+    /// Digests of every range's data as applied here.
+    fn digests(&self) -> Result<Vec<RangeDigest>, StorageError> {
+        let mut out = Vec::with_capacity(self.ranges.len());
+        for (id, r) in &self.ranges {
+            let d = &r.descriptor;
+            let pairs = self.engine.user_pairs(&d.start_key, &d.end_key)?;
+            let mut hash = FNV_OFFSET;
+            for (k, v) in &pairs {
+                for part in [k, v] {
+                    hash = fnv1a(hash, &(part.len() as u64).to_be_bytes());
+                    hash = fnv1a(hash, part);
+                }
+            }
+            out.push(RangeDigest {
+                range: *id,
+                applied_index: r.applied.index,
+                keys: pairs.len() as u64,
+                hash,
+            });
+        }
+        Ok(out)
     }
 
     /// Splits a command into one command per range.
@@ -261,6 +380,63 @@ impl Store {
                 let _ = r.reply.send(Err(StoreError::Timeout));
             }
         }
+        let (late, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.conditions)
+            .into_iter()
+            .partition(|c| c.deadline <= now);
+        self.conditions = pending;
+        for c in late {
+            let _ = c.reply.send(Err(StoreError::Timeout));
+        }
+    }
+
+    /// Deletes what this node held of a removed replica (after everything applied before).
+    fn destroy(&mut self, range: RangeId, replica: ReplicaId) -> Result<(), StorageError> {
+        let Some(r) = self.ranges.remove(&range) else {
+            return Ok(());
+        };
+        let d = &r.descriptor;
+        self.routing.remove(&d.start_key);
+        let mut batch = sled::Batch::default();
+        self.engine
+            .stage_destroy(range, replica, Some((&d.start_key, &d.end_key)), &mut batch)?;
+        self.engine.write(batch)?;
+        log::info!(
+            "{}: deleted the data of {range} (replica {replica})",
+            self.node
+        );
+        // Writes still waiting here may have been committed by the other replicas, or not.
+        let orphans: Vec<ProposalId> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.range == range)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in orphans {
+            if let Some(w) = self.writes.remove(&p) {
+                match w.reply {
+                    Waiter::Write(tx) => {
+                        let _ = tx.send(Err(StoreError::Removed(range)));
+                    }
+                    // The change this node waited for is the one that removed it.
+                    Waiter::Change(tx) => {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+            }
+        }
+        let reads: Vec<ReadId> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.range == range)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in reads {
+            if let Some(r) = self.reads.remove(&id) {
+                let _ = r.reply.send(Err(StoreError::Removed(range)));
+            }
+        }
+        self.multiraft.do_send(ReplicaDestroyed { range });
+        Ok(())
     }
 
     fn generate_snapshot(&self, range: RangeId) -> Result<(), StorageError> {
@@ -288,6 +464,7 @@ impl Store {
         let mut answers = Vec::new();
         let mut callbacks = Vec::new();
         let mut snapshot_requests = Vec::new();
+        let mut destroyed = Vec::new();
 
         for event in events {
             match event {
@@ -398,6 +575,10 @@ impl Store {
                     debug_assert_eq!(range, descriptor.id);
                     self.put_range(descriptor, LogPosition { index, term });
                 }
+                Event::ReplicaRemoved { range, replica } => {
+                    touched.remove(&range);
+                    destroyed.push((range, replica));
+                }
             }
         }
 
@@ -424,28 +605,58 @@ impl Store {
                     .collect(),
             });
         }
+        // After the batch: the deletion must also cover what the batch just wrote.
+        for (range, replica) in destroyed {
+            self.destroy(range, replica)?;
+        }
         for range in snapshot_requests {
             self.generate_snapshot(range)?;
         }
         self.serve_ready_reads();
+        self.check_conditions();
         Ok(())
     }
 }
 
-/// Updates a descriptor's replica list for a membership change.
+/// Updates a descriptor's replica lists for a membership change.
 fn apply_change(d: &mut RangeDescriptor, change: &ConfChangeV2) {
     for c in change.get_changes() {
-        let node = NodeId(c.node_id);
-        match c.get_change_type() {
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                if !d.replicas.contains(&node) {
-                    d.replicas.push(node);
-                    d.replicas.sort();
-                }
-            }
-            ConfChangeType::RemoveNode => d.replicas.retain(|n| *n != node),
+        let replica = ReplicaId(c.node_id);
+        d.voters.retain(|r| *r != replica);
+        d.learners.retain(|r| *r != replica);
+        let list = match c.get_change_type() {
+            ConfChangeType::AddNode => &mut d.voters,
+            ConfChangeType::AddLearnerNode => &mut d.learners,
+            ConfChangeType::RemoveNode => &mut d.removed,
+        };
+        if !list.contains(&replica) {
+            list.push(replica);
+            list.sort();
         }
     }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+fn single_change(replica: ReplicaId, kind: ConfChangeType) -> ConfChangeV2 {
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes()
+        .push(raft_proto::new_conf_change_single(replica.0, kind));
+    cc
+}
+
+/// The outcome a receiver brings, or the Store's end.
+async fn outcome<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    rx.await
+        .map_err(|_| StoreError::Internal("store stopped".into()))?
 }
 
 impl Actor for Store {
@@ -485,6 +696,7 @@ impl Handler<Write> for Store {
             self.writes.insert(
                 proposal,
                 PendingWrite {
+                    range,
                     reply: Waiter::Write(tx),
                     deadline: self.deadline(),
                 },
@@ -559,28 +771,93 @@ impl Handler<Read> for Store {
     }
 }
 
-impl Handler<ChangeReplicas> for Store {
+impl Handler<AddReplica> for Store {
     type Result = ResponseFuture<Result<(), StoreError>>;
 
-    fn handle(&mut self, msg: ChangeReplicas, _: &mut Context<Self>) -> Self::Result {
-        let proposal = self.next_proposal();
-        let (tx, rx) = oneshot::channel();
-        self.writes.insert(
-            proposal,
-            PendingWrite {
-                reply: Waiter::Change(tx),
-                deadline: self.deadline(),
-            },
-        );
-        self.multiraft.do_send(Propose {
-            range: msg.range,
-            proposal,
-            payload: ProposalPayload::ChangeReplicas(msg.change),
-        });
+    fn handle(&mut self, msg: AddReplica, _: &mut Context<Self>) -> Self::Result {
+        let d = match self.descriptor(msg.range) {
+            Ok(d) => d,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        // A learner already there (an earlier request that timed out) only needs promoting.
+        let added = match d.replica_of(msg.node) {
+            Some(_) => None,
+            None => {
+                let replica = d.next_replica_for(msg.node);
+                Some(self.propose_change(
+                    msg.range,
+                    single_change(replica, ConfChangeType::AddLearnerNode),
+                ))
+            }
+        };
+        let promoted = self.wait_until(msg.range, Until::Voter(msg.node));
         Box::pin(async move {
-            rx.await
-                .map_err(|_| StoreError::Internal("store stopped".into()))?
+            if let Some(added) = added {
+                outcome(added).await?;
+            }
+            outcome(promoted).await
         })
+    }
+}
+
+impl Handler<RemoveReplica> for Store {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: RemoveReplica, _: &mut Context<Self>) -> Self::Result {
+        let checked = self.descriptor(msg.range).and_then(|d| {
+            let replica = d.replica_of(msg.node).ok_or_else(|| {
+                StoreError::Invalid(format!("{} holds no replica of {}", msg.node, msg.range))
+            })?;
+            if d.voters == [replica] {
+                return Err(StoreError::Invalid(format!(
+                    "{replica} is the last voter of {}",
+                    msg.range
+                )));
+            }
+            Ok(replica)
+        });
+        let replica = match checked {
+            Ok(r) => r,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let removed = self.propose_change(
+            msg.range,
+            single_change(replica, ConfChangeType::RemoveNode),
+        );
+        Box::pin(outcome(removed))
+    }
+}
+
+impl Handler<TransferLeader> for Store {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: TransferLeader, _: &mut Context<Self>) -> Self::Result {
+        let checked = self.descriptor(msg.range).and_then(|d| {
+            match d.voters.iter().any(|r| r.node() == msg.to) {
+                true => Ok(()),
+                false => Err(StoreError::Invalid(format!(
+                    "{} holds no voting replica of {}",
+                    msg.to, msg.range
+                ))),
+            }
+        });
+        if let Err(e) = checked {
+            return Box::pin(async move { Err(e) });
+        }
+        self.multiraft.do_send(BeginLeaderTransfer {
+            range: msg.range,
+            to: msg.to,
+        });
+        Box::pin(outcome(self.wait_until(msg.range, Until::Leader(msg.to))))
+    }
+}
+
+impl Handler<GetDigest> for Store {
+    type Result = Result<Vec<RangeDigest>, StoreError>;
+
+    fn handle(&mut self, _: GetDigest, _: &mut Context<Self>) -> Self::Result {
+        self.digests()
+            .map_err(|e| StoreError::Internal(e.to_string()))
     }
 }
 

@@ -1,0 +1,302 @@
+//! `FLOTILLA ...`: the admin commands.
+//!
+//! - `FLOTILLA RANGES`: each range's span, replicas, leader, term and applied index;
+//! - `FLOTILLA ADDREPLICA <range|all> <node>`: a learner, filled by snapshot and log, then
+//!   promoted; answered once it votes;
+//! - `FLOTILLA REMOVEREPLICA <range|all> <node>`: leadership moves first if the node leads;
+//! - `FLOTILLA TRANSFERLEADER <range|all> <node>`;
+//! - `FLOTILLA DIGEST`: each range's applied index, key count and hash of its data here, to
+//!   compare replicas.
+//!
+//! `all` means every range this node holds (for REMOVEREPLICA and TRANSFERLEADER, those the
+//! node in question holds too). The changes to several ranges run side by side; the answer is
+//! `+OK` once all succeeded, or an error naming each range that failed.
+
+use crate::commands::{Reply, Shared};
+use crate::resp::reply;
+use bytes::{Bytes, BytesMut};
+use flotilla_actors::ids::{NodeId, RangeId, MAX_NODE_ID};
+use flotilla_actors::messages::{
+    AddReplica, GetDigest, GetRaftStatus, GetStoreStatus, RemoveReplica, StoreError, StoreStatus,
+    TransferLeader,
+};
+use std::sync::Arc;
+
+const USAGE: &str = "ERR unknown FLOTILLA subcommand or wrong number of arguments; try RANGES, DIGEST, ADDREPLICA <range|all> <node>, REMOVEREPLICA <range|all> <node>, TRANSFERLEADER <range|all> <node>";
+
+#[derive(Clone, Copy)]
+enum Change {
+    Add,
+    Remove,
+    Transfer,
+}
+
+/// Which ranges a change is for.
+enum Target {
+    One(RangeId),
+    All,
+}
+
+/// A parsed admin command.
+enum Admin {
+    Ranges,
+    Digest,
+    Change(Change, Target, NodeId),
+}
+
+fn parse_number(arg: &[u8], prefix: u8, max: u64) -> Option<u64> {
+    let text = std::str::from_utf8(arg).ok()?;
+    let text = text
+        .strip_prefix(prefix as char)
+        .or_else(|| text.strip_prefix(prefix.to_ascii_uppercase() as char))
+        .unwrap_or(text);
+    let n: u64 = text.parse().ok()?;
+    (1..=max).contains(&n).then_some(n)
+}
+
+fn parse(a: &[Bytes]) -> Result<Admin, String> {
+    let sub = String::from_utf8_lossy(&a[0]).to_ascii_lowercase();
+    let change = match (sub.as_str(), a.len()) {
+        ("ranges", 1) => return Ok(Admin::Ranges),
+        ("digest", 1) => return Ok(Admin::Digest),
+        ("addreplica", 3) => Change::Add,
+        ("removereplica", 3) => Change::Remove,
+        ("transferleader", 3) => Change::Transfer,
+        _ => return Err(USAGE.into()),
+    };
+    let target = if a[1].eq_ignore_ascii_case(b"all") {
+        Target::All
+    } else {
+        let r = parse_number(&a[1], b'r', u64::MAX)
+            .ok_or_else(|| format!("ERR invalid range '{}'", String::from_utf8_lossy(&a[1])))?;
+        Target::One(RangeId(r))
+    };
+    let node = parse_number(&a[2], b'n', MAX_NODE_ID)
+        .ok_or_else(|| format!("ERR invalid node id '{}'", String::from_utf8_lossy(&a[2])))?;
+    Ok(Admin::Change(change, target, NodeId(node)))
+}
+
+fn done(out: BytesMut) -> Reply {
+    Reply {
+        bytes: out,
+        close: false,
+    }
+}
+
+fn failed(msg: &str) -> Reply {
+    let mut out = BytesMut::new();
+    reply::error(&mut out, msg);
+    done(out)
+}
+
+const SHUTTING_DOWN: &str = "ERR node is shutting down";
+
+/// Runs an admin command (arguments after `FLOTILLA`).
+pub async fn run(shared: Arc<Shared>, a: Vec<Bytes>) -> Reply {
+    match parse(&a) {
+        Err(e) => failed(&e),
+        Ok(Admin::Ranges) => ranges(&shared).await,
+        Ok(Admin::Digest) => digest(&shared).await,
+        Ok(Admin::Change(change, target, node)) => {
+            let Ok(status) = shared.store.send(GetStoreStatus).await else {
+                return failed(SHUTTING_DOWN);
+            };
+            let ranges = match target {
+                Target::One(r) => vec![r],
+                Target::All => targets(&status, change, node),
+            };
+            let runs = ranges.iter().map(|&range| {
+                let store = shared.store.clone();
+                async move {
+                    let result = match change {
+                        Change::Add => store.send(AddReplica { range, node }).await,
+                        Change::Remove => store.send(RemoveReplica { range, node }).await,
+                        Change::Transfer => store.send(TransferLeader { range, to: node }).await,
+                    };
+                    (range, result)
+                }
+            });
+            let mut failures = Vec::new();
+            for (range, result) in futures::future::join_all(runs).await {
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => failures.push((range, e)),
+                    Err(_) => return failed(SHUTTING_DOWN),
+                }
+            }
+            if failures.is_empty() {
+                let mut out = BytesMut::new();
+                reply::simple(&mut out, "OK");
+                return done(out);
+            }
+            failed(&describe_failures(ranges.len(), &failures))
+        }
+    }
+}
+
+/// The ranges `all` stands for.
+fn targets(status: &StoreStatus, change: Change, node: NodeId) -> Vec<RangeId> {
+    status
+        .ranges
+        .iter()
+        .map(|r| &r.descriptor)
+        .filter(|d| match change {
+            Change::Add => true,
+            Change::Remove => d.replica_of(node).is_some(),
+            Change::Transfer => d.voters.iter().any(|v| v.node() == node),
+        })
+        .map(|d| d.id)
+        .collect()
+}
+
+/// One error for the ranges that failed, with the first failure's Redis prefix.
+fn describe_failures(total: usize, failures: &[(RangeId, StoreError)]) -> String {
+    let text = |e: &StoreError| {
+        let s = e.to_string();
+        match s.split_once(' ') {
+            Some((prefix, rest)) => (prefix.to_string(), rest.to_string()),
+            None => ("ERR".to_string(), s),
+        }
+    };
+    let prefix = text(&failures[0].1).0;
+    let details: Vec<String> = failures
+        .iter()
+        .map(|(r, e)| format!("{r}: {}", text(e).1))
+        .collect();
+    format!(
+        "{prefix} {} of {total} ranges failed: {}",
+        failures.len(),
+        details.join("; ")
+    )
+}
+
+async fn ranges(shared: &Shared) -> Reply {
+    let (store, raft) = futures::join!(
+        shared.store.send(GetStoreStatus),
+        shared.multiraft.send(GetRaftStatus)
+    );
+    let (Ok(store), Ok(raft)) = (store, raft) else {
+        return failed(SHUTTING_DOWN);
+    };
+    let mut out = BytesMut::new();
+    reply::array_header(&mut out, store.ranges.len());
+    for r in &store.ranges {
+        let d = &r.descriptor;
+        let rs = raft.iter().find(|s| s.range == d.id);
+        let names = |ns: &[flotilla_actors::ids::ReplicaId]| {
+            ns.iter()
+                .map(|n| n.node().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut line = format!(
+            "{} [{:?}, {}) replicas={}",
+            d.id,
+            String::from_utf8_lossy(&d.start_key),
+            if d.end_key.is_empty() {
+                "end".to_string()
+            } else {
+                format!("{:?}", String::from_utf8_lossy(&d.end_key))
+            },
+            names(&d.voters),
+        );
+        if !d.learners.is_empty() {
+            line.push_str(&format!(" learners={}", names(&d.learners)));
+        }
+        line.push_str(&format!(
+            " leader={} term={} applied={}",
+            rs.and_then(|s| s.leader)
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "none".into()),
+            rs.map(|s| s.term).unwrap_or(r.term),
+            r.applied_index,
+        ));
+        reply::bulk(&mut out, line.as_bytes());
+    }
+    done(out)
+}
+
+async fn digest(shared: &Shared) -> Reply {
+    match shared.store.send(GetDigest).await {
+        Ok(Ok(digests)) => {
+            let mut out = BytesMut::new();
+            reply::array_header(&mut out, digests.len());
+            for d in digests {
+                let line = format!(
+                    "{} applied={} keys={} hash={:016x}",
+                    d.range, d.applied_index, d.keys, d.hash
+                );
+                reply::bulk(&mut out, line.as_bytes());
+            }
+            done(out)
+        }
+        Ok(Err(e)) => failed(&e.to_string()),
+        Err(_) => failed(SHUTTING_DOWN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<Bytes> {
+        s.split(' ').map(|w| Bytes::from(w.to_string())).collect()
+    }
+
+    #[test]
+    fn admin_arguments() {
+        assert!(matches!(parse(&args("RANGES")), Ok(Admin::Ranges)));
+        assert!(matches!(
+            parse(&args("addreplica all 4")),
+            Ok(Admin::Change(Change::Add, Target::All, NodeId(4)))
+        ));
+        assert!(matches!(
+            parse(&args("REMOVEREPLICA r3 n1")),
+            Ok(Admin::Change(
+                Change::Remove,
+                Target::One(RangeId(3)),
+                NodeId(1)
+            ))
+        ));
+        assert!(matches!(
+            parse(&args("TRANSFERLEADER 2 3")),
+            Ok(Admin::Change(
+                Change::Transfer,
+                Target::One(RangeId(2)),
+                NodeId(3)
+            ))
+        ));
+        assert_eq!(
+            parse(&args("addreplica x 4")).err().unwrap(),
+            "ERR invalid range 'x'"
+        );
+        assert_eq!(
+            parse(&args("addreplica 1 0")).err().unwrap(),
+            "ERR invalid node id '0'"
+        );
+        assert_eq!(
+            parse(&args("addreplica 1 4294967296")).err().unwrap(),
+            "ERR invalid node id '4294967296'"
+        );
+        assert_eq!(parse(&args("ranges 1")).err().unwrap(), USAGE);
+        assert_eq!(parse(&args("split 1")).err().unwrap(), USAGE);
+    }
+
+    #[test]
+    fn failures_keep_the_first_prefix_and_name_each_range() {
+        let msg = describe_failures(
+            5,
+            &[
+                (RangeId(2), StoreError::Timeout),
+                (
+                    RangeId(4),
+                    StoreError::Invalid("n9 holds no replica of r4".into()),
+                ),
+            ],
+        );
+        assert_eq!(
+            msg,
+            "TRYAGAIN 2 of 5 ranges failed: r2: request timed out; the write may or may not have been applied; r4: n9 holds no replica of r4"
+        );
+    }
+}
