@@ -127,7 +127,7 @@ pub fn frames_of(batch: RaftBatch, max_frame: usize, chunk: usize) -> (Vec<Vec<u
         size += bytes.len() + FRAME_OVERHEAD;
         messages.push((range.0, bytes));
     }
-    if !messages.is_empty() || !heartbeats.is_empty() || !removed.is_empty() || frames.is_empty() {
+    if !messages.is_empty() || !heartbeats.is_empty() || !removed.is_empty() {
         flush(&mut messages, &mut heartbeats, &mut removed, &mut frames);
     }
     (frames, chunks)
@@ -406,5 +406,177 @@ async fn inbound(
             }
             Frame::Hello { .. } => return Err(FrameError::Refused("a second hello".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::prelude::*;
+    use std::sync::Mutex;
+
+    fn append(range: u64, bytes: usize) -> (RangeId, RaftMessage) {
+        let mut m = RaftMessage::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.to = 2;
+        m.from = 1;
+        let mut e = raft::prelude::Entry::default();
+        e.data = vec![range as u8; bytes].into();
+        m.mut_entries().push(e);
+        (RangeId(range), m)
+    }
+
+    fn snapshot(range: u64, bytes: usize) -> (RangeId, RaftMessage) {
+        let mut m = RaftMessage::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.to = 2;
+        m.from = 1;
+        m.mut_snapshot().mut_metadata().index = 42;
+        m.mut_snapshot().data = (0..bytes).map(|i| i as u8).collect::<Vec<u8>>().into();
+        (RangeId(range), m)
+    }
+
+    fn heartbeat(range: u64) -> Heartbeat {
+        Heartbeat {
+            range: RangeId(range),
+            from: ReplicaId(1),
+            to: ReplicaId(2),
+            term: 7,
+            commit: 9,
+            context: Vec::new(),
+            response: false,
+        }
+    }
+
+    fn decode_frame(bytes: &[u8]) -> Frame {
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, bytes.len() - 4);
+        codec::decode(&bytes[4..]).unwrap()
+    }
+
+    #[test]
+    fn a_batch_larger_than_a_frame_is_split_and_a_big_snapshot_chunked() {
+        let mut batch = RaftBatch::new(NodeId(1), NodeId(2));
+        let sent: Vec<_> = (1..=10).map(|r| append(r, 3000)).collect();
+        batch.messages = sent.clone();
+        batch.messages.push(snapshot(11, 2500));
+        batch.heartbeats = vec![heartbeat(12)];
+        batch.removed = vec![(RangeId(13), ReplicaId(2))];
+        let (frames, chunks) = frames_of(batch, 10_000, 1000);
+
+        assert!(frames.len() >= 4, "{} frames", frames.len());
+        let mut messages = Vec::new();
+        let mut heartbeats = Vec::new();
+        let mut removed = Vec::new();
+        for f in &frames {
+            assert!(f.len() <= 10_000, "a frame of {} bytes", f.len());
+            match decode_frame(f) {
+                Frame::Batch {
+                    from: 1,
+                    to: 2,
+                    messages: m,
+                    heartbeats: h,
+                    removed: r,
+                } => {
+                    messages.extend(m);
+                    heartbeats.extend(h);
+                    removed.extend(r);
+                }
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        let sent: Vec<(u64, Vec<u8>)> = sent
+            .iter()
+            .map(|(r, m)| (r.0, m.write_to_bytes().unwrap()))
+            .collect();
+        assert_eq!(messages, sent, "every message once, in order");
+        assert_eq!(heartbeats, vec![heartbeat(12)]);
+        assert_eq!(removed, vec![(RangeId(13), ReplicaId(2))]);
+
+        // The snapshot: three chunks, the last with the message.
+        let mut data = Vec::new();
+        let mut header = None;
+        for (i, c) in chunks.iter().enumerate() {
+            match decode_frame(c) {
+                Frame::SnapshotChunk {
+                    range: 11,
+                    data: d,
+                    message,
+                } => {
+                    assert!(d.len() <= 1000);
+                    data.extend(d);
+                    assert_eq!(message.is_some(), i == chunks.len() - 1);
+                    header = message;
+                }
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(data, snapshot(11, 2500).1.get_snapshot().data.to_vec());
+        let header = RaftMessage::parse_from_bytes(&header.unwrap()).unwrap();
+        assert_eq!(header.get_snapshot().get_metadata().index, 42);
+        assert!(header.get_snapshot().data.is_empty());
+    }
+
+    /// Collects what a listener delivers.
+    struct Sink(Arc<Mutex<Vec<RaftBatch>>>);
+
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<RaftBatch> for Sink {
+        type Result = ();
+        fn handle(&mut self, batch: RaftBatch, _: &mut Context<Self>) {
+            self.0.lock().unwrap().push(batch);
+        }
+    }
+
+    #[test]
+    fn a_snapshot_in_chunks_does_not_hold_back_other_ranges() {
+        System::new().block_on(async {
+            let credentials = Credentials {
+                cluster_id: "test".into(),
+                secret: "s".into(),
+            };
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let sink = Sink(got.clone()).start();
+            actix_rt::spawn(listen(
+                listener,
+                NodeId(2),
+                credentials.clone(),
+                sink.recipient(),
+            ));
+            let transport = connect(NodeId(1), &HashMap::from([(NodeId(2), addr)]), &credentials);
+
+            let size = 8 * CHUNK_BYTES + 123;
+            let mut big = RaftBatch::new(NodeId(1), NodeId(2));
+            big.messages.push(snapshot(1, size));
+            let mut small = RaftBatch::new(NodeId(1), NodeId(2));
+            small.heartbeats.push(heartbeat(2));
+            // Until connected, sending fails at once.
+            while transport.send(big.clone()).is_err() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            transport.send(small).unwrap();
+
+            let start = std::time::Instant::now();
+            while got.lock().unwrap().len() < 2 {
+                assert!(start.elapsed() < Duration::from_secs(20), "not delivered");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let got = got.lock().unwrap();
+            assert_eq!(
+                got[0].heartbeats,
+                vec![heartbeat(2)],
+                "the heartbeat came first"
+            );
+            let (range, m) = &got[1].messages[0];
+            assert_eq!(*range, RangeId(1));
+            assert_eq!(m.get_snapshot().data.len(), size);
+            assert_eq!(m, &snapshot(1, size).1, "the snapshot arrived whole");
+        });
     }
 }

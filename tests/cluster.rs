@@ -7,6 +7,8 @@ use common::Server;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Asks the OS for free loopback ports.
@@ -20,8 +22,9 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// Writes node configs derived from the shipped cluster files; returns their paths.
-fn configs(dir: &Path, nodes: usize) -> Vec<std::path::PathBuf> {
+/// Writes node configs derived from the shipped cluster files, with the `key = value` lines of
+/// `extra` added; returns their paths.
+fn configs(dir: &Path, nodes: usize, extra: &str) -> Vec<std::path::PathBuf> {
     let raft = free_ports(nodes);
     (1..=nodes)
         .map(|n| {
@@ -40,6 +43,11 @@ fn configs(dir: &Path, nodes: usize) -> Vec<std::path::PathBuf> {
                     "client_addr" => text.push_str("client_addr = \"127.0.0.1:0\"\n"),
                     "raft_addr" => {
                         text.push_str(&format!("raft_addr = \"127.0.0.1:{}\"\n", raft[n - 1]))
+                    }
+                    "[peers]" => {
+                        text.push_str(extra);
+                        text.push_str(line);
+                        text.push('\n');
                     }
                     "1" | "2" | "3" | "4" => {
                         let i: usize = key.parse().unwrap();
@@ -68,6 +76,114 @@ fn ranges(server: &Server) -> Vec<String> {
         .unwrap()
 }
 
+fn admin(server: &Server, args: &[&str]) -> redis::RedisResult<String> {
+    redis::cmd("FLOTILLA").arg(args).query(&mut server.client())
+}
+
+fn digest(server: &Server) -> Vec<String> {
+    admin_lines(server, "DIGEST")
+}
+
+fn admin_lines(server: &Server, sub: &str) -> Vec<String> {
+    redis::cmd("FLOTILLA")
+        .arg(sub)
+        .query(&mut server.client())
+        .unwrap()
+}
+
+fn dbsize(server: &Server) -> u64 {
+    redis::cmd("DBSIZE").query(&mut server.client()).unwrap()
+}
+
+/// A counter from the `# Flotilla` section of INFO.
+fn info(server: &Server, field: &str) -> u64 {
+    let text: String = redis::cmd("INFO").query(&mut server.client()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Polls `done` every 50 ms for at most `limit`.
+fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A client writing `SET` without pause, over keys of every range, in its own thread.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<Vec<(String, String)>>,
+}
+
+/// Key prefixes that fall in each of the five ranges of the shipped split keys.
+const PREFIXES: [&str; 5] = ["a", "g", "key:1", "n", "x"];
+
+impl Writer {
+    fn start(mut con: redis::Connection) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let (s, a) = (stop.clone(), acked.clone());
+        let thread = std::thread::spawn(move || {
+            let mut done = Vec::new();
+            let mut i = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                let key = format!("{}-{i}", PREFIXES[i % PREFIXES.len()]);
+                let value = format!("v{i}");
+                let r: redis::RedisResult<()> =
+                    redis::cmd("SET").arg(&key).arg(&value).query(&mut con);
+                match r {
+                    Ok(()) => {
+                        done.push((key, value));
+                        a.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Refused or outcome unknown: allowed while leadership moves.
+                    Err(e) => assert!(
+                        e.kind() == redis::ErrorKind::TryAgain,
+                        "unexpected error: {e}"
+                    ),
+                }
+                i += 1;
+            }
+            done
+        });
+        Writer {
+            stop,
+            acked,
+            thread,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Stops the client; returns the writes answered `OK`.
+    fn stop(self) -> Vec<(String, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Reads `keys` through `server`, 100 at a time.
+fn mget(server: &Server, keys: &[String]) -> Vec<Option<String>> {
+    let mut con = server.client();
+    keys.chunks(100)
+        .flat_map(|chunk| {
+            redis::cmd("MGET")
+                .arg(chunk)
+                .query::<Vec<Option<String>>>(&mut con)
+                .unwrap()
+        })
+        .collect()
+}
+
 /// Waits until every range has a leader, as seen from `server`.
 fn await_leaders(server: &Server) -> Vec<String> {
     let start = Instant::now();
@@ -87,7 +203,7 @@ fn await_leaders(server: &Server) -> Vec<String> {
 #[test]
 fn three_nodes_replicate_fail_over_and_catch_up() {
     let dir = tempfile::tempdir().unwrap();
-    let files = configs(dir.path(), 3);
+    let files = configs(dir.path(), 3, "");
     let mut servers: Vec<Option<Server>> = files
         .iter()
         .map(|f| Some(Server::start_with_config(f)))
@@ -171,7 +287,7 @@ fn three_nodes_replicate_fail_over_and_catch_up() {
 #[test]
 fn garbage_on_the_raft_port_is_refused_and_harms_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let files = configs(dir.path(), 3);
+    let files = configs(dir.path(), 3, "");
     let servers: Vec<Server> = files.iter().map(|f| Server::start_with_config(f)).collect();
     await_leaders(&servers[0]);
     let text = std::fs::read_to_string(&files[0]).unwrap();
@@ -224,4 +340,107 @@ fn garbage_on_the_raft_port_is_refused_and_harms_nothing() {
     let mut two = servers[1].client();
     let v: String = redis::cmd("GET").arg("after").query(&mut two).unwrap();
     assert_eq!(v, "garbage");
+}
+
+fn node(s: &[Option<Server>], i: usize) -> &Server {
+    s[i].as_ref().unwrap()
+}
+
+#[test]
+fn replicas_move_from_node_1_to_node_4_while_a_client_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = configs(dir.path(), 4, "");
+    let servers: Vec<Server> = files.iter().map(|f| Server::start_with_config(f)).collect();
+    await_leaders(&servers[0]);
+    // Node 4 is not an initial member: it holds nothing until replicas are added to it.
+    assert_eq!(ranges(&servers[3]), Vec::<String>::new());
+    assert_eq!(dbsize(&servers[3]), 0);
+
+    let writer = Writer::start(servers[1].client());
+    eventually(Duration::from_secs(30), "first writes", || {
+        writer.acked() >= 50
+    });
+
+    let before = writer.acked();
+    assert_eq!(
+        admin(&servers[1], &["ADDREPLICA", "all", "4"]).unwrap(),
+        "OK"
+    );
+    let on4 = ranges(&servers[3]);
+    assert_eq!(on4.len(), 5, "{on4:?}");
+    for line in &on4 {
+        assert!(line.contains("replicas=n1,n2,n3,n4 "), "{line}");
+    }
+    // Removing node 1 moves the leadership of the ranges it leads first.
+    assert_eq!(
+        admin(&servers[1], &["REMOVEREPLICA", "all", "1"]).unwrap(),
+        "OK"
+    );
+    let during = writer.acked() - before;
+    let acked = writer.stop();
+    println!(
+        "{} writes acknowledged, {during} while replicas moved",
+        acked.len()
+    );
+    assert!(during > 0, "no write succeeded while replicas moved");
+
+    // Node 1 learns it was removed and deletes everything it held.
+    eventually(Duration::from_secs(30), "node 1 emptied", || {
+        ranges(&servers[0]).is_empty() && dbsize(&servers[0]) == 0
+    });
+    for line in ranges(&servers[1]) {
+        assert!(line.contains("replicas=n2,n3,n4 "), "{line}");
+    }
+    // Nodes 2, 3 and 4 hold the same data...
+    eventually(Duration::from_secs(30), "replicas identical", || {
+        let d = digest(&servers[1]);
+        d == digest(&servers[2]) && d == digest(&servers[3])
+    });
+    // ...and every acknowledged write is in it.
+    let keys: Vec<String> = acked.iter().map(|(k, _)| k.clone()).collect();
+    let values = mget(&servers[3], &keys);
+    for ((k, v), got) in acked.iter().zip(values) {
+        assert_eq!(got.as_ref(), Some(v), "acknowledged write of {k} lost");
+    }
+    assert!(dbsize(&servers[3]) >= acked.len() as u64);
+    // Promoted once caught up: every new replica was a learner first.
+    assert_eq!(
+        info(&servers[1], "learners_promoted")
+            + info(&servers[2], "learners_promoted")
+            + info(&servers[0], "learners_promoted"),
+        5
+    );
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = configs(dir.path(), 3, "log_compaction_entries = 20\n");
+    let mut servers: Vec<Option<Server>> = files
+        .iter()
+        .map(|f| Some(Server::start_with_config(f)))
+        .collect();
+    await_leaders(node(&servers, 0));
+    servers[2].take().unwrap().kill();
+
+    // About 1.2 MB in range 1: its snapshot travels in chunks.
+    let mut con = node(&servers, 0).client();
+    let value = "x".repeat(4096);
+    let keys: Vec<String> = (0..300).map(|i| format!("a{i}")).collect();
+    for k in &keys {
+        let _: () = redis::cmd("SET")
+            .arg(k)
+            .arg(&value)
+            .query(&mut con)
+            .unwrap();
+    }
+    assert!(info(node(&servers, 0), "log_compactions") > 0);
+
+    servers[2] = Some(Server::start_with_config(&files[2]));
+    eventually(Duration::from_secs(60), "node 3 caught up", || {
+        digest(node(&servers, 2)) == digest(node(&servers, 0))
+    });
+    assert!(info(node(&servers, 2), "snapshots_installed") >= 1);
+    let values = mget(node(&servers, 2), &keys);
+    assert!(values.iter().all(|v| v.as_deref() == Some(value.as_str())));
 }

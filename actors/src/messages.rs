@@ -447,3 +447,36 @@ pub struct RaftStatus {
     pub awaiting_callback: bool,
     pub held_proposals: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::MessageType;
+
+    #[test]
+    fn heartbeats_travel_compact_and_come_back_identical() {
+        for (t, response) in [
+            (MessageType::MsgHeartbeat, false),
+            (MessageType::MsgHeartbeatResponse, true),
+        ] {
+            let mut m = RaftMessage::default();
+            m.set_msg_type(t);
+            m.from = ReplicaId::new(NodeId(1), 2).0;
+            m.to = 3;
+            m.term = 9;
+            m.commit = 120;
+            m.context = b"read-ctx".to_vec().into();
+            let h = Heartbeat::of(RangeId(5), &m).expect("a plain heartbeat");
+            assert_eq!(h.response, response);
+            assert_eq!(h.clone().into_message(), (RangeId(5), m));
+        }
+        // Anything else travels whole.
+        let mut append = RaftMessage::default();
+        append.set_msg_type(MessageType::MsgAppend);
+        assert_eq!(Heartbeat::of(RangeId(1), &append), None);
+        let mut odd = RaftMessage::default();
+        odd.set_msg_type(MessageType::MsgHeartbeat);
+        odd.reject = true;
+        assert_eq!(Heartbeat::of(RangeId(1), &odd), None);
+    }
+}
