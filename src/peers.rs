@@ -420,9 +420,10 @@ mod tests {
         m.set_msg_type(MessageType::MsgAppend);
         m.to = 2;
         m.from = 1;
-        let mut e = raft::prelude::Entry::default();
-        e.data = vec![range as u8; bytes].into();
-        m.mut_entries().push(e);
+        m.mut_entries().push(raft::prelude::Entry {
+            data: vec![range as u8; bytes].into(),
+            ..Default::default()
+        });
         (RangeId(range), m)
     }
 
