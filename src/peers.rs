@@ -47,6 +47,9 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 /// The most snapshot bytes a connection may have received and not yet completed.
 pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 
+/// The most ranges whose snapshots a connection may be receiving at once.
+pub const MAX_SNAPSHOTS_IN_FLIGHT: usize = 1024;
+
 /// What a frame costs beyond its messages' bytes (lengths, ids), counted generously.
 const FRAME_OVERHEAD: usize = 64;
 
@@ -106,6 +109,16 @@ pub fn frames_of(batch: RaftBatch, max_frame: usize, chunk: usize) -> (Vec<Vec<u
         }));
     };
     for (range, mut m) in batch.messages {
+        if m.get_msg_type() == MessageType::MsgSnapshot
+            && m.get_snapshot().data.len() > MAX_SNAPSHOT_BYTES
+        {
+            // The receiver would refuse it and drop the connection; raft tries again later.
+            log::error!(
+                "{range}: a snapshot of {} bytes exceeds {MAX_SNAPSHOT_BYTES}; not sent",
+                m.get_snapshot().data.len()
+            );
+            continue;
+        }
         if m.get_msg_type() == MessageType::MsgSnapshot && m.get_snapshot().data.len() > chunk {
             let data = std::mem::take(&mut m.mut_snapshot().data);
             let header = m.write_to_bytes().expect("encoding a raft message");
@@ -266,18 +279,16 @@ async fn outbound(
                         }
                     };
                     let mut failed = false;
-                    match batch {
-                        Some(batch) => {
-                            let (frames, more) = frames_of(batch, MAX_FRAME_BYTES, CHUNK_BYTES);
-                            for f in frames {
-                                failed |= w.write_all(&f).await.is_err();
-                            }
-                            chunks.extend(more);
+                    if let Some(batch) = batch {
+                        let (frames, more) = frames_of(batch, MAX_FRAME_BYTES, CHUNK_BYTES);
+                        for f in frames {
+                            failed |= w.write_all(&f).await.is_err();
                         }
-                        None => {
-                            let chunk = chunks.pop_front().expect("a chunk is waiting");
-                            failed |= w.write_all(&chunk).await.is_err();
-                        }
+                        chunks.extend(more);
+                    }
+                    // One chunk after each batch at most: neither starves the other.
+                    if let Some(chunk) = chunks.pop_front() {
+                        failed |= w.write_all(&chunk).await.is_err();
                     }
                     if failed || (rx.is_empty() && w.flush().await.is_err()) {
                         break;
@@ -383,9 +394,12 @@ async fn inbound(
                 message,
             } => {
                 partial_bytes += data.len();
-                if partial_bytes > MAX_SNAPSHOT_BYTES {
+                if partial_bytes > MAX_SNAPSHOT_BYTES
+                    || (partial.len() >= MAX_SNAPSHOTS_IN_FLIGHT && !partial.contains_key(&range))
+                {
                     return Err(FrameError::Refused(format!(
-                        "snapshots in flight exceed {MAX_SNAPSHOT_BYTES} bytes"
+                        "snapshots in flight exceed {MAX_SNAPSHOT_BYTES} bytes or \
+                         {MAX_SNAPSHOTS_IN_FLIGHT} ranges"
                     )));
                 }
                 partial.entry(range).or_default().extend_from_slice(&data);

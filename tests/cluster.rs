@@ -11,11 +11,26 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Asks the OS for free loopback ports.
+/// Free loopback ports for the raft addresses. A node restarted in a test must get its port
+/// back, so these come from below Linux's ephemeral range (32768-60999): a port the OS assigns
+/// (to a client's connection, or a listener on port 0) can then never take it in between.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize
+        ^ std::process::id() as usize;
+    let mut listeners = Vec::new();
+    for i in 0..12_000 {
+        let port = 20_000 + ((seed + i * 7919) % 12_000) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(l);
+            if listeners.len() == n {
+                break;
+            }
+        }
+    }
+    assert_eq!(listeners.len(), n, "no free ports");
     listeners
         .iter()
         .map(|l| l.local_addr().unwrap().port())
@@ -366,11 +381,14 @@ fn replicas_move_from_node_1_to_node_4_while_a_client_writes() {
         admin(&servers[1], &["ADDREPLICA", "all", "4"]).unwrap(),
         "OK"
     );
-    let on4 = ranges(&servers[3]);
-    assert_eq!(on4.len(), 5, "{on4:?}");
-    for line in &on4 {
+    // Answered once node 2 applied every promotion; node 4 follows.
+    for line in ranges(&servers[1]) {
         assert!(line.contains("replicas=n1,n2,n3,n4 "), "{line}");
     }
+    eventually(Duration::from_secs(30), "node 4 holds every range", || {
+        let on4 = ranges(&servers[3]);
+        on4.len() == 5 && on4.iter().all(|l| l.contains("replicas=n1,n2,n3,n4 "))
+    });
     // Removing node 1 moves the leadership of the ranges it leads first.
     assert_eq!(
         admin(&servers[1], &["REMOVEREPLICA", "all", "1"]).unwrap(),
@@ -421,6 +439,12 @@ fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         .map(|f| Some(Server::start_with_config(f)))
         .collect();
     await_leaders(node(&servers, 0));
+    // Range 1 led by node 1, so stopping node 3 leaves it writable at once.
+    assert_eq!(
+        admin(node(&servers, 0), &["TRANSFERLEADER", "1", "1"]).unwrap(),
+        "OK"
+    );
+    assert!(ranges(node(&servers, 0))[0].contains("leader=n1 "));
     servers[2].take().unwrap().kill();
 
     // About 1.2 MB in range 1: its snapshot travels in chunks.

@@ -52,7 +52,7 @@ use protobuf::Message as ProtoMessage;
 use raft::prelude::{
     ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, MessageType, Snapshot,
 };
-use raft::{RawNode, SnapshotStatus, StateRole};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,6 +126,11 @@ enum Held {
     Forwarded(raft::prelude::Message),
 }
 
+/// Election timeouts a follower has to acknowledge a snapshot, plus one tick per
+/// [`SNAPSHOT_BYTES_PER_TICK`] of it, before the snapshot counts as lost and raft sends another.
+const SNAPSHOT_ELECTIONS: u64 = 10;
+const SNAPSHOT_BYTES_PER_TICK: usize = 1 << 20;
+
 /// Leader-transfer ticks after which a change waiting for leadership to move is given up.
 const TRANSFER_GIVE_UP_ELECTIONS: u64 = 3;
 
@@ -152,6 +157,9 @@ struct Group {
     after_transfer: Vec<Held>,
     /// Tick at which the transfer for `after_transfer` started.
     transfer_started: u64,
+    /// Snapshots handed to the transport, by follower, with the tick by which the follower
+    /// must have acknowledged one (raft then resumes replicating to it) or it counts as lost.
+    snapshots_out: Vec<(u64, u64)>,
 }
 
 impl Group {
@@ -326,20 +334,22 @@ impl MultiRaft {
     ) -> Result<(), StorageError> {
         let mut storage = RangeStorage::load(self.engine.clone(), range)?;
         let stored = members(storage.conf_state()).find(|&id| ReplicaId(id).node() == self.node);
-        let Some(replica) = new_replica.or(stored.map(ReplicaId)) else {
-            // Removed from the range while its data waits to be deleted (a crash came in
-            // between): it stays closed; its peers' messages bring the removal notice.
-            log::warn!(
-                "{}: {range} has no replica on this node; not opened",
-                self.node
-            );
-            return Ok(());
-        };
-        let removed = self
+        let removed: BTreeSet<u64> = self
             .engine
             .descriptor(range)?
             .map(|d| d.removed.iter().map(|r| r.0).collect())
             .unwrap_or_default();
+        let Some(replica) = new_replica.or(stored.map(ReplicaId)) else {
+            // Removed from the range, and a crash came before its data was deleted.
+            let replica = removed
+                .iter()
+                .map(|&id| ReplicaId(id))
+                .filter(|r| r.node() == self.node)
+                .max()
+                .unwrap_or(ReplicaId::new(self.node, 0));
+            self.finish_removal(range, replica);
+            return Ok(());
+        };
         let applied = self.engine.applied(range)?.index;
         // The commit index is persisted lazily (LightReady); applied entries were committed.
         if storage.hard_state().commit < applied {
@@ -368,6 +378,11 @@ impl MultiRaft {
                 }
             }
             self.engine.write(batch)?;
+            if !members(node.store().conf_state()).any(|id| id == replica.0) {
+                // The replayed change removed this replica.
+                self.finish_removal(range, replica);
+                return Ok(());
+            }
         }
         self.groups.insert(
             range,
@@ -375,6 +390,7 @@ impl MultiRaft {
                 node,
                 replica,
                 removed,
+                snapshots_out: Vec::new(),
                 awaiting_callback: None,
                 held: VecDeque::new(),
                 new_reads: Vec::new(),
@@ -397,7 +413,6 @@ impl MultiRaft {
         let Some(g) = self.groups.remove(&range) else {
             return;
         };
-        log::info!("{}: replica {} of {range} removed", self.node, g.replica);
         self.unapplied = self.unapplied.saturating_sub(g.handed - g.applied);
         self.dirty.remove(&range);
         for h in g.held.into_iter().chain(g.after_transfer) {
@@ -420,12 +435,59 @@ impl MultiRaft {
                 error: ProposeError::RangeNotFound(range),
             });
         }
-        self.tombstones.insert(range, g.replica);
+        self.finish_removal(range, g.replica);
+    }
+
+    /// Has the Store delete what is left of a removed replica, and refuses the range until then.
+    fn finish_removal(&mut self, range: RangeId, replica: ReplicaId) {
+        log::info!("{}: replica {replica} of {range} removed", self.node);
+        self.tombstones.insert(range, replica);
         self.destroying.insert(range);
-        self.events.push(Event::ReplicaRemoved {
-            range,
-            replica: g.replica,
-        });
+        self.events.push(Event::ReplicaRemoved { range, replica });
+    }
+
+    /// Steps a proposal a follower forwarded (`MsgPropose`): held while the group awaits a
+    /// membership callback; a membership change is checked as a local one would be (refused
+    /// while another is pending or when it re-adds a removed replica; removing this leader
+    /// waits for leadership to move). A refused change is dropped: the follower's client gets
+    /// its timeout.
+    fn step_forwarded(&mut self, range: RangeId, m: raft::prelude::Message) {
+        let Some(g) = self.groups.get_mut(&range) else {
+            return;
+        };
+        self.dirty.insert(range);
+        if g.awaiting_callback.is_some() {
+            // A follower's proposal waits like a local one (contract 4).
+            g.held.push_back(Held::Forwarded(m));
+            self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let (true, Some(cc)) = (g.is_leader(), forwarded_change(&m)) {
+            let refusal = match g.vet(range, &cc) {
+                _ if g.node.raft.has_pending_conf() => Some(ProposeError::ChangeInProgress(range)),
+                Err(e) => Some(e),
+                Ok(true) => match g.successor() {
+                    Some(to) => {
+                        g.node.transfer_leader(to);
+                        g.transfer_started = self.ticks;
+                        g.after_transfer.push(Held::Forwarded(m));
+                        return;
+                    }
+                    None => Some(ProposeError::InvalidChange(
+                        range,
+                        "it would remove the range's last voter".into(),
+                    )),
+                },
+                Ok(false) => None,
+            };
+            if let Some(e) = refusal {
+                log::warn!("{}: {range}: refusing a forwarded change: {e}", self.node);
+                return;
+            }
+        }
+        if let Err(e) = g.node.step(m) {
+            log::debug!("{}: {range}: step: {e}", self.node);
+        }
     }
 
     /// Tells `replica`'s node, with the next round, that it was removed from `range`.
@@ -544,10 +606,10 @@ impl MultiRaft {
             out.entry(*to).or_default();
         }
         for (to, all) in out {
-            let snapshots: Vec<(RangeId, u64)> = all
+            let snapshots: Vec<(RangeId, u64, usize)> = all
                 .iter()
                 .filter(|(_, m)| m.get_msg_type() == MessageType::MsgSnapshot)
-                .map(|(r, m)| (*r, m.to))
+                .map(|(r, m)| (*r, m.to, m.get_snapshot().data.len()))
                 .collect();
             self.metrics
                 .snapshots_sent
@@ -584,16 +646,21 @@ impl MultiRaft {
                         g.node.report_unreachable(peer);
                     }
                 }
-            }
-            // Snapshots travel whole in one batch: handing it over is all raft waits for.
-            let status = if sent {
-                SnapshotStatus::Finish
-            } else {
-                SnapshotStatus::Failure
-            };
-            for (range, peer) in snapshots {
+            } // A snapshot handed over may still travel for a while (in chunks): raft resumes
+              // replicating once the follower acknowledges it; `on_tick` reports it lost if that
+              // takes too long. Meanwhile raft sends that follower nothing else.
+            let election = self.settings.election_ticks as u64;
+            for (range, peer, bytes) in snapshots {
                 if let Some(g) = self.groups.get_mut(&range) {
-                    g.node.report_snapshot(peer, status);
+                    if sent {
+                        let deadline = self.ticks
+                            + SNAPSHOT_ELECTIONS * election
+                            + (bytes / SNAPSHOT_BYTES_PER_TICK) as u64;
+                        g.snapshots_out.retain(|(p, _)| *p != peer);
+                        g.snapshots_out.push((peer, deadline));
+                    } else {
+                        g.node.report_snapshot(peer, SnapshotStatus::Failure);
+                    }
                 }
             }
         }
@@ -664,6 +731,7 @@ impl MultiRaft {
                 let snap = rd.snapshot().clone();
                 match g.node.mut_store().stage_snapshot(&snap, &mut batch) {
                     Ok(descriptor) => {
+                        g.removed = descriptor.removed.iter().map(|r| r.0).collect();
                         let m = snap.get_metadata();
                         g.handed = m.index;
                         g.applied = m.index;
@@ -786,6 +854,21 @@ impl MultiRaft {
             if g.is_leader() {
                 dirty |= promote_caught_up_learner(g, &self.metrics);
             }
+            let ticks = self.ticks;
+            let node = &mut g.node;
+            g.snapshots_out.retain(|&(peer, deadline)| {
+                let waiting = node
+                    .raft
+                    .prs()
+                    .get(peer)
+                    .is_some_and(|p| p.state == ProgressState::Snapshot);
+                if waiting && ticks >= deadline {
+                    node.report_snapshot(peer, SnapshotStatus::Failure);
+                    dirty = true;
+                    return false;
+                }
+                waiting
+            });
             if !g.after_transfer.is_empty() {
                 let leader = g.node.raft.leader_id;
                 if leader != 0 && leader != g.replica.0 {
@@ -874,6 +957,10 @@ impl MultiRaft {
     }
 }
 
+/// How far behind the commit index a learner may be and still be promoted: under a steady load
+/// a learner is always a few entries behind the voters.
+const LEARNER_LAG: u64 = 64;
+
 /// On a leader, proposes the promotion of one learner that has every committed entry, when no
 /// other change is under way. Returns whether it proposed.
 fn promote_caught_up_learner(g: &mut Group, metrics: &RaftMetrics) -> bool {
@@ -897,7 +984,7 @@ fn promote_caught_up_learner(g: &mut Group, metrics: &RaftMetrics) -> bool {
                     .raft
                     .prs()
                     .get(id)
-                    .is_some_and(|p| p.matched >= committed)
+                    .is_some_and(|p| p.recent_active && p.matched + LEARNER_LAG >= committed)
         });
     let Some(learner) = ready else {
         return false;
@@ -1178,11 +1265,7 @@ impl Handler<ChangeApplied> for MultiRaft {
             }
             match h {
                 Held::Local(proposal, payload) => self.propose(msg.range, proposal, payload),
-                Held::Forwarded(m) => {
-                    if let Some(g) = self.groups.get_mut(&msg.range) {
-                        let _ = g.node.step(m);
-                    }
-                }
+                Held::Forwarded(m) => self.step_forwarded(msg.range, m),
             }
         }
         self.mark_dirty(msg.range, ctx);
@@ -1217,6 +1300,9 @@ impl Handler<RaftBatch> for MultiRaft {
             return;
         }
         for (range, replica) in batch.removed {
+            if replica.node() != self.node {
+                continue;
+            }
             if self
                 .groups
                 .get(&range)
@@ -1274,30 +1360,8 @@ impl Handler<RaftBatch> for MultiRaft {
                 continue;
             }
             if m.get_msg_type() == MessageType::MsgPropose {
-                if g.awaiting_callback.is_some() {
-                    // A follower's proposal waits like a local one (contract 4).
-                    g.held.push_back(Held::Forwarded(m));
-                    self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                if let (true, Some(cc)) = (g.is_leader(), forwarded_change(&m)) {
-                    match g.vet(range, &cc) {
-                        Err(e) => {
-                            log::warn!("{}: {range}: refusing a forwarded change: {e}", self.node);
-                            continue;
-                        }
-                        Ok(true) => {
-                            if let Some(to) = g.successor() {
-                                g.node.transfer_leader(to);
-                                g.transfer_started = self.ticks;
-                                g.after_transfer.push(Held::Forwarded(m));
-                                self.dirty.insert(range);
-                            }
-                            continue;
-                        }
-                        Ok(false) => {}
-                    }
-                }
+                self.step_forwarded(range, m);
+                continue;
             }
             if let Err(e) = g.node.step(m) {
                 log::debug!("{}: {range}: step: {e}", self.node);

@@ -69,7 +69,8 @@ type ChangeReply = oneshot::Sender<Result<(), StoreError>>;
 
 enum Waiter {
     Write(WriteReply),
-    Change(ChangeReply),
+    /// A membership change; `true` when it removes this node's own replica.
+    Change(ChangeReply, bool),
 }
 
 struct PendingWrite {
@@ -235,6 +236,7 @@ impl Store {
         &mut self,
         range: RangeId,
         change: ConfChangeV2,
+        removes_self: bool,
     ) -> oneshot::Receiver<Result<(), StoreError>> {
         let proposal = self.next_proposal();
         let (tx, rx) = oneshot::channel();
@@ -242,7 +244,7 @@ impl Store {
             proposal,
             PendingWrite {
                 range,
-                reply: Waiter::Change(tx),
+                reply: Waiter::Change(tx, removes_self),
                 deadline: Instant::now() + self.settings.admin_timeout,
             },
         );
@@ -322,7 +324,7 @@ impl Store {
                 Waiter::Write(tx) => {
                     let _ = tx.send(result);
                 }
-                Waiter::Change(tx) => {
+                Waiter::Change(tx, _) => {
                     let _ = tx.send(result.map(|_| ()));
                 }
             }
@@ -391,14 +393,20 @@ impl Store {
 
     /// Deletes what this node held of a removed replica (after everything applied before).
     fn destroy(&mut self, range: RangeId, replica: ReplicaId) -> Result<(), StorageError> {
-        let Some(r) = self.ranges.remove(&range) else {
-            return Ok(());
-        };
-        let d = &r.descriptor;
-        self.routing.remove(&d.start_key);
+        // A replica removed before its first snapshot has raft state but no data here.
+        let removed = self.ranges.remove(&range);
+        let span = removed.as_ref().map(|r| {
+            (
+                r.descriptor.start_key.as_slice(),
+                r.descriptor.end_key.as_slice(),
+            )
+        });
+        if let Some((start, _)) = span {
+            self.routing.remove(start);
+        }
         let mut batch = sled::Batch::default();
         self.engine
-            .stage_destroy(range, replica, Some((&d.start_key, &d.end_key)), &mut batch)?;
+            .stage_destroy(range, replica, span, &mut batch)?;
         self.engine.write(batch)?;
         log::info!(
             "{}: deleted the data of {range} (replica {replica})",
@@ -417,9 +425,14 @@ impl Store {
                     Waiter::Write(tx) => {
                         let _ = tx.send(Err(StoreError::Removed(range)));
                     }
-                    // The change this node waited for is the one that removed it.
-                    Waiter::Change(tx) => {
-                        let _ = tx.send(Ok(()));
+                    // Removing this node's replica is done; any other change may or may not
+                    // have been made.
+                    Waiter::Change(tx, removes_self) => {
+                        let _ = tx.send(if removes_self {
+                            Ok(())
+                        } else {
+                            Err(StoreError::Removed(range))
+                        });
                     }
                 }
             }
@@ -787,6 +800,7 @@ impl Handler<AddReplica> for Store {
                 Some(self.propose_change(
                     msg.range,
                     single_change(replica, ConfChangeType::AddLearnerNode),
+                    false,
                 ))
             }
         };
@@ -823,6 +837,7 @@ impl Handler<RemoveReplica> for Store {
         let removed = self.propose_change(
             msg.range,
             single_change(replica, ConfChangeType::RemoveNode),
+            msg.node == self.node,
         );
         Box::pin(outcome(removed))
     }
