@@ -22,4 +22,5 @@ pub mod config;
 pub mod peers;
 pub mod resp;
 pub mod run;
+pub mod scenario;
 pub mod server;

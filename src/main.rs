@@ -1,6 +1,6 @@
 //! The `flotilla` binary: one node of a flotilla cluster.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use flotilla::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,10 +15,32 @@ struct Cli {
     /// Start the node this TOML file describes.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Tool>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Tool {
+    /// Run a scenario file (config/scenarios/*.toml): a whole cluster in this process, its
+    /// steps in order, one line each; exits 1 at the first unmet expectation.
+    Script {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Tool::Script { file }) = &cli.command {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
+        return match flotilla::scenario::run(file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flotilla: scenario failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,raft=warn"))
         .init();
     let config = match &cli.config {

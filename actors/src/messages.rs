@@ -414,6 +414,14 @@ pub struct BeginLeaderTransfer {
     pub to: NodeId,
 }
 
+/// Deletes a range's log up to what this node has applied, now (scenarios and tests; ranges
+/// are compacted on their own past `log_compaction_entries`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CompactLog {
+    pub range: RangeId,
+}
+
 /// Asks for the raft state of every range on the node.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<RaftStatus>")]

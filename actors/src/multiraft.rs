@@ -157,6 +157,9 @@ struct Group {
     after_transfer: Vec<Held>,
     /// Tick at which the transfer for `after_transfer` started.
     transfer_started: u64,
+    /// Membership changes that arrived (on the leader) while another was pending, with the
+    /// tick each arrived: proposed one at a time as each pending change is applied.
+    queued_changes: Vec<(Held, u64)>,
     /// Snapshots handed to the transport, by follower, with the tick by which the follower
     /// must have acknowledged one (raft then resumes replicating to it) or it counts as lost.
     snapshots_out: Vec<(u64, u64)>,
@@ -401,6 +404,7 @@ impl MultiRaft {
                 snapshot_requested: false,
                 after_transfer: Vec::new(),
                 transfer_started: 0,
+                queued_changes: Vec::new(),
             },
         );
         Ok(())
@@ -415,7 +419,8 @@ impl MultiRaft {
         };
         self.unapplied = self.unapplied.saturating_sub(g.handed - g.applied);
         self.dirty.remove(&range);
-        for h in g.held.into_iter().chain(g.after_transfer) {
+        let queued = g.queued_changes.into_iter().map(|(h, _)| h);
+        for h in g.held.into_iter().chain(g.after_transfer).chain(queued) {
             if let Held::Local(proposal, _) = h {
                 self.events.push(Event::ProposalFailed {
                     proposal,
@@ -463,8 +468,11 @@ impl MultiRaft {
             return;
         }
         if let (true, Some(cc)) = (g.is_leader(), forwarded_change(&m)) {
+            if g.node.raft.has_pending_conf() {
+                g.queued_changes.push((Held::Forwarded(m), self.ticks));
+                return;
+            }
             let refusal = match g.vet(range, &cc) {
-                _ if g.node.raft.has_pending_conf() => Some(ProposeError::ChangeInProgress(range)),
                 Err(e) => Some(e),
                 Ok(true) => match g.successor() {
                     Some(to) => {
@@ -527,11 +535,14 @@ impl MultiRaft {
         let result = match payload {
             ProposalPayload::Command(data) => g.node.propose(proposal.to_context(), data),
             ProposalPayload::ChangeReplicas(cc) => {
+                if g.is_leader() && g.node.raft.has_pending_conf() {
+                    // One change at a time (raft would turn this one into an empty entry).
+                    let held = Held::Local(proposal, ProposalPayload::ChangeReplicas(cc));
+                    g.queued_changes.push((held, self.ticks));
+                    return;
+                }
                 if g.is_leader() {
                     let refusal = match g.vet(range, &cc) {
-                        _ if g.node.raft.has_pending_conf() => {
-                            Some(ProposeError::ChangeInProgress(range))
-                        }
                         Err(e) => Some(e),
                         Ok(true) => {
                             // Removing the leader's own replica: leadership moves first.
@@ -849,8 +860,33 @@ impl MultiRaft {
     fn on_tick(&mut self) {
         self.ticks += 1;
         let mut moved = Vec::new();
+        let mut unqueued = Vec::new();
+        let give_up = TRANSFER_GIVE_UP_ELECTIONS * self.settings.election_ticks as u64;
         for (range, g) in self.groups.iter_mut() {
             let mut dirty = g.node.tick();
+            if !g.queued_changes.is_empty() {
+                if !g.is_leader() {
+                    // Proposed again, they go to the new leader.
+                    unqueued.extend(g.queued_changes.drain(..).map(|(h, _)| (*range, h)));
+                } else if !g.node.raft.has_pending_conf() && g.awaiting_callback.is_none() {
+                    let (h, _) = g.queued_changes.remove(0);
+                    unqueued.push((*range, h));
+                } else {
+                    let ticks = self.ticks;
+                    for (h, since) in std::mem::take(&mut g.queued_changes) {
+                        match h {
+                            Held::Local(proposal, _) if ticks - since > give_up => {
+                                self.events.push(Event::ProposalFailed {
+                                    proposal,
+                                    error: ProposeError::ChangeInProgress(*range),
+                                })
+                            }
+                            Held::Forwarded(_) if ticks - since > give_up => {}
+                            h => g.queued_changes.push((h, since)),
+                        }
+                    }
+                }
+            }
             if g.is_leader() {
                 dirty |= promote_caught_up_learner(g, &self.metrics);
             }
@@ -920,15 +956,12 @@ impl MultiRaft {
         // Leadership moved away: the changes removing this replica go to the new leader.
         for range in moved {
             let g = self.groups.get_mut(&range).expect("group just seen");
-            for h in std::mem::take(&mut g.after_transfer) {
-                match h {
-                    Held::Local(proposal, payload) => self.propose(range, proposal, payload),
-                    Held::Forwarded(m) => {
-                        if let Some(g) = self.groups.get_mut(&range) {
-                            let _ = g.node.step(m);
-                        }
-                    }
-                }
+            unqueued.extend(g.after_transfer.drain(..).map(|h| (range, h)));
+        }
+        for (range, h) in unqueued {
+            match h {
+                Held::Local(proposal, payload) => self.propose(range, proposal, payload),
+                Held::Forwarded(m) => self.step_forwarded(range, m),
             }
             self.dirty.insert(range);
         }
@@ -1380,6 +1413,30 @@ impl Handler<BeginLeaderTransfer> for MultiRaft {
                 g.node.transfer_leader(to);
                 self.mark_dirty(msg.range, ctx);
             }
+        }
+    }
+}
+
+impl Handler<CompactLog> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, msg: CompactLog, ctx: &mut Context<Self>) {
+        let Some(g) = self.groups.get_mut(&msg.range) else {
+            return;
+        };
+        if g.awaiting_callback.is_some() {
+            return;
+        }
+        match g
+            .node
+            .mut_store()
+            .stage_compact(g.applied, &mut self.staged)
+        {
+            Ok(()) => {
+                self.staged_any = true;
+                self.metrics.log_compactions.fetch_add(1, Ordering::Relaxed);
+                self.schedule_round(ctx);
+            }
+            Err(e) => log::error!("{}: {}: log compaction failed: {e}", self.node, msg.range),
         }
     }
 }
