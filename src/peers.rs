@@ -176,7 +176,17 @@ async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Frame, FrameEr
     }
     let mut buf = vec![0u8; len];
     stream.read_exact(&mut buf).await?;
-    codec::decode(&buf).map_err(|e| FrameError::Decode(e.to_string()))
+    decode_frame(&buf)
+}
+
+/// Decodes a frame's body (the bytes after its length).
+pub fn decode_frame(body: &[u8]) -> Result<Frame, FrameError> {
+    codec::decode(body).map_err(|e| FrameError::Decode(e.to_string()))
+}
+
+/// Decodes a raft message of a frame.
+pub fn decode_message(bytes: &[u8]) -> Result<RaftMessage, FrameError> {
+    RaftMessage::parse_from_bytes(bytes).map_err(|e| FrameError::Decode(e.to_string()))
 }
 
 fn encode_frame(frame: &Frame) -> Vec<u8> {
@@ -360,9 +370,6 @@ async fn inbound(
             ))
         }
     };
-    let decode = |bytes: &[u8]| {
-        RaftMessage::parse_from_bytes(bytes).map_err(|e| FrameError::Decode(e.to_string()))
-    };
     // Snapshots being received, per range, and their bytes in all.
     let mut partial: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut partial_bytes = 0usize;
@@ -382,7 +389,9 @@ async fn inbound(
                 }
                 let mut batch = RaftBatch::new(NodeId(from), me);
                 for (range, bytes) in messages {
-                    batch.messages.push((RangeId(range), decode(&bytes)?));
+                    batch
+                        .messages
+                        .push((RangeId(range), decode_message(&bytes)?));
                 }
                 batch.heartbeats = heartbeats;
                 batch.removed = removed;
@@ -406,7 +415,7 @@ async fn inbound(
                 if let Some(header) = message {
                     let data = partial.remove(&range).unwrap_or_default();
                     partial_bytes -= data.len();
-                    let mut m = decode(&header)?;
+                    let mut m = decode_message(&header)?;
                     if m.get_msg_type() != MessageType::MsgSnapshot {
                         return Err(FrameError::Decode(
                             "a snapshot chunk that is not a snapshot".into(),

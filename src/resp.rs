@@ -144,6 +144,14 @@ fn parse_inline(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>
         .split(|b| b.is_ascii_whitespace())
         .filter(|w| !w.is_empty())
     {
+        // The value limit holds whichever way a value arrives.
+        if word.len() > limits.max_bulk_bytes {
+            return Err(protocol(format!(
+                "inline argument of {} bytes (the limit, max_value_bytes, is {})",
+                word.len(),
+                limits.max_bulk_bytes
+            )));
+        }
         args.push(Bytes::copy_from_slice(word));
     }
     if args.len() > limits.max_args {
@@ -256,6 +264,9 @@ mod tests {
         );
         assert_eq!(parse(b"\r\n").unwrap().unwrap(), Vec::<Bytes>::new());
         assert_eq!(parse(b"PIN").unwrap(), None);
+        // The value limit (16 here) holds for inline arguments too.
+        assert!(parse(b"SET k 0123456789abcdefX\r\n").is_err());
+        assert!(parse(b"SET k 0123456789abcdef\r\n").unwrap().is_some());
     }
 
     #[test]
