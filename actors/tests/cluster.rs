@@ -482,8 +482,15 @@ fn a_store_that_falls_behind_makes_new_writes_busy_instead_of_queueing() {
         s.initial_members = vec![NodeId(1)];
         s.raft.max_unapplied_entries = 8;
         let node = Node::start(s, Box::new(net.transport())).unwrap();
+        // An open-loop client (a write every millisecond) until the first BUSY, for at most
+        // 20 s: entries commit faster than the Store applies them, so the unapplied ones soon
+        // pass the bound.
         let mut writes = Vec::new();
-        for i in 0..300 {
+        let start = std::time::Instant::now();
+        let mut i = 0;
+        while node.metrics.proposals_busy.load(Ordering::Relaxed) == 0
+            && start.elapsed() < Duration::from_secs(20)
+        {
             let store = node.store.clone();
             writes.push(actix_rt::spawn(async move {
                 store
@@ -491,9 +498,8 @@ fn a_store_that_falls_behind_makes_new_writes_busy_instead_of_queueing() {
                     .await
                     .unwrap()
             }));
-            if i % 10 == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let (mut ok, mut busy) = (0, 0);
         for w in writes {
