@@ -24,3 +24,4 @@ pub mod resp;
 pub mod run;
 pub mod scenario;
 pub mod server;
+pub mod sim;

@@ -27,10 +27,32 @@ enum Tool {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Run the deterministic simulation for seeds SEED..SEED+SEEDS: whole clusters in this
+    /// process in virtual time, random clients and faults, checked for linearizability.
+    Sim {
+        /// The first seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How many seeds.
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// Simulated seconds per seed.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Tool::Sim {
+        seed,
+        seeds,
+        duration,
+    }) = cli.command
+    {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
+        return flotilla::sim::run_many(seed, seeds, std::time::Duration::from_secs(duration));
+    }
     if let Some(Tool::Script { file }) = &cli.command {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
         return match flotilla::scenario::run(file) {

@@ -422,6 +422,11 @@ pub struct CompactLog {
     pub range: RangeId,
 }
 
+/// Stops an actor (a node started with [`crate::node::Node::start_here`] shares its thread).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
 /// Asks for the raft state of every range on the node.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<RaftStatus>")]

@@ -70,6 +70,10 @@ pub struct RaftSettings {
     pub max_inflight_msgs: usize,
     /// Applied entries a range's log may hold before the oldest are deleted.
     pub log_compaction_entries: u64,
+    /// Deterministic elections, for simulations: each group's election timeout is fixed (in
+    /// `[election_ticks, 2 * election_ticks)`), drawn from this seed, the node and the range,
+    /// instead of raft-rs's unseeded random one.
+    pub election_seed: Option<u64>,
 }
 
 impl Default for RaftSettings {
@@ -82,6 +86,7 @@ impl Default for RaftSettings {
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             log_compaction_entries: 10_000,
+            election_seed: None,
         }
     }
 }
@@ -218,6 +223,14 @@ impl Group {
     }
 }
 
+/// A well-mixed 64-bit hash step (SplitMix64).
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Every replica id of a configuration (voters, learners, and both sides of a joint one).
 fn members(cs: &ConfState) -> impl Iterator<Item = u64> + '_ {
     cs.voters
@@ -314,10 +327,22 @@ impl MultiRaft {
         Ok(mr)
     }
 
-    fn raft_config(&self, id: ReplicaId, applied: u64) -> raft::Config {
+    fn raft_config(&self, range: RangeId, id: ReplicaId, applied: u64) -> raft::Config {
+        let election = self.settings.election_ticks;
+        let (min_election_tick, max_election_tick) = match self.settings.election_seed {
+            // raft-rs draws from [min, max): a range of one is a fixed timeout.
+            Some(seed) => {
+                let mix = splitmix(seed ^ splitmix(id.0 ^ splitmix(range.0)));
+                let fixed = election + (mix % election as u64) as usize;
+                (fixed, fixed + 1)
+            }
+            None => (0, 0),
+        };
         raft::Config {
             id: id.0,
-            election_tick: self.settings.election_ticks,
+            election_tick: election,
+            min_election_tick,
+            max_election_tick,
             heartbeat_tick: self.settings.heartbeat_ticks,
             applied,
             max_size_per_msg: self.settings.max_size_per_msg,
@@ -361,11 +386,15 @@ impl MultiRaft {
             self.engine.write(batch)?;
         }
         let conf_index = storage.conf_index();
-        let mut node = RawNode::new(&self.raft_config(replica, applied), storage, &self.logger)
-            .map_err(|e| StorageError::Corrupt {
-                what: format!("raft state of {range}"),
-                detail: e.to_string(),
-            })?;
+        let mut node = RawNode::new(
+            &self.raft_config(range, replica, applied),
+            storage,
+            &self.logger,
+        )
+        .map_err(|e| StorageError::Corrupt {
+            what: format!("raft state of {range}"),
+            detail: e.to_string(),
+        })?;
         // A conf change the Store applied just before a crash, whose new conf state MultiRaft
         // had not yet written: apply it again, as the callback would have.
         if applied > conf_index {
@@ -1438,6 +1467,13 @@ impl Handler<CompactLog> for MultiRaft {
             }
             Err(e) => log::error!("{}: {}: log compaction failed: {e}", self.node, msg.range),
         }
+    }
+}
+
+impl Handler<Shutdown> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 

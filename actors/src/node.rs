@@ -66,6 +66,24 @@ impl Node {
         settings: NodeSettings,
         transport: Box<dyn Transport>,
     ) -> Result<Node, StorageError> {
+        Node::start_with(settings, transport, true)
+    }
+
+    /// Like [`Node::start`], but both actors run on the calling thread's arbiter (which must
+    /// belong to a running actix `System`): a simulation runs whole clusters on one thread,
+    /// under tokio's paused clock, so that a seed replays exactly.
+    pub fn start_here(
+        settings: NodeSettings,
+        transport: Box<dyn Transport>,
+    ) -> Result<Node, StorageError> {
+        Node::start_with(settings, transport, false)
+    }
+
+    fn start_with(
+        settings: NodeSettings,
+        transport: Box<dyn Transport>,
+        own_threads: bool,
+    ) -> Result<Node, StorageError> {
         let engine = Engine::open(&settings.data_dir, settings.cache_bytes)?;
         if !engine.is_bootstrapped()? && settings.initial_members.contains(&settings.node) {
             let mut batch = sled::Batch::default();
@@ -97,22 +115,37 @@ impl Node {
             raft_addr.clone(),
             settings.store.clone(),
         )?;
-        let raft_arbiter = Arbiter::new();
-        let store_arbiter = Arbiter::new();
-        raft_arbiter.spawn_fn(move || {
+        let mut arbiters = Vec::new();
+        if own_threads {
+            let raft_arbiter = Arbiter::new();
+            let store_arbiter = Arbiter::new();
+            raft_arbiter.spawn_fn(move || {
+                Context::with_receiver(raft_rx).run(multiraft);
+            });
+            store_arbiter.spawn_fn(move || {
+                Context::with_receiver(store_rx).run(store);
+            });
+            arbiters = vec![raft_arbiter, store_arbiter];
+        } else {
             Context::with_receiver(raft_rx).run(multiraft);
-        });
-        store_arbiter.spawn_fn(move || {
             Context::with_receiver(store_rx).run(store);
-        });
+        }
         Ok(Node {
             id: settings.node,
             store: store_addr,
             multiraft: raft_addr,
             engine,
             metrics,
-            arbiters: vec![raft_arbiter, store_arbiter],
+            arbiters,
         })
+    }
+
+    /// Stops the actors of a node started with [`Node::start_here`]; the data directory is
+    /// released once they are dropped, when the `Weak` returned no longer upgrades.
+    pub fn shut_down_here(self) -> std::sync::Weak<Engine> {
+        self.store.do_send(crate::messages::Shutdown);
+        self.multiraft.do_send(crate::messages::Shutdown);
+        Arc::downgrade(&self.engine)
     }
 
     /// Stops the actors and waits for their threads, releasing the data directory.

@@ -15,6 +15,7 @@
 //! | `'r' · range · 'a'` | applied index and term |
 //! | `'r' · range · 'd'` | range descriptor (bincode) |
 //! | `'r' · range · 'x'` | tombstone: the replica removed from this node (8 bytes) |
+//! | `'r' · range · 's'` | the last command applied from each proposer (bincode [`Proposers`]) |
 //! | `'k' · user key` | user value |
 //!
 //! The leading `'r'`/`'k'` keeps raft state and user data apart whatever the range id.
@@ -155,6 +156,7 @@ pub mod keys {
     pub const APPLIED: u8 = b'a';
     pub const DESCRIPTOR: u8 = b'd';
     pub const TOMBSTONE: u8 = b'x';
+    pub const PROPOSERS: u8 = b's';
 
     /// `'r' · range`: the prefix of every key of a range's state.
     pub fn range_prefix(range: RangeId) -> Vec<u8> {
@@ -384,6 +386,14 @@ impl Engine {
         Ok(())
     }
 
+    /// The proposers a range has applied commands from.
+    pub fn proposers(&self, range: RangeId) -> Result<Proposers, StorageError> {
+        match self.tree.get(keys::range_key(range, keys::PROPOSERS))? {
+            Some(v) => codec::decode(&v).map_err(|e| corrupt("proposers", e)),
+            None => Ok(Proposers::new()),
+        }
+    }
+
     /// The applied index and term of a range (zero when nothing was applied).
     pub fn applied(&self, range: RangeId) -> Result<LogPosition, StorageError> {
         match self.tree.get(keys::range_key(range, keys::APPLIED))? {
@@ -492,6 +502,22 @@ fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
 pub struct SnapshotData {
     pub descriptor: RangeDescriptor,
     pub pairs: Vec<Pair>,
+    pub proposers: Proposers,
+}
+
+/// For each proposer (node and boot), the sequence number of the last command of it that a
+/// range applied. A command whose number is not above it is a copy (a message delivered twice)
+/// or arrived after a later one, and is not applied: every replica decides alike, from the
+/// log, so this is part of the range's replicated state (stored with the applied index, and in
+/// snapshots).
+pub type Proposers = BTreeMap<(NodeId, u64), u64>;
+
+/// Puts a range's proposers into a batch.
+pub fn put_proposers(batch: &mut sled::Batch, range: RangeId, proposers: &Proposers) {
+    batch.insert(
+        keys::range_key(range, keys::PROPOSERS),
+        codec::encode(proposers),
+    );
 }
 
 /// One range's raft log and state.
@@ -659,6 +685,7 @@ impl RangeStorage {
         batch.insert(keys::range_key(self.range, keys::TRUNCATED), &at.encode());
         put_applied(batch, self.range, at);
         put_descriptor(batch, d);
+        put_proposers(batch, self.range, &data.proposers);
         self.truncated = at;
         self.last_index = at.index;
         let mut hs = self.hard_state.clone();
@@ -1065,6 +1092,7 @@ mod tests {
         snap.data = codec::encode(&SnapshotData {
             descriptor: descriptor(),
             pairs: vec![(b"c".to_vec(), b"3".to_vec())],
+            proposers: Proposers::from([((NodeId(2), 9), 41)]),
         })
         .into();
         let mut batch = sled::Batch::default();
@@ -1077,6 +1105,11 @@ mod tests {
         assert!(engine.log_entries(RangeId(7)).unwrap().is_empty());
         assert_eq!(engine.get_user(b"c").unwrap(), Some(b"3".to_vec()));
         assert_eq!(engine.get_user(b"b-stale").unwrap(), None);
+        // The proposers' last commands come with the data: duplicates stay recognised.
+        assert_eq!(
+            engine.proposers(RangeId(7)).unwrap(),
+            Proposers::from([((NodeId(2), 9), 41)])
+        );
         assert_eq!(
             engine.get_user(b"z-other-range").unwrap(),
             Some(b"y".to_vec())

@@ -21,12 +21,13 @@ use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft};
 use crate::storage::{
-    put_applied, put_descriptor, Engine, LogPosition, Pair, RangeDescriptor, SnapshotData,
-    StorageError,
+    put_applied, put_descriptor, put_proposers, Engine, LogPosition, Pair, Proposers,
+    RangeDescriptor, SnapshotData, StorageError,
 };
 use actix::prelude::*;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -59,6 +60,7 @@ impl Default for StoreSettings {
 struct RangeState {
     descriptor: RangeDescriptor,
     applied: LogPosition,
+    proposers: Proposers,
     leader: Option<NodeId>,
     term: u64,
 }
@@ -116,8 +118,10 @@ pub struct Store {
     routing: BTreeMap<Vec<u8>, RangeId>,
     next_seq: u64,
     next_read: u64,
-    writes: HashMap<ProposalId, PendingWrite>,
-    reads: HashMap<ReadId, PendingRead>,
+    // Ordered maps: the order requests are answered in must not depend on a hash seed (a
+    // simulation replays a seed exactly).
+    writes: BTreeMap<ProposalId, PendingWrite>,
+    reads: BTreeMap<ReadId, PendingRead>,
     conditions: Vec<PendingCondition>,
     applied_commands: u64,
 }
@@ -141,19 +145,25 @@ impl Store {
             routing: BTreeMap::new(),
             next_seq: 0,
             next_read: 0,
-            writes: HashMap::new(),
-            reads: HashMap::new(),
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
             conditions: Vec::new(),
             applied_commands: 0,
         };
         for d in engine.descriptors()? {
             let applied = engine.applied(d.id)?;
-            store.put_range(d, applied);
+            let proposers = engine.proposers(d.id)?;
+            store.put_range(d, applied, proposers);
         }
         Ok(store)
     }
 
-    fn put_range(&mut self, descriptor: RangeDescriptor, applied: LogPosition) {
+    fn put_range(
+        &mut self,
+        descriptor: RangeDescriptor,
+        applied: LogPosition,
+        proposers: Proposers,
+    ) {
         self.routing
             .insert(descriptor.start_key.clone(), descriptor.id);
         let (leader, term) = self
@@ -166,6 +176,7 @@ impl Store {
             RangeState {
                 descriptor,
                 applied,
+                proposers,
                 leader,
                 term,
             },
@@ -461,6 +472,7 @@ impl Store {
         let data = codec::encode(&SnapshotData {
             descriptor: d.clone(),
             pairs,
+            proposers: r.proposers.clone(),
         });
         self.multiraft.do_send(SnapshotGenerated {
             range,
@@ -478,6 +490,7 @@ impl Store {
         let mut callbacks = Vec::new();
         let mut snapshot_requests = Vec::new();
         let mut destroyed = Vec::new();
+        let mut proposers_changed = BTreeSet::new();
 
         for event in events {
             match event {
@@ -499,6 +512,15 @@ impl Store {
                     let Some(command) = command else {
                         continue;
                     };
+                    if let Some(p) = proposal {
+                        let last = r.proposers.entry((p.node, p.boot)).or_default();
+                        if p.seq <= *last {
+                            log::debug!("{range}: entry {index} repeats {p:?}; not applied");
+                            continue;
+                        }
+                        *last = p.seq;
+                        proposers_changed.insert(range);
+                    }
                     let engine = &self.engine;
                     let mut read_error = None;
                     let applied = command.apply(|k| match overlay.get(k) {
@@ -586,7 +608,9 @@ impl Store {
                     descriptor,
                 } => {
                     debug_assert_eq!(range, descriptor.id);
-                    self.put_range(descriptor, LogPosition { index, term });
+                    // MultiRaft wrote the snapshot's state before handing this event over.
+                    let proposers = self.engine.proposers(range)?;
+                    self.put_range(descriptor, LogPosition { index, term }, proposers);
                 }
                 Event::ReplicaRemoved { range, replica } => {
                     touched.remove(&range);
@@ -598,6 +622,9 @@ impl Store {
         for range in &touched {
             if let Some(r) = self.ranges.get(range) {
                 put_applied(&mut batch, *range, r.applied);
+                if proposers_changed.contains(range) {
+                    put_proposers(&mut batch, *range, &r.proposers);
+                }
             }
         }
         self.engine.write(batch)?;
@@ -691,6 +718,13 @@ impl Handler<Events> for Store {
             // Applying is deterministic; a storage error here means the disk is failing.
             panic!("store: {}: cannot apply committed entries: {e}", self.node);
         }
+    }
+}
+
+impl Handler<Shutdown> for Store {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 

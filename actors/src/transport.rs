@@ -34,6 +34,7 @@ struct NetworkState {
     /// Directed links that lose everything sent over them.
     cut: HashSet<(NodeId, NodeId)>,
     drop_probability: f64,
+    duplicate_probability: f64,
     max_delay: Duration,
     rng: StdRng,
     delivered: u64,
@@ -46,6 +47,7 @@ impl Default for NetworkState {
             nodes: HashMap::new(),
             cut: HashSet::new(),
             drop_probability: 0.0,
+            duplicate_probability: 0.0,
             max_delay: Duration::ZERO,
             rng: StdRng::seed_from_u64(0),
             delivered: 0,
@@ -106,6 +108,11 @@ impl LocalNetwork {
         self.lock().drop_probability = p.clamp(0.0, 1.0);
     }
 
+    /// Delivers each batch twice with this probability.
+    pub fn set_duplicate_probability(&self, p: f64) {
+        self.lock().duplicate_probability = p.clamp(0.0, 1.0);
+    }
+
     /// Delays each batch by a random time up to `max` (which also reorders them).
     pub fn set_max_delay(&self, max: Duration) {
         self.lock().max_delay = max;
@@ -134,17 +141,21 @@ impl Transport for LocalTransport {
             s.dropped += 1;
             return Ok(());
         }
-        s.delivered += 1;
-        if s.max_delay.is_zero() {
-            to.do_send(batch);
-        } else {
-            let max = s.max_delay.as_nanos() as u64;
-            let nanos = s.rng.gen_range(0..=max);
-            drop(s);
-            actix_rt::spawn(async move {
-                tokio::time::sleep(Duration::from_nanos(nanos)).await;
-                to.do_send(batch);
-            });
+        let d = s.duplicate_probability;
+        let copies = if d > 0.0 && s.rng.gen_bool(d) { 2 } else { 1 };
+        for _ in 0..copies {
+            s.delivered += 1;
+            if s.max_delay.is_zero() {
+                to.do_send(batch.clone());
+            } else {
+                let max = s.max_delay.as_nanos() as u64;
+                let nanos = s.rng.gen_range(0..=max);
+                let (to, batch) = (to.clone(), batch.clone());
+                actix_rt::spawn(async move {
+                    tokio::time::sleep(Duration::from_nanos(nanos)).await;
+                    to.do_send(batch);
+                });
+            }
         }
         Ok(())
     }
