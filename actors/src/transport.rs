@@ -148,11 +148,14 @@ impl Transport for LocalTransport {
             if s.max_delay.is_zero() {
                 to.do_send(batch.clone());
             } else {
-                let max = s.max_delay.as_nanos() as u64;
-                let nanos = s.rng.gen_range(0..=max);
+                // Whole milliseconds: the timer's resolution, so that under a paused clock the
+                // delivery order depends on the seed alone, not on where in a millisecond the
+                // clock started.
+                let max = s.max_delay.as_millis() as u64;
+                let ms = s.rng.gen_range(0..=max);
                 let (to, batch) = (to.clone(), batch.clone());
                 actix_rt::spawn(async move {
-                    tokio::time::sleep(Duration::from_nanos(nanos)).await;
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
                     to.do_send(batch);
                 });
             }
