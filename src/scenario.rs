@@ -664,6 +664,7 @@ pub fn run(path: &Path) -> Result<(), String> {
             .store_mailbox
             .unwrap_or(StoreSettings::default().mailbox_capacity),
         admin_timeout: Duration::from_secs(20),
+        ..StoreSettings::default()
     };
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let total = scenario.step.len();

@@ -20,7 +20,7 @@ use flotilla_actors::messages::{
 };
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
-use flotilla_actors::store::StoreSettings;
+use flotilla_actors::store::{PlantedBugs, StoreSettings};
 use flotilla_actors::transport::LocalNetwork;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -110,6 +110,7 @@ struct World {
     dir: tempfile::TempDir,
     seed: u64,
     count: u64,
+    bugs: PlantedBugs,
 }
 
 impl World {
@@ -130,6 +131,7 @@ impl World {
             },
             store: StoreSettings {
                 request_timeout: Duration::from_secs(2),
+                bugs: self.bugs,
                 ..StoreSettings::default()
             },
         }
@@ -217,11 +219,16 @@ pub fn run_many(first: u64, count: u64, duration: Duration) -> std::process::Exi
 
 /// Runs one seed for `duration` of simulated time.
 pub fn run(seed: u64, duration: Duration) -> Report {
-    let system = actix::System::new();
-    system.block_on(simulate(seed, duration))
+    run_with_bugs(seed, duration, PlantedBugs::default())
 }
 
-async fn simulate(seed: u64, duration: Duration) -> Report {
+/// Runs one seed with bugs planted in every node, to show the checks catch them.
+pub fn run_with_bugs(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
+    let system = actix::System::new();
+    system.block_on(simulate(seed, duration, bugs))
+}
+
+async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
     tokio::time::pause();
     let t0 = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -233,6 +240,7 @@ async fn simulate(seed: u64, duration: Duration) -> Report {
         dir: tempfile::tempdir().expect("a temporary directory"),
         seed,
         count,
+        bugs,
     }));
     for id in 1..=count {
         world.borrow_mut().start(id);

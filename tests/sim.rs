@@ -47,3 +47,31 @@ fn the_same_seed_gives_the_same_history() {
     let c = flotilla::sim::run(8, Duration::from_secs(8));
     assert!(a.history != c.history, "another seed, the same history");
 }
+
+/// The first seed (of at most `seeds`) on which the simulation finds a violation.
+fn caught_within(seeds: u64, bugs: flotilla_actors::store::PlantedBugs) -> Option<(u64, String)> {
+    (1..=seeds).find_map(|seed| {
+        let r = flotilla::sim::run_with_bugs(seed, Duration::from_secs(5), bugs);
+        r.violations.first().map(|v| (seed, v.clone()))
+    })
+}
+
+#[test]
+fn answering_before_commit_is_caught() {
+    let bugs = flotilla_actors::store::PlantedBugs {
+        answer_before_commit: true,
+        ..Default::default()
+    };
+    let (seed, violation) = caught_within(5, bugs).expect("the planted bug went unnoticed");
+    println!("answer before commit: caught on seed {seed}: {violation}");
+}
+
+#[test]
+fn reading_without_a_read_index_is_caught() {
+    let bugs = flotilla_actors::store::PlantedBugs {
+        reads_without_read_index: true,
+        ..Default::default()
+    };
+    let (seed, violation) = caught_within(5, bugs).expect("the planted bug went unnoticed");
+    println!("reads without read index: caught on seed {seed}: {violation}");
+}

@@ -44,6 +44,17 @@ pub struct StoreSettings {
     pub mailbox_capacity: usize,
     /// How long an admin request (a new replica being filled, a leadership move) may take.
     pub admin_timeout: Duration,
+    /// Bugs planted on purpose, to show the simulation catches them. Never set outside tests.
+    pub bugs: PlantedBugs,
+}
+
+/// Real bugs a test can switch on, to prove the checks that should catch them do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// `SET` is answered `OK` as soon as it is proposed, before it is committed.
+    pub answer_before_commit: bool,
+    /// Reads are served from this node's data at once, without a read index.
+    pub reads_without_read_index: bool,
 }
 
 impl Default for StoreSettings {
@@ -53,6 +64,7 @@ impl Default for StoreSettings {
             apply_delay: Duration::ZERO,
             mailbox_capacity: 1024,
             admin_timeout: Duration::from_secs(60),
+            bugs: PlantedBugs::default(),
         }
     }
 }
@@ -732,6 +744,8 @@ impl Handler<Write> for Store {
     type Result = ResponseFuture<Result<CommandOutcome, StoreError>>;
 
     fn handle(&mut self, msg: Write, _: &mut Context<Self>) -> Self::Result {
+        let premature =
+            self.settings.bugs.answer_before_commit && matches!(msg.command, Command::Set { .. });
         let parts = match self.split(msg.command) {
             Ok(p) => p,
             Err(e) => return Box::pin(async move { Err(e) }),
@@ -754,6 +768,9 @@ impl Handler<Write> for Store {
                 payload: ProposalPayload::Command(codec::encode(&command)),
             });
             replies.push(rx);
+        }
+        if premature {
+            return Box::pin(async { Ok(CommandOutcome::Ok) });
         }
         Box::pin(async move {
             let mut total: Option<CommandOutcome> = None;
@@ -783,6 +800,12 @@ impl Handler<Read> for Store {
                 Some(r) => parts.entry(r).or_default().push(i),
                 None => return Box::pin(async { Err(StoreError::NoRange) }),
             }
+        }
+        if self.settings.bugs.reads_without_read_index {
+            let values: Result<Vec<_>, _> =
+                msg.keys.iter().map(|k| self.engine.get_user(k)).collect();
+            let values = values.map_err(|e| StoreError::Internal(e.to_string()));
+            return Box::pin(async move { values });
         }
         let n = msg.keys.len();
         let mut replies = Vec::with_capacity(parts.len());
