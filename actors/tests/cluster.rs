@@ -173,6 +173,7 @@ fn no_deadlock_under_membership_changes_with_a_slow_store() {
             apply_delay: Duration::from_millis(20),
             mailbox_capacity: 2,
             admin_timeout: Duration::from_secs(10),
+            ..StoreSettings::default()
         };
         let cluster = Rc::new(Cluster::start(dir.path(), &[1, 2, 3], slow_store));
         cluster.await_leaders(1).await;
