@@ -16,7 +16,8 @@
 use flotilla_actors::command::{Command, CommandOutcome, SetCondition};
 use flotilla_actors::ids::{NodeId, RangeId};
 use flotilla_actors::messages::{
-    CompactLog, GetDigest, GetRaftStatus, ProposeError, Read, StoreError, TransferLeader, Write,
+    AddReplica, CompactLog, GetDigest, GetRaftStatus, GetStoreStatus, ProposeError, Read,
+    RemoveReplica, StoreError, TransferLeader, Write,
 };
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
@@ -111,6 +112,8 @@ struct World {
     seed: u64,
     count: u64,
     bugs: PlantedBugs,
+    /// What the last fault did, for the timeline.
+    detail: String,
 }
 
 impl World {
@@ -241,6 +244,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         seed,
         count,
         bugs,
+        detail: String::new(),
     }));
     for id in 1..=count {
         world.borrow_mut().start(id);
@@ -372,7 +376,8 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         let at = t0.elapsed();
         let fault = inject(&world, &mut rng).await;
         *faults.entry(fault).or_default() += 1;
-        timeline.push(format!("{:.3} fault {fault}\n", at.as_secs_f64()));
+        let detail = std::mem::take(&mut world.borrow_mut().detail);
+        timeline.push(format!("{:.3} fault {fault} {detail}\n", at.as_secs_f64()));
     }
 
     // Heal everything, bring every node back, and let the cluster settle.
@@ -398,10 +403,11 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
     // Final reads of every key: an acknowledged write that was lost shows up here.
     for i in 0..KEYS {
         let mut done = false;
-        for _ in 0..20 {
+        // Through each node in turn: a node no longer holding the key's range refuses it.
+        for attempt in 0..20u64 {
             let op = request(
                 &world,
-                1 + (i as u64 % count),
+                1 + (i as u64 + attempt) % count,
                 CLIENTS + 1,
                 key(i),
                 Kind::Read,
@@ -501,7 +507,8 @@ async fn request(
                     op.result = Outcome::Written(outcome);
                 }
                 // Refused before reaching the log: it had no effect, and is left out.
-                Ok(Ok(Err(StoreError::Refused(
+                Ok(Ok(Err(StoreError::NoRange)))
+                | Ok(Ok(Err(StoreError::Refused(
                     ProposeError::Busy
                     | ProposeError::NoLeader(_)
                     | ProposeError::RangeNotFound(_)
@@ -538,7 +545,7 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
         )
     };
     let any = |rng: &mut StdRng| 1 + rng.gen_range(0..count);
-    match rng.gen_range(0..11) {
+    match rng.gen_range(0..13) {
         0 => {
             let mut side: Vec<NodeId> = Vec::new();
             let mut rest: Vec<NodeId> = Vec::new();
@@ -580,6 +587,7 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
             // A minority at most is down at once.
             if (down.len() as u64 + 1) * 2 < count {
                 let id = up[rng.gen_range(0..up.len())];
+                world.borrow_mut().detail = format!("n{id}");
                 crash(world, id).await;
                 "crash"
             } else {
@@ -595,6 +603,44 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
             }
             None => "restart",
         },
+        11 | 12 => {
+            // A replica added to, or removed from, a range (as this node sees it); the request
+            // runs on while the simulation goes on, and may or may not succeed.
+            let range = RangeId(1 + rng.gen_range(0..(KEYS / 3) as u64));
+            let via = up[rng.gen_range(0..up.len())];
+            let store = world.borrow().nodes[&via].store.clone();
+            let node = NodeId(any(rng));
+            let Ok(status) = store.send(GetStoreStatus).await else {
+                return "membership change";
+            };
+            let Some(d) = status.ranges.iter().find(|r| r.descriptor.id == range) else {
+                return "membership change";
+            };
+            let d = &d.descriptor;
+            // Half the time, a node the range lacks (if any) is added back.
+            let missing: Vec<u64> = (1..=count)
+                .filter(|&n| d.replica_of(NodeId(n)).is_none())
+                .collect();
+            let node = match missing.is_empty() || rng.gen_bool(0.5) {
+                true => node,
+                false => NodeId(missing[rng.gen_range(0..missing.len())]),
+            };
+            if d.replica_of(node).is_none() {
+                world.borrow_mut().detail = format!("{range} {node} via n{via}");
+                actix_rt::spawn(async move {
+                    let _ = store.send(AddReplica { range, node }).await;
+                });
+                "replica added"
+            } else if d.voters.len() > 2 {
+                world.borrow_mut().detail = format!("{range} {node} via n{via}");
+                actix_rt::spawn(async move {
+                    let _ = store.send(RemoveReplica { range, node }).await;
+                });
+                "replica removed"
+            } else {
+                "membership change"
+            }
+        }
         9 => {
             let range = RangeId(1 + rng.gen_range(0..(KEYS / 3) as u64));
             let to = NodeId(any(rng));
