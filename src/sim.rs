@@ -172,6 +172,7 @@ async fn crash(world: &Rc<RefCell<World>>, id: u64) {
 /// command that replays it) at the first seed that finds a violation.
 pub fn run_many(first: u64, count: u64, duration: Duration) -> std::process::ExitCode {
     let started = std::time::Instant::now();
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (mut simulated, mut operations, mut unknown) = (Duration::ZERO, 0, 0);
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (i, seed) in (first..first + count).enumerate() {
@@ -182,19 +183,34 @@ pub fn run_many(first: u64, count: u64, duration: Duration) -> std::process::Exi
         for (k, v) in &r.faults {
             *faults.entry(k).or_default() += v;
         }
-        println!(
-            "[{}/{count}] seed {seed}: {} nodes, {} operations ({} unknown), {} faults, {}",
+        let verdict = if r.violations.is_empty() {
+            "ok"
+        } else {
+            "VIOLATION"
+        };
+        let line = format!(
+            "[{}/{count}] seed {seed}: {} nodes, {} operations ({} unknown), {} faults, {verdict}",
             i + 1,
             r.nodes,
             r.operations,
             r.unknown,
             r.faults.values().sum::<u64>(),
-            if r.violations.is_empty() {
-                "ok"
-            } else {
-                "VIOLATION"
-            }
         );
+        if terminal {
+            // A bar redrawn in place; the last seed's line stays on screen.
+            let done = (i + 1) * 30 / count as usize;
+            print!(
+                "\r[{}{}] {line}\x1b[K",
+                "#".repeat(done),
+                " ".repeat(30 - done)
+            );
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            if i + 1 == count as usize || !r.violations.is_empty() {
+                println!();
+            }
+        } else {
+            println!("{line}");
+        }
         if !r.violations.is_empty() {
             for v in &r.violations {
                 println!("  {v}");

@@ -46,6 +46,7 @@ use crate::codec;
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::storage::{Engine, RangeStorage, SnapshotData, StorageError};
+use crate::store::PlantedBugs;
 use crate::transport::Transport;
 use actix::prelude::*;
 use protobuf::Message as ProtoMessage;
@@ -274,6 +275,8 @@ pub struct MultiRaft {
     destroying: BTreeSet<RangeId>,
     /// Removal notices to send with the next round, per node.
     notices: BTreeMap<NodeId, Vec<(RangeId, ReplicaId)>>,
+    /// Bugs planted by a test (see [`PlantedBugs`]).
+    bugs: PlantedBugs,
     logger: slog::Logger,
     metrics: Arc<RaftMetrics>,
 }
@@ -292,6 +295,7 @@ impl MultiRaft {
         store: Recipient<Events>,
         transport: Box<dyn Transport>,
         metrics: Arc<RaftMetrics>,
+        bugs: PlantedBugs,
     ) -> Result<MultiRaft, StorageError> {
         let logger = slog::Logger::root(
             slog::Drain::fuse(slog_stdlog::StdLog),
@@ -318,6 +322,7 @@ impl MultiRaft {
             tombstones: engine.tombstones()?,
             destroying: BTreeSet::new(),
             notices: BTreeMap::new(),
+            bugs,
             logger,
             metrics,
         };
@@ -490,7 +495,7 @@ impl MultiRaft {
             return;
         };
         self.dirty.insert(range);
-        if g.awaiting_callback.is_some() {
+        if g.awaiting_callback.is_some() && !self.bugs.skip_holding_proposals {
             // A follower's proposal waits like a local one (contract 4).
             g.held.push_back(Held::Forwarded(m));
             self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
@@ -556,7 +561,7 @@ impl MultiRaft {
             });
             return;
         };
-        if g.awaiting_callback.is_some() {
+        if g.awaiting_callback.is_some() && !self.bugs.skip_holding_proposals {
             g.held.push_back(Held::Local(proposal, payload));
             self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
             return;

@@ -107,6 +107,7 @@ impl Node {
             store_addr.clone().recipient(),
             transport,
             metrics.clone(),
+            settings.store.bugs,
         )?;
         let store = Store::load(
             settings.node,

@@ -44,7 +44,8 @@ pub struct StoreSettings {
     pub mailbox_capacity: usize,
     /// How long an admin request (a new replica being filled, a leadership move) may take.
     pub admin_timeout: Duration,
-    /// Bugs planted on purpose, to show the simulation catches them. Never set outside tests.
+    /// Bugs planted on purpose (in the Store and in MultiRaft), to show that the checks catch
+    /// them. Never set outside tests.
     pub bugs: PlantedBugs,
 }
 
@@ -55,6 +56,9 @@ pub struct PlantedBugs {
     pub answer_before_commit: bool,
     /// Reads are served from this node's data at once, without a read index.
     pub reads_without_read_index: bool,
+    /// MultiRaft proposes at once while a range awaits a membership callback, instead of
+    /// holding the proposals until the Store has applied the change (contract 4).
+    pub skip_holding_proposals: bool,
 }
 
 impl Default for StoreSettings {
