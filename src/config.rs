@@ -272,6 +272,7 @@ impl Config {
                 self.initial_members.iter().map(|&n| NodeId(n)).collect()
             },
             cache_bytes: self.cache_mb << 20,
+            durable: true,
             raft: RaftSettings {
                 tick_interval: Duration::from_millis(self.tick_interval_ms),
                 election_ticks: self.election_ticks,

@@ -271,6 +271,7 @@ impl Cluster {
             split_keys,
             initial_members: members,
             cache_bytes: 16 << 20,
+            durable: true,
             raft,
             store,
         }

@@ -124,6 +124,7 @@ impl World {
             split_keys: split_keys(),
             initial_members: (1..=self.count).map(NodeId).collect(),
             cache_bytes: 8 << 20,
+            durable: false,
             raft: RaftSettings {
                 tick_interval: Duration::from_millis(10),
                 election_ticks: 10,

@@ -26,6 +26,9 @@ pub struct NodeSettings {
     pub initial_members: Vec<NodeId>,
     /// sled's cache size.
     pub cache_bytes: u64,
+    /// Whether writes are made durable (`false` only in simulations, whose crashes stop
+    /// actors, not machines).
+    pub durable: bool,
     pub raft: RaftSettings,
     pub store: StoreSettings,
 }
@@ -84,7 +87,11 @@ impl Node {
         transport: Box<dyn Transport>,
         own_threads: bool,
     ) -> Result<Node, StorageError> {
-        let engine = Engine::open(&settings.data_dir, settings.cache_bytes)?;
+        let engine = if settings.durable {
+            Engine::open(&settings.data_dir, settings.cache_bytes)?
+        } else {
+            Engine::open_volatile(&settings.data_dir, settings.cache_bytes)?
+        };
         if !engine.is_bootstrapped()? && settings.initial_members.contains(&settings.node) {
             let mut batch = sled::Batch::default();
             for d in initial_ranges(&settings.split_keys, &settings.initial_members) {

@@ -209,6 +209,9 @@ pub struct Engine {
     db_file: File,
     blob_dir: PathBuf,
     synced_blobs: Mutex<HashSet<OsString>>,
+    /// `false` for simulations, whose crashes stop processes rather than machines: `sync` then
+    /// hands the writes to the operating system without waiting for the device.
+    durable: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -222,6 +225,15 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Engine>, StorageError> {
+        Engine::open_with(dir, cache_bytes, true)
+    }
+
+    /// Opens the database for a simulation: `sync` does not wait for the device (see `durable`).
+    pub fn open_volatile(dir: &Path, cache_bytes: u64) -> Result<Arc<Engine>, StorageError> {
+        Engine::open_with(dir, cache_bytes, false)
+    }
+
+    fn open_with(dir: &Path, cache_bytes: u64, durable: bool) -> Result<Arc<Engine>, StorageError> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new()
             .path(dir)
@@ -235,6 +247,7 @@ impl Engine {
             db_file,
             blob_dir: dir.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
+            durable,
         };
         // Make the files sled just created (and their names) durable once.
         engine.sync()?;
@@ -258,6 +271,11 @@ impl Engine {
     /// Makes every write so far durable on the device.
     pub fn sync(&self) -> Result<(), StorageError> {
         self.db.flush()?;
+        if !self.durable {
+            // In the operating system's hands: enough for a process that stops, not for a
+            // machine that does.
+            return Ok(());
+        }
         self.db_file.sync_data()?;
         self.sync_new_blobs()
     }

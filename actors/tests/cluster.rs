@@ -32,6 +32,7 @@ fn settings(node: u64, dir: &std::path::Path, store: StoreSettings) -> NodeSetti
         split_keys: vec![b"g".to_vec(), b"n".to_vec(), b"t".to_vec()],
         initial_members: vec![NodeId(1), NodeId(2)],
         cache_bytes: 16 << 20,
+        durable: true,
         raft: RaftSettings {
             tick_interval: Duration::from_millis(20),
             election_ticks: 10,
