@@ -209,8 +209,8 @@ pub struct Engine {
     db_file: File,
     blob_dir: PathBuf,
     synced_blobs: Mutex<HashSet<OsString>>,
-    /// `false` for simulations, whose crashes stop processes rather than machines: `sync` then
-    /// hands the writes to the operating system without waiting for the device.
+    /// `false` for simulations, whose crashes stop a node's actors (sled writes everything out
+    /// when the database is dropped): `sync` then does nothing.
     durable: bool,
 }
 
@@ -228,7 +228,7 @@ impl Engine {
         Engine::open_with(dir, cache_bytes, true)
     }
 
-    /// Opens the database for a simulation: `sync` does not wait for the device (see `durable`).
+    /// Opens the database for a simulation: `sync` does nothing (see `durable`).
     pub fn open_volatile(dir: &Path, cache_bytes: u64) -> Result<Arc<Engine>, StorageError> {
         Engine::open_with(dir, cache_bytes, false)
     }
@@ -270,12 +270,12 @@ impl Engine {
 
     /// Makes every write so far durable on the device.
     pub fn sync(&self) -> Result<(), StorageError> {
-        self.db.flush()?;
         if !self.durable {
-            // In the operating system's hands: enough for a process that stops, not for a
-            // machine that does.
+            // A simulated crash stops the node's actors; sled writes everything out when the
+            // database is dropped then.
             return Ok(());
         }
+        self.db.flush()?;
         self.db_file.sync_data()?;
         self.sync_new_blobs()
     }
