@@ -257,7 +257,12 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         net: LocalNetwork::new(seed),
         nodes: BTreeMap::new(),
         down: BTreeSet::new(),
-        dir: tempfile::tempdir().expect("a temporary directory"),
+        // In memory where the system offers it (the simulation needs no disk).
+        dir: tempfile::Builder::new()
+            .prefix("flotilla-sim")
+            .tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("a temporary directory"),
         seed,
         count,
         bugs,

@@ -235,10 +235,12 @@ impl Engine {
 
     fn open_with(dir: &Path, cache_bytes: u64, durable: bool) -> Result<Arc<Engine>, StorageError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .open()?;
+        let mut config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
+        if !durable {
+            // Nor does sled's own flusher thread write in the background.
+            config = config.flush_every_ms(None);
+        }
+        let db = config.open()?;
         let tree = db.open_tree("flotilla")?;
         let db_file = File::open(dir.join("db"))?;
         let engine = Engine {
