@@ -142,8 +142,19 @@ impl World {
     }
 
     fn start(&mut self, id: u64) {
-        let node = Node::start_here(self.settings(id), Box::new(self.net.transport()))
-            .expect("a simulated node starts");
+        // sled's I/O threads may hold a crashed node's database lock a moment after it is
+        // dropped: wait for them in real time, which the simulation's clock does not see.
+        let mut tries = 0;
+        let node = loop {
+            match Node::start_here(self.settings(id), Box::new(self.net.transport())) {
+                Ok(node) => break node,
+                Err(e) if tries < 5_000 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("simulated n{id} did not start: {e}"),
+            }
+        };
         self.net
             .register(NodeId(id), node.multiraft.clone().recipient());
         self.nodes.insert(id, node);
