@@ -297,13 +297,7 @@ impl Store {
         for (id, r) in &self.ranges {
             let d = &r.descriptor;
             let pairs = self.engine.user_pairs(&d.start_key, &d.end_key)?;
-            let mut hash = FNV_OFFSET;
-            for (k, v) in &pairs {
-                for part in [k, v] {
-                    hash = fnv1a(hash, &(part.len() as u64).to_be_bytes());
-                    hash = fnv1a(hash, part);
-                }
-            }
+            let hash = data_hash(&pairs);
             out.push(RangeDigest {
                 range: *id,
                 applied_index: r.applied.index,
@@ -690,6 +684,19 @@ fn apply_change(d: &mut RangeDescriptor, change: &ConfChangeV2) {
             list.sort();
         }
     }
+}
+
+/// The hash [`RangeDigest`] reports for a range's pairs, in key order: FNV-1a over each key
+/// and value, each preceded by its length.
+pub fn data_hash(pairs: &[Pair]) -> u64 {
+    let mut hash = FNV_OFFSET;
+    for (k, v) in pairs {
+        for part in [k, v] {
+            hash = fnv1a(hash, &(part.len() as u64).to_be_bytes());
+            hash = fnv1a(hash, part);
+        }
+    }
+    hash
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
