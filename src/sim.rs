@@ -464,7 +464,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
 
     // Every replica of every range holds exactly the data the final reads returned (and
     // those, checked below, are what the history allows).
-    let mut model: BTreeMap<RangeId, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+    let mut model: BTreeMap<RangeId, Vec<flotilla_actors::storage::Pair>> = BTreeMap::new();
     for op in history.borrow().iter().filter(|o| o.client == CLIENTS + 1) {
         let i: usize = String::from_utf8_lossy(&op.key)
             .parse()
