@@ -48,6 +48,8 @@ pub struct Report {
     pub unknown: usize,
     pub faults: BTreeMap<&'static str, u64>,
     pub violations: Vec<String>,
+    /// Keys whose history had too many interleavings to check within the search budget.
+    pub inconclusive: Vec<String>,
     /// The whole client history as text: the same seed gives the same text.
     pub history: String,
 }
@@ -59,6 +61,10 @@ struct Op {
     key: Vec<u8>,
     kind: Kind,
     start: Duration,
+    /// The event counter when it started and ended: the real-time order, finer than the
+    /// clock (many operations share a millisecond under the paused clock).
+    first: u64,
+    last: Option<u64>,
     /// `None`: the outcome is unknown (the request timed out or its node crashed).
     end: Option<Duration>,
     result: Outcome,
@@ -94,6 +100,18 @@ impl Op {
             self.result
         )
     }
+}
+
+thread_local! {
+    /// Counts the simulation's events (requests sent and answered), in the order they happen.
+    static EVENTS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn event() -> u64 {
+    EVENTS.with(|e| {
+        e.set(e.get() + 1);
+        e.get()
+    })
 }
 
 fn key(i: usize) -> Vec<u8> {
@@ -187,6 +205,7 @@ pub fn run_many(first: u64, count: u64, duration: Duration) -> std::process::Exi
     let started = std::time::Instant::now();
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (mut simulated, mut operations, mut unknown) = (Duration::ZERO, 0, 0);
+    let mut inconclusive = 0;
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (i, seed) in (first..first + count).enumerate() {
         let r = run(seed, duration);
@@ -196,11 +215,12 @@ pub fn run_many(first: u64, count: u64, duration: Duration) -> std::process::Exi
         for (k, v) in &r.faults {
             *faults.entry(k).or_default() += v;
         }
-        let verdict = if r.violations.is_empty() {
-            "ok"
-        } else {
-            "VIOLATION"
+        let verdict = match (r.violations.is_empty(), r.inconclusive.is_empty()) {
+            (false, _) => "VIOLATION".to_string(),
+            (true, true) => "ok".to_string(),
+            (true, false) => format!("ok, {} keys inconclusive", r.inconclusive.len()),
         };
+        inconclusive += r.inconclusive.len();
         let line = format!(
             "[{}/{count}] seed {seed}: {} nodes, {} operations ({} unknown), {} faults, {verdict}",
             i + 1,
@@ -241,7 +261,7 @@ pub fn run_many(first: u64, count: u64, duration: Duration) -> std::process::Exi
     }
     let real = started.elapsed();
     println!(
-        "{count} seeds, {:.0} s simulated in {:.1} s ({:.1} seeds/min), {operations} operations ({unknown} unknown), faults: {faults:?}, violations: 0",
+        "{count} seeds, {:.0} s simulated in {:.1} s ({:.1} seeds/min), {operations} operations ({unknown} unknown), faults: {faults:?}, violations: 0, keys inconclusive: {inconclusive}",
         simulated.as_secs_f64(),
         real.as_secs_f64(),
         count as f64 * 60.0 / real.as_secs_f64().max(1e-9),
@@ -262,6 +282,7 @@ pub fn run_with_bugs(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report
 
 async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
     tokio::time::pause();
+    EVENTS.with(|e| e.set(0));
     let t0 = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
     let count = rng.gen_range(3..=5u64);
@@ -343,11 +364,13 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                     .collect();
                 let store = world.borrow().nodes[&via].store.clone();
                 let start = t0.elapsed();
+                let first = event();
                 let r =
                     tokio::time::timeout(CLIENT_TIMEOUT, store.send(Read { keys: keys.clone() }))
                         .await;
                 if let Ok(Ok(Ok(values))) = r {
                     let end = Some(t0.elapsed());
+                    let last = Some(event());
                     for (k, v) in keys.into_iter().zip(values) {
                         history.borrow_mut().push(Op {
                             client: CLIENTS,
@@ -355,6 +378,8 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                             kind: Kind::Read,
                             start,
                             end,
+                            first,
+                            last,
                             result: Outcome::Value(v),
                         });
                     }
@@ -516,8 +541,10 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
     report.history = timeline.concat() + &history.iter().map(Op::line).collect::<String>();
     report.faults = faults;
     let mut found = std::mem::take(&mut *violations.borrow_mut());
-    found.extend(check_linearizable(&history));
+    let (not_linearizable, inconclusive) = check_linearizable(&history);
+    found.extend(not_linearizable);
     report.violations = found;
+    report.inconclusive = inconclusive;
 
     let nodes: Vec<u64> = world.borrow().nodes.keys().copied().collect();
     for id in nodes {
@@ -537,12 +564,15 @@ async fn request(
 ) -> Op {
     let store = world.borrow().nodes.get(&via).map(|n| n.store.clone());
     let start = t0.elapsed();
+    let first = event();
     let mut op = Op {
         client,
         key: key.clone(),
         kind: kind.clone(),
         start,
         end: None,
+        first,
+        last: None,
         result: Outcome::Unknown,
     };
     let Some(store) = store else {
@@ -554,6 +584,7 @@ async fn request(
             match r {
                 Ok(Ok(Ok(outcome))) => {
                     op.end = Some(t0.elapsed());
+                    op.last = Some(event());
                     op.result = Outcome::Written(outcome);
                 }
                 // Refused before reaching the log: it had no effect, and is left out.
@@ -566,6 +597,7 @@ async fn request(
                     | ProposeError::InvalidChange(..),
                 )))) => {
                     op.end = Some(t0.elapsed());
+                    op.last = Some(event());
                     op.result = Outcome::Refused;
                 }
                 // A timeout, a removed range, a crashed node: it may or may not have applied.
@@ -577,6 +609,7 @@ async fn request(
                 tokio::time::timeout(CLIENT_TIMEOUT, store.send(Read { keys: vec![key] })).await;
             if let Ok(Ok(Ok(mut values))) = r {
                 op.end = Some(t0.elapsed());
+                op.last = Some(event());
                 op.result = Outcome::Value(values.pop().flatten());
             }
         }
@@ -713,27 +746,36 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
 }
 
 /// Checks the history of every key against a single register applying the same commands.
-fn check_linearizable(history: &[Op]) -> Vec<String> {
+/// The violations, and the keys whose check was inconclusive.
+fn check_linearizable(history: &[Op]) -> (Vec<String>, Vec<String>) {
     let mut by_key: BTreeMap<&[u8], Vec<&Op>> = BTreeMap::new();
     for op in history {
         by_key.entry(&op.key).or_default().push(op);
     }
-    let mut out = Vec::new();
+    let (mut violations, mut inconclusive) = (Vec::new(), Vec::new());
     for (key, ops) in by_key {
-        if let Err(e) = linearizable(&ops) {
-            out.push(format!(
-                "key {}: not linearizable: {e}",
-                String::from_utf8_lossy(key)
-            ));
+        let key = String::from_utf8_lossy(key).into_owned();
+        match linearizable(&ops) {
+            Ok(Verdict::Linearizable) => {}
+            Ok(Verdict::Inconclusive) => inconclusive.push(key),
+            Err(e) => violations.push(format!("key {key}: not linearizable: {e}")),
         }
     }
-    out
+    (violations, inconclusive)
+}
+
+/// What the search for a linearization concluded.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Linearizable,
+    /// Too many interleavings to try within the search budget: neither proved nor refuted.
+    Inconclusive,
 }
 
 /// Whether some order of `ops` consistent with real time explains every result (Wing & Gong's
 /// search, memoised on the set of operations done and the register's value). An operation
 /// whose outcome is unknown may take effect at any point after it started, or never.
-fn linearizable(ops: &[&Op]) -> Result<(), String> {
+fn linearizable(ops: &[&Op]) -> Result<Verdict, String> {
     // Refused requests and reads whose result is unknown say nothing.
     let ops: Vec<&Op> = ops
         .iter()
@@ -741,7 +783,7 @@ fn linearizable(ops: &[&Op]) -> Result<(), String> {
         .filter(|o| o.result != Outcome::Refused && !(o.kind == Kind::Read && o.end.is_none()))
         .collect();
     let n = ops.len();
-    let end = |o: &Op| o.end.unwrap_or(Duration::MAX);
+    let end = |o: &Op| o.last.unwrap_or(u64::MAX);
     let mut seen: HashSet<(Vec<u64>, Option<Vec<u8>>)> = HashSet::new();
     let mut budget = 2_000_000u64;
     // Depth-first: (done set, value).
@@ -753,11 +795,11 @@ fn linearizable(ops: &[&Op]) -> Result<(), String> {
             .collect();
         let definite_left = remaining.iter().any(|&i| ops[i].end.is_some());
         if !definite_left {
-            return Ok(());
+            return Ok(Verdict::Linearizable);
         }
         deepest = deepest.max(n - remaining.len());
         if budget == 0 {
-            return Ok(()); // Inconclusive: too many interleavings to try; not reported.
+            return Ok(Verdict::Inconclusive);
         }
         budget -= 1;
         // The earliest end among the remaining: anything started after it cannot go first.
@@ -765,10 +807,10 @@ fn linearizable(ops: &[&Op]) -> Result<(), String> {
             .iter()
             .map(|&i| end(ops[i]))
             .min()
-            .unwrap_or(Duration::MAX);
+            .unwrap_or(u64::MAX);
         for &i in &remaining {
             let o = ops[i];
-            if o.start > horizon {
+            if o.first > horizon {
                 continue;
             }
             let mut next = done.clone();
@@ -818,6 +860,8 @@ mod tests {
             kind,
             start: Duration::from_millis(start),
             end: end.map(Duration::from_millis),
+            first: start,
+            last: end,
             result,
         }
     }
@@ -842,7 +886,10 @@ mod tests {
             op(0, Some(10), set("a"), ok.clone()),
             op(5, Some(6), Kind::Read, read(None)),
         ];
-        assert!(linearizable(&h.iter().collect::<Vec<_>>()).is_ok());
+        assert_eq!(
+            linearizable(&h.iter().collect::<Vec<_>>()),
+            Ok(Verdict::Linearizable)
+        );
         // A read that starts after the write finished must see it.
         let stale = [
             op(0, Some(10), set("a"), ok.clone()),
@@ -855,7 +902,10 @@ mod tests {
             op(20, Some(21), Kind::Read, read(Some("a"))),
             op(30, Some(31), Kind::Read, read(Some("a"))),
         ];
-        assert!(linearizable(&maybe.iter().collect::<Vec<_>>()).is_ok());
+        assert_eq!(
+            linearizable(&maybe.iter().collect::<Vec<_>>()),
+            Ok(Verdict::Linearizable)
+        );
         // ...or not, but not both.
         let flip = [
             op(0, None, set("a"), Outcome::Unknown),

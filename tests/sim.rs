@@ -18,6 +18,11 @@ fn a_fixed_set_of_seeds_finds_no_violation() {
         );
         assert!(r.faults.values().sum::<u64>() > 5);
         assert!(
+            r.inconclusive.is_empty(),
+            "seed {seed}: {:?} inconclusive",
+            r.inconclusive
+        );
+        assert!(
             r.violations.is_empty(),
             "seed {seed}: {:?}\nreplay: flotilla sim --seed {seed} --seeds 1 --duration 10",
             r.violations

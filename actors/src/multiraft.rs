@@ -895,6 +895,7 @@ impl MultiRaft {
         self.ticks += 1;
         let mut moved = Vec::new();
         let mut unqueued = Vec::new();
+        let mut renotify = Vec::new();
         let give_up = TRANSFER_GIVE_UP_ELECTIONS * self.settings.election_ticks as u64;
         for (range, g) in self.groups.iter_mut() {
             let mut dirty = g.node.tick();
@@ -923,6 +924,13 @@ impl MultiRaft {
             }
             if g.is_leader() {
                 dirty |= promote_caught_up_learner(g, &self.metrics);
+                // Removed replicas are told again every election timeout: one that missed the
+                // notice (down, cut off) and never sends anything (a learner) learns it too.
+                if self.ticks % self.settings.election_ticks as u64 == 0 {
+                    for &id in &g.removed {
+                        renotify.push((*range, ReplicaId(id)));
+                    }
+                }
             }
             let ticks = self.ticks;
             let node = &mut g.node;
@@ -986,6 +994,9 @@ impl MultiRaft {
             if dirty {
                 self.dirty.insert(*range);
             }
+        }
+        for (range, replica) in renotify {
+            self.notify_removed(range, replica);
         }
         // Leadership moved away: the changes removing this replica go to the new leader.
         for range in moved {
