@@ -926,7 +926,10 @@ impl MultiRaft {
                 dirty |= promote_caught_up_learner(g, &self.metrics);
                 // Removed replicas are told again every election timeout: one that missed the
                 // notice (down, cut off) and never sends anything (a learner) learns it too.
-                if self.ticks % self.settings.election_ticks as u64 == 0 {
+                if self
+                    .ticks
+                    .is_multiple_of(self.settings.election_ticks as u64)
+                {
                     for &id in &g.removed {
                         renotify.push((*range, ReplicaId(id)));
                     }
