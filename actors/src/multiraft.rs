@@ -140,6 +140,15 @@ const SNAPSHOT_BYTES_PER_TICK: usize = 1 << 20;
 /// Leader-transfer ticks after which a change waiting for leadership to move is given up.
 const TRANSFER_GIVE_UP_ELECTIONS: u64 = 3;
 
+/// The fate of a membership change, decided by [`Group::admit_change`].
+enum Admission {
+    /// Propose (or step) it now.
+    Now(Held),
+    /// Kept back: behind a pending change, or until leadership has moved.
+    Kept,
+    Refused(ProposeError),
+}
+
 /// One range's raft group on this node.
 struct Group {
     node: RawNode<RangeStorage>,
@@ -194,6 +203,43 @@ impl Group {
             .filter(|&&id| id != self.replica.0)
             .max_by_key(|&&id| self.node.raft.prs().get(id).map_or(0, |p| p.matched))
             .copied()
+    }
+
+    /// What becomes of a membership change reaching this replica (proposed here, or forwarded
+    /// by a follower). A leader queues it behind a pending change, refuses it if it re-adds a
+    /// removed replica or removes the last voter, and keeps one that removes this replica until
+    /// leadership has moved; anything else goes ahead.
+    fn admit_change(
+        &mut self,
+        range: RangeId,
+        cc: &ConfChangeV2,
+        held: Held,
+        tick: u64,
+    ) -> Admission {
+        if !self.is_leader() {
+            return Admission::Now(held);
+        }
+        if self.node.raft.has_pending_conf() {
+            // One change at a time (raft would turn this one into an empty entry).
+            self.queued_changes.push((held, tick));
+            return Admission::Kept;
+        }
+        match self.vet(range, cc) {
+            Err(e) => Admission::Refused(e),
+            Ok(false) => Admission::Now(held),
+            Ok(true) => match self.successor() {
+                Some(to) => {
+                    self.node.transfer_leader(to);
+                    self.transfer_started = tick;
+                    self.after_transfer.push(held);
+                    Admission::Kept
+                }
+                None => Admission::Refused(ProposeError::InvalidChange(
+                    range,
+                    "it would remove the range's last voter".into(),
+                )),
+            },
+        }
     }
 
     /// Whether `cc` removes this replica or demotes it, or re-adds a removed replica.
@@ -501,32 +547,18 @@ impl MultiRaft {
             self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if let (true, Some(cc)) = (g.is_leader(), forwarded_change(&m)) {
-            if g.node.raft.has_pending_conf() {
-                g.queued_changes.push((Held::Forwarded(m), self.ticks));
-                return;
-            }
-            let refusal = match g.vet(range, &cc) {
-                Err(e) => Some(e),
-                Ok(true) => match g.successor() {
-                    Some(to) => {
-                        g.node.transfer_leader(to);
-                        g.transfer_started = self.ticks;
-                        g.after_transfer.push(Held::Forwarded(m));
-                        return;
-                    }
-                    None => Some(ProposeError::InvalidChange(
-                        range,
-                        "it would remove the range's last voter".into(),
-                    )),
-                },
-                Ok(false) => None,
-            };
-            if let Some(e) = refusal {
-                log::warn!("{}: {range}: refusing a forwarded change: {e}", self.node);
-                return;
-            }
-        }
+        let m = match forwarded_change(&m) {
+            None => m,
+            Some(cc) => match g.admit_change(range, &cc, Held::Forwarded(m), self.ticks) {
+                Admission::Now(Held::Forwarded(m)) => m,
+                Admission::Now(Held::Local(..)) => unreachable!("admitted as it came"),
+                Admission::Kept => return,
+                Admission::Refused(e) => {
+                    log::warn!("{}: {range}: refusing a forwarded change: {e}", self.node);
+                    return;
+                }
+            },
+        };
         if let Err(e) = g.node.step(m) {
             log::debug!("{}: {range}: step: {e}", self.node);
         }
@@ -569,36 +601,11 @@ impl MultiRaft {
         let result = match payload {
             ProposalPayload::Command(data) => g.node.propose(proposal.to_context(), data),
             ProposalPayload::ChangeReplicas(cc) => {
-                if g.is_leader() && g.node.raft.has_pending_conf() {
-                    // One change at a time (raft would turn this one into an empty entry).
-                    let held = Held::Local(proposal, ProposalPayload::ChangeReplicas(cc));
-                    g.queued_changes.push((held, self.ticks));
-                    return;
-                }
-                if g.is_leader() {
-                    let refusal = match g.vet(range, &cc) {
-                        Err(e) => Some(e),
-                        Ok(true) => {
-                            // Removing the leader's own replica: leadership moves first.
-                            match g.successor() {
-                                Some(to) => {
-                                    g.node.transfer_leader(to);
-                                    g.transfer_started = self.ticks;
-                                    g.after_transfer.push(Held::Local(
-                                        proposal,
-                                        ProposalPayload::ChangeReplicas(cc),
-                                    ));
-                                    return;
-                                }
-                                None => Some(ProposeError::InvalidChange(
-                                    range,
-                                    "it would remove the range's last voter".into(),
-                                )),
-                            }
-                        }
-                        Ok(false) => None,
-                    };
-                    if let Some(error) = refusal {
+                let held = Held::Local(proposal, ProposalPayload::ChangeReplicas(cc.clone()));
+                match g.admit_change(range, &cc, held, self.ticks) {
+                    Admission::Now(_) => {}
+                    Admission::Kept => return,
+                    Admission::Refused(error) => {
                         self.events.push(Event::ProposalFailed { proposal, error });
                         return;
                     }
