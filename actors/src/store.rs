@@ -91,6 +91,28 @@ enum Waiter {
     Change(ChangeReply, bool),
 }
 
+impl Waiter {
+    fn send(self, result: Result<CommandOutcome, StoreError>) {
+        match self {
+            Waiter::Write(tx) => {
+                let _ = tx.send(result);
+            }
+            Waiter::Change(tx, _) => {
+                let _ = tx.send(result.map(|_| ()));
+            }
+        }
+    }
+}
+
+/// Removes and returns, in key order, the entries whose value matches.
+fn take_where<K: Ord, V>(map: &mut BTreeMap<K, V>, matches: impl Fn(&V) -> bool) -> Vec<V> {
+    let (taken, kept) = std::mem::take(map)
+        .into_iter()
+        .partition::<BTreeMap<K, V>, _>(|(_, v)| matches(v));
+    *map = kept;
+    taken.into_values().collect()
+}
+
 struct PendingWrite {
     range: RangeId,
     reply: Waiter,
@@ -341,14 +363,7 @@ impl Store {
 
     fn answer(&mut self, proposal: ProposalId, result: Result<CommandOutcome, StoreError>) {
         if let Some(w) = self.writes.remove(&proposal) {
-            match w.reply {
-                Waiter::Write(tx) => {
-                    let _ = tx.send(result);
-                }
-                Waiter::Change(tx, _) => {
-                    let _ = tx.send(result.map(|_| ()));
-                }
-            }
+            w.reply.send(result);
         }
     }
 
@@ -383,25 +398,11 @@ impl Store {
 
     fn expire(&mut self) {
         let now = Instant::now();
-        let late: Vec<ProposalId> = self
-            .writes
-            .iter()
-            .filter(|(_, w)| w.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in late {
-            self.answer(id, Err(StoreError::Timeout));
+        for w in take_where(&mut self.writes, |w| w.deadline <= now) {
+            w.reply.send(Err(StoreError::Timeout));
         }
-        let late: Vec<ReadId> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in late {
-            if let Some(r) = self.reads.remove(&id) {
-                let _ = r.reply.send(Err(StoreError::Timeout));
-            }
+        for r in take_where(&mut self.reads, |r| r.deadline <= now) {
+            let _ = r.reply.send(Err(StoreError::Timeout));
         }
         let (late, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.conditions)
             .into_iter()
@@ -433,41 +434,18 @@ impl Store {
             "{}: deleted the data of {range} (replica {replica})",
             self.node
         );
-        // Writes still waiting here may have been committed by the other replicas, or not.
-        let orphans: Vec<ProposalId> = self
-            .writes
-            .iter()
-            .filter(|(_, w)| w.range == range)
-            .map(|(p, _)| *p)
-            .collect();
-        for p in orphans {
-            if let Some(w) = self.writes.remove(&p) {
-                match w.reply {
-                    Waiter::Write(tx) => {
-                        let _ = tx.send(Err(StoreError::Removed(range)));
-                    }
-                    // Removing this node's replica is done; any other change may or may not
-                    // have been made.
-                    Waiter::Change(tx, removes_self) => {
-                        let _ = tx.send(if removes_self {
-                            Ok(())
-                        } else {
-                            Err(StoreError::Removed(range))
-                        });
-                    }
+        // Writes still waiting here may have been committed by the other replicas, or not;
+        // removing this node's own replica is done.
+        for w in take_where(&mut self.writes, |w| w.range == range) {
+            match w.reply {
+                Waiter::Change(tx, true) => {
+                    let _ = tx.send(Ok(()));
                 }
+                reply => reply.send(Err(StoreError::Removed(range))),
             }
         }
-        let reads: Vec<ReadId> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| r.range == range)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in reads {
-            if let Some(r) = self.reads.remove(&id) {
-                let _ = r.reply.send(Err(StoreError::Removed(range)));
-            }
+        for r in take_where(&mut self.reads, |r| r.range == range) {
+            let _ = r.reply.send(Err(StoreError::Removed(range)));
         }
         self.multiraft.do_send(ReplicaDestroyed { range });
         Ok(())
