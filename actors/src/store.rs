@@ -287,22 +287,40 @@ impl Store {
         change: ConfChangeV2,
         removes_self: bool,
     ) -> oneshot::Receiver<Result<(), StoreError>> {
-        let proposal = self.next_proposal();
         let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + self.settings.admin_timeout;
+        self.propose(
+            range,
+            ProposalPayload::ChangeReplicas(change),
+            Waiter::Change(tx, removes_self),
+            deadline,
+        );
+        rx
+    }
+
+    /// Proposes to a range; `reply` is answered when this node applies the entry, when the
+    /// proposal is refused, or at `deadline`.
+    fn propose(
+        &mut self,
+        range: RangeId,
+        payload: ProposalPayload,
+        reply: Waiter,
+        deadline: Instant,
+    ) {
+        let proposal = self.next_proposal();
         self.writes.insert(
             proposal,
             PendingWrite {
                 range,
-                reply: Waiter::Change(tx, removes_self),
-                deadline: Instant::now() + self.settings.admin_timeout,
+                reply,
+                deadline,
             },
         );
         self.multiraft.do_send(Propose {
             range,
             proposal,
-            payload: ProposalPayload::ChangeReplicas(change),
+            payload,
         });
-        rx
     }
 
     /// The range's descriptor here, for an admin request.
@@ -741,21 +759,14 @@ impl Handler<Write> for Store {
         };
         let mut replies = Vec::with_capacity(parts.len());
         for (range, command) in parts {
-            let proposal = self.next_proposal();
             let (tx, rx) = oneshot::channel();
-            self.writes.insert(
-                proposal,
-                PendingWrite {
-                    range,
-                    reply: Waiter::Write(tx),
-                    deadline: self.deadline(),
-                },
-            );
-            self.multiraft.do_send(Propose {
+            let deadline = self.deadline();
+            self.propose(
                 range,
-                proposal,
-                payload: ProposalPayload::Command(codec::encode(&command)),
-            });
+                ProposalPayload::Command(codec::encode(&command)),
+                Waiter::Write(tx),
+                deadline,
+            );
             replies.push(rx);
         }
         if premature {
