@@ -211,6 +211,9 @@ async fn ranges(shared: &Shared) -> Reply {
             rs.map(|s| s.term).unwrap_or(r.term),
             r.applied_index,
         ));
+        if rs.is_some_and(|s| s.quiescent) {
+            line.push_str(" quiescent");
+        }
         reply::bulk(&mut out, line.as_bytes());
     }
     done(out)

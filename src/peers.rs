@@ -140,7 +140,9 @@ pub fn frames_of(batch: RaftBatch, max_frame: usize, chunk: usize) -> (Vec<Vec<u
         size += bytes.len() + FRAME_OVERHEAD;
         messages.push((range.0, bytes));
     }
-    if !messages.is_empty() || !heartbeats.is_empty() || !removed.is_empty() {
+    let empty = frames.is_empty() && chunks.is_empty();
+    if !messages.is_empty() || !heartbeats.is_empty() || !removed.is_empty() || empty {
+        // An empty batch still travels: it tells the receiver this node is alive.
         flush(&mut messages, &mut heartbeats, &mut removed, &mut frames);
     }
     (frames, chunks)
@@ -469,6 +471,7 @@ mod tests {
             commit: 9,
             context: Vec::new(),
             response: false,
+            quiesce: false,
         }
     }
 

@@ -126,11 +126,15 @@ pub struct Heartbeat {
     /// A read index request's context, carried by the heartbeats that confirm it.
     pub context: Vec<u8>,
     pub response: bool,
+    /// Sent by a quiescent replica: the leader's asks its followers to stop ticking the range
+    /// too; a follower's answers that it has. Any other message wakes a quiescent replica.
+    pub quiesce: bool,
 }
 
 impl Heartbeat {
-    /// The compact form of `m`, if it is a heartbeat or heartbeat response.
-    pub fn of(range: RangeId, m: &RaftMessage) -> Option<Heartbeat> {
+    /// The compact form of `m`, if it is a heartbeat or heartbeat response, sent by a replica
+    /// that is quiescent or not.
+    pub fn of(range: RangeId, m: &RaftMessage, quiesce: bool) -> Option<Heartbeat> {
         let response = match m.get_msg_type() {
             raft::prelude::MessageType::MsgHeartbeat => false,
             raft::prelude::MessageType::MsgHeartbeatResponse => true,
@@ -154,11 +158,12 @@ impl Heartbeat {
             commit: m.commit,
             context: m.context.to_vec(),
             response,
+            quiesce,
         })
     }
 
     /// The raft message it stands for.
-    pub fn into_message(self) -> (RangeId, RaftMessage) {
+    pub fn into_message(self) -> RaftMessage {
         let mut m = RaftMessage::default();
         m.set_msg_type(if self.response {
             raft::prelude::MessageType::MsgHeartbeatResponse
@@ -170,7 +175,7 @@ impl Heartbeat {
         m.term = self.term;
         m.commit = self.commit;
         m.context = self.context.into();
-        (self.range, m)
+        m
     }
 }
 
@@ -459,6 +464,8 @@ pub struct RaftStatus {
     pub learners: Vec<NodeId>,
     pub awaiting_callback: bool,
     pub held_proposals: usize,
+    /// Not ticked: every replica was caught up when the range went quiet.
+    pub quiescent: bool,
 }
 
 #[cfg(test)]
@@ -479,17 +486,22 @@ mod tests {
             m.term = 9;
             m.commit = 120;
             m.context = b"read-ctx".to_vec().into();
-            let h = Heartbeat::of(RangeId(5), &m).expect("a plain heartbeat");
-            assert_eq!(h.response, response);
-            assert_eq!(h.clone().into_message(), (RangeId(5), m));
+            for quiesce in [false, true] {
+                let h = Heartbeat::of(RangeId(5), &m, quiesce).expect("a plain heartbeat");
+                assert_eq!(
+                    (h.range, h.response, h.quiesce),
+                    (RangeId(5), response, quiesce)
+                );
+                assert_eq!(h.into_message(), m);
+            }
         }
         // Anything else travels whole.
         let mut append = RaftMessage::default();
         append.set_msg_type(MessageType::MsgAppend);
-        assert_eq!(Heartbeat::of(RangeId(1), &append), None);
+        assert_eq!(Heartbeat::of(RangeId(1), &append, false), None);
         let mut odd = RaftMessage::default();
         odd.set_msg_type(MessageType::MsgHeartbeat);
         odd.reject = true;
-        assert_eq!(Heartbeat::of(RangeId(1), &odd), None);
+        assert_eq!(Heartbeat::of(RangeId(1), &odd, false), None);
     }
 }

@@ -41,6 +41,24 @@
 //! Once a range has more than `log_compaction_entries` applied entries in its log, the oldest
 //! are deleted, keeping the most recent half; a follower that needs deleted entries gets a
 //! snapshot.
+//!
+//! # Quiescence and node liveness
+//!
+//! A node hosts thousands of ranges, most of them idle: an idle range costs nothing. On a tick,
+//! a leader whose range has nothing under way (everything appended is committed and applied,
+//! no reads, no membership work, no learners, every voter on a live node has the whole log)
+//! marks the range *quiescent* and sends one last heartbeat flagged `quiesce`. A follower that
+//! has the leader's whole log quiesces too, and says so in its response; one that has not
+//! answers unflagged, which wakes the leader. A quiescent replica is not ticked and wakes on
+//! the next proposal, read, leadership transfer or message (anything but the quiescing
+//! heartbeats).
+//!
+//! Without ticks, followers cannot notice a dead leader through its heartbeats; they notice its
+//! node. Every node sends every node it talks with at least one batch per heartbeat interval
+//! (an empty one if it has nothing else to say); a node not heard from within an election
+//! timeout is dead, and the quiescent ranges it leads wake and elect a new leader. When a dead
+//! node is heard from again, the quiescent ranges led here that have a replica there wake to
+//! bring it up to date.
 
 use crate::codec;
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
@@ -104,6 +122,8 @@ pub struct RaftMetrics {
     pub snapshots_installed: AtomicU64,
     pub log_compactions: AtomicU64,
     pub learners_promoted: AtomicU64,
+    /// Ranges of this node not ticking (as of the last tick).
+    pub ranges_quiescent: AtomicU64,
 }
 
 /// How many released proposals [`GetReleasedProposals`] can report.
@@ -178,6 +198,10 @@ struct Group {
     /// Snapshots handed to the transport, by follower, with the tick by which the follower
     /// must have acknowledged one (raft then resumes replicating to it) or it counts as lost.
     snapshots_out: Vec<(u64, u64)>,
+    /// Not ticked: the range went quiet with every live replica caught up. Woken by the next
+    /// proposal, read or message (other than the quiescing heartbeats), or when a node it
+    /// depends on dies or comes back.
+    quiescent: bool,
 }
 
 impl Group {
@@ -193,6 +217,46 @@ impl Group {
 
     fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
+    }
+
+    /// Whether nothing is under way in this replica that needs its clock: no reads, no
+    /// membership work, no snapshot out, no leadership transfer.
+    fn is_idle(&self) -> bool {
+        self.new_reads.is_empty()
+            && self.reads_in_flight.is_empty()
+            && self.awaiting_callback.is_none()
+            && self.held.is_empty()
+            && self.after_transfer.is_empty()
+            && self.queued_changes.is_empty()
+            && self.snapshots_out.is_empty()
+            && self.node.raft.lead_transferee.is_none()
+    }
+
+    /// On a leader: whether the range may stop ticking. Every voter on a live node has the
+    /// whole log, there are no learners and no joint configuration. A replica on a dead node
+    /// does not keep the range awake: the range wakes when that node comes back.
+    fn may_quiesce(&self, live: &BTreeSet<NodeId>) -> bool {
+        let cs = self.node.store().conf_state();
+        let last = self.node.raft.raft_log.last_index();
+        self.is_leader()
+            && self.is_idle()
+            && self.node.raft.raft_log.committed == last
+            && self.applied == last
+            && self.handed == last
+            && !self.node.has_ready()
+            && !self.node.raft.has_pending_conf()
+            && cs.learners.is_empty()
+            && cs.voters_outgoing.is_empty()
+            && cs.voters.iter().all(|&id| {
+                id == self.replica.0
+                    || !live.contains(&ReplicaId(id).node())
+                    || self
+                        .node
+                        .raft
+                        .prs()
+                        .get(id)
+                        .is_some_and(|p| p.matched == last)
+            })
     }
 
     /// The voter (other than this one) best placed to take over leadership.
@@ -300,6 +364,9 @@ pub struct MultiRaft {
     settings: RaftSettings,
     groups: BTreeMap<RangeId, Group>,
     dirty: BTreeSet<RangeId>,
+    /// The ranges ticked: those not quiescent. Whatever wakes a range also makes it dirty, and
+    /// a round adds each dirty range that is awake here.
+    awake: BTreeSet<RangeId>,
     round_scheduled: bool,
     store: Recipient<Events>,
     myself: Option<Recipient<ChangeApplied>>,
@@ -321,6 +388,14 @@ pub struct MultiRaft {
     destroying: BTreeSet<RangeId>,
     /// Removal notices to send with the next round, per node.
     notices: BTreeMap<NodeId, Vec<(RangeId, ReplicaId)>>,
+    /// Node liveness, for quiescent ranges: the tick at which each node was last heard from
+    /// (any batch, empty ones included), what was last sent to it, and which nodes were heard
+    /// from within an election timeout.
+    last_heard: BTreeMap<NodeId, u64>,
+    last_sent: BTreeMap<NodeId, u64>,
+    live: BTreeSet<NodeId>,
+    /// Nodes owed an empty batch this round, to show this node is alive.
+    pings: BTreeSet<NodeId>,
     /// Bugs planted by a test (see [`PlantedBugs`]).
     bugs: PlantedBugs,
     logger: slog::Logger,
@@ -353,6 +428,7 @@ impl MultiRaft {
             settings,
             groups: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            awake: BTreeSet::new(),
             round_scheduled: false,
             store,
             myself: None,
@@ -368,6 +444,10 @@ impl MultiRaft {
             tombstones: engine.tombstones()?,
             destroying: BTreeSet::new(),
             notices: BTreeMap::new(),
+            last_heard: BTreeMap::new(),
+            last_sent: BTreeMap::new(),
+            live: BTreeSet::new(),
+            pings: BTreeSet::new(),
             bugs,
             logger,
             metrics,
@@ -485,6 +565,7 @@ impl MultiRaft {
                 after_transfer: Vec::new(),
                 transfer_started: 0,
                 queued_changes: Vec::new(),
+                quiescent: false,
             },
         );
         Ok(())
@@ -541,6 +622,7 @@ impl MultiRaft {
             return;
         };
         self.dirty.insert(range);
+        g.quiescent = false;
         if g.awaiting_callback.is_some() && !self.bugs.skip_holding_proposals {
             // A follower's proposal waits like a local one (contract 4).
             g.held.push_back(Held::Forwarded(m));
@@ -593,6 +675,7 @@ impl MultiRaft {
             });
             return;
         };
+        g.quiescent = false;
         if g.awaiting_callback.is_some() && !self.bugs.skip_holding_proposals {
             g.held.push_back(Held::Local(proposal, payload));
             self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
@@ -654,10 +737,12 @@ impl MultiRaft {
     }
 
     fn send_batches(&mut self, mut out: BTreeMap<NodeId, Vec<(RangeId, raft::prelude::Message)>>) {
-        for to in self.notices.keys() {
+        for to in self.notices.keys().chain(&self.pings) {
             out.entry(*to).or_default();
         }
+        self.pings.clear();
         for (to, all) in out {
+            self.last_sent.insert(to, self.ticks);
             let snapshots: Vec<(RangeId, u64, usize)> = all
                 .iter()
                 .filter(|(_, m)| m.get_msg_type() == MessageType::MsgSnapshot)
@@ -670,7 +755,8 @@ impl MultiRaft {
             let mut batch = RaftBatch::new(self.node, to);
             batch.removed = self.notices.remove(&to).unwrap_or_default();
             for (range, m) in all {
-                match Heartbeat::of(range, &m) {
+                let quiescent = self.groups.get(&range).is_some_and(|g| g.quiescent);
+                match Heartbeat::of(range, &m, quiescent) {
                     Some(h) => batch.heartbeats.push(h),
                     None => batch.messages.push((range, m)),
                 }
@@ -733,6 +819,9 @@ impl MultiRaft {
             let Some(g) = self.groups.get_mut(&range) else {
                 continue;
             };
+            if !g.quiescent {
+                self.awake.insert(range);
+            }
             if !g.new_reads.is_empty() {
                 let context = self.next_read_context;
                 self.next_read_context += 1;
@@ -898,13 +987,76 @@ impl MultiRaft {
         self.hand_to_store(events);
     }
 
+    /// Node liveness, each tick: a node not heard from within an election timeout is dead, and
+    /// the quiescent ranges it leads wake here so that one of their other replicas is elected.
+    /// Every heartbeat interval, each node sharing a range with this one that was sent nothing
+    /// is sent an empty batch.
+    fn check_liveness(&mut self) {
+        let election = self.settings.election_ticks as u64;
+        let dead: Vec<NodeId> = self
+            .live
+            .iter()
+            .filter(|n| self.ticks - self.last_heard.get(n).copied().unwrap_or(0) >= election)
+            .copied()
+            .collect();
+        for n in dead {
+            log::info!("{}: node {n} is not answering", self.node);
+            self.live.remove(&n);
+            for (range, g) in self.groups.iter_mut() {
+                let leader = g.node.raft.leader_id;
+                if g.quiescent && leader != 0 && ReplicaId(leader).node() == n {
+                    g.quiescent = false;
+                    self.dirty.insert(*range);
+                }
+            }
+        }
+        let heartbeat = self.settings.heartbeat_ticks as u64;
+        if self.ticks.is_multiple_of(heartbeat) {
+            // Every node this one has talked with (a node sharing a range with it has, since
+            // each of their replicas started ticking).
+            let peers = self.last_sent.keys().chain(self.last_heard.keys());
+            for &n in peers {
+                if n != self.node
+                    && self.ticks - self.last_sent.get(&n).copied().unwrap_or(0) >= heartbeat
+                {
+                    self.pings.insert(n);
+                }
+            }
+        }
+    }
+
+    /// A batch from `from` arrived: if that node was dead (or is heard from for the first time),
+    /// the quiescent ranges this node leads with a replica there wake, to bring it up to date.
+    fn heard_from(&mut self, from: NodeId) {
+        self.last_heard.insert(from, self.ticks);
+        if !self.live.insert(from) {
+            return;
+        }
+        for (range, g) in self.groups.iter_mut() {
+            if g.quiescent && g.is_leader() && g.replica_on(from).is_some() {
+                g.quiescent = false;
+                g.node.ping();
+                self.dirty.insert(*range);
+            }
+        }
+    }
+
     fn on_tick(&mut self) {
         self.ticks += 1;
+        self.check_liveness();
         let mut moved = Vec::new();
         let mut unqueued = Vec::new();
         let mut renotify = Vec::new();
         let give_up = TRANSFER_GIVE_UP_ELECTIONS * self.settings.election_ticks as u64;
-        for (range, g) in self.groups.iter_mut() {
+        for range in std::mem::take(&mut self.awake) {
+            let Some(g) = self.groups.get_mut(&range) else {
+                continue;
+            };
+            let range = &range;
+            if g.quiescent {
+                continue;
+            }
+            self.awake.insert(*range);
             let mut dirty = g.node.tick();
             if !g.queued_changes.is_empty() {
                 if !g.is_leader() {
@@ -1001,10 +1153,21 @@ impl MultiRaft {
                 });
             }
             dirty |= !g.new_reads.is_empty();
+            if !dirty && g.may_quiesce(&self.live) {
+                // The followers stop ticking too when they get these heartbeats.
+                g.quiescent = true;
+                g.node.ping();
+                dirty = true;
+                self.awake.remove(range);
+            }
             if dirty {
                 self.dirty.insert(*range);
             }
         }
+        let quiescent = self.groups.len().saturating_sub(self.awake.len());
+        self.metrics
+            .ranges_quiescent
+            .store(quiescent as u64, Ordering::Relaxed);
         for (range, replica) in renotify {
             self.notify_removed(range, replica);
         }
@@ -1039,6 +1202,7 @@ impl MultiRaft {
                     learners: nodes(&cs.learners),
                     awaiting_callback: g.awaiting_callback.is_some(),
                     held_proposals: g.held.len(),
+                    quiescent: g.quiescent,
                 }
             })
             .collect()
@@ -1182,7 +1346,7 @@ impl Actor for MultiRaft {
         ctx.run_interval(self.settings.tick_interval, |mr, ctx| {
             mr.on_tick();
             // Events the Store could not take yet are retried even when no group is busy.
-            if !mr.dirty.is_empty() || !mr.outbox.is_empty() {
+            if !mr.dirty.is_empty() || !mr.outbox.is_empty() || !mr.pings.is_empty() {
                 mr.schedule_round(ctx);
             }
         });
@@ -1230,6 +1394,7 @@ impl Handler<ReadIndex> for MultiRaft {
     fn handle(&mut self, msg: ReadIndex, ctx: &mut Context<Self>) {
         match self.groups.get_mut(&msg.range) {
             Some(g) => {
+                g.quiescent = false;
                 g.new_reads.push((msg.read, self.ticks));
                 self.dirty.insert(msg.range);
             }
@@ -1387,6 +1552,7 @@ impl Handler<RaftBatch> for MultiRaft {
             );
             return;
         }
+        self.heard_from(batch.from);
         for (range, replica) in batch.removed {
             if replica.node() != self.node {
                 continue;
@@ -1399,8 +1565,12 @@ impl Handler<RaftBatch> for MultiRaft {
                 self.remove_replica(range);
             }
         }
-        let heartbeats = batch.heartbeats.into_iter().map(Heartbeat::into_message);
-        for (range, m) in batch.messages.into_iter().chain(heartbeats) {
+        let heartbeats = batch
+            .heartbeats
+            .into_iter()
+            .map(|h| (h.range, h.quiesce, h.into_message()));
+        let messages = batch.messages.into_iter().map(|(r, m)| (r, false, m));
+        for (range, quiesce, m) in messages.chain(heartbeats) {
             if ReplicaId(m.to).node() != self.node || self.destroying.contains(&range) {
                 continue;
             }
@@ -1451,9 +1621,24 @@ impl Handler<RaftBatch> for MultiRaft {
                 self.step_forwarded(range, m);
                 continue;
             }
+            let (from, term, commit, kind) = (m.from, m.term, m.commit, m.get_msg_type());
             if let Err(e) = g.node.step(m) {
                 log::debug!("{}: {range}: step: {e}", self.node);
             }
+            g.quiescent = match kind {
+                // A quiescing leader's heartbeat: follow it if this replica has its whole log.
+                MessageType::MsgHeartbeat if quiesce => {
+                    let raft = &g.node.raft;
+                    raft.state == StateRole::Follower
+                        && raft.leader_id == from
+                        && raft.term == term
+                        && raft.raft_log.last_index() == commit
+                        && g.is_idle()
+                }
+                // A follower that quiesced too.
+                MessageType::MsgHeartbeatResponse if quiesce => g.quiescent,
+                _ => false,
+            };
             self.dirty.insert(range);
         }
         self.schedule_round(ctx);
@@ -1465,6 +1650,7 @@ impl Handler<BeginLeaderTransfer> for MultiRaft {
     fn handle(&mut self, msg: BeginLeaderTransfer, ctx: &mut Context<Self>) {
         if let Some(g) = self.groups.get_mut(&msg.range) {
             if let Some(to) = g.replica_on(msg.to) {
+                g.quiescent = false;
                 g.node.transfer_leader(to);
                 self.mark_dirty(msg.range, ctx);
             }

@@ -30,6 +30,7 @@ fn settings(node: u64, dir: &std::path::Path, store: StoreSettings) -> NodeSetti
         node: NodeId(node),
         data_dir: dir.join(format!("n{node}")),
         split_keys: vec![b"g".to_vec(), b"n".to_vec(), b"t".to_vec()],
+        // Node 3, when started, holds nothing until replicas are added to it.
         initial_members: vec![NodeId(1), NodeId(2)],
         cache_bytes: 16 << 20,
         durable: true,
@@ -61,11 +62,22 @@ struct Cluster {
 
 impl Cluster {
     fn start(dir: &std::path::Path, ids: &[u64], store: StoreSettings) -> Cluster {
+        Cluster::start_with(dir, ids, &[1, 2], store)
+    }
+
+    /// Starts nodes `ids`, of which `members` replicate every range.
+    fn start_with(
+        dir: &std::path::Path,
+        ids: &[u64],
+        members: &[u64],
+        store: StoreSettings,
+    ) -> Cluster {
         let net = LocalNetwork::new(7);
         let mut nodes = BTreeMap::new();
         for &id in ids {
-            let node = Node::start(settings(id, dir, store.clone()), Box::new(net.transport()))
-                .expect("node starts");
+            let mut s = settings(id, dir, store.clone());
+            s.initial_members = members.iter().map(|&n| NodeId(n)).collect();
+            let node = Node::start(s, Box::new(net.transport())).expect("node starts");
             net.register(NodeId(id), node.multiraft.clone().recipient());
             nodes.insert(id, node);
         }
@@ -546,5 +558,118 @@ fn a_store_that_falls_behind_makes_new_writes_busy_instead_of_queueing() {
             .unwrap();
         assert!(r.is_ok(), "{r:?}");
         node.stop();
+    });
+}
+
+/// Reads `key` through node `via`, retrying errors (no leader yet) for a bounded time.
+async fn read_eventually(cluster: &Cluster, via: u64, key: &[u8]) -> Option<Vec<u8>> {
+    for _ in 0..250 {
+        let r = cluster
+            .node(via)
+            .store
+            .send(Read {
+                keys: vec![key.to_vec()],
+            })
+            .await
+            .unwrap();
+        if let Ok(mut v) = r {
+            return v.remove(0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no read of {key:?} through n{via} succeeded");
+}
+
+/// Writes through node `via`, retrying errors (no leader yet, outcome unknown) for a bounded
+/// time.
+async fn write_eventually(cluster: &Cluster, via: u64, key: &[u8], value: &[u8]) {
+    for _ in 0..100 {
+        let r = cluster
+            .node(via)
+            .store
+            .send(set(key.to_vec(), value.to_vec()))
+            .await
+            .unwrap();
+        if r.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no write of {key:?} through n{via} succeeded");
+}
+
+/// Waits (bounded) until every range on each of `nodes` is quiescent.
+async fn await_quiescence(cluster: &Cluster, nodes: &[u64]) {
+    for _ in 0..250 {
+        let mut all = true;
+        for &n in nodes {
+            let s = cluster.status(n).await;
+            all &= s.len() as u64 == RANGES && s.iter().all(|r| r.quiescent);
+        }
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for &n in nodes {
+        eprintln!("n{n}: {:?}", cluster.status(n).await);
+    }
+    panic!("ranges still awake");
+}
+
+#[test]
+fn idle_ranges_stop_ticking_wake_for_work_and_fail_over_when_their_leader_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings {
+            request_timeout: Duration::from_secs(1),
+            ..StoreSettings::default()
+        };
+        let mut cluster = Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], settings);
+        cluster.await_leaders(1).await;
+        for p in PREFIXES {
+            write_eventually(&cluster, 1, p.as_bytes(), b"1").await;
+        }
+        // Idle, every replica of every range stops ticking, and stays so.
+        await_quiescence(&cluster, &[1, 2, 3]).await;
+        tokio::time::sleep(Duration::from_secs(1)).await; // 50 ticks
+        await_quiescence(&cluster, &[1, 2, 3]).await;
+
+        // A write through any node wakes its range; a read through another node sees it.
+        write_eventually(&cluster, 2, b"a", b"2").await;
+        assert_eq!(
+            read_eventually(&cluster, 3, b"a").await,
+            Some(b"2".to_vec())
+        );
+        await_quiescence(&cluster, &[1, 2, 3]).await;
+
+        // The node leading range 1 dies while the range is quiescent: node liveness wakes
+        // the other replicas, which elect a leader before any client asks anything of them.
+        let dead = cluster.leader_of(RangeId(1)).await.expect("a leader").0;
+        let node = cluster.nodes.remove(&dead).unwrap();
+        cluster.net.unregister(NodeId(dead));
+        node.stop();
+        let alive: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != dead).collect();
+        let mut leader = None;
+        for _ in 0..250 {
+            let s = cluster.status(alive[1]).await;
+            leader = s.iter().find(|s| s.range == RangeId(1)).unwrap().leader;
+            if leader.is_some_and(|l| l.0 != dead) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            leader.is_some_and(|l| l.0 != dead),
+            "range 1 led by {leader:?}"
+        );
+        write_eventually(&cluster, alive[0], b"a", b"3").await;
+        assert_eq!(
+            read_eventually(&cluster, alive[1], b"a").await,
+            Some(b"3".to_vec())
+        );
+        // The survivors quiesce again, the dead node's replica left behind.
+        await_quiescence(&cluster, &alive).await;
+        cluster.stop();
     });
 }
