@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Many ranges on the three-node loopback cluster (release build, temporary directories):
+#
+#   1. starts three nodes whose config cuts the key space "key:000000000000".."key:000000999999"
+#      (redis-benchmark's and `flotilla bench`'s keys) into RANGES ranges, and times until
+#      every range has a leader and until every replica of every range is quiescent;
+#   2. leaves the cluster idle for IDLE seconds and reports the CPU the three processes used
+#      together (percent of one core) and each node's RSS;
+#   3. runs the same SET load through node 1 against this cluster and against one of 8 ranges
+#      (alternating, RUNS times each) and prints the medians and their ratio;
+#   4. kills node 1 with SIGKILL and times until node 2 sees every range led by a live node.
+#
+#   scripts/scale.sh [RANGES] [IDLE] [RUNS]        defaults: 10000 60 3
+#
+# Needs redis-cli (Debian: apt-get install redis-tools).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RANGES=${1:-10000}
+IDLE=${2:-60}
+RUNS=${3:-3}
+LOAD=(--connections 50 --pipeline 16 --value-size 100 --keys 1000000 --mix set --duration 10)
+cargo build --release --quiet
+bin=$PWD/target/release/flotilla
+work=$(mktemp -d)
+pids=()
+trap 'kill -9 "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+BASE=${BASE:-2638} # clients on ${BASE}1-3, raft on $((BASE + 100))1-3
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+cli() { redis-cli -p "$BASE$1" "${@:2}"; }
+count_ranges() { cli "$1" flotilla ranges | grep -c "$2" || true; }
+info() { cli "$1" info | tr -d '\r' | grep "^$2:" | cut -d: -f2; }
+
+# Writes the three nodes' configs for $1 ranges.
+configure() {
+  local splits
+  splits=$(awk -v n="$1" 'BEGIN { for (i = 1; i < n; i++) {
+      printf "%s\"key:%012d\"", (i > 1 ? "," : ""), int(i * 1000000 / n) } }')
+  for n in 1 2 3; do
+    cat > "$work/node$n.toml" <<EOF
+node_id = $n
+data_dir = "$work/n$n"
+client_addr = "127.0.0.1:$BASE$n"
+raft_addr = "127.0.0.1:$((BASE + 100))$n"
+cluster_id = "scale"
+cluster_secret = "scale"
+initial_members = [1, 2, 3]
+split_keys = [$splits]
+[peers]
+1 = "127.0.0.1:$((BASE + 100))1"
+2 = "127.0.0.1:$((BASE + 100))2"
+3 = "127.0.0.1:$((BASE + 100))3"
+EOF
+  done
+}
+
+start() { # ranges
+  configure "$1"
+  rm -rf "$work"/n[123]
+  for n in 1 2 3; do
+    RUST_LOG=warn "$bin" --config "$work/node$n.toml" > "$work/n$n.log" 2>&1 &
+    pids+=($!)
+  done
+  for n in 1 2 3; do until cli "$n" ping > /dev/null 2>&1; do sleep 0.05; done; done
+}
+
+stop_all() {
+  kill -9 "${pids[@]}" 2>/dev/null || true
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+
+cpu_ticks() { for p in "${pids[@]}"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
+
+# 1. Start-up.
+t0=$(now_ms)
+start "$RANGES"
+until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.5; done
+t_leaders=$(( $(now_ms) - t0 ))
+until [ "$(info 1 ranges_quiescent)" = "$RANGES" ] && [ "$(info 2 ranges_quiescent)" = "$RANGES" ] \
+  && [ "$(info 3 ranges_quiescent)" = "$RANGES" ]; do sleep 0.5; done
+t_quiet=$(( $(now_ms) - t0 ))
+echo "$RANGES ranges: every range led after $t_leaders ms, all quiescent after $t_quiet ms"
+
+# 2. Idle.
+a=$(cpu_ticks); sleep "$IDLE"; b=$(cpu_ticks)
+hz=$(getconf CLK_TCK)
+awk -v t=$((b - a)) -v hz="$hz" -v s="$IDLE" \
+  'BEGIN { printf "idle %d s: the three nodes used %.2f%% of one core together\n", s, 100 * t / hz / s }'
+for i in 0 1 2; do
+  echo "node $((i + 1)) RSS: $(awk '/VmRSS/ {printf "%.0f MiB", $2 / 1024}' "/proc/${pids[$i]}/status")"
+done
+stop_all
+
+# 3. The same load over RANGES ranges and over 8.
+: > "$work/results"
+for i in $(seq 1 "$RUNS"); do
+  for r in "$RANGES" 8; do
+    start "$r"
+    until [ "$(count_ranges 1 'leader=n[0-9]')" = "$r" ]; do sleep 0.2; done
+    "$bin" bench --addr "127.0.0.1:${BASE}1" "${LOAD[@]}" --json "$work/run.json" > /dev/null
+    ops=$(grep -o '"ops_per_sec": *[0-9.]*' "$work/run.json" | grep -o '[0-9.]*$')
+    echo "$r $ops" | tee -a "$work/results"
+    stop_all
+  done
+done
+many=$(awk -v r="$RANGES" '$1 == r {print $2}' "$work/results" | median)
+few=$(awk '$1 == 8 {print $2}' "$work/results" | median)
+awk -v m="$many" -v f="$few" -v r="$RANGES" -v runs="$RUNS" 'BEGIN {
+  printf "SET through node 1 (medians of %d): %d ranges %.0f/s, 8 ranges %.0f/s, ratio %.2f\n",
+    runs, r, m, f, m / f }'
+
+# 4. Failover of every range node 1 led.
+start "$RANGES"
+until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.5; done
+until [ "$(info 1 ranges_quiescent)" = "$RANGES" ]; do sleep 0.5; done
+led=$(count_ranges 2 'leader=n1')
+t0=$(now_ms)
+kill -9 "${pids[0]}"
+until [ "$(count_ranges 2 'leader=n[23]')" = "$RANGES" ]; do sleep 0.1; done
+echo "node 1 killed: the $led ranges it led have new leaders after $(( $(now_ms) - t0 )) ms"
