@@ -5,6 +5,8 @@ use flotilla::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod bench;
+
 /// A replicated key-value store of many Raft groups, spoken to over the Redis protocol.
 ///
 /// With no argument, starts a single node on the built-in defaults (the same as
@@ -40,10 +42,16 @@ enum Tool {
         #[arg(long, default_value_t = 60)]
         duration: u64,
     },
+    /// Put a load of SETs and GETs on a RESP server (flotilla or Redis) and print ops/s, errors
+    /// and latency percentiles; `flotilla bench report FILE...` compares saved results.
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Tool::Bench(args)) = &cli.command {
+        return bench::main(args);
+    }
     if let Some(Tool::Sim {
         seed,
         seeds,
