@@ -1419,6 +1419,7 @@ impl Handler<Applied> for MultiRaft {
             }
             self.unapplied = self.unapplied.saturating_sub(index - g.applied);
             g.applied = index;
+            g.node.mut_store().applied_to(index);
             if index > g.node.raft.raft_log.applied {
                 g.node.advance_apply_to(index);
             }

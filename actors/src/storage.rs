@@ -33,7 +33,7 @@ use protobuf::Message as ProtoMessage;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -558,7 +558,14 @@ pub struct RangeStorage {
     snapshot: Option<Snapshot>,
     /// Set when raft asked for a snapshot newer than the one held.
     snapshot_wanted: AtomicBool,
+    /// The entries appended and not yet applied, contiguous up to `last_index` (at most
+    /// [`ENTRY_CACHE_MAX`]): raft reads them back once they commit, and serving them from here
+    /// saves reading from sled what was just written.
+    cache: VecDeque<Entry>,
 }
+
+/// The most entries a range keeps in its entry cache.
+const ENTRY_CACHE_MAX: usize = 1024;
 
 impl RangeStorage {
     /// Loads a range's state; a range never seen gives an empty (uninitialized) storage.
@@ -603,7 +610,23 @@ impl RangeStorage {
             last_index,
             snapshot: None,
             snapshot_wanted: AtomicBool::new(false),
+            cache: VecDeque::new(),
         })
+    }
+
+    /// Forgets cached entries up to `applied`: raft does not read them again (a follower that
+    /// needs them is sent them from sled).
+    pub fn applied_to(&mut self, applied: u64) {
+        while self.cache.front().is_some_and(|e| e.index <= applied) {
+            self.cache.pop_front();
+        }
+    }
+
+    /// The cached entries `[low, high)`, if the cache holds them all.
+    fn cached(&self, low: u64, high: u64) -> Option<impl Iterator<Item = &Entry>> {
+        let first = self.cache.front()?.index;
+        (first <= low && high <= self.last_index + 1 && low < high)
+            .then(|| self.cache.range((low - first) as usize..(high - first) as usize))
     }
 
     pub fn range(&self) -> RangeId {
@@ -646,6 +669,17 @@ impl RangeStorage {
             batch.remove(keys::log_key(self.range, stale));
         }
         self.last_index = last.index;
+        // The cache stays contiguous: a replaced tail goes, and a gap empties it.
+        while self.cache.back().is_some_and(|e| e.index >= first.index) {
+            self.cache.pop_back();
+        }
+        if self.cache.back().is_some_and(|e| e.index + 1 != first.index) {
+            self.cache.clear();
+        }
+        self.cache.extend(entries.iter().cloned());
+        while self.cache.len() > ENTRY_CACHE_MAX {
+            self.cache.pop_front();
+        }
     }
 
     /// Stages a new hard state.
@@ -708,6 +742,7 @@ impl RangeStorage {
         put_proposers(batch, self.range, &data.proposers);
         self.truncated = at;
         self.last_index = at.index;
+        self.cache.clear();
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(at.index);
         hs.term = hs.term.max(at.term);
@@ -734,6 +769,7 @@ impl RangeStorage {
         for i in self.truncated.index + 1..=index {
             batch.remove(keys::log_key(self.range, i));
         }
+        self.applied_to(index);
         self.truncated = LogPosition { index, term };
         batch.insert(
             keys::range_key(self.range, keys::TRUNCATED),
@@ -789,6 +825,16 @@ impl Storage for RangeStorage {
         let max_size = max_size.into().unwrap_or(u64::MAX);
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
+        if let Some(cached) = self.cached(low, high) {
+            for e in cached {
+                size += u64::from(e.compute_size());
+                if !out.is_empty() && size > max_size {
+                    break;
+                }
+                out.push(e.clone());
+            }
+            return Ok(out);
+        }
         let scan = self
             .engine
             .tree()
@@ -817,6 +863,9 @@ impl Storage for RangeStorage {
         }
         if idx > self.last_index {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        if let Some(mut e) = self.cached(idx, idx + 1) {
+            return Ok(e.next().expect("one cached entry").term);
         }
         Ok(self.read_entry(idx)?.term)
     }
@@ -965,6 +1014,37 @@ mod tests {
         assert_eq!(s.last_index().unwrap(), 8);
         assert_eq!(s.term(8).unwrap(), 7);
         assert_eq!(engine.log_entries(RangeId(7)).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_entry_cache_answers_exactly_as_the_stored_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, mut s) = bootstrapped(dir.path());
+        let mut append = |s: &mut RangeStorage, entries: Vec<Entry>| {
+            let mut batch = sled::Batch::default();
+            s.stage_entries(&entries, &mut batch);
+            engine.write(batch).unwrap();
+        };
+        append(&mut s, (6..=10).map(|i| entry(i, 6)).collect());
+        append(&mut s, vec![entry(8, 7)]); // a replaced tail
+        append(&mut s, (9..=12).map(|i| entry(i, 7)).collect());
+        s.applied_to(7);
+        // A fresh load has no cache: everything comes from sled.
+        let stored = RangeStorage::load(s.engine.clone(), RangeId(7)).unwrap();
+        let one = u64::from(entry(6, 6).compute_size());
+        for low in 5..=13 {
+            assert_eq!(s.term(low).ok(), stored.term(low).ok(), "term {low}");
+            for high in low..=14 {
+                for max in [None, Some(0), Some(one * 2), Some(u64::MAX)] {
+                    assert_eq!(
+                        s.entries(low, high, max, ctx()).ok(),
+                        stored.entries(low, high, max, ctx()).ok(),
+                        "entries [{low}, {high}) max {max:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(s.entries(8, 13, None, ctx()).unwrap()[0].term, 7);
     }
 
     #[test]
