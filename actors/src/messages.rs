@@ -315,6 +315,8 @@ pub enum StoreError {
     Timeout,
     #[error("TRYAGAIN {0} was removed from this node; a write in flight may or may not have been applied")]
     Removed(RangeId),
+    #[error("TRYAGAIN the leader of {0} changed; the write may or may not have been applied")]
+    LeaderChanged(RangeId),
     #[error("ERR no range holds key on this node")]
     NoRange,
     #[error("ERR {0}")]

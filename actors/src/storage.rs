@@ -625,8 +625,10 @@ impl RangeStorage {
     /// The cached entries `[low, high)`, if the cache holds them all.
     fn cached(&self, low: u64, high: u64) -> Option<impl Iterator<Item = &Entry>> {
         let first = self.cache.front()?.index;
-        (first <= low && high <= self.last_index + 1 && low < high)
-            .then(|| self.cache.range((low - first) as usize..(high - first) as usize))
+        (first <= low && high <= self.last_index + 1 && low < high).then(|| {
+            self.cache
+                .range((low - first) as usize..(high - first) as usize)
+        })
     }
 
     pub fn range(&self) -> RangeId {
@@ -673,7 +675,11 @@ impl RangeStorage {
         while self.cache.back().is_some_and(|e| e.index >= first.index) {
             self.cache.pop_back();
         }
-        if self.cache.back().is_some_and(|e| e.index + 1 != first.index) {
+        if self
+            .cache
+            .back()
+            .is_some_and(|e| e.index + 1 != first.index)
+        {
             self.cache.clear();
         }
         self.cache.extend(entries.iter().cloned());

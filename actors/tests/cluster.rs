@@ -673,3 +673,39 @@ fn idle_ranges_stop_ticking_wake_for_work_and_fail_over_when_their_leader_dies()
         cluster.stop();
     });
 }
+
+#[test]
+fn a_write_forwarded_to_a_leader_that_is_cut_off_is_answered_when_a_new_leader_is_elected() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings {
+            // Far beyond the test's patience: the answer must come from the new leader.
+            request_timeout: Duration::from_secs(600),
+            ..StoreSettings::default()
+        };
+        let cluster = Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], settings);
+        cluster.await_leaders(1).await;
+        write_eventually(&cluster, 1, b"a", b"1").await;
+        let old = cluster.leader_of(RangeId(1)).await.expect("a leader").0;
+        let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != old).collect();
+        let ids = |ns: &[u64]| ns.iter().map(|&n| NodeId(n)).collect::<Vec<_>>();
+        cluster.net.partition(&ids(&[old]), &ids(&others));
+        // Forwarded to the old leader and lost on the way.
+        let r = tokio::time::timeout(
+            Duration::from_secs(60),
+            cluster
+                .node(others[0])
+                .store
+                .send(set(b"a".to_vec(), b"2".to_vec())),
+        )
+        .await
+        .expect("answered long before its timeout")
+        .unwrap();
+        assert!(
+            matches!(r, Err(StoreError::LeaderChanged(RangeId(1)))),
+            "{r:?}"
+        );
+        cluster.net.heal();
+        cluster.stop();
+    });
+}
