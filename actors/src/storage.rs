@@ -1026,7 +1026,7 @@ mod tests {
     fn the_entry_cache_answers_exactly_as_the_stored_log() {
         let dir = tempfile::tempdir().unwrap();
         let (engine, mut s) = bootstrapped(dir.path());
-        let mut append = |s: &mut RangeStorage, entries: Vec<Entry>| {
+        let append = |s: &mut RangeStorage, entries: Vec<Entry>| {
             let mut batch = sled::Batch::default();
             s.stage_entries(&entries, &mut batch);
             engine.write(batch).unwrap();
