@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 mod bench;
 
+/// sled frees on its epoch-collector threads what the actors allocated; glibc's allocator spends
+/// much of a write-heavy node's time consolidating such frees (see README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A replicated key-value store of many Raft groups, spoken to over the Redis protocol.
 ///
 /// With no argument, starts a single node on the built-in defaults (the same as
