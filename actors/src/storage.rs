@@ -8,7 +8,7 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `'r' · range · 'l' · index` | raft log entry (protobuf) |
+//! | `'r' · range · 'l' · index` | a chunk of raft log entries from `index` on (see [`encode_chunk`]) |
 //! | `'r' · range · 'h'` | hard state (protobuf) |
 //! | `'r' · range · 'c'` | index of the change that made it, conf state (protobuf) |
 //! | `'r' · range · 't'` | truncated index and term |
@@ -175,7 +175,7 @@ pub mod keys {
         k
     }
 
-    /// `'r' · range · 'l' · index`.
+    /// `'r' · range · 'l' · index`: the chunk of log entries that starts at `index`.
     pub fn log_key(range: RangeId, index: u64) -> Vec<u8> {
         let mut k = range_key(range, LOG);
         k.extend_from_slice(&index.to_be_bytes());
@@ -434,13 +434,21 @@ impl Engine {
         low: u64,
         high: u64,
     ) -> Result<Vec<Entry>, StorageError> {
+        // A chunk straddling the truncation point still holds compacted entries.
+        let truncated = match self.tree.get(keys::range_key(range, keys::TRUNCATED))? {
+            Some(v) => LogPosition::decode("truncated state", &v)?.index,
+            None => 0,
+        };
+        let low = low.max(truncated + 1);
         let mut out = Vec::new();
-        for item in self
-            .tree
-            .range(keys::log_key(range, low)..=keys::log_key(range, high))
-        {
+        for item in self.tree.scan_prefix(keys::range_key(range, keys::LOG)) {
             let (_, v) = item?;
-            out.push(decode_entry(&v)?);
+            let chunk = decode_chunk(&v)?;
+            out.extend(
+                chunk
+                    .into_iter()
+                    .filter(|e| (low..=high).contains(&e.index)),
+            );
         }
         Ok(out)
     }
@@ -513,8 +521,53 @@ fn decode_proto<M: ProtoMessage>(what: &str, bytes: &[u8]) -> Result<M, StorageE
     M::parse_from_bytes(bytes).map_err(|e| corrupt(what, e))
 }
 
-fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    decode_proto("raft log entry", bytes)
+/// A chunk of the raft log: entries appended together (one round's worth), stored under one
+/// key, [`keys::log_key`] of the first. The last index (8 bytes), then each entry as its
+/// length (4 bytes) and its protobuf. One sled insert per range and round instead of one per
+/// entry: sled's cost is per key.
+fn encode_chunk(entries: &[Entry]) -> Vec<u8> {
+    let last = entries.last().map_or(0, |e| e.index);
+    let mut out =
+        Vec::with_capacity(8 + entries.iter().map(|e| 4 + e.data.len() + 32).sum::<usize>());
+    out.extend_from_slice(&last.to_be_bytes());
+    for e in entries {
+        let bytes = encode_proto(e);
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+/// The last index of an encoded chunk.
+fn chunk_last(bytes: &[u8]) -> Result<u64, StorageError> {
+    let head: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| corrupt("raft log chunk", format!("{} bytes", bytes.len())))?;
+    Ok(u64::from_be_bytes(head))
+}
+
+fn decode_chunk(bytes: &[u8]) -> Result<Vec<Entry>, StorageError> {
+    chunk_last(bytes)?;
+    let mut rest = &bytes[8..];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let len = rest
+            .get(..4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("four bytes")) as usize)
+            .filter(|&len| rest.len() >= 4 + len)
+            .ok_or_else(|| corrupt("raft log chunk", "a truncated entry"))?;
+        out.push(decode_proto("raft log entry", &rest[4..4 + len])?);
+        rest = &rest[4 + len..];
+    }
+    Ok(out)
+}
+
+/// The index a log key ends with.
+fn log_key_index(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[key.len() - 8..]);
+    u64::from_be_bytes(b)
 }
 
 /// What a snapshot's data holds: the range as of the snapshot's index.
@@ -558,14 +611,22 @@ pub struct RangeStorage {
     snapshot: Option<Snapshot>,
     /// Set when raft asked for a snapshot newer than the one held.
     snapshot_wanted: AtomicBool,
-    /// The entries appended and not yet applied, contiguous up to `last_index` (at most
-    /// [`ENTRY_CACHE_MAX`]): raft reads them back once they commit, and serving them from here
-    /// saves reading from sled what was just written.
+    /// The stored chunks of the log (see [`encode_chunk`]): first index → last index.
+    chunks: BTreeMap<u64, u64>,
+    /// The newest entries, contiguous up to `last_index`: those not yet applied, and
+    /// [`ENTRY_CACHE_APPLIED`] applied ones (at most [`ENTRY_CACHE_MAX`] in all). Raft reads
+    /// entries back once they commit, and a follower checks the term of its last entry on every
+    /// append: serving them from here saves decoding from sled what was just written.
     cache: VecDeque<Entry>,
 }
 
+/// The most bytes of entries stored in one chunk of the log (one larger entry is a chunk alone).
+const CHUNK_BYTES: usize = 32 << 10;
+
 /// The most entries a range keeps in its entry cache.
-const ENTRY_CACHE_MAX: usize = 1024;
+const ENTRY_CACHE_MAX: usize = 4096;
+/// Applied entries the cache keeps (for a follower a little behind, and the term checks).
+const ENTRY_CACHE_APPLIED: u64 = 64;
 
 impl RangeStorage {
     /// Loads a range's state; a range never seen gives an empty (uninitialized) storage.
@@ -588,18 +649,12 @@ impl RangeStorage {
             Some(v) => LogPosition::decode("truncated state", &v)?,
             None => LogPosition::default(),
         };
-        let last_index = match tree
-            .scan_prefix(keys::range_key(range, keys::LOG))
-            .next_back()
-            .transpose()?
-        {
-            Some((k, _)) => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&k[k.len() - 8..]);
-                u64::from_be_bytes(b)
-            }
-            None => truncated.index,
-        };
+        let mut chunks = BTreeMap::new();
+        for item in tree.scan_prefix(keys::range_key(range, keys::LOG)) {
+            let (k, v) = item?;
+            chunks.insert(log_key_index(&k), chunk_last(&v)?);
+        }
+        let last_index = chunks.values().copied().fold(truncated.index, u64::max);
         Ok(RangeStorage {
             engine,
             range,
@@ -610,16 +665,59 @@ impl RangeStorage {
             last_index,
             snapshot: None,
             snapshot_wanted: AtomicBool::new(false),
+            chunks,
             cache: VecDeque::new(),
         })
     }
 
-    /// Forgets cached entries up to `applied`: raft does not read them again (a follower that
-    /// needs them is sent them from sled).
+    /// Forgets cached entries applied long enough ago (a follower that needs them is sent them
+    /// from sled).
     pub fn applied_to(&mut self, applied: u64) {
-        while self.cache.front().is_some_and(|e| e.index <= applied) {
+        while self
+            .cache
+            .front()
+            .is_some_and(|e| e.index + ENTRY_CACHE_APPLIED <= applied)
+        {
             self.cache.pop_front();
         }
+    }
+
+    /// The stored entries `[low, high)` (at least one if any, then up to `max_size` bytes),
+    /// from the chunk holding `low` on.
+    fn stored_entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = self
+            .chunks
+            .range(..=low)
+            .next_back()
+            .map_or(low, |(&first, _)| first);
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        let scan = self
+            .engine
+            .tree()
+            .range(keys::log_key(self.range, start)..keys::log_key(self.range, high));
+        for item in scan {
+            let (_, v) = item?;
+            for e in decode_chunk(&v)? {
+                if e.index < low {
+                    continue;
+                }
+                if e.index >= high {
+                    return Ok(out);
+                }
+                size += u64::from(e.compute_size());
+                if !out.is_empty() && size > max_size {
+                    return Ok(out);
+                }
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     /// The cached entries `[low, high)`, if the cache holds them all.
@@ -664,11 +762,42 @@ impl RangeStorage {
             first.index,
             self.truncated.index
         );
-        for e in entries {
-            batch.insert(keys::log_key(self.range, e.index), encode_proto(e));
+        // The entries replace any from `first.index` on: whole chunks, and the tail of a chunk
+        // that straddles it (rewritten without that tail).
+        let replaced: Vec<u64> = self.chunks.range(first.index..).map(|(&f, _)| f).collect();
+        for f in replaced {
+            batch.remove(keys::log_key(self.range, f));
+            self.chunks.remove(&f);
         }
-        for stale in last.index + 1..=self.last_index {
-            batch.remove(keys::log_key(self.range, stale));
+        if let Some((&f, &l)) = self.chunks.range(..first.index).next_back() {
+            if l >= first.index {
+                let kept = match self.stored_entries(f, first.index, u64::MAX) {
+                    Ok(kept) => kept,
+                    // Nothing can be acknowledged without storage (see MultiRaft's rounds).
+                    Err(e) => panic!("storage: {}: reading the log: {e}", self.range),
+                };
+                batch.insert(keys::log_key(self.range, f), encode_chunk(&kept));
+                self.chunks.insert(f, first.index - 1);
+            }
+        }
+        // Chunks stay well under sled's inline limit (a quarter segment, 128 KiB): larger
+        // pages go to blob files, each synced on its own.
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let n = rest
+                .iter()
+                .take_while(|e| {
+                    bytes += e.data.len() + e.context.len() + 32;
+                    bytes <= CHUNK_BYTES
+                })
+                .count()
+                .max(1);
+            let (chunk, tail) = rest.split_at(n);
+            let (f, l) = (chunk[0].index, chunk[n - 1].index);
+            batch.insert(keys::log_key(self.range, f), encode_chunk(chunk));
+            self.chunks.insert(f, l);
+            rest = tail;
         }
         self.last_index = last.index;
         // The cache stays contiguous: a replaced tail goes, and a gap empties it.
@@ -735,8 +864,8 @@ impl RangeStorage {
         for (k, v) in &data.pairs {
             batch.insert(keys::user_key(k), v.as_slice());
         }
-        for index in self.truncated.index + 1..=self.last_index {
-            batch.remove(keys::log_key(self.range, index));
+        for f in std::mem::take(&mut self.chunks).into_keys() {
+            batch.remove(keys::log_key(self.range, f));
         }
         let at = LogPosition {
             index: meta.index,
@@ -772,10 +901,21 @@ impl RangeStorage {
             Ok(e) => e.term,
             Err(e) => return Err(corrupt(format!("log entry {index} of {}", self.range), e)),
         };
-        for i in self.truncated.index + 1..=index {
-            batch.remove(keys::log_key(self.range, i));
+        // Whole chunks go; one straddling `index` stays until it is wholly compacted (its
+        // entries up to `index` are then never read).
+        let compacted: Vec<u64> = self
+            .chunks
+            .iter()
+            .filter(|&(_, &l)| l <= index)
+            .map(|(&f, _)| f)
+            .collect();
+        for f in compacted {
+            batch.remove(keys::log_key(self.range, f));
+            self.chunks.remove(&f);
         }
-        self.applied_to(index);
+        while self.cache.front().is_some_and(|e| e.index <= index) {
+            self.cache.pop_front();
+        }
         self.truncated = LogPosition { index, term };
         batch.insert(
             keys::range_key(self.range, keys::TRUNCATED),
@@ -795,9 +935,12 @@ impl RangeStorage {
     }
 
     fn read_entry(&self, index: u64) -> raft::Result<Entry> {
-        match self.engine.tree().get(keys::log_key(self.range, index)) {
-            Ok(Some(v)) => decode_entry(&v).map_err(|e| raft::Error::Store(other(e))),
-            Ok(None) => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+        if let Some(mut e) = self.cached(index, index + 1) {
+            return Ok(e.next().expect("one cached entry").clone());
+        }
+        match self.stored_entries(index, index + 1, u64::MAX) {
+            Ok(mut v) if v.first().is_some_and(|e| e.index == index) => Ok(v.remove(0)),
+            Ok(_) => Err(raft::Error::Store(RaftStorageError::Unavailable)),
             Err(e) => Err(raft::Error::Store(other(e))),
         }
     }
@@ -841,19 +984,9 @@ impl Storage for RangeStorage {
             }
             return Ok(out);
         }
-        let scan = self
-            .engine
-            .tree()
-            .range(keys::log_key(self.range, low)..keys::log_key(self.range, high));
-        for item in scan {
-            let (_, v) = item.map_err(|e| raft::Error::Store(other(e)))?;
-            let e = decode_entry(&v).map_err(|e| raft::Error::Store(other(e)))?;
-            size += u64::from(e.compute_size());
-            if !out.is_empty() && size > max_size {
-                break;
-            }
-            out.push(e);
-        }
+        let out = self
+            .stored_entries(low, high, max_size)
+            .map_err(|e| raft::Error::Store(other(e)))?;
         if out.is_empty() || out[0].index != low {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
@@ -869,9 +1002,6 @@ impl Storage for RangeStorage {
         }
         if idx > self.last_index {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
-        }
-        if let Some(mut e) = self.cached(idx, idx + 1) {
-            return Ok(e.next().expect("one cached entry").term);
         }
         Ok(self.read_entry(idx)?.term)
     }
@@ -1034,13 +1164,20 @@ mod tests {
         append(&mut s, (6..=10).map(|i| entry(i, 6)).collect());
         append(&mut s, vec![entry(8, 7)]); // a replaced tail
         append(&mut s, (9..=12).map(|i| entry(i, 7)).collect());
+        // Large entries: several chunks in one append.
+        let large = |i| Entry {
+            data: vec![i as u8; 10_000].into(),
+            ..entry(i, 7)
+        };
+        append(&mut s, (13..=20).map(large).collect());
+        assert!(s.chunks.len() >= 5, "{:?}", s.chunks);
         s.applied_to(7);
         // A fresh load has no cache: everything comes from sled.
         let stored = RangeStorage::load(s.engine.clone(), RangeId(7)).unwrap();
         let one = u64::from(entry(6, 6).compute_size());
-        for low in 5..=13 {
+        for low in 5..=21 {
             assert_eq!(s.term(low).ok(), stored.term(low).ok(), "term {low}");
-            for high in low..=14 {
+            for high in low..=22 {
                 for max in [None, Some(0), Some(one * 2), Some(u64::MAX)] {
                     assert_eq!(
                         s.entries(low, high, max, ctx()).ok(),
