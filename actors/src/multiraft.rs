@@ -937,8 +937,6 @@ impl MultiRaft {
             self.metrics.syncs.fetch_add(1, Ordering::Relaxed);
         }
 
-        let mut commit_batch = sled::Batch::default();
-        let mut commit_changed = false;
         let mut late_msgs: BTreeMap<NodeId, Vec<_>> = BTreeMap::new();
         for (range, mut rd, snapshot_index) in readies {
             let g = self.groups.get_mut(&range).expect("group of a ready");
@@ -953,8 +951,10 @@ impl MultiRaft {
                 g.node.advance_apply_to(index);
             }
             if let Some(commit) = light.commit_index() {
-                g.node.mut_store().stage_commit(commit, &mut commit_batch);
-                commit_changed = true;
+                // Written with the next round's batch: sled seals its log buffer on every
+                // batch, and on restart a commit index behind the applied index is raised to
+                // it (see `open_group`); raft learns the rest from the leader.
+                g.node.mut_store().stage_commit(commit, &mut self.staged);
             }
             for m in light.take_messages() {
                 late_msgs
@@ -973,13 +973,6 @@ impl MultiRaft {
             );
             if g.node.has_ready() {
                 self.dirty.insert(range);
-            }
-        }
-        if commit_changed {
-            // Durable with the next sync; on restart a commit index behind the applied index is
-            // raised to it (see `open_group`).
-            if let Err(e) = self.engine.write(commit_batch) {
-                panic!("multiraft: {}: storage failed: {e}", self.node);
             }
         }
         self.send_batches(late_msgs);
