@@ -651,7 +651,11 @@ impl Store {
                 }
             }
         }
-        self.engine.write(batch)?;
+        // Every write above touched a range. Events without entries (reads ready, leaders
+        // elected) write nothing: sled seals and writes its log buffer on every batch.
+        if !touched.is_empty() {
+            self.engine.write(batch)?;
+        }
 
         for (proposal, result) in answers {
             self.answer(proposal, result);
