@@ -609,6 +609,9 @@ impl MultiRaft {
         log::info!("{}: replica {replica} of {range} removed", self.node);
         self.tombstones.insert(range, replica);
         self.destroying.insert(range);
+        // What is staged for the range (a commit index, a conf state) is written before the
+        // Store deletes the range, not after, where it would outlive the deletion.
+        self.staged_any = true;
         self.events.push(Event::ReplicaRemoved { range, replica });
     }
 
@@ -905,8 +908,12 @@ impl MultiRaft {
                 must_write = true;
             }
             if let Some(hs) = rd.hs() {
+                // Only a new term or vote must be durable before messages go out; a commit
+                // index alone goes with the next write (etcd's `MustSync`): on restart the
+                // commit index is raised to the applied one, and raft learns the rest.
+                let before = g.node.store().hard_state();
+                must_write |= hs.term != before.term || hs.vote != before.vote;
                 g.node.mut_store().stage_hard_state(hs.clone(), &mut batch);
-                must_write = true;
             }
             for rs in rd.take_read_states() {
                 let context = read_context(self.node, &rs.request_ctx);
@@ -927,7 +934,10 @@ impl MultiRaft {
         }
 
         self.send_batches(leader_msgs);
-        if must_write {
+        if !must_write {
+            // At most commit indexes: kept for the next write.
+            self.staged = batch;
+        } else {
             let durable = self.engine.write(batch).and_then(|()| self.engine.sync());
             if let Err(e) = durable {
                 // Nothing can be acknowledged without durable storage; stopping is the only
