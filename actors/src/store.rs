@@ -492,7 +492,8 @@ impl Store {
     }
 
     /// Applies one event batch. See the module documentation.
-    fn apply_events(&mut self, events: Vec<Event>) -> Result<(), StorageError> {
+    #[doc(hidden)] // public for `benches/apply.rs` only
+    pub fn apply_events(&mut self, events: Vec<Event>) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let mut touched = BTreeSet::new();
