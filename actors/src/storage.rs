@@ -12,10 +12,9 @@
 //! | `'r' · range · 'h'` | hard state (protobuf) |
 //! | `'r' · range · 'c'` | index of the change that made it, conf state (protobuf) |
 //! | `'r' · range · 't'` | truncated index and term |
-//! | `'r' · range · 'a'` | applied index and term |
+//! | `'r' · range · 'a'` | applied index and term, then the last command applied from each proposer (bincode [`Proposers`], left out while empty) |
 //! | `'r' · range · 'd'` | range descriptor (bincode) |
 //! | `'r' · range · 'x'` | tombstone: the replica removed from this node (8 bytes) |
-//! | `'r' · range · 's'` | the last command applied from each proposer (bincode [`Proposers`]) |
 //! | `'k' · user key` | user value |
 //!
 //! The leading `'r'`/`'k'` keeps raft state and user data apart whatever the range id.
@@ -156,7 +155,6 @@ pub mod keys {
     pub const APPLIED: u8 = b'a';
     pub const DESCRIPTOR: u8 = b'd';
     pub const TOMBSTONE: u8 = b'x';
-    pub const PROPOSERS: u8 = b's';
 
     /// `'r' · range`: the prefix of every key of a range's state.
     pub fn range_prefix(range: RangeId) -> Vec<u8> {
@@ -408,16 +406,16 @@ impl Engine {
 
     /// The proposers a range has applied commands from.
     pub fn proposers(&self, range: RangeId) -> Result<Proposers, StorageError> {
-        match self.tree.get(keys::range_key(range, keys::PROPOSERS))? {
-            Some(v) => codec::decode(&v).map_err(|e| corrupt("proposers", e)),
-            None => Ok(Proposers::new()),
+        match self.tree.get(keys::range_key(range, keys::APPLIED))? {
+            Some(v) if v.len() > 16 => codec::decode(&v[16..]).map_err(|e| corrupt("proposers", e)),
+            _ => Ok(Proposers::new()),
         }
     }
 
     /// The applied index and term of a range (zero when nothing was applied).
     pub fn applied(&self, range: RangeId) -> Result<LogPosition, StorageError> {
         match self.tree.get(keys::range_key(range, keys::APPLIED))? {
-            Some(v) => LogPosition::decode("applied state", &v),
+            Some(v) => LogPosition::decode("applied state", v.get(..16).unwrap_or(&v)),
             None => Ok(LogPosition::default()),
         }
     }
@@ -493,9 +491,19 @@ impl Engine {
     }
 }
 
-/// Puts the applied position of a range into a batch.
-pub fn put_applied(batch: &mut sled::Batch, range: RangeId, applied: LogPosition) {
-    batch.insert(keys::range_key(range, keys::APPLIED), &applied.encode());
+/// Puts the applied position of a range, with the last command applied from each proposer,
+/// into a batch: one key, written with every batch that applies to the range.
+pub fn put_applied(
+    batch: &mut sled::Batch,
+    range: RangeId,
+    applied: LogPosition,
+    proposers: &Proposers,
+) {
+    let mut v = applied.encode().to_vec();
+    if !proposers.is_empty() {
+        v.extend_from_slice(&codec::encode(proposers));
+    }
+    batch.insert(keys::range_key(range, keys::APPLIED), v);
 }
 
 /// Puts a range descriptor into a batch.
@@ -584,14 +592,6 @@ pub struct SnapshotData {
 /// log, so this is part of the range's replicated state (stored with the applied index, and in
 /// snapshots).
 pub type Proposers = BTreeMap<(NodeId, u64), u64>;
-
-/// Puts a range's proposers into a batch.
-pub fn put_proposers(batch: &mut sled::Batch, range: RangeId, proposers: &Proposers) {
-    batch.insert(
-        keys::range_key(range, keys::PROPOSERS),
-        codec::encode(proposers),
-    );
-}
 
 /// One range's raft log and state.
 ///
@@ -872,9 +872,8 @@ impl RangeStorage {
             term: meta.term,
         };
         batch.insert(keys::range_key(self.range, keys::TRUNCATED), &at.encode());
-        put_applied(batch, self.range, at);
+        put_applied(batch, self.range, at, &data.proposers);
         put_descriptor(batch, d);
-        put_proposers(batch, self.range, &data.proposers);
         self.truncated = at;
         self.last_index = at.index;
         self.cache.clear();

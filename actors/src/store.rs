@@ -21,8 +21,8 @@ use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft};
 use crate::storage::{
-    put_applied, put_descriptor, put_proposers, Engine, LogPosition, Pair, Proposers,
-    RangeDescriptor, SnapshotData, StorageError,
+    put_applied, put_descriptor, Engine, LogPosition, Pair, Proposers, RangeDescriptor,
+    SnapshotData, StorageError,
 };
 use actix::prelude::*;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
@@ -501,7 +501,6 @@ impl Store {
         let mut callbacks = Vec::new();
         let mut snapshot_requests = Vec::new();
         let mut destroyed = Vec::new();
-        let mut proposers_changed = BTreeSet::new();
 
         for event in events {
             match event {
@@ -530,7 +529,6 @@ impl Store {
                             continue;
                         }
                         *last = p.seq;
-                        proposers_changed.insert(range);
                     }
                     let engine = &self.engine;
                     let mut read_error = None;
@@ -646,10 +644,7 @@ impl Store {
 
         for range in &touched {
             if let Some(r) = self.ranges.get(range) {
-                put_applied(&mut batch, *range, r.applied);
-                if proposers_changed.contains(range) {
-                    put_proposers(&mut batch, *range, &r.proposers);
-                }
+                put_applied(&mut batch, *range, r.applied, &r.proposers);
             }
         }
         // Every write above touched a range. Events without entries (reads ready, leaders
