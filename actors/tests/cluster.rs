@@ -709,3 +709,35 @@ fn a_write_forwarded_to_a_leader_that_is_cut_off_is_answered_when_a_new_leader_i
         cluster.stop();
     });
 }
+
+#[test]
+fn a_learner_that_never_answered_is_not_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings {
+            admin_timeout: Duration::from_secs(2),
+            ..StoreSettings::default()
+        };
+        // Node 3 is never started: its learner can receive nothing.
+        let cluster = Cluster::start_with(dir.path(), &[1, 2], &[1, 2], settings);
+        cluster.await_leaders(1).await;
+        let r = cluster
+            .node(1)
+            .store
+            .send(AddReplica {
+                range: RangeId(1),
+                node: NodeId(3),
+            })
+            .await
+            .unwrap();
+        assert!(r.is_err(), "the new replica cannot have voted: {r:?}");
+        // Promoting it would have made a quorum of the range depend on a replica with nothing.
+        let s = cluster.status(1).await;
+        let r1 = s.iter().find(|s| s.range == RangeId(1)).unwrap();
+        assert_eq!(
+            (r1.voters.clone(), r1.learners.clone()),
+            (vec![NodeId(1), NodeId(2)], vec![NodeId(3)])
+        );
+        cluster.stop();
+    });
+}
