@@ -8,7 +8,8 @@
 //! timeouts drawn from the seed and every delay is a whole number of milliseconds (the timer's
 //! resolution), so the same seed gives the same history, byte for byte.
 //!
-//! Checks: while it runs, at most one leader per term per range and applied ≤ committed; at the
+//! Checks: while it runs, at most one leader per term per range, applied ≤ committed, and no
+//! proposal reaching raft while its range awaits a membership callback (contract 4); at the
 //! end, after healing, the history of every key (a final read of each included) is
 //! linearizable, a request whose outcome is unknown (a timeout) counting as either applied at
 //! some point after it started or never, and every replica of every range holds exactly the
@@ -29,6 +30,7 @@ use rand::{Rng, SeedableRng};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -388,7 +390,8 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         }));
     }
 
-    // Invariants, sampled every 50 ms: one leader per term per range, applied <= committed.
+    // Invariants, sampled every 50 ms: one leader per term per range, applied <= committed, and
+    // no proposal reached raft while its range awaited a membership callback (contract 4).
     let watcher = {
         let (world, stop, violations) = (world.clone(), stop.clone(), violations.clone());
         actix_rt::spawn(async move {
@@ -399,9 +402,16 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                     .borrow()
                     .nodes
                     .iter()
-                    .map(|(id, n)| (*id, n.multiraft.clone()))
+                    .map(|(id, n)| (*id, n.multiraft.clone(), n.metrics.clone()))
                     .collect();
-                for (id, addr) in nodes {
+                for (id, addr, metrics) in nodes {
+                    let not_held = metrics.proposals_not_held.swap(0, Ordering::Relaxed);
+                    if not_held > 0 {
+                        violations.borrow_mut().push(format!(
+                            "n{id}: {not_held} proposals went to raft while their range awaited \
+                             a membership change's callback"
+                        ));
+                    }
                     let Ok(status) = addr.send(GetRaftStatus).await else {
                         continue;
                     };

@@ -116,6 +116,9 @@ pub struct RaftMetrics {
     pub rounds: AtomicU64,
     pub syncs: AtomicU64,
     pub proposals_held: AtomicU64,
+    /// Proposals that reached raft while their range awaited a membership callback: 0 unless
+    /// a planted bug skips the hold (contract 4). The simulation asserts it.
+    pub proposals_not_held: AtomicU64,
     pub proposals_busy: AtomicU64,
     pub events_deferred: AtomicU64,
     pub snapshots_sent: AtomicU64,
@@ -632,6 +635,11 @@ impl MultiRaft {
             self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        if g.awaiting_callback.is_some() {
+            self.metrics
+                .proposals_not_held
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let m = match forwarded_change(&m) {
             None => m,
             Some(cc) => match g.admit_change(range, &cc, Held::Forwarded(m), self.ticks) {
@@ -683,6 +691,11 @@ impl MultiRaft {
             g.held.push_back(Held::Local(proposal, payload));
             self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        if g.awaiting_callback.is_some() {
+            self.metrics
+                .proposals_not_held
+                .fetch_add(1, Ordering::Relaxed);
         }
         let result = match payload {
             ProposalPayload::Command(data) => g.node.propose(proposal.to_context(), data),
