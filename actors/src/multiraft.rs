@@ -1229,8 +1229,9 @@ impl MultiRaft {
 /// a learner is always a few entries behind the voters.
 const LEARNER_LAG: u64 = 64;
 
-/// On a leader, proposes the promotion of one learner that is replicating and close behind the
-/// commit index, when no other change is under way. Returns whether it proposed.
+/// On a leader, proposes the promotion of one learner that has acknowledged entries and is
+/// close behind the commit index, when no other change is under way. Returns whether it
+/// proposed.
 fn promote_caught_up_learner(g: &mut Group, metrics: &RaftMetrics) -> bool {
     if g.awaiting_callback.is_some()
         || g.node.raft.has_pending_conf()
@@ -1249,12 +1250,9 @@ fn promote_caught_up_learner(g: &mut Group, metrics: &RaftMetrics) -> bool {
         .find(|&id| {
             !g.removed.contains(&id)
                 && g.node.raft.prs().get(id).is_some_and(|p| {
-                    // Replicating: the learner has answered, and holds the snapshot it
-                    // needed. A new learner's `matched` is 0, within the lag of a short log.
-                    p.recent_active
-                        && p.state == ProgressState::Replicate
-                        && p.matched > 0
-                        && p.matched + LEARNER_LAG >= committed
+                    // It has acknowledged entries (or the snapshot it needed): a new
+                    // learner's `matched` is 0, within the lag of a log shorter than that.
+                    p.recent_active && p.matched > 0 && p.matched + LEARNER_LAG >= committed
                 })
         });
     let Some(learner) = ready else {
