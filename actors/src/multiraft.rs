@@ -337,6 +337,21 @@ impl Group {
     }
 }
 
+/// Keeps a proposal back while its group awaits a membership callback (contract 4), or gives
+/// it back to be proposed now.
+fn hold(g: &mut Group, h: Held, bugs: &PlantedBugs, metrics: &RaftMetrics) -> Option<Held> {
+    if g.awaiting_callback.is_none() {
+        return Some(h);
+    }
+    if bugs.skip_holding_proposals {
+        metrics.proposals_not_held.fetch_add(1, Ordering::Relaxed);
+        return Some(h);
+    }
+    g.held.push_back(h);
+    metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
+    None
+}
+
 /// A well-mixed 64-bit hash step (SplitMix64).
 fn splitmix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -629,17 +644,11 @@ impl MultiRaft {
         };
         self.dirty.insert(range);
         g.quiescent = false;
-        if g.awaiting_callback.is_some() && !self.bugs.skip_holding_proposals {
-            // A follower's proposal waits like a local one (contract 4).
-            g.held.push_back(Held::Forwarded(m));
-            self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
+        // A follower's proposal waits like a local one (contract 4).
+        let Some(Held::Forwarded(m)) = hold(g, Held::Forwarded(m), &self.bugs, &self.metrics)
+        else {
             return;
-        }
-        if g.awaiting_callback.is_some() {
-            self.metrics
-                .proposals_not_held
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        };
         let m = match forwarded_change(&m) {
             None => m,
             Some(cc) => match g.admit_change(range, &cc, Held::Forwarded(m), self.ticks) {
@@ -687,16 +696,10 @@ impl MultiRaft {
             return;
         };
         g.quiescent = false;
-        if g.awaiting_callback.is_some() && !self.bugs.skip_holding_proposals {
-            g.held.push_back(Held::Local(proposal, payload));
-            self.metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
+        let held = hold(g, Held::Local(proposal, payload), &self.bugs, &self.metrics);
+        let Some(Held::Local(proposal, payload)) = held else {
             return;
-        }
-        if g.awaiting_callback.is_some() {
-            self.metrics
-                .proposals_not_held
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        };
         let result = match payload {
             ProposalPayload::Command(data) => g.node.propose(proposal.to_context(), data),
             ProposalPayload::ChangeReplicas(cc) => {
