@@ -771,11 +771,19 @@ impl RangeStorage {
         }
         if let Some((&f, &l)) = self.chunks.range(..first.index).next_back() {
             if l >= first.index {
+                // Read from sled: a range's entries are staged at most once a round, and a
+                // round with entries is written before the next, so the chunk is there.
                 let kept = match self.stored_entries(f, first.index, u64::MAX) {
                     Ok(kept) => kept,
                     // Nothing can be acknowledged without storage (see MultiRaft's rounds).
                     Err(e) => panic!("storage: {}: reading the log: {e}", self.range),
                 };
+                assert_eq!(
+                    kept.len() as u64,
+                    first.index - f,
+                    "storage: {}: the chunk at {f} is not all in sled",
+                    self.range
+                );
                 batch.insert(keys::log_key(self.range, f), encode_chunk(&kept));
                 self.chunks.insert(f, first.index - 1);
             }
