@@ -259,6 +259,8 @@ pub enum ProposeError {
     ChangeInProgress(RangeId),
     #[error("ERR invalid membership change for range {0}: {1}")]
     InvalidChange(RangeId, String),
+    #[error("TRYAGAIN the leader of {0} changed; the write may or may not have been applied")]
+    LeaderChanged(RangeId),
 }
 
 /// The way back to MultiRaft for one membership change. The Store calls [`ChangeCallback::done`]
@@ -315,8 +317,6 @@ pub enum StoreError {
     Timeout,
     #[error("TRYAGAIN {0} was removed from this node; a write in flight may or may not have been applied")]
     Removed(RangeId),
-    #[error("TRYAGAIN the leader of {0} changed; the write may or may not have been applied")]
-    LeaderChanged(RangeId),
     #[error("ERR no range holds key on this node")]
     NoRange,
     #[error("ERR {0}")]

@@ -201,6 +201,9 @@ struct Group {
     /// Snapshots handed to the transport, by follower, with the tick by which the follower
     /// must have acknowledged one (raft then resumes replicating to it) or it counts as lost.
     snapshots_out: Vec<(u64, u64)>,
+    /// Writes proposed here (or forwarded from here) and not yet seen committed, with the term
+    /// they were proposed in and the tick: answered as in doubt when a new leader is elected.
+    in_doubt: BTreeMap<ProposalId, (u64, u64)>,
     /// Not ticked: the range went quiet with every live replica caught up. Woken by the next
     /// proposal, read or message (other than the quiescing heartbeats), or when a node it
     /// depends on dies or comes back.
@@ -583,6 +586,7 @@ impl MultiRaft {
                 after_transfer: Vec::new(),
                 transfer_started: 0,
                 queued_changes: Vec::new(),
+                in_doubt: BTreeMap::new(),
                 quiescent: false,
             },
         );
@@ -701,7 +705,13 @@ impl MultiRaft {
             return;
         };
         let result = match payload {
-            ProposalPayload::Command(data) => g.node.propose(proposal.to_context(), data),
+            ProposalPayload::Command(data) => {
+                let result = g.node.propose(proposal.to_context(), data);
+                if result.is_ok() {
+                    g.in_doubt.insert(proposal, (g.node.raft.term, self.ticks));
+                }
+                result
+            }
             ProposalPayload::ChangeReplicas(cc) => {
                 let held = Held::Local(proposal, ProposalPayload::ChangeReplicas(cc.clone()));
                 match g.admit_change(range, &cc, held, self.ticks) {
@@ -878,11 +888,28 @@ impl MultiRaft {
                 if ss.leader_id != g.leader {
                     g.leader = ss.leader_id;
                     if ss.leader_id != 0 {
+                        let term = g.node.raft.term;
                         events.push(Event::LeaderElected {
                             range,
-                            term: g.node.raft.term,
+                            term,
                             leader: ReplicaId(ss.leader_id).node(),
                         });
+                        // A write proposed under an earlier term may have been lost with that
+                        // leader (forwarded to a leader that died) or may still commit: its
+                        // client is told so now, not at its timeout.
+                        let stale: Vec<ProposalId> = g
+                            .in_doubt
+                            .iter()
+                            .filter(|(_, &(t, _))| t < term)
+                            .map(|(&p, _)| p)
+                            .collect();
+                        for proposal in stale {
+                            g.in_doubt.remove(&proposal);
+                            events.push(Event::ProposalFailed {
+                                proposal,
+                                error: ProposeError::LeaderChanged(range),
+                            });
+                        }
                     }
                 }
             }
@@ -1157,6 +1184,9 @@ impl MultiRaft {
                 }
             }
             g.reads_in_flight.retain(|p| !p.reads.is_empty());
+            // A write lost without a leader change has long timed out at the Store.
+            g.in_doubt
+                .retain(|_, &mut (_, tick)| ticks - tick < READ_GIVE_UP_TICKS);
             let mut expired = Vec::new();
             g.new_reads.retain(|&(read, first)| {
                 let keep = self.ticks - first < READ_GIVE_UP_TICKS;
@@ -1315,6 +1345,9 @@ fn hand_over(
         *unapplied += e.index - g.handed;
         g.handed = e.index;
         let proposal = ProposalId::from_context(&e.context);
+        if let Some(p) = &proposal {
+            g.in_doubt.remove(p);
+        }
         if e.get_entry_type() == EntryType::EntryNormal {
             let command = if e.data.is_empty() {
                 None

@@ -115,8 +115,6 @@ fn take_where<K: Ord, V>(map: &mut BTreeMap<K, V>, matches: impl Fn(&V) -> bool)
 
 struct PendingWrite {
     range: RangeId,
-    /// The range's term as this node knew it when the write was proposed.
-    term: u64,
     reply: Waiter,
     deadline: Instant,
 }
@@ -310,12 +308,10 @@ impl Store {
         deadline: Instant,
     ) {
         let proposal = self.next_proposal();
-        let term = self.ranges.get(&range).map_or(0, |r| r.term);
         self.writes.insert(
             proposal,
             PendingWrite {
                 range,
-                term,
                 reply,
                 deadline,
             },
@@ -583,23 +579,9 @@ impl Store {
                     term,
                     leader,
                 } => {
-                    let Some(r) = self.ranges.get_mut(&range) else {
-                        continue;
-                    };
-                    let replaced = r.leader.is_some() && r.term < term;
-                    r.leader = Some(leader);
-                    r.term = term;
-                    // A write proposed under the previous leader may have been lost with it (a
-                    // proposal forwarded to a leader that died) or may still commit: its
-                    // client is told so now, not at its timeout. Membership changes follow
-                    // leadership on their own (see MultiRaft).
-                    let stale = |w: &PendingWrite| {
-                        w.range == range && w.term < term && matches!(w.reply, Waiter::Write(_))
-                    };
-                    if replaced {
-                        for w in take_where(&mut self.writes, stale) {
-                            w.reply.send(Err(StoreError::LeaderChanged(range)));
-                        }
+                    if let Some(r) = self.ranges.get_mut(&range) {
+                        r.leader = Some(leader);
+                        r.term = term;
                     }
                 }
                 Event::ReadReady {

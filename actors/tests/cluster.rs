@@ -702,7 +702,10 @@ fn a_write_forwarded_to_a_leader_that_is_cut_off_is_answered_when_a_new_leader_i
         .expect("answered long before its timeout")
         .unwrap();
         assert!(
-            matches!(r, Err(StoreError::LeaderChanged(RangeId(1)))),
+            matches!(
+                r,
+                Err(StoreError::Refused(ProposeError::LeaderChanged(RangeId(1))))
+            ),
             "{r:?}"
         );
         cluster.net.heal();
