@@ -435,22 +435,10 @@ fn a_new_replica_is_filled_by_snapshot_reads_linearizably_and_a_minority_cannot_
         }
         cluster.change(range, 3, true).await;
         // Node 3 had nothing; it now serves range 1 with all of its data.
-        let mut values = Vec::new();
-        for _ in 0..250 {
-            let r = cluster
-                .node(3)
-                .store
-                .send(Read {
-                    keys: vec![b"a0".to_vec(), b"a49".to_vec()],
-                })
-                .await
-                .unwrap();
-            if let Ok(v) = r {
-                values = v;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let values = vec![
+            read_eventually(&cluster, 3, b"a0").await,
+            read_eventually(&cluster, 3, b"a49").await,
+        ];
         assert_eq!(values, vec![Some(b"x".to_vec()), Some(b"x".to_vec())]);
         // A read through a follower sees a write acknowledged through the leader.
         cluster
@@ -483,22 +471,7 @@ fn a_new_replica_is_filled_by_snapshot_reads_linearizably_and_a_minority_cannot_
         assert!(write(3, b"minority").await.unwrap().is_err());
         write(1, b"majority").await.unwrap().unwrap();
         cluster.net.heal();
-        let mut seen = None;
-        for _ in 0..250 {
-            let r = cluster
-                .node(3)
-                .store
-                .send(Read {
-                    keys: vec![b"a1".to_vec()],
-                })
-                .await
-                .unwrap();
-            if let Ok(v) = r {
-                seen = v[0].clone();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let seen = read_eventually(&cluster, 3, b"a1").await;
         assert_eq!(seen.as_deref(), Some(&b"majority"[..]));
         cluster.stop();
     });
