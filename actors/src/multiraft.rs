@@ -897,19 +897,15 @@ impl MultiRaft {
                         // A write proposed under an earlier term may have been lost with that
                         // leader (forwarded to a leader that died) or may still commit: its
                         // client is told so now, not at its timeout.
-                        let stale: Vec<ProposalId> = g
-                            .in_doubt
-                            .iter()
-                            .filter(|(_, &(t, _))| t < term)
-                            .map(|(&p, _)| p)
-                            .collect();
-                        for proposal in stale {
-                            g.in_doubt.remove(&proposal);
-                            events.push(Event::ProposalFailed {
-                                proposal,
-                                error: ProposeError::LeaderChanged(range),
-                            });
-                        }
+                        g.in_doubt.retain(|&proposal, &mut (t, _)| {
+                            if t < term {
+                                events.push(Event::ProposalFailed {
+                                    proposal,
+                                    error: ProposeError::LeaderChanged(range),
+                                });
+                            }
+                            t >= term
+                        });
                     }
                 }
             }
