@@ -18,7 +18,7 @@ use flotilla_actors::command::{Command, SetCondition};
 use flotilla_actors::ids::{NodeId, ProposalId, RangeId, ReplicaId};
 use flotilla_actors::messages::Event;
 use flotilla_actors::multiraft::MultiRaft;
-use flotilla_actors::storage::{Engine, RangeDescriptor, BOOTSTRAP_INDEX};
+use flotilla_actors::storage::{Engine, RangeDescriptor, WriteBatch, BOOTSTRAP_INDEX};
 use flotilla_actors::store::{Store, StoreSettings};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -59,7 +59,7 @@ impl Fixture {
                 i.to_string().into_bytes()
             }
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         for i in 0..RANGES {
             let d = RangeDescriptor {
                 id: RangeId(i + 1),
@@ -71,8 +71,7 @@ impl Fixture {
             };
             engine.bootstrap_range(&d, &mut batch).expect("bootstrap");
         }
-        engine.write(batch).expect("write");
-        engine.sync().expect("sync");
+        engine.commit(batch).expect("commit");
         let (tx, reports) = channel::<MultiRaft>(16);
         let store = Store::load(
             NODE,

@@ -7,7 +7,7 @@
 //! - `ready_round/persist/G`: what `MultiRaft::run_round` does with storage for G groups, each
 //!   with a typical leader `Ready` (three entries of SET commands with 100-byte values, and a
 //!   hard state): `RangeStorage::stage_entries` and `stage_hard_state` of every group into one
-//!   `sled::Batch`, then `Engine::write` and one `Engine::sync`. The entries are built before
+//!   `WriteBatch`, then `Engine::commit`: one raft-engine write and one `fdatasync`. The entries are built before
 //!   the clock starts (raft-rs built them when they were proposed).
 //! - `ready_round/raw_node/G`: the same round driven through real raft-rs `RawNode`s on
 //!   `RangeStorage`, single-voter groups each leading its range: three proposals per group
@@ -18,7 +18,7 @@
 //!   batch holds the entries and the previous round's commit indexes, as for a one-node cluster.
 //!
 //! Between rounds, untimed, each log is compacted to its last few entries (MultiRaft compacts
-//! after `log_compaction_entries`), so every round writes to a tree of the same size.
+//! after `log_compaction_entries`), so every round writes to a log of the same size.
 //!
 //! Throughput is in groups persisted per second: the groups of a round divided by its time.
 
@@ -29,7 +29,9 @@ use flotilla_actors::codec;
 use flotilla_actors::command::{Command, SetCondition};
 use flotilla_actors::ids::{NodeId, ProposalId, RangeId, ReplicaId};
 use flotilla_actors::messages::Event;
-use flotilla_actors::storage::{Engine, RangeDescriptor, RangeStorage, BOOTSTRAP_INDEX};
+use flotilla_actors::storage::{
+    Engine, RangeDescriptor, RangeStorage, WriteBatch, BOOTSTRAP_INDEX,
+};
 use raft::prelude::{Entry, HardState};
 use raft::{RawNode, Storage};
 use std::hint::black_box;
@@ -85,7 +87,7 @@ impl Fixture {
                 format!("{i:05}").into_bytes()
             }
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let mut ranges = Vec::with_capacity(groups);
         for i in 0..groups {
             let d = RangeDescriptor {
@@ -99,8 +101,7 @@ impl Fixture {
             engine.bootstrap_range(&d, &mut batch).expect("bootstrap");
             ranges.push(d.id);
         }
-        engine.write(batch).expect("write");
-        engine.sync().expect("sync");
+        engine.commit(batch).expect("commit");
         Fixture {
             _dir: dir,
             engine,
@@ -125,7 +126,7 @@ fn set_command(range: RangeId, seq: u64) -> (Vec<u8>, Vec<u8>) {
 }
 
 fn compact_all<'a>(engine: &Engine, storages: impl Iterator<Item = &'a mut RangeStorage>) {
-    let mut batch = sled::Batch::default();
+    let mut batch = WriteBatch::default();
     for s in storages {
         let last = s.last_index().expect("last index");
         if last > s.truncated().index + 4 * KEEP_ENTRIES {
@@ -133,7 +134,7 @@ fn compact_all<'a>(engine: &Engine, storages: impl Iterator<Item = &'a mut Range
                 .expect("compact");
         }
     }
-    engine.write(batch).expect("write");
+    engine.commit(batch).expect("commit");
 }
 
 /// Storage alone: stage every group's entries and hard state, one write, one sync.
@@ -188,13 +189,12 @@ fn persist(c: &mut Criterion) {
                         .collect();
 
                     let start = Instant::now();
-                    let mut batch = sled::Batch::default();
+                    let mut batch = WriteBatch::default();
                     for (s, (entries, hs)) in storages.iter_mut().zip(&readies) {
                         s.stage_entries(entries, &mut batch);
                         s.stage_hard_state(hs.clone(), &mut batch);
                     }
-                    engine.write(batch).expect("write");
-                    engine.sync().expect("sync");
+                    engine.commit(batch).expect("commit");
                     total += start.elapsed();
 
                     drop(black_box(readies));
@@ -248,7 +248,7 @@ fn hand_over(range: RangeId, entries: Vec<Entry>, events: &mut Vec<Event>) {
 fn round(
     nodes: &mut [RawNode<RangeStorage>],
     engine: &Engine,
-    staged: &mut sled::Batch,
+    staged: &mut WriteBatch,
 ) -> Vec<Event> {
     let mut batch = std::mem::take(staged);
     let mut must_write = false;
@@ -274,8 +274,7 @@ fn round(
         readies.push((i, rd));
     }
     if must_write {
-        engine.write(batch).expect("write");
-        engine.sync().expect("sync");
+        engine.commit(batch).expect("commit");
     } else {
         *staged = batch;
     }
@@ -317,12 +316,12 @@ fn leaders(groups: usize, logger: &slog::Logger) -> (Fixture, Vec<RawNode<RangeS
     for node in &mut nodes {
         node.campaign().expect("campaign");
     }
-    let mut staged = sled::Batch::default();
+    let mut staged = WriteBatch::default();
     while nodes.iter().any(|n| n.has_ready()) {
         round(&mut nodes, engine, &mut staged);
         apply_all(&mut nodes);
     }
-    engine.write(staged).expect("write");
+    engine.commit(staged).expect("commit");
     assert!(nodes
         .iter()
         .all(|n| n.raft.state == raft::StateRole::Leader));
@@ -338,7 +337,7 @@ fn raw_node(c: &mut Criterion) {
         // Made on first use: criterion calls only the benchmarks its filter selects.
         let mut state: Option<(Fixture, Vec<RawNode<RangeStorage>>)> = None;
         let mut seq = 0u64;
-        let mut staged = sled::Batch::default();
+        let mut staged = WriteBatch::default();
         group.throughput(Throughput::Elements(groups as u64));
         group.bench_function(BenchmarkId::new("raw_node", groups), |b| {
             let (fixture, nodes) = state.get_or_insert_with(|| leaders(groups, &logger));

@@ -63,7 +63,7 @@
 use crate::codec;
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
-use crate::storage::{Engine, RangeStorage, SnapshotData, StorageError};
+use crate::storage::{Engine, RangeStorage, SnapshotData, StorageError, WriteBatch};
 use crate::store::PlantedBugs;
 use crate::transport::Transport;
 use actix::prelude::*;
@@ -162,6 +162,9 @@ const SNAPSHOT_BYTES_PER_TICK: usize = 1 << 20;
 
 /// Leader-transfer ticks after which a change waiting for leadership to move is given up.
 const TRANSFER_GIVE_UP_ELECTIONS: u64 = 3;
+
+/// Ticks between two purges of the raft log's old files.
+const PURGE_TICKS: u64 = 100;
 
 /// The fate of a membership change, decided by [`Group::admit_change`].
 enum Admission {
@@ -397,7 +400,7 @@ pub struct MultiRaft {
     /// Event batches the Store's mailbox could not take yet, oldest first.
     outbox: VecDeque<Events>,
     /// Writes produced outside a round (conf states), written with the next round's batch.
-    staged: sled::Batch,
+    staged: WriteBatch,
     staged_any: bool,
     unapplied: u64,
     released: VecDeque<ReleasedProposal>,
@@ -456,7 +459,7 @@ impl MultiRaft {
             transport,
             events: Vec::new(),
             outbox: VecDeque::new(),
-            staged: sled::Batch::default(),
+            staged: WriteBatch::default(),
             staged_any: false,
             unapplied: 0,
             released: VecDeque::new(),
@@ -512,6 +515,11 @@ impl MultiRaft {
         range: RangeId,
         new_replica: Option<ReplicaId>,
     ) -> Result<(), StorageError> {
+        if new_replica.is_some() && self.engine.has_log(range) {
+            // Left by a replica removed before, whose deletion a crash interrupted: the new
+            // replica starts empty.
+            self.engine.clean_log(range)?;
+        }
         let mut storage = RangeStorage::load(self.engine.clone(), range)?;
         let stored = members(storage.conf_state()).find(|&id| ReplicaId(id).node() == self.node);
         let removed: BTreeSet<u64> = self
@@ -533,9 +541,9 @@ impl MultiRaft {
         let applied = self.engine.applied(range)?.index;
         // The commit index is persisted lazily (LightReady); applied entries were committed.
         if storage.hard_state().commit < applied {
-            let mut batch = sled::Batch::default();
+            let mut batch = WriteBatch::default();
             storage.stage_commit(applied, &mut batch);
-            self.engine.write(batch)?;
+            self.engine.commit(batch)?;
         }
         let conf_index = storage.conf_index();
         let mut node = RawNode::new(
@@ -553,7 +561,7 @@ impl MultiRaft {
             let entries = self
                 .engine
                 .log_entries_between(range, conf_index + 1, applied)?;
-            let mut batch = sled::Batch::default();
+            let mut batch = WriteBatch::default();
             for e in &entries {
                 if let Some(cc) = conf_change_of(e) {
                     if let Ok(cs) = node.apply_conf_change(&cc) {
@@ -561,7 +569,7 @@ impl MultiRaft {
                     }
                 }
             }
-            self.engine.write(batch)?;
+            self.engine.commit(batch)?;
             if !members(node.store().conf_state()).any(|id| id == replica.0) {
                 // The replayed change removed this replica.
                 self.finish_removal(range, replica);
@@ -631,8 +639,10 @@ impl MultiRaft {
         log::info!("{}: replica {replica} of {range} removed", self.node);
         self.tombstones.insert(range, replica);
         self.destroying.insert(range);
-        // What is staged for the range (a commit index, a conf state) is written before the
-        // Store deletes the range, not after, where it would outlive the deletion.
+        // The range's log goes, and what is staged for it (a commit index, a conf state) is
+        // written before the Store deletes the range, not after, where it would outlive the
+        // deletion.
+        self.staged.clean_log(range);
         self.staged_any = true;
         self.events.push(Event::ReplicaRemoved { range, replica });
     }
@@ -977,7 +987,7 @@ impl MultiRaft {
             // At most commit indexes: kept for the next write.
             self.staged = batch;
         } else {
-            let durable = self.engine.write(batch).and_then(|()| self.engine.sync());
+            let durable = self.engine.commit(batch);
             if let Err(e) = durable {
                 // Nothing can be acknowledged without durable storage; stopping is the only
                 // safe answer (etcd and TiKV do the same).
@@ -1027,6 +1037,49 @@ impl MultiRaft {
         self.send_batches(late_msgs);
         events.append(&mut self.events);
         self.hand_to_store(events);
+    }
+
+    /// Deletes the raft log's files no range needs; a range whose log still holds much of the
+    /// oldest file has it compacted up to its applied index.
+    fn purge_log(&mut self) {
+        let ranges = match self.engine.purge_log() {
+            Ok(ranges) => ranges,
+            Err(e) => {
+                log::error!("{}: purging the raft log failed: {e}", self.node);
+                return;
+            }
+        };
+        for range in ranges {
+            if self.compact_applied(range) {
+                self.dirty.insert(range);
+            }
+        }
+    }
+
+    /// Stages the compaction of a range's log up to its applied index, unless it awaits a
+    /// membership callback; says whether it did.
+    fn compact_applied(&mut self, range: RangeId) -> bool {
+        let Some(g) = self.groups.get_mut(&range) else {
+            return false;
+        };
+        if g.awaiting_callback.is_some() {
+            return false;
+        }
+        match g
+            .node
+            .mut_store()
+            .stage_compact(g.applied, &mut self.staged)
+        {
+            Ok(()) => {
+                self.staged_any = true;
+                self.metrics.log_compactions.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                log::error!("{}: {range}: log compaction failed: {e}", self.node);
+                false
+            }
+        }
     }
 
     /// Node liveness, each tick: a node not heard from within an election timeout is dead, and
@@ -1086,6 +1139,9 @@ impl MultiRaft {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.check_liveness();
+        if self.ticks.is_multiple_of(PURGE_TICKS) {
+            self.purge_log();
+        }
         let mut moved = Vec::new();
         let mut unqueued = Vec::new();
         let mut renotify = Vec::new();
@@ -1711,23 +1767,8 @@ impl Handler<BeginLeaderTransfer> for MultiRaft {
 impl Handler<CompactLog> for MultiRaft {
     type Result = ();
     fn handle(&mut self, msg: CompactLog, ctx: &mut Context<Self>) {
-        let Some(g) = self.groups.get_mut(&msg.range) else {
-            return;
-        };
-        if g.awaiting_callback.is_some() {
-            return;
-        }
-        match g
-            .node
-            .mut_store()
-            .stage_compact(g.applied, &mut self.staged)
-        {
-            Ok(()) => {
-                self.staged_any = true;
-                self.metrics.log_compactions.fetch_add(1, Ordering::Relaxed);
-                self.schedule_round(ctx);
-            }
-            Err(e) => log::error!("{}: {}: log compaction failed: {e}", self.node, msg.range),
+        if self.compact_applied(msg.range) {
+            self.schedule_round(ctx);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::ids::{NodeId, RangeId, ReplicaId};
 use crate::multiraft::{MultiRaft, RaftMetrics, RaftSettings};
-use crate::storage::{Engine, RangeDescriptor, StorageError};
+use crate::storage::{Engine, RangeDescriptor, StorageError, WriteBatch};
 use crate::store::{Store, StoreSettings};
 use crate::transport::Transport;
 use actix::dev::channel;
@@ -93,12 +93,11 @@ impl Node {
             Engine::open_volatile(&settings.data_dir, settings.cache_bytes)?
         };
         if !engine.is_bootstrapped()? && settings.initial_members.contains(&settings.node) {
-            let mut batch = sled::Batch::default();
+            let mut batch = WriteBatch::default();
             for d in initial_ranges(&settings.split_keys, &settings.initial_members) {
                 engine.bootstrap_range(&d, &mut batch)?;
             }
-            engine.write(batch)?;
-            engine.sync()?;
+            engine.commit(batch)?;
         }
         let metrics = Arc::new(RaftMetrics::default());
         // Addresses first, actors second, so each can be given the other's address; each

@@ -1,25 +1,51 @@
-//! Raft storage and the state machine's data on sled.
+//! Raft storage and the state machine's data.
 //!
-//! One sled `Db` per node and one tree for everything that must change atomically (see the
-//! layout in DESIGN.md). [`Engine`] owns the tree and knows how to make a write durable;
-//! [`RangeStorage`] is one range's raft log and state, implementing raft-rs's [`Storage`].
+//! A node keeps two stores (see the layout in DESIGN.md):
 //!
-//! # Key layout (big-endian)
+//! - **the raft log** of every range, with its hard state and truncation point, in TiKV's
+//!   [`raft_engine`]: an append-only log of all ranges, indexed in memory, that a round writes
+//!   with one `write` and one `fdatasync` whatever the number of ranges in it;
+//! - **the state machine** in sled: user data, and with it each range's applied index, conf
+//!   state and descriptor, so that applying a batch is one atomic sled batch.
+//!
+//! [`Engine`] owns both and knows how to make a write durable; [`RangeStorage`] is one range's
+//! raft log and state, implementing raft-rs's [`Storage`]; a [`WriteBatch`] is a round's
+//! writes to both.
+//!
+//! # Layout
+//!
+//! In the raft engine, per range (its raft group id is the range id): the log entries, and
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `'r' · range · 'l' · index` | a chunk of raft log entries from `index` on (see [`encode_chunk`]) |
-//! | `'r' · range · 'h'` | hard state (protobuf) |
+//! | `h` | hard state (protobuf) |
+//! | `t` | truncated index and term: the log starts after it |
+//!
+//! In sled (keys big-endian):
+//!
+//! | key | value |
+//! | --- | --- |
 //! | `'r' · range · 'c'` | index of the change that made it, conf state (protobuf) |
-//! | `'r' · range · 't'` | truncated index and term |
 //! | `'r' · range · 'a'` | applied index and term, then the last command applied from each proposer (bincode [`Proposers`], left out while empty) |
 //! | `'r' · range · 'd'` | range descriptor (bincode) |
 //! | `'r' · range · 'x'` | tombstone: the replica removed from this node (8 bytes) |
 //! | `'k' · user key` | user value |
 //!
-//! The leading `'r'`/`'k'` keeps raft state and user data apart whatever the range id.
+//! The leading `'r'`/`'k'` keeps range state and user data apart whatever the range id.
 //!
-//! # Durability
+//! # Durability and the order of writes
+//!
+//! A round's raft-engine write ends in `fdatasync` (contract 3). The Store's sled batches are
+//! not synced one by one: what they apply is in the raft log, which keeps every entry the
+//! durable state machine may not have yet, and on restart raft hands the entries after the
+//! stored applied index over again. So:
+//!
+//! - the log is compacted only after a sled sync, so that the compacted entries' effects are
+//!   durable ([`WriteBatch::needs_data_sync`]);
+//! - a write to both (a snapshot installed: data, applied index and conf state in sled; log
+//!   emptied in the raft engine) syncs sled first. A crash in between leaves an applied index
+//!   the log does not reach or contradicts; [`RangeStorage::load`] then restarts the log after
+//!   the applied index, as the snapshot would have.
 //!
 //! sled's `flush()` ends in `sync_file_range`, which does not empty the device's write cache,
 //! and large values live in `blobs/` files that sled writes without any sync. [`Engine::sync`]
@@ -54,6 +80,12 @@ pub enum StorageError {
     /// A file operation failed.
     #[error("storage: {0}")]
     Io(#[from] std::io::Error),
+    /// The raft engine reported an error.
+    #[error("storage: raft log: {0}")]
+    Log(#[from] raft_engine::Error),
+    /// The data directory was written by a flotilla that kept the raft log in sled.
+    #[error("storage: {0} was written by an older flotilla, which kept the raft log in sled; start this version on an empty data directory")]
+    OldFormat(String),
     /// Stored bytes could not be decoded: the data directory is damaged.
     #[error("storage: corrupt {what}: {detail}")]
     Corrupt { what: String, detail: String },
@@ -148,10 +180,12 @@ impl LogPosition {
 pub mod keys {
     use crate::ids::RangeId;
 
-    pub const LOG: u8 = b'l';
-    pub const HARD_STATE: u8 = b'h';
+    /// In the raft engine: a range's hard state.
+    pub const HARD_STATE: &[u8] = b"h";
+    /// In the raft engine: a range's truncated index and term.
+    pub const TRUNCATED: &[u8] = b"t";
+
     pub const CONF_STATE: u8 = b'c';
-    pub const TRUNCATED: u8 = b't';
     pub const APPLIED: u8 = b'a';
     pub const DESCRIPTOR: u8 = b'd';
     pub const TOMBSTONE: u8 = b'x';
@@ -170,13 +204,6 @@ pub mod keys {
         k.push(b'r');
         k.extend_from_slice(&range.0.to_be_bytes());
         k.push(kind);
-        k
-    }
-
-    /// `'r' · range · 'l' · index`: the chunk of log entries that starts at `index`.
-    pub fn log_key(range: RangeId, index: u64) -> Vec<u8> {
-        let mut k = range_key(range, LOG);
-        k.extend_from_slice(&index.to_be_bytes());
         k
     }
 
@@ -202,6 +229,8 @@ pub mod keys {
 
 /// A node's sled database and how to make writes to it durable.
 pub struct Engine {
+    /// The raft log of every range, with hard states and truncation points.
+    log: raft_engine::Engine,
     db: sled::Db,
     tree: sled::Tree,
     db_file: File,
@@ -240,8 +269,25 @@ impl Engine {
         }
         let db = config.open()?;
         let tree = db.open_tree("flotilla")?;
+        // `'r' · range · 'h'`: a hard state where older versions kept it.
+        for key in tree.scan_prefix([b'r']).keys() {
+            if key?.get(9) == Some(&b'h') {
+                return Err(StorageError::OldFormat(dir.display().to_string()));
+            }
+        }
         let db_file = File::open(dir.join("db"))?;
+        let log = raft_engine::Engine::open(raft_engine::Config {
+            dir: dir.join("raft").to_string_lossy().into_owned(),
+            // Entries are small and written once a round: compressing them costs more CPU
+            // than the bytes it saves.
+            batch_compression_threshold: raft_engine::ReadableSize(0),
+            target_file_size: raft_engine::ReadableSize::mb(LOG_FILE_MB),
+            purge_threshold: raft_engine::ReadableSize::mb(LOG_PURGE_MB),
+            recovery_threads: 2,
+            ..Default::default()
+        })?;
         let engine = Engine {
+            log,
             db,
             tree,
             db_file,
@@ -257,18 +303,73 @@ impl Engine {
         Ok(Arc::new(engine))
     }
 
-    /// The tree holding everything.
+    /// The sled tree holding the state machine.
     pub fn tree(&self) -> &sled::Tree {
         &self.tree
     }
 
-    /// Applies a batch atomically (visible at once, durable after [`Engine::sync`]).
+    /// Applies a sled batch atomically (visible at once, durable after [`Engine::sync`]).
     pub fn write(&self, batch: sled::Batch) -> Result<(), StorageError> {
         self.tree.apply_batch(batch)?;
         Ok(())
     }
 
-    /// Makes every write so far durable on the device.
+    /// Writes a round's batch and makes it durable: its sled part first, synced (as is every
+    /// sled write before it) if it has one or compacts the log, then its raft log part, with
+    /// one `fdatasync` (see "Durability and the order of writes").
+    pub fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let WriteBatch {
+            data,
+            has_data,
+            data_sync,
+            mut log,
+        } = batch;
+        if has_data {
+            self.tree.apply_batch(data)?;
+        }
+        if has_data || data_sync {
+            self.sync()?;
+        }
+        if !log.is_empty() {
+            self.log.write(&mut log, self.durable)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes everything the raft log holds of a range, durably.
+    pub fn clean_log(&self, range: RangeId) -> Result<(), StorageError> {
+        let mut batch = raft_engine::LogBatch::default();
+        batch.add_command(range.0, raft_engine::Command::Clean);
+        self.log.write(&mut batch, self.durable)?;
+        Ok(())
+    }
+
+    /// Whether the raft log holds anything of a range.
+    pub fn has_log(&self, range: RangeId) -> bool {
+        self.log.get(range.0, keys::HARD_STATE).is_some() || self.log.first_index(range.0).is_some()
+    }
+
+    /// Deletes the raft log's files that no range needs any more, rewriting what little old
+    /// files still hold; returns the ranges whose log is too long to rewrite and should be
+    /// compacted instead.
+    pub fn purge_log(&self) -> Result<Vec<RangeId>, StorageError> {
+        Ok(self
+            .log
+            .purge_expired_files()?
+            .into_iter()
+            .map(RangeId)
+            .collect())
+    }
+
+    /// The truncated position of a range's log (zero when it has none).
+    fn truncated(&self, range: RangeId) -> Result<LogPosition, StorageError> {
+        match self.log.get(range.0, keys::TRUNCATED) {
+            Some(v) => LogPosition::decode("truncated state", &v),
+            None => Ok(LogPosition::default()),
+        }
+    }
+
+    /// Makes every sled write so far durable on the device.
     pub fn sync(&self) -> Result<(), StorageError> {
         if !self.durable {
             // A simulated crash stops the node's actors; sled writes everything out when the
@@ -432,21 +533,17 @@ impl Engine {
         low: u64,
         high: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        // A chunk straddling the truncation point still holds compacted entries.
-        let truncated = match self.tree.get(keys::range_key(range, keys::TRUNCATED))? {
-            Some(v) => LogPosition::decode("truncated state", &v)?.index,
-            None => 0,
+        let (Some(first), Some(last)) =
+            (self.log.first_index(range.0), self.log.last_index(range.0))
+        else {
+            return Ok(Vec::new());
         };
-        let low = low.max(truncated + 1);
+        let low = low.max(first).max(self.truncated(range)?.index + 1);
+        let high = high.min(last);
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(keys::range_key(range, keys::LOG)) {
-            let (_, v) = item?;
-            let chunk = decode_chunk(&v)?;
-            out.extend(
-                chunk
-                    .into_iter()
-                    .filter(|e| (low..=high).contains(&e.index)),
-            );
+        if low <= high {
+            self.log
+                .fetch_entries_to::<EntryLog>(range.0, low, high + 1, None, &mut out)?;
         }
         Ok(out)
     }
@@ -456,11 +553,11 @@ impl Engine {
         Ok(self.tree.scan_prefix([b'r']).next().transpose()?.is_some())
     }
 
-    /// Writes the initial state of a range replicated on `voters`, at [`BOOTSTRAP_INDEX`].
+    /// Stages the initial state of a range replicated on `voters`, at [`BOOTSTRAP_INDEX`].
     pub fn bootstrap_range(
         &self,
         descriptor: &RangeDescriptor,
-        batch: &mut sled::Batch,
+        batch: &mut WriteBatch,
     ) -> Result<(), StorageError> {
         let range = descriptor.id;
         let start = LogPosition {
@@ -476,17 +573,15 @@ impl Engine {
             descriptor.voters.iter().map(|r| r.0),
             descriptor.learners.iter().map(|r| r.0),
         ));
-        batch.insert(keys::range_key(range, keys::HARD_STATE), encode_proto(&hs));
-        batch.insert(
+        batch.put_hard_state(range, &hs);
+        batch.put_truncated(range, start);
+        let data = batch.data();
+        data.insert(
             keys::range_key(range, keys::CONF_STATE),
             conf_state_value(BOOTSTRAP_INDEX, &cs),
         );
-        batch.insert(keys::range_key(range, keys::TRUNCATED), &start.encode());
-        batch.insert(keys::range_key(range, keys::APPLIED), &start.encode());
-        batch.insert(
-            keys::range_key(range, keys::DESCRIPTOR),
-            codec::encode(descriptor),
-        );
+        put_applied(data, range, start, &Proposers::new());
+        put_descriptor(data, descriptor);
         Ok(())
     }
 }
@@ -529,53 +624,64 @@ fn decode_proto<M: ProtoMessage>(what: &str, bytes: &[u8]) -> Result<M, StorageE
     M::parse_from_bytes(bytes).map_err(|e| corrupt(what, e))
 }
 
-/// A chunk of the raft log: entries appended together (one round's worth), stored under one
-/// key, [`keys::log_key`] of the first. The last index (8 bytes), then each entry as its
-/// length (4 bytes) and its protobuf. One sled insert per range and round instead of one per
-/// entry: sled's cost is per key.
-fn encode_chunk(entries: &[Entry]) -> Vec<u8> {
-    let last = entries.last().map_or(0, |e| e.index);
-    let mut out =
-        Vec::with_capacity(8 + entries.iter().map(|e| 4 + e.data.len() + 32).sum::<usize>());
-    out.extend_from_slice(&last.to_be_bytes());
-    for e in entries {
-        let bytes = encode_proto(e);
-        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        out.extend_from_slice(&bytes);
+/// The raft engine's view of a log entry.
+pub struct EntryLog;
+
+impl raft_engine::MessageExt for EntryLog {
+    type Entry = Entry;
+    fn index(e: &Entry) -> u64 {
+        e.index
     }
-    out
 }
 
-/// The last index of an encoded chunk.
-fn chunk_last(bytes: &[u8]) -> Result<u64, StorageError> {
-    let head: [u8; 8] = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| corrupt("raft log chunk", format!("{} bytes", bytes.len())))?;
-    Ok(u64::from_be_bytes(head))
+/// Size of the raft log's files, and the total size past which the oldest are purged
+/// (rewriting what little they still hold, or compacting the ranges that hold much).
+const LOG_FILE_MB: u64 = 64;
+const LOG_PURGE_MB: u64 = 1024;
+
+/// A round's writes: to the raft log (entries, hard states, truncations) and to sled (conf
+/// states, snapshots' data). [`Engine::commit`] writes it.
+#[derive(Default)]
+pub struct WriteBatch {
+    data: sled::Batch,
+    has_data: bool,
+    data_sync: bool,
+    log: raft_engine::LogBatch,
 }
 
-fn decode_chunk(bytes: &[u8]) -> Result<Vec<Entry>, StorageError> {
-    chunk_last(bytes)?;
-    let mut rest = &bytes[8..];
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let len = rest
-            .get(..4)
-            .map(|b| u32::from_be_bytes(b.try_into().expect("four bytes")) as usize)
-            .filter(|&len| rest.len() >= 4 + len)
-            .ok_or_else(|| corrupt("raft log chunk", "a truncated entry"))?;
-        out.push(decode_proto("raft log entry", &rest[4..4 + len])?);
-        rest = &rest[4 + len..];
+impl WriteBatch {
+    /// The sled part, to stage into.
+    pub fn data(&mut self) -> &mut sled::Batch {
+        self.has_data = true;
+        &mut self.data
     }
-    Ok(out)
-}
 
-/// The index a log key ends with.
-fn log_key_index(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&key[key.len() - 8..]);
-    u64::from_be_bytes(b)
+    /// Whether [`Engine::commit`] would write anything.
+    pub fn is_empty(&self) -> bool {
+        !self.has_data && !self.data_sync && self.log.is_empty()
+    }
+
+    /// Whether committing it syncs sled first (it compacts a log).
+    pub fn needs_data_sync(&self) -> bool {
+        self.has_data || self.data_sync
+    }
+
+    fn put_hard_state(&mut self, range: RangeId, hs: &HardState) {
+        self.log
+            .put_message(range.0, keys::HARD_STATE.to_vec(), hs)
+            .expect("storage: encoding a hard state failed");
+    }
+
+    fn put_truncated(&mut self, range: RangeId, at: LogPosition) {
+        self.log
+            .put(range.0, keys::TRUNCATED.to_vec(), at.encode().to_vec())
+            .expect("storage: a key of the raft log");
+    }
+
+    /// Stages the deletion of everything the raft log holds of a range.
+    pub fn clean_log(&mut self, range: RangeId) {
+        self.log.add_command(range.0, raft_engine::Command::Clean);
+    }
 }
 
 /// What a snapshot's data holds: the range as of the snapshot's index.
@@ -595,9 +701,9 @@ pub type Proposers = BTreeMap<(NodeId, u64), u64>;
 
 /// One range's raft log and state.
 ///
-/// Reads go to sled; writes are staged into the round's `sled::Batch` by the `stage_*` methods,
-/// which also update the in-memory view raft reads, so raft sees what it appended before the
-/// batch is durable (as raft-rs expects).
+/// Reads go to the engine; writes are staged into the round's [`WriteBatch`] by the `stage_*`
+/// methods, which also update the in-memory view raft reads, so raft sees what it appended
+/// before the batch is durable (as raft-rs expects).
 pub struct RangeStorage {
     engine: Arc<Engine>,
     range: RangeId,
@@ -611,17 +717,12 @@ pub struct RangeStorage {
     snapshot: Option<Snapshot>,
     /// Set when raft asked for a snapshot newer than the one held.
     snapshot_wanted: AtomicBool,
-    /// The stored chunks of the log (see [`encode_chunk`]): first index → last index.
-    chunks: BTreeMap<u64, u64>,
     /// The newest entries, contiguous up to `last_index`: those not yet applied, and
     /// [`ENTRY_CACHE_APPLIED`] applied ones (at most [`ENTRY_CACHE_MAX`] in all). Raft reads
     /// entries back once they commit, and a follower checks the term of its last entry on every
-    /// append: serving them from here saves decoding from sled what was just written.
+    /// append: serving them from here saves reading back what was just written.
     cache: VecDeque<Entry>,
 }
-
-/// The most bytes of entries stored in one chunk of the log (one larger entry is a chunk alone).
-const CHUNK_BYTES: usize = 32 << 10;
 
 /// The most entries a range keeps in its entry cache.
 const ENTRY_CACHE_MAX: usize = 4096;
@@ -630,13 +731,18 @@ const ENTRY_CACHE_APPLIED: u64 = 64;
 
 impl RangeStorage {
     /// Loads a range's state; a range never seen gives an empty (uninitialized) storage.
+    ///
+    /// A stored applied index the log does not continue (a crash came between the two writes
+    /// of a snapshot's installation, see the module documentation) restarts the log after it.
     pub fn load(engine: Arc<Engine>, range: RangeId) -> Result<RangeStorage, StorageError> {
-        let tree = engine.tree();
-        let hard_state = match tree.get(keys::range_key(range, keys::HARD_STATE))? {
-            Some(v) => decode_proto("hard state", &v)?,
-            None => HardState::default(),
-        };
-        let (conf_index, conf_state) = match tree.get(keys::range_key(range, keys::CONF_STATE))? {
+        let mut hard_state: HardState = engine
+            .log
+            .get_message(range.0, keys::HARD_STATE)?
+            .unwrap_or_default();
+        let (conf_index, conf_state) = match engine
+            .tree()
+            .get(keys::range_key(range, keys::CONF_STATE))?
+        {
             Some(v) if v.len() >= 8 => {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(&v[..8]);
@@ -645,16 +751,39 @@ impl RangeStorage {
             Some(v) => return Err(corrupt("conf state", format!("{} bytes", v.len()))),
             None => (0, ConfState::default()),
         };
-        let truncated = match tree.get(keys::range_key(range, keys::TRUNCATED))? {
-            Some(v) => LogPosition::decode("truncated state", &v)?,
-            None => LogPosition::default(),
-        };
-        let mut chunks = BTreeMap::new();
-        for item in tree.scan_prefix(keys::range_key(range, keys::LOG)) {
-            let (k, v) = item?;
-            chunks.insert(log_key_index(&k), chunk_last(&v)?);
+        let mut truncated = engine.truncated(range)?;
+        let mut last_index = engine
+            .log
+            .last_index(range.0)
+            .unwrap_or(0)
+            .max(truncated.index);
+        let applied = engine.applied(range)?;
+        if applied.index > truncated.index {
+            let term = if applied.index <= last_index {
+                engine
+                    .log
+                    .get_entry::<EntryLog>(range.0, applied.index)?
+                    .map(|e| e.term)
+            } else {
+                None
+            };
+            if term != Some(applied.term) {
+                log::warn!(
+                    "storage: {range}: the log does not continue the applied index {}: \
+                     it restarts after it",
+                    applied.index
+                );
+                hard_state.commit = hard_state.commit.max(applied.index);
+                hard_state.term = hard_state.term.max(applied.term);
+                let mut batch = WriteBatch::default();
+                batch.clean_log(range);
+                batch.put_hard_state(range, &hard_state);
+                batch.put_truncated(range, applied);
+                engine.commit(batch)?;
+                truncated = applied;
+                last_index = applied.index;
+            }
         }
-        let last_index = chunks.values().copied().fold(truncated.index, u64::max);
         Ok(RangeStorage {
             engine,
             range,
@@ -665,13 +794,12 @@ impl RangeStorage {
             last_index,
             snapshot: None,
             snapshot_wanted: AtomicBool::new(false),
-            chunks,
             cache: VecDeque::new(),
         })
     }
 
     /// Forgets cached entries applied long enough ago (a follower that needs them is sent them
-    /// from sled).
+    /// from the raft engine).
     pub fn applied_to(&mut self, applied: u64) {
         while self
             .cache
@@ -682,41 +810,22 @@ impl RangeStorage {
         }
     }
 
-    /// The stored entries `[low, high)` (at least one if any, then up to `max_size` bytes),
-    /// from the chunk holding `low` on.
+    /// The stored entries `[low, high)` (at least one if any, then up to `max_size` bytes).
     fn stored_entries(
         &self,
         low: u64,
         high: u64,
         max_size: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
-        let start = self
-            .chunks
-            .range(..=low)
-            .next_back()
-            .map_or(low, |(&first, _)| first);
+    ) -> Result<Vec<Entry>, raft_engine::Error> {
         let mut out = Vec::new();
-        let mut size = 0u64;
-        let scan = self
-            .engine
-            .tree()
-            .range(keys::log_key(self.range, start)..keys::log_key(self.range, high));
-        for item in scan {
-            let (_, v) = item?;
-            for e in decode_chunk(&v)? {
-                if e.index < low {
-                    continue;
-                }
-                if e.index >= high {
-                    return Ok(out);
-                }
-                size += u64::from(e.compute_size());
-                if !out.is_empty() && size > max_size {
-                    return Ok(out);
-                }
-                out.push(e);
-            }
-        }
+        let max_size = usize::try_from(max_size).unwrap_or(usize::MAX);
+        self.engine.log.fetch_entries_to::<EntryLog>(
+            self.range.0,
+            low,
+            high,
+            Some(max_size),
+            &mut out,
+        )?;
         Ok(out)
     }
 
@@ -750,63 +859,23 @@ impl RangeStorage {
         self.truncated
     }
 
-    /// Stages appended entries, removing any conflicting tail they replace.
-    pub fn stage_entries(&mut self, entries: &[Entry], batch: &mut sled::Batch) {
+    /// Stages appended entries, replacing any conflicting tail from the first of them on.
+    pub fn stage_entries(&mut self, entries: &[Entry], batch: &mut WriteBatch) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return;
         };
         assert!(
-            first.index > self.truncated.index,
-            "storage: {} appending entry {} at or below the truncation point {}",
+            first.index > self.truncated.index && first.index <= self.last_index + 1,
+            "storage: {} appending entries from {} to a log of ({}, {}]",
             self.range,
             first.index,
-            self.truncated.index
+            self.truncated.index,
+            self.last_index
         );
-        // The entries replace any from `first.index` on: whole chunks, and the tail of a chunk
-        // that straddles it (rewritten without that tail).
-        let replaced: Vec<u64> = self.chunks.range(first.index..).map(|(&f, _)| f).collect();
-        for f in replaced {
-            batch.remove(keys::log_key(self.range, f));
-            self.chunks.remove(&f);
-        }
-        if let Some((&f, &l)) = self.chunks.range(..first.index).next_back() {
-            if l >= first.index {
-                // Read from sled: a range's entries are staged at most once a round, and a
-                // round with entries is written before the next, so the chunk is there.
-                let kept = match self.stored_entries(f, first.index, u64::MAX) {
-                    Ok(kept) => kept,
-                    // Nothing can be acknowledged without storage (see MultiRaft's rounds).
-                    Err(e) => panic!("storage: {}: reading the log: {e}", self.range),
-                };
-                assert_eq!(
-                    kept.len() as u64,
-                    first.index - f,
-                    "storage: {}: the chunk at {f} is not all in sled",
-                    self.range
-                );
-                batch.insert(keys::log_key(self.range, f), encode_chunk(&kept));
-                self.chunks.insert(f, first.index - 1);
-            }
-        }
-        // Chunks stay well under sled's inline limit (a quarter segment, 128 KiB): larger
-        // pages go to blob files, each synced on its own.
-        let mut rest = entries;
-        while !rest.is_empty() {
-            let mut bytes = 0;
-            let n = rest
-                .iter()
-                .take_while(|e| {
-                    bytes += e.data.len() + e.context.len() + 32;
-                    bytes <= CHUNK_BYTES
-                })
-                .count()
-                .max(1);
-            let (chunk, tail) = rest.split_at(n);
-            let (f, l) = (chunk[0].index, chunk[n - 1].index);
-            batch.insert(keys::log_key(self.range, f), encode_chunk(chunk));
-            self.chunks.insert(f, l);
-            rest = tail;
-        }
+        batch
+            .log
+            .add_entries::<EntryLog>(self.range.0, entries)
+            .expect("storage: encoding log entries failed");
         self.last_index = last.index;
         // The cache stays contiguous: a replaced tail goes, and a gap empties it.
         while self.cache.back().is_some_and(|e| e.index >= first.index) {
@@ -826,24 +895,21 @@ impl RangeStorage {
     }
 
     /// Stages a new hard state.
-    pub fn stage_hard_state(&mut self, hs: HardState, batch: &mut sled::Batch) {
-        batch.insert(
-            keys::range_key(self.range, keys::HARD_STATE),
-            encode_proto(&hs),
-        );
+    pub fn stage_hard_state(&mut self, hs: HardState, batch: &mut WriteBatch) {
+        batch.put_hard_state(self.range, &hs);
         self.hard_state = hs;
     }
 
     /// Stages a commit index learned from a `LightReady`.
-    pub fn stage_commit(&mut self, commit: u64, batch: &mut sled::Batch) {
+    pub fn stage_commit(&mut self, commit: u64, batch: &mut WriteBatch) {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
         self.stage_hard_state(hs, batch);
     }
 
     /// Stages the conf state that applying the change at `index` produced.
-    pub fn stage_conf_state(&mut self, cs: ConfState, index: u64, batch: &mut sled::Batch) {
-        batch.insert(
+    pub fn stage_conf_state(&mut self, cs: ConfState, index: u64, batch: &mut WriteBatch) {
+        batch.data().insert(
             keys::range_key(self.range, keys::CONF_STATE),
             conf_state_value(index, &cs),
         );
@@ -852,36 +918,37 @@ impl RangeStorage {
     }
 
     /// Stages the installation of a snapshot received from the leader: the range's data is
-    /// replaced by the snapshot's, the log is emptied and restarts after the snapshot's index,
-    /// and the applied index moves to it. All of it lands in one atomic batch.
+    /// replaced by the snapshot's and the applied index moves to it (one atomic sled batch),
+    /// and the log is emptied and restarts after the snapshot's index.
     pub fn stage_snapshot(
         &mut self,
         snapshot: &Snapshot,
-        batch: &mut sled::Batch,
+        batch: &mut WriteBatch,
     ) -> Result<RangeDescriptor, StorageError> {
         let meta = snapshot.get_metadata();
         let data: SnapshotData =
             codec::decode(&snapshot.data).map_err(|e| corrupt("snapshot data", e))?;
         let d = &data.descriptor;
-        // Whatever this node held of the span before is replaced.
-        let (lo, hi) = keys::user_span(&d.start_key, &d.end_key);
-        for item in self.engine.tree().range(lo..hi) {
-            let (k, _) = item?;
-            batch.remove(k);
-        }
-        for (k, v) in &data.pairs {
-            batch.insert(keys::user_key(k), v.as_slice());
-        }
-        for f in std::mem::take(&mut self.chunks).into_keys() {
-            batch.remove(keys::log_key(self.range, f));
-        }
         let at = LogPosition {
             index: meta.index,
             term: meta.term,
         };
-        batch.insert(keys::range_key(self.range, keys::TRUNCATED), &at.encode());
-        put_applied(batch, self.range, at, &data.proposers);
-        put_descriptor(batch, d);
+        {
+            let kv = batch.data();
+            // Whatever this node held of the span before is replaced.
+            let (lo, hi) = keys::user_span(&d.start_key, &d.end_key);
+            for item in self.engine.tree().range(lo..hi) {
+                let (k, _) = item?;
+                kv.remove(k);
+            }
+            for (k, v) in &data.pairs {
+                kv.insert(keys::user_key(k), v.as_slice());
+            }
+            put_applied(kv, self.range, at, &data.proposers);
+            put_descriptor(kv, d);
+        }
+        batch.clean_log(self.range);
+        batch.put_truncated(self.range, at);
         self.truncated = at;
         self.last_index = at.index;
         self.cache.clear();
@@ -894,11 +961,12 @@ impl RangeStorage {
     }
 
     /// Stages the removal of the log up to `index` (which must be applied): the log then
-    /// starts after it, and a follower that needs older entries gets a snapshot.
+    /// starts after it, and a follower that needs older entries gets a snapshot. The batch
+    /// syncs sled before it is written, so that what the removed entries did is durable.
     pub fn stage_compact(
         &mut self,
         index: u64,
-        batch: &mut sled::Batch,
+        batch: &mut WriteBatch,
     ) -> Result<(), StorageError> {
         if index <= self.truncated.index {
             return Ok(());
@@ -908,26 +976,16 @@ impl RangeStorage {
             Ok(e) => e.term,
             Err(e) => return Err(corrupt(format!("log entry {index} of {}", self.range), e)),
         };
-        // Whole chunks go; one straddling `index` stays until it is wholly compacted (its
-        // entries up to `index` are then never read).
-        let compacted: Vec<u64> = self
-            .chunks
-            .iter()
-            .filter(|&(_, &l)| l <= index)
-            .map(|(&f, _)| f)
-            .collect();
-        for f in compacted {
-            batch.remove(keys::log_key(self.range, f));
-            self.chunks.remove(&f);
-        }
+        batch.log.add_command(
+            self.range.0,
+            raft_engine::Command::Compact { index: index + 1 },
+        );
         while self.cache.front().is_some_and(|e| e.index <= index) {
             self.cache.pop_front();
         }
         self.truncated = LogPosition { index, term };
-        batch.insert(
-            keys::range_key(self.range, keys::TRUNCATED),
-            &self.truncated.encode(),
-        );
+        batch.put_truncated(self.range, self.truncated);
+        batch.data_sync = true;
         Ok(())
     }
 
@@ -948,13 +1006,22 @@ impl RangeStorage {
         match self.stored_entries(index, index + 1, u64::MAX) {
             Ok(mut v) if v.first().is_some_and(|e| e.index == index) => Ok(v.remove(0)),
             Ok(_) => Err(raft::Error::Store(RaftStorageError::Unavailable)),
-            Err(e) => Err(raft::Error::Store(other(e))),
+            Err(e) => Err(log_error(e)),
         }
     }
 }
 
 fn other(e: impl std::error::Error + Send + Sync + 'static) -> RaftStorageError {
     RaftStorageError::Other(Box::new(e))
+}
+
+/// A raft engine's read error, as raft-rs's storage reports it.
+fn log_error(e: raft_engine::Error) -> raft::Error {
+    raft::Error::Store(match e {
+        raft_engine::Error::EntryNotFound => RaftStorageError::Unavailable,
+        raft_engine::Error::EntryCompacted => RaftStorageError::Compacted,
+        e => other(e),
+    })
 }
 
 impl Storage for RangeStorage {
@@ -993,7 +1060,7 @@ impl Storage for RangeStorage {
         }
         let out = self
             .stored_entries(low, high, max_size)
-            .map_err(|e| raft::Error::Store(other(e)))?;
+            .map_err(log_error)?;
         if out.is_empty() || out[0].index != low {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
@@ -1076,15 +1143,38 @@ mod tests {
 
     fn bootstrapped(dir: &Path) -> (Arc<Engine>, RangeStorage) {
         let engine = Engine::open(dir, 16 << 20).unwrap();
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         engine.bootstrap_range(&descriptor(), &mut batch).unwrap();
-        engine.write(batch).unwrap();
+        engine.commit(batch).unwrap();
         let storage = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
         (engine, storage)
     }
 
+    /// Appends entries to the log, written at once.
+    fn append(engine: &Engine, s: &mut RangeStorage, entries: Vec<Entry>) {
+        let mut batch = WriteBatch::default();
+        s.stage_entries(&entries, &mut batch);
+        engine.commit(batch).unwrap();
+    }
+
     fn ctx() -> GetEntriesContext {
         GetEntriesContext::empty(false)
+    }
+
+    #[test]
+    fn a_data_directory_of_the_sled_raft_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+            // Where versions before the raft engine kept a range's hard state.
+            let mut batch = sled::Batch::default();
+            batch.insert(keys::range_key(RangeId(7), b'h'), b"".as_slice());
+            engine.write(batch).unwrap();
+            engine.sync().unwrap();
+        }
+        let err = Engine::open(dir.path(), 16 << 20).unwrap_err();
+        assert!(matches!(err, StorageError::OldFormat(_)), "{err}");
+        assert!(err.to_string().contains("empty data directory"), "{err}");
     }
 
     #[test]
@@ -1124,12 +1214,7 @@ mod tests {
     fn entries_bounds_sizes_and_conflicting_tails() {
         let dir = tempfile::tempdir().unwrap();
         let (engine, mut s) = bootstrapped(dir.path());
-        let mut batch = sled::Batch::default();
-        s.stage_entries(
-            &(6..=10).map(|i| entry(i, 6)).collect::<Vec<_>>(),
-            &mut batch,
-        );
-        engine.write(batch).unwrap();
+        append(&engine, &mut s, (6..=10).map(|i| entry(i, 6)).collect());
         assert_eq!(s.last_index().unwrap(), 10);
         assert_eq!(s.term(8).unwrap(), 6);
         let got = s.entries(6, 11, None, ctx()).unwrap();
@@ -1151,9 +1236,9 @@ mod tests {
         ));
 
         // A new leader's entries replace the tail from 8 on.
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         s.stage_entries(&[entry(8, 7)], &mut batch);
-        engine.write(batch).unwrap();
+        engine.commit(batch).unwrap();
         assert_eq!(s.last_index().unwrap(), 8);
         assert_eq!(s.term(8).unwrap(), 7);
         assert_eq!(engine.log_entries(RangeId(7)).unwrap().len(), 3);
@@ -1163,21 +1248,15 @@ mod tests {
     fn the_entry_cache_answers_exactly_as_the_stored_log() {
         let dir = tempfile::tempdir().unwrap();
         let (engine, mut s) = bootstrapped(dir.path());
-        let append = |s: &mut RangeStorage, entries: Vec<Entry>| {
-            let mut batch = sled::Batch::default();
-            s.stage_entries(&entries, &mut batch);
-            engine.write(batch).unwrap();
-        };
-        append(&mut s, (6..=10).map(|i| entry(i, 6)).collect());
-        append(&mut s, vec![entry(8, 7)]); // a replaced tail
-        append(&mut s, (9..=12).map(|i| entry(i, 7)).collect());
-        // Large entries: several chunks in one append.
+        append(&engine, &mut s, (6..=10).map(|i| entry(i, 6)).collect());
+        append(&engine, &mut s, vec![entry(8, 7)]); // a replaced tail
+        append(&engine, &mut s, (9..=12).map(|i| entry(i, 7)).collect());
+        // Large entries.
         let large = |i| Entry {
             data: vec![i as u8; 10_000].into(),
             ..entry(i, 7)
         };
-        append(&mut s, (13..=20).map(large).collect());
-        assert!(s.chunks.len() >= 5, "{:?}", s.chunks);
+        append(&engine, &mut s, (13..=20).map(large).collect());
         s.applied_to(7);
         // A fresh load has no cache: everything comes from sled.
         let stored = RangeStorage::load(s.engine.clone(), RangeId(7)).unwrap();
@@ -1202,15 +1281,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (engine, mut s) = bootstrapped(dir.path());
-            let mut batch = sled::Batch::default();
-            s.stage_entries(
-                &(6..=10).map(|i| entry(i, 6)).collect::<Vec<_>>(),
-                &mut batch,
-            );
-            engine.write(batch).unwrap();
-            let mut batch = sled::Batch::default();
+            append(&engine, &mut s, (6..=10).map(|i| entry(i, 6)).collect());
+            let mut batch = WriteBatch::default();
             s.stage_compact(8, &mut batch).unwrap();
-            engine.write(batch).unwrap();
+            // What the compacted entries did must be durable in sled first.
+            assert!(batch.needs_data_sync());
+            engine.commit(batch).unwrap();
             assert_eq!(s.first_index().unwrap(), 9);
             assert_eq!(
                 s.term(8).unwrap(),
@@ -1222,9 +1298,9 @@ mod tests {
                 Err(raft::Error::Store(RaftStorageError::Compacted))
             ));
             // Compacting to an older point changes nothing.
-            let mut batch = sled::Batch::default();
+            let mut batch = WriteBatch::default();
             s.stage_compact(7, &mut batch).unwrap();
-            engine.write(batch).unwrap();
+            engine.commit(batch).unwrap();
             assert_eq!(s.first_index().unwrap(), 9);
         }
         let engine = Engine::open(dir.path(), 16 << 20).unwrap();
@@ -1249,37 +1325,55 @@ mod tests {
         other.id = RangeId(8);
         other.start_key = b"m".to_vec();
         other.end_key = Vec::new();
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         engine.bootstrap_range(&other, &mut batch).unwrap();
         for k in [&b"b"[..], b"l", b"m", b"z"] {
-            batch.insert(keys::user_key(k), b"v".as_slice());
+            batch.data().insert(keys::user_key(k), b"v".as_slice());
         }
-        engine.write(batch).unwrap();
+        engine.commit(batch).unwrap();
 
         let d = descriptor();
         let replica = ReplicaId::new(NodeId(2), 0);
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         engine
-            .stage_destroy(d.id, replica, Some((&d.start_key, &d.end_key)), &mut batch)
+            .stage_destroy(
+                d.id,
+                replica,
+                Some((&d.start_key, &d.end_key)),
+                batch.data(),
+            )
             .unwrap();
-        engine.write(batch).unwrap();
+        engine.commit(batch).unwrap();
 
         assert_eq!(engine.descriptors().unwrap(), vec![other.clone()]);
         assert_eq!(
             engine.tombstones().unwrap().into_iter().collect::<Vec<_>>(),
             vec![(RangeId(7), replica)]
         );
-        assert!(engine
-            .tree()
-            .scan_prefix(keys::range_key(d.id, keys::HARD_STATE))
-            .next()
-            .is_none());
+        // Of its state in sled, only the tombstone is left.
+        assert_eq!(
+            engine
+                .tree()
+                .scan_prefix(keys::range_prefix(d.id))
+                .keys()
+                .map(|k| k.unwrap().to_vec())
+                .collect::<Vec<_>>(),
+            vec![keys::range_key(d.id, keys::TOMBSTONE)]
+        );
         assert_eq!(engine.get_user(b"b").unwrap(), None);
         assert_eq!(engine.get_user(b"l").unwrap(), None);
         // The neighbour keeps its data and state.
         assert_eq!(engine.get_user(b"m").unwrap(), Some(b"v".to_vec()));
         assert_eq!(engine.get_user(b"z").unwrap(), Some(b"v".to_vec()));
         assert_eq!(engine.applied(RangeId(8)).unwrap().index, BOOTSTRAP_INDEX);
+        // MultiRaft deletes the log: a replica created later starts from nothing.
+        assert!(engine.has_log(d.id));
+        engine.clean_log(d.id).unwrap();
+        assert!(!engine.has_log(d.id));
+        assert!(engine.has_log(RangeId(8)));
+        let s = RangeStorage::load(engine.clone(), d.id).unwrap();
+        assert!(!s.initial_state().unwrap().initialized());
+        assert_eq!(s.last_index().unwrap(), 0);
     }
 
     #[test]
@@ -1287,7 +1381,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (engine, mut s) = bootstrapped(dir.path());
-            let mut batch = sled::Batch::default();
+            let mut batch = WriteBatch::default();
             s.stage_entries(
                 &(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>(),
                 &mut batch,
@@ -1297,8 +1391,7 @@ mod tests {
             hs.vote = 2;
             hs.commit = 8;
             s.stage_hard_state(hs, &mut batch);
-            engine.write(batch).unwrap();
-            engine.sync().unwrap();
+            engine.commit(batch).unwrap();
         }
         let engine = Engine::open(dir.path(), 16 << 20).unwrap();
         let s = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
@@ -1325,14 +1418,19 @@ mod tests {
     fn installing_a_snapshot_replaces_data_and_log() {
         let dir = tempfile::tempdir().unwrap();
         let (engine, mut s) = bootstrapped(dir.path());
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
+        // The log goes past the snapshot, with entries of an older term: all of it goes.
         s.stage_entries(
-            &(6..=9).map(|i| entry(i, 6)).collect::<Vec<_>>(),
+            &(6..=25).map(|i| entry(i, 6)).collect::<Vec<_>>(),
             &mut batch,
         );
-        batch.insert(keys::user_key(b"b-stale"), b"x".as_slice());
-        batch.insert(keys::user_key(b"z-other-range"), b"y".as_slice());
-        engine.write(batch).unwrap();
+        batch
+            .data()
+            .insert(keys::user_key(b"b-stale"), b"x".as_slice());
+        batch
+            .data()
+            .insert(keys::user_key(b"z-other-range"), b"y".as_slice());
+        engine.commit(batch).unwrap();
 
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 20;
@@ -1345,9 +1443,9 @@ mod tests {
             proposers: Proposers::from([((NodeId(2), 9), 41)]),
         })
         .into();
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let d = s.stage_snapshot(&snap, &mut batch).unwrap();
-        engine.write(batch).unwrap();
+        engine.commit(batch).unwrap();
         assert_eq!(d, descriptor());
         assert_eq!(s.first_index().unwrap(), 21);
         assert_eq!(s.last_index().unwrap(), 20);
@@ -1372,6 +1470,83 @@ mod tests {
         let s = RangeStorage::load(engine, RangeId(7)).unwrap();
         assert_eq!(s.initial_state().unwrap().conf_state.learners, vec![4]);
         assert_eq!(s.term(20).unwrap(), 8);
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (21, 20)
+        );
+    }
+
+    /// A snapshot of index 20, term 8, for range 7, with one pair.
+    fn snapshot_at_20() -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 20;
+        snap.mut_metadata().term = 8;
+        snap.mut_metadata()
+            .set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        snap.data = codec::encode(&SnapshotData {
+            descriptor: descriptor(),
+            pairs: vec![(b"c".to_vec(), b"3".to_vec())],
+            proposers: Proposers::new(),
+        })
+        .into();
+        snap
+    }
+
+    #[test]
+    fn a_crash_between_the_two_writes_of_a_snapshot_restarts_the_log_after_it() {
+        for last in [9, 25] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let (engine, mut s) = bootstrapped(dir.path());
+                append(&engine, &mut s, (6..=last).map(|i| entry(i, 6)).collect());
+                let mut batch = WriteBatch::default();
+                s.stage_snapshot(&snapshot_at_20(), &mut batch).unwrap();
+                // The sled part is written and synced first; the crash comes before the log.
+                engine.tree().apply_batch(batch.data).unwrap();
+                engine.sync().unwrap();
+            }
+            let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+            let s = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
+            assert_eq!(
+                (s.first_index().unwrap(), s.last_index().unwrap()),
+                (21, 20),
+                "a log to {last}"
+            );
+            assert_eq!(s.term(20).unwrap(), 8);
+            let hs = &s.initial_state().unwrap().hard_state;
+            assert_eq!((hs.term, hs.commit), (8, 20));
+            assert_eq!(engine.get_user(b"c").unwrap(), Some(b"3".to_vec()));
+            // The repair was written: a second load finds the same.
+            drop(s);
+            let s = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
+            assert_eq!(
+                (s.first_index().unwrap(), s.last_index().unwrap()),
+                (21, 20)
+            );
+            assert!(engine.log_entries(RangeId(7)).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_log_that_continues_the_applied_index_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (engine, mut s) = bootstrapped(dir.path());
+            append(&engine, &mut s, (6..=25).map(|i| entry(i, 6)).collect());
+            // The Store applied up to 20.
+            let mut batch = sled::Batch::default();
+            put_applied(
+                &mut batch,
+                RangeId(7),
+                LogPosition { index: 20, term: 6 },
+                &Proposers::new(),
+            );
+            engine.write(batch).unwrap();
+            engine.sync().unwrap();
+        }
+        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let s = RangeStorage::load(engine, RangeId(7)).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (6, 25));
     }
 
     #[test]
