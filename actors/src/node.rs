@@ -117,7 +117,7 @@ impl Node {
         )?;
         let store = Store::load(
             settings.node,
-            rand::random(),
+            engine.next_boot()?,
             engine.clone(),
             raft_addr.clone(),
             settings.store.clone(),

@@ -207,6 +207,9 @@ pub mod keys {
         k
     }
 
+    /// The node's last boot (8 bytes).
+    pub const BOOT: &[u8] = b"n-boot";
+
     /// `'k' · user key`.
     pub fn user_key(key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(key.len() + 1);
@@ -409,6 +412,27 @@ impl Engine {
         }
         *synced = present;
         Ok(())
+    }
+
+    /// A new boot of this node, durably above every boot before: the last one plus one, or the
+    /// clock in microseconds if that is higher (so a node whose data directory was wiped still
+    /// starts above the boots its old proposals were made under).
+    pub fn next_boot(&self) -> Result<u64, StorageError> {
+        let last = match self.tree.get(keys::BOOT)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("boot", format!("{} bytes", v.len())))?,
+            ),
+            None => 0,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let boot = (last + 1).max(now);
+        self.tree.insert(keys::BOOT, &boot.to_be_bytes())?;
+        self.sync()?;
+        Ok(boot)
     }
 
     /// Reads a user key.
@@ -692,12 +716,14 @@ pub struct SnapshotData {
     pub proposers: Proposers,
 }
 
-/// For each proposer (node and boot), the sequence number of the last command of it that a
-/// range applied. A command whose number is not above it is a copy (a message delivered twice)
-/// or arrived after a later one, and is not applied: every replica decides alike, from the
-/// log, so this is part of the range's replicated state (stored with the applied index, and in
-/// snapshots).
-pub type Proposers = BTreeMap<(NodeId, u64), u64>;
+/// For each proposing node, the boot and sequence number of the last command of it that a range
+/// applied. A command not above it is not applied: with the same boot, it is a copy (a message
+/// delivered twice) or arrived after a later one; with an older boot, it comes from a process
+/// that has since restarted, and its client is gone (boots only grow, see
+/// [`Engine::next_boot`]). Every replica decides alike, from the log, so this is part of the
+/// range's replicated state (stored with the applied index, and in snapshots), one entry per
+/// node however often it restarts.
+pub type Proposers = BTreeMap<NodeId, (u64, u64)>;
 
 /// One range's raft log and state.
 ///
@@ -1162,6 +1188,26 @@ mod tests {
     }
 
     #[test]
+    fn boots_only_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Engine::open(dir.path(), 16 << 20)
+            .unwrap()
+            .next_boot()
+            .unwrap();
+        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let second = engine.next_boot().unwrap();
+        assert!(second > first, "{second} after {first}");
+        assert!(engine.next_boot().unwrap() > second);
+        // A wiped data directory starts above them too (from the clock).
+        let wiped = tempfile::tempdir().unwrap();
+        let fresh = Engine::open(wiped.path(), 16 << 20)
+            .unwrap()
+            .next_boot()
+            .unwrap();
+        assert!(fresh > first, "{fresh} after {first}");
+    }
+
+    #[test]
     fn a_data_directory_of_the_sled_raft_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -1440,7 +1486,7 @@ mod tests {
         snap.data = codec::encode(&SnapshotData {
             descriptor: descriptor(),
             pairs: vec![(b"c".to_vec(), b"3".to_vec())],
-            proposers: Proposers::from([((NodeId(2), 9), 41)]),
+            proposers: Proposers::from([(NodeId(2), (9, 41))]),
         })
         .into();
         let mut batch = WriteBatch::default();
@@ -1456,7 +1502,7 @@ mod tests {
         // The proposers' last commands come with the data: duplicates stay recognised.
         assert_eq!(
             engine.proposers(RangeId(7)).unwrap(),
-            Proposers::from([((NodeId(2), 9), 41)])
+            Proposers::from([(NodeId(2), (9, 41))])
         );
         assert_eq!(
             engine.get_user(b"z-other-range").unwrap(),

@@ -519,12 +519,14 @@ impl Store {
                         continue;
                     };
                     if let Some(p) = proposal {
-                        let last = r.proposers.entry((p.node, p.boot)).or_default();
-                        if p.seq <= *last {
-                            log::debug!("{range}: entry {index} repeats {p:?}; not applied");
+                        let last = r.proposers.entry(p.node).or_default();
+                        if (p.boot, p.seq) <= *last {
+                            log::debug!(
+                                "{range}: entry {index} repeats {p:?} or is older; not applied"
+                            );
                             continue;
                         }
-                        *last = p.seq;
+                        *last = (p.boot, p.seq);
                     }
                     let engine = &self.engine;
                     let mut read_error = None;
@@ -952,5 +954,100 @@ impl Handler<GetStoreStatus> for Store {
             keys: self.engine.count_user_keys(),
             applied_commands: self.applied_commands,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::WriteBatch;
+    use actix::dev::channel::channel;
+
+    /// A store of one range on node 1, and the mailbox its reports go to (never run).
+    fn store(dir: &std::path::Path) -> (Store, actix::dev::channel::AddressReceiver<MultiRaft>) {
+        let engine = Engine::open(dir, 16 << 20).unwrap();
+        if !engine.is_bootstrapped().unwrap() {
+            let d = RangeDescriptor {
+                id: RangeId(1),
+                start_key: Vec::new(),
+                end_key: Vec::new(),
+                voters: vec![ReplicaId::new(NodeId(1), 0)],
+                learners: Vec::new(),
+                removed: Vec::new(),
+            };
+            let mut batch = WriteBatch::default();
+            engine.bootstrap_range(&d, &mut batch).unwrap();
+            engine.commit(batch).unwrap();
+        }
+        let (tx, reports) = channel::<MultiRaft>(64);
+        let boot = engine.next_boot().unwrap();
+        let store = Store::load(
+            NodeId(1),
+            boot,
+            engine,
+            Addr::new(tx),
+            StoreSettings::default(),
+        )
+        .unwrap();
+        (store, reports)
+    }
+
+    /// Hands over `INCR counter` proposed by (node, boot, seq) at the range's next index.
+    fn incr(store: &mut Store, node: u64, boot: u64, seq: u64) {
+        let index = store.ranges[&RangeId(1)].applied.index + 1;
+        store
+            .apply_events(vec![Event::CommandCommitted {
+                range: RangeId(1),
+                index,
+                term: 6,
+                proposal: Some(ProposalId {
+                    node: NodeId(node),
+                    boot,
+                    seq,
+                }),
+                command: Some(Command::IncrBy {
+                    key: b"counter".to_vec(),
+                    delta: 1,
+                }),
+            }])
+            .unwrap();
+    }
+
+    fn counter(store: &Store) -> Vec<u8> {
+        store
+            .engine
+            .get_user(b"counter")
+            .unwrap()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_command_applies_once_and_never_after_a_newer_boot_of_its_node() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _reports) = store(dir.path());
+            incr(&mut s, 2, 10, 1);
+            incr(&mut s, 2, 10, 2);
+            incr(&mut s, 2, 10, 2); // a copy
+            incr(&mut s, 2, 10, 1); // arrived after a later one
+            assert_eq!(counter(&s), b"2");
+            incr(&mut s, 2, 11, 1); // node 2 restarted
+            incr(&mut s, 2, 10, 3); // from the process before: its client is gone
+            incr(&mut s, 3, 1, 1); // another node
+            assert_eq!(counter(&s), b"4");
+            // One entry per node, however often it restarted.
+            assert_eq!(
+                s.ranges[&RangeId(1)].proposers,
+                Proposers::from([(NodeId(2), (11, 1)), (NodeId(3), (1, 1))])
+            );
+            s.engine.sync().unwrap();
+        }
+        // The same decisions after a restart: they are stored with the applied index.
+        let (mut s, _reports) = store(dir.path());
+        incr(&mut s, 2, 11, 1);
+        incr(&mut s, 2, 10, 4);
+        assert_eq!(counter(&s), b"4");
+        incr(&mut s, 2, 11, 2);
+        assert_eq!(counter(&s), b"5");
     }
 }
