@@ -69,6 +69,8 @@ pub enum Frame {
     /// removal notices (see [`RaftBatch`]).
     Batch {
         from: u64,
+        /// The sender's boot.
+        boot: u64,
         to: u64,
         messages: Vec<(u64, Vec<u8>)>,
         heartbeats: Vec<Heartbeat>,
@@ -87,7 +89,7 @@ pub enum Frame {
 /// (written between later batches). Each frame is at most `max_frame` bytes unless one raft
 /// message alone is larger.
 pub fn frames_of(batch: RaftBatch, max_frame: usize, chunk: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let (from, to) = (batch.from.0, batch.to.0);
+    let (from, boot, to) = (batch.from.0, batch.boot, batch.to.0);
     let mut frames = Vec::new();
     let mut chunks = Vec::new();
     let mut messages = Vec::new();
@@ -102,6 +104,7 @@ pub fn frames_of(batch: RaftBatch, max_frame: usize, chunk: usize) -> (Vec<Vec<u
                  frames: &mut Vec<Vec<u8>>| {
         frames.push(encode_frame(&Frame::Batch {
             from,
+            boot,
             to,
             messages: std::mem::take(messages),
             heartbeats: std::mem::take(heartbeats),
@@ -379,6 +382,7 @@ async fn inbound(
         match read_frame(&mut stream, MAX_FRAME_BYTES).await? {
             Frame::Batch {
                 from: f,
+                boot,
                 to,
                 messages,
                 heartbeats,
@@ -390,6 +394,7 @@ async fn inbound(
                     )));
                 }
                 let mut batch = RaftBatch::new(NodeId(from), me);
+                batch.boot = boot;
                 for (range, bytes) in messages {
                     batch
                         .messages
@@ -501,6 +506,7 @@ mod tests {
                 Frame::Batch {
                     from: 1,
                     to: 2,
+                    boot: _,
                     messages: m,
                     heartbeats: h,
                     removed: r,

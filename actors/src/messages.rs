@@ -88,6 +88,9 @@ pub struct ReplicaDestroyed {
 #[rtype(result = "()")]
 pub struct RaftBatch {
     pub from: NodeId,
+    /// The sender's boot (0: not known), so that a restarted node is noticed even when it
+    /// comes back within an election timeout (see MultiRaft's node liveness).
+    pub boot: u64,
     pub to: NodeId,
     /// Raft messages other than heartbeats.
     pub messages: Vec<(RangeId, RaftMessage)>,
@@ -103,6 +106,7 @@ impl RaftBatch {
     pub fn new(from: NodeId, to: NodeId) -> RaftBatch {
         RaftBatch {
             from,
+            boot: 0,
             to,
             messages: Vec::new(),
             heartbeats: Vec::new(),
@@ -319,6 +323,8 @@ pub enum StoreError {
     Removed(RangeId),
     #[error("ERR no range holds key on this node")]
     NoRange,
+    #[error("TRYAGAIN this node restarted with a boot below one its range recorded (a wiped data directory and a clock behind?); the write was not applied")]
+    StaleBoot,
     #[error("ERR {0}")]
     Invalid(String),
     #[error("ERR {0}")]

@@ -58,7 +58,9 @@
 //! (an empty one if it has nothing else to say); a node not heard from within an election
 //! timeout is dead, and the quiescent ranges it leads wake and elect a new leader. When a dead
 //! node is heard from again, the quiescent ranges led here that have a replica there wake to
-//! bring it up to date.
+//! bring it up to date. Batches carry their sender's boot: a node that restarted faster than an
+//! election timeout is treated as one that died and came back, since its replicas lost the
+//! leadership they held.
 
 use crate::codec;
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
@@ -127,6 +129,8 @@ pub struct RaftMetrics {
     pub learners_promoted: AtomicU64,
     /// Ranges of this node not ticking (as of the last tick).
     pub ranges_quiescent: AtomicU64,
+    /// Times a node was seen to have restarted (a new boot in its batches).
+    pub peer_restarts: AtomicU64,
 }
 
 /// How many released proposals [`GetReleasedProposals`] can report.
@@ -384,6 +388,8 @@ fn forwarded_change(m: &raft::prelude::Message) -> Option<ConfChangeV2> {
 /// Runs every Raft group of the node. See the module documentation.
 pub struct MultiRaft {
     node: NodeId,
+    /// This process's boot, sent with every batch.
+    boot: u64,
     engine: Arc<Engine>,
     settings: RaftSettings,
     groups: BTreeMap<RangeId, Group>,
@@ -416,6 +422,8 @@ pub struct MultiRaft {
     /// (any batch, empty ones included), what was last sent to it, and which nodes were heard
     /// from within an election timeout.
     last_heard: BTreeMap<NodeId, u64>,
+    /// The last boot each node sent.
+    boots: BTreeMap<NodeId, u64>,
     last_sent: BTreeMap<NodeId, u64>,
     live: BTreeSet<NodeId>,
     /// Nodes owed an empty batch this round, to show this node is alive.
@@ -448,6 +456,7 @@ impl MultiRaft {
         );
         let mut mr = MultiRaft {
             node,
+            boot: engine.boot(),
             engine: engine.clone(),
             settings,
             groups: BTreeMap::new(),
@@ -469,6 +478,7 @@ impl MultiRaft {
             destroying: BTreeSet::new(),
             notices: BTreeMap::new(),
             last_heard: BTreeMap::new(),
+            boots: BTreeMap::new(),
             last_sent: BTreeMap::new(),
             live: BTreeSet::new(),
             pings: BTreeSet::new(),
@@ -639,10 +649,9 @@ impl MultiRaft {
         log::info!("{}: replica {replica} of {range} removed", self.node);
         self.tombstones.insert(range, replica);
         self.destroying.insert(range);
-        // The range's log goes, and what is staged for it (a commit index, a conf state) is
-        // written before the Store deletes the range, not after, where it would outlive the
-        // deletion.
-        self.staged.clean_log(range);
+        // What is staged for the range (a commit index, a conf state) is written before the
+        // Store deletes the range, not after, where it would outlive the deletion. Its log goes
+        // once the Store has (see `ReplicaDestroyed`).
         self.staged_any = true;
         self.events.push(Event::ReplicaRemoved { range, replica });
     }
@@ -792,6 +801,7 @@ impl MultiRaft {
                 .fetch_add(snapshots.len() as u64, Ordering::Relaxed);
             let ranges: Vec<(RangeId, u64)> = all.iter().map(|(r, m)| (*r, m.to)).collect();
             let mut batch = RaftBatch::new(self.node, to);
+            batch.boot = self.boot;
             batch.removed = self.notices.remove(&to).unwrap_or_default();
             for (range, m) in all {
                 let quiescent = self.groups.get(&range).is_some_and(|g| g.quiescent);
@@ -1097,13 +1107,7 @@ impl MultiRaft {
         for n in dead {
             log::info!("{}: node {n} is not answering", self.node);
             self.live.remove(&n);
-            for (range, g) in self.groups.iter_mut() {
-                let leader = g.node.raft.leader_id;
-                if g.quiescent && leader != 0 && ReplicaId(leader).node() == n {
-                    g.quiescent = false;
-                    self.dirty.insert(*range);
-                }
-            }
+            self.wake_led_by(n);
         }
         let heartbeat = self.settings.heartbeat_ticks as u64;
         if self.ticks.is_multiple_of(heartbeat) {
@@ -1120,9 +1124,33 @@ impl MultiRaft {
         }
     }
 
-    /// A batch from `from` arrived: if that node was dead (or is heard from for the first time),
-    /// the quiescent ranges this node leads with a replica there wake, to bring it up to date.
-    fn heard_from(&mut self, from: NodeId) {
+    /// Wakes the quiescent ranges led by `node`'s replicas, which elect a new leader unless
+    /// that replica leads them again.
+    fn wake_led_by(&mut self, node: NodeId) {
+        for (range, g) in self.groups.iter_mut() {
+            let leader = g.node.raft.leader_id;
+            if g.quiescent && leader != 0 && ReplicaId(leader).node() == node {
+                g.quiescent = false;
+                self.dirty.insert(*range);
+            }
+        }
+    }
+
+    /// A batch from `from` (sent by its boot `boot`, 0 if not known) arrived: if that node was
+    /// dead, is heard from for the first time, or restarted since it was last heard from (its
+    /// replicas lost the leadership they held: it died, however briefly), the quiescent ranges
+    /// this node leads with a replica there wake, to bring it up to date, and a restart also
+    /// wakes the ranges it led.
+    fn heard_from(&mut self, from: NodeId, boot: u64) {
+        if boot != 0 {
+            let before = self.boots.insert(from, boot);
+            if before.is_some_and(|b| b != boot) {
+                log::info!("{}: node {from} restarted", self.node);
+                self.metrics.peer_restarts.fetch_add(1, Ordering::Relaxed);
+                self.live.remove(&from);
+                self.wake_led_by(from);
+            }
+        }
         self.last_heard.insert(from, self.ticks);
         if !self.live.insert(from) {
             return;
@@ -1658,7 +1686,7 @@ impl Handler<RaftBatch> for MultiRaft {
             );
             return;
         }
-        self.heard_from(batch.from);
+        self.heard_from(batch.from, batch.boot);
         for (range, replica) in batch.removed {
             if replica.node() != self.node {
                 continue;
@@ -1783,6 +1811,12 @@ impl Handler<Shutdown> for MultiRaft {
 impl Handler<ReplicaDestroyed> for MultiRaft {
     type Result = ();
     fn handle(&mut self, msg: ReplicaDestroyed, _: &mut Context<Self>) {
+        // The log goes after the Store's deletion of the range is durable, never before: a
+        // crash in between would bring back the replica's data and configuration without its
+        // log (its term and vote). Rare enough to wait for here.
+        if let Err(e) = self.engine.clean_log(msg.range) {
+            panic!("multiraft: {}: storage failed: {e}", self.node);
+        }
         self.destroying.remove(&msg.range);
     }
 }

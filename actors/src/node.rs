@@ -117,7 +117,7 @@ impl Node {
         )?;
         let store = Store::load(
             settings.node,
-            engine.next_boot()?,
+            engine.boot(),
             engine.clone(),
             raft_addr.clone(),
             settings.store.clone(),

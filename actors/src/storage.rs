@@ -232,6 +232,8 @@ pub mod keys {
 
 /// A node's sled database and how to make writes to it durable.
 pub struct Engine {
+    /// The boot this open of the engine took.
+    boot: u64,
     /// The raft log of every range, with hard states and truncation points.
     log: raft_engine::Engine,
     db: sled::Db,
@@ -289,7 +291,8 @@ impl Engine {
             recovery_threads: 2,
             ..Default::default()
         })?;
-        let engine = Engine {
+        let mut engine = Engine {
+            boot: 0,
             log,
             db,
             tree,
@@ -298,8 +301,8 @@ impl Engine {
             synced_blobs: Mutex::new(HashSet::new()),
             durable,
         };
-        // Make the files sled just created (and their names) durable once.
-        engine.sync()?;
+        // Durable, with the files sled just created.
+        engine.boot = engine.raise_boot(0)?;
         if let Ok(d) = File::open(dir) {
             d.sync_all()?;
         }
@@ -339,12 +342,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Deletes everything the raft log holds of a range, durably.
+    /// Deletes everything the raft log holds of a range, durably, after making every sled
+    /// write so far durable (the Store's deletion of the range's data and its tombstone, which
+    /// must not come back without the log).
     pub fn clean_log(&self, range: RangeId) -> Result<(), StorageError> {
-        let mut batch = raft_engine::LogBatch::default();
-        batch.add_command(range.0, raft_engine::Command::Clean);
-        self.log.write(&mut batch, self.durable)?;
-        Ok(())
+        let mut batch = WriteBatch::default();
+        batch.clean_log(range);
+        batch.data_sync = true;
+        self.commit(batch)
     }
 
     /// Whether the raft log holds anything of a range.
@@ -414,10 +419,16 @@ impl Engine {
         Ok(())
     }
 
-    /// A new boot of this node, durably above every boot before: the last one plus one, or the
-    /// clock in microseconds if that is higher (so a node whose data directory was wiped still
-    /// starts above the boots its old proposals were made under).
-    pub fn next_boot(&self) -> Result<u64, StorageError> {
+    /// The boot of the process that opened the engine (see [`Engine::raise_boot`]).
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
+    /// A new boot of this node, stored durably: above the last one, above the clock in
+    /// microseconds (so a node whose data directory was wiped still starts above the boots its
+    /// old proposals were made under), and at least `at_least`. Each open of the engine takes
+    /// one.
+    pub fn raise_boot(&self, at_least: u64) -> Result<u64, StorageError> {
         let last = match self.tree.get(keys::BOOT)? {
             Some(v) => u64::from_be_bytes(
                 v.as_ref()
@@ -429,7 +440,7 @@ impl Engine {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let boot = (last + 1).max(now);
+        let boot = last.saturating_add(1).max(now).max(at_least);
         self.tree.insert(keys::BOOT, &boot.to_be_bytes())?;
         self.sync()?;
         Ok(boot)
@@ -703,7 +714,7 @@ impl WriteBatch {
     }
 
     /// Stages the deletion of everything the raft log holds of a range.
-    pub fn clean_log(&mut self, range: RangeId) {
+    fn clean_log(&mut self, range: RangeId) {
         self.log.add_command(range.0, raft_engine::Command::Clean);
     }
 }
@@ -720,7 +731,7 @@ pub struct SnapshotData {
 /// applied. A command not above it is not applied: with the same boot, it is a copy (a message
 /// delivered twice) or arrived after a later one; with an older boot, it comes from a process
 /// that has since restarted, and its client is gone (boots only grow, see
-/// [`Engine::next_boot`]). Every replica decides alike, from the log, so this is part of the
+/// [`Engine::raise_boot`]). Every replica decides alike, from the log, so this is part of the
 /// range's replicated state (stored with the applied index, and in snapshots), one entry per
 /// node however often it restarts.
 pub type Proposers = BTreeMap<NodeId, (u64, u64)>;
@@ -805,6 +816,9 @@ impl RangeStorage {
                 batch.clean_log(range);
                 batch.put_hard_state(range, &hard_state);
                 batch.put_truncated(range, applied);
+                // The applied index that cuts the log may not be durable yet (a process
+                // killed before sled synced it): it must be before the log is cut.
+                batch.data_sync = true;
                 engine.commit(batch)?;
                 truncated = applied;
                 last_index = applied.index;
@@ -1190,20 +1204,15 @@ mod tests {
     #[test]
     fn boots_only_grow() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Engine::open(dir.path(), 16 << 20)
-            .unwrap()
-            .next_boot()
-            .unwrap();
+        let first = Engine::open(dir.path(), 16 << 20).unwrap().boot();
         let engine = Engine::open(dir.path(), 16 << 20).unwrap();
-        let second = engine.next_boot().unwrap();
+        let second = engine.boot();
         assert!(second > first, "{second} after {first}");
-        assert!(engine.next_boot().unwrap() > second);
+        assert!(engine.raise_boot(0).unwrap() > second);
+        assert_eq!(engine.raise_boot(u64::MAX - 1).unwrap(), u64::MAX - 1);
         // A wiped data directory starts above them too (from the clock).
         let wiped = tempfile::tempdir().unwrap();
-        let fresh = Engine::open(wiped.path(), 16 << 20)
-            .unwrap()
-            .next_boot()
-            .unwrap();
+        let fresh = Engine::open(wiped.path(), 16 << 20).unwrap().boot();
         assert!(fresh > first, "{fresh} after {first}");
     }
 

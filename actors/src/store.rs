@@ -494,6 +494,7 @@ impl Store {
         let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let mut touched = BTreeSet::new();
         let mut answers = Vec::new();
+        let mut stale_boot = 0;
         let mut callbacks = Vec::new();
         let mut snapshot_requests = Vec::new();
         let mut destroyed = Vec::new();
@@ -524,6 +525,12 @@ impl Store {
                             log::debug!(
                                 "{range}: entry {index} repeats {p:?} or is older; not applied"
                             );
+                            if p.node == self.node && last.0 > p.boot {
+                                // From this node, under a boot the range has seen surpassed:
+                                // never to apply, here or on any replica (see `Proposers`).
+                                stale_boot = stale_boot.max(last.0);
+                                answers.push((p, Err(StoreError::StaleBoot)));
+                            }
                             continue;
                         }
                         *last = (p.boot, p.seq);
@@ -635,6 +642,16 @@ impl Store {
         // elected) write nothing: sled seals and writes its log buffer on every batch.
         if !touched.is_empty() {
             self.engine.write(batch)?;
+        }
+        if stale_boot >= self.boot {
+            // Every command proposed under this boot would be refused the same way.
+            self.boot = self.engine.raise_boot(stale_boot + 1)?;
+            log::error!(
+                "{}: a range recorded boot {stale_boot} of this node, above its own: the \
+                 clock is behind its last start; proposing under boot {} from now on",
+                self.node,
+                self.boot
+            );
         }
 
         for (proposal, result) in answers {
@@ -980,7 +997,7 @@ mod tests {
             engine.commit(batch).unwrap();
         }
         let (tx, reports) = channel::<MultiRaft>(64);
-        let boot = engine.next_boot().unwrap();
+        let boot = engine.boot();
         let store = Store::load(
             NodeId(1),
             boot,
@@ -1049,5 +1066,24 @@ mod tests {
         assert_eq!(counter(&s), b"4");
         incr(&mut s, 2, 11, 2);
         assert_eq!(counter(&s), b"5");
+    }
+
+    #[test]
+    fn a_node_whose_boot_falls_behind_its_ranges_moves_above_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store(dir.path());
+        // The range applied a command of node 1 under a later boot (this process's clock is
+        // behind the one that started it: a wiped data directory, a clock set back).
+        let later = s.boot + 1_000_000;
+        incr(&mut s, 1, later, 1);
+        let own = s.boot;
+        incr(&mut s, 1, own, 1);
+        assert_eq!(counter(&s), b"1", "the stale command is not applied");
+        assert!(s.boot > later, "boot {} after {later}", s.boot);
+        // Its next commands apply, and the new boot is durable.
+        let boot = s.boot;
+        incr(&mut s, 1, boot, 1);
+        assert_eq!(counter(&s), b"2");
+        assert!(s.engine.raise_boot(0).unwrap() > boot);
     }
 }

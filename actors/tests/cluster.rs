@@ -58,6 +58,7 @@ fn set(key: Vec<u8>, value: Vec<u8>) -> Write {
 struct Cluster {
     net: LocalNetwork,
     nodes: BTreeMap<u64, Node>,
+    dir: std::path::PathBuf,
 }
 
 impl Cluster {
@@ -81,7 +82,11 @@ impl Cluster {
             net.register(NodeId(id), node.multiraft.clone().recipient());
             nodes.insert(id, node);
         }
-        Cluster { net, nodes }
+        Cluster {
+            net,
+            nodes,
+            dir: dir.to_path_buf(),
+        }
     }
 
     fn node(&self, id: u64) -> &Node {
@@ -160,6 +165,43 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("leadership of {range} never moved to n{to}");
+    }
+
+    /// Stops node `id` and waits until it has released its data directory.
+    async fn stop_node(&mut self, id: u64) {
+        let node = self.nodes.remove(&id).expect("a running node");
+        self.net.unregister(NodeId(id));
+        let engine = std::sync::Arc::downgrade(&node.engine);
+        node.stop();
+        while engine.upgrade().is_some() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Starts node `id` (again) on its data directory.
+    async fn start_node(&mut self, id: u64, members: &[u64], store: StoreSettings) {
+        let mut s = settings(id, self.dir.as_path(), store);
+        s.initial_members = members.iter().map(|&n| NodeId(n)).collect();
+        let node = loop {
+            match Node::start(s.clone(), Box::new(self.net.transport())) {
+                Ok(node) => break node,
+                // sled's I/O threads may hold the database lock a moment after it is dropped.
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                }
+                Err(e) => panic!("n{id} did not start: {e}"),
+            }
+        };
+        self.net
+            .register(NodeId(id), node.multiraft.clone().recipient());
+        self.nodes.insert(id, node);
+    }
+
+    /// Stops node `id` and starts it again on the same data directory, as a process restarted
+    /// at once would be.
+    async fn restart(&mut self, id: u64, members: &[u64], store: StoreSettings) {
+        self.stop_node(id).await;
+        self.start_node(id, members, store).await;
     }
 
     fn stop(self) {
@@ -682,6 +724,151 @@ fn a_write_forwarded_to_a_leader_that_is_cut_off_is_answered_when_a_new_leader_i
             "{r:?}"
         );
         cluster.net.heal();
+        cluster.stop();
+    });
+}
+
+#[test]
+fn a_node_restarted_at_once_is_noticed_and_the_ranges_it_led_elect_again() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings {
+            request_timeout: Duration::from_secs(1),
+            ..StoreSettings::default()
+        };
+        let mut cluster = Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], settings.clone());
+        cluster.await_leaders(1).await;
+        for p in PREFIXES {
+            write_eventually(&cluster, 1, p.as_bytes(), b"1").await;
+        }
+        await_quiescence(&cluster, &[1, 2, 3]).await;
+        // The node leading range 1 restarts, quicker than the others would notice its
+        // silence: its first batch, from a new boot, tells them.
+        let restarted = cluster.leader_of(RangeId(1)).await.expect("a leader").0;
+        let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != restarted).collect();
+        cluster.restart(restarted, &[1, 2, 3], settings).await;
+        let restarts = |cluster: &Cluster, n: u64| {
+            cluster
+                .node(n)
+                .metrics
+                .peer_restarts
+                .load(Ordering::Relaxed)
+        };
+        for _ in 0..250 {
+            if others.iter().all(|&n| restarts(&cluster, n) == 1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for &n in &others {
+            assert_eq!(restarts(&cluster, n), 1, "n{n} counted the restart once");
+        }
+        // Range 1, quiescent when its leader went, elects a leader again and takes writes.
+        write_eventually(&cluster, others[0], b"a", b"2").await;
+        assert_eq!(
+            read_eventually(&cluster, restarted, b"a").await,
+            Some(b"2".to_vec())
+        );
+        for &n in &others {
+            assert_eq!(restarts(&cluster, n), 1, "n{n} counted one restart");
+        }
+        cluster.stop();
+    });
+}
+
+/// Copies the files of `from` into `to`, but for the raft log's directory.
+fn copy_state_machine(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (path, target) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_name() == "raft" {
+            continue;
+        }
+        if path.is_dir() {
+            copy_state_machine(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// The sled half of a node's storage is synced only now and then: what it loses in a crash
+/// the raft log still holds, and is applied again, once, on restart.
+#[test]
+fn what_the_state_machine_lost_is_applied_again_from_the_log_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings::default();
+        let mut cluster = Cluster::start_with(dir.path(), &[1], &[1], settings.clone());
+        cluster.await_leaders(1).await;
+        let incr = || Write {
+            command: Command::IncrBy {
+                key: b"counter".to_vec(),
+                delta: 1,
+            },
+        };
+        let store = |cluster: &Cluster| cluster.node(1).store.clone();
+        for i in 0..40u32 {
+            let key = format!("{}{i}", PREFIXES[i as usize % PREFIXES.len()]);
+            let value = format!("before-{i}");
+            store(&cluster)
+                .send(set(key.into_bytes(), value.into_bytes()))
+                .await
+                .unwrap()
+                .unwrap();
+            store(&cluster).send(incr()).await.unwrap().unwrap();
+        }
+        cluster.stop_node(1).await;
+        // The state machine as of now, to be put back later.
+        copy_state_machine(&dir.path().join("n1"), saved.path());
+        cluster.start_node(1, &[1], settings.clone()).await;
+        cluster.await_leaders(1).await;
+        for i in 20..60u32 {
+            let key = format!("{}{i}", PREFIXES[i as usize % PREFIXES.len()]);
+            let value = format!("after-{i}");
+            store(&cluster)
+                .send(set(key.into_bytes(), value.into_bytes()))
+                .await
+                .unwrap()
+                .unwrap();
+            store(&cluster).send(incr()).await.unwrap().unwrap();
+        }
+        cluster.stop_node(1).await;
+        // Every write since is lost from sled, as if it had never been synced; the raft log
+        // keeps them.
+        for entry in std::fs::read_dir(dir.path().join("n1")).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != "raft" {
+                if entry.path().is_dir() {
+                    std::fs::remove_dir_all(entry.path()).unwrap();
+                } else {
+                    std::fs::remove_file(entry.path()).unwrap();
+                }
+            }
+        }
+        copy_state_machine(saved.path(), &dir.path().join("n1"));
+        cluster.start_node(1, &[1], settings).await;
+        cluster.await_leaders(1).await;
+        for i in 0..60u32 {
+            let key = format!("{}{i}", PREFIXES[i as usize % PREFIXES.len()]);
+            let want = if i < 20 {
+                format!("before-{i}")
+            } else {
+                format!("after-{i}")
+            };
+            assert_eq!(
+                read_eventually(&cluster, 1, key.as_bytes()).await,
+                Some(want.into_bytes()),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            read_eventually(&cluster, 1, b"counter").await,
+            Some(b"80".to_vec()),
+            "each of the 80 increments applied once"
+        );
         cluster.stop();
     });
 }
