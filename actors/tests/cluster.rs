@@ -793,6 +793,28 @@ fn copy_state_machine(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// For each `i`, sets a key of number `i` (spread over the ranges) to `tag-i` and increments
+/// `counter`, through node 1.
+async fn write_and_count(cluster: &Cluster, keys: std::ops::Range<usize>, tag: &str) {
+    let store = &cluster.node(1).store;
+    for i in keys {
+        let key = format!("{}{i}", PREFIXES[i % PREFIXES.len()]);
+        let value = format!("{tag}-{i}");
+        let incr = Write {
+            command: Command::IncrBy {
+                key: b"counter".to_vec(),
+                delta: 1,
+            },
+        };
+        store
+            .send(set(key.into_bytes(), value.into_bytes()))
+            .await
+            .unwrap()
+            .unwrap();
+        store.send(incr).await.unwrap().unwrap();
+    }
+}
+
 /// The sled half of a node's storage is synced only now and then: what it loses in a crash
 /// the raft log still holds, and is applied again, once, on restart.
 #[test]
@@ -803,38 +825,13 @@ fn what_the_state_machine_lost_is_applied_again_from_the_log_exactly_once() {
         let settings = StoreSettings::default();
         let mut cluster = Cluster::start_with(dir.path(), &[1], &[1], settings.clone());
         cluster.await_leaders(1).await;
-        let incr = || Write {
-            command: Command::IncrBy {
-                key: b"counter".to_vec(),
-                delta: 1,
-            },
-        };
-        let store = |cluster: &Cluster| cluster.node(1).store.clone();
-        for i in 0..40u32 {
-            let key = format!("{}{i}", PREFIXES[i as usize % PREFIXES.len()]);
-            let value = format!("before-{i}");
-            store(&cluster)
-                .send(set(key.into_bytes(), value.into_bytes()))
-                .await
-                .unwrap()
-                .unwrap();
-            store(&cluster).send(incr()).await.unwrap().unwrap();
-        }
+        write_and_count(&cluster, 0..40, "before").await;
         cluster.stop_node(1).await;
         // The state machine as of now, to be put back later.
         copy_state_machine(&dir.path().join("n1"), saved.path());
         cluster.start_node(1, &[1], settings.clone()).await;
         cluster.await_leaders(1).await;
-        for i in 20..60u32 {
-            let key = format!("{}{i}", PREFIXES[i as usize % PREFIXES.len()]);
-            let value = format!("after-{i}");
-            store(&cluster)
-                .send(set(key.into_bytes(), value.into_bytes()))
-                .await
-                .unwrap()
-                .unwrap();
-            store(&cluster).send(incr()).await.unwrap().unwrap();
-        }
+        write_and_count(&cluster, 20..60, "after").await;
         cluster.stop_node(1).await;
         // Every write since is lost from sled, as if it had never been synced; the raft log
         // keeps them.
@@ -851,8 +848,8 @@ fn what_the_state_machine_lost_is_applied_again_from_the_log_exactly_once() {
         copy_state_machine(saved.path(), &dir.path().join("n1"));
         cluster.start_node(1, &[1], settings).await;
         cluster.await_leaders(1).await;
-        for i in 0..60u32 {
-            let key = format!("{}{i}", PREFIXES[i as usize % PREFIXES.len()]);
+        for i in 0..60 {
+            let key = format!("{}{i}", PREFIXES[i % PREFIXES.len()]);
             let want = if i < 20 {
                 format!("before-{i}")
             } else {
