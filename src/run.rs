@@ -30,6 +30,8 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("the raft socket passed by the service manager: {0}")]
+    RaftSocket(String),
     #[error("cannot open the data directory {dir}: {source}")]
     Storage {
         dir: String,
@@ -55,11 +57,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         secret: config.cluster_secret.clone().unwrap_or_default(),
     };
     let raft_listener = match config.raft_addr {
-        Some(addr) if !peers.is_empty() => Some(
-            TcpListener::bind(addr)
+        Some(addr) if !peers.is_empty() => Some(match passed_socket(addr)? {
+            Some(listener) => listener,
+            None => TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Listen { addr, source })?,
-        ),
+        }),
         _ => None,
     };
     let me = NodeId(config.node_id);
@@ -116,6 +119,41 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     node.stop();
     Ok(())
+}
+
+/// The raft socket a service manager opened for this process, if it passed one (systemd's
+/// socket activation: `LISTEN_PID` is this process, `LISTEN_FDS` at least 1, the socket is file
+/// descriptor 3). It must be a listening TCP socket bound to `raft_addr`, the address the peers
+/// know this node by (a port of 0 there takes the socket's).
+fn passed_socket(raft_addr: std::net::SocketAddr) -> Result<Option<TcpListener>, StartError> {
+    let ours = std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
+    let count: u32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !ours || count == 0 {
+        return Ok(None);
+    }
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const FIRST_PASSED_FD: i32 = 3;
+    // SAFETY: under the socket activation protocol checked above, file descriptor 3 was opened
+    // for this process and nothing else in it owns or closes it.
+    let fd = unsafe { OwnedFd::from_raw_fd(FIRST_PASSED_FD) };
+    let std_listener = std::net::TcpListener::from(fd);
+    let bad = |what: String| StartError::RaftSocket(what);
+    let local = std_listener
+        .local_addr()
+        .map_err(|e| bad(format!("file descriptor 3 is not a TCP socket: {e}")))?;
+    if local.ip() != raft_addr.ip() || (raft_addr.port() != 0 && local.port() != raft_addr.port()) {
+        return Err(bad(format!(
+            "it is bound to {local}, not to raft_addr {raft_addr}"
+        )));
+    }
+    std_listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(std_listener))
+        .map(Some)
+        .map_err(|e| bad(format!("file descriptor 3: {e}")))
 }
 
 async fn wait_for_signal() {

@@ -1,5 +1,5 @@
 //! Three `flotilla` processes from copies of `config/cluster/*.toml`, on loopback ports the OS
-//! chose, talking over TCP.
+//! chose (their raft sockets passed to them as by a service manager), talking over TCP.
 
 mod common;
 
@@ -11,37 +11,36 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Free loopback ports for the raft addresses. A node restarted in a test must get its port
-/// back, so these come from below Linux's ephemeral range (32768-60999): a port the OS assigns
-/// (to a client's connection, or a listener on port 0) can then never take it in between.
-fn free_ports(n: usize) -> Vec<u16> {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as usize
-        ^ std::process::id() as usize;
-    let mut listeners = Vec::new();
-    for i in 0..12_000 {
-        let port = 20_000 + ((seed + i * 7919) % 12_000) as u16;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-            listeners.push(l);
-            if listeners.len() == n {
-                break;
-            }
-        }
+/// The nodes of a test cluster: their config files, and their raft sockets, bound to loopback
+/// ports the OS assigned and kept here, so that a node restarted in a test gets its port back
+/// (each node is passed its socket, as by a service manager).
+struct Nodes {
+    files: Vec<std::path::PathBuf>,
+    sockets: Vec<TcpListener>,
+}
+
+impl Nodes {
+    /// Starts node `i + 1`.
+    fn start(&self, i: usize) -> Server {
+        Server::start_with_raft_socket(&self.files[i], &self.sockets[i])
     }
-    assert_eq!(listeners.len(), n, "no free ports");
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+
+    fn start_all(&self) -> Vec<Server> {
+        (0..self.files.len()).map(|i| self.start(i)).collect()
+    }
 }
 
 /// Writes node configs derived from the shipped cluster files, with the `key = value` lines of
-/// `extra` added; returns their paths.
-fn configs(dir: &Path, nodes: usize, extra: &str) -> Vec<std::path::PathBuf> {
-    let raft = free_ports(nodes);
-    (1..=nodes)
+/// `extra` added.
+fn configs(dir: &Path, nodes: usize, extra: &str) -> Nodes {
+    let sockets: Vec<TcpListener> = (0..nodes)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let raft: Vec<u16> = sockets
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let files = (1..=nodes)
         .map(|n| {
             let shipped = std::fs::read_to_string(format!(
                 "{}/config/cluster/node{n}.toml",
@@ -80,7 +79,8 @@ fn configs(dir: &Path, nodes: usize, extra: &str) -> Vec<std::path::PathBuf> {
             std::fs::write(&path, text).unwrap();
             path
         })
-        .collect()
+        .collect();
+    Nodes { files, sockets }
 }
 
 fn ranges(server: &Server) -> Vec<String> {
@@ -218,11 +218,8 @@ fn await_leaders(server: &Server) -> Vec<String> {
 #[test]
 fn three_nodes_replicate_fail_over_and_catch_up() {
     let dir = tempfile::tempdir().unwrap();
-    let files = configs(dir.path(), 3, "");
-    let mut servers: Vec<Option<Server>> = files
-        .iter()
-        .map(|f| Some(Server::start_with_config(f)))
-        .collect();
+    let nodes = configs(dir.path(), 3, "");
+    let mut servers: Vec<Option<Server>> = nodes.start_all().into_iter().map(Some).collect();
     let node = |s: &Vec<Option<Server>>, i: usize| -> redis::Connection {
         s[i].as_ref().unwrap().client()
     };
@@ -279,7 +276,7 @@ fn three_nodes_replicate_fail_over_and_catch_up() {
     assert!(resumed < Duration::from_secs(10));
 
     // The killed node comes back, catches up, and serves every acknowledged write.
-    servers[leader - 1] = Some(Server::start_with_config(&files[leader - 1]));
+    servers[leader - 1] = Some(nodes.start(leader - 1));
     let mut back = node(&servers, leader - 1);
     let start = Instant::now();
     let keys: Vec<String> = acked.iter().map(|i| format!("a{i}")).collect();
@@ -300,12 +297,31 @@ fn three_nodes_replicate_fail_over_and_catch_up() {
 }
 
 #[test]
+fn a_raft_socket_passed_on_another_address_than_raft_addr_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = configs(dir.path(), 3, "");
+    // Node 1 is handed node 2's socket: its peers would look for it elsewhere.
+    let out = common::raft_socket_command(&nodes.files[0], &nodes.sockets[1])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let theirs = nodes.sockets[1].local_addr().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "the raft socket passed by the service manager: it is bound to {theirs}, not to raft_addr"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn garbage_on_the_raft_port_is_refused_and_harms_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let files = configs(dir.path(), 3, "");
-    let servers: Vec<Server> = files.iter().map(|f| Server::start_with_config(f)).collect();
+    let nodes = configs(dir.path(), 3, "");
+    let servers = nodes.start_all();
     await_leaders(&servers[0]);
-    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let text = std::fs::read_to_string(&nodes.files[0]).unwrap();
     let raft_addr = text
         .lines()
         .find(|l| l.starts_with("raft_addr"))
@@ -364,8 +380,8 @@ fn node(s: &[Option<Server>], i: usize) -> &Server {
 #[test]
 fn replicas_move_from_node_1_to_node_4_while_a_client_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let files = configs(dir.path(), 4, "");
-    let servers: Vec<Server> = files.iter().map(|f| Server::start_with_config(f)).collect();
+    let nodes = configs(dir.path(), 4, "");
+    let servers = nodes.start_all();
     await_leaders(&servers[0]);
     // Node 4 is not an initial member: it holds nothing until replicas are added to it.
     assert_eq!(ranges(&servers[3]), Vec::<String>::new());
@@ -433,11 +449,8 @@ fn replicas_move_from_node_1_to_node_4_while_a_client_writes() {
 #[test]
 fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let files = configs(dir.path(), 3, "log_compaction_entries = 20\n");
-    let mut servers: Vec<Option<Server>> = files
-        .iter()
-        .map(|f| Some(Server::start_with_config(f)))
-        .collect();
+    let nodes = configs(dir.path(), 3, "log_compaction_entries = 20\n");
+    let mut servers: Vec<Option<Server>> = nodes.start_all().into_iter().map(Some).collect();
     await_leaders(node(&servers, 0));
     // Range 1 led by node 1, so stopping node 3 leaves it writable at once.
     assert_eq!(
@@ -460,7 +473,7 @@ fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     }
     assert!(info(node(&servers, 0), "log_compactions") > 0);
 
-    servers[2] = Some(Server::start_with_config(&files[2]));
+    servers[2] = Some(nodes.start(2));
     eventually(Duration::from_secs(60), "node 3 caught up", || {
         digest(node(&servers, 2)) == digest(node(&servers, 0))
     });

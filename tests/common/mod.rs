@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -54,9 +54,20 @@ impl Server {
 
     /// Starts a node from a config file, waiting until it serves clients.
     pub fn start_with_config(config: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(config);
+        Server::spawn(command, config)
+    }
+
+    /// Starts a node from a config file with its raft socket passed to it, as a service
+    /// manager does (systemd's socket activation): the test keeps the socket, bound to a port
+    /// the OS assigned, for as long as the node may be restarted.
+    pub fn start_with_raft_socket(config: &Path, raft: &TcpListener) -> Server {
+        Server::spawn(raft_socket_command(config, raft), config)
+    }
+
+    fn spawn(mut command: Command, config: &Path) -> Server {
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -109,6 +120,48 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The command that starts a node from a config file with its raft socket passed to it, as a
+/// service manager does (systemd's socket activation: the socket is file descriptor 3, and
+/// `LISTEN_PID` and `LISTEN_FDS` say so).
+pub fn raft_socket_command(config: &Path, raft: &TcpListener) -> Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    // The child's file descriptor 3 is overwritten below: it must not be the pipe through
+    // which `Command` learns that exec failed, which takes the lowest free descriptor.
+    static TAKE_FD_3: std::sync::Once = std::sync::Once::new();
+    TAKE_FD_3.call_once(|| {
+        // SAFETY: fcntl on a descriptor number only queries it.
+        if unsafe { libc::fcntl(3, libc::F_GETFD) } == -1 {
+            std::mem::forget(std::fs::File::open("/dev/null").unwrap());
+        }
+    });
+    let fd = raft.as_raw_fd();
+    // A shell learns its pid (`$$`), which `exec` hands on to flotilla: LISTEN_PID names
+    // the process the socket is for.
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" --config "$1""#)
+        .arg(BIN)
+        .arg(config);
+    // SAFETY: between fork and exec, only async-signal-safe calls on descriptors the child
+    // owns: the socket goes to descriptor 3, open across exec.
+    unsafe {
+        command.pre_exec(move || {
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
 }
 
 /// A raw TCP client speaking bytes, for asserting on exact replies.
