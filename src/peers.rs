@@ -222,13 +222,20 @@ impl Transport for TcpTransport {
     }
 }
 
-/// Starts a connection task per peer on the current runtime and returns the transport.
+/// The tasks that keep a node's connections to its peers, to run on the thread of its MultiRaft
+/// (see [`connect`]).
+pub type Connections = Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
+
+/// The transport, and a connection task per peer to spawn on the thread of the node's MultiRaft:
+/// a batch then goes from MultiRaft to its socket, and one read from a socket to MultiRaft,
+/// without waking another thread.
 pub fn connect(
     me: NodeId,
     peers: &HashMap<NodeId, SocketAddr>,
     credentials: &Credentials,
-) -> TcpTransport {
+) -> (TcpTransport, Connections) {
     let mut out = HashMap::new();
+    let mut tasks: Connections = Vec::new();
     for (&node, &addr) in peers {
         if node == me {
             continue;
@@ -240,7 +247,7 @@ pub fn connect(
             secret: credentials.secret.clone(),
             from: me.0,
         });
-        actix_rt::spawn(outbound(node, addr, hello, rx, connected.clone()));
+        tasks.push(Box::pin(outbound(node, addr, hello, rx, connected.clone())));
         out.insert(
             node,
             Peer {
@@ -249,7 +256,7 @@ pub fn connect(
             },
         );
     }
-    TcpTransport { peers: out }
+    (TcpTransport { peers: out }, tasks)
 }
 
 async fn outbound(
@@ -582,7 +589,11 @@ mod tests {
                 credentials.clone(),
                 sink.recipient(),
             ));
-            let transport = connect(NodeId(1), &HashMap::from([(NodeId(2), addr)]), &credentials);
+            let (transport, tasks) =
+                connect(NodeId(1), &HashMap::from([(NodeId(2), addr)]), &credentials);
+            for task in tasks {
+                actix_rt::spawn(task);
+            }
 
             let size = 8 * CHUNK_BYTES + 123;
             let mut big = RaftBatch::new(NodeId(1), NodeId(2));

@@ -66,27 +66,33 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         _ => None,
     };
     let me = NodeId(config.node_id);
-    let transport: Box<dyn Transport> = if peers.is_empty() {
-        Box::new(NoPeers)
+    let (transport, connections): (Box<dyn Transport>, _) = if peers.is_empty() {
+        (Box::new(NoPeers), Vec::new())
     } else {
-        Box::new(crate::peers::connect(me, &peers, &credentials))
+        let (transport, connections) = crate::peers::connect(me, &peers, &credentials);
+        (Box::new(transport), connections)
     };
     let node =
         Node::start(config.node_settings(), transport).map_err(|source| StartError::Storage {
             dir: config.data_dir.display().to_string(),
             source,
         })?;
-    let raft_server = raft_listener.map(|l| {
+    // The raft connections run on MultiRaft's thread (they stop with it).
+    let raft_thread = node.raft_thread();
+    for task in connections {
+        raft_thread.spawn(task);
+    }
+    if let Some(l) = raft_listener {
         if let Ok(a) = l.local_addr() {
             println!("flotilla: node {} raft on {a}", config.node_id);
         }
-        actix_rt::spawn(crate::peers::listen(
+        raft_thread.spawn(crate::peers::listen(
             l,
             me,
             credentials,
             node.multiraft.clone().recipient(),
-        ))
-    });
+        ));
+    }
     let shared = Arc::new(Shared {
         store: node.store.clone(),
         multiraft: node.multiraft.clone(),
@@ -114,9 +120,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     wait_for_signal().await;
     log::info!("stopping");
     server.abort();
-    if let Some(r) = raft_server {
-        r.abort();
-    }
     node.stop();
     Ok(())
 }

@@ -156,6 +156,14 @@ impl Node {
     }
 
     /// Stops the actors and waits for their threads, releasing the data directory.
+    /// The thread MultiRaft runs on (the current one for a node started here), for tasks that
+    /// should run beside it.
+    pub fn raft_thread(&self) -> actix::ArbiterHandle {
+        self.arbiters
+            .first()
+            .map_or_else(Arbiter::current, |a| a.handle())
+    }
+
     pub fn stop(self) {
         for a in &self.arbiters {
             a.stop();
