@@ -116,7 +116,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config.split_keys.len() + 1
     );
     let _ = std::io::stdout().flush();
-    let server = actix_rt::spawn(crate::server::serve(listener, shared));
+    let server = actix_rt::spawn(crate::server::serve(listener, shared, node.store_thread()));
     wait_for_signal().await;
     log::info!("stopping");
     server.abort();

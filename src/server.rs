@@ -1,5 +1,7 @@
 //! Client connections: accept, then for each connection a reader that parses requests and
-//! starts them, and a writer that sends the replies back in request order (pipelining).
+//! starts them, and a writer that sends the replies back in request order (pipelining). The
+//! connections run on the Store's thread: a request reaches the Store, and its reply the
+//! connection, without waking another thread.
 //!
 //! At most [`MAX_IN_FLIGHT`] requests of one connection are under way at once; the reader stops
 //! reading while the writer catches up, so a client that never reads its replies costs bounded
@@ -21,21 +23,29 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 /// Replies are written once this much is buffered, or when no more are ready.
 const WRITE_CHUNK: usize = 64 << 10;
 
-/// Accepts clients until the task is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts clients until the task is dropped, and runs each connection on `thread`.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, thread: actix::ArbiterHandle) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
-                actix_rt::spawn(async move {
-                    let clients = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
-                    if clients > shared.config.max_clients {
-                        refuse(stream).await;
-                    } else {
-                        connection(stream, Session::new(shared.clone(), peer), &shared).await;
-                    }
-                    shared.clients.fetch_sub(1, Ordering::Relaxed);
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                thread.spawn_fn(move || {
+                    actix_rt::spawn(async move {
+                        let Ok(stream) = TcpStream::from_std(stream) else {
+                            return;
+                        };
+                        let clients = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+                        if clients > shared.config.max_clients {
+                            refuse(stream).await;
+                        } else {
+                            connection(stream, Session::new(shared.clone(), peer), &shared).await;
+                        }
+                        shared.clients.fetch_sub(1, Ordering::Relaxed);
+                    });
                 });
             }
             Err(e) => {

@@ -164,6 +164,13 @@ impl Node {
             .map_or_else(Arbiter::current, |a| a.handle())
     }
 
+    /// The thread the Store runs on (the current one for a node started here).
+    pub fn store_thread(&self) -> actix::ArbiterHandle {
+        self.arbiters
+            .get(1)
+            .map_or_else(Arbiter::current, |a| a.handle())
+    }
+
     pub fn stop(self) {
         for a in &self.arbiters {
             a.stop();
