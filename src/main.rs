@@ -88,8 +88,15 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
+    let passed_raft = match flotilla::run::passed_raft_socket(config.raft_addr) {
+        Ok(socket) => socket,
+        Err(e) => {
+            eprintln!("flotilla: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let system = actix::System::new();
-    match system.block_on(flotilla::run::run(config)) {
+    match system.block_on(flotilla::run::run(config, passed_raft)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flotilla: {e}");

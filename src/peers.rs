@@ -5,7 +5,10 @@
 //! A connection carries length-prefixed frames: a 4-byte big-endian length, then that many bytes
 //! of a bincode-encoded [`Frame`]. The first frame a connecting node sends is
 //! [`Frame::Hello`], proving the cluster id and shared secret of the config; a connection that
-//! does not is refused and logged. Every later frame is a [`Frame::Batch`] (the raft messages of
+//! does not is refused and logged. The receiving node answers [`Frame::Welcome`], and only then
+//! does the connecting node count the connection as up (a listening socket held open while its
+//! node is down, by a service manager, completes connections that nobody reads). Every later
+//! frame is a [`Frame::Batch`] (the raft messages of
 //! one MultiRaft round for the receiving node, each as protobuf bytes, with the heartbeats of
 //! all ranges coalesced into compact tuples) or a [`Frame::SnapshotChunk`].
 //!
@@ -65,6 +68,8 @@ pub enum Frame {
         secret: String,
         from: u64,
     },
+    /// The answer to a hello: the only frame that goes back on a connection.
+    Welcome,
     /// Raft messages of one round, as `(range, protobuf bytes)`, heartbeats coalesced, and
     /// removal notices (see [`RaftBatch`]).
     Batch {
@@ -85,10 +90,43 @@ pub enum Frame {
     },
 }
 
-/// A batch as the frames that carry it: the batch frames, then the snapshot chunk frames
+/// A snapshot on its way: the frames of its chunks, each made when it is to be written (a
+/// snapshot may be large: copying it all at once would hold the thread up).
+pub struct SnapshotChunks {
+    range: u64,
+    data: bytes::Bytes,
+    /// The raft message, without its data, that the last chunk carries.
+    header: Vec<u8>,
+    sent: usize,
+    chunk: usize,
+}
+
+impl Iterator for SnapshotChunks {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        if self.sent >= self.data.len() {
+            return None;
+        }
+        let end = (self.sent + self.chunk).min(self.data.len());
+        let frame = encode_frame(&Frame::SnapshotChunk {
+            range: self.range,
+            data: self.data[self.sent..end].to_vec(),
+            message: (end == self.data.len()).then(|| self.header.clone()),
+        });
+        self.sent = end;
+        Some(frame)
+    }
+}
+
+/// A batch as the frames that carry it: the batch frames, then the snapshots to send in chunks
 /// (written between later batches). Each frame is at most `max_frame` bytes unless one raft
 /// message alone is larger.
-pub fn frames_of(batch: RaftBatch, max_frame: usize, chunk: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+pub fn frames_of(
+    batch: RaftBatch,
+    max_frame: usize,
+    chunk: usize,
+) -> (Vec<Vec<u8>>, Vec<SnapshotChunks>) {
     let (from, boot, to) = (batch.from.0, batch.boot, batch.to.0);
     let mut frames = Vec::new();
     let mut chunks = Vec::new();
@@ -125,14 +163,13 @@ pub fn frames_of(batch: RaftBatch, max_frame: usize, chunk: usize) -> (Vec<Vec<u
         if m.get_msg_type() == MessageType::MsgSnapshot && m.get_snapshot().data.len() > chunk {
             let data = std::mem::take(&mut m.mut_snapshot().data);
             let header = m.write_to_bytes().expect("encoding a raft message");
-            let mut parts = data.chunks(chunk).peekable();
-            while let Some(part) = parts.next() {
-                chunks.push(encode_frame(&Frame::SnapshotChunk {
-                    range: range.0,
-                    data: part.to_vec(),
-                    message: parts.peek().is_none().then(|| header.clone()),
-                }));
-            }
+            chunks.push(SnapshotChunks {
+                range: range.0,
+                data,
+                header,
+                sent: 0,
+                chunk,
+            });
             continue;
         }
         let bytes = m.write_to_bytes().expect("encoding a raft message");
@@ -171,10 +208,17 @@ pub enum FrameError {
     Refused(String),
 }
 
-/// The largest first frame (a hello) accepted before a peer has proven who it is.
+/// The largest first frame (a hello) accepted before a peer has proven who it is, and the
+/// largest answer to one.
 const MAX_HELLO_BYTES: usize = 4 << 10;
 
-async fn read_frame(stream: &mut TcpStream, max: usize) -> Result<Frame, FrameError> {
+/// How long a connecting node waits for the answer to its hello before trying again.
+const WELCOME_WAIT: Duration = Duration::from_secs(1);
+
+async fn read_frame(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    max: usize,
+) -> Result<Frame, FrameError> {
     let len = stream.read_u32().await? as usize;
     if len > max {
         return Err(FrameError::Oversized(len, max));
@@ -272,18 +316,37 @@ async fn outbound(
             let _ = stream.set_nodelay(true);
             let (mut rd, wr) = stream.into_split();
             let mut w = BufWriter::with_capacity(256 << 10, wr);
-            if w.write_all(&hello).await.is_ok() && w.flush().await.is_ok() {
+            let sent = w.write_all(&hello).await.is_ok() && w.flush().await.is_ok();
+            let welcomed = sent
+                && match tokio::time::timeout(WELCOME_WAIT, read_frame(&mut rd, MAX_HELLO_BYTES))
+                    .await
+                {
+                    Ok(Ok(Frame::Welcome)) => true,
+                    Ok(Ok(other)) => {
+                        log::warn!("{node} at {addr} answered {other:?} to a hello");
+                        false
+                    }
+                    Ok(Err(e)) => {
+                        log::info!("{node} at {addr} did not welcome this node: {e}");
+                        false
+                    }
+                    Err(_) => {
+                        log::info!("{node} at {addr} did not answer within {WELCOME_WAIT:?}");
+                        false
+                    }
+                };
+            if welcomed {
                 log::info!("connected to {node} at {addr}");
                 connected.store(true, Ordering::Relaxed);
                 backoff = Duration::from_millis(20);
-                // The peer never writes on this connection: a read that returns means it
+                // The peer writes nothing more on this connection: a read that returns means it
                 // closed (or died), which is noticed at once rather than at the next write.
                 let mut closed = Box::pin(async move {
                     let mut b = [0u8; 1];
                     let _ = rd.read(&mut b).await;
                 });
-                // Snapshot chunks still to write; batches go first.
-                let mut chunks: VecDeque<Vec<u8>> = VecDeque::new();
+                // Snapshots still to write in chunks; batches go first.
+                let mut chunks: VecDeque<SnapshotChunks> = VecDeque::new();
                 loop {
                     let batch = if chunks.is_empty() {
                         tokio::select! {
@@ -308,9 +371,16 @@ async fn outbound(
                         }
                         chunks.extend(more);
                     }
-                    // One chunk after each batch at most: neither starves the other.
-                    if let Some(chunk) = chunks.pop_front() {
-                        failed |= w.write_all(&chunk).await.is_err();
+                    // One chunk after each batch at most: neither starves the other. Between two
+                    // chunks the thread (MultiRaft's) gets a turn.
+                    if let Some(snapshot) = chunks.front_mut() {
+                        match snapshot.next() {
+                            Some(chunk) => failed |= w.write_all(&chunk).await.is_err(),
+                            None => {
+                                chunks.pop_front();
+                            }
+                        }
+                        tokio::task::yield_now().await;
                     }
                     if failed || (rx.is_empty() && w.flush().await.is_err()) {
                         break;
@@ -335,9 +405,14 @@ pub async fn listen(
     multiraft: Recipient<RaftBatch>,
 ) {
     loop {
-        let Ok((stream, addr)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment instead of spinning.
+                log::warn!("accepting a raft connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let (credentials, multiraft) = (credentials.clone(), multiraft.clone());
@@ -376,12 +451,13 @@ async fn inbound(
             }
             from
         }
-        Frame::Batch { .. } | Frame::SnapshotChunk { .. } => {
+        Frame::Batch { .. } | Frame::SnapshotChunk { .. } | Frame::Welcome => {
             return Err(FrameError::Refused(
                 "no hello before the first batch".into(),
             ))
         }
     };
+    stream.write_all(&encode_frame(&Frame::Welcome)).await?;
     // Snapshots being received, per range, and their bytes in all.
     let mut partial: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut partial_bytes = 0usize;
@@ -441,7 +517,9 @@ async fn inbound(
                     multiraft.do_send(batch);
                 }
             }
-            Frame::Hello { .. } => return Err(FrameError::Refused("a second hello".into())),
+            Frame::Hello { .. } | Frame::Welcome => {
+                return Err(FrameError::Refused("a second hello".into()))
+            }
         }
     }
 }
@@ -501,7 +579,8 @@ mod tests {
         batch.messages.push(snapshot(11, 2500));
         batch.heartbeats = vec![heartbeat(12)];
         batch.removed = vec![(RangeId(13), ReplicaId(2))];
-        let (frames, chunks) = frames_of(batch, 10_000, 1000);
+        let (frames, snapshots) = frames_of(batch, 10_000, 1000);
+        let chunks: Vec<Vec<u8>> = snapshots.into_iter().flatten().collect();
 
         assert!(frames.len() >= 4, "{} frames", frames.len());
         let mut messages = Vec::new();
@@ -572,28 +651,51 @@ mod tests {
         }
     }
 
+    fn credentials() -> Credentials {
+        Credentials {
+            cluster_id: "test".into(),
+            secret: "s".into(),
+        }
+    }
+
+    /// Node 1's transport to node 2 at `addr`, its connection task running here.
+    fn transport_to(addr: SocketAddr) -> TcpTransport {
+        let (transport, tasks) = connect(
+            NodeId(1),
+            &HashMap::from([(NodeId(2), addr)]),
+            &credentials(),
+        );
+        for task in tasks {
+            actix_rt::spawn(task);
+        }
+        transport
+    }
+
+    #[test]
+    fn a_peer_whose_socket_is_open_but_unserved_is_not_counted_connected() {
+        System::new().block_on(async {
+            // Listening, as a service manager holds a node's socket while it is down, but
+            // nobody accepts: connections complete in the kernel and nothing answers.
+            let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let transport = transport_to(held.local_addr().unwrap());
+            let start = std::time::Instant::now();
+            while start.elapsed() < 2 * WELCOME_WAIT {
+                let batch = RaftBatch::new(NodeId(1), NodeId(2));
+                assert!(transport.send(batch).is_err(), "counted connected");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
     #[test]
     fn a_snapshot_in_chunks_does_not_hold_back_other_ranges() {
         System::new().block_on(async {
-            let credentials = Credentials {
-                cluster_id: "test".into(),
-                secret: "s".into(),
-            };
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let got = Arc::new(Mutex::new(Vec::new()));
             let sink = Sink(got.clone()).start();
-            actix_rt::spawn(listen(
-                listener,
-                NodeId(2),
-                credentials.clone(),
-                sink.recipient(),
-            ));
-            let (transport, tasks) =
-                connect(NodeId(1), &HashMap::from([(NodeId(2), addr)]), &credentials);
-            for task in tasks {
-                actix_rt::spawn(task);
-            }
+            actix_rt::spawn(listen(listener, NodeId(2), credentials(), sink.recipient()));
+            let transport = transport_to(addr);
 
             let size = 8 * CHUNK_BYTES + 123;
             let mut big = RaftBatch::new(NodeId(1), NodeId(2));

@@ -39,8 +39,13 @@ pub enum StartError {
     },
 }
 
-/// Runs a node until SIGINT or SIGTERM. Must be called inside an actix system.
-pub async fn run(config: Config) -> Result<(), StartError> {
+/// Runs a node until SIGINT or SIGTERM, its raft connections on `passed_raft` if a service
+/// manager passed that socket (see [`passed_raft_socket`]). Must be called inside an actix
+/// system.
+pub async fn run(
+    config: Config,
+    passed_raft: Option<std::net::TcpListener>,
+) -> Result<(), StartError> {
     let listener = TcpListener::bind(config.client_addr)
         .await
         .map_err(|source| StartError::Listen {
@@ -57,10 +62,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         secret: config.cluster_secret.clone().unwrap_or_default(),
     };
     let raft_listener = match config.raft_addr {
-        Some(addr) if !peers.is_empty() => Some(match passed_socket(addr)? {
+        Some(addr) if !peers.is_empty() => Some(match passed_raft {
             Some(listener) => listener,
-            None => TcpListener::bind(addr)
-                .await
+            None => std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .map_err(|source| StartError::Listen { addr, source })?,
         }),
         _ => None,
@@ -86,12 +91,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         if let Ok(a) = l.local_addr() {
             println!("flotilla: node {} raft on {a}", config.node_id);
         }
-        raft_thread.spawn(crate::peers::listen(
-            l,
-            me,
-            credentials,
-            node.multiraft.clone().recipient(),
-        ));
+        let multiraft = node.multiraft.clone().recipient();
+        // Registered with the runtime of the thread that polls it.
+        raft_thread.spawn(async move {
+            match TcpListener::from_std(l) {
+                Ok(l) => crate::peers::listen(l, me, credentials, multiraft).await,
+                Err(e) => log::error!("the raft listener: {e}"),
+            }
+        });
     }
     let shared = Arc::new(Shared {
         store: node.store.clone(),
@@ -127,8 +134,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 /// The raft socket a service manager opened for this process, if it passed one (systemd's
 /// socket activation: `LISTEN_PID` is this process, `LISTEN_FDS` at least 1, the socket is file
 /// descriptor 3). It must be a listening TCP socket bound to `raft_addr`, the address the peers
-/// know this node by (a port of 0 there takes the socket's).
-fn passed_socket(raft_addr: std::net::SocketAddr) -> Result<Option<TcpListener>, StartError> {
+/// know this node by (a port of 0 there takes the socket's). Called first thing, before
+/// anything else in the process opens a file descriptor that could be taken for it.
+pub fn passed_raft_socket(
+    raft_addr: Option<std::net::SocketAddr>,
+) -> Result<Option<std::net::TcpListener>, StartError> {
     let ours = std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
     let count: u32 = std::env::var("LISTEN_FDS")
         .ok()
@@ -137,26 +147,49 @@ fn passed_socket(raft_addr: std::net::SocketAddr) -> Result<Option<TcpListener>,
     if !ours || count == 0 {
         return Ok(None);
     }
-    use std::os::fd::{FromRawFd, OwnedFd};
-    const FIRST_PASSED_FD: i32 = 3;
-    // SAFETY: under the socket activation protocol checked above, file descriptor 3 was opened
-    // for this process and nothing else in it owns or closes it.
-    let fd = unsafe { OwnedFd::from_raw_fd(FIRST_PASSED_FD) };
-    let std_listener = std::net::TcpListener::from(fd);
+    const FIRST_PASSED_FD: libc::c_int = 3;
     let bad = |what: String| StartError::RaftSocket(what);
-    let local = std_listener
+    let option = |name: libc::c_int| -> Option<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`; on a descriptor that is
+        // not an open socket it fails and touches nothing.
+        let r = unsafe {
+            libc::getsockopt(
+                FIRST_PASSED_FD,
+                libc::SOL_SOCKET,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some(value)
+    };
+    if option(libc::SO_TYPE) != Some(libc::SOCK_STREAM) || option(libc::SO_ACCEPTCONN) != Some(1) {
+        return Err(bad(
+            "file descriptor 3 is not a listening stream socket".into()
+        ));
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: descriptor 3 is an open socket (checked above), passed to this process under the
+    // protocol checked above, and nothing else in the process owns or closes it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(FIRST_PASSED_FD) };
+    let local = listener
         .local_addr()
         .map_err(|e| bad(format!("file descriptor 3 is not a TCP socket: {e}")))?;
-    if local.ip() != raft_addr.ip() || (raft_addr.port() != 0 && local.port() != raft_addr.port()) {
-        return Err(bad(format!(
-            "it is bound to {local}, not to raft_addr {raft_addr}"
-        )));
+    if let Some(raft_addr) = raft_addr {
+        if local.ip() != raft_addr.ip()
+            || (raft_addr.port() != 0 && local.port() != raft_addr.port())
+        {
+            return Err(bad(format!(
+                "it is bound to {local}, not to raft_addr {raft_addr}"
+            )));
+        }
     }
-    std_listener
+    listener
         .set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(std_listener))
-        .map(Some)
-        .map_err(|e| bad(format!("file descriptor 3: {e}")))
+        .map_err(|e| bad(format!("file descriptor 3: {e}")))?;
+    Ok(Some(listener))
 }
 
 async fn wait_for_signal() {

@@ -29,20 +29,34 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, thread: actix::Ar
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let Ok(stream) = stream.into_std() else {
+                // Counted and refused here, so that only admitted clients wait for the thread.
+                let clients = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+                if clients > shared.config.max_clients {
+                    let shared = shared.clone();
+                    actix_rt::spawn(async move {
+                        refuse(stream).await;
+                        shared.clients.fetch_sub(1, Ordering::Relaxed);
+                    });
                     continue;
+                }
+                let shared = shared.clone();
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        log::warn!("a client connection from {peer}: {e}");
+                        shared.clients.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
                 };
                 thread.spawn_fn(move || {
                     actix_rt::spawn(async move {
-                        let Ok(stream) = TcpStream::from_std(stream) else {
-                            return;
-                        };
-                        let clients = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
-                        if clients > shared.config.max_clients {
-                            refuse(stream).await;
-                        } else {
-                            connection(stream, Session::new(shared.clone(), peer), &shared).await;
+                        // Registered with the runtime of the thread that polls it.
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                let session = Session::new(shared.clone(), peer);
+                                connection(stream, session, &shared).await;
+                            }
+                            Err(e) => log::warn!("a client connection from {peer}: {e}"),
                         }
                         shared.clients.fetch_sub(1, Ordering::Relaxed);
                     });

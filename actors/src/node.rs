@@ -155,7 +155,6 @@ impl Node {
         Arc::downgrade(&self.engine)
     }
 
-    /// Stops the actors and waits for their threads, releasing the data directory.
     /// The thread MultiRaft runs on (the current one for a node started here), for tasks that
     /// should run beside it.
     pub fn raft_thread(&self) -> actix::ArbiterHandle {
@@ -171,6 +170,7 @@ impl Node {
             .map_or_else(Arbiter::current, |a| a.handle())
     }
 
+    /// Stops the actors and waits for their threads, releasing the data directory.
     pub fn stop(self) {
         for a in &self.arbiters {
             a.stop();

@@ -137,7 +137,8 @@ pub fn raft_socket_command(config: &Path, raft: &TcpListener) -> Command {
             std::mem::forget(std::fs::File::open("/dev/null").unwrap());
         }
     });
-    let fd = raft.as_raw_fd();
+    // The command owns a duplicate of the socket, whatever becomes of `raft`.
+    let socket = std::os::fd::OwnedFd::from(raft.try_clone().unwrap());
     // A shell learns its pid (`$$`), which `exec` hands on to flotilla: LISTEN_PID names
     // the process the socket is for.
     let mut command = Command::new("/bin/sh");
@@ -150,6 +151,7 @@ pub fn raft_socket_command(config: &Path, raft: &TcpListener) -> Command {
     // owns: the socket goes to descriptor 3, open across exec.
     unsafe {
         command.pre_exec(move || {
+            let fd = socket.as_raw_fd();
             let r = if fd == 3 {
                 libc::fcntl(3, libc::F_SETFD, 0)
             } else {
@@ -162,6 +164,35 @@ pub fn raft_socket_command(config: &Path, raft: &TcpListener) -> Command {
         });
     }
     command
+}
+
+/// Runs a command to its end, killing it after `limit`: its exit code and stderr.
+pub fn run_within(mut command: Command, limit: Duration) -> (Option<i32>, String) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code(), stderr)
 }
 
 /// A raw TCP client speaking bytes, for asserting on exact replies.
