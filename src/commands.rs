@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use flotilla_actors::command::{parse_integer, Command, CommandOutcome, SetCondition};
 use flotilla_actors::messages::{GetStoreStatus, Read, StoreError, Write};
 use flotilla_actors::multiraft::{MultiRaft, RaftMetrics};
+use flotilla_actors::storage::Engine;
 use flotilla_actors::store::Store;
 use std::cell::Cell;
 use std::future::Future;
@@ -21,6 +22,8 @@ use std::time::Instant;
 /// What every session of a node shares.
 pub struct Shared {
     pub store: Addr<Store>,
+    /// For counting keys (`DBSIZE`, `INFO`), a full scan done off the Store's thread.
+    pub engine: Arc<Engine>,
     pub multiraft: Addr<MultiRaft>,
     pub metrics: Arc<RaftMetrics>,
     pub config: Config,
@@ -28,6 +31,14 @@ pub struct Shared {
     pub started: Instant,
     pub clients: AtomicUsize,
     pub next_client_id: AtomicU64,
+}
+
+/// The number of keys on this node: a scan of every key, on a blocking thread so that neither
+/// the Store nor the clients sharing its thread wait for it.
+async fn count_keys(engine: Arc<Engine>) -> Result<usize, String> {
+    tokio::task::spawn_blocking(move || engine.count_user_keys())
+        .await
+        .map_err(|e| format!("ERR counting keys failed: {e}"))
 }
 
 /// A reply, and whether the connection closes after it.
@@ -243,12 +254,12 @@ impl Session {
                 None => err("ERR value is not an integer or out of range"),
             },
             "dbsize" => {
-                let store = self.shared.store.clone();
+                let engine = self.shared.engine.clone();
                 self.in_turn(async move {
                     let mut out = BytesMut::new();
-                    match store.send(GetStoreStatus).await {
-                        Ok(s) => reply::integer(&mut out, s.keys as i64),
-                        Err(e) => mailbox_failure(&mut out, e),
+                    match count_keys(engine).await {
+                        Ok(n) => reply::integer(&mut out, n as i64),
+                        Err(e) => reply::error(&mut out, &e),
                     }
                     Reply {
                         bytes: out,
@@ -511,6 +522,7 @@ impl Session {
     }
 
     fn info(&self) -> PendingReply {
+        let engine = self.shared.engine.clone();
         let shared = self.shared.clone();
         self.in_turn(async move {
             let mut out = BytesMut::new();
@@ -524,6 +536,8 @@ impl Session {
                     };
                 }
             };
+            // A count that fails shows as 0 here; DBSIZE reports the error.
+            let keys = count_keys(engine).await.unwrap_or(0);
             let leading = status
                 .ranges
                 .iter()
@@ -556,7 +570,7 @@ impl Session {
                 m.learners_promoted.load(Ordering::Relaxed),
                 m.ranges_quiescent.load(Ordering::Relaxed),
                 m.peer_restarts.load(Ordering::Relaxed),
-                status.keys,
+                keys,
             );
             reply::bulk(&mut out, text.as_bytes());
             Reply {

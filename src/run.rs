@@ -102,6 +102,7 @@ pub async fn run(
     }
     let shared = Arc::new(Shared {
         store: node.store.clone(),
+        engine: node.engine.clone(),
         multiraft: node.multiraft.clone(),
         metrics: node.metrics.clone(),
         config: config.clone(),

@@ -401,7 +401,6 @@ pub struct GetStoreStatus;
 pub struct StoreStatus {
     pub node: NodeId,
     pub ranges: Vec<RangeStatus>,
-    pub keys: usize,
     pub applied_commands: u64,
 }
 

@@ -968,7 +968,6 @@ impl Handler<GetStoreStatus> for Store {
                     applied_index: r.applied.index,
                 })
                 .collect(),
-            keys: self.engine.count_user_keys(),
             applied_commands: self.applied_commands,
         })
     }
