@@ -1,6 +1,6 @@
 //! Every message between the actors of a node, in one place: this file is the protocol.
 //!
-//! Commands are named in the imperative (`Propose`, `ReadIndex`), events in the past tense
+//! Commands are named in the imperative (`RaftRequest::Propose`, `RaftRequest::ReadIndex`), events in the past tense
 //! (`CommandCommitted`), callbacks for what they confirm (`ChangeApplied`).
 //!
 //! Between the Store and MultiRaft every message is one-way (`do_send`/`try_send`): neither
@@ -25,24 +25,26 @@ pub enum ProposalPayload {
     ChangeReplicas(ConfChangeV2),
 }
 
-/// Proposes an entry to a range. Failures come back as [`Event::ProposalFailed`]; success as
-/// the entry's commit event.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Propose {
-    pub range: RangeId,
-    pub proposal: ProposalId,
-    pub payload: ProposalPayload,
+/// What the Store asks of MultiRaft for its clients, in the order they asked.
+#[derive(Debug)]
+pub enum RaftRequest {
+    /// Proposes an entry to a range. Failures come back as [`Event::ProposalFailed`]; success
+    /// as the entry's commit event.
+    Propose {
+        range: RangeId,
+        proposal: ProposalId,
+        payload: ProposalPayload,
+    },
+    /// Asks for a read index for a range. Reads of one range in one round share a single raft
+    /// `read_index` call; the answer is [`Event::ReadReady`].
+    ReadIndex { range: RangeId, read: ReadId },
 }
 
-/// Asks for a read index for a range. Reads of one range in one round share a single raft
-/// `read_index` call; the answer is [`Event::ReadReady`].
+/// The requests the Store gathered while handling the messages queued for it: one message to
+/// MultiRaft's thread for all of them.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct ReadIndex {
-    pub range: RangeId,
-    pub read: ReadId,
-}
+pub struct Requests(pub Vec<RaftRequest>);
 
 /// Reports how far the Store has applied each listed range, so MultiRaft can call
 /// `advance_apply_to` and account for the work still in flight.

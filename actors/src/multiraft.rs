@@ -1505,36 +1505,39 @@ impl Handler<RunRound> for MultiRaft {
     }
 }
 
-impl Handler<Propose> for MultiRaft {
+impl Handler<Requests> for MultiRaft {
     type Result = ();
-    fn handle(&mut self, msg: Propose, ctx: &mut Context<Self>) {
-        if self.unapplied > self.settings.max_unapplied_entries {
-            self.metrics.proposals_busy.fetch_add(1, Ordering::Relaxed);
-            self.events.push(Event::ProposalFailed {
-                proposal: msg.proposal,
-                error: ProposeError::Busy,
-            });
-        } else {
-            self.propose(msg.range, msg.proposal, msg.payload);
-            self.dirty.insert(msg.range);
-        }
-        self.schedule_round(ctx);
-    }
-}
-
-impl Handler<ReadIndex> for MultiRaft {
-    type Result = ();
-    fn handle(&mut self, msg: ReadIndex, ctx: &mut Context<Self>) {
-        match self.groups.get_mut(&msg.range) {
-            Some(g) => {
-                g.quiescent = false;
-                g.new_reads.push((msg.read, self.ticks));
-                self.dirty.insert(msg.range);
+    fn handle(&mut self, msg: Requests, ctx: &mut Context<Self>) {
+        for request in msg.0 {
+            match request {
+                RaftRequest::Propose {
+                    range,
+                    proposal,
+                    payload,
+                } => {
+                    if self.unapplied > self.settings.max_unapplied_entries {
+                        self.metrics.proposals_busy.fetch_add(1, Ordering::Relaxed);
+                        self.events.push(Event::ProposalFailed {
+                            proposal,
+                            error: ProposeError::Busy,
+                        });
+                    } else {
+                        self.propose(range, proposal, payload);
+                        self.dirty.insert(range);
+                    }
+                }
+                RaftRequest::ReadIndex { range, read } => match self.groups.get_mut(&range) {
+                    Some(g) => {
+                        g.quiescent = false;
+                        g.new_reads.push((read, self.ticks));
+                        self.dirty.insert(range);
+                    }
+                    None => self.events.push(Event::ReadsFailed {
+                        reads: vec![read],
+                        error: ProposeError::RangeNotFound(range),
+                    }),
+                },
             }
-            None => self.events.push(Event::ReadsFailed {
-                reads: vec![msg.read],
-                error: ProposeError::RangeNotFound(msg.range),
-            }),
         }
         self.schedule_round(ctx);
     }

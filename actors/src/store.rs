@@ -162,7 +162,16 @@ pub struct Store {
     reads: BTreeMap<ReadId, PendingRead>,
     conditions: Vec<PendingCondition>,
     applied_commands: u64,
+    /// Requests for MultiRaft gathered since the last [`FlushRequests`].
+    outgoing: Vec<RaftRequest>,
+    myself: Option<Addr<Store>>,
 }
+
+/// Sends MultiRaft the requests gathered so far; queued behind the messages already in the
+/// Store's mailbox, so that their requests go in the same message.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushRequests;
 
 impl Store {
     /// Loads the ranges stored in `engine`.
@@ -187,6 +196,8 @@ impl Store {
             reads: BTreeMap::new(),
             conditions: Vec::new(),
             applied_commands: 0,
+            outgoing: Vec::new(),
+            myself: None,
         };
         for d in engine.descriptors()? {
             let applied = engine.applied(d.id)?;
@@ -316,11 +327,21 @@ impl Store {
                 deadline,
             },
         );
-        self.multiraft.do_send(Propose {
+        self.request(RaftRequest::Propose {
             range,
             proposal,
             payload,
         });
+    }
+
+    /// Queues a request for MultiRaft, sent with the others of this pass over the mailbox.
+    fn request(&mut self, request: RaftRequest) {
+        if self.outgoing.is_empty() {
+            if let Some(me) = &self.myself {
+                me.do_send(FlushRequests);
+            }
+        }
+        self.outgoing.push(request);
     }
 
     /// The range's descriptor here, for an admin request.
@@ -742,7 +763,18 @@ impl Actor for Store {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
+        self.myself = Some(ctx.address());
         ctx.run_interval(Duration::from_millis(50), |store, _| store.expire());
+    }
+}
+
+impl Handler<FlushRequests> for Store {
+    type Result = ();
+    fn handle(&mut self, _: FlushRequests, _: &mut Context<Self>) {
+        if !self.outgoing.is_empty() {
+            self.multiraft
+                .do_send(Requests(std::mem::take(&mut self.outgoing)));
+        }
     }
 }
 
@@ -842,7 +874,7 @@ impl Handler<Read> for Store {
                     index: None,
                 },
             );
-            self.multiraft.do_send(ReadIndex { range, read: id });
+            self.request(RaftRequest::ReadIndex { range, read: id });
             replies.push((positions, rx));
         }
         Box::pin(async move {
