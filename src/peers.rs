@@ -15,7 +15,8 @@
 //! A round's batch larger than a frame is split over several. A snapshot larger than
 //! [`CHUNK_BYTES`] travels in chunks, written between the other frames to that node, so a big
 //! range never holds the others' messages back by more than one chunk; the receiver joins the
-//! chunks and hands the whole snapshot to MultiRaft, which installs it (see `actors/src/storage.rs`).
+//! chunks and hands the whole snapshot to MultiRaft, which installs it (see
+//! `actors/src/storage.rs`).
 //!
 //! Every frame is checked against [`MAX_FRAME_BYTES`] before it is read, and decoded under a
 //! limit; bytes that are not a frame close that connection and nothing else (contract 8).
