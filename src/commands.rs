@@ -22,8 +22,10 @@ use std::time::Instant;
 /// What every session of a node shares.
 pub struct Shared {
     pub store: Addr<Store>,
-    /// For counting keys (`DBSIZE`, `INFO`), a full scan done off the Store's thread.
+    /// For counting keys (`DBSIZE`, `INFO`), a full scan done off the Store's thread, one at a
+    /// time (`counting`).
     pub engine: Arc<Engine>,
+    pub counting: tokio::sync::Semaphore,
     pub multiraft: Addr<MultiRaft>,
     pub metrics: Arc<RaftMetrics>,
     pub config: Config,
@@ -35,7 +37,14 @@ pub struct Shared {
 
 /// The number of keys on this node: a scan of every key, on a blocking thread so that neither
 /// the Store nor the clients sharing its thread wait for it.
-async fn count_keys(engine: Arc<Engine>) -> Result<usize, String> {
+async fn count_keys(shared: Arc<Shared>) -> Result<usize, String> {
+    // One scan at a time, whatever the number of clients asking.
+    let _turn = shared
+        .counting
+        .acquire()
+        .await
+        .map_err(|e| format!("ERR counting keys failed: {e}"))?;
+    let engine = shared.engine.clone();
     tokio::task::spawn_blocking(move || engine.count_user_keys())
         .await
         .map_err(|e| format!("ERR counting keys failed: {e}"))
@@ -254,10 +263,10 @@ impl Session {
                 None => err("ERR value is not an integer or out of range"),
             },
             "dbsize" => {
-                let engine = self.shared.engine.clone();
+                let shared = self.shared.clone();
                 self.in_turn(async move {
                     let mut out = BytesMut::new();
-                    match count_keys(engine).await {
+                    match count_keys(shared).await {
                         Ok(n) => reply::integer(&mut out, n as i64),
                         Err(e) => reply::error(&mut out, &e),
                     }
@@ -522,7 +531,6 @@ impl Session {
     }
 
     fn info(&self) -> PendingReply {
-        let engine = self.shared.engine.clone();
         let shared = self.shared.clone();
         self.in_turn(async move {
             let mut out = BytesMut::new();
@@ -537,7 +545,7 @@ impl Session {
                 }
             };
             // A count that fails shows as 0 here; DBSIZE reports the error.
-            let keys = count_keys(engine).await.unwrap_or(0);
+            let keys = count_keys(shared.clone()).await.unwrap_or(0);
             let leading = status
                 .ranges
                 .iter()

@@ -69,8 +69,6 @@ pub enum Frame {
         secret: String,
         from: u64,
     },
-    /// The answer to a hello: the only frame that goes back on a connection.
-    Welcome,
     /// Raft messages of one round, as `(range, protobuf bytes)`, heartbeats coalesced, and
     /// removal notices (see [`RaftBatch`]).
     Batch {
@@ -89,6 +87,8 @@ pub enum Frame {
         data: Vec<u8>,
         message: Option<Vec<u8>>,
     },
+    /// The answer to a hello: the only frame that goes back on a connection.
+    Welcome,
 }
 
 /// A snapshot on its way: the frames of its chunks, each made when it is to be written (a
@@ -213,8 +213,10 @@ pub enum FrameError {
 /// largest answer to one.
 const MAX_HELLO_BYTES: usize = 4 << 10;
 
-/// How long a connecting node waits for the answer to its hello before trying again.
-const WELCOME_WAIT: Duration = Duration::from_secs(1);
+/// How long a connecting node waits for the answer to its hello before trying again: long, as
+/// hellos are answered on the peer's MultiRaft thread, which a slow sync or a large snapshot can
+/// hold up; the peer counts as unreachable meanwhile.
+const WELCOME_WAIT: Duration = Duration::from_secs(10);
 
 async fn read_frame(
     stream: &mut (impl tokio::io::AsyncRead + Unpin),
@@ -680,7 +682,7 @@ mod tests {
             let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let transport = transport_to(held.local_addr().unwrap());
             let start = std::time::Instant::now();
-            while start.elapsed() < 2 * WELCOME_WAIT {
+            while start.elapsed() < Duration::from_secs(2) {
                 let batch = RaftBatch::new(NodeId(1), NodeId(2));
                 assert!(transport.send(batch).is_err(), "counted connected");
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -96,13 +96,18 @@ pub async fn run(
         raft_thread.spawn(async move {
             match TcpListener::from_std(l) {
                 Ok(l) => crate::peers::listen(l, me, credentials, multiraft).await,
-                Err(e) => log::error!("the raft listener: {e}"),
+                Err(e) => {
+                    // Peers could not reach this node: stop rather than run cut off.
+                    log::error!("the raft listener: {e}");
+                    actix::System::current().stop_with_code(1);
+                }
             }
         });
     }
     let shared = Arc::new(Shared {
         store: node.store.clone(),
         engine: node.engine.clone(),
+        counting: tokio::sync::Semaphore::new(1),
         multiraft: node.multiraft.clone(),
         metrics: node.metrics.clone(),
         config: config.clone(),

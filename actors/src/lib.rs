@@ -5,11 +5,12 @@
 //! 1. A client session (in the `flotilla` crate) parses `SET k v` and sends
 //!    [`messages::Write`] to the [`store::Store`], awaiting only the Store's answer.
 //! 2. The Store routes `k` to its range, gives the proposal a [`ids::ProposalId`], remembers who
-//!    waits for it, and sends [`messages::Propose`] to [`multiraft::MultiRaft`] (`do_send`: it
-//!    never waits for MultiRaft).
+//!    waits for it, and queues a [`messages::RaftRequest::Propose`] for
+//!    [`multiraft::MultiRaft`], sent with the other requests of the Store's pass over its
+//!    mailbox in one [`messages::Requests`] (`do_send`: it never waits for MultiRaft).
 //! 3. MultiRaft proposes to the range's `RawNode` (a follower forwards it to the leader) and
 //!    schedules a *round*. A round handles the `Ready` of every dirty group: leader messages
-//!    out, entries and hard states of all groups into **one** sled batch with **one** sync,
+//!    out, entries and hard states of all groups into **one** raft-engine write with **one** sync,
 //!    persisted messages out, `advance_append`, and the committed entries of all groups to the
 //!    Store as **one** [`messages::Events`] message, handed over with `try_send` so a full
 //!    Store mailbox makes MultiRaft hold events back, never block.
@@ -17,7 +18,7 @@
 //!    range's applied index, answers the client whose proposal it was, and reports
 //!    [`messages::Applied`] so MultiRaft calls `advance_apply_to`.
 //!
-//! A read sends [`messages::ReadIndex`]; MultiRaft asks raft for one read index per range per
+//! A read queues a [`messages::RaftRequest::ReadIndex`]; MultiRaft asks raft for one read index per range per
 //! round and returns it as [`messages::Event::ReadReady`]; the Store serves the read once the
 //! range has applied up to that index.
 //!

@@ -334,6 +334,15 @@ impl Store {
         });
     }
 
+    /// Sends the requests queued so far. Called before any other message to MultiRaft too, so
+    /// that MultiRaft sees everything in the order the Store sent it.
+    fn flush_requests(&mut self) {
+        if !self.outgoing.is_empty() {
+            self.multiraft
+                .do_send(Requests(std::mem::take(&mut self.outgoing)));
+        }
+    }
+
     /// Queues a request for MultiRaft, sent with the others of this pass over the mailbox.
     fn request(&mut self, request: RaftRequest) {
         if self.outgoing.is_empty() {
@@ -486,11 +495,12 @@ impl Store {
         for r in take_where(&mut self.reads, |r| r.range == range) {
             let _ = r.reply.send(Err(StoreError::Removed(range)));
         }
+        self.flush_requests();
         self.multiraft.do_send(ReplicaDestroyed { range });
         Ok(())
     }
 
-    fn generate_snapshot(&self, range: RangeId) -> Result<(), StorageError> {
+    fn generate_snapshot(&mut self, range: RangeId) -> Result<(), StorageError> {
         let Some(r) = self.ranges.get(&range) else {
             return Ok(());
         };
@@ -501,10 +511,10 @@ impl Store {
             pairs,
             proposers: r.proposers.clone(),
         });
-        self.multiraft.do_send(SnapshotGenerated {
-            range,
-            snapshot: snapshot_of(r.applied.index, r.applied.term, data),
-        });
+        let snapshot = snapshot_of(r.applied.index, r.applied.term, data);
+        self.flush_requests();
+        self.multiraft
+            .do_send(SnapshotGenerated { range, snapshot });
         Ok(())
     }
 
@@ -679,7 +689,10 @@ impl Store {
             self.answer(proposal, result);
         }
         // Callbacks before the applied report and before any snapshot, so MultiRaft sees them
-        // in the order they happened.
+        // in the order they happened; requests queued before them go first.
+        if !callbacks.is_empty() || !touched.is_empty() {
+            self.flush_requests();
+        }
         for callback in callbacks {
             callback.done();
         }
@@ -771,10 +784,7 @@ impl Actor for Store {
 impl Handler<FlushRequests> for Store {
     type Result = ();
     fn handle(&mut self, _: FlushRequests, _: &mut Context<Self>) {
-        if !self.outgoing.is_empty() {
-            self.multiraft
-                .do_send(Requests(std::mem::take(&mut self.outgoing)));
-        }
+        self.flush_requests();
     }
 }
 
@@ -967,6 +977,7 @@ impl Handler<TransferLeader> for Store {
         if let Err(e) = checked {
             return Box::pin(async move { Err(e) });
         }
+        self.flush_requests();
         self.multiraft.do_send(BeginLeaderTransfer {
             range: msg.range,
             to: msg.to,
