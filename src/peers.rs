@@ -4,8 +4,8 @@
 //!
 //! A connection carries length-prefixed frames: a 4-byte big-endian length, then that many bytes
 //! of a bincode-encoded [`Frame`]. The first frame a connecting node sends is
-//! [`Frame::Hello`], proving the cluster id and shared secret of the config; a connection that
-//! does not is refused and logged. The receiving node answers [`Frame::Welcome`], and only then
+//! [`Frame::Hello`], naming the protocol version and proving the cluster id and shared secret
+//! of the config; a connection that does not match is refused and logged. The receiving node answers [`Frame::Welcome`], and only then
 //! does the connecting node count the connection as up (a listening socket held open while its
 //! node is down, by a service manager, completes connections that nobody reads). Every later
 //! frame is a [`Frame::Batch`] (the raft messages of
@@ -42,6 +42,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+/// The version of this format, in every hello: nodes speaking different versions refuse each
+/// other's connections with an error that says so.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// The largest frame accepted.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -63,8 +67,11 @@ const QUEUE_BATCHES: usize = 1024;
 /// What travels on a raft connection.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Frame {
-    /// The first frame of a connection.
+    /// The first frame of a connection. Its first field never changes place, so that nodes of
+    /// every version read each other's protocol version.
     Hello {
+        /// [`PROTOCOL_VERSION`] of the sender: a node refuses another version.
+        version: u32,
         cluster_id: String,
         secret: String,
         from: u64,
@@ -290,6 +297,7 @@ pub fn connect(
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         let connected = Arc::new(AtomicBool::new(false));
         let hello = encode_frame(&Frame::Hello {
+            version: PROTOCOL_VERSION,
             cluster_id: credentials.cluster_id.clone(),
             secret: credentials.secret.clone(),
             from: me.0,
@@ -440,10 +448,17 @@ async fn inbound(
 ) -> Result<(), FrameError> {
     let from = match read_frame(&mut stream, MAX_HELLO_BYTES).await? {
         Frame::Hello {
+            version,
             cluster_id,
             secret,
             from,
         } => {
+            if version != PROTOCOL_VERSION {
+                return Err(FrameError::Refused(format!(
+                    "node {from} speaks raft protocol version {version}, this node \
+                     {PROTOCOL_VERSION}: a cluster runs one version"
+                )));
+            }
             if cluster_id != credentials.cluster_id {
                 return Err(FrameError::Refused(format!(
                     "cluster id {cluster_id:?} is not this cluster's"

@@ -338,6 +338,7 @@ fn garbage_on_the_raft_port_is_refused_and_harms_nothing() {
     // A Hello frame as another node would send it, but with the given secret.
     let hello = |secret: &str| {
         frame(&flotilla::peers::Frame::Hello {
+            version: flotilla::peers::PROTOCOL_VERSION,
             cluster_id: "flotilla-demo".into(),
             secret: secret.into(),
             from: 2,
@@ -349,6 +350,16 @@ fn garbage_on_the_raft_port_is_refused_and_harms_nothing() {
         (vec![0, 0, 0, 50, 1, 2, 3], Vec::new()),         // truncated frame
         (vec![0xff, 0xff, 0xff, 0xff], Vec::new()),       // oversized frame
         (hello("wrong secret"), Vec::new()),              // wrong cluster secret
+        // Another version of the protocol.
+        (
+            frame(&flotilla::peers::Frame::Hello {
+                version: flotilla::peers::PROTOCOL_VERSION + 1,
+                cluster_id: "flotilla-demo".into(),
+                secret: "change-me-before-production".into(),
+                from: 2,
+            }),
+            Vec::new(),
+        ),
     ];
     // A good hello, welcomed, followed by an undecodable batch.
     let mut bad_batch = hello("change-me-before-production");
