@@ -11,14 +11,17 @@
 //!
 //! Throughput is in commands per second.
 
+mod common;
+
 use actix::dev::channel::{channel, AddressReceiver};
 use actix::Addr;
+use common::{BOOT, NODE, VALUE_BYTES};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use flotilla_actors::command::{Command, SetCondition};
-use flotilla_actors::ids::{NodeId, ProposalId, RangeId, ReplicaId};
+use flotilla_actors::ids::{ProposalId, RangeId};
 use flotilla_actors::messages::Event;
 use flotilla_actors::multiraft::MultiRaft;
-use flotilla_actors::storage::{Engine, RangeDescriptor, WriteBatch, BOOTSTRAP_INDEX};
+use flotilla_actors::storage::{Engine, BOOTSTRAP_INDEX};
 use flotilla_actors::store::{Store, StoreSettings};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -29,11 +32,6 @@ use tempfile::TempDir;
 const BATCH_SIZES: [usize; 3] = [1, 64, 1_024];
 const RANGES: u64 = 4;
 const KEYS_PER_RANGE: u64 = 10_000;
-const VALUE_BYTES: usize = 100;
-/// The node's cache, as `cache_mb`'s default.
-const CACHE_BYTES: u64 = 256 << 20;
-const NODE: NodeId = NodeId(1);
-const BOOT: u64 = 1;
 const TERM: u64 = 6;
 
 /// A Store over four ranges `[-, 1)`, `[1, 2)`, `[2, 3)`, `[3, -)`, with the mailbox its reports
@@ -50,28 +48,8 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let engine = Engine::open(dir.path(), CACHE_BYTES).expect("open the engine");
-        let bound = |i: u64| {
-            if i == 0 || i == RANGES {
-                Vec::new()
-            } else {
-                i.to_string().into_bytes()
-            }
-        };
-        let mut batch = WriteBatch::default();
-        for i in 0..RANGES {
-            let d = RangeDescriptor {
-                id: RangeId(i + 1),
-                start_key: bound(i),
-                end_key: bound(i + 1),
-                voters: vec![ReplicaId::new(NODE, 0)],
-                learners: Vec::new(),
-                removed: Vec::new(),
-            };
-            engine.bootstrap_range(&d, &mut batch).expect("bootstrap");
-        }
-        engine.commit(batch).expect("commit");
+        let (dir, engine, _) =
+            common::bootstrapped(RANGES as usize, |i| i.to_string().into_bytes());
         let (tx, reports) = channel::<MultiRaft>(16);
         let store = Store::load(
             NODE,

@@ -25,13 +25,14 @@
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
+mod common;
+
+use common::{BOOT, NODE, VALUE_BYTES};
 use flotilla_actors::codec;
 use flotilla_actors::command::{Command, SetCondition};
-use flotilla_actors::ids::{NodeId, ProposalId, RangeId, ReplicaId};
+use flotilla_actors::ids::{ProposalId, RangeId, ReplicaId};
 use flotilla_actors::messages::Event;
-use flotilla_actors::storage::{
-    Engine, RangeDescriptor, RangeStorage, WriteBatch, BOOTSTRAP_INDEX,
-};
+use flotilla_actors::storage::{Engine, RangeStorage, WriteBatch, BOOTSTRAP_INDEX};
 use raft::prelude::{Entry, HardState};
 use raft::{RawNode, Storage};
 use std::hint::black_box;
@@ -41,11 +42,6 @@ use tempfile::TempDir;
 
 const GROUP_COUNTS: [usize; 3] = [1, 100, 1_000];
 const ENTRIES_PER_GROUP: u64 = 3;
-const VALUE_BYTES: usize = 100;
-/// The node's cache, as `cache_mb`'s default.
-const CACHE_BYTES: u64 = 256 << 20;
-const NODE: NodeId = NodeId(1);
-const BOOT: u64 = 1;
 /// Log entries kept after the untimed compaction between rounds.
 const KEEP_ENTRIES: u64 = 16;
 
@@ -78,30 +74,8 @@ fn settle() {
 
 impl Fixture {
     fn new(groups: usize) -> Fixture {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let engine = Engine::open(dir.path(), CACHE_BYTES).expect("open the engine");
-        let bound = |i: usize| {
-            if i == 0 || i == groups {
-                Vec::new()
-            } else {
-                format!("{i:05}").into_bytes()
-            }
-        };
-        let mut batch = WriteBatch::default();
-        let mut ranges = Vec::with_capacity(groups);
-        for i in 0..groups {
-            let d = RangeDescriptor {
-                id: RangeId(i as u64 + 1),
-                start_key: bound(i),
-                end_key: bound(i + 1),
-                voters: vec![ReplicaId::new(NODE, 0)],
-                learners: Vec::new(),
-                removed: Vec::new(),
-            };
-            engine.bootstrap_range(&d, &mut batch).expect("bootstrap");
-            ranges.push(d.id);
-        }
-        engine.commit(batch).expect("commit");
+        let (dir, engine, ranges) =
+            common::bootstrapped(groups, |i| format!("{i:05}").into_bytes());
         Fixture {
             _dir: dir,
             engine,
