@@ -324,16 +324,17 @@ impl Engine {
     /// sled write before it) if it has one or compacts the log, then its raft log part, with
     /// one `fdatasync` (see "Durability and the order of writes").
     pub fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let sync_data = batch.needs_data_sync();
         let WriteBatch {
             data,
             has_data,
-            data_sync,
             mut log,
+            ..
         } = batch;
         if has_data {
             self.tree.apply_batch(data)?;
         }
-        if has_data || data_sync {
+        if sync_data {
             self.sync()?;
         }
         if !log.is_empty() {
@@ -540,11 +541,21 @@ impl Engine {
         Ok(())
     }
 
-    /// The proposers a range has applied commands from.
-    pub fn proposers(&self, range: RangeId) -> Result<Proposers, StorageError> {
+    /// The applied index and term of a range and the last command it applied from each proposer,
+    /// in one read of their key (zero and none when nothing was applied).
+    pub fn applied_state(&self, range: RangeId) -> Result<(LogPosition, Proposers), StorageError> {
         match self.tree.get(keys::range_key(range, keys::APPLIED))? {
-            Some(v) if v.len() > 16 => codec::decode(&v[16..]).map_err(|e| corrupt("proposers", e)),
-            _ => Ok(Proposers::new()),
+            Some(v) => {
+                let applied = LogPosition::decode("applied state", v.get(..16).unwrap_or(&v))?;
+                let proposers = match v.get(16..) {
+                    Some(rest) if !rest.is_empty() => {
+                        codec::decode(rest).map_err(|e| corrupt("proposers", e))?
+                    }
+                    _ => Proposers::new(),
+                };
+                Ok((applied, proposers))
+            }
+            None => Ok((LogPosition::default(), Proposers::new())),
         }
     }
 
@@ -691,12 +702,7 @@ impl WriteBatch {
         &mut self.data
     }
 
-    /// Whether [`Engine::commit`] would write anything.
-    pub fn is_empty(&self) -> bool {
-        !self.has_data && !self.data_sync && self.log.is_empty()
-    }
-
-    /// Whether committing it syncs sled first (it compacts a log).
+    /// Whether committing it syncs sled first (it has a sled part, or compacts a log).
     pub fn needs_data_sync(&self) -> bool {
         self.has_data || self.data_sync
     }
@@ -1510,7 +1516,7 @@ mod tests {
         assert_eq!(engine.get_user(b"b-stale").unwrap(), None);
         // The proposers' last commands come with the data: duplicates stay recognised.
         assert_eq!(
-            engine.proposers(RangeId(7)).unwrap(),
+            engine.applied_state(RangeId(7)).unwrap().1,
             Proposers::from([(NodeId(2), (9, 41))])
         );
         assert_eq!(

@@ -200,8 +200,7 @@ impl Store {
             myself: None,
         };
         for d in engine.descriptors()? {
-            let applied = engine.applied(d.id)?;
-            let proposers = engine.proposers(d.id)?;
+            let (applied, proposers) = engine.applied_state(d.id)?;
             store.put_range(d, applied, proposers);
         }
         Ok(store)
@@ -654,7 +653,7 @@ impl Store {
                 } => {
                     debug_assert_eq!(range, descriptor.id);
                     // MultiRaft wrote the snapshot's state before handing this event over.
-                    let proposers = self.engine.proposers(range)?;
+                    let (_, proposers) = self.engine.applied_state(range)?;
                     self.put_range(descriptor, LogPosition { index, term }, proposers);
                 }
                 Event::ReplicaRemoved { range, replica } => {
