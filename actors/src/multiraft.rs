@@ -6,12 +6,15 @@
 //! round. A round then, for every dirty group with a `Ready`:
 //!
 //! 1. sends the leader's messages;
-//! 2. stages the snapshot, the new entries and the hard state into **one** sled batch;
+//! 2. stages the snapshot, the new entries and the hard state into **one** write batch;
 //! 3. hands the committed entries over as events;
 //!
-//! writes the batch and makes it durable with **one** sync for all groups; then sends the
-//! persisted messages, calls `advance_append`, persists the commit index of the `LightReady`,
-//! and gives the Store **one** [`Events`] message. That is contracts 2 and 3 of DESIGN.md.
+//! gives the Store those events (they were durable before this Ready, so it applies them while
+//! the round writes), lets the connections to peers write the leader's messages (so followers
+//! persist while the leader does), then writes the batch and makes it durable with **one** sync
+//! for all groups; then sends the persisted messages, calls `advance_append`, persists the
+//! commit index of the `LightReady`, and gives the Store the rest in **one** [`Events`]
+//! message. That is contracts 2 and 3 of DESIGN.md.
 //!
 //! # Never blocking on the Store
 //!
@@ -383,6 +386,16 @@ fn members(cs: &ConfState) -> impl Iterator<Item = u64> + '_ {
 /// The conf change a proposal forwarded by a follower carries, if any.
 fn forwarded_change(m: &raft::prelude::Message) -> Option<ConfChangeV2> {
     m.get_entries().iter().find_map(conf_change_of)
+}
+
+/// A round between its Readies and its write (see `MultiRaft::finish_round`).
+struct Persist {
+    batch: WriteBatch,
+    must_write: bool,
+    /// Events to give the Store after the write.
+    events: Vec<Event>,
+    /// Each group's Ready, and the index of the snapshot it installs.
+    readies: Vec<(RangeId, raft::Ready, Option<u64>)>,
 }
 
 /// Runs every Raft group of the node. See the module documentation.
@@ -854,7 +867,7 @@ impl MultiRaft {
     }
 
     /// One round over every dirty group (see the module documentation).
-    fn run_round(&mut self) {
+    fn run_round(&mut self, ctx: &mut Context<Self>) {
         self.round_scheduled = false;
         self.metrics.rounds.fetch_add(1, Ordering::Relaxed);
         let mut batch = std::mem::take(&mut self.staged);
@@ -992,7 +1005,44 @@ impl MultiRaft {
             readies.push((range, rd, snapshot_index));
         }
 
+        // The leader's messages leave before its own write: followers persist the entries
+        // while it does (raft's Ready allows it; etcd's section 10.2.1 of the Raft thesis).
+        let overlap = must_write && !leader_msgs.is_empty();
         self.send_batches(leader_msgs);
+        // Entries committed in this Ready were durable here before it: the Store applies them
+        // while this round writes. A snapshot staged this round must be written first.
+        if must_write && !readies.iter().any(|(_, _, snapshot)| snapshot.is_some()) {
+            events.append(&mut self.events);
+            self.hand_to_store(std::mem::take(&mut events));
+        }
+        let round = Persist {
+            batch,
+            must_write,
+            events,
+            readies,
+        };
+        if overlap {
+            // The connections to peers run on this thread: one turn of it writes the messages
+            // to their sockets before the sync holds the thread. Until then this actor handles
+            // nothing else, so the round is not interleaved with other work.
+            ctx.wait(
+                actix::fut::wrap_future(tokio::task::yield_now())
+                    .map(move |_, mr: &mut Self, ctx| mr.finish_round(round, ctx)),
+            );
+        } else {
+            self.finish_round(round, ctx);
+        }
+    }
+
+    /// The second half of a round: the write, then what raft may do once it is durable.
+    fn finish_round(&mut self, round: Persist, ctx: &mut Context<Self>) {
+        let Persist {
+            batch,
+            must_write,
+            mut events,
+            readies,
+        } = round;
+        let myself = self.myself.clone().expect("MultiRaft started");
         if !must_write {
             // At most commit indexes: kept for the next write.
             self.staged = batch;
@@ -1047,6 +1097,9 @@ impl MultiRaft {
         self.send_batches(late_msgs);
         events.append(&mut self.events);
         self.hand_to_store(events);
+        if !self.dirty.is_empty() || !self.events.is_empty() {
+            self.schedule_round(ctx);
+        }
     }
 
     /// Deletes the raft log's files no range needs; a range whose log still holds much of the
@@ -1498,10 +1551,7 @@ impl Actor for MultiRaft {
 impl Handler<RunRound> for MultiRaft {
     type Result = ();
     fn handle(&mut self, _: RunRound, ctx: &mut Context<Self>) {
-        self.run_round();
-        if !self.dirty.is_empty() || !self.events.is_empty() {
-            self.schedule_round(ctx);
-        }
+        self.run_round(ctx);
     }
 }
 
