@@ -83,6 +83,7 @@ pub enum Frame {
         /// The sender's boot.
         boot: u64,
         to: u64,
+        #[serde(with = "flotilla_actors::codec::numbered_bytes")]
         messages: Vec<(u64, Vec<u8>)>,
         heartbeats: Vec<Heartbeat>,
         removed: Vec<(RangeId, ReplicaId)>,
@@ -91,7 +92,9 @@ pub enum Frame {
     /// with empty data), whose data is the chunks joined in order.
     SnapshotChunk {
         range: u64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         message: Option<Vec<u8>>,
     },
     /// The answer to a hello: the only frame that goes back on a connection.

@@ -21,18 +21,23 @@ pub enum SetCondition {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Set {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         condition: SetCondition,
     },
     Delete {
+        #[serde(with = "crate::codec::byte_lists")]
         keys: Vec<Vec<u8>>,
     },
     IncrBy {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         delta: i64,
     },
     MSet {
+        #[serde(with = "crate::codec::byte_pairs")]
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     },
 }

@@ -130,6 +130,7 @@ pub struct Heartbeat {
     pub term: u64,
     pub commit: u64,
     /// A read index request's context, carried by the heartbeats that confirm it.
+    #[serde(with = "serde_bytes")]
     pub context: Vec<u8>,
     pub response: bool,
     /// Sent by a quiescent replica: the leader's asks its followers to stop ticking the range

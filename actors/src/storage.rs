@@ -106,8 +106,10 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 pub struct RangeDescriptor {
     pub id: RangeId,
     /// First key of the range (inclusive).
+    #[serde(with = "serde_bytes")]
     pub start_key: Vec<u8>,
     /// End of the range (exclusive); empty means "to the end of the key space".
+    #[serde(with = "serde_bytes")]
     pub end_key: Vec<u8>,
     /// Replicas that vote.
     pub voters: Vec<ReplicaId>,
@@ -729,6 +731,7 @@ impl WriteBatch {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SnapshotData {
     pub descriptor: RangeDescriptor,
+    #[serde(with = "crate::codec::byte_pairs")]
     pub pairs: Vec<Pair>,
     pub proposers: Proposers,
 }
