@@ -724,7 +724,7 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
                     let _ = store.send(AddReplica { range, node }).await;
                 });
                 "replica added"
-            } else if d.voters.len() > 2 {
+            } else if d.voters.len() > 1 {
                 world.borrow_mut().detail = format!("{range} {node} via n{via}");
                 actix_rt::spawn(async move {
                     let _ = store.send(RemoveReplica { range, node }).await;

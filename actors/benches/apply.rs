@@ -57,6 +57,7 @@ impl Fixture {
             engine.clone(),
             Addr::new(tx),
             StoreSettings::default(),
+            Arc::default(),
         )
         .expect("load the store");
         Fixture {

@@ -134,6 +134,10 @@ pub struct RaftMetrics {
     pub ranges_quiescent: AtomicU64,
     /// Times a node was seen to have restarted (a new boot in its batches).
     pub peer_restarts: AtomicU64,
+    /// Events given to the Store, or kept for it in the outbox. Counted before any message of
+    /// the round that produced them leaves, so a Store that has applied as many knows all this
+    /// node's raft has done (see `Store::serves_locally`).
+    pub events_handed: AtomicU64,
 }
 
 /// How many released proposals [`GetReleasedProposals`] can report.
@@ -773,6 +777,9 @@ impl MultiRaft {
     /// Gives the Store the events kept back, then `events`, never waiting.
     fn hand_to_store(&mut self, events: Vec<Event>) {
         if !events.is_empty() {
+            self.metrics
+                .events_handed
+                .fetch_add(events.len() as u64, Ordering::Release);
             // Behind a full mailbox, later events join the last batch kept back: the Store then
             // applies fewer, larger batches, which is what a slow Store needs.
             match self.outbox.back_mut() {
@@ -1008,13 +1015,13 @@ impl MultiRaft {
         // The leader's messages leave before its own write: followers persist the entries
         // while it does (raft's Ready allows it; etcd's section 10.2.1 of the Raft thesis).
         let overlap = must_write && !leader_msgs.is_empty();
-        self.send_batches(leader_msgs);
         // Entries committed in this Ready were durable here before it: the Store applies them
         // while this round writes. A snapshot staged this round must be written first.
         if must_write && !readies.iter().any(|(_, _, snapshot)| snapshot.is_some()) {
             events.append(&mut self.events);
             self.hand_to_store(std::mem::take(&mut events));
         }
+        self.send_batches(leader_msgs);
         let round = Persist {
             batch,
             must_write,
@@ -1094,9 +1101,10 @@ impl MultiRaft {
                 self.dirty.insert(range);
             }
         }
-        self.send_batches(late_msgs);
+        // The events before the messages: see `RaftMetrics::events_handed`.
         events.append(&mut self.events);
         self.hand_to_store(events);
+        self.send_batches(late_msgs);
         if !self.dirty.is_empty() || !self.events.is_empty() {
             self.schedule_round(ctx);
         }

@@ -121,6 +121,7 @@ impl Node {
             engine.clone(),
             raft_addr.clone(),
             settings.store.clone(),
+            metrics.clone(),
         )?;
         let mut arbiters = Vec::new();
         if own_threads {

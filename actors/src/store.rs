@@ -19,7 +19,7 @@ use crate::codec;
 use crate::command::{Command, CommandOutcome};
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
-use crate::multiraft::{snapshot_of, MultiRaft};
+use crate::multiraft::{snapshot_of, MultiRaft, RaftMetrics};
 use crate::storage::{
     put_applied, put_descriptor, Engine, LogPosition, Pair, Proposers, RangeDescriptor,
     SnapshotData, StorageError,
@@ -28,6 +28,7 @@ use actix::prelude::*;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -165,6 +166,10 @@ pub struct Store {
     /// Requests for MultiRaft gathered since the last [`FlushRequests`].
     outgoing: Vec<RaftRequest>,
     myself: Option<Addr<Store>>,
+    /// MultiRaft's counters; `events_handed` tells whether events are on their way here.
+    raft_metrics: Arc<RaftMetrics>,
+    /// Events applied (see `RaftMetrics::events_handed`).
+    events_applied: u64,
 }
 
 /// Sends MultiRaft the requests gathered so far; queued behind the messages already in the
@@ -181,6 +186,7 @@ impl Store {
         engine: Arc<Engine>,
         multiraft: Addr<MultiRaft>,
         settings: StoreSettings,
+        raft_metrics: Arc<RaftMetrics>,
     ) -> Result<Store, StorageError> {
         let mut store = Store {
             node,
@@ -198,6 +204,8 @@ impl Store {
             applied_commands: 0,
             outgoing: Vec::new(),
             myself: None,
+            raft_metrics,
+            events_applied: 0,
         };
         for d in engine.descriptors()? {
             let (applied, proposers) = engine.applied_state(d.id)?;
@@ -414,6 +422,25 @@ impl Store {
         }
     }
 
+    /// Whether a read of `range` may be served from this Store's state as it is, without a
+    /// read index. True for a range whose only voter is this node, led from here, that has
+    /// applied an entry of its leader's term (so everything committed before it) and every
+    /// event MultiRaft has handed over: no other node can then commit anything in the range,
+    /// and every write this node committed is applied here, so the state holds every write
+    /// acknowledged anywhere. Any change of that (a voter added, a new leader) reaches this
+    /// Store as an event before raft lets another node act on it.
+    fn serves_locally(&self, range: RangeId) -> bool {
+        let Some(r) = self.ranges.get(&range) else {
+            return false;
+        };
+        let voters = &r.descriptor.voters;
+        voters.len() == 1
+            && voters[0].node() == self.node
+            && r.leader == Some(self.node)
+            && r.applied.term == r.term
+            && self.events_applied >= self.raft_metrics.events_handed.load(Ordering::Acquire)
+    }
+
     fn serve_read(&mut self, id: ReadId) {
         if let Some(read) = self.reads.remove(&id) {
             let values: Result<Vec<_>, StorageError> =
@@ -520,6 +547,7 @@ impl Store {
     /// Applies one event batch. See the module documentation.
     #[doc(hidden)] // public for `benches/apply.rs` only
     pub fn apply_events(&mut self, events: Vec<Event>) -> Result<(), StorageError> {
+        self.events_applied += events.len() as u64;
         let mut batch = sled::Batch::default();
         let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let mut touched = BTreeSet::new();
@@ -861,7 +889,9 @@ impl Handler<Read> for Store {
                 None => return Box::pin(async { Err(StoreError::NoRange) }),
             }
         }
-        if self.settings.bugs.reads_without_read_index {
+        if self.settings.bugs.reads_without_read_index
+            || parts.keys().all(|&range| self.serves_locally(range))
+        {
             let values: Result<Vec<_>, _> =
                 msg.keys.iter().map(|k| self.engine.get_user(k)).collect();
             let values = values.map_err(|e| StoreError::Internal(e.to_string()));
@@ -1045,6 +1075,7 @@ mod tests {
             engine,
             Addr::new(tx),
             StoreSettings::default(),
+            Arc::default(),
         )
         .unwrap();
         (store, reports)
@@ -1107,6 +1138,64 @@ mod tests {
         assert_eq!(counter(&s), b"4");
         incr(&mut s, 2, 11, 2);
         assert_eq!(counter(&s), b"5");
+    }
+
+    #[test]
+    fn a_single_voter_range_is_read_locally_only_while_nothing_can_have_moved_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store(dir.path());
+        let range = RangeId(1);
+        let elected = |term, leader| Event::LeaderElected {
+            range,
+            term,
+            leader: NodeId(leader),
+        };
+        assert!(!s.serves_locally(range), "no leader yet");
+        s.apply_events(vec![elected(6, 1)]).unwrap();
+        // Entries committed under earlier terms may still be on their way (after a restart,
+        // those whose effect sled lost are applied again).
+        assert!(
+            !s.serves_locally(range),
+            "nothing of the leader's term applied"
+        );
+        let boot = s.boot;
+        incr(&mut s, 1, boot, 1);
+        assert!(s.serves_locally(range));
+
+        // Events MultiRaft handed over and this Store has not applied yet.
+        s.raft_metrics
+            .events_handed
+            .store(s.events_applied + 1, Ordering::Release);
+        assert!(!s.serves_locally(range), "events on their way");
+        incr(&mut s, 1, boot, 2);
+        assert!(s.serves_locally(range));
+
+        // A second voter: another node may lead and commit from now on.
+        let change = single_change(ReplicaId::new(NodeId(2), 0), ConfChangeType::AddNode);
+        let index = s.ranges[&range].applied.index + 1;
+        let callback = ChangeCallback::new(
+            range,
+            index,
+            change.clone(),
+            s.multiraft.clone().recipient(),
+        );
+        s.apply_events(vec![Event::MembershipChangeCommitted {
+            range,
+            index,
+            term: 6,
+            proposal: None,
+            change,
+            callback,
+        }])
+        .unwrap();
+        assert!(!s.serves_locally(range), "two voters");
+
+        // Nor is one led from another node (as this Store last heard).
+        let other_dir = tempfile::tempdir().unwrap();
+        let (mut other, _reports) = store(other_dir.path());
+        other.apply_events(vec![elected(6, 2)]).unwrap();
+        incr(&mut other, 1, boot, 1);
+        assert!(!other.serves_locally(range), "led from node 2");
     }
 
     #[test]
