@@ -80,13 +80,3 @@ fn reading_without_a_read_index_is_caught() {
     let (seed, violation) = caught_within(5, bugs).expect("the planted bug went unnoticed");
     println!("reads without read index: caught on seed {seed}: {violation}");
 }
-
-#[test]
-fn skipping_the_hold_during_a_membership_change_is_caught() {
-    let bugs = flotilla_actors::store::PlantedBugs {
-        skip_holding_proposals: true,
-        ..Default::default()
-    };
-    let (seed, violation) = caught_within(40, bugs).expect("the planted bug went unnoticed");
-    println!("skip holding proposals: caught on seed {seed}: {violation}");
-}

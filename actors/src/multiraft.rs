@@ -94,9 +94,9 @@ pub struct RaftSettings {
     pub max_inflight_msgs: usize,
     /// Applied entries a range's log may hold before the oldest are deleted.
     pub log_compaction_entries: u64,
-    /// Deterministic elections, for simulations: each group's election timeout is fixed (in
-    /// `[election_ticks, 2 * election_ticks)`), drawn from this seed, the node and the range,
-    /// instead of raft-rs's unseeded random one.
+    /// Deterministic elections, for simulations: each group's election timeout (in
+    /// `[election_ticks, 2 * election_ticks)`, new in every term) is drawn from this seed, the
+    /// replica, the range and the term, instead of by raft-rs's unseeded generator.
     pub election_seed: Option<u64>,
 }
 
@@ -509,22 +509,10 @@ impl MultiRaft {
         Ok(mr)
     }
 
-    fn raft_config(&self, range: RangeId, id: ReplicaId, applied: u64) -> raft::Config {
-        let election = self.settings.election_ticks;
-        let (min_election_tick, max_election_tick) = match self.settings.election_seed {
-            // raft-rs draws from [min, max): a range of one is a fixed timeout.
-            Some(seed) => {
-                let mix = splitmix(seed ^ splitmix(id.0 ^ splitmix(range.0)));
-                let fixed = election + (mix % election as u64) as usize;
-                (fixed, fixed + 1)
-            }
-            None => (0, 0),
-        };
+    fn raft_config(&self, id: ReplicaId, applied: u64) -> raft::Config {
         raft::Config {
             id: id.0,
-            election_tick: election,
-            min_election_tick,
-            max_election_tick,
+            election_tick: self.settings.election_ticks,
             heartbeat_tick: self.settings.heartbeat_ticks,
             applied,
             max_size_per_msg: self.settings.max_size_per_msg,
@@ -573,15 +561,11 @@ impl MultiRaft {
             self.engine.commit(batch)?;
         }
         let conf_index = storage.conf_index();
-        let mut node = RawNode::new(
-            &self.raft_config(range, replica, applied),
-            storage,
-            &self.logger,
-        )
-        .map_err(|e| StorageError::Corrupt {
-            what: format!("raft state of {range}"),
-            detail: e.to_string(),
-        })?;
+        let mut node = RawNode::new(&self.raft_config(replica, applied), storage, &self.logger)
+            .map_err(|e| StorageError::Corrupt {
+                what: format!("raft state of {range}"),
+                detail: e.to_string(),
+            })?;
         // A conf change the Store applied just before a crash, whose new conf state MultiRaft
         // had not yet written: apply it again, as the callback would have.
         if applied > conf_index {
@@ -1244,6 +1228,17 @@ impl MultiRaft {
                 continue;
             }
             self.awake.insert(*range);
+            if let Some(seed) = self.settings.election_seed {
+                // raft draws each replica's election timeout from [election, 2 × election)
+                // anew in every term, from an unseeded generator: this replaces the draw by
+                // one from the seed, also new in every term. (A timeout fixed per replica
+                // once let two replicas that could not win starve the two that could: their
+                // every campaign reset the others' timers before those ran out.)
+                let election = self.settings.election_ticks as u64;
+                let raft = &mut g.node.raft;
+                let mix = splitmix(seed ^ splitmix(g.replica.0 ^ splitmix(range.0 ^ raft.term)));
+                raft.set_randomized_election_timeout((election + mix % election) as usize);
+            }
             let mut dirty = g.node.tick();
             if !g.queued_changes.is_empty() {
                 if !g.is_leader() {
