@@ -271,7 +271,8 @@ impl Config {
             } else {
                 self.initial_members.iter().map(|&n| NodeId(n)).collect()
             },
-            cache_bytes: self.cache_mb << 20,
+            // A quarter for the Store's cache of values read, the rest for sled's pages.
+            cache_bytes: (self.cache_mb << 20) - (self.cache_mb << 18),
             durable: true,
             raft: RaftSettings {
                 tick_interval: Duration::from_millis(self.tick_interval_ms),
@@ -283,6 +284,7 @@ impl Config {
             },
             store: StoreSettings {
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
+                value_cache_bytes: (self.cache_mb << 18) as usize,
                 ..StoreSettings::default()
             },
         }

@@ -40,6 +40,7 @@
 //! 7. Linearizable reads: the `Read` handler of [`store`] and the read contexts of [`multiraft`].
 //! 8. Untrusted bytes: [`codec`] (limits) and the storage decoders.
 
+pub mod cache;
 pub mod codec;
 pub mod command;
 pub mod ids;

@@ -15,6 +15,7 @@
 //! events. A request not answered within `request_timeout` fails with an error that says its
 //! outcome is unknown (contract 6).
 
+use crate::cache::ValueCache;
 use crate::codec;
 use crate::command::{Command, CommandOutcome};
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
@@ -43,6 +44,8 @@ pub struct StoreSettings {
     pub apply_delay: Duration,
     /// Capacity of the Store's mailbox; MultiRaft keeps events back while it is full.
     pub mailbox_capacity: usize,
+    /// Bytes of the cache of recently read values (see [`ValueCache`]).
+    pub value_cache_bytes: usize,
     /// How long an admin request (a new replica being filled, a leadership move) may take.
     pub admin_timeout: Duration,
     /// Bugs planted on purpose (in the Store and in MultiRaft), to show that the checks catch
@@ -60,6 +63,8 @@ pub struct PlantedBugs {
     /// MultiRaft proposes at once while a range awaits a membership callback, instead of
     /// holding the proposals until the Store has applied the change (contract 4).
     pub skip_holding_proposals: bool,
+    /// The cache of values read keeps its entries when a snapshot replaces a range's data.
+    pub cache_kept_over_snapshots: bool,
 }
 
 impl Default for StoreSettings {
@@ -68,6 +73,7 @@ impl Default for StoreSettings {
             request_timeout: Duration::from_secs(5),
             apply_delay: Duration::ZERO,
             mailbox_capacity: 1024,
+            value_cache_bytes: 16 << 20,
             admin_timeout: Duration::from_secs(60),
             bugs: PlantedBugs::default(),
         }
@@ -170,6 +176,7 @@ pub struct Store {
     raft_metrics: Arc<RaftMetrics>,
     /// Events applied (see `RaftMetrics::events_handed`).
     events_applied: u64,
+    cache: ValueCache,
 }
 
 /// Sends MultiRaft the requests gathered so far; queued behind the messages already in the
@@ -193,7 +200,6 @@ impl Store {
             boot,
             engine: engine.clone(),
             multiraft,
-            settings,
             ranges: BTreeMap::new(),
             routing: BTreeMap::new(),
             next_seq: 0,
@@ -206,6 +212,8 @@ impl Store {
             myself: None,
             raft_metrics,
             events_applied: 0,
+            cache: ValueCache::new(settings.value_cache_bytes),
+            settings,
         };
         for d in engine.descriptors()? {
             let (applied, proposers) = engine.applied_state(d.id)?;
@@ -441,13 +449,24 @@ impl Store {
             && self.events_applied >= self.raft_metrics.events_handed.load(Ordering::Acquire)
     }
 
+    /// A user key's value in the state this Store has applied.
+    fn value(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(value) = self.cache.get(key) {
+            return Ok(value);
+        }
+        let value = self.engine.get_user(key)?;
+        self.cache.fill(key, value.clone());
+        Ok(value)
+    }
+
+    fn values(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let values: Result<Vec<_>, StorageError> = keys.iter().map(|k| self.value(k)).collect();
+        values.map_err(|e| StoreError::Internal(e.to_string()))
+    }
+
     fn serve_read(&mut self, id: ReadId) {
         if let Some(read) = self.reads.remove(&id) {
-            let values: Result<Vec<_>, StorageError> =
-                read.keys.iter().map(|k| self.engine.get_user(k)).collect();
-            let _ = read
-                .reply
-                .send(values.map_err(|e| StoreError::Internal(e.to_string())));
+            let _ = read.reply.send(self.values(&read.keys));
         }
     }
 
@@ -489,6 +508,7 @@ impl Store {
 
     /// Deletes what this node held of a removed replica (after everything applied before).
     fn destroy(&mut self, range: RangeId, replica: ReplicaId) -> Result<(), StorageError> {
+        self.cache.clear();
         // A replica removed before its first snapshot has raft state but no data here.
         let removed = self.ranges.remove(&range);
         let span = removed.as_ref().map(|r| {
@@ -681,6 +701,9 @@ impl Store {
                 } => {
                     debug_assert_eq!(range, descriptor.id);
                     // MultiRaft wrote the snapshot's state before handing this event over.
+                    if !self.settings.bugs.cache_kept_over_snapshots {
+                        self.cache.clear();
+                    }
                     let (_, proposers) = self.engine.applied_state(range)?;
                     self.put_range(descriptor, LogPosition { index, term }, proposers);
                 }
@@ -700,6 +723,9 @@ impl Store {
         // elected) write nothing: sled seals and writes its log buffer on every batch.
         if !touched.is_empty() {
             self.engine.write(batch)?;
+            for (key, value) in &overlay {
+                self.cache.update(key, value);
+            }
         }
         if stale_boot >= self.boot {
             // Every command proposed under this boot would be refused the same way.
@@ -892,9 +918,7 @@ impl Handler<Read> for Store {
         if self.settings.bugs.reads_without_read_index
             || parts.keys().all(|&range| self.serves_locally(range))
         {
-            let values: Result<Vec<_>, _> =
-                msg.keys.iter().map(|k| self.engine.get_user(k)).collect();
-            let values = values.map_err(|e| StoreError::Internal(e.to_string()));
+            let values = self.values(&msg.keys);
             return Box::pin(async move { values });
         }
         let n = msg.keys.len();

@@ -259,6 +259,7 @@ fn membership_churn(bugs: PlantedBugs) -> (u64, usize) {
             mailbox_capacity: 2,
             admin_timeout: Duration::from_secs(10),
             bugs,
+            ..StoreSettings::default()
         };
         let cluster = Rc::new(Cluster::start(dir.path(), &[1, 2, 3], slow_store));
         cluster.await_leaders(1).await;
@@ -517,6 +518,73 @@ fn a_new_replica_is_filled_by_snapshot_reads_linearizably_and_a_minority_cannot_
         assert_eq!(seen.as_deref(), Some(&b"majority"[..]));
         cluster.stop();
     });
+}
+
+/// What node 3 reads of a key it read before (so its Store's cache holds it) once a snapshot
+/// replaced its range's data, and how many snapshots it installed meanwhile.
+fn a_read_after_a_snapshot(bugs: PlantedBugs) -> (Option<Vec<u8>>, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings {
+            request_timeout: Duration::from_secs(1),
+            bugs,
+            ..StoreSettings::default()
+        };
+        let cluster = Cluster::start(dir.path(), &[1, 2, 3], settings);
+        cluster.await_leaders(1).await;
+        let range = RangeId(1);
+        write_eventually(&cluster, 1, b"a1", b"before").await;
+        cluster.change(range, 3, true).await;
+        let first = read_eventually(&cluster, 3, b"a1").await;
+        assert_eq!(first.as_deref(), Some(&b"before"[..]));
+        let installed = || {
+            cluster
+                .node(3)
+                .metrics
+                .snapshots_installed
+                .load(Ordering::Relaxed)
+        };
+        let before = installed();
+        // Node 3 misses a write, and the others delete it from their logs: node 3 can only
+        // catch up from a snapshot.
+        cluster.net.partition(&[NodeId(3)], &[NodeId(1), NodeId(2)]);
+        write_eventually(&cluster, 1, b"a1", b"after").await;
+        for n in [1, 2] {
+            cluster
+                .node(n)
+                .multiraft
+                .send(CompactLog { range })
+                .await
+                .unwrap();
+        }
+        cluster.net.heal();
+        let seen = read_eventually(&cluster, 3, b"a1").await;
+        let snapshots = installed() - before;
+        cluster.stop();
+        (seen, snapshots)
+    })
+}
+
+#[test]
+fn a_value_read_before_a_snapshot_is_read_anew_after_it() {
+    let (seen, snapshots) = a_read_after_a_snapshot(PlantedBugs::default());
+    assert_eq!(snapshots, 1);
+    assert_eq!(seen.as_deref(), Some(&b"after"[..]));
+}
+
+#[test]
+fn a_cache_kept_over_a_snapshot_is_caught() {
+    let bugs = PlantedBugs {
+        cache_kept_over_snapshots: true,
+        ..PlantedBugs::default()
+    };
+    let (seen, snapshots) = a_read_after_a_snapshot(bugs);
+    assert_eq!(snapshots, 1);
+    assert_eq!(
+        seen.as_deref(),
+        Some(&b"before"[..]),
+        "the stale value is read"
+    );
 }
 
 #[test]
