@@ -7,8 +7,9 @@
 //! It is filled by reads only. A write updates an entry that is there and does not add one, so
 //! a write-heavy load does not push out what is read. It belongs to the Store, which alone
 //! changes user data outside snapshots: every write the Store applies passes through
-//! [`ValueCache::update`], and anything else that replaces a range's data (a snapshot
-//! installed, a replica destroyed) clears it.
+//! [`ValueCache::update`], and anything else that replaces a range's data clears it: a replica
+//! destroyed, and a snapshot, which MultiRaft writes (the Store notices it by a counter; see
+//! `Store::values`).
 
 use lru::LruCache;
 
@@ -47,6 +48,9 @@ impl ValueCache {
     pub fn fill(&mut self, key: &[u8], value: Option<Vec<u8>>) {
         let added = cost(key, &value);
         if added > self.budget {
+            if let Some((k, v)) = self.entries.pop_entry(key) {
+                self.bytes -= cost(&k, &v);
+            }
             return;
         }
         if let Some((k, v)) = self.entries.push(key.to_vec(), value) {

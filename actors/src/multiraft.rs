@@ -5,16 +5,19 @@
 //! Handlers (proposals, raft messages, ticks, callbacks) only mark groups *dirty* and schedule a
 //! round. A round then, for every dirty group with a `Ready`:
 //!
-//! 1. sends the leader's messages;
+//! 1. collects the leader's messages;
 //! 2. stages the snapshot, the new entries and the hard state into **one** write batch;
 //! 3. hands the committed entries over as events;
 //!
 //! gives the Store those events (they were durable before this Ready, so it applies them while
-//! the round writes), lets the connections to peers write the leader's messages (so followers
-//! persist while the leader does), then writes the batch and makes it durable with **one** sync
-//! for all groups; then sends the persisted messages, calls `advance_append`, persists the
-//! commit index of the `LightReady`, and gives the Store the rest in **one** [`Events`]
-//! message. That is contracts 2 and 3 of DESIGN.md.
+//! the round writes), then sends the leader's messages and lets the connections to peers write
+//! them (so followers persist while the leader does); then writes the batch and makes it
+//! durable with **one** sync for all groups; then sends the persisted messages, calls
+//! `advance_append`, persists the commit index of the `LightReady`, and gives the Store the rest
+//! in **one** [`Events`] message. A round that installs a snapshot or removes a replica gives
+//! the Store its events, and sends its messages, only after the write. Events always go before
+//! the messages of their round (see `RaftMetrics::events_handed`). That is contracts 2 and 3 of
+//! DESIGN.md.
 //!
 //! # Never blocking on the Store
 //!
@@ -138,6 +141,10 @@ pub struct RaftMetrics {
     /// the round that produced them leaves, so a Store that has applied as many knows all this
     /// node's raft has done (see `Store::serves_locally`).
     pub events_handed: AtomicU64,
+    /// Odd while a round writes a snapshot's data into sled, one more when it is done: the
+    /// Store's reads, which do not wait for its `SnapshotInstalled`, see whether one happened
+    /// while they read (see `Store::values`).
+    pub snapshot_writes: AtomicU64,
 }
 
 /// How many released proposals [`GetReleasedProposals`] can report.
@@ -398,6 +405,8 @@ struct Persist {
     must_write: bool,
     /// Events to give the Store after the write.
     events: Vec<Event>,
+    /// The leader's messages, when they wait for those events.
+    leader_msgs: BTreeMap<NodeId, Vec<(RangeId, raft::prelude::Message)>>,
     /// Each group's Ready, and the index of the snapshot it installs.
     readies: Vec<(RangeId, raft::Ready, Option<u64>)>,
 }
@@ -998,18 +1007,31 @@ impl MultiRaft {
 
         // The leader's messages leave before its own write: followers persist the entries
         // while it does (raft's Ready allows it; etcd's section 10.2.1 of the Raft thesis).
-        let overlap = must_write && !leader_msgs.is_empty();
-        // Entries committed in this Ready were durable here before it: the Store applies them
-        // while this round writes. A snapshot staged this round must be written first.
-        if must_write && !readies.iter().any(|(_, _, snapshot)| snapshot.is_some()) {
+        // The events go first (see `RaftMetrics::events_handed`): entries committed in this
+        // Ready were durable here before it, so the Store applies them while this round
+        // writes; unless the write must come first, for a snapshot it installs or the conf
+        // state of a removed replica, which the Store's deletion of the range must cover.
+        let write_first = |e: &Event| {
+            matches!(
+                e,
+                Event::SnapshotInstalled { .. } | Event::ReplicaRemoved { .. }
+            )
+        };
+        let early = must_write && !events.iter().chain(&self.events).any(write_first);
+        let overlap = early && !leader_msgs.is_empty();
+        let mut later_msgs = BTreeMap::new();
+        if early {
             events.append(&mut self.events);
             self.hand_to_store(std::mem::take(&mut events));
+            self.send_batches(leader_msgs);
+        } else {
+            later_msgs = leader_msgs;
         }
-        self.send_batches(leader_msgs);
         let round = Persist {
             batch,
             must_write,
             events,
+            leader_msgs: later_msgs,
             readies,
         };
         if overlap {
@@ -1031,14 +1053,23 @@ impl MultiRaft {
             batch,
             must_write,
             mut events,
+            leader_msgs,
             readies,
         } = round;
         let myself = self.myself.clone().expect("MultiRaft started");
+        let snapshot = readies.iter().any(|(_, _, index)| index.is_some());
         if !must_write {
             // At most commit indexes: kept for the next write.
             self.staged = batch;
         } else {
+            // Odd while a snapshot's data goes into sled: see `RaftMetrics::snapshot_writes`.
+            if snapshot {
+                self.metrics.snapshot_writes.fetch_add(1, Ordering::SeqCst);
+            }
             let durable = self.engine.commit(batch);
+            if snapshot {
+                self.metrics.snapshot_writes.fetch_add(1, Ordering::SeqCst);
+            }
             if let Err(e) = durable {
                 // Nothing can be acknowledged without durable storage; stopping is the only
                 // safe answer (etcd and TiKV do the same).
@@ -1088,6 +1119,7 @@ impl MultiRaft {
         // The events before the messages: see `RaftMetrics::events_handed`.
         events.append(&mut self.events);
         self.hand_to_store(events);
+        self.send_batches(leader_msgs);
         self.send_batches(late_msgs);
         if !self.dirty.is_empty() || !self.events.is_empty() {
             self.schedule_round(ctx);

@@ -177,6 +177,8 @@ pub struct Store {
     /// Events applied (see `RaftMetrics::events_handed`).
     events_applied: u64,
     cache: ValueCache,
+    /// `RaftMetrics::snapshot_writes` as the cache last saw it.
+    snapshot_writes_seen: u64,
 }
 
 /// Sends MultiRaft the requests gathered so far; queued behind the messages already in the
@@ -213,6 +215,7 @@ impl Store {
             raft_metrics,
             events_applied: 0,
             cache: ValueCache::new(settings.value_cache_bytes),
+            snapshot_writes_seen: 0,
             settings,
         };
         for d in engine.descriptors()? {
@@ -459,9 +462,28 @@ impl Store {
         Ok(value)
     }
 
+    /// The values of `keys`, all from one state. MultiRaft writes a snapshot's data into sled
+    /// before this Store hears of it, so a read may find it there: these are read again if
+    /// one was written while they were read, and the cache, which may hold values from before
+    /// it, is cleared first (a seqlock on `RaftMetrics::snapshot_writes`).
     fn values(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let values: Result<Vec<_>, StorageError> = keys.iter().map(|k| self.value(k)).collect();
-        values.map_err(|e| StoreError::Internal(e.to_string()))
+        loop {
+            let before = self.raft_metrics.snapshot_writes.load(Ordering::SeqCst);
+            if before != self.snapshot_writes_seen && !self.settings.bugs.cache_kept_over_snapshots
+            {
+                self.cache.clear();
+                self.snapshot_writes_seen = before;
+            }
+            if before % 2 == 1 {
+                // Being written: rare and short; the writer is another thread.
+                std::thread::yield_now();
+                continue;
+            }
+            let values: Result<Vec<_>, StorageError> = keys.iter().map(|k| self.value(k)).collect();
+            if self.raft_metrics.snapshot_writes.load(Ordering::SeqCst) == before {
+                return values.map_err(|e| StoreError::Internal(e.to_string()));
+            }
+        }
     }
 
     fn serve_read(&mut self, id: ReadId) {
@@ -700,10 +722,8 @@ impl Store {
                     descriptor,
                 } => {
                     debug_assert_eq!(range, descriptor.id);
-                    // MultiRaft wrote the snapshot's state before handing this event over.
-                    if !self.settings.bugs.cache_kept_over_snapshots {
-                        self.cache.clear();
-                    }
+                    // MultiRaft wrote the snapshot's state before handing this event over (and
+                    // the cache is cleared: see `values`).
                     let (_, proposers) = self.engine.applied_state(range)?;
                     self.put_range(descriptor, LogPosition { index, term }, proposers);
                 }
@@ -1220,6 +1240,32 @@ mod tests {
         other.apply_events(vec![elected(6, 2)]).unwrap();
         incr(&mut other, 1, boot, 1);
         assert!(!other.serves_locally(range), "led from node 2");
+    }
+
+    #[test]
+    fn a_snapshot_written_underneath_clears_the_values_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store(dir.path());
+        let put = |s: &Store, value: &[u8]| {
+            let mut batch = sled::Batch::default();
+            batch.insert(crate::storage::keys::user_key(b"k"), value);
+            s.engine.write(batch).unwrap();
+        };
+        let read = |s: &mut Store| s.values(&[b"k".to_vec()]).unwrap().remove(0);
+        put(&s, b"1");
+        assert_eq!(read(&mut s).as_deref(), Some(&b"1"[..]));
+        // MultiRaft writes a snapshot's data into sled; this Store has not heard of it yet.
+        s.raft_metrics
+            .snapshot_writes
+            .fetch_add(1, Ordering::SeqCst);
+        put(&s, b"2");
+        s.raft_metrics
+            .snapshot_writes
+            .fetch_add(1, Ordering::SeqCst);
+        assert_eq!(read(&mut s).as_deref(), Some(&b"2"[..]));
+        // Without the counter the cache would answer: only the Store's own writes reach it.
+        put(&s, b"3");
+        assert_eq!(read(&mut s).as_deref(), Some(&b"2"[..]));
     }
 
     #[test]
