@@ -9,7 +9,7 @@ use flotilla_actors::command::{parse_integer, Command, CommandOutcome, SetCondit
 use flotilla_actors::messages::{GetStoreStatus, Read, StoreError, Write};
 use flotilla_actors::multiraft::{MultiRaft, RaftMetrics};
 use flotilla_actors::storage::Engine;
-use flotilla_actors::store::Store;
+use flotilla_actors::store::{Store, WriteApplied};
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +42,12 @@ async fn count_keys(shared: Arc<Shared>) -> Result<usize, String> {
     let _turn = shared
         .counting
         .acquire()
+        .await
+        .map_err(|e| format!("ERR counting keys failed: {e}"))?;
+    // Every write answered before is in sled, not only in the Store's memory.
+    shared
+        .store
+        .send(WriteApplied)
         .await
         .map_err(|e| format!("ERR counting keys failed: {e}"))?;
     let engine = shared.engine.clone();

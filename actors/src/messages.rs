@@ -47,11 +47,14 @@ pub enum RaftRequest {
 pub struct Requests(pub Vec<RaftRequest>);
 
 /// Reports how far the Store has applied each listed range, so MultiRaft can call
-/// `advance_apply_to` and account for the work still in flight.
+/// `advance_apply_to` and account for the work still in flight; or, when `written`, how far
+/// what it applied is in sled: only so far may a range's log be compacted or a snapshot be
+/// installed over its data.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Applied {
     pub ranges: Vec<(RangeId, u64)>,
+    pub written: bool,
 }
 
 /// The callback for a [`Event::MembershipChangeCommitted`]: the Store has applied the change at
@@ -429,8 +432,8 @@ pub struct BeginLeaderTransfer {
     pub to: NodeId,
 }
 
-/// Deletes a range's log up to what this node has applied, now (scenarios and tests; ranges
-/// are compacted on their own past `log_compaction_entries`).
+/// Deletes a range's log up to what this node has applied and written to sled, now (scenarios
+/// and tests; ranges are compacted on their own past `log_compaction_entries`).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct CompactLog {

@@ -207,9 +207,11 @@ struct Group {
     /// Reads to ask a read index for in the next round, with the tick each was first asked.
     new_reads: Vec<(ReadId, u64)>,
     reads_in_flight: Vec<PendingRead>,
-    /// Last index handed to the Store, and last index it reported applied.
+    /// Last index handed to the Store, last index it reported applied, and last index whose
+    /// effects it reported written to sled.
     handed: u64,
     applied: u64,
+    written: u64,
     leader: u64,
     snapshot_requested: bool,
     /// Changes removing this replica, held until leadership has moved to another replica.
@@ -609,6 +611,7 @@ impl MultiRaft {
                 reads_in_flight: Vec::new(),
                 handed: applied,
                 applied,
+                written: applied,
                 leader: 0,
                 snapshot_requested: false,
                 after_transfer: Vec::new(),
@@ -907,7 +910,7 @@ impl MultiRaft {
             // A snapshot replaces the range's data: install it only once the Store has applied
             // everything handed to it, so no older entry is applied on top of it.
             // The range becomes dirty again when the Store reports `Applied`.
-            if g.node.raft.raft_log.unstable_snapshot().is_some() && g.applied < g.handed {
+            if g.node.raft.raft_log.unstable_snapshot().is_some() && g.written < g.handed {
                 continue;
             }
             let mut rd = g.node.ready();
@@ -951,6 +954,7 @@ impl MultiRaft {
                         let m = snap.get_metadata();
                         g.handed = m.index;
                         g.applied = m.index;
+                        g.written = m.index;
                         snapshot_index = Some(m.index);
                         self.metrics
                             .snapshots_installed
@@ -1155,7 +1159,7 @@ impl MultiRaft {
         match g
             .node
             .mut_store()
-            .stage_compact(g.applied, &mut self.staged)
+            .stage_compact(g.written, &mut self.staged)
         {
             Ok(()) => {
                 self.staged_any = true;
@@ -1635,15 +1639,20 @@ impl Handler<Applied> for MultiRaft {
             let Some(g) = self.groups.get_mut(&range) else {
                 continue;
             };
-            if index <= g.applied {
+            if index > g.applied {
+                self.unapplied = self.unapplied.saturating_sub(index - g.applied);
+                g.applied = index;
+                g.node.mut_store().applied_to(index);
+                if index > g.node.raft.raft_log.applied {
+                    g.node.advance_apply_to(index);
+                }
+            }
+            if !msg.written || index <= g.written {
+                // Applying may let a leader leave a joint configuration.
+                self.dirty.insert(range);
                 continue;
             }
-            self.unapplied = self.unapplied.saturating_sub(index - g.applied);
-            g.applied = index;
-            g.node.mut_store().applied_to(index);
-            if index > g.node.raft.raft_log.applied {
-                g.node.advance_apply_to(index);
-            }
+            g.written = index;
             // A change's callback comes before the report of its index, so the conf state
             // written with the same batch is the one as of the compacted log.
             let keep = self.settings.log_compaction_entries;
@@ -1661,7 +1670,7 @@ impl Handler<Applied> for MultiRaft {
                     Err(e) => log::error!("{}: {range}: log compaction failed: {e}", self.node),
                 }
             }
-            // Applying may let a leader leave a joint configuration, or unblock a snapshot.
+            // Writing may unblock a snapshot.
             self.dirty.insert(range);
         }
         self.schedule_round(ctx);

@@ -1,9 +1,11 @@
 //! The Store actor: the state machine of every range on the node.
 //!
 //! It routes client requests to ranges, proposes writes through MultiRaft, applies what
-//! MultiRaft reports committed (in log order, one atomic sled batch per [`Events`] message,
-//! each range's applied index in the same batch as its data: contract 5), answers the waiting
-//! clients after applying, and confirms membership changes with their callback.
+//! MultiRaft reports committed (in log order), answers the waiting clients after applying, and
+//! confirms membership changes with their callback. What it applied goes to sled a little later
+//! (after 2 ms or 1,024 entries), in one atomic batch with each range's applied index (contract
+//! 5); until then reads find it in memory, and MultiRaft keeps its entries in the raft log
+//! (`Applied` reports both how far the Store applied and how far that is written).
 //!
 //! Reads are linearizable (contract 7): each read asks MultiRaft for a read index and is served
 //! once the range has applied up to it.
@@ -46,6 +48,9 @@ pub struct StoreSettings {
     pub mailbox_capacity: usize,
     /// Bytes of the cache of recently read values (see [`ValueCache`]).
     pub value_cache_bytes: usize,
+    /// How long what was applied may stay in memory before it is written to sled (see
+    /// [`Store::write_applied`]).
+    pub write_applied_after: Duration,
     /// How long an admin request (a new replica being filled, a leadership move) may take.
     pub admin_timeout: Duration,
     /// Bugs planted on purpose (in the Store and in MultiRaft), to show that the checks catch
@@ -74,6 +79,7 @@ impl Default for StoreSettings {
             apply_delay: Duration::ZERO,
             mailbox_capacity: 1024,
             value_cache_bytes: 16 << 20,
+            write_applied_after: Duration::from_millis(2),
             admin_timeout: Duration::from_secs(60),
             bugs: PlantedBugs::default(),
         }
@@ -179,7 +185,30 @@ pub struct Store {
     cache: ValueCache,
     /// `RaftMetrics::snapshot_writes` as the cache last saw it.
     snapshot_writes_seen: u64,
+    /// What was applied and is not yet written to sled (see [`Store::write_applied`]).
+    unwritten: Unwritten,
 }
+
+/// Applied writes kept in memory until [`Store::write_applied`] puts them in sled together.
+#[derive(Default)]
+struct Unwritten {
+    batch: sled::Batch,
+    /// The user keys of `batch` and their new values (`None`: deleted), for reads.
+    values: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Ranges whose applied index has moved since the last write.
+    ranges: BTreeSet<RangeId>,
+    /// Entries applied since the last write.
+    entries: usize,
+    /// A write is scheduled.
+    scheduled: bool,
+}
+
+/// How many applied entries may wait in memory to be written to sled (and for how long:
+/// `StoreSettings::write_applied_after`): sled's cost is per batch (it writes its log buffer
+/// out at every batch), so fewer, larger batches cost less, and a client's answer does not wait
+/// for sled. Their entries stay in the raft log until they are written: MultiRaft may compact
+/// a log only as far as the Store reported written.
+const WRITE_APPLIED_ENTRIES: usize = 1024;
 
 /// Sends MultiRaft the requests gathered so far; queued behind the messages already in the
 /// Store's mailbox, so that their requests go in the same message.
@@ -216,6 +245,7 @@ impl Store {
             events_applied: 0,
             cache: ValueCache::new(settings.value_cache_bytes),
             snapshot_writes_seen: 0,
+            unwritten: Unwritten::default(),
             settings,
         };
         for d in engine.descriptors()? {
@@ -454,6 +484,9 @@ impl Store {
 
     /// A user key's value in the state this Store has applied.
     fn value(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(value) = self.unwritten.values.get(key) {
+            return Ok(value.clone());
+        }
         if let Some(value) = self.cache.get(key) {
             return Ok(value);
         }
@@ -530,6 +563,8 @@ impl Store {
 
     /// Deletes what this node held of a removed replica (after everything applied before).
     fn destroy(&mut self, range: RangeId, replica: ReplicaId) -> Result<(), StorageError> {
+        // The deletion must also cover what was applied before it.
+        self.write_applied()?;
         self.cache.clear();
         // A replica removed before its first snapshot has raft state but no data here.
         let removed = self.ranges.remove(&range);
@@ -569,6 +604,7 @@ impl Store {
     }
 
     fn generate_snapshot(&mut self, range: RangeId) -> Result<(), StorageError> {
+        self.write_applied()?;
         let Some(r) = self.ranges.get(&range) else {
             return Ok(());
         };
@@ -586,12 +622,63 @@ impl Store {
         Ok(())
     }
 
+    /// Writes what was applied since the last call to sled, in one batch with each range's
+    /// applied index and proposers, then tells MultiRaft those ranges' applied indexes. Not
+    /// synced: the raft log keeps the entries until a compaction, which syncs sled first.
+    #[doc(hidden)] // public for `benches/apply.rs`
+    pub fn write_applied(&mut self) -> Result<(), StorageError> {
+        let Unwritten {
+            mut batch, ranges, ..
+        } = std::mem::take(&mut self.unwritten);
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        for range in &ranges {
+            if let Some(r) = self.ranges.get(range) {
+                put_applied(&mut batch, *range, r.applied, &r.proposers);
+            }
+        }
+        self.engine.write(batch)?;
+        self.flush_requests();
+        self.report_applied(&ranges, true);
+        Ok(())
+    }
+
+    fn report_applied(&self, ranges: &BTreeSet<RangeId>, written: bool) {
+        self.multiraft.do_send(Applied {
+            ranges: ranges
+                .iter()
+                .filter_map(|r| self.ranges.get(r).map(|s| (*r, s.applied.index)))
+                .collect(),
+            written,
+        });
+    }
+
+    /// Writes what was applied now if there is much of it, or else soon.
+    fn schedule_write(&mut self, ctx: &mut Context<Self>) {
+        if self.unwritten.entries >= WRITE_APPLIED_ENTRIES {
+            self.write_or_stop();
+        } else if !self.unwritten.ranges.is_empty() && !self.unwritten.scheduled {
+            self.unwritten.scheduled = true;
+            let after = self.settings.write_applied_after;
+            ctx.run_later(after, |store, _| store.write_or_stop());
+        }
+    }
+
+    fn write_or_stop(&mut self) {
+        if let Err(e) = self.write_applied() {
+            // As for applying: a storage error here means the disk is failing.
+            panic!("store: {}: cannot write applied entries: {e}", self.node);
+        }
+    }
+
     /// Applies one event batch. See the module documentation.
     #[doc(hidden)] // public for `benches/apply.rs` only
     pub fn apply_events(&mut self, events: Vec<Event>) -> Result<(), StorageError> {
         self.events_applied += events.len() as u64;
-        let mut batch = sled::Batch::default();
-        let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        self.unwritten.entries += events.len();
+        let mut batch = std::mem::take(&mut self.unwritten.batch);
+        let mut overlay = std::mem::take(&mut self.unwritten.values);
         let mut touched = BTreeSet::new();
         let mut answers = Vec::new();
         let mut stale_boot = 0;
@@ -653,6 +740,7 @@ impl Store {
                             Some(v) => batch.insert(stored, v.as_slice()),
                             None => batch.remove(stored),
                         }
+                        self.cache.update(&k, &v);
                         overlay.insert(k, v);
                     }
                     self.applied_commands += 1;
@@ -734,19 +822,9 @@ impl Store {
             }
         }
 
-        for range in &touched {
-            if let Some(r) = self.ranges.get(range) {
-                put_applied(&mut batch, *range, r.applied, &r.proposers);
-            }
-        }
-        // Every write above touched a range. Events without entries (reads ready, leaders
-        // elected) write nothing: sled seals and writes its log buffer on every batch.
-        if !touched.is_empty() {
-            self.engine.write(batch)?;
-            for (key, value) in &overlay {
-                self.cache.update(key, value);
-            }
-        }
+        self.unwritten.batch = batch;
+        self.unwritten.values = overlay;
+        self.unwritten.ranges.extend(touched.iter().copied());
         if stale_boot >= self.boot {
             // Every command proposed under this boot would be refused the same way.
             self.boot = self.engine.raise_boot(stale_boot + 1)?;
@@ -770,14 +848,8 @@ impl Store {
             callback.done();
         }
         if !touched.is_empty() {
-            self.multiraft.do_send(Applied {
-                ranges: touched
-                    .iter()
-                    .filter_map(|r| self.ranges.get(r).map(|s| (*r, s.applied.index)))
-                    .collect(),
-            });
+            self.report_applied(&touched, false);
         }
-        // After the batch: the deletion must also cover what the batch just wrote.
         for (range, replica) in destroyed {
             self.destroy(range, replica)?;
         }
@@ -863,7 +935,7 @@ impl Handler<FlushRequests> for Store {
 
 impl Handler<Events> for Store {
     type Result = ();
-    fn handle(&mut self, msg: Events, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Events, ctx: &mut Context<Self>) {
         if !self.settings.apply_delay.is_zero() {
             std::thread::sleep(self.settings.apply_delay);
         }
@@ -871,12 +943,26 @@ impl Handler<Events> for Store {
             // Applying is deterministic; a storage error here means the disk is failing.
             panic!("store: {}: cannot apply committed entries: {e}", self.node);
         }
+        self.schedule_write(ctx);
+    }
+}
+
+/// Writes what the Store applied to sled now (before a scan of sled: `DBSIZE`, `INFO`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct WriteApplied;
+
+impl Handler<WriteApplied> for Store {
+    type Result = ();
+    fn handle(&mut self, _: WriteApplied, _: &mut Context<Self>) {
+        self.write_or_stop();
     }
 }
 
 impl Handler<Shutdown> for Store {
     type Result = ();
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        self.write_or_stop();
         ctx.stop();
     }
 }
@@ -1063,7 +1149,8 @@ impl Handler<GetDigest> for Store {
     type Result = Result<Vec<RangeDigest>, StoreError>;
 
     fn handle(&mut self, _: GetDigest, _: &mut Context<Self>) -> Self::Result {
-        self.digests()
+        self.write_applied()
+            .and_then(|()| self.digests())
             .map_err(|e| StoreError::Internal(e.to_string()))
     }
 }
@@ -1125,8 +1212,14 @@ mod tests {
         (store, reports)
     }
 
-    /// Hands over `INCR counter` proposed by (node, boot, seq) at the range's next index.
+    /// Hands over `INCR counter` proposed by (node, boot, seq) at the range's next index, and
+    /// writes it to sled.
     fn incr(store: &mut Store, node: u64, boot: u64, seq: u64) {
+        apply_incr(store, node, boot, seq);
+        store.write_applied().unwrap();
+    }
+
+    fn apply_incr(store: &mut Store, node: u64, boot: u64, seq: u64) {
         let index = store.ranges[&RangeId(1)].applied.index + 1;
         store
             .apply_events(vec![Event::CommandCommitted {
@@ -1144,6 +1237,27 @@ mod tests {
                 }),
             }])
             .unwrap();
+    }
+
+    #[test]
+    fn applied_writes_are_read_at_once_and_reach_sled_in_one_batch_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store(dir.path());
+        let range = RangeId(1);
+        let first = s.ranges[&range].applied.index;
+        let boot = s.boot;
+        for seq in 1..=3 {
+            apply_incr(&mut s, 1, boot, seq);
+        }
+        let key = [b"counter".to_vec()];
+        assert_eq!(s.values(&key).unwrap(), vec![Some(b"3".to_vec())]);
+        assert_eq!(counter(&s), b"", "not in sled yet");
+        assert_eq!(s.engine.applied(range).unwrap().index, first);
+
+        s.write_applied().unwrap();
+        assert_eq!(counter(&s), b"3");
+        assert_eq!(s.engine.applied(range).unwrap().index, first + 3);
+        assert_eq!(s.values(&key).unwrap(), vec![Some(b"3".to_vec())]);
     }
 
     fn counter(store: &Store) -> Vec<u8> {

@@ -12,7 +12,7 @@ use flotilla_actors::ids::{NodeId, ProposalId, RangeId};
 use flotilla_actors::messages::*;
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
-use flotilla_actors::store::{PlantedBugs, StoreSettings};
+use flotilla_actors::store::{PlantedBugs, StoreSettings, WriteApplied};
 use flotilla_actors::transport::LocalNetwork;
 use raft::prelude::EntryType;
 use std::cell::RefCell;
@@ -550,6 +550,8 @@ fn a_read_after_a_snapshot(bugs: PlantedBugs) -> (Option<Vec<u8>>, u64) {
         cluster.net.partition(&[NodeId(3)], &[NodeId(1), NodeId(2)]);
         write_eventually(&cluster, 1, b"a1", b"after").await;
         for n in [1, 2] {
+            // A log is compacted only as far as the Store has written what it applied.
+            cluster.node(n).store.send(WriteApplied).await.unwrap();
             cluster
                 .node(n)
                 .multiraft
@@ -585,6 +587,39 @@ fn a_cache_kept_over_a_snapshot_is_caught() {
         Some(&b"before"[..]),
         "the stale value is read"
     );
+}
+
+#[test]
+fn writes_applied_but_not_yet_in_sled_survive_a_crash_and_a_log_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        // What is applied stays in the Store's memory until the node stops.
+        let settings = StoreSettings {
+            write_applied_after: Duration::from_secs(3600),
+            ..StoreSettings::default()
+        };
+        let mut cluster = Cluster::start_with(dir.path(), &[1], &[1], settings.clone());
+        cluster.await_leaders(1).await;
+        let range = RangeId(1);
+        for i in 0..50 {
+            write_eventually(&cluster, 1, format!("a{i}").as_bytes(), b"v").await;
+        }
+        // The log may be compacted only as far as sled holds the writes.
+        cluster
+            .node(1)
+            .multiraft
+            .send(CompactLog { range })
+            .await
+            .unwrap();
+        cluster.restart(1, &[1], settings).await;
+        cluster.await_leaders(1).await;
+        for i in [0, 25, 49] {
+            let key = format!("a{i}");
+            let value = read_eventually(&cluster, 1, key.as_bytes()).await;
+            assert_eq!(value.as_deref(), Some(&b"v"[..]), "{key}");
+        }
+        cluster.stop();
+    });
 }
 
 #[test]
