@@ -15,7 +15,7 @@ use flotilla_actors::messages::{
 };
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
-use flotilla_actors::store::StoreSettings;
+use flotilla_actors::store::{StoreSettings, WriteApplied};
 use flotilla_actors::transport::LocalNetwork;
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -532,6 +532,8 @@ async fn run_step(c: &mut Cluster, step: &Step) -> Result<String, String> {
     }
     if let Some(r) = step.compact {
         for n in c.nodes.values() {
+            // As far as the Store wrote what it applied: written first.
+            let _ = n.store.send(WriteApplied).await;
             n.multiraft.do_send(CompactLog { range: RangeId(r) });
         }
         return Ok("compacted on every running node".into());

@@ -23,7 +23,7 @@ use flotilla_actors::messages::{
 };
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
-use flotilla_actors::store::{data_hash, PlantedBugs, StoreSettings};
+use flotilla_actors::store::{data_hash, PlantedBugs, StoreSettings, WriteApplied};
 use flotilla_actors::transport::LocalNetwork;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -747,8 +747,16 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
         }
         _ => {
             let range = RangeId(1 + rng.gen_range(0..(KEYS / 3) as u64));
-            for n in world.borrow().nodes.values() {
-                n.multiraft.do_send(CompactLog { range });
+            // A log is compacted as far as its Store wrote what it applied: written first.
+            let nodes: Vec<_> = world
+                .borrow()
+                .nodes
+                .values()
+                .map(|n| (n.store.clone(), n.multiraft.clone()))
+                .collect();
+            for (store, multiraft) in nodes {
+                let _ = store.send(WriteApplied).await;
+                multiraft.do_send(CompactLog { range });
             }
             "log compaction"
         }

@@ -627,11 +627,21 @@ impl Store {
     /// synced: the raft log keeps the entries until a compaction, which syncs sled first.
     #[doc(hidden)] // public for `benches/apply.rs`
     pub fn write_applied(&mut self) -> Result<(), StorageError> {
+        let ranges = self.write_unwritten()?;
+        if !ranges.is_empty() {
+            self.flush_requests();
+            self.report_applied(&ranges, true);
+        }
+        Ok(())
+    }
+
+    /// The writing half of [`Store::write_applied`]: the ranges written, to report.
+    fn write_unwritten(&mut self) -> Result<BTreeSet<RangeId>, StorageError> {
         let Unwritten {
             mut batch, ranges, ..
         } = std::mem::take(&mut self.unwritten);
         if ranges.is_empty() {
-            return Ok(());
+            return Ok(ranges);
         }
         for range in &ranges {
             if let Some(r) = self.ranges.get(range) {
@@ -639,9 +649,7 @@ impl Store {
             }
         }
         self.engine.write(batch)?;
-        self.flush_requests();
-        self.report_applied(&ranges, true);
-        Ok(())
+        Ok(ranges)
     }
 
     fn report_applied(&self, ranges: &BTreeSet<RangeId>, written: bool) {
@@ -839,7 +847,14 @@ impl Store {
         for (proposal, result) in answers {
             self.answer(proposal, result);
         }
-        // Callbacks before the applied report and before any snapshot, so MultiRaft sees them
+        // A change's callback leads MultiRaft to store the new conf state: the descriptor and
+        // applied index that go with it are written first, so that sled never holds a conf
+        // state ahead of its applied index.
+        let written = match callbacks.is_empty() {
+            true => BTreeSet::new(),
+            false => self.write_unwritten()?,
+        };
+        // Callbacks before the applied reports and before any snapshot, so MultiRaft sees them
         // in the order they happened; requests queued before them go first.
         if !callbacks.is_empty() || !touched.is_empty() {
             self.flush_requests();
@@ -849,6 +864,9 @@ impl Store {
         }
         if !touched.is_empty() {
             self.report_applied(&touched, false);
+        }
+        if !written.is_empty() {
+            self.report_applied(&written, true);
         }
         for (range, replica) in destroyed {
             self.destroy(range, replica)?;
@@ -962,7 +980,8 @@ impl Handler<WriteApplied> for Store {
 impl Handler<Shutdown> for Store {
     type Result = ();
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
-        self.write_or_stop();
+        // What is applied and not yet written is applied again from the log after a restart,
+        // as after a crash (the simulation's crashes are these stops).
         ctx.stop();
     }
 }
