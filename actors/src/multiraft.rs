@@ -1647,9 +1647,12 @@ impl Handler<Applied> for MultiRaft {
                     g.node.advance_apply_to(index);
                 }
             }
-            if !msg.written || index <= g.written {
+            if !msg.written {
                 // Applying may let a leader leave a joint configuration.
                 self.dirty.insert(range);
+                continue;
+            }
+            if index <= g.written {
                 continue;
             }
             g.written = index;
@@ -1671,7 +1674,9 @@ impl Handler<Applied> for MultiRaft {
                 }
             }
             // Writing may unblock a snapshot.
-            self.dirty.insert(range);
+            if g.node.raft.raft_log.unstable_snapshot().is_some() {
+                self.dirty.insert(range);
+            }
         }
         self.schedule_round(ctx);
     }
