@@ -57,13 +57,7 @@ impl ValueCache {
             self.bytes -= cost(&k, &v);
         }
         self.bytes += added;
-        while self.bytes > self.budget {
-            let (k, v) = self
-                .entries
-                .pop_lru()
-                .expect("bytes counted for entries held");
-            self.bytes -= cost(&k, &v);
-        }
+        self.shrink();
     }
 
     /// Records a write of `key` (`None` deletes it), if the cache holds it.
@@ -72,13 +66,18 @@ impl ValueCache {
             let (before, after) = (cost(key, held), cost(key, value));
             held.clone_from(value);
             self.bytes = self.bytes + after - before;
-            while self.bytes > self.budget {
-                let (k, v) = self
-                    .entries
-                    .pop_lru()
-                    .expect("bytes counted for entries held");
-                self.bytes -= cost(&k, &v);
-            }
+            self.shrink();
+        }
+    }
+
+    /// Drops the least recently used entries until the cache is within its budget.
+    fn shrink(&mut self) {
+        while self.bytes > self.budget {
+            let (k, v) = self
+                .entries
+                .pop_lru()
+                .expect("bytes counted for entries held");
+            self.bytes -= cost(&k, &v);
         }
     }
 
