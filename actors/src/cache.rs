@@ -8,8 +8,8 @@
 //! a write-heavy load does not push out what is read. It belongs to the Store, which alone
 //! changes user data outside snapshots: every write the Store applies passes through
 //! [`ValueCache::update`], and anything else that replaces a range's data clears it: a replica
-//! destroyed, and a snapshot, which MultiRaft writes (the Store notices it by a counter; see
-//! `Store::values`).
+//! destroyed, and a snapshot, which MultiRaft writes (the Store notices it by a counter,
+//! `Engine::data_writes`; see `Store::values`).
 
 use lru::LruCache;
 

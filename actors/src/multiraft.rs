@@ -141,10 +141,6 @@ pub struct RaftMetrics {
     /// the round that produced them leaves, so a Store that has applied as many knows all this
     /// node's raft has done (see `Store::serves_locally`).
     pub events_handed: AtomicU64,
-    /// Odd while a round writes a snapshot's data into sled, one more when it is done: the
-    /// Store's reads, which do not wait for its `SnapshotInstalled`, see whether one happened
-    /// while they read (see `Store::values`).
-    pub snapshot_writes: AtomicU64,
 }
 
 /// How many released proposals [`GetReleasedProposals`] can report.
@@ -1061,19 +1057,11 @@ impl MultiRaft {
             readies,
         } = round;
         let myself = self.myself.clone().expect("MultiRaft started");
-        let snapshot = readies.iter().any(|(_, _, index)| index.is_some());
         if !must_write {
             // At most commit indexes: kept for the next write.
             self.staged = batch;
         } else {
-            // Odd while a snapshot's data goes into sled: see `RaftMetrics::snapshot_writes`.
-            if snapshot {
-                self.metrics.snapshot_writes.fetch_add(1, Ordering::SeqCst);
-            }
             let durable = self.engine.commit(batch);
-            if snapshot {
-                self.metrics.snapshot_writes.fetch_add(1, Ordering::SeqCst);
-            }
             if let Err(e) = durable {
                 // Nothing can be acknowledged without durable storage; stopping is the only
                 // safe answer (etcd and TiKV do the same).

@@ -62,7 +62,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The log index and term at which every range is bootstrapped. Starting above zero means a
@@ -246,6 +246,9 @@ pub struct Engine {
     /// `false` for simulations, whose crashes stop a node's actors (sled writes everything out
     /// when the database is dropped): `sync` then does nothing.
     durable: bool,
+    /// Odd while [`Engine::commit`] applies a round's sled part (a snapshot's data, conf
+    /// states), one more when it is done: see [`Engine::data_writes`].
+    data_writes: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -302,6 +305,7 @@ impl Engine {
             blob_dir: dir.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
             durable,
+            data_writes: AtomicU64::new(0),
         };
         // Durable, with the files sled just created.
         engine.boot = engine.raise_boot(0)?;
@@ -334,7 +338,10 @@ impl Engine {
             ..
         } = batch;
         if has_data {
-            self.tree.apply_batch(data)?;
+            self.data_writes.fetch_add(1, Ordering::SeqCst);
+            let applied = self.tree.apply_batch(data);
+            self.data_writes.fetch_add(1, Ordering::SeqCst);
+            applied?;
         }
         if sync_data {
             self.sync()?;
@@ -343,6 +350,13 @@ impl Engine {
             self.log.write(&mut log, self.durable)?;
         }
         Ok(())
+    }
+
+    /// How many times a round's sled part was applied, twice over, odd while one is: the Store,
+    /// whose reads do not wait for the event that tells it of a snapshot, sees with it whether
+    /// user data changed under it while it read (a seqlock; see `Store::values`).
+    pub fn data_writes(&self) -> u64 {
+        self.data_writes.load(Ordering::SeqCst)
     }
 
     /// Deletes everything the raft log holds of a range, durably, after making every sled

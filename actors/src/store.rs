@@ -183,8 +183,8 @@ pub struct Store {
     /// Events applied (see `RaftMetrics::events_handed`).
     events_applied: u64,
     cache: ValueCache,
-    /// `RaftMetrics::snapshot_writes` as the cache last saw it.
-    snapshot_writes_seen: u64,
+    /// `Engine::data_writes` as the cache last saw it.
+    data_writes_seen: u64,
     /// What was applied and is not yet written to sled (see [`Store::write_applied`]).
     unwritten: Unwritten,
 }
@@ -244,7 +244,7 @@ impl Store {
             raft_metrics,
             events_applied: 0,
             cache: ValueCache::new(settings.value_cache_bytes),
-            snapshot_writes_seen: 0,
+            data_writes_seen: 0,
             unwritten: Unwritten::default(),
             settings,
         };
@@ -498,22 +498,22 @@ impl Store {
     /// The values of `keys`, all from one state. MultiRaft writes a snapshot's data into sled
     /// before this Store hears of it, so a read may find it there: these are read again if
     /// one was written while they were read, and the cache, which may hold values from before
-    /// it, is cleared first (a seqlock on `RaftMetrics::snapshot_writes`).
+    /// it, is cleared first (a seqlock on `Engine::data_writes`).
     fn values(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         loop {
-            let before = self.raft_metrics.snapshot_writes.load(Ordering::SeqCst);
-            if before != self.snapshot_writes_seen && !self.settings.bugs.cache_kept_over_snapshots
-            {
+            let before = self.engine.data_writes();
+            if before != self.data_writes_seen && !self.settings.bugs.cache_kept_over_snapshots {
                 self.cache.clear();
-                self.snapshot_writes_seen = before;
+                self.data_writes_seen = before;
             }
             if before % 2 == 1 {
-                // Being written: rare and short; the writer is another thread.
+                // Being applied (sled's own lock would hold a read up as long): rare and short;
+                // the writer is another thread.
                 std::thread::yield_now();
                 continue;
             }
             let values: Result<Vec<_>, StorageError> = keys.iter().map(|k| self.value(k)).collect();
-            if self.raft_metrics.snapshot_writes.load(Ordering::SeqCst) == before {
+            if self.engine.data_writes() == before {
                 return values.map_err(|e| StoreError::Internal(e.to_string()));
             }
         }
@@ -1388,15 +1388,13 @@ mod tests {
         put(&s, b"1");
         assert_eq!(read(&mut s).as_deref(), Some(&b"1"[..]));
         // MultiRaft writes a snapshot's data into sled; this Store has not heard of it yet.
-        s.raft_metrics
-            .snapshot_writes
-            .fetch_add(1, Ordering::SeqCst);
-        put(&s, b"2");
-        s.raft_metrics
-            .snapshot_writes
-            .fetch_add(1, Ordering::SeqCst);
+        let mut snapshot = WriteBatch::default();
+        snapshot
+            .data()
+            .insert(crate::storage::keys::user_key(b"k"), &b"2"[..]);
+        s.engine.commit(snapshot).unwrap();
         assert_eq!(read(&mut s).as_deref(), Some(&b"2"[..]));
-        // Without the counter the cache would answer: only the Store's own writes reach it.
+        // Other writes under the Store do not reach the cache: only the Store's own do.
         put(&s, b"3");
         assert_eq!(read(&mut s).as_deref(), Some(&b"2"[..]));
     }
