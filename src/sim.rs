@@ -23,6 +23,7 @@ use flotilla_actors::messages::{
 };
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
+use flotilla_actors::storage::{keys, Engine};
 use flotilla_actors::store::{data_hash, PlantedBugs, StoreSettings, WriteApplied};
 use flotilla_actors::transport::LocalNetwork;
 use rand::rngs::StdRng;
@@ -544,6 +545,14 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
             differing.join(", ")
         ));
     }
+    // A removed replica leaves nothing but its tombstone behind.
+    for (id, node) in world.borrow().nodes.iter() {
+        for (range, left) in leftovers(&node.engine) {
+            violations.borrow_mut().push(format!(
+                "n{id} keeps {left} key(s) of its removed replica of {range} besides the tombstone"
+            ));
+        }
+    }
 
     let history = std::mem::take(&mut *history.borrow_mut());
     report.operations = history.len();
@@ -761,6 +770,20 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
             "log compaction"
         }
     }
+}
+
+/// The ranges whose replica here was removed (a tombstone, no descriptor) and still hold
+/// other keys than their tombstone, with how many.
+fn leftovers(engine: &Engine) -> Vec<(RangeId, usize)> {
+    let tombstones = engine.tombstones().expect("a simulation engine reads");
+    tombstones
+        .keys()
+        .filter(|&&range| matches!(engine.descriptor(range), Ok(None)))
+        .filter_map(|&range| {
+            let keys = engine.tree().scan_prefix(keys::range_prefix(range)).count();
+            (keys > 1).then_some((range, keys - 1))
+        })
+        .collect()
 }
 
 /// Checks the history of every key against a single register applying the same commands.
