@@ -1019,19 +1019,19 @@ impl MultiRaft {
         };
         let early = must_write && !events.iter().chain(&self.events).any(write_first);
         let overlap = early && !leader_msgs.is_empty();
-        let mut later_msgs = BTreeMap::new();
-        if early {
+        let leader_msgs = if early {
             events.append(&mut self.events);
             self.hand_to_store(std::mem::take(&mut events));
             self.send_batches(leader_msgs);
+            BTreeMap::new()
         } else {
-            later_msgs = leader_msgs;
-        }
+            leader_msgs
+        };
         let round = Persist {
             batch,
             must_write,
             events,
-            leader_msgs: later_msgs,
+            leader_msgs,
             readies,
         };
         if overlap {
@@ -1129,15 +1129,15 @@ impl MultiRaft {
             }
         };
         for range in ranges {
-            if self.compact_applied(range) {
+            if self.compact(range, u64::MAX) {
                 self.dirty.insert(range);
             }
         }
     }
 
-    /// Stages the compaction of a range's log up to its applied index, unless it awaits a
-    /// membership callback; says whether it did.
-    fn compact_applied(&mut self, range: RangeId) -> bool {
+    /// Stages the compaction of a range's log up to `to` (at most what its Store has written),
+    /// unless it awaits a membership callback; says whether it did.
+    fn compact(&mut self, range: RangeId, to: u64) -> bool {
         let Some(g) = self.groups.get_mut(&range) else {
             return false;
         };
@@ -1147,7 +1147,7 @@ impl MultiRaft {
         match g
             .node
             .mut_store()
-            .stage_compact(g.written, &mut self.staged)
+            .stage_compact(to.min(g.written), &mut self.staged)
         {
             Ok(()) => {
                 self.staged_any = true;
@@ -1644,26 +1644,15 @@ impl Handler<Applied> for MultiRaft {
                 continue;
             }
             g.written = index;
-            // A change's callback comes before the report of its index, so the conf state
-            // written with the same batch is the one as of the compacted log.
-            let keep = self.settings.log_compaction_entries;
-            let truncated = g.node.store().truncated().index;
-            if g.awaiting_callback.is_none() && index.saturating_sub(truncated) > keep {
-                match g
-                    .node
-                    .mut_store()
-                    .stage_compact(index - keep / 2, &mut self.staged)
-                {
-                    Ok(()) => {
-                        self.staged_any = true;
-                        self.metrics.log_compactions.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => log::error!("{}: {range}: log compaction failed: {e}", self.node),
-                }
-            }
             // Writing may unblock a snapshot.
             if g.node.raft.raft_log.unstable_snapshot().is_some() {
                 self.dirty.insert(range);
+            }
+            // A change's callback comes before the report of its index, so the conf state
+            // written with the same batch is the one as of the compacted log.
+            let keep = self.settings.log_compaction_entries;
+            if index.saturating_sub(g.node.store().truncated().index) > keep {
+                self.compact(range, index - keep / 2);
             }
         }
         self.schedule_round(ctx);
@@ -1885,7 +1874,7 @@ impl Handler<BeginLeaderTransfer> for MultiRaft {
 impl Handler<CompactLog> for MultiRaft {
     type Result = ();
     fn handle(&mut self, msg: CompactLog, ctx: &mut Context<Self>) {
-        if self.compact_applied(msg.range) {
+        if self.compact(msg.range, u64::MAX) {
             self.schedule_round(ctx);
         }
     }

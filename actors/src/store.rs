@@ -197,7 +197,7 @@ struct Unwritten {
     values: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Ranges whose applied index has moved since the last write.
     ranges: BTreeSet<RangeId>,
-    /// Entries applied since the last write.
+    /// Events applied since the last write (entries, and the events that go with them).
     entries: usize,
     /// A write is scheduled.
     scheduled: bool,
