@@ -53,11 +53,11 @@
 //! A node hosts thousands of ranges, most of them idle: an idle range costs nothing. On a tick,
 //! a leader whose range has nothing under way (everything appended is committed and applied,
 //! no reads, no membership work, no learners, every voter on a live node has the whole log)
-//! marks the range *quiescent* and sends one last heartbeat flagged `quiesce`. A follower that
-//! has the leader's whole log quiesces too, and says so in its response; one that has not
-//! answers unflagged, which wakes the leader. A quiescent replica is not ticked and wakes on
-//! the next proposal, read, leadership transfer or message (anything but the quiescing
-//! heartbeats).
+//! marks the range *quiescent* and, instead of ticking it, sends one last heartbeat flagged
+//! `quiesce`. A follower that has the leader's whole log quiesces too, and says so in its
+//! response; one that has not answers unflagged, which wakes the leader. A quiescent replica is
+//! not ticked and wakes on the next proposal, read, leadership transfer or message (anything
+//! but the quiescing heartbeats).
 //!
 //! Without ticks, followers cannot notice a dead leader through its heartbeats; they notice its
 //! node. Every node sends every node it talks with at least one batch per heartbeat interval
@@ -67,6 +67,13 @@
 //! bring it up to date. Batches carry their sender's boot: a node that restarted faster than an
 //! election timeout is treated as one that died and came back, since its replicas lost the
 //! leadership they held.
+//!
+//! # Commit indexes
+//!
+//! raft does not send a new commit index to the followers on its own (`skip_bcast_commit`):
+//! they learn it from the next append or heartbeat, at the latest the quiescing one. A follower
+//! whose node forwarded proposals answers their clients when it applies them, so the leader
+//! sends it the commit index as soon as they commit (`tell_proposers`).
 
 use crate::codec;
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
@@ -223,6 +230,10 @@ struct Group {
     /// Writes proposed here (or forwarded from here) and not yet seen committed, with the term
     /// they were proposed in and the tick: answered as in doubt when a new leader is elected.
     in_doubt: BTreeMap<ProposalId, (u64, u64)>,
+    /// On the leader: the followers whose nodes forwarded proposals, with the last index those
+    /// were appended at. Such a node answers its clients when it applies their writes, so it
+    /// is sent the commit index as soon as they commit (see `tell_proposers`).
+    proposers: BTreeMap<u64, u64>,
     /// Not ticked: the range went quiet with every live replica caught up. Woken by the next
     /// proposal, read or message (other than the quiescing heartbeats), or when a node it
     /// depends on dies or comes back.
@@ -526,6 +537,8 @@ impl MultiRaft {
             max_inflight_msgs: self.settings.max_inflight_msgs,
             check_quorum: true,
             pre_vote: true,
+            // See "Commit indexes" in the module documentation.
+            skip_bcast_commit: true,
             ..Default::default()
         }
     }
@@ -614,6 +627,7 @@ impl MultiRaft {
                 transfer_started: 0,
                 queued_changes: Vec::new(),
                 in_doubt: BTreeMap::new(),
+                proposers: BTreeMap::new(),
                 quiescent: false,
             },
         );
@@ -693,8 +707,12 @@ impl MultiRaft {
                 }
             },
         };
+        let from = m.from;
         if let Err(e) = g.node.step(m) {
             log::debug!("{}: {range}: step: {e}", self.node);
+        }
+        if g.is_leader() && from != g.replica.0 {
+            g.proposers.insert(from, g.node.raft.raft_log.last_index());
         }
     }
 
@@ -896,6 +914,7 @@ impl MultiRaft {
                     issued_tick: self.ticks,
                 });
             }
+            tell_proposers(g);
             if g.node.store().take_snapshot_request() && !g.snapshot_requested {
                 g.snapshot_requested = true;
                 events.push(Event::SnapshotRequested { range });
@@ -1080,6 +1099,8 @@ impl MultiRaft {
                     .push((range, m));
             }
             let mut light = g.node.advance_append(rd);
+            // Committed by this write: the appends go with the next round.
+            tell_proposers(g);
             if let Some(index) = snapshot_index {
                 g.node.advance_apply_to(index);
             }
@@ -1263,6 +1284,15 @@ impl MultiRaft {
                 let mix = splitmix(seed ^ splitmix(g.replica.0 ^ splitmix(range.0 ^ raft.term)));
                 raft.set_randomized_election_timeout((election + mix % election) as usize);
             }
+            if g.may_quiesce(&self.live) {
+                // Instead of this tick: the quiescing heartbeat is the range's only one. The
+                // followers stop ticking too when they get it.
+                g.quiescent = true;
+                g.node.ping();
+                self.awake.remove(range);
+                self.dirty.insert(*range);
+                continue;
+            }
             let mut dirty = g.node.tick();
             if !g.queued_changes.is_empty() {
                 if !g.is_leader() {
@@ -1362,13 +1392,6 @@ impl MultiRaft {
                 });
             }
             dirty |= !g.new_reads.is_empty();
-            if !dirty && g.may_quiesce(&self.live) {
-                // The followers stop ticking too when they get these heartbeats.
-                g.quiescent = true;
-                g.node.ping();
-                dirty = true;
-                self.awake.remove(range);
-            }
             if dirty {
                 self.dirty.insert(*range);
             }
@@ -1421,6 +1444,32 @@ impl MultiRaft {
 /// How far behind the commit index a learner may be and still be promoted: under a steady load
 /// a learner is always a few entries behind the voters.
 const LEARNER_LAG: u64 = 64;
+
+/// Sends the commit index to the followers whose forwarded proposals are now committed (raft
+/// itself no longer broadcasts it: `skip_bcast_commit`).
+fn tell_proposers(g: &mut Group) {
+    if g.proposers.is_empty() {
+        return;
+    }
+    if !g.is_leader() {
+        g.proposers.clear();
+        return;
+    }
+    let committed = g.node.raft.raft_log.committed;
+    let told: Vec<u64> = g
+        .proposers
+        .iter()
+        .filter(|&(_, &upto)| upto <= committed)
+        .map(|(&id, _)| id)
+        .collect();
+    for id in told {
+        g.proposers.remove(&id);
+        // A replica removed since has no progress to send to.
+        if g.node.raft.prs().get(id).is_some() {
+            g.node.raft.send_append(id);
+        }
+    }
+}
 
 /// On a leader, proposes the promotion of one learner that has acknowledged entries and is
 /// close behind the commit index, when no other change is under way. Returns whether it
