@@ -495,3 +495,41 @@ fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let values = mget(node(&servers, 2), &keys);
     assert!(values.iter().all(|v| v.as_deref() == Some(value.as_str())));
 }
+
+#[test]
+fn a_leader_cut_off_from_its_quorum_steps_down_and_writes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = configs(dir.path(), 3, "");
+    let mut servers: Vec<Option<Server>> = nodes.start_all().into_iter().map(Some).collect();
+    let one = servers[0].take().unwrap();
+    await_leaders(&one);
+    assert_eq!(admin(&one, &["TRANSFERLEADER", "all", "1"]).unwrap(), "OK");
+    // Every range led by node 1 goes quiet: no replica ticks, nothing is sent.
+    eventually(
+        Duration::from_secs(20),
+        "ranges led by n1, quiescent",
+        || {
+            ranges(&one)
+                .iter()
+                .all(|l| l.contains("leader=n1") && l.contains("quiescent"))
+        },
+    );
+
+    for s in servers.iter_mut().skip(1) {
+        s.take().unwrap().kill();
+    }
+    // Node 1 notices that nodes 2 and 3 are gone; its ranges wake and their leaders, which
+    // can no longer reach a quorum, step down instead of claiming to lead.
+    eventually(Duration::from_secs(20), "no range led by n1", || {
+        ranges(&one).iter().all(|l| l.contains("leader=none"))
+    });
+    let err = redis::cmd("SET")
+        .arg("apple")
+        .arg("red")
+        .query::<()>(&mut one.client())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("has no leader at the moment"),
+        "{err}"
+    );
+}

@@ -52,21 +52,23 @@
 //!
 //! A node hosts thousands of ranges, most of them idle: an idle range costs nothing. On a tick,
 //! a leader whose range has nothing under way (everything appended is committed and applied,
-//! no reads, no membership work, no learners, every voter on a live node has the whole log)
-//! marks the range *quiescent* and, instead of ticking it, sends one last heartbeat flagged
-//! `quiesce`. A follower that has the leader's whole log quiesces too, and says so in its
-//! response; one that has not answers unflagged, which wakes the leader. A quiescent replica is
-//! not ticked and wakes on the next proposal, read, leadership transfer or message (anything
-//! but the quiescing heartbeats).
+//! no reads, no membership work, no learners, every voter on a live node has the whole log,
+//! and a majority of the voters is live) marks the range *quiescent* and, instead of ticking
+//! it, sends one last heartbeat flagged `quiesce`. A follower that has the leader's whole log
+//! quiesces too, and says so in its response; one that has not answers unflagged, which wakes
+//! the leader. A quiescent replica is not ticked and wakes on the next proposal, read,
+//! leadership transfer or message (anything but the quiescing heartbeats).
 //!
 //! Without ticks, followers cannot notice a dead leader through its heartbeats; they notice its
 //! node. Every node sends every node it talks with at least one batch per heartbeat interval
 //! (an empty one if it has nothing else to say); a node not heard from within an election
-//! timeout is dead, and the quiescent ranges it leads wake and elect a new leader. When a dead
-//! node is heard from again, the quiescent ranges led here that have a replica there wake to
-//! bring it up to date. Batches carry their sender's boot: a node that restarted faster than an
-//! election timeout is treated as one that died and came back, since its replicas lost the
-//! leadership they held.
+//! timeout is dead, and the quiescent ranges it leads wake and elect a new leader. The
+//! quiescent ranges led here that it leaves without a live majority of voters wake too: raft's
+//! quorum check makes their leaders step down instead of claiming a leadership they cannot
+//! use. When a dead node is heard from again, the quiescent ranges led here that have a
+//! replica there wake to bring it up to date. Batches carry their sender's boot: a node that
+//! restarted faster than an election timeout is treated as one that died and came back, since
+//! its replicas lost the leadership they held.
 //!
 //! # Commit indexes
 //!
@@ -268,14 +270,27 @@ impl Group {
             && self.node.raft.lead_transferee.is_none()
     }
 
+    /// Whether a majority of the voters are this replica or on live nodes.
+    fn has_live_quorum(&self, live: &BTreeSet<NodeId>) -> bool {
+        let voters = &self.node.store().conf_state().voters;
+        let reachable = voters
+            .iter()
+            .filter(|&&id| id == self.replica.0 || live.contains(&ReplicaId(id).node()))
+            .count();
+        2 * reachable > voters.len()
+    }
+
     /// On a leader: whether the range may stop ticking. Every voter on a live node has the
     /// whole log, there are no learners and no joint configuration. A replica on a dead node
-    /// does not keep the range awake: the range wakes when that node comes back.
+    /// does not keep the range awake (the range wakes when that node comes back), unless too
+    /// few are left for a quorum: the leader then keeps ticking, so that raft's quorum check
+    /// makes it step down instead of claiming a leadership it cannot use.
     fn may_quiesce(&self, live: &BTreeSet<NodeId>) -> bool {
         let cs = self.node.store().conf_state();
         let last = self.node.raft.raft_log.last_index();
         self.is_leader()
             && self.is_idle()
+            && self.has_live_quorum(live)
             && self.node.raft.raft_log.committed == last
             && self.applied == last
             && self.handed == last
@@ -1183,7 +1198,8 @@ impl MultiRaft {
     }
 
     /// Node liveness, each tick: a node not heard from within an election timeout is dead, and
-    /// the quiescent ranges it leads wake here so that one of their other replicas is elected.
+    /// the quiescent ranges it leads wake here so that one of their other replicas is elected;
+    /// so do the quiescent ranges led here that it leaves without a live quorum.
     /// Every heartbeat interval, each node sharing a range with this one that was sent nothing
     /// is sent an empty batch.
     fn check_liveness(&mut self) {
@@ -1198,6 +1214,12 @@ impl MultiRaft {
             log::info!("{}: node {n} is not answering", self.node);
             self.live.remove(&n);
             self.wake_led_by(n);
+            for (range, g) in self.groups.iter_mut() {
+                if g.quiescent && g.is_leader() && !g.has_live_quorum(&self.live) {
+                    g.quiescent = false;
+                    self.dirty.insert(*range);
+                }
+            }
         }
         let heartbeat = self.settings.heartbeat_ticks as u64;
         if self.ticks.is_multiple_of(heartbeat) {
