@@ -232,10 +232,11 @@ struct Group {
     /// Writes proposed here (or forwarded from here) and not yet seen committed, with the term
     /// they were proposed in and the tick: answered as in doubt when a new leader is elected.
     in_doubt: BTreeMap<ProposalId, (u64, u64)>,
-    /// On the leader: the followers whose nodes forwarded proposals, with the last index those
-    /// were appended at. Such a node answers its clients when it applies their writes, so it
-    /// is sent the commit index as soon as they commit (see `tell_proposers`).
-    proposers: BTreeMap<u64, u64>,
+    /// On the leader: the followers waiting for a commit index, with the first and the last
+    /// index they wait for. A follower's node answers the clients of the writes it forwarded
+    /// when it applies them, and serves a read once it has applied up to the read index: it is
+    /// sent the commit index as soon as that covers them (see `tell_proposers`).
+    proposers: BTreeMap<u64, (u64, u64)>,
     /// Not ticked: the range went quiet with every live replica caught up. Woken by the next
     /// proposal, read or message (other than the quiescing heartbeats), or when a node it
     /// depends on dies or comes back.
@@ -268,6 +269,13 @@ impl Group {
             && self.queued_changes.is_empty()
             && self.snapshots_out.is_empty()
             && self.node.raft.lead_transferee.is_none()
+    }
+
+    /// Notes that follower `replica` waits for the commit index to reach `first..=last`.
+    fn awaits_commit(&mut self, replica: u64, first: u64, last: u64) {
+        let e = self.proposers.entry(replica).or_insert((first, last));
+        e.0 = e.0.min(first);
+        e.1 = e.1.max(last);
     }
 
     /// Whether a majority of the voters are this replica or on live nodes.
@@ -723,11 +731,13 @@ impl MultiRaft {
             },
         };
         let from = m.from;
+        let first = g.node.raft.raft_log.last_index() + 1;
         if let Err(e) = g.node.step(m) {
             log::debug!("{}: {range}: step: {e}", self.node);
         }
-        if g.is_leader() && from != g.replica.0 {
-            g.proposers.insert(from, g.node.raft.raft_log.last_index());
+        let last = g.node.raft.raft_log.last_index();
+        if g.is_leader() && from != g.replica.0 && last >= first {
+            g.awaits_commit(from, first, last);
         }
     }
 
@@ -1478,17 +1488,29 @@ fn tell_proposers(g: &mut Group) {
         return;
     }
     let committed = g.node.raft.raft_log.committed;
-    let told: Vec<u64> = g
+    let due: Vec<u64> = g
         .proposers
         .iter()
-        .filter(|&(_, &upto)| upto <= committed)
+        .filter(|&(_, &(first, _))| first <= committed)
         .map(|(&id, _)| id)
         .collect();
-    for id in told {
-        g.proposers.remove(&id);
-        // A replica removed since has no progress to send to.
-        if g.node.raft.prs().get(id).is_some() {
-            g.node.raft.send_append(id);
+    for id in due {
+        match g.node.raft.prs().get(id) {
+            // A replica removed since: nothing to send to.
+            None => {
+                g.proposers.remove(&id);
+                continue;
+            }
+            // Nothing can be sent now; its acknowledgement makes the range dirty again.
+            Some(p) if p.is_paused() => continue,
+            Some(_) => {}
+        }
+        g.node.raft.send_append(id);
+        let last = g.proposers[&id].1;
+        if last <= committed {
+            g.proposers.remove(&id);
+        } else {
+            g.proposers.insert(id, (committed + 1, last));
         }
     }
 }
@@ -1908,6 +1930,12 @@ impl Handler<RaftBatch> for MultiRaft {
             let (from, term, commit, kind) = (m.from, m.term, m.commit, m.get_msg_type());
             if let Err(e) = g.node.step(m) {
                 log::debug!("{}: {range}: step: {e}", self.node);
+            }
+            if kind == MessageType::MsgReadIndex && g.is_leader() && from != g.replica.0 {
+                // The read index is this commit index: the follower serves the read once it
+                // has applied that far, so it must learn it.
+                let committed = g.node.raft.raft_log.committed;
+                g.awaits_commit(from, committed, committed);
             }
             g.quiescent = match kind {
                 // A quiescing leader's heartbeat: follow it if this replica has its whole log.
