@@ -70,6 +70,21 @@
 //! restarted faster than an election timeout is treated as one that died and came back, since
 //! its replicas lost the leadership they held.
 //!
+//! # Leases
+//!
+//! A read needs a read index: the leader's commit index, once a quorum's heartbeats confirmed
+//! that no other leader can have been elected. Each confirmation also gives the leader a
+//! *lease*, from the moment its read index was asked, for half an election timeout: while it
+//! lasts, read indexes (its own and its followers') are given at once, without heartbeats
+//! (raft's `LeaseBased` read option, set for just those calls). Sound because a voter that
+//! acknowledged the leader grants no vote to another replica for an election timeout of its
+//! own ticks (raft's `check_quorum` lease), and a replica that never acknowledged it cannot
+//! win without one that did. A node that restarts forgets which leaders it acknowledged, so
+//! it grants no vote until it has ticked for an election timeout. A leader transferring its
+//! leadership gives no read from its lease (the transferee campaigns without waiting), and a
+//! lease holds only in the term it was given in. The lease is renewed while reads come: by
+//! a confirmed read index asked once less than half of it is left.
+//!
 //! # Commit indexes
 //!
 //! raft does not send a new commit index to the followers on its own (`skip_bcast_commit`):
@@ -88,11 +103,12 @@ use protobuf::Message as ProtoMessage;
 use raft::prelude::{
     ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, MessageType, Snapshot,
 };
-use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
+use raft::{ProgressState, RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How MultiRaft runs its groups.
 #[derive(Clone, Debug)]
@@ -146,6 +162,8 @@ pub struct RaftMetrics {
     pub ranges_quiescent: AtomicU64,
     /// Times a node was seen to have restarted (a new boot in its batches).
     pub peer_restarts: AtomicU64,
+    /// Read indexes a leader gave from its lease, without a round of heartbeats.
+    pub reads_leased: AtomicU64,
     /// Events given to the Store, or kept for it in the outbox. Counted before any message of
     /// the round that produced them leaves, so a Store that has applied as many knows all this
     /// node's raft has done (see `Store::serves_locally`).
@@ -168,6 +186,9 @@ struct PendingRead {
     /// Each read with the tick it was first asked for.
     reads: Vec<(ReadId, u64)>,
     issued_tick: u64,
+    /// On a leader, a read index confirmed by a quorum's heartbeats: the term and the time it
+    /// was asked, before those heartbeats left. Its confirmation renews the lease.
+    renews: Option<(u64, Instant)>,
 }
 
 /// A proposal kept back while its group awaits a membership callback.
@@ -237,6 +258,11 @@ struct Group {
     /// when it applies them, and serves a read once it has applied up to the read index: it is
     /// sent the commit index as soon as that covers them (see `tell_proposers`).
     proposers: BTreeMap<u64, (u64, u64)>,
+    /// On the leader: the term and the time until which it holds a lease (see "Leases").
+    lease: Option<(u64, Instant)>,
+    /// On the leader: a follower asked for a read index; the lease is renewed with the next
+    /// round if it runs out soon.
+    renew_lease: bool,
     /// Not ticked: the range went quiet with every live replica caught up. Woken by the next
     /// proposal, read or message (other than the quiescing heartbeats), or when a node it
     /// depends on dies or comes back.
@@ -276,6 +302,58 @@ impl Group {
         let e = self.proposers.entry(replica).or_insert((first, last));
         e.0 = e.0.min(first);
         e.1 = e.1.max(last);
+    }
+
+    /// Whether this leader holds a lease at `now`: no other replica can have been elected
+    /// since this one last heard from a quorum (see "Leases").
+    fn holds_lease(&self, now: Instant) -> bool {
+        self.is_leader()
+            && self.node.raft.lead_transferee.is_none()
+            && self
+                .lease
+                .is_some_and(|(term, until)| term == self.node.raft.term && now < until)
+    }
+
+    /// Whether this leader should renew its lease: it runs out within `margin`, and no read
+    /// index that would renew it is under way.
+    fn lease_runs_out(&self, now: Instant, margin: Duration) -> bool {
+        self.is_leader()
+            && self.node.raft.lead_transferee.is_none()
+            && !self.reads_in_flight.iter().any(|p| p.renews.is_some())
+            && self.lease.is_none_or(|(term, until)| {
+                term != self.node.raft.term || until.saturating_duration_since(now) < margin
+            })
+    }
+
+    /// Asks raft for a read index for `reads`: at once from the lease if `leased`, else
+    /// confirmed by a quorum's heartbeats, which renews the lease on a leader.
+    fn read_index(
+        &mut self,
+        node: NodeId,
+        context: u64,
+        reads: Vec<(ReadId, u64)>,
+        tick: u64,
+        leased: bool,
+        now: Instant,
+    ) {
+        // Unique across nodes: a leader ignores a context it already has pending.
+        let mut ctx = node.0.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&context.to_be_bytes());
+        let renews = (!leased && self.is_leader() && self.node.raft.lead_transferee.is_none())
+            .then_some((self.node.raft.term, now));
+        self.node.raft.read_only.option = if leased {
+            ReadOnlyOption::LeaseBased
+        } else {
+            ReadOnlyOption::Safe
+        };
+        self.node.read_index(ctx);
+        self.node.raft.read_only.option = ReadOnlyOption::Safe;
+        self.reads_in_flight.push(PendingRead {
+            context,
+            reads,
+            issued_tick: tick,
+            renews,
+        });
     }
 
     /// Whether a majority of the voters are this replica or on live nodes.
@@ -651,6 +729,8 @@ impl MultiRaft {
                 queued_changes: Vec::new(),
                 in_doubt: BTreeMap::new(),
                 proposers: BTreeMap::new(),
+                lease: None,
+                renew_lease: false,
                 quiescent: false,
             },
         );
@@ -746,6 +826,15 @@ impl MultiRaft {
         let list = self.notices.entry(replica.node()).or_default();
         if !list.contains(&(range, replica)) {
             list.push((range, replica));
+        }
+    }
+
+    /// How long a lease lasts from the moment its read index was asked (see "Leases").
+    fn lease_duration(&self) -> Duration {
+        let election = self.settings.tick_interval * self.settings.election_ticks as u32;
+        match self.bugs.lease_outlives_elections {
+            false => election / 2,
+            true => election * 20,
         }
     }
 
@@ -918,6 +1007,7 @@ impl MultiRaft {
         let mut leader_msgs: BTreeMap<NodeId, Vec<_>> = BTreeMap::new();
         let mut readies = Vec::new();
         let myself = self.myself.clone().expect("MultiRaft started");
+        let lease = self.lease_duration();
 
         for range in std::mem::take(&mut self.dirty) {
             let Some(g) = self.groups.get_mut(&range) else {
@@ -926,18 +1016,32 @@ impl MultiRaft {
             if !g.quiescent {
                 self.awake.insert(range);
             }
-            if !g.new_reads.is_empty() {
-                let context = self.next_read_context;
-                self.next_read_context += 1;
-                // Unique across nodes: a leader ignores a context it already has pending.
-                let mut ctx = self.node.0.to_be_bytes().to_vec();
-                ctx.extend_from_slice(&context.to_be_bytes());
-                g.node.read_index(ctx);
-                g.reads_in_flight.push(PendingRead {
-                    context,
-                    reads: std::mem::take(&mut g.new_reads),
-                    issued_tick: self.ticks,
-                });
+            let renew = std::mem::take(&mut g.renew_lease);
+            if !g.new_reads.is_empty() || renew {
+                let now = Instant::now();
+                let leased = g.holds_lease(now);
+                if !g.new_reads.is_empty() {
+                    if leased {
+                        self.metrics.reads_leased.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let reads = std::mem::take(&mut g.new_reads);
+                    g.read_index(
+                        self.node,
+                        self.next_read_context,
+                        reads,
+                        self.ticks,
+                        leased,
+                        now,
+                    );
+                    self.next_read_context += 1;
+                }
+                // Renewed before it runs out (unless the reads just asked renew it), so that
+                // reads keep being served from it.
+                if g.lease_runs_out(now, lease / 2) {
+                    let context = self.next_read_context;
+                    g.read_index(self.node, context, Vec::new(), self.ticks, false, now);
+                    self.next_read_context += 1;
+                }
             }
             tell_proposers(g);
             if g.node.store().take_snapshot_request() && !g.snapshot_requested {
@@ -1039,11 +1143,21 @@ impl MultiRaft {
                     .position(|p| Some(p.context) == context)
                 {
                     let p = g.reads_in_flight.remove(pos);
-                    events.push(Event::ReadReady {
-                        range,
-                        index: rs.index,
-                        reads: p.reads.into_iter().map(|(r, _)| r).collect(),
-                    });
+                    if let Some((term, asked)) = p.renews {
+                        if g.is_leader()
+                            && g.node.raft.term == term
+                            && g.node.raft.lead_transferee.is_none()
+                        {
+                            g.lease = Some((term, asked + lease));
+                        }
+                    }
+                    if !p.reads.is_empty() {
+                        events.push(Event::ReadReady {
+                            range,
+                            index: rs.index,
+                            reads: p.reads.into_iter().map(|(r, _)| r).collect(),
+                        });
+                    }
                 }
             }
             readies.push((range, rd, snapshot_index));
@@ -1403,9 +1517,11 @@ impl MultiRaft {
             for p in g.reads_in_flight.iter_mut() {
                 if self.ticks - p.issued_tick >= READ_RETRY_TICKS {
                     g.new_reads.append(&mut p.reads);
+                    p.renews = None;
                 }
             }
-            g.reads_in_flight.retain(|p| !p.reads.is_empty());
+            g.reads_in_flight
+                .retain(|p| !p.reads.is_empty() || p.renews.is_some());
             // A write lost without a leader change has long timed out at the Store.
             g.in_doubt
                 .retain(|_, &mut (_, tick)| ticks - tick < READ_GIVE_UP_TICKS);
@@ -1876,6 +1992,7 @@ impl Handler<RaftBatch> for MultiRaft {
             .into_iter()
             .map(|h| (h.range, h.quiesce, h.into_message()));
         let messages = batch.messages.into_iter().map(|(r, m)| (r, false, m));
+        let now = Instant::now();
         for (range, quiesce, m) in messages.chain(heartbeats) {
             if ReplicaId(m.to).node() != self.node || self.destroying.contains(&range) {
                 continue;
@@ -1928,8 +2045,26 @@ impl Handler<RaftBatch> for MultiRaft {
                 continue;
             }
             let (from, term, commit, kind) = (m.from, m.term, m.commit, m.get_msg_type());
+            if matches!(
+                kind,
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            ) && self.ticks < self.settings.election_ticks as u64
+            {
+                // Not before an election timeout since this node started: a replica here may
+                // have acknowledged a leader's lease before a restart (see "Leases").
+                continue;
+            }
+            let leased = kind == MessageType::MsgReadIndex && g.holds_lease(now);
+            if leased {
+                self.metrics.reads_leased.fetch_add(1, Ordering::Relaxed);
+                g.node.raft.read_only.option = ReadOnlyOption::LeaseBased;
+            }
             if let Err(e) = g.node.step(m) {
                 log::debug!("{}: {range}: step: {e}", self.node);
+            }
+            g.node.raft.read_only.option = ReadOnlyOption::Safe;
+            if kind == MessageType::MsgReadIndex && g.is_leader() {
+                g.renew_lease = true;
             }
             if kind == MessageType::MsgReadIndex && g.is_leader() && from != g.replica.0 {
                 // The read index is this commit index: the follower serves the read once it

@@ -70,6 +70,9 @@ pub struct PlantedBugs {
     pub skip_holding_proposals: bool,
     /// The cache of values read keeps its entries when a snapshot replaces a range's data.
     pub cache_kept_over_snapshots: bool,
+    /// A leader's lease lasts twenty election timeouts instead of half of one, so it outlives
+    /// the election of another leader.
+    pub lease_outlives_elections: bool,
 }
 
 impl Default for StoreSettings {

@@ -1004,3 +1004,67 @@ fn a_learner_that_never_answered_is_not_promoted() {
         cluster.stop();
     });
 }
+
+/// What the leader of range 1, cut off from the two other nodes just after it served a read,
+/// answers to a read of a key they have overwritten since, under a leader of their own.
+fn a_read_through_a_deposed_leader(bugs: PlantedBugs) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings {
+            request_timeout: Duration::from_secs(2),
+            bugs,
+            ..StoreSettings::default()
+        };
+        let cluster = Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], settings);
+        cluster.await_leaders(1).await;
+        write_eventually(&cluster, 1, b"a", b"1").await;
+        let old = cluster.leader_of(RangeId(1)).await.expect("a leader").0;
+        // A read served from a quorum's heartbeats gives the leader a lease, from which the
+        // reads that follow it closely are served.
+        let leased = || {
+            cluster
+                .node(old)
+                .metrics
+                .reads_leased
+                .load(Ordering::Relaxed)
+        };
+        let before = leased();
+        for _ in 0..10 {
+            let read = read_eventually(&cluster, old, b"a").await;
+            assert_eq!(read, Some(b"1".to_vec()));
+        }
+        assert!(leased() > before, "no read was served from a lease");
+        let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != old).collect();
+        let ids = |ns: &[u64]| ns.iter().map(|&n| NodeId(n)).collect::<Vec<_>>();
+        cluster.net.partition(&ids(&[old]), &ids(&others));
+        write_eventually(&cluster, others[0], b"a", b"2").await;
+        let read = cluster
+            .node(old)
+            .store
+            .send(Read {
+                keys: vec![b"a".to_vec()],
+            })
+            .await
+            .unwrap();
+        cluster.net.heal();
+        cluster.stop();
+        read
+    })
+}
+
+#[test]
+fn a_deposed_leader_serves_no_read_from_its_lease() {
+    // Its lease ran out before the others could elect a leader: the read needs a quorum it
+    // cannot reach, and fails (a timeout, or no leader once it stepped down).
+    let read = a_read_through_a_deposed_leader(PlantedBugs::default());
+    assert!(read.is_err(), "{read:?}");
+}
+
+#[test]
+fn a_lease_that_outlives_an_election_is_caught() {
+    let read = a_read_through_a_deposed_leader(PlantedBugs {
+        lease_outlives_elections: true,
+        ..PlantedBugs::default()
+    });
+    assert_eq!(read, Ok(vec![Some(b"1".to_vec())]), "the stale read");
+}
