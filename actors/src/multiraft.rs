@@ -74,16 +74,20 @@
 //!
 //! A read needs a read index: the leader's commit index, once a quorum's heartbeats confirmed
 //! that no other leader can have been elected. Each confirmation also gives the leader a
-//! *lease*, from the moment its read index was asked, for half an election timeout: while it
-//! lasts, read indexes (its own and its followers') are given at once, without heartbeats
-//! (raft's `LeaseBased` read option, set for just those calls). Sound because a voter that
-//! acknowledged the leader grants no vote to another replica for an election timeout of its
-//! own ticks (raft's `check_quorum` lease), and a replica that never acknowledged it cannot
-//! win without one that did. A node that restarts forgets which leaders it acknowledged, so
-//! it grants no vote until it has ticked for an election timeout. A leader transferring its
-//! leadership gives no read from its lease (the transferee campaigns without waiting), and a
-//! lease holds only in the term it was given in. The lease is renewed while reads come: by
-//! a confirmed read index asked once less than half of it is left.
+//! *lease*, from the moment its read index was asked, for half an election timeout. In the
+//! first half of it, the Store serves the leader's reads from its own state (see
+//! `Store::serves_locally`, and `RaftMetrics::leases`); in the second, read indexes (the
+//! leader's and its followers') are given at once, without heartbeats (raft's `LeaseBased`
+//! read option, set for just those calls), and a confirmed read index renews the lease.
+//!
+//! Why it is sound: a voter that acknowledged the leader grants no vote to another replica
+//! for an election timeout of its own ticks (raft's `check_quorum` lease), and a replica that
+//! never acknowledged it cannot win without one that did. Ticks missed while a process was
+//! held up are dropped rather than run back to back, so ticks never run ahead of the clock.
+//! A node that restarts forgets which leaders it acknowledged, so it grants no vote until it
+//! has ticked for an election timeout. A leader's transferee campaigns without waiting and is
+//! voted for regardless of leases: a leader that sends `MsgTimeoutNow` holds no lease for the
+//! rest of that term. A lease holds only in the term it was given in.
 //!
 //! # Commit indexes
 //!
@@ -162,8 +166,13 @@ pub struct RaftMetrics {
     pub ranges_quiescent: AtomicU64,
     /// Times a node was seen to have restarted (a new boot in its batches).
     pub peer_restarts: AtomicU64,
-    /// Read indexes a leader gave from its lease, without a round of heartbeats.
+    /// Reads a leader served from its lease, without a round of heartbeats: read indexes
+    /// given here, and reads of one range the Store served from its own state.
     pub reads_leased: AtomicU64,
+    /// The leases held here, by range: the term and until when the Store may serve reads from
+    /// its own state (half of the lease, so that the rest is renewed while reads come through
+    /// MultiRaft; see "Leases").
+    pub leases: std::sync::Mutex<BTreeMap<RangeId, (u64, Instant)>>,
     /// Events given to the Store, or kept for it in the outbox. Counted before any message of
     /// the round that produced them leaves, so a Store that has applied as many knows all this
     /// node's raft has done (see `Store::serves_locally`).
@@ -260,6 +269,10 @@ struct Group {
     proposers: BTreeMap<u64, (u64, u64)>,
     /// On the leader: the term and the time until which it holds a lease (see "Leases").
     lease: Option<(u64, Instant)>,
+    /// A term in which this replica sent a `MsgTimeoutNow`: its transferee may be elected at
+    /// any time (it campaigns without waiting, and is voted for regardless of leases), so this
+    /// replica holds no lease in that term, even once raft gave the transfer up.
+    transferred_in: u64,
     /// On the leader: a follower asked for a read index; the lease is renewed with the next
     /// round if it runs out soon.
     renew_lease: bool,
@@ -309,6 +322,7 @@ impl Group {
     fn holds_lease(&self, now: Instant) -> bool {
         self.is_leader()
             && self.node.raft.lead_transferee.is_none()
+            && self.transferred_in != self.node.raft.term
             && self
                 .lease
                 .is_some_and(|(term, until)| term == self.node.raft.term && now < until)
@@ -319,6 +333,7 @@ impl Group {
     fn lease_runs_out(&self, now: Instant, margin: Duration) -> bool {
         self.is_leader()
             && self.node.raft.lead_transferee.is_none()
+            && self.transferred_in != self.node.raft.term
             && !self.reads_in_flight.iter().any(|p| p.renews.is_some())
             && self.lease.is_none_or(|(term, until)| {
                 term != self.node.raft.term || until.saturating_duration_since(now) < margin
@@ -329,17 +344,16 @@ impl Group {
     /// confirmed by a quorum's heartbeats, which renews the lease on a leader.
     fn read_index(
         &mut self,
-        node: NodeId,
+        prefix: &[u8; 16],
         context: u64,
         reads: Vec<(ReadId, u64)>,
         tick: u64,
         leased: bool,
         now: Instant,
     ) {
-        // Unique across nodes: a leader ignores a context it already has pending.
-        let mut ctx = node.0.to_be_bytes().to_vec();
+        let mut ctx = prefix.to_vec();
         ctx.extend_from_slice(&context.to_be_bytes());
-        let renews = (!leased && self.is_leader() && self.node.raft.lead_transferee.is_none())
+        let renews = (!leased && self.lease_runs_out(now, Duration::MAX))
             .then_some((self.node.raft.term, now));
         self.node.raft.read_only.option = if leased {
             ReadOnlyOption::LeaseBased
@@ -730,6 +744,7 @@ impl MultiRaft {
                 in_doubt: BTreeMap::new(),
                 proposers: BTreeMap::new(),
                 lease: None,
+                transferred_in: 0,
                 renew_lease: false,
                 quiescent: false,
             },
@@ -948,6 +963,14 @@ impl MultiRaft {
             batch.boot = self.boot;
             batch.removed = self.notices.remove(&to).unwrap_or_default();
             for (range, m) in all {
+                if m.get_msg_type() == MessageType::MsgTimeoutNow {
+                    // Before it leaves: see `Group::transferred_in`.
+                    if let Some(g) = self.groups.get_mut(&range) {
+                        g.transferred_in = g.node.raft.term;
+                        g.lease = None;
+                    }
+                    self.metrics.leases.lock().expect("leases").remove(&range);
+                }
                 let quiescent = self.groups.get(&range).is_some_and(|g| g.quiescent);
                 match Heartbeat::of(range, &m, quiescent) {
                     Some(h) => batch.heartbeats.push(h),
@@ -1008,6 +1031,7 @@ impl MultiRaft {
         let mut readies = Vec::new();
         let myself = self.myself.clone().expect("MultiRaft started");
         let lease = self.lease_duration();
+        let prefix = read_prefix(self.node, self.boot);
 
         for range in std::mem::take(&mut self.dirty) {
             let Some(g) = self.groups.get_mut(&range) else {
@@ -1026,7 +1050,7 @@ impl MultiRaft {
                     }
                     let reads = std::mem::take(&mut g.new_reads);
                     g.read_index(
-                        self.node,
+                        &prefix,
                         self.next_read_context,
                         reads,
                         self.ticks,
@@ -1039,7 +1063,7 @@ impl MultiRaft {
                 // reads keep being served from it.
                 if g.lease_runs_out(now, lease / 2) {
                     let context = self.next_read_context;
-                    g.read_index(self.node, context, Vec::new(), self.ticks, false, now);
+                    g.read_index(&prefix, context, Vec::new(), self.ticks, false, now);
                     self.next_read_context += 1;
                 }
             }
@@ -1136,7 +1160,7 @@ impl MultiRaft {
                 g.node.mut_store().stage_hard_state(hs.clone(), &mut batch);
             }
             for rs in rd.take_read_states() {
-                let context = read_context(self.node, &rs.request_ctx);
+                let context = read_context(&prefix, &rs.request_ctx);
                 if let Some(pos) = g
                     .reads_in_flight
                     .iter()
@@ -1147,8 +1171,12 @@ impl MultiRaft {
                         if g.is_leader()
                             && g.node.raft.term == term
                             && g.node.raft.lead_transferee.is_none()
+                            && g.transferred_in != term
                         {
                             g.lease = Some((term, asked + lease));
+                            let local = asked + lease / 2;
+                            let mut leases = self.metrics.leases.lock().expect("leases");
+                            leases.insert(range, (term, local));
                         }
                     }
                     if !p.reads.is_empty() {
@@ -1691,11 +1719,20 @@ fn conf_change_of(e: &Entry) -> Option<ConfChangeV2> {
 }
 
 /// The counter of a read context this node issued (node id, counter).
-fn read_context(node: NodeId, bytes: &[u8]) -> Option<u64> {
-    let b: [u8; 16] = bytes.try_into().ok()?;
-    let (n, c) = b.split_at(8);
-    (u64::from_be_bytes(n.try_into().ok()?) == node.0)
-        .then(|| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+fn read_context(prefix: &[u8; 16], bytes: &[u8]) -> Option<u64> {
+    let b: [u8; 24] = bytes.try_into().ok()?;
+    let (p, c) = b.split_at(16);
+    (p == prefix).then(|| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+}
+
+/// The start of this node's read contexts: its id and its boot. Unique across nodes (a leader
+/// ignores a context it already has pending) and across restarts (a late answer to a read of
+/// a previous run must not be taken for one of this run).
+fn read_prefix(node: NodeId, boot: u64) -> [u8; 16] {
+    let mut p = [0; 16];
+    p[..8].copy_from_slice(&node.0.to_be_bytes());
+    p[8..].copy_from_slice(&boot.to_be_bytes());
+    p
 }
 
 /// Turns committed entries into events for the Store.
@@ -1765,7 +1802,16 @@ impl Actor for MultiRaft {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.myself = Some(ctx.address().recipient());
-        ctx.run_interval(self.settings.tick_interval, |mr, ctx| {
+        let interval = self.settings.tick_interval;
+        let mut last = Instant::now();
+        ctx.run_interval(interval, move |mr, ctx| {
+            // Ticks missed while the process was held up are dropped, not run back to back:
+            // election timeouts, and the leases that rely on them, count ticks as time.
+            let now = Instant::now();
+            if now.duration_since(last) < interval / 2 {
+                return;
+            }
+            last = now;
             mr.on_tick();
             // Events the Store could not take yet are retried even when no group is busy.
             if !mr.dirty.is_empty() || !mr.outbox.is_empty() || !mr.pings.is_empty() {
@@ -1992,7 +2038,6 @@ impl Handler<RaftBatch> for MultiRaft {
             .into_iter()
             .map(|h| (h.range, h.quiesce, h.into_message()));
         let messages = batch.messages.into_iter().map(|(r, m)| (r, false, m));
-        let now = Instant::now();
         for (range, quiesce, m) in messages.chain(heartbeats) {
             if ReplicaId(m.to).node() != self.node || self.destroying.contains(&range) {
                 continue;
@@ -2054,7 +2099,7 @@ impl Handler<RaftBatch> for MultiRaft {
                 // have acknowledged a leader's lease before a restart (see "Leases").
                 continue;
             }
-            let leased = kind == MessageType::MsgReadIndex && g.holds_lease(now);
+            let leased = kind == MessageType::MsgReadIndex && g.holds_lease(Instant::now());
             if leased {
                 self.metrics.reads_leased.fetch_add(1, Ordering::Relaxed);
                 g.node.raft.read_only.option = ReadOnlyOption::LeaseBased;

@@ -467,22 +467,36 @@ impl Store {
     }
 
     /// Whether a read of `range` may be served from this Store's state as it is, without a
-    /// read index. True for a range whose only voter is this node, led from here, that has
-    /// applied an entry of its leader's term (so everything committed before it) and every
-    /// event MultiRaft has handed over: no other node can then commit anything in the range,
-    /// and every write this node committed is applied here, so the state holds every write
-    /// acknowledged anywhere. Any change of that (a voter added, a new leader) reaches this
-    /// Store as an event before raft lets another node act on it.
+    /// read index. True for a range led from here that has applied an entry of its leader's
+    /// term (so everything committed before it) and every event MultiRaft has handed over, if
+    /// no other replica can be leading it: its only voter is this node, or MultiRaft holds a
+    /// lease of this term with time to spare (see "Leases" in `multiraft`). Every write this
+    /// node committed is then applied here, and so every write acknowledged anywhere (a
+    /// follower learns that an entry is committed only after this node handed it over), and no
+    /// other node can commit anything in the range. Any change of that (a voter added, a new
+    /// leader) reaches this Store as an event before raft lets another node act on it.
     fn serves_locally(&self, range: RangeId) -> bool {
         let Some(r) = self.ranges.get(&range) else {
             return false;
         };
         let voters = &r.descriptor.voters;
-        voters.len() == 1
-            && voters[0].node() == self.node
-            && r.leader == Some(self.node)
+        let alone = voters.len() == 1 && voters[0].node() == self.node;
+        let leased = || {
+            let leases = self.raft_metrics.leases.lock().expect("leases");
+            leases
+                .get(&range)
+                .is_some_and(|&(term, until)| term == r.term && Instant::now() < until)
+        };
+        let local = r.leader == Some(self.node)
             && r.applied.term == r.term
             && self.events_applied >= self.raft_metrics.events_handed.load(Ordering::Acquire)
+            && (alone || leased());
+        if local && !alone {
+            self.raft_metrics
+                .reads_leased
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        local
     }
 
     /// A user key's value in the state this Store has applied.
@@ -1321,7 +1335,7 @@ mod tests {
     }
 
     #[test]
-    fn a_single_voter_range_is_read_locally_only_while_nothing_can_have_moved_on() {
+    fn a_range_alone_or_under_a_lease_is_read_locally_only_while_nothing_can_have_moved_on() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _reports) = store(dir.path());
         let range = RangeId(1);
@@ -1369,6 +1383,17 @@ mod tests {
         }])
         .unwrap();
         assert!(!s.serves_locally(range), "two voters");
+        // Unless MultiRaft holds a lease of this term with time to spare.
+        let lease = |s: &Store, term: u64, until: Instant| {
+            let mut leases = s.raft_metrics.leases.lock().unwrap();
+            leases.insert(range, (term, until));
+        };
+        lease(&s, 6, Instant::now() + Duration::from_secs(60));
+        assert!(s.serves_locally(range), "two voters and a lease");
+        lease(&s, 5, Instant::now() + Duration::from_secs(60));
+        assert!(!s.serves_locally(range), "a lease of an earlier term");
+        lease(&s, 6, Instant::now());
+        assert!(!s.serves_locally(range), "a lease run out");
 
         // Nor is one led from another node (as this Store last heard).
         let other_dir = tempfile::tempdir().unwrap();
