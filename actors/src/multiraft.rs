@@ -82,8 +82,9 @@
 //!
 //! Why it is sound: a voter that acknowledged the leader grants no vote to another replica
 //! for an election timeout of its own ticks (raft's `check_quorum` lease), and a replica that
-//! never acknowledged it cannot win without one that did. Ticks missed while a process was
-//! held up are dropped rather than run back to back, so ticks never run ahead of the clock.
+//! never acknowledged it cannot win without one that did. Each tick comes a tick interval
+//! after the last was handled (ticks missed while a process was held up are not run back to
+//! back), so an election timeout of ticks lasts at least `election_ticks - 1` intervals.
 //! A node that restarts forgets which leaders it acknowledged, so it grants no vote until it
 //! has ticked for an election timeout. A leader's transferee campaigns without waiting and is
 //! voted for regardless of leases: a leader that sends `MsgTimeoutNow` holds no lease for the
@@ -759,6 +760,7 @@ impl MultiRaft {
         let Some(g) = self.groups.remove(&range) else {
             return;
         };
+        self.metrics.leases.lock().expect("leases").remove(&range);
         self.unapplied = self.unapplied.saturating_sub(g.handed - g.applied);
         self.dirty.remove(&range);
         let queued = g.queued_changes.into_iter().map(|(h, _)| h);
@@ -851,6 +853,20 @@ impl MultiRaft {
             false => election / 2,
             true => election * 20,
         }
+    }
+
+    /// The next tick, a tick interval after this one was handled. Never sooner: an interval
+    /// timer would run the ticks missed while the process was held up back to back, and
+    /// election timeouts, and the leases that rely on them, count ticks as time.
+    fn schedule_tick(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_later(self.settings.tick_interval, |mr, ctx| {
+            mr.on_tick();
+            // Events the Store could not take yet are retried even when no group is busy.
+            if !mr.dirty.is_empty() || !mr.outbox.is_empty() || !mr.pings.is_empty() {
+                mr.schedule_round(ctx);
+            }
+            mr.schedule_tick(ctx);
+        });
     }
 
     fn schedule_round(&mut self, ctx: &mut Context<Self>) {
@@ -1090,6 +1106,9 @@ impl MultiRaft {
             }
             if let Some(ss) = rd.ss() {
                 if ss.leader_id != g.leader {
+                    if g.lease.take().is_some() {
+                        self.metrics.leases.lock().expect("leases").remove(&range);
+                    }
                     g.leader = ss.leader_id;
                     if ss.leader_id != 0 {
                         let term = g.node.raft.term;
@@ -1802,22 +1821,7 @@ impl Actor for MultiRaft {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.myself = Some(ctx.address().recipient());
-        let interval = self.settings.tick_interval;
-        let mut last = Instant::now();
-        ctx.run_interval(interval, move |mr, ctx| {
-            // Ticks missed while the process was held up are dropped, not run back to back:
-            // election timeouts, and the leases that rely on them, count ticks as time.
-            let now = Instant::now();
-            if now.duration_since(last) < interval / 2 {
-                return;
-            }
-            last = now;
-            mr.on_tick();
-            // Events the Store could not take yet are retried even when no group is busy.
-            if !mr.dirty.is_empty() || !mr.outbox.is_empty() || !mr.pings.is_empty() {
-                mr.schedule_round(ctx);
-            }
-        });
+        self.schedule_tick(ctx);
         // Single-replica ranges elect themselves at once instead of after an election timeout.
         for g in self.groups.values_mut() {
             let cs = g.node.store().conf_state();

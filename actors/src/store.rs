@@ -487,16 +487,10 @@ impl Store {
                 .get(&range)
                 .is_some_and(|&(term, until)| term == r.term && Instant::now() < until)
         };
-        let local = r.leader == Some(self.node)
+        r.leader == Some(self.node)
             && r.applied.term == r.term
             && self.events_applied >= self.raft_metrics.events_handed.load(Ordering::Acquire)
-            && (alone || leased());
-        if local && !alone {
-            self.raft_metrics
-                .reads_leased
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        local
+            && (alone || leased())
     }
 
     /// A user key's value in the state this Store has applied.
@@ -1060,6 +1054,15 @@ impl Handler<Read> for Store {
         if self.settings.bugs.reads_without_read_index
             || parts.keys().all(|&range| self.serves_locally(range))
         {
+            let leased = parts
+                .keys()
+                .filter(|r| {
+                    self.ranges
+                        .get(r)
+                        .is_some_and(|r| r.descriptor.voters.len() > 1)
+                })
+                .count();
+            (self.raft_metrics.reads_leased).fetch_add(leased as u64, Ordering::Relaxed);
             let values = self.values(&msg.keys);
             return Box::pin(async move { values });
         }
