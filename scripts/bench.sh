@@ -131,21 +131,21 @@ start_cluster() {
     pids+=($!)
   done
   for n in 1 2 3; do await_port "$((BASE + n))" "$work/n$n.log"; done
-  local deadline=$(($(now_ms) + 30000))
-  until [ "$(redis-cli -p "$CLUSTER" flotilla ranges | grep -c 'leader=n[0-9]')" = 5 ]; do
-    if [ "$(now_ms)" -gt "$deadline" ]; then
-      echo "bench.sh: the cluster has not elected a leader for every range in 30 s" >&2
-      exit 1
-    fi
-    sleep 0.1
-  done
+  await_ranges 'leader=n[0-9]' "the cluster has not elected a leader for every range"
   # Every range led by node 1, the node the loads go through, as a client that routes its
   # requests to the leaders would have it: where elections put leadership varies from run to
   # run, and with it the hops a request takes (runs differed by up to 2x).
   redis-cli -p "$CLUSTER" flotilla transferleader all 1 > /dev/null
-  until [ "$(redis-cli -p "$CLUSTER" flotilla ranges | grep -c 'leader=n1')" = 5 ]; do
+  await_ranges 'leader=n1' "leadership did not move to node 1"
+}
+
+# await_ranges PATTERN FAILURE: waits up to 30 s until all 5 ranges of FLOTILLA RANGES on node
+# 1 match PATTERN; exits with FAILURE otherwise.
+await_ranges() {
+  local deadline=$(($(now_ms) + 30000))
+  until [ "$(redis-cli -p "$CLUSTER" flotilla ranges | grep -c "$1")" = 5 ]; do
     if [ "$(now_ms)" -gt "$deadline" ]; then
-      echo "bench.sh: leadership did not move to node 1 in 30 s" >&2
+      echo "bench.sh: $2 in 30 s" >&2
       exit 1
     fi
     sleep 0.1
