@@ -1385,6 +1385,19 @@ impl MultiRaft {
             log::info!("{}: node {n} is not answering", self.node);
             self.live.remove(&n);
             self.wake_led_by(n);
+            for g in self.groups.values_mut() {
+                let raft = &mut g.node.raft;
+                if raft.state == StateRole::Follower
+                    && raft.leader_id != 0
+                    && ReplicaId(raft.leader_id).node() == n
+                {
+                    // Not heard from for an election timeout of this node's ticks: as if this
+                    // replica had ticked through one (its promise to the leader, on which the
+                    // leader's lease rests, is kept), so it campaigns, and votes, without
+                    // waiting for another.
+                    raft.election_elapsed = raft.election_timeout();
+                }
+            }
             for (range, g) in self.groups.iter_mut() {
                 if g.quiescent && g.is_leader() && !g.has_live_quorum(&self.live) {
                     g.quiescent = false;
