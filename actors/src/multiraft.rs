@@ -1393,8 +1393,8 @@ impl MultiRaft {
                 {
                     // Not heard from for an election timeout of this node's ticks: as if this
                     // replica had ticked through one (its promise to the leader, on which the
-                    // leader's lease rests, is kept), so it campaigns, and votes, without
-                    // waiting for another.
+                    // leader's lease rests, is kept). It votes at once, and campaigns after
+                    // only the random part of its timeout, instead of a whole timeout more.
                     raft.election_elapsed = raft.election_timeout();
                 }
             }
