@@ -342,33 +342,45 @@ impl Group {
     }
 
     /// Asks raft for a read index for `reads`: at once from the lease if `leased`, else
-    /// confirmed by a quorum's heartbeats, which renews the lease on a leader.
+    /// confirmed by a quorum's heartbeats, which renews the lease on a leader. Takes the context
+    /// from `next_context`, which it advances.
     fn read_index(
         &mut self,
         prefix: &[u8; 16],
-        context: u64,
+        next_context: &mut u64,
         reads: Vec<(ReadId, u64)>,
         tick: u64,
         leased: bool,
         now: Instant,
     ) {
+        let context = *next_context;
+        *next_context += 1;
         let mut ctx = prefix.to_vec();
         ctx.extend_from_slice(&context.to_be_bytes());
         let renews = (!leased && self.lease_runs_out(now, Duration::MAX))
             .then_some((self.node.raft.term, now));
-        self.node.raft.read_only.option = if leased {
-            ReadOnlyOption::LeaseBased
-        } else {
-            ReadOnlyOption::Safe
-        };
-        self.node.read_index(ctx);
-        self.node.raft.read_only.option = ReadOnlyOption::Safe;
+        self.with_read_option(leased, |node| node.read_index(ctx));
         self.reads_in_flight.push(PendingRead {
             context,
             reads,
             issued_tick: tick,
             renews,
         });
+    }
+
+    /// Runs `f` with raft's read option `LeaseBased` if `leased` (a read index is then given at
+    /// once), `Safe` otherwise; it stays `Safe` in between.
+    fn with_read_option<T>(
+        &mut self,
+        leased: bool,
+        f: impl FnOnce(&mut RawNode<RangeStorage>) -> T,
+    ) -> T {
+        if leased {
+            self.node.raft.read_only.option = ReadOnlyOption::LeaseBased;
+        }
+        let result = f(&mut self.node);
+        self.node.raft.read_only.option = ReadOnlyOption::Safe;
+        result
     }
 
     /// Whether a majority of the voters are this replica or on live nodes.
@@ -1065,22 +1077,14 @@ impl MultiRaft {
                         self.metrics.reads_leased.fetch_add(1, Ordering::Relaxed);
                     }
                     let reads = std::mem::take(&mut g.new_reads);
-                    g.read_index(
-                        &prefix,
-                        self.next_read_context,
-                        reads,
-                        self.ticks,
-                        leased,
-                        now,
-                    );
-                    self.next_read_context += 1;
+                    let context = &mut self.next_read_context;
+                    g.read_index(&prefix, context, reads, self.ticks, leased, now);
                 }
                 // Renewed before it runs out (unless the reads just asked renew it), so that
                 // reads keep being served from it.
                 if g.lease_runs_out(now, lease / 2) {
-                    let context = self.next_read_context;
+                    let context = &mut self.next_read_context;
                     g.read_index(&prefix, context, Vec::new(), self.ticks, false, now);
-                    self.next_read_context += 1;
                 }
             }
             tell_proposers(g);
@@ -1384,22 +1388,18 @@ impl MultiRaft {
         for n in dead {
             log::info!("{}: node {n} is not answering", self.node);
             self.live.remove(&n);
-            self.wake_led_by(n);
-            for g in self.groups.values_mut() {
-                let raft = &mut g.node.raft;
-                if raft.state == StateRole::Follower
-                    && raft.leader_id != 0
-                    && ReplicaId(raft.leader_id).node() == n
-                {
+            for (range, g) in self.groups.iter_mut() {
+                let leader = g.node.raft.leader_id;
+                let led_by_dead = leader != 0 && ReplicaId(leader).node() == n;
+                if led_by_dead && g.node.raft.state == StateRole::Follower {
                     // Not heard from for an election timeout of this node's ticks: as if this
                     // replica had ticked through one (its promise to the leader, on which the
                     // leader's lease rests, is kept). It votes at once, and campaigns after
                     // only the random part of its timeout, instead of a whole timeout more.
-                    raft.election_elapsed = raft.election_timeout();
+                    g.node.raft.election_elapsed = g.node.raft.election_timeout();
                 }
-            }
-            for (range, g) in self.groups.iter_mut() {
-                if g.quiescent && g.is_leader() && !g.has_live_quorum(&self.live) {
+                let orphaned = g.is_leader() && !g.has_live_quorum(&self.live);
+                if g.quiescent && (led_by_dead || orphaned) {
                     g.quiescent = false;
                     self.dirty.insert(*range);
                 }
@@ -2119,20 +2119,18 @@ impl Handler<RaftBatch> for MultiRaft {
             let leased = kind == MessageType::MsgReadIndex && g.holds_lease(Instant::now());
             if leased {
                 self.metrics.reads_leased.fetch_add(1, Ordering::Relaxed);
-                g.node.raft.read_only.option = ReadOnlyOption::LeaseBased;
             }
-            if let Err(e) = g.node.step(m) {
+            if let Err(e) = g.with_read_option(leased, |node| node.step(m)) {
                 log::debug!("{}: {range}: step: {e}", self.node);
             }
-            g.node.raft.read_only.option = ReadOnlyOption::Safe;
             if kind == MessageType::MsgReadIndex && g.is_leader() {
                 g.renew_lease = true;
-            }
-            if kind == MessageType::MsgReadIndex && g.is_leader() && from != g.replica.0 {
-                // The read index is this commit index: the follower serves the read once it
-                // has applied that far, so it must learn it.
-                let committed = g.node.raft.raft_log.committed;
-                g.awaits_commit(from, committed, committed);
+                if from != g.replica.0 {
+                    // The read index is this commit index: the follower serves the read once
+                    // it has applied that far, so it must learn it.
+                    let committed = g.node.raft.raft_log.committed;
+                    g.awaits_commit(from, committed, committed);
+                }
             }
             g.quiescent = match kind {
                 // A quiescing leader's heartbeat: follow it if this replica has its whole log.
