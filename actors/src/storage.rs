@@ -26,12 +26,27 @@
 //! | key | value |
 //! | --- | --- |
 //! | `'r' · range · 'c'` | index of the change that made it, conf state (protobuf) |
-//! | `'r' · range · 'a'` | applied index and term, then the last command applied from each proposer (bincode [`Proposers`], left out while empty) |
+//! | `'r' · range · 'a'` | applied state: applied index and term, then the last command applied from each proposer (bincode [`Proposers`], left out while empty); older than any record below |
 //! | `'r' · range · 'd'` | range descriptor (bincode) |
 //! | `'r' · range · 'x'` | tombstone: the replica removed from this node (8 bytes) |
 //! | `'k' · user key` | user value |
+//! | `'a' · seq` | a record of applied states: for each range, range (8 bytes), length (4 bytes) and its applied state as above (empty: the range was removed) |
 //!
-//! The leading `'r'`/`'k'` keeps range state and user data apart whatever the range id.
+//! The leading `'r'`/`'k'`/`'a'` keeps range state, user data and records apart whatever the
+//! range id.
+//!
+//! # Applied states
+//!
+//! Each sled batch that applies entries writes the applied state of every range it applies to.
+//! With thousands of ranges, a batch applies one or two entries to each of hundreds of ranges,
+//! and a key per range would double what sled writes. So a batch writes the states as records
+//! of up to [`RECORD_STATES`] states, `'a' · seq`, the sequence numbers following the order of
+//! the writes. A range's
+//! state is the one in the newest record that has it, else its `'r' · range · 'a'` key.
+//! [`AppliedLog`] keeps, in memory, which record holds each range's newest state: a record none
+//! of whose states is the newest any more is deleted, and once more than [`APPLIED_RECORDS`]
+//! are kept, the oldest is retired: the newest states it still holds go to their ranges' keys,
+//! in the same batch that deletes it.
 //!
 //! # Durability and the order of writes
 //!
@@ -58,7 +73,7 @@ use protobuf::Message as ProtoMessage;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -212,6 +227,17 @@ pub mod keys {
     /// The node's last boot (8 bytes).
     pub const BOOT: &[u8] = b"n-boot";
 
+    /// The prefix of the records of applied states.
+    pub const RECORDS: &[u8] = b"a";
+
+    /// `'a' · seq`: a record of applied states.
+    pub fn record(seq: u64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(9);
+        k.extend_from_slice(RECORDS);
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
     /// `'k' · user key`.
     pub fn user_key(key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(key.len() + 1);
@@ -249,6 +275,9 @@ pub struct Engine {
     /// Odd while [`Engine::commit`] applies a round's sled part (a snapshot's data, conf
     /// states), one more when it is done: see [`Engine::data_writes`].
     data_writes: AtomicU64,
+    /// Held while a write with applied states is recorded and applied, so that records are
+    /// applied in the order of their sequence numbers.
+    applied: Mutex<AppliedLog>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -285,6 +314,7 @@ impl Engine {
                 return Err(StorageError::OldFormat(dir.display().to_string()));
             }
         }
+        let applied = AppliedLog::recover(&tree)?;
         let db_file = File::open(dir.join("db"))?;
         let log = raft_engine::Engine::open(raft_engine::Config {
             dir: dir.join("raft").to_string_lossy().into_owned(),
@@ -306,6 +336,7 @@ impl Engine {
             synced_blobs: Mutex::new(HashSet::new()),
             durable,
             data_writes: AtomicU64::new(0),
+            applied: Mutex::new(applied),
         };
         // Durable, with the files sled just created.
         engine.boot = engine.raise_boot(0)?;
@@ -320,9 +351,21 @@ impl Engine {
         &self.tree
     }
 
-    /// Applies a sled batch atomically (visible at once, durable after [`Engine::sync`]).
-    pub fn write(&self, batch: sled::Batch) -> Result<(), StorageError> {
-        self.tree.apply_batch(batch)?;
+    /// Applies a sled batch with applied states atomically (visible at once, durable after
+    /// [`Engine::sync`]).
+    pub fn write(&self, mut batch: sled::Batch, states: AppliedStates) -> Result<(), StorageError> {
+        if states.0.is_empty() {
+            self.tree.apply_batch(batch)?;
+        } else {
+            let mut log = self.applied.lock().expect("applied log");
+            log.record(states, &mut batch);
+            if let Err(e) = self.tree.apply_batch(batch) {
+                // The records kept in memory no longer match sled's. Both writers stop their
+                // node on a storage error; this stops the other one's writes too (the lock is
+                // poisoned), before any retires a record that was never written.
+                panic!("storage: writing applied states failed: {e}");
+            }
+        }
         Ok(())
     }
 
@@ -333,15 +376,16 @@ impl Engine {
         let sync_data = batch.needs_data_sync();
         let WriteBatch {
             data,
+            applied,
             has_data,
             mut log,
             ..
         } = batch;
         if has_data {
             self.data_writes.fetch_add(1, Ordering::SeqCst);
-            let applied = self.tree.apply_batch(data);
+            let written = self.write(data, applied);
             self.data_writes.fetch_add(1, Ordering::SeqCst);
-            applied?;
+            written?;
         }
         if sync_data {
             self.sync()?;
@@ -538,7 +582,11 @@ impl Engine {
         replica: ReplicaId,
         span: Option<(&[u8], &[u8])>,
         batch: &mut sled::Batch,
+        states: &mut AppliedStates,
     ) -> Result<(), StorageError> {
+        // Its applied state too: the removal is recorded, so that no older record of the
+        // range counts after a restart.
+        states.0.push((range, Vec::new()));
         for item in self.tree.scan_prefix(keys::range_prefix(range)) {
             let (k, _) = item?;
             batch.remove(k);
@@ -557,30 +605,23 @@ impl Engine {
         Ok(())
     }
 
-    /// The applied index and term of a range and the last command it applied from each proposer,
-    /// in one read of their key (zero and none when nothing was applied).
+    /// The applied index and term of a range and the last command applied from each proposer
+    /// (zero and none when nothing was applied): in the newest record that has them, else in
+    /// the range's key.
     pub fn applied_state(&self, range: RangeId) -> Result<(LogPosition, Proposers), StorageError> {
+        let log = self.applied.lock().expect("applied log");
+        if let Some((_, v)) = log.newest.get(&range) {
+            return decode_applied(v);
+        }
         match self.tree.get(keys::range_key(range, keys::APPLIED))? {
-            Some(v) => {
-                let applied = LogPosition::decode("applied state", v.get(..16).unwrap_or(&v))?;
-                let proposers = match v.get(16..) {
-                    Some(rest) if !rest.is_empty() => {
-                        codec::decode(rest).map_err(|e| corrupt("proposers", e))?
-                    }
-                    _ => Proposers::new(),
-                };
-                Ok((applied, proposers))
-            }
-            None => Ok((LogPosition::default(), Proposers::new())),
+            Some(v) => decode_applied(&v),
+            None => decode_applied(&[]),
         }
     }
 
     /// The applied index and term of a range (zero when nothing was applied).
     pub fn applied(&self, range: RangeId) -> Result<LogPosition, StorageError> {
-        match self.tree.get(keys::range_key(range, keys::APPLIED))? {
-            Some(v) => LogPosition::decode("applied state", v.get(..16).unwrap_or(&v)),
-            None => Ok(LogPosition::default()),
-        }
+        Ok(self.applied_state(range)?.0)
     }
 
     /// Every log entry stored for a range, in index order (for inspection and tests).
@@ -642,25 +683,186 @@ impl Engine {
             keys::range_key(range, keys::CONF_STATE),
             conf_state_value(BOOTSTRAP_INDEX, &cs),
         );
-        put_applied(data, range, start, &Proposers::new());
+        // A new range: no record has a state of it.
+        data.insert(
+            keys::range_key(range, keys::APPLIED),
+            applied_value(start, &Proposers::new()),
+        );
         put_descriptor(data, descriptor);
         Ok(())
     }
 }
 
-/// Puts the applied position of a range, with the last command applied from each proposer,
-/// into a batch: one key, written with every batch that applies to the range.
-pub fn put_applied(
-    batch: &mut sled::Batch,
-    range: RangeId,
-    applied: LogPosition,
-    proposers: &Proposers,
-) {
+/// A range's applied state as stored: applied index and term, then the last command applied
+/// from each proposer (left out while there is none).
+fn applied_value(applied: LogPosition, proposers: &Proposers) -> Vec<u8> {
     let mut v = applied.encode().to_vec();
     if !proposers.is_empty() {
         v.extend_from_slice(&codec::encode(proposers));
     }
-    batch.insert(keys::range_key(range, keys::APPLIED), v);
+    v
+}
+
+/// Decodes [`applied_value`]; empty (nothing applied, or the range removed): zero and none.
+fn decode_applied(v: &[u8]) -> Result<(LogPosition, Proposers), StorageError> {
+    if v.is_empty() {
+        return Ok((LogPosition::default(), Proposers::new()));
+    }
+    let applied = LogPosition::decode("applied state", v.get(..16).unwrap_or(v))?;
+    let proposers = match v.get(16..) {
+        Some(rest) if !rest.is_empty() => {
+            codec::decode(rest).map_err(|e| corrupt("proposers", e))?
+        }
+        _ => Proposers::new(),
+    };
+    Ok((applied, proposers))
+}
+
+/// Applied states to write with a batch: each range's applied position and the last command
+/// applied from each proposer (see "Applied states").
+#[derive(Debug, Default)]
+pub struct AppliedStates(Vec<(RangeId, Vec<u8>)>);
+
+impl AppliedStates {
+    /// Adds a range's applied state.
+    pub fn put(&mut self, range: RangeId, applied: LogPosition, proposers: &Proposers) {
+        self.0.push((range, applied_value(applied, proposers)));
+    }
+}
+
+/// How many applied states a record holds at most: a write with more makes several records.
+/// sled keeps up to 16 keys in a leaf and writes a leaf whole every few changes, in a file of
+/// its own past 128 KiB; records of this size keep their leaves well below that.
+const RECORD_STATES: usize = 32;
+
+/// How many records are kept before the oldest is retired: 65,536 states. Under a load spread
+/// over 10,000 ranges, a range whose state is in a record is written again long before it is
+/// retired, so that few states are left to retire.
+const APPLIED_RECORDS: usize = 2048;
+
+/// Which record holds each range's newest applied state (see "Applied states").
+#[derive(Default)]
+struct AppliedLog {
+    /// The next record's sequence number.
+    next: u64,
+    /// The records kept, oldest first: the ranges whose state each one holds, and how many of
+    /// those states are still their range's newest.
+    records: BTreeMap<u64, (Vec<RangeId>, usize)>,
+    /// The ranges whose newest state is in a record: that record, and the state.
+    newest: HashMap<RangeId, (u64, Vec<u8>)>,
+}
+
+impl AppliedLog {
+    /// Reads the records in sled; deletes those that hold no newest state.
+    fn recover(tree: &sled::Tree) -> Result<AppliedLog, StorageError> {
+        let mut log = AppliedLog {
+            next: 1,
+            ..AppliedLog::default()
+        };
+        let mut dead = sled::Batch::default();
+        for item in tree.scan_prefix(keys::RECORDS) {
+            let (k, v) = item?;
+            let seq = k
+                .get(1..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt("record of applied states", "its key"))?;
+            let mut ranges = Vec::new();
+            let mut rest = &v[..];
+            while !rest.is_empty() {
+                let (range, len) = match (rest.get(..8), rest.get(8..12)) {
+                    (Some(r), Some(l)) => (
+                        u64::from_be_bytes(r.try_into().expect("8 bytes")),
+                        u32::from_be_bytes(l.try_into().expect("4 bytes")) as usize,
+                    ),
+                    _ => return Err(corrupt("record of applied states", "a cut entry")),
+                };
+                let state = rest
+                    .get(12..12 + len)
+                    .ok_or_else(|| corrupt("record of applied states", "a cut state"))?;
+                log.note(RangeId(range), seq, state.to_vec(), &mut ranges, &mut dead);
+                rest = &rest[12 + len..];
+            }
+            log.keep(seq, ranges, &mut dead);
+            log.next = seq + 1;
+        }
+        tree.apply_batch(dead)?;
+        Ok(log)
+    }
+
+    /// Puts `states` into `batch` as the next records, and deletes or retires older records.
+    fn record(&mut self, states: AppliedStates, batch: &mut sled::Batch) {
+        let mut states = states.0.into_iter().peekable();
+        while states.peek().is_some() {
+            let seq = self.next;
+            self.next += 1;
+            let mut value = Vec::new();
+            let mut ranges = Vec::new();
+            for (range, state) in states.by_ref().take(RECORD_STATES) {
+                value.extend_from_slice(&range.0.to_be_bytes());
+                value.extend_from_slice(&(state.len() as u32).to_be_bytes());
+                value.extend_from_slice(&state);
+                if state.is_empty() {
+                    // The range's key goes too, even if a write of the other thread retired
+                    // a state to it after the range's keys were listed for their deletion.
+                    batch.remove(keys::range_key(range, keys::APPLIED));
+                }
+                self.note(range, seq, state, &mut ranges, batch);
+            }
+            batch.insert(keys::record(seq), value);
+            self.keep(seq, ranges, batch);
+        }
+        while self.records.len() > APPLIED_RECORDS {
+            let Some((old, (ranges, _))) = self.records.pop_first() else {
+                break;
+            };
+            for range in ranges {
+                if self.newest.get(&range).is_some_and(|(s, _)| *s == old) {
+                    let (_, state) = self.newest.remove(&range).expect("just seen");
+                    // A removal needs no key: no older record is left.
+                    if !state.is_empty() {
+                        batch.insert(keys::range_key(range, keys::APPLIED), state);
+                    }
+                }
+            }
+            batch.remove(keys::record(old));
+        }
+    }
+
+    /// Record `seq` holds `range`'s newest state; the record that held it may go.
+    fn note(
+        &mut self,
+        range: RangeId,
+        seq: u64,
+        state: Vec<u8>,
+        ranges: &mut Vec<RangeId>,
+        batch: &mut sled::Batch,
+    ) {
+        match self.newest.insert(range, (seq, state)) {
+            Some((s, _)) if s == seq => {} // twice in one record: the second counts
+            Some((s, _)) => {
+                ranges.push(range);
+                if let Some((_, live)) = self.records.get_mut(&s) {
+                    *live -= 1;
+                    if *live == 0 {
+                        self.records.remove(&s);
+                        batch.remove(keys::record(s));
+                    }
+                }
+            }
+            None => ranges.push(range),
+        }
+    }
+
+    /// Keeps record `seq`, holding the newest states of `ranges`; or deletes it if none.
+    fn keep(&mut self, seq: u64, ranges: Vec<RangeId>, batch: &mut sled::Batch) {
+        if ranges.is_empty() {
+            batch.remove(keys::record(seq));
+        } else {
+            let live = ranges.len();
+            self.records.insert(seq, (ranges, live));
+        }
+    }
 }
 
 /// Puts a range descriptor into a batch.
@@ -706,6 +908,8 @@ const LOG_PURGE_MB: u64 = 1024;
 #[derive(Default)]
 pub struct WriteBatch {
     data: sled::Batch,
+    /// Written with `data`.
+    applied: AppliedStates,
     has_data: bool,
     data_sync: bool,
     log: raft_engine::LogBatch,
@@ -1007,9 +1211,9 @@ impl RangeStorage {
             for (k, v) in &data.pairs {
                 kv.insert(keys::user_key(k), v.as_slice());
             }
-            put_applied(kv, self.range, at, &data.proposers);
             put_descriptor(kv, d);
         }
+        batch.applied.put(self.range, at, &data.proposers);
         batch.clean_log(self.range);
         batch.put_truncated(self.range, at);
         self.truncated = at;
@@ -1247,7 +1451,7 @@ mod tests {
             // Where versions before the raft engine kept a range's hard state.
             let mut batch = sled::Batch::default();
             batch.insert(keys::range_key(RangeId(7), b'h'), b"".as_slice());
-            engine.write(batch).unwrap();
+            engine.write(batch, AppliedStates::default()).unwrap();
             engine.sync().unwrap();
         }
         let err = Engine::open(dir.path(), 16 << 20).unwrap_err();
@@ -1412,16 +1616,17 @@ mod tests {
 
         let d = descriptor();
         let replica = ReplicaId::new(NodeId(2), 0);
-        let mut batch = WriteBatch::default();
+        let (mut batch, mut states) = (sled::Batch::default(), AppliedStates::default());
         engine
             .stage_destroy(
                 d.id,
                 replica,
                 Some((&d.start_key, &d.end_key)),
-                batch.data(),
+                &mut batch,
+                &mut states,
             )
             .unwrap();
-        engine.commit(batch).unwrap();
+        engine.write(batch, states).unwrap();
 
         assert_eq!(engine.descriptors().unwrap(), vec![other.clone()]);
         assert_eq!(
@@ -1580,7 +1785,7 @@ mod tests {
                 let mut batch = WriteBatch::default();
                 s.stage_snapshot(&snapshot_at_20(), &mut batch).unwrap();
                 // The sled part is written and synced first; the crash comes before the log.
-                engine.tree().apply_batch(batch.data).unwrap();
+                engine.write(batch.data, batch.applied).unwrap();
                 engine.sync().unwrap();
             }
             let engine = Engine::open(dir.path(), 16 << 20).unwrap();
@@ -1612,19 +1817,149 @@ mod tests {
             let (engine, mut s) = bootstrapped(dir.path());
             append(&engine, &mut s, (6..=25).map(|i| entry(i, 6)).collect());
             // The Store applied up to 20.
-            let mut batch = sled::Batch::default();
-            put_applied(
-                &mut batch,
+            let mut states = AppliedStates::default();
+            states.put(
                 RangeId(7),
                 LogPosition { index: 20, term: 6 },
                 &Proposers::new(),
             );
-            engine.write(batch).unwrap();
+            engine.write(sled::Batch::default(), states).unwrap();
             engine.sync().unwrap();
         }
         let engine = Engine::open(dir.path(), 16 << 20).unwrap();
         let s = RangeStorage::load(engine, RangeId(7)).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (6, 25));
+    }
+
+    /// Writes applied states for `ranges` at `index` (term 6) in one batch, as the Store does.
+    fn write_applied(engine: &Engine, ranges: &[u64], index: u64) {
+        let mut states = AppliedStates::default();
+        for &r in ranges {
+            let proposers = Proposers::from([(NodeId(2), (1, index))]);
+            states.put(RangeId(r), LogPosition { index, term: 6 }, &proposers);
+        }
+        engine.write(sled::Batch::default(), states).unwrap();
+    }
+
+    fn records(engine: &Engine) -> usize {
+        engine.tree().scan_prefix(keys::RECORDS).count()
+    }
+
+    #[test]
+    fn applied_states_are_recorded_per_batch_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = APPLIED_RECORDS as u64 + 5;
+        // Ranges 1 and 2 and 100 more: four records.
+        let first: Vec<u64> = [1, 2].into_iter().chain(1000..1100).collect();
+        {
+            let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+            write_applied(&engine, &first, 10);
+            assert_eq!(records(&engine), 4);
+            // Range 2 in every batch, with a range written only then.
+            for i in 1..=n {
+                write_applied(&engine, &[2, 10_000 + i], 10 + i);
+                // A record whose states were all written again is deleted (here, range 2's
+                // before the last), and the oldest of too many records is retired.
+                assert_eq!(records(&engine), (4 + i as usize).min(APPLIED_RECORDS));
+            }
+            // The first records were retired: their states went to their ranges' keys.
+            for range in [1, 1000, 1099] {
+                let key = engine
+                    .tree()
+                    .get(keys::range_key(RangeId(range), keys::APPLIED));
+                assert!(key.unwrap().is_some(), "range {range}");
+            }
+            engine.sync().unwrap();
+        }
+        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let mut expected: Vec<(u64, u64)> = first.iter().map(|&r| (r, 10)).collect();
+        expected[1] = (2, 10 + n);
+        expected.extend((1..=n).map(|i| (10_000 + i, 10 + i)));
+        for (range, index) in expected {
+            assert_eq!(
+                engine.applied_state(RangeId(range)).unwrap(),
+                (
+                    LogPosition { index, term: 6 },
+                    Proposers::from([(NodeId(2), (1, index))])
+                ),
+                "range {range}"
+            );
+        }
+        assert_eq!(engine.applied(RangeId(99)).unwrap(), LogPosition::default());
+        // Writing goes on after the records found.
+        write_applied(&engine, &[2], 11 + n);
+        assert_eq!(engine.applied(RangeId(2)).unwrap().index, 11 + n);
+        assert_eq!(records(&engine), APPLIED_RECORDS);
+    }
+
+    #[test]
+    fn a_removed_range_has_no_applied_state_after_a_restart_until_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (engine, _) = bootstrapped(dir.path());
+            write_applied(&engine, &[7], 30);
+            let (mut batch, mut states) = (sled::Batch::default(), AppliedStates::default());
+            let d = descriptor();
+            engine
+                .stage_destroy(
+                    d.id,
+                    ReplicaId::new(NodeId(1), 0),
+                    Some((&d.start_key, &d.end_key)),
+                    &mut batch,
+                    &mut states,
+                )
+                .unwrap();
+            engine.write(batch, states).unwrap();
+            assert_eq!(engine.applied(RangeId(7)).unwrap(), LogPosition::default());
+            engine.sync().unwrap();
+        }
+        // The record of index 30 is still there, but the removal is newer.
+        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        assert_eq!(engine.applied(RangeId(7)).unwrap(), LogPosition::default());
+        // Added back, the range gets a snapshot, whose state counts however old it is.
+        let mut s = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
+        let mut batch = WriteBatch::default();
+        s.stage_snapshot(&snapshot_at_20(), &mut batch).unwrap();
+        engine.commit(batch).unwrap();
+        drop((s, engine));
+        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        assert_eq!(
+            engine.applied(RangeId(7)).unwrap(),
+            LogPosition { index: 20, term: 8 }
+        );
+    }
+
+    #[test]
+    fn a_range_removed_while_the_other_thread_retires_its_state_keeps_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let others = |from: u64| {
+            for i in 0..APPLIED_RECORDS as u64 {
+                write_applied(&engine, &[from + i], 10);
+            }
+        };
+        write_applied(&engine, &[8], 30);
+        // The Store lists the range's keys to delete: its state is in a record, not its key.
+        let (mut batch, mut states) = (sled::Batch::default(), AppliedStates::default());
+        let replica = ReplicaId::new(NodeId(1), 0);
+        engine
+            .stage_destroy(RangeId(8), replica, None, &mut batch, &mut states)
+            .unwrap();
+        // Meanwhile MultiRaft's writes retire that record: the state goes to the key.
+        others(20_000);
+        assert!(engine
+            .tree()
+            .get(keys::range_key(RangeId(8), keys::APPLIED))
+            .unwrap()
+            .is_some());
+        engine.write(batch, states).unwrap();
+        // The removal is retired in turn.
+        others(30_000);
+        assert_eq!(engine.applied(RangeId(8)).unwrap(), LogPosition::default());
+        engine.sync().unwrap();
+        drop(engine);
+        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        assert_eq!(engine.applied(RangeId(8)).unwrap(), LogPosition::default());
     }
 
     #[test]

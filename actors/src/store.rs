@@ -24,7 +24,7 @@ use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft, RaftMetrics};
 use crate::storage::{
-    put_applied, put_descriptor, Engine, LogPosition, Pair, Proposers, RangeDescriptor,
+    put_descriptor, AppliedStates, Engine, LogPosition, Pair, Proposers, RangeDescriptor,
     SnapshotData, StorageError,
 };
 use actix::prelude::*;
@@ -589,9 +589,10 @@ impl Store {
             self.routing.remove(start);
         }
         let mut batch = sled::Batch::default();
+        let mut states = AppliedStates::default();
         self.engine
-            .stage_destroy(range, replica, span, &mut batch)?;
-        self.engine.write(batch)?;
+            .stage_destroy(range, replica, span, &mut batch, &mut states)?;
+        self.engine.write(batch, states)?;
         log::info!(
             "{}: deleted the data of {range} (replica {replica})",
             self.node
@@ -648,18 +649,17 @@ impl Store {
 
     /// The writing half of [`Store::write_applied`]: the ranges written, to report.
     fn write_unwritten(&mut self) -> Result<BTreeSet<RangeId>, StorageError> {
-        let Unwritten {
-            mut batch, ranges, ..
-        } = std::mem::take(&mut self.unwritten);
+        let Unwritten { batch, ranges, .. } = std::mem::take(&mut self.unwritten);
         if ranges.is_empty() {
             return Ok(ranges);
         }
+        let mut states = AppliedStates::default();
         for range in &ranges {
             if let Some(r) = self.ranges.get(range) {
-                put_applied(&mut batch, *range, r.applied, &r.proposers);
+                states.put(*range, r.applied, &r.proposers);
             }
         }
-        self.engine.write(batch)?;
+        self.engine.write(batch, states)?;
         Ok(ranges)
     }
 
@@ -1413,7 +1413,7 @@ mod tests {
         let put = |s: &Store, value: &[u8]| {
             let mut batch = sled::Batch::default();
             batch.insert(crate::storage::keys::user_key(b"k"), value);
-            s.engine.write(batch).unwrap();
+            s.engine.write(batch, AppliedStates::default()).unwrap();
         };
         let read = |s: &mut Store| s.values(&[b"k".to_vec()]).unwrap().remove(0);
         put(&s, b"1");
