@@ -895,6 +895,13 @@ impl MultiRaft {
 
     /// Proposes now, or holds the proposal while the group awaits a membership callback.
     fn propose(&mut self, range: RangeId, proposal: ProposalId, payload: ProposalPayload) {
+        match payload {
+            ProposalPayload::Command(data) => self.propose_commands(range, vec![(proposal, data)]),
+            ProposalPayload::ChangeReplicas(cc) => self.propose_change(range, proposal, cc),
+        }
+    }
+
+    fn propose_change(&mut self, range: RangeId, proposal: ProposalId, cc: ConfChangeV2) {
         let Some(g) = self.groups.get_mut(&range) else {
             self.events.push(Event::ProposalFailed {
                 proposal,
@@ -903,41 +910,86 @@ impl MultiRaft {
             return;
         };
         g.quiescent = false;
-        let held = hold(g, Held::Local(proposal, payload), &self.bugs, &self.metrics);
-        let Some(Held::Local(proposal, payload)) = held else {
+        let held = Held::Local(proposal, ProposalPayload::ChangeReplicas(cc.clone()));
+        let Some(held) = hold(g, held, &self.bugs, &self.metrics) else {
             return;
         };
-        let result = match payload {
-            ProposalPayload::Command(data) => {
-                let result = g.node.propose(proposal.to_context(), data);
-                if result.is_ok() {
-                    g.in_doubt.insert(proposal, (g.node.raft.term, self.ticks));
-                }
-                result
+        match g.admit_change(range, &cc, held, self.ticks) {
+            Admission::Now(_) => {}
+            Admission::Kept => return,
+            Admission::Refused(error) => {
+                self.events.push(Event::ProposalFailed { proposal, error });
+                return;
             }
-            ProposalPayload::ChangeReplicas(cc) => {
-                let held = Held::Local(proposal, ProposalPayload::ChangeReplicas(cc.clone()));
-                match g.admit_change(range, &cc, held, self.ticks) {
-                    Admission::Now(_) => {}
-                    Admission::Kept => return,
-                    Admission::Refused(error) => {
-                        self.events.push(Event::ProposalFailed { proposal, error });
-                        return;
-                    }
-                }
-                g.node.propose_conf_change(proposal.to_context(), cc)
+        }
+        if let Err(e) = g.node.propose_conf_change(proposal.to_context(), cc) {
+            let error = match e {
+                raft::Error::ProposalDropped => ProposeError::NoLeader(range),
+                e => ProposeError::InvalidChange(range, e.to_string()),
+            };
+            self.events.push(Event::ProposalFailed { proposal, error });
+        }
+    }
+
+    /// Proposes commands to a range, in order, in raft messages of up to `max_size_per_msg`
+    /// (each one append to each follower, or one message forwarding them to the leader, instead
+    /// of one per command); or holds them while the group awaits a membership callback.
+    fn propose_commands(&mut self, range: RangeId, commands: Vec<(ProposalId, Vec<u8>)>) {
+        let Some(g) = self.groups.get_mut(&range) else {
+            for (proposal, _) in commands {
+                self.events.push(Event::ProposalFailed {
+                    proposal,
+                    error: ProposeError::RangeNotFound(range),
+                });
             }
+            return;
         };
-        match result {
-            Ok(()) => {}
-            Err(raft::Error::ProposalDropped) => self.events.push(Event::ProposalFailed {
+        g.quiescent = false;
+        let limit = self.settings.max_size_per_msg;
+        let mut chunks: Vec<(Vec<ProposalId>, Vec<Entry>, u64)> = Vec::new();
+        for (proposal, data) in commands {
+            let held = Held::Local(proposal, ProposalPayload::Command(data));
+            let Some(Held::Local(proposal, ProposalPayload::Command(data))) =
+                hold(g, held, &self.bugs, &self.metrics)
+            else {
+                continue;
+            };
+            let e = Entry {
+                data: data.into(),
+                context: proposal.to_context().into(),
+                ..Default::default()
+            };
+            let bytes = (e.data.len() + e.context.len()) as u64;
+            match chunks.last_mut() {
+                Some((proposals, entries, size)) if *size + bytes <= limit => {
+                    proposals.push(proposal);
+                    entries.push(e);
+                    *size += bytes;
+                }
+                _ => chunks.push((vec![proposal], vec![e], bytes)),
+            }
+        }
+        let mut dropped = Vec::new();
+        for (proposals, entries, _) in chunks {
+            // What raft-rs's `propose` does, for many entries: raft appends them all, or, with
+            // no leader to take them, none.
+            let mut m = raft::prelude::Message::default();
+            m.set_msg_type(MessageType::MsgPropose);
+            m.from = g.node.raft.id;
+            m.set_entries(entries.into());
+            match g.node.raft.step(m) {
+                Ok(()) => {
+                    let doubt = (g.node.raft.term, self.ticks);
+                    g.in_doubt.extend(proposals.iter().map(|&p| (p, doubt)));
+                }
+                Err(_) => dropped.extend(proposals),
+            }
+        }
+        for proposal in dropped {
+            self.events.push(Event::ProposalFailed {
                 proposal,
                 error: ProposeError::NoLeader(range),
-            }),
-            Err(e) => self.events.push(Event::ProposalFailed {
-                proposal,
-                error: ProposeError::InvalidChange(range, e.to_string()),
-            }),
+            });
         }
     }
 
@@ -1857,6 +1909,8 @@ impl Handler<RunRound> for MultiRaft {
 impl Handler<Requests> for MultiRaft {
     type Result = ();
     fn handle(&mut self, msg: Requests, ctx: &mut Context<Self>) {
+        // Each range's commands, proposed together once all requests are seen.
+        let mut commands: BTreeMap<RangeId, Vec<(ProposalId, Vec<u8>)>> = BTreeMap::new();
         for request in msg.0 {
             match request {
                 RaftRequest::Propose {
@@ -1870,10 +1924,21 @@ impl Handler<Requests> for MultiRaft {
                             proposal,
                             error: ProposeError::Busy,
                         });
-                    } else {
-                        self.propose(range, proposal, payload);
-                        self.dirty.insert(range);
+                        continue;
                     }
+                    match payload {
+                        ProposalPayload::Command(data) => {
+                            commands.entry(range).or_default().push((proposal, data));
+                        }
+                        change => {
+                            // After the commands before it.
+                            if let Some(before) = commands.remove(&range) {
+                                self.propose_commands(range, before);
+                            }
+                            self.propose(range, proposal, change);
+                        }
+                    }
+                    self.dirty.insert(range);
                 }
                 RaftRequest::ReadIndex { range, read } => match self.groups.get_mut(&range) {
                     Some(g) => {
@@ -1887,6 +1952,9 @@ impl Handler<Requests> for MultiRaft {
                     }),
                 },
             }
+        }
+        for (range, commands) in commands {
+            self.propose_commands(range, commands);
         }
         self.schedule_round(ctx);
     }
