@@ -137,7 +137,9 @@ pub struct Heartbeat {
     pub context: Vec<u8>,
     pub response: bool,
     /// Sent by a quiescent replica: the leader's asks its followers to stop ticking the range
-    /// too; a follower's answers that it has. Any other message wakes a quiescent replica.
+    /// too; a follower that does sends no answer, unless the heartbeat carries a read index's
+    /// context (an answer means nothing more than an unflagged one). Any other message wakes a
+    /// quiescent replica.
     pub quiesce: bool,
 }
 
