@@ -30,6 +30,7 @@ use crate::storage::{
 use actix::prelude::*;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -285,7 +286,8 @@ impl Store {
 
     /// The range holding `key` on this node.
     fn route(&self, key: &[u8]) -> Option<RangeId> {
-        let (_, id) = self.routing.range(..=key.to_vec()).next_back()?;
+        let below = (Bound::Unbounded, Bound::Included(key));
+        let (_, id) = self.routing.range::<[u8], _>(below).next_back()?;
         let r = self.ranges.get(id)?;
         r.descriptor.contains(key).then_some(*id)
     }
