@@ -275,6 +275,9 @@ struct Group {
     /// any time (it campaigns without waiting, and is voted for regardless of leases), so this
     /// replica holds no lease in that term, even once raft gave the transfer up.
     transferred_in: u64,
+    /// On a follower whose leader's node died: the term, and whether this replica is the one
+    /// to campaign first (see `check_liveness`).
+    campaigns_first: Option<(u64, bool)>,
     /// On the leader: a follower asked for a read index; the lease is renewed with the next
     /// round if it runs out soon.
     renew_lease: bool,
@@ -759,6 +762,7 @@ impl MultiRaft {
                 proposers: BTreeMap::new(),
                 lease: None,
                 transferred_in: 0,
+                campaigns_first: None,
                 renew_lease: false,
                 quiescent: false,
             },
@@ -1449,18 +1453,22 @@ impl MultiRaft {
             .filter(|n| self.ticks - self.last_heard.get(n).copied().unwrap_or(0) >= election)
             .copied()
             .collect();
-        for n in dead {
-            log::info!("{}: node {n} is not answering", self.node);
-            self.live.remove(&n);
+        if !dead.is_empty() {
+            for n in &dead {
+                log::info!("{}: node {n} is not answering", self.node);
+                self.live.remove(n);
+            }
             for (range, g) in self.groups.iter_mut() {
                 let leader = g.node.raft.leader_id;
-                let led_by_dead = leader != 0 && ReplicaId(leader).node() == n;
+                let led_by_dead = leader != 0 && dead.contains(&ReplicaId(leader).node());
                 if led_by_dead && g.node.raft.state == StateRole::Follower {
                     // Not heard from for an election timeout of this node's ticks: as if this
                     // replica had ticked through one (its promise to the leader, on which the
-                    // leader's lease rests, is kept). It votes at once, and campaigns after
-                    // only the random part of its timeout, instead of a whole timeout more.
+                    // leader's lease rests, is kept). It votes at once, and campaigns as its
+                    // `campaigns_first` record says.
                     g.node.raft.election_elapsed = g.node.raft.election_timeout();
+                    let first = first_to_campaign(*range, g, leader, &self.live);
+                    g.campaigns_first = Some((g.node.raft.term, first == Some(g.replica.0)));
                 }
                 let orphaned = g.is_leader() && !g.has_live_quorum(&self.live);
                 if g.quiescent && (led_by_dead || orphaned) {
@@ -1553,6 +1561,28 @@ impl MultiRaft {
                 let raft = &mut g.node.raft;
                 let mix = splitmix(seed ^ splitmix(g.replica.0 ^ splitmix(range.0 ^ raft.term)));
                 raft.set_randomized_election_timeout((election + mix % election) as usize);
+            }
+            match g.campaigns_first {
+                Some((term, first))
+                    if term == g.node.raft.term && g.node.raft.state == StateRole::Follower =>
+                {
+                    // The one chosen campaigns a heartbeat interval and a tick after the death
+                    // was noticed (the nodes last heard from the dead one up to a heartbeat
+                    // interval apart: by then they all have noticed, and vote); the others, in
+                    // case it cannot, later, at the times raft drew.
+                    let election = self.settings.election_ticks;
+                    let last = 2 * election - 1;
+                    let chosen = (election + self.settings.heartbeat_ticks + 1).min(last - 1);
+                    let timeout = match first {
+                        true => chosen,
+                        false => {
+                            (g.node.raft.randomized_election_timeout()).clamp(chosen + 1, last)
+                        }
+                    };
+                    g.node.raft.set_randomized_election_timeout(timeout);
+                }
+                Some(_) => g.campaigns_first = None,
+                None => {}
             }
             if g.may_quiesce(&self.live) {
                 // Instead of this tick: the quiescing heartbeat is the range's only one. The
@@ -1829,6 +1859,31 @@ fn read_prefix(node: NodeId, boot: u64) -> [u8; 16] {
     p[..8].copy_from_slice(&node.0.to_be_bytes());
     p[8..].copy_from_slice(&boot.to_be_bytes());
     p
+}
+
+/// Of the voters of a range led by `leader` (on a node found dead), the replica that campaigns
+/// first: the same on every node that sees the same live nodes, and spread over them by range.
+/// Replicas that all campaigned once the death was noticed, each after the random part of its
+/// election timeout, split the vote now and then, and over thousands of ranges some range
+/// always did, for another timeout.
+fn first_to_campaign(
+    range: RangeId,
+    g: &Group,
+    leader: u64,
+    live: &BTreeSet<NodeId>,
+) -> Option<u64> {
+    let cs = g.node.store().conf_state();
+    let mut voters: Vec<u64> = cs
+        .voters
+        .iter()
+        .chain(&cs.voters_outgoing)
+        .copied()
+        .filter(|&id| id != leader && (id == g.replica.0 || live.contains(&ReplicaId(id).node())))
+        .collect();
+    voters.sort_unstable();
+    voters.dedup();
+    let n = voters.len() as u64;
+    (n > 0).then(|| voters[(range.0 % n) as usize])
 }
 
 /// Turns committed entries into events for the Store.
