@@ -63,7 +63,9 @@
 //! Without ticks, followers cannot notice a dead leader through its heartbeats; they notice its
 //! node. Every node sends every node it talks with at least one batch per heartbeat interval
 //! (an empty one if it has nothing else to say); a node not heard from within an election
-//! timeout is dead, and the quiescent ranges it leads wake and elect a new leader. The
+//! timeout is dead, and the quiescent ranges it leads wake and elect a new leader: one voter
+//! per range campaigns first (`first_to_campaign`), the others later, so they do not split the
+//! vote. The
 //! quiescent ranges led here that it leaves without a live majority of voters wake too: raft's
 //! quorum check makes their leaders step down instead of claiming a leadership they cannot
 //! use. When a dead node is heard from again, the quiescent ranges led here that have a
@@ -1575,9 +1577,11 @@ impl MultiRaft {
                     let chosen = (election + self.settings.heartbeat_ticks + 1).min(last - 1);
                     let timeout = match first {
                         true => chosen,
-                        false => {
-                            (g.node.raft.randomized_election_timeout()).clamp(chosen + 1, last)
-                        }
+                        false => g
+                            .node
+                            .raft
+                            .randomized_election_timeout()
+                            .clamp(chosen + 1, last),
                     };
                     g.node.raft.set_randomized_election_timeout(timeout);
                 }
