@@ -5,7 +5,9 @@ use std::time::Duration;
 
 #[test]
 fn a_fixed_set_of_seeds_finds_no_violation() {
-    for seed in 1..=4 {
+    // 68269: two nodes restarted at once, whose raft logs once shared file numbers and so
+    // raft-engine's per-thread block cache (see `sim::number_log_files`).
+    for seed in [1, 2, 3, 4, 68269] {
         let r = flotilla::sim::run(seed, Duration::from_secs(10));
         println!(
             "seed {seed}: {} nodes, {} operations ({} unknown), faults {:?}",
