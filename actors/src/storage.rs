@@ -291,15 +291,20 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Engine>, StorageError> {
-        Engine::open_with(dir, cache_bytes, true)
+        Engine::open_with(dir, cache_bytes, true, LOG_SIZES)
     }
 
     /// Opens the database for a simulation: `sync` does nothing (see `durable`).
     pub fn open_volatile(dir: &Path, cache_bytes: u64) -> Result<Arc<Engine>, StorageError> {
-        Engine::open_with(dir, cache_bytes, false)
+        Engine::open_with(dir, cache_bytes, false, LOG_SIZES)
     }
 
-    fn open_with(dir: &Path, cache_bytes: u64, durable: bool) -> Result<Arc<Engine>, StorageError> {
+    fn open_with(
+        dir: &Path,
+        cache_bytes: u64,
+        durable: bool,
+        log_sizes: LogSizes,
+    ) -> Result<Arc<Engine>, StorageError> {
         std::fs::create_dir_all(dir)?;
         let mut config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
         if !durable {
@@ -321,8 +326,8 @@ impl Engine {
             // Entries are small and written once a round: compressing them costs more CPU
             // than the bytes it saves.
             batch_compression_threshold: raft_engine::ReadableSize(0),
-            target_file_size: raft_engine::ReadableSize::mb(LOG_FILE_MB),
-            purge_threshold: raft_engine::ReadableSize::mb(LOG_PURGE_MB),
+            target_file_size: raft_engine::ReadableSize(log_sizes.file),
+            purge_threshold: raft_engine::ReadableSize(log_sizes.purge),
             recovery_threads: 2,
             ..Default::default()
         })?;
@@ -898,10 +903,18 @@ impl raft_engine::MessageExt for EntryLog {
     }
 }
 
-/// Size of the raft log's files, and the total size past which the oldest are purged
+/// Size in bytes of the raft log's files, and the total size past which the oldest are purged
 /// (rewriting what little they still hold, or compacting the ranges that hold much).
-const LOG_FILE_MB: u64 = 64;
-const LOG_PURGE_MB: u64 = 1024;
+#[derive(Clone, Copy)]
+struct LogSizes {
+    file: u64,
+    purge: u64,
+}
+
+const LOG_SIZES: LogSizes = LogSizes {
+    file: 64 << 20,
+    purge: 1 << 30,
+};
 
 /// A round's writes: to the raft log (entries, hard states, truncations) and to sled (conf
 /// states, snapshots' data). [`Engine::commit`] writes it.
@@ -1392,6 +1405,7 @@ impl Storage for RangeStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry {
@@ -1602,6 +1616,94 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![9, 10]
         );
+    }
+
+    #[test]
+    fn purging_bounds_the_log_on_disk_and_keeps_every_entry_not_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = LogSizes {
+            file: 64 << 10,
+            purge: 512 << 10,
+        };
+        let open = || Engine::open_with(dir.path(), 16 << 20, true, sizes).unwrap();
+        // Purged files are kept for reuse, up to a number: they count.
+        let log_bytes = || -> u64 {
+            std::fs::read_dir(dir.path().join("raft"))
+                .unwrap()
+                .map(|f| f.unwrap().metadata().unwrap().len())
+                .sum()
+        };
+        let big = |index| Entry {
+            index,
+            term: 6,
+            data: vec![index as u8; 1024].into(),
+            ..Default::default()
+        };
+        let engine = open();
+        let mut batch = WriteBatch::default();
+        for (id, start, end) in [(7, b"a", b"h"), (8, b"h", b"p"), (9, b"p", b"z")] {
+            let d = RangeDescriptor {
+                id: RangeId(id),
+                start_key: start.to_vec(),
+                end_key: end.to_vec(),
+                ..descriptor()
+            };
+            engine.bootstrap_range(&d, &mut batch).unwrap();
+        }
+        engine.commit(batch).unwrap();
+        let load =
+            |engine: &Arc<Engine>, id| RangeStorage::load(engine.clone(), RangeId(id)).unwrap();
+        let (mut busy, mut quiet, mut long) =
+            (load(&engine, 7), load(&engine, 8), load(&engine, 9));
+        // In the oldest file: a quiet range's few entries, a long one's many, never compacted
+        // unless the purge asks.
+        append(&engine, &mut quiet, (6..=8).map(big).collect());
+        append(&engine, &mut long, (6..=105).map(big).collect());
+        // Then a busy range writes 4 MiB, compacted as it goes, purging now and then.
+        let mut asked = BTreeSet::new();
+        for round in 1..=400 {
+            let next = busy.last_index().unwrap() + 1;
+            append(&engine, &mut busy, (next..next + 10).map(big).collect());
+            let mut batch = WriteBatch::default();
+            busy.stage_compact(next + 5, &mut batch).unwrap();
+            if round % 50 == 0 {
+                for range in engine.purge_log().unwrap() {
+                    asked.insert(range);
+                    // What MultiRaft does: compact up to what the range applied (here, all).
+                    assert_eq!(
+                        range,
+                        RangeId(9),
+                        "only the long log is too long to rewrite"
+                    );
+                    long.stage_compact(105, &mut batch).unwrap();
+                }
+            }
+            engine.commit(batch).unwrap();
+        }
+        assert_eq!(asked, BTreeSet::from([RangeId(9)]));
+        let on_disk = log_bytes();
+        assert!(
+            on_disk < 2 * sizes.purge,
+            "{on_disk} bytes of log for 4 MiB written"
+        );
+
+        let check = |engine: &Arc<Engine>| {
+            let (busy, quiet, long) = (load(engine, 7), load(engine, 8), load(engine, 9));
+            let last = busy.last_index().unwrap();
+            assert_eq!(busy.first_index().unwrap(), last - 3);
+            let kept = busy.entries(last - 3, last + 1, None, ctx()).unwrap();
+            assert_eq!(kept, (last - 3..=last).map(big).collect::<Vec<_>>());
+            let few = quiet.entries(6, 9, None, ctx()).unwrap();
+            assert_eq!(few, (6..=8).map(big).collect::<Vec<_>>());
+            assert_eq!(
+                (long.first_index().unwrap(), long.last_index().unwrap()),
+                (106, 105)
+            );
+            assert_eq!(long.term(105).unwrap(), 6);
+        };
+        check(&engine);
+        drop((engine, busy, quiet, long));
+        check(&open());
     }
 
     #[test]
