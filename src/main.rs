@@ -53,6 +53,14 @@ enum Tool {
 }
 
 fn main() -> ExitCode {
+    // Transparent huge pages off for this process: mimalloc asks for them, and the kernel then
+    // zeroes 2 MiB at each fault of memory mimalloc returned and takes again (a tenth of a
+    // follower's Store thread under writes; see README, Performance).
+    // SAFETY: prctl with these arguments only sets a flag of this process.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let cli = Cli::parse();
     if let Some(Tool::Bench(args)) = &cli.command {
         return bench::main(args);
