@@ -108,33 +108,6 @@ impl Op {
 thread_local! {
     /// Counts the simulation's events (requests sent and answered), in the order they happen.
     static EVENTS: Cell<u64> = const { Cell::new(0) };
-    /// Raft log files created so far on this thread, in units of `LOG_FILES_PER_NODE`.
-    static LOG_FILES: Cell<u64> = const { Cell::new(0) };
-}
-
-/// The file sequence numbers each simulated node's raft log may use.
-const LOG_FILES_PER_NODE: u64 = 1_000_000_000;
-
-/// Makes the raft log of a node about to start for the first time number its files from a
-/// sequence no other node of this thread uses.
-///
-/// raft-engine keeps the last block it read in a per-thread cache keyed by file sequence and
-/// offset, not by engine. Every simulated node runs on this thread, and every fresh log would
-/// start at file 1 with similar contents at similar offsets: a node could read another's entry.
-/// An empty file `<seq>.raftlog` (raft-engine's naming) in a new log directory makes it start at
-/// `seq` (it writes the missing header).
-fn number_log_files(data_dir: &std::path::Path) -> std::io::Result<()> {
-    let dir = data_dir.join("raft");
-    if dir.exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(&dir)?;
-    let first = LOG_FILES.with(|n| {
-        n.set(n.get() + 1);
-        n.get() * LOG_FILES_PER_NODE
-    });
-    std::fs::File::create(dir.join(format!("{first:016}.raftlog")))?;
-    Ok(())
 }
 
 fn event() -> u64 {
@@ -193,8 +166,6 @@ impl World {
     fn start(&mut self, id: u64) {
         // sled's I/O threads may hold a crashed node's database lock a moment after it is
         // dropped: wait for them in real time, which the simulation's clock does not see.
-        let settings = self.settings(id);
-        number_log_files(&settings.data_dir).expect("a simulated node's log directory");
         let mut tries = 0;
         let node = loop {
             match Node::start_here(self.settings(id), Box::new(self.net.transport())) {

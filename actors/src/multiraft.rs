@@ -107,12 +107,12 @@ use crate::storage::{Engine, RangeStorage, SnapshotData, StorageError, WriteBatc
 use crate::store::PlantedBugs;
 use crate::transport::Transport;
 use actix::prelude::*;
+use foldhash::fast::FixedState;
 use protobuf::Message as ProtoMessage;
 use raft::prelude::{
     ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, MessageType, Snapshot,
 };
 use raft::{ProgressState, RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
-use foldhash::fast::FixedState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -563,8 +563,8 @@ pub struct MultiRaft {
     engine: Arc<Engine>,
     settings: RaftSettings,
     /// Looked up for every message and every round of every range: a hash map, as a B-tree of
-    /// 10,000 ranges costs a cache miss per level. The hasher's seed is fixed, so the order in
-    /// which the groups are visited is the same in every run (the simulation replays it).
+    /// 10,000 ranges costs a cache miss per level. No loop over the groups depends on their
+    /// order; the hasher's seed is fixed all the same, so that runs of a seed stay alike.
     groups: HashMap<RangeId, Group, FixedState>,
     dirty: BTreeSet<RangeId>,
     /// The ranges ticked: those not quiescent. Whatever wakes a range also makes it dirty, and

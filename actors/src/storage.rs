@@ -321,8 +321,10 @@ impl Engine {
         }
         let applied = AppliedLog::recover(&tree)?;
         let db_file = File::open(dir.join("db"))?;
+        let log_dir = dir.join("raft");
+        number_log_files(&log_dir)?;
         let log = raft_engine::Engine::open(raft_engine::Config {
-            dir: dir.join("raft").to_string_lossy().into_owned(),
+            dir: log_dir.to_string_lossy().into_owned(),
             // Entries are small and written once a round: compressing them costs more CPU
             // than the bytes it saves.
             batch_compression_threshold: raft_engine::ReadableSize(0),
@@ -901,6 +903,37 @@ impl raft_engine::MessageExt for EntryLog {
     fn index(e: &Entry) -> u64 {
         e.index
     }
+}
+
+/// Raft logs opened so far by this process (see [`number_log_files`]).
+static LOGS_OPENED: AtomicU64 = AtomicU64::new(0);
+
+/// The file numbers set aside for each raft log a process creates after its first.
+const LOG_FILES_PER_LOG: u64 = 1 << 20;
+
+/// Makes a raft log about to be created number its files apart from every other log of this
+/// process.
+///
+/// raft-engine keeps the last block of log it read in a per-thread cache keyed by queue, file
+/// number, offset and length, not by engine. Two logs of one process that both numbered their
+/// files from 1, with blocks of the same size at the same offset, would each be handed the
+/// other's block on a thread that reads both: a wrong entry, or a wrong term that makes a
+/// restarting node drop the range's log. The simulation, `flotilla script` and the in-process
+/// cluster tests run several nodes in one process, some of them on one thread. A process's
+/// first log numbers its files from 1, as raft-engine does; each new one after it from its own
+/// multiple of `LOG_FILES_PER_LOG`, through an empty file of each queue with that number,
+/// which raft-engine takes as its first (and writes its header into).
+fn number_log_files(log_dir: &Path) -> Result<(), StorageError> {
+    let nth = LOGS_OPENED.fetch_add(1, Ordering::Relaxed);
+    if nth == 0 || log_dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(log_dir)?;
+    let first = nth * LOG_FILES_PER_LOG;
+    for queue in ["raftlog", "rewrite"] {
+        File::create(log_dir.join(format!("{first:016}.{queue}")))?;
+    }
+    Ok(())
 }
 
 /// Size in bytes of the raft log's files, and the total size past which the oldest are purged
@@ -1619,6 +1652,36 @@ mod tests {
     }
 
     #[test]
+    fn two_logs_read_on_one_thread_give_each_its_own_entries() {
+        // The same history in both, but for the entries' bytes: equal blocks at equal offsets.
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let written = |dir: &Path, byte: u8| {
+            let (engine, mut s) = bootstrapped(dir);
+            let entries = (6..=8)
+                .map(|index| Entry {
+                    index,
+                    term: 6,
+                    data: vec![byte; 64].into(),
+                    ..Default::default()
+                })
+                .collect();
+            append(&engine, &mut s, entries);
+            engine
+        };
+        let (ea, eb) = (written(a.path(), b'a'), written(b.path(), b'b'));
+        for _ in 0..2 {
+            for (engine, byte) in [(&ea, b'a'), (&eb, b'b')] {
+                let read = engine.log_entries(RangeId(7)).unwrap();
+                assert_eq!(read.len(), 3);
+                assert!(
+                    read.iter().all(|e| e.data.iter().all(|&x| x == byte)),
+                    "a log read another's entries"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn purging_bounds_the_log_on_disk_and_keeps_every_entry_not_compacted() {
         let dir = tempfile::tempdir().unwrap();
         let sizes = LogSizes {
@@ -1682,8 +1745,10 @@ mod tests {
         }
         assert_eq!(asked, BTreeSet::from([RangeId(9)]));
         let on_disk = log_bytes();
+        // Unpurged, 4 MiB; purged, the purge threshold and the files kept for reuse (half as
+        // much again), give or take a file.
         assert!(
-            on_disk < 2 * sizes.purge,
+            on_disk < 3 * sizes.purge,
             "{on_disk} bytes of log for 4 MiB written"
         );
 
