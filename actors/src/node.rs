@@ -41,6 +41,8 @@ pub struct Node {
     pub engine: Arc<Engine>,
     pub metrics: Arc<RaftMetrics>,
     arbiters: Vec<Arbiter>,
+    /// The Store's writer thread (see `Store::write_on_own_thread`).
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The initial ranges: `[""; k1)`, `[k1; k2)`, …, `[kn; ∞)`, numbered from 1.
@@ -115,7 +117,7 @@ impl Node {
             metrics.clone(),
             settings.store.bugs,
         )?;
-        let store = Store::load(
+        let mut store = Store::load(
             settings.node,
             engine.boot(),
             engine.clone(),
@@ -124,7 +126,9 @@ impl Node {
             metrics.clone(),
         )?;
         let mut arbiters = Vec::new();
+        let mut writer = None;
         if own_threads {
+            writer = Some(store.write_on_own_thread(store_addr.clone())?);
             let raft_arbiter = Arbiter::new();
             let store_arbiter = Arbiter::new();
             raft_arbiter.spawn_fn(move || {
@@ -145,6 +149,7 @@ impl Node {
             engine,
             metrics,
             arbiters,
+            writer,
         })
     }
 
@@ -178,6 +183,10 @@ impl Node {
         }
         for a in self.arbiters {
             let _ = a.join();
+        }
+        // The Store is gone with its arbiter: its writer ends once it has written what it held.
+        if let Some(writer) = self.writer {
+            let _ = writer.join();
         }
     }
 }

@@ -4,8 +4,9 @@
 //! MultiRaft reports committed (in log order), answers the waiting clients after applying, and
 //! confirms membership changes with their callback. What it applied goes to sled a little later
 //! (after 10 ms or 1,024 entries), in one atomic batch with each range's applied index (contract
-//! 5); until then reads find it in memory, and MultiRaft keeps its entries in the raft log
-//! (`Applied` reports both how far the Store applied and how far that is written).
+//! 5), written in order by a thread of the node's own (see [`Writer`]); until then reads find it
+//! in memory, and MultiRaft keeps its entries in the raft log (`Applied` reports both how far
+//! the Store applied and how far that is written).
 //!
 //! Reads are linearizable (contract 7): each read asks MultiRaft for a read index and is served
 //! once the range has applied up to it.
@@ -29,8 +30,9 @@ use crate::storage::{
 };
 use actix::prelude::*;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
+use std::panic::AssertUnwindSafe;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -49,8 +51,8 @@ pub struct StoreSettings {
     pub mailbox_capacity: usize,
     /// Bytes of the cache of recently read values (see [`ValueCache`]).
     pub value_cache_bytes: usize,
-    /// How long what was applied may stay in memory before it is written to sled (see
-    /// [`Store::write_applied`]).
+    /// How long what was applied may stay in memory before it is handed to the writer (see
+    /// [`Writer`] and [`Store::write_applied`]).
     pub write_applied_after: Duration,
     /// How long an admin request (a new replica being filled, a leadership move) may take.
     pub admin_timeout: Duration,
@@ -121,6 +123,18 @@ impl Waiter {
     }
 }
 
+/// A key's value among what was applied and is not yet known written to sled: `overlay`, then
+/// the batches in flight, newest first.
+fn unwritten_value<'a>(
+    overlay: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
+    in_flight: &'a VecDeque<InFlight>,
+    key: &[u8],
+) -> Option<&'a Option<Vec<u8>>> {
+    overlay
+        .get(key)
+        .or_else(|| in_flight.iter().rev().find_map(|f| f.values.get(key)))
+}
+
 /// Removes and returns, in key order, the entries whose value matches.
 fn take_where<K: Ord, V>(map: &mut BTreeMap<K, V>, matches: impl Fn(&V) -> bool) -> Vec<V> {
     let (taken, kept) = std::mem::take(map)
@@ -189,11 +203,61 @@ pub struct Store {
     cache: ValueCache,
     /// `Engine::data_writes` as the cache last saw it.
     data_writes_seen: u64,
-    /// What was applied and is not yet written to sled (see [`Store::write_applied`]).
+    /// What was applied and not yet handed to the writer (see [`Store::write_applied`]).
     unwritten: Unwritten,
+    /// Batches handed to the writer and not yet known written, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// Sequence number of the last batch handed to the writer.
+    handed_writes: u64,
+    writer: Writer,
 }
 
-/// Applied writes kept in memory until [`Store::write_applied`] puts them in sled together.
+/// A batch of applied writes handed to the writer: its user keys and their values, for reads
+/// until it is written, and its ranges with the applied index it brings each to, reported
+/// written then (the ranges may have applied more since, which is not written yet).
+struct InFlight {
+    seq: u64,
+    values: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    written: Vec<(RangeId, u64)>,
+}
+
+/// Batches the writer may hold before the Store waits for it: the Store is slowed down as it
+/// was when it wrote itself, and so is MultiRaft's hand-over to it, instead of memory growing.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// Where the Store's applied batches are written to sled.
+enum Writer {
+    /// Not yet started as an actor: at once, by the caller.
+    None,
+    /// At once on the Store's thread, the Store hearing of it through its mailbox as from the
+    /// thread: in the simulation, which runs every node on one thread to replay.
+    Inline(Addr<Store>),
+    /// On a thread of its own, in order (a node): sled's inserts, and the wake-ups of its I/O
+    /// pool that hold up the thread for half a millisecond a batch, are not on the thread that
+    /// serves the clients.
+    Thread(std::sync::mpsc::SyncSender<WriteJob>),
+}
+
+enum WriteJob {
+    Batch {
+        seq: u64,
+        batch: sled::Batch,
+        states: AppliedStates,
+    },
+    /// Answered once every batch before it is written.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// The writer wrote the batches up to `seq`, or failed to.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Written {
+    seq: u64,
+    result: Result<(), String>,
+}
+
+/// Applied writes kept in memory until they are handed to the writer together (or written at
+/// once by [`Store::write_applied`]).
 #[derive(Default)]
 struct Unwritten {
     batch: sled::Batch,
@@ -250,6 +314,9 @@ impl Store {
             cache: ValueCache::new(settings.value_cache_bytes),
             data_writes_seen: 0,
             unwritten: Unwritten::default(),
+            in_flight: VecDeque::new(),
+            handed_writes: 0,
+            writer: Writer::None,
             settings,
         };
         for d in engine.descriptors()? {
@@ -497,7 +564,7 @@ impl Store {
 
     /// A user key's value in the state this Store has applied.
     fn value(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        if let Some(value) = self.unwritten.values.get(key) {
+        if let Some(value) = unwritten_value(&self.unwritten.values, &self.in_flight, key) {
             return Ok(value.clone());
         }
         if let Some(value) = self.cache.get(key) {
@@ -521,7 +588,7 @@ impl Store {
             }
             if before % 2 == 1 {
                 // Being applied (sled's own lock would hold a read up as long): rare and short;
-                // the writer is another thread.
+                // MultiRaft writes it, on its own thread.
                 std::thread::yield_now();
                 continue;
             }
@@ -637,11 +704,12 @@ impl Store {
     }
 
     /// Writes what was applied since the last call to sled, in one batch with each range's
-    /// applied index and proposers, then tells MultiRaft those ranges' applied indexes. Not
-    /// synced: the raft log keeps the entries until a compaction, which syncs sled first.
+    /// applied index and proposers, after the batches the writer holds, then tells MultiRaft
+    /// those ranges' applied indexes. Not synced: the raft log keeps the entries until a
+    /// compaction, which syncs sled first.
     #[doc(hidden)] // public for `benches/apply.rs`
     pub fn write_applied(&mut self) -> Result<(), StorageError> {
-        let ranges = self.write_unwritten()?;
+        let ranges = self.write_all()?;
         if !ranges.is_empty() {
             self.flush_requests();
             self.report_applied(&ranges, true);
@@ -649,20 +717,126 @@ impl Store {
         Ok(())
     }
 
-    /// The writing half of [`Store::write_applied`]: the ranges written, to report.
-    fn write_unwritten(&mut self) -> Result<BTreeSet<RangeId>, StorageError> {
-        let Unwritten { batch, ranges, .. } = std::mem::take(&mut self.unwritten);
-        if ranges.is_empty() {
-            return Ok(ranges);
+    /// The writing half of [`Store::write_applied`]: waits for the writer, then writes what is
+    /// left here; the ranges written, to report.
+    fn write_all(&mut self) -> Result<BTreeSet<RangeId>, StorageError> {
+        if let Writer::Thread(jobs) = &self.writer {
+            let (done, wait) = std::sync::mpsc::channel();
+            if jobs.send(WriteJob::Barrier(done)).is_err() || wait.recv().is_err() {
+                panic!(
+                    "store: {}: the writer of applied entries stopped",
+                    self.node
+                );
+            }
         }
+        // Written now, whether or not their `Written` has arrived (it finds them gone): all of
+        // them and what is left here, so each range is written up to what it applied.
+        let mut ranges = BTreeSet::new();
+        for f in self.in_flight.drain(..) {
+            ranges.extend(f.written.into_iter().map(|(range, _)| range));
+        }
+        let (batch, states, written) = self.take_unwritten();
+        if !written.is_empty() {
+            self.engine.write(batch, states)?;
+        }
+        ranges.extend(written);
+        Ok(ranges)
+    }
+
+    /// What was applied and not handed to the writer, with each of its ranges' applied state.
+    fn take_unwritten(&mut self) -> (sled::Batch, AppliedStates, BTreeSet<RangeId>) {
+        let Unwritten { batch, ranges, .. } = std::mem::take(&mut self.unwritten);
         let mut states = AppliedStates::default();
         for range in &ranges {
             if let Some(r) = self.ranges.get(range) {
                 states.put(*range, r.applied, &r.proposers);
             }
         }
-        self.engine.write(batch, states)?;
-        Ok(ranges)
+        (batch, states, ranges)
+    }
+
+    /// Hands what was applied to the writer, keeping its values for reads until it is written.
+    fn hand_over_unwritten(&mut self) {
+        if self.unwritten.ranges.is_empty() {
+            // Nothing applied since a write that could not wait (what is left is of a range
+            // removed since, whose data is deleted).
+            self.unwritten = Unwritten::default();
+            return;
+        }
+        if matches!(self.writer, Writer::None) {
+            return self.write_or_stop();
+        }
+        let values = std::mem::take(&mut self.unwritten.values);
+        let (batch, states, ranges) = self.take_unwritten();
+        let written = ranges
+            .iter()
+            .filter_map(|r| self.ranges.get(r).map(|s| (*r, s.applied.index)))
+            .collect();
+        self.handed_writes += 1;
+        let seq = self.handed_writes;
+        self.in_flight.push_back(InFlight {
+            seq,
+            values,
+            written,
+        });
+        match &self.writer {
+            Writer::None => unreachable!("written at once above"),
+            Writer::Inline(store) => {
+                let result = self.engine.write(batch, states);
+                store.do_send(Written {
+                    seq,
+                    result: result.map_err(|e| e.to_string()),
+                });
+            }
+            Writer::Thread(jobs) => {
+                if jobs.send(WriteJob::Batch { seq, batch, states }).is_err() {
+                    panic!(
+                        "store: {}: the writer of applied entries stopped",
+                        self.node
+                    );
+                }
+            }
+        }
+    }
+
+    /// Gives the Store a thread of its own to write its applied batches (see [`Writer`]); the
+    /// thread ends when the Store does, once it has written what it was handed.
+    pub fn write_on_own_thread(
+        &mut self,
+        store: Addr<Store>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let (jobs, receive) = std::sync::mpsc::sync_channel::<WriteJob>(WRITES_IN_FLIGHT);
+        let engine = self.engine.clone();
+        let writer = std::thread::Builder::new()
+            .name(format!("store-writer-{}", self.node.0))
+            .spawn(move || {
+                for job in receive {
+                    match job {
+                        WriteJob::Batch { seq, batch, states } => {
+                            // `Engine::write` panics on a failure it cannot undo: the Store
+                            // hears of it all the same.
+                            let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                engine.write(batch, states)
+                            }));
+                            let result = match written {
+                                Ok(Ok(())) => Ok(()),
+                                Ok(Err(e)) => Err(e.to_string()),
+                                Err(_) => Err("the write panicked".to_string()),
+                            };
+                            let failed = result.is_err();
+                            store.do_send(Written { seq, result });
+                            if failed {
+                                return;
+                            }
+                        }
+                        WriteJob::Barrier(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })?;
+        self.writer = Writer::Thread(jobs);
+        Ok(writer)
     }
 
     fn report_applied(&self, ranges: &BTreeSet<RangeId>, written: bool) {
@@ -678,11 +852,11 @@ impl Store {
     /// Writes what was applied now if there is much of it, or else soon.
     fn schedule_write(&mut self, ctx: &mut Context<Self>) {
         if self.unwritten.entries >= WRITE_APPLIED_ENTRIES {
-            self.write_or_stop();
+            self.hand_over_unwritten();
         } else if !self.unwritten.ranges.is_empty() && !self.unwritten.scheduled {
             self.unwritten.scheduled = true;
             let after = self.settings.write_applied_after;
-            ctx.run_later(after, |store, _| store.write_or_stop());
+            ctx.run_later(after, |store, _| store.hand_over_unwritten());
         }
     }
 
@@ -743,15 +917,16 @@ impl Store {
                         }
                         *last = (p.boot, p.seq);
                     }
-                    let engine = &self.engine;
+                    let (engine, in_flight) = (&self.engine, &self.in_flight);
                     let mut read_error = None;
-                    let applied = command.apply(|k| match overlay.get(k) {
-                        Some(v) => v.clone(),
-                        None => engine.get_user(k).unwrap_or_else(|e| {
-                            read_error = Some(e);
-                            None
-                        }),
-                    });
+                    let applied =
+                        command.apply(|k| match unwritten_value(&overlay, in_flight, k) {
+                            Some(v) => v.clone(),
+                            None => engine.get_user(k).unwrap_or_else(|e| {
+                                read_error = Some(e);
+                                None
+                            }),
+                        });
                     if let Some(e) = read_error {
                         return Err(e);
                     }
@@ -865,7 +1040,7 @@ impl Store {
         // state ahead of its applied index.
         let written = match callbacks.is_empty() {
             true => BTreeSet::new(),
-            false => self.write_unwritten()?,
+            false => self.write_all()?,
         };
         // Callbacks before the applied reports and before any snapshot, so MultiRaft sees them
         // in the order they happened; requests queued before them go first.
@@ -953,7 +1128,40 @@ impl Actor for Store {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
         self.myself = Some(ctx.address());
+        if matches!(self.writer, Writer::None) {
+            self.writer = Writer::Inline(ctx.address());
+        }
         ctx.run_interval(Duration::from_millis(50), |store, _| store.expire());
+    }
+}
+
+impl Handler<Written> for Store {
+    type Result = ();
+    fn handle(&mut self, msg: Written, _: &mut Context<Self>) {
+        self.written(msg);
+    }
+}
+
+impl Store {
+    /// The writer wrote the batches up to `msg.seq`: reports their ranges written, as far as
+    /// each batch took them.
+    fn written(&mut self, msg: Written) {
+        if let Err(e) = msg.result {
+            // As for applying: a storage error here means the disk is failing.
+            panic!("store: {}: cannot write applied entries: {e}", self.node);
+        }
+        let mut written = Vec::new();
+        while self.in_flight.front().is_some_and(|f| f.seq <= msg.seq) {
+            written.extend(self.in_flight.pop_front().expect("checked").written);
+        }
+        written.retain(|(range, _)| self.ranges.contains_key(range));
+        if !written.is_empty() {
+            self.flush_requests();
+            self.multiraft.do_send(Applied {
+                ranges: written,
+                written: true,
+            });
+        }
     }
 }
 
@@ -1278,6 +1486,41 @@ mod tests {
                 }),
             }])
             .unwrap();
+    }
+
+    #[test]
+    fn a_batch_the_writer_holds_is_read_and_built_on_until_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store(dir.path());
+        // A writer that writes when this test says.
+        let (jobs, held) = std::sync::mpsc::sync_channel(WRITES_IN_FLIGHT);
+        s.writer = Writer::Thread(jobs);
+        let boot = s.boot;
+        let first = s.ranges[&RangeId(1)].applied.index;
+        apply_incr(&mut s, 1, boot, 1);
+        apply_incr(&mut s, 1, boot, 2);
+        s.hand_over_unwritten();
+        assert_eq!(counter(&s), b"", "the writer has not written it");
+        let key = [b"counter".to_vec()];
+        assert_eq!(s.values(&key).unwrap(), vec![Some(b"2".to_vec())]);
+        // An INCR applied meanwhile builds on the batch in flight.
+        apply_incr(&mut s, 1, boot, 3);
+        assert_eq!(s.values(&key).unwrap(), vec![Some(b"3".to_vec())]);
+        // Once written, the batch takes the range as far as it was applied when handed over,
+        // not as far as it is applied now.
+        assert_eq!(s.in_flight[0].written, vec![(RangeId(1), first + 2)]);
+
+        let Ok(WriteJob::Batch { seq, batch, states }) = held.try_recv() else {
+            panic!("no batch handed to the writer");
+        };
+        s.engine.write(batch, states).unwrap();
+        s.written(Written {
+            seq,
+            result: Ok(()),
+        });
+        assert_eq!(counter(&s), b"2");
+        assert!(s.in_flight.is_empty());
+        assert_eq!(s.values(&key).unwrap(), vec![Some(b"3".to_vec())]);
     }
 
     #[test]
