@@ -221,8 +221,9 @@ struct InFlight {
     written: Vec<(RangeId, u64)>,
 }
 
-/// Batches the writer may hold before the Store waits for it: the Store is slowed down as it
-/// was when it wrote itself, and so is MultiRaft's hand-over to it, instead of memory growing.
+/// Batches that may wait for the writer (besides the one it writes) before the Store waits for
+/// it: the Store is slowed down as it was when it wrote itself, and so is MultiRaft's hand-over
+/// to it, instead of memory growing.
 const WRITES_IN_FLIGHT: usize = 4;
 
 /// Where the Store's applied batches are written to sled.
@@ -720,7 +721,7 @@ impl Store {
     /// The writing half of [`Store::write_applied`]: waits for the writer, then writes what is
     /// left here; the ranges written, to report.
     fn write_all(&mut self) -> Result<BTreeSet<RangeId>, StorageError> {
-        if let Writer::Thread(jobs) = &self.writer {
+        if let (Writer::Thread(jobs), false) = (&self.writer, self.in_flight.is_empty()) {
             let (done, wait) = std::sync::mpsc::channel();
             if jobs.send(WriteJob::Barrier(done)).is_err() || wait.recv().is_err() {
                 panic!(
@@ -758,8 +759,8 @@ impl Store {
     /// Hands what was applied to the writer, keeping its values for reads until it is written.
     fn hand_over_unwritten(&mut self) {
         if self.unwritten.ranges.is_empty() {
-            // Nothing applied since a write that could not wait (what is left is of a range
-            // removed since, whose data is deleted).
+            // Nothing applied since a write that could not wait (only events that touch no
+            // range were counted).
             self.unwritten = Unwritten::default();
             return;
         }
@@ -823,6 +824,9 @@ impl Store {
                                 Ok(Err(e)) => Err(e.to_string()),
                                 Err(_) => Err("the write panicked".to_string()),
                             };
+                            if let Err(e) = &result {
+                                log::error!("store writer: cannot write applied entries: {e}");
+                            }
                             let failed = result.is_err();
                             store.do_send(Written { seq, result });
                             if failed {
