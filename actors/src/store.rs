@@ -135,6 +135,37 @@ fn unwritten_value<'a>(
         .or_else(|| in_flight.iter().rev().find_map(|f| f.values.get(key)))
 }
 
+/// The writer thread: writes the batches it is handed, in order, and tells the Store; stops at
+/// the first that fails, or when the Store is gone.
+fn write_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<WriteJob>, store: &Addr<Store>) {
+    for job in jobs {
+        match job {
+            WriteJob::Batch { seq, batch, states } => {
+                // `Engine::write` panics on a failure it cannot undo: the Store hears of it all
+                // the same.
+                let written =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| engine.write(batch, states)));
+                let result = match written {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the write panicked".to_string()),
+                };
+                if let Err(e) = &result {
+                    log::error!("store writer: cannot write applied entries: {e}");
+                }
+                let failed = result.is_err();
+                store.do_send(Written { seq, result });
+                if failed {
+                    return;
+                }
+            }
+            WriteJob::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 /// Removes and returns, in key order, the entries whose value matches.
 fn take_where<K: Ord, V>(map: &mut BTreeMap<K, V>, matches: impl Fn(&V) -> bool) -> Vec<V> {
     let (taken, kept) = std::mem::take(map)
@@ -724,10 +755,7 @@ impl Store {
         if let (Writer::Thread(jobs), false) = (&self.writer, self.in_flight.is_empty()) {
             let (done, wait) = std::sync::mpsc::channel();
             if jobs.send(WriteJob::Barrier(done)).is_err() || wait.recv().is_err() {
-                panic!(
-                    "store: {}: the writer of applied entries stopped",
-                    self.node
-                );
+                self.writer_stopped();
             }
         }
         // Written now, whether or not their `Written` has arrived (it finds them gone): all of
@@ -742,6 +770,14 @@ impl Store {
         }
         ranges.extend(written);
         Ok(ranges)
+    }
+
+    fn writer_stopped(&self) -> ! {
+        // Its last `Written`, in the mailbox, says why (and the log).
+        panic!(
+            "store: {}: the writer of applied entries stopped",
+            self.node
+        );
     }
 
     /// What was applied and not handed to the writer, with each of its ranges' applied state.
@@ -810,35 +846,7 @@ impl Store {
         let engine = self.engine.clone();
         let writer = std::thread::Builder::new()
             .name(format!("store-writer-{}", self.node.0))
-            .spawn(move || {
-                for job in receive {
-                    match job {
-                        WriteJob::Batch { seq, batch, states } => {
-                            // `Engine::write` panics on a failure it cannot undo: the Store
-                            // hears of it all the same.
-                            let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                engine.write(batch, states)
-                            }));
-                            let result = match written {
-                                Ok(Ok(())) => Ok(()),
-                                Ok(Err(e)) => Err(e.to_string()),
-                                Err(_) => Err("the write panicked".to_string()),
-                            };
-                            if let Err(e) = &result {
-                                log::error!("store writer: cannot write applied entries: {e}");
-                            }
-                            let failed = result.is_err();
-                            store.do_send(Written { seq, result });
-                            if failed {
-                                return;
-                            }
-                        }
-                        WriteJob::Barrier(done) => {
-                            let _ = done.send(());
-                        }
-                    }
-                }
-            })?;
+            .spawn(move || write_in_order(&engine, receive, &store))?;
         self.writer = Writer::Thread(jobs);
         Ok(writer)
     }
