@@ -827,10 +827,7 @@ impl Store {
             }
             Writer::Thread(jobs) => {
                 if jobs.send(WriteJob::Batch { seq, batch, states }).is_err() {
-                    panic!(
-                        "store: {}: the writer of applied entries stopped",
-                        self.node
-                    );
+                    self.writer_stopped();
                 }
             }
         }
