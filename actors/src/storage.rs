@@ -1659,10 +1659,8 @@ mod tests {
             let (engine, mut s) = bootstrapped(dir);
             let entries = (6..=8)
                 .map(|index| Entry {
-                    index,
-                    term: 6,
                     data: vec![byte; 64].into(),
-                    ..Default::default()
+                    ..entry(index, 6)
                 })
                 .collect();
             append(&engine, &mut s, entries);
@@ -1697,10 +1695,8 @@ mod tests {
                 .sum()
         };
         let big = |index| Entry {
-            index,
-            term: 6,
             data: vec![index as u8; 1024].into(),
-            ..Default::default()
+            ..entry(index, 6)
         };
         let engine = open();
         let mut batch = WriteBatch::default();

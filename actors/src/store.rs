@@ -805,10 +805,7 @@ impl Store {
         }
         let values = std::mem::take(&mut self.unwritten.values);
         let (batch, states, ranges) = self.take_unwritten();
-        let written = ranges
-            .iter()
-            .filter_map(|r| self.ranges.get(r).map(|s| (*r, s.applied.index)))
-            .collect();
+        let written = self.applied_indexes(&ranges);
         self.handed_writes += 1;
         let seq = self.handed_writes;
         self.in_flight.push_back(InFlight {
@@ -848,12 +845,17 @@ impl Store {
         Ok(writer)
     }
 
+    /// How far each of `ranges` that is still here has applied.
+    fn applied_indexes(&self, ranges: &BTreeSet<RangeId>) -> Vec<(RangeId, u64)> {
+        ranges
+            .iter()
+            .filter_map(|r| self.ranges.get(r).map(|s| (*r, s.applied.index)))
+            .collect()
+    }
+
     fn report_applied(&self, ranges: &BTreeSet<RangeId>, written: bool) {
         self.multiraft.do_send(Applied {
-            ranges: ranges
-                .iter()
-                .filter_map(|r| self.ranges.get(r).map(|s| (*r, s.applied.index)))
-                .collect(),
+            ranges: self.applied_indexes(ranges),
             written,
         });
     }
