@@ -46,10 +46,7 @@
 //!
 //! Once a range has more than `log_compaction_entries` applied entries in its log, the oldest
 //! are deleted, keeping the most recent half; a follower that needs deleted entries gets a
-//! snapshot. A leader keeps the entries a follower still lacks, up to ten times
-//! `log_compaction_entries` (see `Group::compaction_point`): a follower whose node restarted,
-//! or that was cut off for a while, catches up from the log instead of by a snapshot of its
-//! whole range. The raft log's purge, which bounds its size on disk, compacts regardless.
+//! snapshot.
 //!
 //! # Quiescence and node liveness
 //!
@@ -121,10 +118,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// How many times `log_compaction_entries` a leader's log may hold for a follower that lacks
-/// them (see `Group::compaction_point`).
-const LOG_KEPT_FOR_FOLLOWERS: u64 = 10;
 
 /// How MultiRaft runs its groups.
 #[derive(Clone, Debug)]
@@ -310,36 +303,6 @@ impl Group {
 
     fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
-    }
-
-    /// Where the log of a range that has written `written` entries may be compacted up to: all
-    /// but the last `keep / 2`, except that a leader keeps the entries a follower still lacks
-    /// (one that is not being sent a snapshot, and that the log can still bring up to date),
-    /// as long as they are fewer than `LOG_KEPT_FOR_FOLLOWERS` times `keep`. A follower whose
-    /// node restarted, or that was cut off for a while, then catches up from the log instead of
-    /// by a snapshot of the whole range.
-    fn compaction_point(&self, written: u64, keep: u64) -> u64 {
-        let to = written - keep / 2;
-        if !self.is_leader() {
-            return to;
-        }
-        let truncated = self.node.store().truncated().index;
-        let lacking = self
-            .node
-            .raft
-            .prs()
-            .iter()
-            .filter(|&(&id, p)| {
-                id != self.replica.0 && p.state != ProgressState::Snapshot && p.matched >= truncated
-            })
-            .map(|(_, p)| p.matched)
-            .min();
-        match lacking {
-            Some(matched) => {
-                to.min(matched.max(written.saturating_sub(keep * LOG_KEPT_FOR_FOLLOWERS)))
-            }
-            None => to,
-        }
     }
 
     /// Whether nothing is under way in this replica that needs its clock: no reads, no
@@ -2106,14 +2069,8 @@ impl Handler<Applied> for MultiRaft {
             // A change's callback comes before the report of its index, so the conf state
             // written with the same batch is the one as of the compacted log.
             let keep = self.settings.log_compaction_entries;
-            let truncated = g.node.store().truncated().index;
-            if index.saturating_sub(truncated) > keep {
-                // At least half the log goes, so that a follower catching up slowly does not
-                // make a compaction (and its sled sync) of every report.
-                let to = g.compaction_point(index, keep);
-                if to >= truncated + keep / 2 {
-                    self.compact(range, to);
-                }
+            if index.saturating_sub(g.node.store().truncated().index) > keep {
+                self.compact(range, index - keep / 2);
             }
         }
         self.schedule_round(ctx);

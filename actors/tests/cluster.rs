@@ -73,23 +73,11 @@ impl Cluster {
         members: &[u64],
         store: StoreSettings,
     ) -> Cluster {
-        Cluster::start_tuned(dir, ids, members, store, |_| {})
-    }
-
-    /// As `start_with`, with the raft settings `tune` makes.
-    fn start_tuned(
-        dir: &std::path::Path,
-        ids: &[u64],
-        members: &[u64],
-        store: StoreSettings,
-        tune: impl Fn(&mut RaftSettings),
-    ) -> Cluster {
         let net = LocalNetwork::new(7);
         let mut nodes = BTreeMap::new();
         for &id in ids {
             let mut s = settings(id, dir, store.clone());
             s.initial_members = members.iter().map(|&n| NodeId(n)).collect();
-            tune(&mut s.raft);
             let node = Node::start(s, Box::new(net.transport())).expect("node starts");
             net.register(NodeId(id), node.multiraft.clone().recipient());
             nodes.insert(id, node);
@@ -891,91 +879,6 @@ fn a_write_forwarded_to_a_leader_that_is_cut_off_is_answered_when_a_new_leader_i
             "{r:?}"
         );
         cluster.net.heal();
-        cluster.stop();
-    });
-}
-
-#[test]
-fn a_follower_cut_off_for_a_while_catches_up_from_the_log_and_one_cut_off_longer_by_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    System::new().block_on(async {
-        // Compacted past 20 entries; a leader keeps up to 200 for a follower lacking them.
-        let cluster = Cluster::start_tuned(
-            dir.path(),
-            &[1, 2, 3],
-            &[1, 2, 3],
-            StoreSettings::default(),
-            |raft| raft.log_compaction_entries = 20,
-        );
-        cluster.await_leaders(1).await;
-        let range = RangeId(1);
-        cluster.transfer(range, 1).await;
-        let ids = |ns: &[u64]| ns.iter().map(|&n| NodeId(n)).collect::<Vec<_>>();
-        let snapshots = || {
-            cluster
-                .node(1)
-                .metrics
-                .snapshots_sent
-                .load(Ordering::Relaxed)
-        };
-        let compactions = || {
-            cluster
-                .node(1)
-                .metrics
-                .log_compactions
-                .load(Ordering::Relaxed)
-        };
-        // Node 3 misses `n` writes to the range, then is heard from again; returns what it
-        // holds of the last one once it has applied everything node 1 has.
-        let miss = |n: usize, tag: &'static str| {
-            let cluster = &cluster;
-            async move {
-                cluster.net.partition(&ids(&[3]), &ids(&[1, 2]));
-                for i in 0..n {
-                    write_eventually(cluster, 1, format!("a{tag}{i}").as_bytes(), b"v").await;
-                }
-                cluster.net.heal();
-                let applied =
-                    |s: Vec<RaftStatus>| s.iter().find(|r| r.range == range).unwrap().applied;
-                let target = applied(cluster.status(1).await);
-                for _ in 0..500 {
-                    if applied(cluster.status(3).await) >= target {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                assert!(
-                    applied(cluster.status(3).await) >= target,
-                    "n3 never caught up"
-                );
-                cluster.node(3).store.send(WriteApplied).await.unwrap();
-                let key = format!("a{tag}{}", n - 1);
-                cluster.node(3).engine.get_user(key.as_bytes()).unwrap()
-            }
-        };
-
-        let before = compactions();
-        assert_eq!(miss(100, "x").await.as_deref(), Some(&b"v"[..]));
-        assert_eq!(
-            snapshots(),
-            0,
-            "n3, 100 entries behind, was sent a snapshot"
-        );
-        // Once it caught up, the log it no longer needs goes.
-        write_eventually(&cluster, 1, b"a-after", b"v").await;
-        for _ in 0..250 {
-            if compactions() > before {
-                break;
-            }
-            write_eventually(&cluster, 1, b"a-after", b"v").await;
-        }
-        assert!(compactions() > before, "the log was never compacted");
-
-        assert_eq!(miss(300, "y").await.as_deref(), Some(&b"v"[..]));
-        assert!(
-            snapshots() > 0,
-            "n3, 300 entries behind, caught up without a snapshot"
-        );
         cluster.stop();
     });
 }
