@@ -72,7 +72,7 @@ use crate::ids::{NodeId, RangeId, ReplicaId};
 use protobuf::Message as ProtoMessage;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
-use raft_engine::env::{FileSystem, Handle, Permission, WriteExt};
+use raft_engine::env::{DefaultFileSystem as DefaultFs, FileSystem, Handle, Permission, WriteExt};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -958,7 +958,6 @@ struct LogFiles {
     durable: bool,
 }
 
-use raft_engine::env::DefaultFileSystem as DefaultFs;
 type LogFd = <DefaultFs as FileSystem>::Handle;
 
 impl FileSystem for LogFiles {
