@@ -1426,7 +1426,9 @@ impl MultiRaft {
         let Some(g) = self.groups.get_mut(&range) else {
             return false;
         };
-        if g.awaiting_callback.is_some() {
+        // Not while the Store builds a snapshot of the range, which would then be behind the
+        // log's start, of no use, and built again.
+        if g.awaiting_callback.is_some() || g.snapshot_requested {
             return false;
         }
         match g

@@ -41,8 +41,8 @@ pub struct Node {
     pub engine: Arc<Engine>,
     pub metrics: Arc<RaftMetrics>,
     arbiters: Vec<Arbiter>,
-    /// The Store's writer thread (see `Store::write_on_own_thread`).
-    writer: Option<std::thread::JoinHandle<()>>,
+    /// The Store's writer and snapshot builder threads (see `Store::run_on_own_threads`).
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// The initial ranges: `[""; k1)`, `[k1; k2)`, …, `[kn; ∞)`, numbered from 1.
@@ -126,9 +126,9 @@ impl Node {
             metrics.clone(),
         )?;
         let mut arbiters = Vec::new();
-        let mut writer = None;
+        let mut threads = Vec::new();
         if own_threads {
-            writer = Some(store.write_on_own_thread(store_addr.clone())?);
+            threads = store.run_on_own_threads(store_addr.clone())?;
             let raft_arbiter = Arbiter::new();
             let store_arbiter = Arbiter::new();
             raft_arbiter.spawn_fn(move || {
@@ -149,7 +149,7 @@ impl Node {
             engine,
             metrics,
             arbiters,
-            writer,
+            threads,
         })
     }
 
@@ -184,9 +184,10 @@ impl Node {
         for a in self.arbiters {
             let _ = a.join();
         }
-        // The Store is gone with its arbiter: its writer ends once it has written what it held.
-        if let Some(writer) = self.writer {
-            let _ = writer.join();
+        // The Store is gone with its arbiter: its writer and builder end once they have done
+        // what they held.
+        for thread in self.threads {
+            let _ = thread.join();
         }
     }
 }

@@ -11,6 +11,9 @@
 //! Reads are linearizable (contract 7): each read asks MultiRaft for a read index and is served
 //! once the range has applied up to it.
 //!
+//! Snapshots MultiRaft asks for are built on another thread of the node's own, while the Store
+//! goes on (see [`Generation`]).
+//!
 //! Admin requests (adding and removing replicas, moving leadership) are proposals or requests
 //! to MultiRaft like any other, and are answered when this node's state shows their outcome.
 //!
@@ -166,6 +169,17 @@ fn write_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<WriteJob>, st
     }
 }
 
+/// The builder thread: builds the snapshots it is handed, in turn, and gives each to the Store.
+fn build_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<BuildJob>, store: &Addr<Store>) {
+    for BuildJob { range, id, job } in jobs {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            job.build(engine).map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| Err("the build panicked".into()));
+        store.do_send(SnapshotBuilt { range, id, result });
+    }
+}
+
 /// Removes and returns, in key order, the entries whose value matches.
 fn take_where<K: Ord, V>(map: &mut BTreeMap<K, V>, matches: impl Fn(&V) -> bool) -> Vec<V> {
     let (taken, kept) = std::mem::take(map)
@@ -241,18 +255,21 @@ pub struct Store {
     /// Sequence number of the last batch handed to the writer.
     handed_writes: u64,
     writer: Writer,
-    /// Snapshots being built on a thread of their own, by range (see [`SnapshotJob`]).
+    /// Where snapshots are built when not at once: the builder thread (see [`Generation`]).
+    builder: Option<std::sync::mpsc::Sender<BuildJob>>,
+    /// Snapshots being built on the builder thread, by range.
     generating: BTreeMap<RangeId, Generation>,
     /// The number of the last snapshot build started on its thread.
     generations: u64,
 }
 
-/// A snapshot being built away from the Store's thread: reading a range of many keys from
-/// sled takes long (200,000 keys: 0.3-0.4 s, and encoding them 0.05-0.09 s), and the Store's
-/// thread serves every client of the node. The range is read from sled as writes go on; so
-/// that the snapshot holds the range as of its index, the Store keeps the value each key had
-/// then, the first time it writes the key after it, and the build puts those values back over
-/// what it read (`before`).
+/// A snapshot being built away from the Store's thread, on the builder thread, one at a time:
+/// reading a range of many keys from sled takes long (200,000 keys: 0.3-0.4 s, and encoding
+/// them 0.05-0.09 s), and the Store's thread serves every client of the node. The range is
+/// read from sled as writes go on; so that the snapshot holds the range as of its index, the
+/// Store keeps the value each key had then, the first time it writes the key after it, and the
+/// build puts those values back over what it read (`before`). MultiRaft does not compact the
+/// range's log meanwhile, which would leave the snapshot behind it.
 struct Generation {
     id: u64,
     before: Arc<Mutex<Before>>,
@@ -260,6 +277,13 @@ struct Generation {
     /// installed, a membership change, which MultiRaft would put in the snapshot's metadata
     /// as of now): the snapshot built is dropped, and another one started.
     spoiled: bool,
+}
+
+/// A snapshot for the builder thread to build, numbered as its [`Generation`].
+struct BuildJob {
+    range: RangeId,
+    id: u64,
+    job: SnapshotJob,
 }
 
 /// The values keys had at a snapshot's index, kept while its build may still need them.
@@ -436,6 +460,7 @@ impl Store {
             in_flight: VecDeque::new(),
             handed_writes: 0,
             writer: Writer::None,
+            builder: None,
             generating: BTreeMap::new(),
             generations: 0,
             settings,
@@ -817,21 +842,14 @@ impl Store {
             return Ok(());
         };
         let job = SnapshotJob::of(r);
-        match (&self.writer, &self.myself) {
-            (Writer::Thread(_), Some(store)) => {
-                let (engine, store) = (self.engine.clone(), store.clone());
+        match self.builder.clone() {
+            Some(builder) => {
                 let id = self.track_generation(range, &job);
-                std::thread::Builder::new()
-                    .name(format!("snapshot-{range}"))
-                    .spawn(move || {
-                        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            job.build(&engine).map_err(|e| e.to_string())
-                        }))
-                        .unwrap_or_else(|_| Err("the build panicked".into()));
-                        store.do_send(SnapshotBuilt { range, id, result });
-                    })?;
+                if builder.send(BuildJob { range, id, job }).is_err() {
+                    panic!("store: {}: the snapshot builder stopped", self.node);
+                }
             }
-            _ => {
+            None => {
                 let snapshot = job.build(&self.engine)?;
                 self.send_snapshot(range, snapshot);
             }
@@ -1004,19 +1022,26 @@ impl Store {
         }
     }
 
-    /// Gives the Store a thread of its own to write its applied batches (see [`Writer`]); the
-    /// thread ends when the Store does, once it has written what it was handed.
-    pub fn write_on_own_thread(
+    /// Gives the Store a thread of its own to write its applied batches (see [`Writer`]), and
+    /// one to build snapshots (see [`Generation`]); both end when the Store does, once they
+    /// have done what they were handed.
+    pub fn run_on_own_threads(
         &mut self,
         store: Addr<Store>,
-    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
         let (jobs, receive) = std::sync::mpsc::sync_channel::<WriteJob>(WRITES_IN_FLIGHT);
-        let engine = self.engine.clone();
+        let (engine, to) = (self.engine.clone(), store.clone());
         let writer = std::thread::Builder::new()
             .name(format!("store-writer-{}", self.node.0))
-            .spawn(move || write_in_order(&engine, receive, &store))?;
+            .spawn(move || write_in_order(&engine, receive, &to))?;
         self.writer = Writer::Thread(jobs);
-        Ok(writer)
+        let (builds, receive) = std::sync::mpsc::channel::<BuildJob>();
+        let engine = self.engine.clone();
+        let builder = std::thread::Builder::new()
+            .name(format!("snapshots-{}", self.node.0))
+            .spawn(move || build_in_order(&engine, receive, &store))?;
+        self.builder = Some(builds);
+        Ok(vec![writer, builder])
     }
 
     /// How far each of `ranges` that is still here has applied.
@@ -1719,6 +1744,9 @@ mod tests {
     fn a_snapshot_built_while_writes_go_on_holds_the_range_as_of_its_index() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _reports) = store(dir.path());
+        // A builder thread that builds when this test says.
+        let (builds, handed) = std::sync::mpsc::channel();
+        s.builder = Some(builds);
         let range = RangeId(1);
         let pair = |k: &[u8], v: &[u8]| (k.to_vec(), v.to_vec());
         apply_commands(
@@ -1729,11 +1757,9 @@ mod tests {
                 set_command(b"c", b"3"),
             ],
         );
-        // What `generate_snapshot` does before it hands the job to a thread of its own.
-        s.write_applied().unwrap();
-        let job = SnapshotJob::of(&s.ranges[&range]);
+        s.generate_snapshot(range).unwrap();
+        let BuildJob { id, job, .. } = handed.try_recv().expect("a build handed over");
         let at = job.applied;
-        let id = s.track_generation(range, &job);
         // Writes after the snapshot's index, in sled before the build reads the range: a key
         // changed twice, one deleted, one created.
         apply_commands(
@@ -1779,10 +1805,28 @@ mod tests {
             ]
         );
 
-        // A build that a change of the range's configuration overtook is not sent.
-        let job = SnapshotJob::of(&s.ranges[&range]);
-        let id = s.track_generation(range, &job);
-        s.spoil_snapshot(range);
+        // A build that a change of the range's configuration overtook is not sent (MultiRaft
+        // would give it the new configuration); another is started, as of the change.
+        s.generate_snapshot(range).unwrap();
+        let BuildJob { id, job, .. } = handed.try_recv().expect("a build handed over");
+        let learner = ReplicaId::new(NodeId(2), 0);
+        let change = single_change(learner, ConfChangeType::AddLearnerNode);
+        let index = s.ranges[&range].applied.index + 1;
+        let callback = ChangeCallback::new(
+            range,
+            index,
+            change.clone(),
+            s.multiraft.clone().recipient(),
+        );
+        s.apply_events(vec![Event::MembershipChangeCommitted {
+            range,
+            index,
+            term: 6,
+            proposal: None,
+            change,
+            callback,
+        }])
+        .unwrap();
         let built = job.build(&s.engine).unwrap();
         let sent = s.snapshot_built(SnapshotBuilt {
             range,
@@ -1790,6 +1834,9 @@ mod tests {
             result: Ok(built),
         });
         assert!(sent.unwrap().is_none(), "a spoiled snapshot was sent");
+        let again = handed.try_recv().expect("another build started");
+        assert_eq!(again.job.applied.index, index);
+        assert_eq!(again.job.descriptor.learners, vec![learner]);
     }
 
     #[test]
