@@ -1732,6 +1732,26 @@ mod tests {
         store.apply_events(events).unwrap();
     }
 
+    /// Applies a change of one replica to range 1 as its next entry; the entry's index.
+    fn apply_change_of(store: &mut Store, replica: ReplicaId, kind: ConfChangeType) -> u64 {
+        let range = RangeId(1);
+        let change = single_change(replica, kind);
+        let index = store.ranges[&range].applied.index + 1;
+        let to = store.multiraft.clone().recipient();
+        let callback = ChangeCallback::new(range, index, change.clone(), to);
+        store
+            .apply_events(vec![Event::MembershipChangeCommitted {
+                range,
+                index,
+                term: 6,
+                proposal: None,
+                change,
+                callback,
+            }])
+            .unwrap();
+        index
+    }
+
     fn set_command(key: &[u8], value: &[u8]) -> Command {
         Command::Set {
             key: key.to_vec(),
@@ -1810,23 +1830,7 @@ mod tests {
         s.generate_snapshot(range).unwrap();
         let BuildJob { id, job, .. } = handed.try_recv().expect("a build handed over");
         let learner = ReplicaId::new(NodeId(2), 0);
-        let change = single_change(learner, ConfChangeType::AddLearnerNode);
-        let index = s.ranges[&range].applied.index + 1;
-        let callback = ChangeCallback::new(
-            range,
-            index,
-            change.clone(),
-            s.multiraft.clone().recipient(),
-        );
-        s.apply_events(vec![Event::MembershipChangeCommitted {
-            range,
-            index,
-            term: 6,
-            proposal: None,
-            change,
-            callback,
-        }])
-        .unwrap();
+        let index = apply_change_of(&mut s, learner, ConfChangeType::AddLearnerNode);
         let built = job.build(&s.engine).unwrap();
         let sent = s.snapshot_built(SnapshotBuilt {
             range,
@@ -1964,23 +1968,11 @@ mod tests {
         assert!(s.serves_locally(range));
 
         // A second voter: another node may lead and commit from now on.
-        let change = single_change(ReplicaId::new(NodeId(2), 0), ConfChangeType::AddNode);
-        let index = s.ranges[&range].applied.index + 1;
-        let callback = ChangeCallback::new(
-            range,
-            index,
-            change.clone(),
-            s.multiraft.clone().recipient(),
+        apply_change_of(
+            &mut s,
+            ReplicaId::new(NodeId(2), 0),
+            ConfChangeType::AddNode,
         );
-        s.apply_events(vec![Event::MembershipChangeCommitted {
-            range,
-            index,
-            term: 6,
-            proposal: None,
-            change,
-            callback,
-        }])
-        .unwrap();
         assert!(!s.serves_locally(range), "two voters");
         // Unless MultiRaft holds a lease of this term with time to spare.
         let lease = |s: &Store, term: u64, until: Instant| {
