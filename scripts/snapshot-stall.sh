@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # What a snapshot costs the clients of the node that sends it. On the three-node cluster of
-# config/cluster/ (ports and data directories rewritten, every range led by node 1): writes
-# 400,000 keys, kills node 3, writes on for 2 s (far past the point where node 1 compacts its
-# log, so node 3 will need snapshots), then reads through node 1 with one connection for 8 s
-# while node 3 is started again 2 s in and sent its snapshots. Prints the reads' latency (the
-# longest is the stall a client saw) and the snapshots node 1 sent.
+# config/cluster/ (ports and data directories rewritten, every range led by node 1): SETs over
+# 400,000 keys for 6 s, then node 3 killed and SETs on for 2 s (far past the point where node 1
+# compacts its log, so node 3 will need snapshots), then GETs through node 1 with one
+# connection for 8 s while node 3 is started again 2 s in and sent its snapshots. Prints the
+# reads' latency (the longest is the stall a client saw) and the snapshots node 1 sent.
 #
 #   scripts/snapshot-stall.sh [--port-base P] [--no-build]
 #
@@ -34,8 +34,16 @@ if [ "$BUILD" = 1 ]; then
 fi
 FLOTILLA=./target/release/flotilla
 
+for port in $((BASE + 1)) $((BASE + 2)) $((BASE + 3)) $((BASE + 11)) $((BASE + 12)) \
+  $((BASE + 13)); do
+  if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then
+    echo "snapshot-stall.sh: port $port is in use; choose other ports with --port-base" >&2
+    exit 1
+  fi
+done
+
 work=$(mktemp -d -t flotilla-snapshot.XXXXXX)
-pids=(0 0 0)
+pids=(0 0 0 0) # nodes 1-3, and the reads
 stop_all() {
   for p in "${pids[@]}"; do
     if [ "$p" != 0 ]; then
@@ -47,7 +55,7 @@ stop_all() {
 trap 'stop_all; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
-# Waits up to 30 s for `cmd` to succeed; else says `what` and stops.
+# Waits up to 30 s for `cmd` to succeed; else says `what`, shows the nodes' logs and stops.
 await() {
   local what=$1
   shift
@@ -55,7 +63,8 @@ await() {
     if "$@" > /dev/null 2>&1; then return; fi
     sleep 0.1
   done
-  echo "snapshot-stall.sh: $what" >&2
+  echo "snapshot-stall.sh: $what; the nodes' logs:" >&2
+  tail -n 5 "$work"/n?.log >&2
   exit 1
 }
 ranges_led() { [ "$(redis-cli -p $((BASE + 1)) flotilla ranges | grep -c "$1")" = 5 ]; }
@@ -85,10 +94,11 @@ wait "${pids[2]}" 2> /dev/null || true
 pids[2]=0
 load --duration 2 > /dev/null
 load --connections 1 --pipeline 1 --mix get --no-fill --duration 8 > "$work/reads.txt" &
-reads=$!
+pids[3]=$!
 sleep 2
 start 3
-wait "$reads"
+wait "${pids[3]}"
+pids[3]=0
 echo "GET, one connection, through node 1 while node 3 is started again and caught up:"
 grep -E 'ops/s|latency' "$work/reads.txt"
 redis-cli -p $((BASE + 1)) info | tr -d '\r' | grep '^snapshots_sent' | sed 's/^/node 1 /'

@@ -218,6 +218,10 @@ enum Held {
 const SNAPSHOT_ELECTIONS: u64 = 10;
 const SNAPSHOT_BYTES_PER_TICK: usize = 1 << 20;
 
+/// Election timeouts the log waits, uncompacted past it, for a snapshot the Store builds (see
+/// `Group::snapshot_floor`).
+const SNAPSHOT_BUILD_ELECTIONS: u64 = 30;
+
 /// Leader-transfer ticks after which a change waiting for leadership to move is given up.
 const TRANSFER_GIVE_UP_ELECTIONS: u64 = 3;
 
@@ -254,6 +258,11 @@ struct Group {
     written: u64,
     leader: u64,
     snapshot_requested: bool,
+    /// How far the log may be compacted while a snapshot is built for it and until raft sends
+    /// it, so that it is not left behind the log's start (of no use, and built again): the
+    /// written index when it was asked for, then its own index once built; until it is handed
+    /// over, or the tick given (should raft no longer ask for it, or the build take too long).
+    snapshot_floor: Option<(u64, u64)>,
     /// Changes removing this replica, held until leadership has moved to another replica.
     after_transfer: Vec<Held>,
     /// Tick at which the transfer for `after_transfer` started.
@@ -761,6 +770,7 @@ impl MultiRaft {
                 written: applied,
                 leader: 0,
                 snapshot_requested: false,
+                snapshot_floor: None,
                 after_transfer: Vec::new(),
                 transfer_started: 0,
                 queued_changes: Vec::new(),
@@ -1109,6 +1119,7 @@ impl MultiRaft {
             for (range, peer, bytes) in snapshots {
                 if let Some(g) = self.groups.get_mut(&range) {
                     if sent {
+                        g.snapshot_floor = None;
                         let deadline = self.ticks
                             + SNAPSHOT_ELECTIONS * election
                             + (bytes / SNAPSHOT_BYTES_PER_TICK) as u64;
@@ -1134,6 +1145,7 @@ impl MultiRaft {
         let myself = self.myself.clone().expect("MultiRaft started");
         let lease = self.lease_duration();
         let prefix = read_prefix(self.node, self.boot);
+        let election_ticks = self.settings.election_ticks as u64;
 
         for range in std::mem::take(&mut self.dirty) {
             let Some(g) = self.groups.get_mut(&range) else {
@@ -1164,6 +1176,8 @@ impl MultiRaft {
             tell_proposers(g);
             if g.node.store().take_snapshot_request() && !g.snapshot_requested {
                 g.snapshot_requested = true;
+                let until = self.ticks + SNAPSHOT_BUILD_ELECTIONS * election_ticks;
+                g.snapshot_floor = Some((g.written, until));
                 events.push(Event::SnapshotRequested { range });
             }
             if !g.node.has_ready() {
@@ -1426,16 +1440,18 @@ impl MultiRaft {
         let Some(g) = self.groups.get_mut(&range) else {
             return false;
         };
-        // Not while the Store builds a snapshot of the range, which would then be behind the
-        // log's start, of no use, and built again.
-        if g.awaiting_callback.is_some() || g.snapshot_requested {
+        if g.awaiting_callback.is_some() {
             return false;
         }
-        match g
-            .node
-            .mut_store()
-            .stage_compact(to.min(g.written), &mut self.staged)
-        {
+        let floor = match g.snapshot_floor {
+            Some((index, until)) if self.ticks < until => index,
+            _ => u64::MAX,
+        };
+        let to = to.min(g.written).min(floor);
+        if to <= g.node.store().truncated().index {
+            return false;
+        }
+        match g.node.mut_store().stage_compact(to, &mut self.staged) {
             Ok(()) => {
                 self.staged_any = true;
                 self.metrics.log_compactions.fetch_add(1, Ordering::Relaxed);
@@ -2168,6 +2184,10 @@ impl Handler<SnapshotGenerated> for MultiRaft {
         // mailbox, in order), so the conf state now is the one as of that index.
         let cs = g.node.store().conf_state().clone();
         msg.snapshot.mut_metadata().set_conf_state(cs);
+        // Raft asks for it again the next time it would send to the follower (a heartbeat's
+        // answer at the latest).
+        let until = self.ticks + 2 * self.settings.election_ticks as u64;
+        g.snapshot_floor = Some((msg.snapshot.get_metadata().index, until));
         g.node.mut_store().set_snapshot(msg.snapshot);
         g.snapshot_requested = false;
         self.mark_dirty(msg.range, ctx);

@@ -268,8 +268,8 @@ pub struct Store {
 /// them 0.05-0.09 s), and the Store's thread serves every client of the node. The range is
 /// read from sled as writes go on; so that the snapshot holds the range as of its index, the
 /// Store keeps the value each key had then, the first time it writes the key after it, and the
-/// build puts those values back over what it read (`before`). MultiRaft does not compact the
-/// range's log meanwhile, which would leave the snapshot behind it.
+/// build puts those values back over what it read (`before`). MultiRaft compacts the range's
+/// log no further than the snapshot until raft has sent it (`Group::snapshot_floor`).
 struct Generation {
     id: u64,
     before: Arc<Mutex<Before>>,
@@ -317,8 +317,17 @@ impl SnapshotJob {
     /// Reads the range from sled, puts back the values keys had at the snapshot's index, and
     /// encodes it.
     fn build(self, engine: &Engine) -> Result<raft::prelude::Snapshot, StorageError> {
-        let d = &self.descriptor;
-        let read = engine.user_pairs(&d.start_key, &d.end_key)?;
+        let read = self.read(engine)?;
+        Ok(self.finish(read))
+    }
+
+    /// The range's pairs in sled now.
+    fn read(&self, engine: &Engine) -> Result<Vec<Pair>, StorageError> {
+        engine.user_pairs(&self.descriptor.start_key, &self.descriptor.end_key)
+    }
+
+    /// The snapshot, from what was read and the values kept.
+    fn finish(self, read: Vec<Pair>) -> raft::prelude::Snapshot {
         let before = {
             let mut b = self.before.lock().expect("snapshot values");
             b.taken = true;
@@ -341,7 +350,7 @@ impl SnapshotJob {
             pairs,
             proposers: self.proposers,
         });
-        Ok(snapshot_of(self.applied.index, self.applied.term, data))
+        snapshot_of(self.applied.index, self.applied.term, data)
     }
 }
 
@@ -1355,10 +1364,7 @@ impl Handler<SnapshotBuilt> for Store {
         match self.snapshot_built(msg) {
             Ok(Some(snapshot)) => self.send_snapshot(range, snapshot),
             Ok(None) => {}
-            Err(e) => panic!(
-                "store: {}: cannot build a snapshot of {range}: {e}",
-                self.node
-            ),
+            Err(e) => panic!("store: {}: {range}: snapshot: {e}", self.node),
         }
     }
 }
@@ -1794,9 +1800,18 @@ mod tests {
             ],
         );
         s.write_applied().unwrap();
-        let built = job.build(&s.engine).unwrap();
-        // Once the build has read the range, later writes are not its business.
+        let read = job.read(&s.engine).unwrap();
+        // Written after the build read the range and before it took the values kept.
         apply_commands(&mut s, vec![set_command(b"c", b"30")]);
+        let built = job.finish(read);
+        // And after: nothing more is kept.
+        apply_commands(&mut s, vec![set_command(b"e", b"5")]);
+        assert!(s.generating[&range]
+            .before
+            .lock()
+            .unwrap()
+            .values
+            .is_empty());
 
         let sent = s
             .snapshot_built(SnapshotBuilt {
@@ -1814,14 +1829,15 @@ mod tests {
         );
         assert!(s.generating.is_empty());
         // The Store's own state moved on meanwhile.
-        let keys = [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()];
+        let keys = [b"a", b"b", b"c", b"d", b"e"].map(|k| k.to_vec());
         assert_eq!(
             s.values(&keys).unwrap(),
             vec![
                 Some(b"11".to_vec()),
                 None,
                 Some(b"30".to_vec()),
-                Some(b"4".to_vec())
+                Some(b"4".to_vec()),
+                Some(b"5".to_vec())
             ]
         );
 
