@@ -46,7 +46,10 @@
 //!
 //! Once a range has more than `log_compaction_entries` applied entries in its log, the oldest
 //! are deleted, keeping the most recent half; a follower that needs deleted entries gets a
-//! snapshot.
+//! snapshot. While the Store builds a snapshot (on a thread of its own, one at a time) and
+//! until raft sends it, the log is compacted no further than the snapshot
+//! (`Group::snapshot_floor`), else raft would find it behind the log's start and ask for
+//! another; the floor lapses after a while, should raft no longer ask for it.
 //!
 //! # Quiescence and node liveness
 //!
@@ -1051,10 +1054,13 @@ impl MultiRaft {
         self.pings.clear();
         for (to, all) in out {
             self.last_sent.insert(to, self.ticks);
-            let snapshots: Vec<(RangeId, u64, usize)> = all
+            let snapshots: Vec<(RangeId, u64, usize, u64)> = all
                 .iter()
                 .filter(|(_, m)| m.get_msg_type() == MessageType::MsgSnapshot)
-                .map(|(r, m)| (*r, m.to, m.get_snapshot().data.len()))
+                .map(|(r, m)| {
+                    let s = m.get_snapshot();
+                    (*r, m.to, s.data.len(), s.get_metadata().index)
+                })
                 .collect();
             self.metrics
                 .snapshots_sent
@@ -1116,10 +1122,16 @@ impl MultiRaft {
               // replicating once the follower acknowledges it; `on_tick` reports it lost if that
               // takes too long. Meanwhile raft sends that follower nothing else.
             let election = self.settings.election_ticks as u64;
-            for (range, peer, bytes) in snapshots {
+            for (range, peer, bytes, index) in snapshots {
                 if let Some(g) = self.groups.get_mut(&range) {
                     if sent {
-                        g.snapshot_floor = None;
+                        // Unless a newer one is being built, or this one is older than the
+                        // one the floor keeps the log for.
+                        if !g.snapshot_requested
+                            && g.snapshot_floor.is_some_and(|(floor, _)| index >= floor)
+                        {
+                            g.snapshot_floor = None;
+                        }
                         let deadline = self.ticks
                             + SNAPSHOT_ELECTIONS * election
                             + (bytes / SNAPSHOT_BYTES_PER_TICK) as u64;
@@ -1434,8 +1446,9 @@ impl MultiRaft {
         }
     }
 
-    /// Stages the compaction of a range's log up to `to` (at most what its Store has written),
-    /// unless it awaits a membership callback; says whether it did.
+    /// Stages the compaction of a range's log up to `to` (at most what its Store has written,
+    /// and what a snapshot on its way needs: `Group::snapshot_floor`), unless it awaits a
+    /// membership callback; says whether it staged any.
     fn compact(&mut self, range: RangeId, to: u64) -> bool {
         let Some(g) = self.groups.get_mut(&range) else {
             return false;
