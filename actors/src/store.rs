@@ -840,8 +840,8 @@ impl Store {
         Ok(())
     }
 
-    /// Builds a snapshot of the range as it has applied, for MultiRaft: on a thread of its own
-    /// when the Store writes on one (see [`Generation`]), or else at once.
+    /// Builds a snapshot of the range as it has applied, for MultiRaft: on the builder thread
+    /// when the Store has one (see [`Generation`]), or else at once.
     fn generate_snapshot(&mut self, range: RangeId) -> Result<(), StorageError> {
         if self.generating.contains_key(&range) {
             return Ok(());
