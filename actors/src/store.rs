@@ -50,6 +50,9 @@ pub struct StoreSettings {
     pub request_timeout: Duration,
     /// Test knob: time spent (blocking) before applying each event batch, to play a slow disk.
     pub apply_delay: Duration,
+    /// Test knob: time the builder thread spends before building each snapshot, to play a
+    /// large range.
+    pub snapshot_build_delay: Duration,
     /// Capacity of the Store's mailbox; MultiRaft keeps events back while it is full.
     pub mailbox_capacity: usize,
     /// Bytes of the cache of recently read values (see [`ValueCache`]).
@@ -86,6 +89,7 @@ impl Default for StoreSettings {
         StoreSettings {
             request_timeout: Duration::from_secs(5),
             apply_delay: Duration::ZERO,
+            snapshot_build_delay: Duration::ZERO,
             mailbox_capacity: 1024,
             value_cache_bytes: 16 << 20,
             write_applied_after: Duration::from_millis(10),
@@ -170,8 +174,14 @@ fn write_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<WriteJob>, st
 }
 
 /// The builder thread: builds the snapshots it is handed, in turn, and gives each to the Store.
-fn build_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<BuildJob>, store: &Addr<Store>) {
+fn build_in_order(
+    engine: &Engine,
+    jobs: std::sync::mpsc::Receiver<BuildJob>,
+    store: &Addr<Store>,
+    delay: Duration,
+) {
     for BuildJob { range, id, job } in jobs {
+        std::thread::sleep(delay);
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             job.build(engine).map_err(|e| e.to_string())
         }))
@@ -1045,10 +1055,10 @@ impl Store {
             .spawn(move || write_in_order(&engine, receive, &to))?;
         self.writer = Writer::Thread(jobs);
         let (builds, receive) = std::sync::mpsc::channel::<BuildJob>();
-        let engine = self.engine.clone();
+        let (engine, delay) = (self.engine.clone(), self.settings.snapshot_build_delay);
         let builder = std::thread::Builder::new()
             .name(format!("snapshots-{}", self.node.0))
-            .spawn(move || build_in_order(&engine, receive, &store))?;
+            .spawn(move || build_in_order(&engine, receive, &store, delay))?;
         self.builder = Some(builds);
         Ok(vec![writer, builder])
     }

@@ -73,11 +73,23 @@ impl Cluster {
         members: &[u64],
         store: StoreSettings,
     ) -> Cluster {
+        Cluster::start_tuned(dir, ids, members, store, |_| {})
+    }
+
+    /// As `start_with`, with the raft settings `tune` makes.
+    fn start_tuned(
+        dir: &std::path::Path,
+        ids: &[u64],
+        members: &[u64],
+        store: StoreSettings,
+        tune: impl Fn(&mut RaftSettings),
+    ) -> Cluster {
         let net = LocalNetwork::new(7);
         let mut nodes = BTreeMap::new();
         for &id in ids {
             let mut s = settings(id, dir, store.clone());
             s.initial_members = members.iter().map(|&n| NodeId(n)).collect();
+            tune(&mut s.raft);
             let node = Node::start(s, Box::new(net.transport())).expect("node starts");
             net.register(NodeId(id), node.multiraft.clone().recipient());
             nodes.insert(id, node);
@@ -879,6 +891,57 @@ fn a_write_forwarded_to_a_leader_that_is_cut_off_is_answered_when_a_new_leader_i
             "{r:?}"
         );
         cluster.net.heal();
+        cluster.stop();
+    });
+}
+
+#[test]
+fn a_snapshot_built_slowly_while_writes_go_on_is_not_left_behind_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings {
+            snapshot_build_delay: Duration::from_millis(300),
+            ..StoreSettings::default()
+        };
+        // The log compacted past 20 entries: hundreds of writes go on while a snapshot is built.
+        let cluster = Cluster::start_tuned(dir.path(), &[1, 2, 3], &[1, 2, 3], settings, |raft| {
+            raft.log_compaction_entries = 20
+        });
+        cluster.await_leaders(1).await;
+        let range = RangeId(1);
+        cluster.transfer(range, 1).await;
+        let ids = |ns: &[u64]| ns.iter().map(|&n| NodeId(n)).collect::<Vec<_>>();
+        let applied = |s: Vec<RaftStatus>| s.iter().find(|r| r.range == range).unwrap().applied;
+        // Node 3 misses more than the log keeps: it needs a snapshot.
+        cluster.net.partition(&ids(&[3]), &ids(&[1, 2]));
+        for i in 0..100 {
+            write_eventually(&cluster, 1, format!("a{i}").as_bytes(), b"v").await;
+        }
+        let missed = applied(cluster.status(1).await);
+        cluster.net.heal();
+        // It catches up while the writes go on.
+        let mut caught_up = false;
+        for i in 0..1500 {
+            write_eventually(&cluster, 1, format!("a-more{i}").as_bytes(), b"v").await;
+            if applied(cluster.status(3).await) >= missed {
+                caught_up = true;
+                break;
+            }
+        }
+        assert!(
+            caught_up,
+            "n3 never caught up while writes went on: {:?}",
+            cluster.status(3).await
+        );
+        assert_eq!(cluster.leader_of(range).await, Some(NodeId(1)));
+        assert!(
+            cluster
+                .node(1)
+                .metrics
+                .snapshots_sent
+                .load(Ordering::Relaxed)
+                > 0
+        );
         cluster.stop();
     });
 }
