@@ -82,6 +82,7 @@ if [ "$BUILD" = 1 ]; then
   cargo build --release --quiet
 fi
 FLOTILLA=./target/release/flotilla
+. scripts/lib/cluster-config.sh
 
 work=$(mktemp -d -t flotilla-bench-work.XXXXXX)
 pids=()
@@ -118,15 +119,10 @@ start_single() {
 }
 
 start_cluster() {
-  local n m edits
+  local n
   rm -rf "$work/n1" "$work/n2" "$work/n3"
   for n in 1 2 3; do
-    edits=(-e "s|^data_dir = .*|data_dir = \"$work/n$n\"|")
-    for m in 1 2 3 4; do
-      edits+=(-e "s|127.0.0.1:638$m|127.0.0.1:$((BASE + m))|g")
-      edits+=(-e "s|127.0.0.1:738$m|127.0.0.1:$((BASE + 10 + m))|g")
-    done
-    sed "${edits[@]}" "config/cluster/node$n.toml" > "$work/node$n.toml"
+    cluster_config "$n" "$work" "$BASE" > "$work/node$n.toml"
     RUST_LOG=warn "$FLOTILLA" --config "$work/node$n.toml" > "$work/n$n.log" 2>&1 &
     pids+=($!)
   done

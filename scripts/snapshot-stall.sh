@@ -33,6 +33,7 @@ if [ "$BUILD" = 1 ]; then
   cargo build --release --quiet
 fi
 FLOTILLA=./target/release/flotilla
+. scripts/lib/cluster-config.sh
 
 for port in $((BASE + 1)) $((BASE + 2)) $((BASE + 3)) $((BASE + 11)) $((BASE + 12)) \
   $((BASE + 13)); do
@@ -70,13 +71,8 @@ await() {
 ranges_led() { [ "$(redis-cli -p $((BASE + 1)) flotilla ranges | grep -c "$1")" = 5 ]; }
 
 start() {
-  local n=$1 m edits
-  edits=(-e "s|^data_dir = .*|data_dir = \"$work/n$n\"|")
-  for m in 1 2 3 4; do
-    edits+=(-e "s|127.0.0.1:638$m|127.0.0.1:$((BASE + m))|g")
-    edits+=(-e "s|127.0.0.1:738$m|127.0.0.1:$((BASE + 10 + m))|g")
-  done
-  sed "${edits[@]}" "config/cluster/node$n.toml" > "$work/node$n.toml"
+  local n=$1
+  cluster_config "$n" "$work" "$BASE" > "$work/node$n.toml"
   RUST_LOG=warn "$FLOTILLA" --config "$work/node$n.toml" >> "$work/n$n.log" 2>&1 &
   pids[n - 1]=$!
 }
