@@ -47,7 +47,6 @@ pub mod ids;
 pub mod messages;
 pub mod multiraft;
 pub mod node;
-pub mod routing;
 pub mod storage;
 pub mod store;
 pub mod transport;

@@ -27,15 +27,14 @@ use crate::command::{Command, CommandOutcome};
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft, RaftMetrics};
-use crate::routing::Routing;
 use crate::storage::{
     put_descriptor, AppliedStates, Engine, LogPosition, Pair, Proposers, RangeDescriptor,
     SnapshotData, StorageError,
 };
 use actix::prelude::*;
-use foldhash::fast::FixedState;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
 
 use std::sync::atomic::Ordering;
@@ -238,9 +237,9 @@ pub struct Store {
     engine: Arc<Engine>,
     multiraft: Addr<MultiRaft>,
     settings: StoreSettings,
-    ranges: HashMap<RangeId, RangeState, FixedState>,
+    ranges: BTreeMap<RangeId, RangeState>,
     /// Start key → range, for routing.
-    routing: Routing,
+    routing: BTreeMap<Vec<u8>, RangeId>,
     next_seq: u64,
     next_read: u64,
     // Ordered maps: the order requests are answered in must not depend on a hash seed (a
@@ -462,8 +461,8 @@ impl Store {
             boot,
             engine: engine.clone(),
             multiraft,
-            ranges: HashMap::default(),
-            routing: Routing::default(),
+            ranges: BTreeMap::new(),
+            routing: BTreeMap::new(),
             next_seq: 0,
             next_read: 0,
             writes: BTreeMap::new(),
@@ -498,7 +497,8 @@ impl Store {
         applied: LogPosition,
         proposers: Proposers,
     ) {
-        self.routing.insert(&descriptor.start_key, descriptor.id);
+        self.routing
+            .insert(descriptor.start_key.clone(), descriptor.id);
         let (leader, term) = self
             .ranges
             .get(&descriptor.id)
@@ -518,9 +518,10 @@ impl Store {
 
     /// The range holding `key` on this node.
     fn route(&self, key: &[u8]) -> Option<RangeId> {
-        let id = self.routing.find(key)?;
-        let r = self.ranges.get(&id)?;
-        r.descriptor.contains(key).then_some(id)
+        let below = (Bound::Unbounded, Bound::Included(key));
+        let (_, id) = self.routing.range::<[u8], _>(below).next_back()?;
+        let r = self.ranges.get(id)?;
+        r.descriptor.contains(key).then_some(*id)
     }
 
     fn next_proposal(&mut self) -> ProposalId {
@@ -648,9 +649,7 @@ impl Store {
     /// Digests of every range's data as applied here.
     fn digests(&self) -> Result<Vec<RangeDigest>, StorageError> {
         let mut out = Vec::with_capacity(self.ranges.len());
-        let mut ranges: Vec<_> = self.ranges.iter().collect();
-        ranges.sort_unstable_by_key(|(id, _)| **id);
-        for (id, r) in ranges {
+        for (id, r) in &self.ranges {
             let d = &r.descriptor;
             let pairs = self.engine.user_pairs(&d.start_key, &d.end_key)?;
             let hash = data_hash(&pairs);
@@ -1655,20 +1654,16 @@ impl Handler<GetStoreStatus> for Store {
     fn handle(&mut self, _: GetStoreStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(StoreStatus {
             node: self.node,
-            ranges: {
-                let mut ranges: Vec<_> = self
-                    .ranges
-                    .values()
-                    .map(|r| RangeStatus {
-                        descriptor: r.descriptor.clone(),
-                        leader: r.leader,
-                        term: r.term,
-                        applied_index: r.applied.index,
-                    })
-                    .collect();
-                ranges.sort_unstable_by_key(|r| r.descriptor.id);
-                ranges
-            },
+            ranges: self
+                .ranges
+                .values()
+                .map(|r| RangeStatus {
+                    descriptor: r.descriptor.clone(),
+                    leader: r.leader,
+                    term: r.term,
+                    applied_index: r.applied.index,
+                })
+                .collect(),
             applied_commands: self.applied_commands,
         })
     }
