@@ -15,9 +15,9 @@ use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
 
-/// What an entry costs beyond its key and value bytes: its slot, its allocation's header and its
-/// share of the hash table.
-const ENTRY_OVERHEAD: usize = 48;
+/// What an entry costs beyond its key and value bytes, roughly: its slot (32 bytes) and the
+/// slots vector's spare room, its allocation's header, and its share of the hash table.
+const ENTRY_OVERHEAD: usize = 64;
 
 /// One key and what is known of its value, in one allocation: a lookup that finds the slot
 /// compares the key and copies the value from the same few cache lines. (An LRU list, which
@@ -65,13 +65,16 @@ fn cost(key: &[u8], value: Option<&[u8]>) -> usize {
 }
 
 /// A map from user keys to their values, bounded in bytes, that drops what was not read
-/// lately: the CLOCK algorithm (second chance). A read marks its entry; when the cache is over
-/// its budget a hand goes round the entries, unmarking marked ones and dropping the first
-/// unmarked one. New entries start unmarked, so a key read once goes before one read again.
+/// lately: the CLOCK algorithm (second chance). A read marks its entry. To make room, a hand
+/// goes round the slots, unmarking marked entries and dropping the first unmarked one; a new
+/// entry takes the slot the hand just freed, so it comes up last, a whole turn later. New
+/// entries start unmarked: a key read once goes before one read again.
 pub struct ValueCache {
     /// Positions in `slots`, found by the key's hash.
     index: HashTable<u32>,
-    slots: Vec<Slot>,
+    /// Entries stay where they are put; a dropped one leaves its slot free for the next.
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
     hand: usize,
     hasher: FixedState,
     bytes: usize,
@@ -84,6 +87,7 @@ impl ValueCache {
         ValueCache {
             index: HashTable::new(),
             slots: Vec::new(),
+            free: Vec::new(),
             hand: 0,
             hasher: FixedState::with_seed(0x5eed_cac4e),
             bytes: 0,
@@ -91,10 +95,20 @@ impl ValueCache {
         }
     }
 
+    fn slot(&self, i: u32) -> &Slot {
+        self.slots[i as usize]
+            .as_ref()
+            .expect("indexed slots hold an entry")
+    }
+
+    fn slot_mut(&mut self, i: usize) -> &mut Slot {
+        self.slots[i].as_mut().expect("indexed slots hold an entry")
+    }
+
     fn find(&self, key: &[u8]) -> Option<usize> {
         let hash = self.hasher.hash_one(key);
         self.index
-            .find(hash, |&i| self.slots[i as usize].key() == key)
+            .find(hash, |&i| self.slot(i).key() == key)
             .map(|&i| i as usize)
     }
 
@@ -102,7 +116,7 @@ impl ValueCache {
     /// cache does not know.
     pub fn get(&mut self, key: &[u8]) -> Option<Option<Vec<u8>>> {
         let i = self.find(key)?;
-        let slot = &mut self.slots[i];
+        let slot = self.slot_mut(i);
         slot.referenced = true;
         Some(slot.value())
     }
@@ -115,21 +129,32 @@ impl ValueCache {
             }
             return;
         }
-        match self.find(key) {
-            Some(i) => self.replace(i, value.as_deref()),
-            None => {
-                let slot = Slot::new(key, value.as_deref());
-                self.bytes += slot.cost();
-                let i = u32::try_from(self.slots.len()).expect("fewer than 2^32 entries");
-                let (slots, hasher) = (&self.slots, &self.hasher);
-                self.index
-                    .insert_unique(self.hasher.hash_one(key), i, |&j| {
-                        hasher.hash_one(slots[j as usize].key())
-                    });
-                self.slots.push(slot);
-            }
+        if let Some(i) = self.find(key) {
+            self.replace(i, value.as_deref());
+            return self.shrink();
         }
-        self.shrink();
+        let slot = Slot::new(key, value.as_deref());
+        while self.bytes + slot.cost() > self.budget {
+            self.drop_one();
+        }
+        self.bytes += slot.cost();
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 entries")
+            }
+        };
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hasher.hash_one(key), i, |&j| {
+            let slot = slots[j as usize]
+                .as_ref()
+                .expect("indexed slots hold an entry");
+            hasher.hash_one(slot.key())
+        });
     }
 
     /// Records a write of `key` (`None` deletes it), if the cache holds it.
@@ -141,45 +166,47 @@ impl ValueCache {
     }
 
     fn replace(&mut self, i: usize, value: Option<&[u8]>) {
-        let slot = &mut self.slots[i];
+        let slot = self.slot_mut(i);
+        let before = slot.cost();
         let fresh = Slot::new(slot.key(), value);
-        self.bytes = self.bytes + fresh.cost() - slot.cost();
         slot.data = fresh.data;
         slot.absent = fresh.absent;
+        let after = slot.cost();
+        self.bytes = self.bytes + after - before;
     }
 
-    /// Drops the entry at `i`; the last entry takes its place.
+    /// Drops the entry at `i`, leaving its slot free.
     fn remove(&mut self, i: usize) {
-        let hash = self.hasher.hash_one(self.slots[i].key());
+        let slot = self.slots[i].take().expect("removing an entry");
+        let hash = self.hasher.hash_one(slot.key());
         self.index
             .find_entry(hash, |&j| j as usize == i)
             .expect("an entry is indexed")
             .remove();
-        let last = self.slots.len() - 1;
-        if i != last {
-            let hash = self.hasher.hash_one(self.slots[last].key());
-            *self
-                .index
-                .find_mut(hash, |&j| j as usize == last)
-                .expect("an entry is indexed") = i as u32;
-        }
-        let slot = self.slots.swap_remove(i);
         self.bytes -= slot.cost();
+        self.free.push(i as u32);
+    }
+
+    /// Moves the hand on until it drops an entry (there is one: `bytes` is not 0).
+    fn drop_one(&mut self) {
+        loop {
+            if self.hand >= self.slots.len() {
+                self.hand = 0;
+            }
+            let i = self.hand;
+            self.hand += 1;
+            match &mut self.slots[i] {
+                None => {}
+                Some(slot) if slot.referenced => slot.referenced = false,
+                Some(_) => return self.remove(i),
+            }
+        }
     }
 
     /// Drops entries until the cache is within its budget.
     fn shrink(&mut self) {
         while self.bytes > self.budget {
-            if self.hand >= self.slots.len() {
-                self.hand = 0;
-            }
-            let slot = &mut self.slots[self.hand];
-            if slot.referenced {
-                slot.referenced = false;
-                self.hand += 1;
-            } else {
-                self.remove(self.hand);
-            }
+            self.drop_one();
         }
     }
 
@@ -187,6 +214,7 @@ impl ValueCache {
     pub fn clear(&mut self) {
         self.index.clear();
         self.slots.clear();
+        self.free.clear();
         self.hand = 0;
         self.bytes = 0;
     }
@@ -248,6 +276,30 @@ mod tests {
         assert_eq!(off.get(b"a"), None);
     }
 
+    #[test]
+    fn a_new_entry_gets_a_whole_turn_and_a_read_one_a_second_chance() {
+        let value = v("0123456789");
+        let entry = cost(b"a", value.as_deref());
+        let mut c = ValueCache::new(3 * entry);
+        for k in ["a", "b", "c"] {
+            c.fill(k.as_bytes(), value.clone());
+        }
+        assert!(c.get(b"a").is_some());
+        for k in ["d", "e", "f"] {
+            c.fill(k.as_bytes(), value.clone());
+        }
+        // b, c, then a (once its mark was spent) made room; each new entry stayed its turn.
+        let held: Vec<&str> = ["a", "b", "c", "d", "e", "f"]
+            .into_iter()
+            .filter(|k| c.get(k.as_bytes()).is_some())
+            .collect();
+        assert_eq!(held, ["d", "e", "f"]);
+        // An entry larger than the one it pushes out makes room for itself, and stays.
+        c.fill(b"big", Some(vec![7; 2 * entry - 70]));
+        assert_eq!(c.get(b"big"), Some(Some(vec![7; 2 * entry - 70])));
+        assert!(c.bytes() <= 3 * entry);
+    }
+
     /// Many keys filled, read, written and dropped at random against a small budget: what the
     /// cache answers is always the key's latest value, and it counts its bytes right.
     #[test]
@@ -283,10 +335,12 @@ mod tests {
                     evicted += usize::from(c.bytes() <= before);
                 }
             }
-            let held: usize = c.slots.iter().map(Slot::cost).sum();
+            let held: usize = c.slots.iter().flatten().map(Slot::cost).sum();
             assert_eq!(c.bytes(), held);
             assert!(held <= budget);
-            assert_eq!(c.index.len(), c.slots.len());
+            let entries = c.slots.iter().flatten().count();
+            assert_eq!(c.index.len(), entries);
+            assert_eq!(c.free.len() + entries, c.slots.len());
         }
         assert!(
             hits > 20_000 && evicted > 1_000,
