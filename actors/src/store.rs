@@ -173,21 +173,30 @@ fn write_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<WriteJob>, st
     }
 }
 
-/// The builder thread: builds the snapshots it is handed, in turn, and gives each to the Store.
+/// The builder thread: builds the snapshots it is handed, in turn, and gives each to the Store,
+/// while the Store lives (`alive`); returns how many it built. A node stopping waits for the
+/// build under way, not for those queued (after a node was away, one per range it lagged in).
 fn build_in_order(
     engine: &Engine,
     jobs: std::sync::mpsc::Receiver<BuildJob>,
     store: &Addr<Store>,
+    alive: &std::sync::Weak<()>,
     delay: Duration,
-) {
+) -> usize {
+    let mut built = 0;
     for BuildJob { range, id, job } in jobs {
+        if alive.strong_count() == 0 {
+            continue;
+        }
         std::thread::sleep(delay);
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             job.build(engine).map_err(|e| e.to_string())
         }))
         .unwrap_or_else(|_| Err("the build panicked".into()));
         store.do_send(SnapshotBuilt { range, id, result });
+        built += 1;
     }
+    built
 }
 
 /// Removes and returns, in key order, the entries whose value matches.
@@ -267,6 +276,9 @@ pub struct Store {
     writer: Writer,
     /// Where snapshots are built when not at once: the builder thread (see [`Generation`]).
     builder: Option<std::sync::mpsc::Sender<BuildJob>>,
+    /// Held while this Store exists: once it is gone (its node stopping), the builder drops
+    /// the builds still queued instead of making snapshots nobody will send.
+    alive: Arc<()>,
     /// Snapshots being built on the builder thread, by range.
     generating: BTreeMap<RangeId, Generation>,
     /// The number of the last snapshot build started on its thread.
@@ -480,6 +492,7 @@ impl Store {
             handed_writes: 0,
             writer: Writer::None,
             builder: None,
+            alive: Arc::new(()),
             generating: BTreeMap::new(),
             generations: 0,
             settings,
@@ -1056,9 +1069,12 @@ impl Store {
         self.writer = Writer::Thread(jobs);
         let (builds, receive) = std::sync::mpsc::channel::<BuildJob>();
         let (engine, delay) = (self.engine.clone(), self.settings.snapshot_build_delay);
+        let alive = Arc::downgrade(&self.alive);
         let builder = std::thread::Builder::new()
             .name(format!("snapshots-{}", self.node.0))
-            .spawn(move || build_in_order(&engine, receive, &store, delay))?;
+            .spawn(move || {
+                build_in_order(&engine, receive, &store, &alive, delay);
+            })?;
         self.builder = Some(builds);
         Ok(vec![writer, builder])
     }
@@ -1867,6 +1883,27 @@ mod tests {
         let again = handed.try_recv().expect("another build started");
         assert_eq!(again.job.applied.index, index);
         assert_eq!(again.job.descriptor.learners, vec![learner]);
+    }
+
+    /// A node stopping does not wait for the snapshot builds still queued: once its Store is
+    /// gone, the builder drops them.
+    #[test]
+    fn the_builds_queued_for_a_store_that_is_gone_are_dropped() {
+        for store_stays in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut s, _reports) = store(dir.path());
+            apply_commands(&mut s, vec![set_command(b"a", b"1")]);
+            let (builds, queued) = std::sync::mpsc::channel();
+            s.builder = Some(builds);
+            s.generate_snapshot(RangeId(1)).unwrap();
+            s.builder = None;
+            let (engine, alive) = (s.engine.clone(), Arc::downgrade(&s.alive));
+            let kept = store_stays.then_some(s);
+            let (to, _mailbox) = channel::<Store>(16);
+            let built = build_in_order(&engine, queued, &Addr::new(to), &alive, Duration::ZERO);
+            assert_eq!(built, usize::from(store_stays));
+            drop(kept);
+        }
     }
 
     #[test]
