@@ -184,8 +184,8 @@ impl Node {
         for a in self.arbiters {
             let _ = a.join();
         }
-        // The Store is gone with its arbiter: its writer and builder end once they have done
-        // what they held.
+        // The Store is gone with its arbiter: its writer ends once it has written what it
+        // held, its builder once the build under way is done (the queued ones are dropped).
         for thread in self.threads {
             let _ = thread.join();
         }

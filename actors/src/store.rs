@@ -1055,8 +1055,9 @@ impl Store {
     }
 
     /// Gives the Store a thread of its own to write its applied batches (see [`Writer`]), and
-    /// one to build snapshots (see [`Generation`]); both end when the Store does, once they
-    /// have done what they were handed.
+    /// one to build snapshots (see [`Generation`]); both end when the Store does: the writer
+    /// once it has written what it was handed, the builder once the build under way is done
+    /// (it drops the builds still queued).
     pub fn run_on_own_threads(
         &mut self,
         store: Addr<Store>,
