@@ -103,6 +103,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    flotilla::run::abort_on_panic();
     let system = actix::System::new();
     match system.block_on(flotilla::run::run(config, passed_raft)) {
         Ok(()) => ExitCode::SUCCESS,

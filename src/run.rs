@@ -39,6 +39,20 @@ pub enum StartError {
     },
 }
 
+/// Makes a panic on any thread end the process, after the usual report, as a panic ends etcd
+/// and TiKV. A node's actors run as tasks, whose panics tokio catches: without this, a Store
+/// that panicked (on a full disk, say) left a process that answered every command with an
+/// error and, in a cluster, kept leading its ranges through a MultiRaft still alive, so they
+/// took no write until someone killed it. A node's data survives the abort as it survives
+/// `kill -9`, and a service manager restarts it.
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
+
 /// Runs a node until SIGINT or SIGTERM, its raft connections on `passed_raft` if a service
 /// manager passed that socket (see [`passed_raft_socket`]). Must be called inside an actix
 /// system.
@@ -209,6 +223,50 @@ async fn wait_for_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    /// A panic in a task of an arbiter (where a node's Store and MultiRaft run) ends the process
+    /// once `abort_on_panic` is set; without it, tokio catches the panic and the process runs on.
+    #[test]
+    fn a_panic_on_a_node_thread_ends_the_process() {
+        const CHILD: &str = "FLOTILLA_TEST_PANIC_CHILD";
+        if let Some(abort) = std::env::var_os(CHILD) {
+            if abort == "1" {
+                super::abort_on_panic();
+            }
+            actix::System::new().block_on(async {
+                let arbiter = actix::Arbiter::new();
+                let (after, panicked) = tokio::sync::oneshot::channel();
+                arbiter.spawn(async { panic!("a task of the arbiter panics") });
+                // Runs after the task that panicked, on the same thread, if the process does.
+                arbiter.spawn(async move {
+                    let _ = after.send(());
+                });
+                panicked.await.expect("the arbiter's thread runs on");
+            });
+            return;
+        }
+        for abort in [false, true] {
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "run::tests::a_panic_on_a_node_thread_ends_the_process",
+                ])
+                .env(CHILD, if abort { "1" } else { "0" })
+                .output()
+                .unwrap();
+            let how = (child.status, String::from_utf8_lossy(&child.stderr));
+            if abort {
+                assert_eq!(child.status.signal(), Some(libc::SIGABRT), "{how:?}");
+            } else {
+                assert!(child.status.success(), "{how:?}");
+            }
         }
     }
 }
