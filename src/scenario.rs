@@ -337,13 +337,17 @@ impl Cluster {
         let start = Instant::now();
         loop {
             let mut by_range: BTreeMap<RangeId, BTreeSet<(u64, u64, u64)>> = BTreeMap::new();
-            for n in self.nodes.values() {
-                let digests: Vec<RangeDigest> = n
-                    .store
-                    .send(GetDigest)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+            let mut differing = Vec::new();
+            for (id, n) in &self.nodes {
+                // Refused while a snapshot may be half installed: asked again below.
+                let digests: Vec<RangeDigest> =
+                    match n.store.send(GetDigest).await.map_err(|e| e.to_string())? {
+                        Ok(digests) => digests,
+                        Err(e) => {
+                            differing.push(format!("n{id}: {e}"));
+                            continue;
+                        }
+                    };
                 for d in digests {
                     by_range
                         .entry(d.range)
@@ -351,11 +355,12 @@ impl Cluster {
                         .insert((d.applied_index, d.keys, d.hash));
                 }
             }
-            let differing: Vec<String> = by_range
-                .iter()
-                .filter(|(_, set)| set.len() > 1)
-                .map(|(r, set)| format!("{r}: {set:?}"))
-                .collect();
+            differing.extend(
+                by_range
+                    .iter()
+                    .filter(|(_, set)| set.len() > 1)
+                    .map(|(r, set)| format!("{r}: {set:?}")),
+            );
             if differing.is_empty() {
                 let keys: u64 = by_range
                     .values()

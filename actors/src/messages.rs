@@ -384,7 +384,9 @@ pub struct TransferLeader {
     pub to: NodeId,
 }
 
-/// Asks for a digest of every range's data on this node, to compare replicas.
+/// Asks for a digest of every range's data on this node, as of each range's applied index, to
+/// compare replicas; refused while an event MultiRaft handed over is not applied yet (a
+/// snapshot installed in sled may be among them).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<RangeDigest>, StoreError>")]
 pub struct GetDigest;

@@ -51,7 +51,8 @@ pub struct StoreSettings {
     /// Test knob: time spent (blocking) before applying each event batch, to play a slow disk.
     pub apply_delay: Duration,
     /// Test knob: time the builder thread spends before building each snapshot, to play a
-    /// large range.
+    /// large range; without a builder thread (a simulation), the time before a build reads the
+    /// range and again before it finishes.
     pub snapshot_build_delay: Duration,
     /// Capacity of the Store's mailbox; MultiRaft keeps events back while it is full.
     pub mailbox_capacity: usize,
@@ -82,6 +83,9 @@ pub struct PlantedBugs {
     /// A leader's lease lasts twenty election timeouts instead of half of one, so it outlives
     /// the election of another leader.
     pub lease_outlives_elections: bool,
+    /// A snapshot built off the Store's thread keeps no values of the keys written after its
+    /// index, so it holds whatever sled has when it reads the range.
+    pub snapshots_without_kept_values: bool,
 }
 
 impl Default for StoreSettings {
@@ -274,7 +278,8 @@ pub struct Store {
     /// Sequence number of the last batch handed to the writer.
     handed_writes: u64,
     writer: Writer,
-    /// Where snapshots are built when not at once: the builder thread (see [`Generation`]).
+    /// The builder thread (see [`Generation`]); without one, tasks of the Store's own thread
+    /// build the snapshots (see `generate_snapshot`).
     builder: Option<std::sync::mpsc::Sender<BuildJob>>,
     /// Held while this Store exists: once it is gone (its node stopping), the builder drops
     /// the builds still queued instead of making snapshots nobody will send.
@@ -882,8 +887,24 @@ impl Store {
                 }
             }
             None => {
-                let snapshot = job.build(&self.engine)?;
-                self.send_snapshot(range, snapshot);
+                // No builder thread (a node run on one thread, as a simulation runs them): a
+                // task of this thread builds it as that thread would, reading the range after
+                // `snapshot_build_delay` and finishing after another, while the Store applies
+                // writes in between, under the simulation's clock.
+                let id = self.track_generation(range, &job);
+                let (engine, alive) = (self.engine.clone(), Arc::downgrade(&self.alive));
+                let delay = self.settings.snapshot_build_delay;
+                let store = self.myself.clone().expect("a Store that builds is started");
+                actix_rt::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if alive.strong_count() == 0 {
+                        return;
+                    }
+                    let read = job.read(&engine);
+                    tokio::time::sleep(delay).await;
+                    let result = read.map(|read| job.finish(read)).map_err(|e| e.to_string());
+                    store.do_send(SnapshotBuilt { range, id, result });
+                });
             }
         }
         Ok(())
@@ -942,6 +963,9 @@ impl Store {
         let Some(g) = self.generating.get(&range) else {
             return Ok(());
         };
+        if self.settings.bugs.snapshots_without_kept_values {
+            return Ok(());
+        }
         let mut before = g.before.lock().expect("snapshot values");
         if !before.taken && !before.values.contains_key(key) {
             // Not written since the snapshot's index (everything applied before it was
@@ -1659,6 +1683,13 @@ impl Handler<GetDigest> for Store {
     type Result = Result<Vec<RangeDigest>, StoreError>;
 
     fn handle(&mut self, _: GetDigest, _: &mut Context<Self>) -> Self::Result {
+        // A snapshot MultiRaft installed is in sled before the Store applies its event: until
+        // then a range's data and applied index do not go together.
+        if self.events_applied < self.raft_metrics.events_handed.load(Ordering::Acquire) {
+            return Err(StoreError::Internal(
+                "a snapshot is being installed; ask again".into(),
+            ));
+        }
         self.write_applied()
             .and_then(|()| self.digests())
             .map_err(|e| StoreError::Internal(e.to_string()))
