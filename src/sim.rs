@@ -188,6 +188,17 @@ impl World {
     }
 }
 
+/// The Stores of the running nodes, by node id (taken out of the world so that no borrow is
+/// held across an await).
+fn stores(world: &Rc<RefCell<World>>) -> Vec<(u64, actix::Addr<flotilla_actors::store::Store>)> {
+    world
+        .borrow()
+        .nodes
+        .iter()
+        .map(|(id, n)| (*id, n.store.clone()))
+        .collect()
+}
+
 /// Stops a node's actors and waits until they have released its data directory. The world is
 /// borrowed only between awaits: other tasks use it meanwhile.
 async fn crash(world: &Rc<RefCell<World>>, id: u64) {
@@ -409,13 +420,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 samples += 1;
                 if samples.is_multiple_of(2) {
-                    let stores: Vec<_> = world
-                        .borrow()
-                        .nodes
-                        .iter()
-                        .map(|(id, n)| (*id, n.store.clone()))
-                        .collect();
-                    for (id, store) in stores {
+                    for (id, store) in stores(&world) {
                         let Ok(Ok(digests)) = store.send(GetDigest).await else {
                             continue;
                         };
@@ -552,14 +557,8 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         .collect();
     let mut differing = Vec::new();
     for _ in 0..60 {
-        let nodes: Vec<_> = world
-            .borrow()
-            .nodes
-            .iter()
-            .map(|(id, n)| (*id, n.store.clone()))
-            .collect();
         differing.clear();
-        for (id, store) in nodes {
+        for (id, store) in stores(&world) {
             match store.send(GetDigest).await {
                 Ok(Ok(digests)) => {
                     for d in digests {
