@@ -153,7 +153,7 @@ fn write_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<WriteJob>, st
         match job {
             WriteJob::Batch { seq, batch, states } => {
                 // `Engine::write` panics on a failure it cannot undo: the Store hears of it all
-                // the same.
+                // the same (a node's process ends at the panic itself: `run::abort_on_panic`).
                 let written =
                     std::panic::catch_unwind(AssertUnwindSafe(|| engine.write(batch, states)));
                 let result = match written {
@@ -891,10 +891,15 @@ impl Store {
                 // task of this thread builds it as that thread would, reading the range after
                 // `snapshot_build_delay` and finishing after another, while the Store applies
                 // writes in between, under the simulation's clock.
+                let Some(store) = self.myself.clone() else {
+                    // A Store that was never started (benches): at once.
+                    let snapshot = job.build(&self.engine)?;
+                    self.send_snapshot(range, snapshot);
+                    return Ok(());
+                };
                 let id = self.track_generation(range, &job);
                 let (engine, alive) = (self.engine.clone(), Arc::downgrade(&self.alive));
                 let delay = self.settings.snapshot_build_delay;
-                let store = self.myself.clone().expect("a Store that builds is started");
                 actix_rt::spawn(async move {
                     tokio::time::sleep(delay).await;
                     if alive.strong_count() == 0 {
