@@ -101,3 +101,74 @@ fn bad_input_gets_errors_and_harms_no_other_client() {
     let answered = other.join().expect("the other client saw an error");
     assert!(answered > 0);
 }
+
+/// Commands of every name the node knows, with arguments drawn at random (numbers that
+/// overflow, options in any order, empty and binary strings), never end the node: a panic on a
+/// node's thread now ends its process (see `run::abort_on_panic`), so a command that reached
+/// one would show here as a dead node.
+#[test]
+fn random_commands_never_end_the_node() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), "max_value_bytes = 1024\n");
+    let mut con = server.client();
+    // All but QUIT (which closes the connection) and FLOTILLA (whose admin requests change
+    // the node's ranges on purpose).
+    let names = [
+        "GET", "SET", "DEL", "EXISTS", "MGET", "MSET", "INCR", "INCRBY", "DECR", "DECRBY",
+        "DBSIZE", "PING", "ECHO", "AUTH", "HELLO", "SELECT", "INFO", "COMMAND", "CLIENT", "CONFIG",
+    ];
+    let words: [&[u8]; 20] = [
+        b"",
+        b"0",
+        b"-1",
+        b"9223372036854775807",
+        b"-9223372036854775808",
+        b"99999999999999999999",
+        b"1e3",
+        b" 1",
+        b"NX",
+        b"XX",
+        b"GET",
+        b"EX",
+        b"KEEPTTL",
+        b"3",
+        b"2",
+        b"SETNAME",
+        b"LIST",
+        b"INFO",
+        b"GETNAME",
+        b"key:000000500000",
+    ];
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut answered = 0;
+    for _ in 0..3_000 {
+        let mut c = redis::cmd(names[rng.gen_range(0..names.len())]);
+        for _ in 0..rng.gen_range(0..6) {
+            if rng.gen_bool(0.7) {
+                c.arg(words[rng.gen_range(0..words.len())]);
+            } else {
+                let n = rng.gen_range(0..40);
+                c.arg((0..n).map(|_| rng.gen::<u8>()).collect::<Vec<u8>>());
+            }
+        }
+        // An error reply is fine; the connection failing is not.
+        match c.query::<redis::Value>(&mut con) {
+            Ok(_) => answered += 1,
+            Err(e) => assert!(e.kind() != redis::ErrorKind::IoError, "{e}"),
+        }
+    }
+    assert!(
+        answered > 300,
+        "only {answered} commands answered without an error"
+    );
+    assert!(server.running(), "the node ended");
+    let mut other = server.client();
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg("random")
+        .query(&mut other)
+        .unwrap();
+    let got: String = redis::cmd("GET").arg("after").query(&mut other).unwrap();
+    assert_eq!(got, "random");
+}

@@ -108,6 +108,11 @@ impl Server {
             .unwrap()
     }
 
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// Kills the process with SIGKILL and waits for it.
     pub fn kill(mut self) {
         let _ = self.child.kill();
