@@ -145,8 +145,11 @@ const COMMANDS: &[Spec] = &[
     spec("flotilla", -2, READ, NO_KEYS),
 ];
 
-fn lookup(name: &str) -> Option<&'static Spec> {
-    COMMANDS.iter().find(|s| s.name == name)
+/// The command named `name`, in any case.
+fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    COMMANDS
+        .iter()
+        .find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
 fn render_spec(out: &mut BytesMut, s: &Spec) {
@@ -198,8 +201,7 @@ impl Session {
     /// Runs one command. Replies come back in the order commands were given, whatever order
     /// they finish in: the connection awaits them in order.
     pub fn execute(&mut self, args: Vec<Bytes>) -> PendingReply {
-        let name = String::from_utf8_lossy(&args[0]).to_lowercase();
-        let Some(spec) = lookup(&name) else {
+        let Some(spec) = lookup(&args[0]) else {
             let mut msg = format!(
                 "ERR unknown command '{}', with args beginning with: ",
                 String::from_utf8_lossy(&args[0])
@@ -209,17 +211,18 @@ impl Session {
             }
             return err(msg);
         };
+        let name = spec.name;
         let n = args.len() as i32;
         if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
             return err(format!(
                 "ERR wrong number of arguments for '{name}' command"
             ));
         }
-        if !self.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit") {
+        if !self.authenticated && !matches!(name, "auth" | "hello" | "quit") {
             return err("NOAUTH Authentication required.");
         }
         let a = &args[1..];
-        match name.as_str() {
+        match name {
             "get" => self.read(vec![a[0].to_vec()], |out, mut v| {
                 reply::optional_bulk(out, v.remove(0).as_deref())
             }),
@@ -339,7 +342,14 @@ impl Session {
     /// Store first got its read index first. A read may start at once only when, in addition,
     /// no write of the connection is still under way, so it sees every earlier write. Anything
     /// else waits its turn.
-    fn sequenced<F>(&self, is_write: bool, start: impl FnOnce() -> F + 'static) -> PendingReply
+    ///
+    /// `start` is given the Store's address: borrowed when it runs at once, so that a request
+    /// costs no clone of it.
+    fn sequenced<F>(
+        &self,
+        is_write: bool,
+        start: impl FnOnce(&Addr<Store>) -> F + 'static,
+    ) -> PendingReply
     where
         F: Future<Output = Reply> + 'static,
     {
@@ -349,7 +359,7 @@ impl Session {
             order.writes.set(order.writes.get() + 1);
         }
         if now {
-            let running = start();
+            let running = start(&self.shared.store);
             return Box::pin(async move {
                 let reply = running.await;
                 if is_write {
@@ -359,9 +369,10 @@ impl Session {
             });
         }
         order.undispatched.set(order.undispatched.get() + 1);
+        let shared = self.shared.clone();
         Box::pin(async move {
             order.undispatched.set(order.undispatched.get() - 1);
-            let reply = start().await;
+            let reply = start(&shared.store).await;
             if is_write {
                 order.writes.set(order.writes.get() - 1);
             }
@@ -371,12 +382,11 @@ impl Session {
 
     /// A command that runs once every earlier command has been answered.
     fn in_turn(&self, run: impl Future<Output = Reply> + 'static) -> PendingReply {
-        self.sequenced(false, move || run)
+        self.sequenced(false, move |_| run)
     }
 
     fn write(&self, command: Command) -> PendingReply {
-        let store = self.shared.store.clone();
-        self.sequenced(true, move || {
+        self.sequenced(true, move |store| {
             // `send` enqueues at once; only the answer is awaited.
             let request = store.send(Write { command });
             async move {
@@ -402,8 +412,7 @@ impl Session {
         keys: Vec<Vec<u8>>,
         render: impl FnOnce(&mut BytesMut, Vec<Option<Vec<u8>>>) + 'static,
     ) -> PendingReply {
-        let store = self.shared.store.clone();
-        self.sequenced(false, move || {
+        self.sequenced(false, move |store| {
             let request = store.send(Read { keys });
             async move {
                 let mut out = BytesMut::new();
@@ -626,10 +635,7 @@ fn command_command(a: &[Bytes]) -> PendingReply {
             }
         }),
         "info" => {
-            let names: Vec<String> = a[1..]
-                .iter()
-                .map(|n| String::from_utf8_lossy(n).to_lowercase())
-                .collect();
+            let names = a[1..].to_vec();
             now(move |out| {
                 reply::array_header(out, names.len());
                 for n in &names {
@@ -705,8 +711,8 @@ mod tests {
 
     #[test]
     fn the_command_table_has_redis_arity() {
-        assert_eq!(lookup("get").unwrap().arity, 2);
-        assert_eq!(lookup("mset").unwrap().arity, -3);
-        assert!(lookup("flushall").is_none());
+        assert_eq!(lookup(b"get").unwrap().arity, 2);
+        assert_eq!(lookup(b"MSet").unwrap().arity, -3);
+        assert!(lookup(b"flushall").is_none());
     }
 }
