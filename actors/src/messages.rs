@@ -386,9 +386,8 @@ pub struct TransferLeader {
 
 /// Asks for a digest of every range's data on this node, as of each range's applied index, to
 /// compare replicas; refused while an event MultiRaft handed over is not applied yet (a
-/// snapshot installed in sled may be among them). Exact when both actors run on one thread (a
-/// simulation); on their own threads, a digest taken between MultiRaft's write of a snapshot
-/// and its hand-over of the event can pair the new data with the old index: ask again.
+/// snapshot installed in sled may be among them: MultiRaft counts the event before it writes),
+/// or when MultiRaft wrote to sled while the digest was taken: ask again.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<RangeDigest>, StoreError>")]
 pub struct GetDigest;

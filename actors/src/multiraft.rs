@@ -183,7 +183,9 @@ pub struct RaftMetrics {
     pub leases: std::sync::Mutex<BTreeMap<RangeId, (u64, Instant)>>,
     /// Events given to the Store, or kept for it in the outbox. Counted before any message of
     /// the round that produced them leaves, so a Store that has applied as many knows all this
-    /// node's raft has done (see `Store::serves_locally`).
+    /// node's raft has done (see `Store::serves_locally`), and before the round's write, so a
+    /// snapshot or a removal written to sled is counted as long as the Store has not applied
+    /// its event (see `GetDigest`).
     pub events_handed: AtomicU64,
 }
 
@@ -1035,12 +1037,18 @@ impl MultiRaft {
         }
     }
 
-    /// Gives the Store the events kept back, then `events`, never waiting.
-    fn hand_to_store(&mut self, events: Vec<Event>) {
+    /// Counts `n` events as handed over to the Store (see `RaftMetrics::events_handed`).
+    fn count_handed(&self, n: usize) {
+        self.metrics
+            .events_handed
+            .fetch_add(n as u64, Ordering::Release);
+    }
+
+    /// Gives the Store the events kept back, then `events`, never waiting. The first `counted`
+    /// of them were counted as handed over already.
+    fn hand_to_store(&mut self, events: Vec<Event>, counted: usize) {
         if !events.is_empty() {
-            self.metrics
-                .events_handed
-                .fetch_add(events.len() as u64, Ordering::Release);
+            self.count_handed(events.len() - counted);
             // Behind a full mailbox, later events join the last batch kept back: the Store then
             // applies fewer, larger batches, which is what a slow Store needs.
             match self.outbox.back_mut() {
@@ -1348,7 +1356,7 @@ impl MultiRaft {
         let overlap = early && !leader_msgs.is_empty();
         let leader_msgs = if early {
             events.append(&mut self.events);
-            self.hand_to_store(std::mem::take(&mut events));
+            self.hand_to_store(std::mem::take(&mut events), 0);
             self.send_batches(leader_msgs);
             BTreeMap::new()
         } else {
@@ -1384,6 +1392,10 @@ impl MultiRaft {
             readies,
         } = round;
         let myself = self.myself.clone().expect("MultiRaft started");
+        // Counted before the write: a snapshot's data must not be in sled while the Store can
+        // believe it has applied everything handed over (see `GetDigest`).
+        let counted = events.len();
+        self.count_handed(counted);
         if !must_write {
             // At most commit indexes: kept for the next write.
             self.staged = batch;
@@ -1439,7 +1451,7 @@ impl MultiRaft {
         }
         // The events before the messages: see `RaftMetrics::events_handed`.
         events.append(&mut self.events);
-        self.hand_to_store(events);
+        self.hand_to_store(events, counted);
         self.send_batches(leader_msgs);
         self.send_batches(late_msgs);
         if !self.dirty.is_empty() || !self.events.is_empty() {

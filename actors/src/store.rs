@@ -1688,16 +1688,36 @@ impl Handler<GetDigest> for Store {
     type Result = Result<Vec<RangeDigest>, StoreError>;
 
     fn handle(&mut self, _: GetDigest, _: &mut Context<Self>) -> Self::Result {
-        // A snapshot MultiRaft installed is in sled before the Store applies its event: until
-        // then a range's data and applied index do not go together.
-        if self.events_applied < self.raft_metrics.events_handed.load(Ordering::Acquire) {
+        self.digest()
+    }
+}
+
+impl Store {
+    /// Each range's applied index and a hash of its data, taken together.
+    fn digest(&mut self) -> Result<Vec<RangeDigest>, StoreError> {
+        // A snapshot MultiRaft installs is in sled before the Store applies its event: until
+        // then a range's data and applied index do not go together. MultiRaft counts the event
+        // as handed over before it writes the snapshot, and the write moves `data_writes`
+        // while it lasts; so a digest is good if, after it was taken, no event is pending and
+        // no such write began since before it (a seqlock).
+        let pending =
+            |s: &Self| s.events_applied < s.raft_metrics.events_handed.load(Ordering::Acquire);
+        let before = self.engine.data_writes();
+        if pending(self) || before % 2 == 1 {
             return Err(StoreError::Internal(
                 "a snapshot is being installed; ask again".into(),
             ));
         }
-        self.write_applied()
+        let digests = self
+            .write_applied()
             .and_then(|()| self.digests())
-            .map_err(|e| StoreError::Internal(e.to_string()))
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        if pending(self) || self.engine.data_writes() != before {
+            return Err(StoreError::Internal(
+                "a snapshot was installed meanwhile; ask again".into(),
+            ));
+        }
+        Ok(digests)
     }
 }
 
@@ -2035,6 +2055,25 @@ mod tests {
         assert_eq!(counter(&s), b"4");
         incr(&mut s, 2, 11, 2);
         assert_eq!(counter(&s), b"5");
+    }
+
+    #[test]
+    fn a_digest_is_refused_while_an_event_handed_over_is_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store(dir.path());
+        let boot = s.boot;
+        incr(&mut s, 1, boot, 1);
+        let before = s.digest().expect("nothing on its way");
+        // MultiRaft counts a snapshot's event before it writes the snapshot to sled: from
+        // then on, until the Store applies the event, data and applied index may not match.
+        s.raft_metrics
+            .events_handed
+            .store(s.events_applied + 1, Ordering::Release);
+        assert!(s.digest().is_err(), "an event on its way");
+        incr(&mut s, 1, boot, 2);
+        let after = s.digest().expect("applied");
+        assert_eq!(after[0].applied_index, before[0].applied_index + 1);
+        assert_ne!(after[0].hash, before[0].hash);
     }
 
     #[test]
