@@ -1964,6 +1964,29 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_the_writer_failed_to_write_ends_the_store_and_is_not_reported_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store(dir.path());
+        let (jobs, held) = std::sync::mpsc::sync_channel(WRITES_IN_FLIGHT);
+        s.writer = Writer::Thread(jobs);
+        let boot = s.boot;
+        apply_incr(&mut s, 1, boot, 1);
+        s.hand_over_unwritten();
+        let Ok(WriteJob::Batch { seq, .. }) = held.try_recv() else {
+            panic!("no batch handed to the writer");
+        };
+        // Reported written, the entries would be compacted out of the raft log: lost.
+        let failed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            s.written(Written {
+                seq,
+                result: Err("No space left on device".into()),
+            })
+        }));
+        assert!(failed.is_err(), "the Store went on after losing a write");
+        assert_eq!(s.in_flight.len(), 1, "the batch was taken as written");
+    }
+
+    #[test]
     fn a_batch_the_writer_holds_is_read_and_built_on_until_it_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _reports) = store(dir.path());
