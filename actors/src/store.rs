@@ -1541,30 +1541,28 @@ impl Handler<Write> for Store {
 }
 
 impl Handler<Read> for Store {
-    type Result = ResponseFuture<Result<Vec<Option<Vec<u8>>>, StoreError>>;
+    // Answered at once when served here: a `ResponseFuture` would spawn a task for each read.
+    type Result = Response<Result<Vec<Option<Vec<u8>>>, StoreError>>;
 
     fn handle(&mut self, msg: Read, _: &mut Context<Self>) -> Self::Result {
+        // One key, as GET: routed without gathering the keys by range.
+        if let [key] = msg.keys.as_slice() {
+            let Some(range) = self.route(key) else {
+                return Response::reply(Err(StoreError::NoRange));
+            };
+            if self.reads_locally([range]) {
+                return Response::reply(self.values(&msg.keys));
+            }
+        }
         let mut parts: BTreeMap<RangeId, Vec<usize>> = BTreeMap::new();
         for (i, k) in msg.keys.iter().enumerate() {
             match self.route(k) {
                 Some(r) => parts.entry(r).or_default().push(i),
-                None => return Box::pin(async { Err(StoreError::NoRange) }),
+                None => return Response::reply(Err(StoreError::NoRange)),
             }
         }
-        if self.settings.bugs.reads_without_read_index
-            || parts.keys().all(|&range| self.serves_locally(range))
-        {
-            let leased = parts
-                .keys()
-                .filter(|r| {
-                    self.ranges
-                        .get(r)
-                        .is_some_and(|r| r.descriptor.voters.len() > 1)
-                })
-                .count();
-            (self.raft_metrics.reads_leased).fetch_add(leased as u64, Ordering::Relaxed);
-            let values = self.values(&msg.keys);
-            return Box::pin(async move { values });
+        if self.reads_locally(parts.keys().copied()) {
+            return Response::reply(self.values(&msg.keys));
         }
         let n = msg.keys.len();
         let mut replies = Vec::with_capacity(parts.len());
@@ -1585,7 +1583,7 @@ impl Handler<Read> for Store {
             self.request(RaftRequest::ReadIndex { range, read: id });
             replies.push((positions, rx));
         }
-        Box::pin(async move {
+        Response::fut(async move {
             let mut values = vec![None; n];
             for (positions, rx) in replies {
                 let got = rx
@@ -1597,6 +1595,32 @@ impl Handler<Read> for Store {
             }
             Ok(values)
         })
+    }
+}
+
+impl Store {
+    /// Whether a read of these ranges is served from this Store's state, without a read
+    /// index (see `serves_locally`); counts the leased ones if so.
+    fn reads_locally<I>(&self, ranges: I) -> bool
+    where
+        I: IntoIterator<Item = RangeId>,
+        I::IntoIter: Clone,
+    {
+        let ranges = ranges.into_iter();
+        if !self.settings.bugs.reads_without_read_index
+            && !ranges.clone().all(|range| self.serves_locally(range))
+        {
+            return false;
+        }
+        let leased = ranges
+            .filter(|r| {
+                self.ranges
+                    .get(r)
+                    .is_some_and(|r| r.descriptor.voters.len() > 1)
+            })
+            .count();
+        (self.raft_metrics.reads_leased).fetch_add(leased as u64, Ordering::Relaxed);
+        true
     }
 }
 
