@@ -13,6 +13,7 @@
 //! `+OK` once all succeeded, or an error naming each range that failed.
 
 use crate::commands::{Reply, Shared};
+use crate::config::Config;
 use crate::resp::reply;
 use bytes::{Bytes, BytesMut};
 use flotilla_actors::ids::{NodeId, RangeId, MAX_NODE_ID};
@@ -98,6 +99,14 @@ pub async fn run(shared: Arc<Shared>, a: Vec<Bytes>) -> Reply {
         Ok(Admin::Ranges) => ranges(&shared).await,
         Ok(Admin::Digest) => digest(&shared).await,
         Ok(Admin::Change(change, target, node)) => {
+            // A replica on a node no one can reach would be a learner forever: it keeps its
+            // range awake (never quiescent) and the request waits out the admin timeout.
+            if matches!(change, Change::Add) && !is_member(&shared.config, node) {
+                return failed(&format!(
+                    "ERR {node} is not a node of this cluster: list it in every node's peers \
+                     first"
+                ));
+            }
             let Ok(status) = shared.store.send(GetStoreStatus).await else {
                 return failed(SHUTTING_DOWN);
             };
@@ -132,6 +141,14 @@ pub async fn run(shared: Arc<Shared>, a: Vec<Bytes>) -> Reply {
             failed(&describe_failures(ranges.len(), &failures))
         }
     }
+}
+
+/// Whether `node` is this node or one of its configured peers.
+fn is_member(config: &Config, node: NodeId) -> bool {
+    node == NodeId(config.node_id)
+        || config
+            .peer_addrs()
+            .is_ok_and(|peers| peers.contains_key(&node))
 }
 
 /// The ranges `all` stands for.

@@ -112,8 +112,7 @@ fn random_commands_never_end_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start_in(dir.path(), "max_value_bytes = 1024\n");
     let mut con = server.client();
-    // All but QUIT (which closes the connection) and FLOTILLA (whose admin requests change
-    // the node's ranges on purpose).
+    // All but QUIT (which closes the connection) and FLOTILLA (below).
     let names = [
         "GET", "SET", "DEL", "EXISTS", "MGET", "MSET", "INCR", "INCRBY", "DECR", "DECRBY",
         "DBSIZE", "PING", "ECHO", "AUTH", "HELLO", "SELECT", "INFO", "COMMAND", "CLIENT", "CONFIG",
@@ -161,6 +160,69 @@ fn random_commands_never_end_the_node() {
     assert!(
         answered > 300,
         "only {answered} commands answered without an error"
+    );
+    // Admin requests too: on a node alone, none may change its ranges (it is the last voter
+    // of each, and a replica on a node not in its peers is refused at once).
+    let ranges = |con: &mut redis::Connection| -> String {
+        let lines: Vec<String> = redis::cmd("FLOTILLA").arg("RANGES").query(con).unwrap();
+        lines
+            .iter()
+            .map(|l| l.split(" leader=").next().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let before = ranges(&mut con);
+    for target in ["1", "all"] {
+        let refused = redis::cmd("FLOTILLA")
+            .arg("ADDREPLICA")
+            .arg(target)
+            .arg("2")
+            .query::<()>(&mut con)
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("n2 is not a node of this cluster"),
+            "{refused}"
+        );
+    }
+    let subcommands = [
+        "RANGES",
+        "DIGEST",
+        "ADDREPLICA",
+        "REMOVEREPLICA",
+        "TRANSFERLEADER",
+        "ranges",
+        "nope",
+    ];
+    let admin_words: [&[u8]; 12] = [
+        b"all",
+        b"ALL",
+        b"1",
+        b"r1",
+        b"R5",
+        b"n1",
+        b"2",
+        b"0",
+        b"-1",
+        b"r",
+        b"99999999999999999999",
+        b"\xff",
+    ];
+    for _ in 0..500 {
+        let mut c = redis::cmd("FLOTILLA");
+        c.arg(subcommands[rng.gen_range(0..subcommands.len())]);
+        for _ in 0..rng.gen_range(0..4) {
+            c.arg(admin_words[rng.gen_range(0..admin_words.len())]);
+        }
+        if let Err(e) = c.query::<redis::Value>(&mut con) {
+            assert!(e.kind() != redis::ErrorKind::IoError, "{e}");
+        }
+    }
+    assert_eq!(
+        ranges(&mut con),
+        before,
+        "an admin request changed the ranges"
     );
     assert!(server.running(), "the node ended");
     let mut other = server.client();
