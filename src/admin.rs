@@ -237,7 +237,16 @@ async fn ranges(shared: &Shared) -> Reply {
 }
 
 async fn digest(shared: &Shared) -> Reply {
-    match shared.store.send(GetDigest).await {
+    // Refused only while a snapshot is being installed: for a moment, so asked again.
+    let mut answer = shared.store.send(GetDigest).await;
+    for _ in 0..100 {
+        if !matches!(answer, Ok(Err(StoreError::Unsettled))) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        answer = shared.store.send(GetDigest).await;
+    }
+    match answer {
         Ok(Ok(digests)) => {
             let mut out = BytesMut::new();
             reply::array_header(&mut out, digests.len());

@@ -337,6 +337,9 @@ pub enum StoreError {
     Invalid(String),
     #[error("ERR {0}")]
     Internal(String),
+    /// A digest asked while a snapshot was being installed (see [`GetDigest`]).
+    #[error("TRYAGAIN a snapshot is being installed; ask again")]
+    Unsettled,
 }
 
 /// Writes a command (which may span several ranges; see [`Write`]'s doc).
@@ -387,7 +390,8 @@ pub struct TransferLeader {
 /// Asks for a digest of every range's data on this node, as of each range's applied index, to
 /// compare replicas; refused while an event MultiRaft handed over is not applied yet (a
 /// snapshot installed in sled may be among them: MultiRaft counts the event before it writes),
-/// or when MultiRaft wrote to sled while the digest was taken: ask again.
+/// or when MultiRaft wrote to sled while the digest was taken: [`StoreError::Unsettled`], for
+/// a moment; `FLOTILLA DIGEST` asks again itself.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<RangeDigest>, StoreError>")]
 pub struct GetDigest;

@@ -1722,24 +1722,20 @@ impl Store {
         // A snapshot MultiRaft installs is in sled before the Store applies its event: until
         // then a range's data and applied index do not go together. MultiRaft counts the event
         // as handed over before it writes the snapshot, and the write moves `data_writes`
-        // while it lasts; so a digest is good if, after it was taken, no event is pending and
-        // no such write began since before it (a seqlock).
-        let pending =
-            |s: &Self| s.events_applied < s.raft_metrics.events_handed.load(Ordering::Acquire);
+        // while it lasts (a seqlock). So, with `data_writes` read first: an event pending
+        // means such a write may have ended before; an odd count, that one is under way; a
+        // count changed once the digest is taken, that one began meanwhile.
         let before = self.engine.data_writes();
-        if pending(self) || before % 2 == 1 {
-            return Err(StoreError::Internal(
-                "a snapshot is being installed; ask again".into(),
-            ));
+        let pending = self.events_applied < self.raft_metrics.events_handed.load(Ordering::Acquire);
+        if pending || before % 2 == 1 {
+            return Err(StoreError::Unsettled);
         }
         let digests = self
             .write_applied()
             .and_then(|()| self.digests())
             .map_err(|e| StoreError::Internal(e.to_string()))?;
-        if pending(self) || self.engine.data_writes() != before {
-            return Err(StoreError::Internal(
-                "a snapshot was installed meanwhile; ask again".into(),
-            ));
+        if self.engine.data_writes() != before {
+            return Err(StoreError::Unsettled);
         }
         Ok(digests)
     }
@@ -2116,7 +2112,10 @@ mod tests {
         s.raft_metrics
             .events_handed
             .store(s.events_applied + 1, Ordering::Release);
-        assert!(s.digest().is_err(), "an event on its way");
+        assert!(
+            matches!(s.digest(), Err(StoreError::Unsettled)),
+            "an event on its way"
+        );
         incr(&mut s, 1, boot, 2);
         let after = s.digest().expect("applied");
         assert_eq!(after[0].applied_index, before[0].applied_index + 1);
