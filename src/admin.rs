@@ -237,15 +237,17 @@ async fn ranges(shared: &Shared) -> Reply {
 }
 
 async fn digest(shared: &Shared) -> Reply {
-    // Refused only while a snapshot is being installed: for a moment, so asked again.
-    let mut answer = shared.store.send(GetDigest).await;
-    for _ in 0..100 {
-        if !matches!(answer, Ok(Err(StoreError::Unsettled))) {
-            break;
+    // Refused only while a snapshot is being installed: for a moment, so asked again (for up
+    // to a second).
+    let mut tries = 0;
+    let answer = loop {
+        let answer = shared.store.send(GetDigest).await;
+        tries += 1;
+        if tries == 100 || !matches!(answer, Ok(Err(StoreError::Unsettled))) {
+            break answer;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        answer = shared.store.send(GetDigest).await;
-    }
+    };
     match answer {
         Ok(Ok(digests)) => {
             let mut out = BytesMut::new();

@@ -163,7 +163,7 @@ impl ValueCache {
         }
         // Room first, so that the new entry is not what the hand drops.
         loop {
-            let growth = if 2 * (self.len + 1) > self.table.len() {
+            let growth = if self.full() {
                 self.table.len().max(MIN_POSITIONS) * POSITION
             } else {
                 0
@@ -171,16 +171,13 @@ impl ValueCache {
             if self.bytes + cost + growth <= self.budget {
                 break;
             }
-            self.drop_one();
+            self.make_room();
         }
-        if 2 * (self.len + 1) > self.table.len() {
+        if self.full() {
             self.resize((2 * self.table.len()).max(MIN_POSITIONS));
         }
         let hash = self.hash(key);
-        let mut i = hash as usize & self.mask();
-        while self.table[i].data.is_some() {
-            i = (i + 1) & self.mask();
-        }
+        let i = free_position(&self.table, hash);
         self.table[i] = Entry {
             data: Some(data(key, value.as_deref())),
             hash,
@@ -214,6 +211,11 @@ impl ValueCache {
         self.bytes = self.bytes + e.cost() - before;
     }
 
+    /// Whether one more entry would make the table more than half full (or it is empty).
+    fn full(&self) -> bool {
+        2 * (self.len + 1) > self.table.len()
+    }
+
     /// Rebuilds the table with `size` positions, putting every entry where it belongs in it.
     fn resize(&mut self, size: usize) {
         let old = std::mem::replace(
@@ -221,12 +223,8 @@ impl ValueCache {
             (0..size).map(|_| Entry::default()).collect(),
         );
         self.bytes = self.bytes + size * POSITION - old.len() * POSITION;
-        let mask = self.mask();
         for e in old.into_iter().filter(|e| e.data.is_some()) {
-            let mut i = e.hash as usize & mask;
-            while self.table[i].data.is_some() {
-                i = (i + 1) & mask;
-            }
+            let i = free_position(&self.table, e.hash);
             self.table[i] = e;
         }
         self.hand = 0;
@@ -264,7 +262,7 @@ impl ValueCache {
     /// on until it drops an entry (there is one: a table without entries is the smallest, and
     /// the budget holds it and any entry that [`ValueCache::fits`]). The hand stays on the
     /// position it emptied, which an entry moved back may now hold.
-    fn drop_one(&mut self) {
+    fn make_room(&mut self) {
         if self.table.len() > MIN_POSITIONS && 8 * self.len < self.table.len() {
             return self.resize(self.table.len() / 2);
         }
@@ -286,7 +284,7 @@ impl ValueCache {
     /// Makes room until the cache is within its budget.
     fn shrink(&mut self) {
         while self.bytes > self.budget {
-            self.drop_one();
+            self.make_room();
         }
     }
 
@@ -302,6 +300,17 @@ impl ValueCache {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+}
+
+/// The first free position of `table` from where `hash` belongs (there is one: the table is
+/// at most half full).
+fn free_position(table: &[Entry], hash: u32) -> usize {
+    let mask = table.len() - 1;
+    let mut i = hash as usize & mask;
+    while table[i].data.is_some() {
+        i = (i + 1) & mask;
+    }
+    i
 }
 
 /// A key and its value (if any) in one allocation.

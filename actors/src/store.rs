@@ -1983,12 +1983,18 @@ mod tests {
         }
     }
 
+    /// A writer that writes when the test says: the batches handed to it come out here.
+    fn hold_writes(s: &mut Store) -> std::sync::mpsc::Receiver<WriteJob> {
+        let (jobs, held) = std::sync::mpsc::sync_channel(WRITES_IN_FLIGHT);
+        s.writer = Writer::Thread(jobs);
+        held
+    }
+
     #[test]
     fn a_batch_the_writer_failed_to_write_ends_the_store_and_is_not_reported_written() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _reports) = store(dir.path());
-        let (jobs, held) = std::sync::mpsc::sync_channel(WRITES_IN_FLIGHT);
-        s.writer = Writer::Thread(jobs);
+        let held = hold_writes(&mut s);
         let boot = s.boot;
         apply_incr(&mut s, 1, boot, 1);
         s.hand_over_unwritten();
@@ -2010,9 +2016,7 @@ mod tests {
     fn a_batch_the_writer_holds_is_read_and_built_on_until_it_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _reports) = store(dir.path());
-        // A writer that writes when this test says.
-        let (jobs, held) = std::sync::mpsc::sync_channel(WRITES_IN_FLIGHT);
-        s.writer = Writer::Thread(jobs);
+        let held = hold_writes(&mut s);
         let boot = s.boot;
         let first = s.ranges[&RangeId(1)].applied.index;
         apply_incr(&mut s, 1, boot, 1);
