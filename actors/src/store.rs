@@ -288,6 +288,8 @@ pub struct Store {
     generating: BTreeMap<RangeId, Generation>,
     /// The number of the last snapshot build started on its thread.
     generations: u64,
+    /// Messages handled (see [`Store::took_turn`]).
+    handled: u64,
 }
 
 /// A snapshot being built away from the Store's thread, on the builder thread, one at a time:
@@ -500,6 +502,7 @@ impl Store {
             alive: Arc::new(()),
             generating: BTreeMap::new(),
             generations: 0,
+            handled: 0,
             settings,
         };
         for d in engine.descriptors()? {
@@ -1125,13 +1128,40 @@ impl Store {
     }
 
     /// Writes what was applied now if there is much of it, or else soon.
-    fn schedule_write(&mut self, ctx: &mut Context<Self>) {
+    fn schedule_write(&mut self) {
         if self.unwritten.entries >= WRITE_APPLIED_ENTRIES {
             self.hand_over_unwritten();
         } else if !self.unwritten.ranges.is_empty() && !self.unwritten.scheduled {
             self.unwritten.scheduled = true;
-            let after = self.settings.write_applied_after;
-            ctx.run_later(after, |store, _| store.hand_over_unwritten());
+            self.send_after(self.settings.write_applied_after, Due::HandOver);
+        }
+    }
+
+    /// Sends `due` to this Store after `after`, from a task of its thread: the message takes
+    /// its turn in the mailbox, where a timer of actix's context (`run_later`) would run only
+    /// once the mailbox is empty, which under a steady load it never is.
+    fn send_after(&self, after: Duration, due: Due) {
+        let Some(me) = self.myself.as_ref().map(Addr::downgrade) else {
+            return;
+        };
+        actix_rt::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(me) = me.upgrade() {
+                me.do_send(due);
+            }
+        });
+    }
+
+    /// Counts a message handled, and every [`TURN`] messages hands the Store's thread back for
+    /// a moment. actix handles an actor's messages for as long as its mailbox has any
+    /// (`Mailbox::poll`), and this thread also runs the client sessions, the tasks that answer
+    /// requests and those that send [`Due`]: fed without a pause from other threads
+    /// (MultiRaft's events, a load from another thread of the process), the Store would never
+    /// let them run.
+    fn took_turn(&mut self, ctx: &mut Context<Self>) {
+        self.handled += 1;
+        if self.handled.is_multiple_of(TURN) {
+            ctx.wait(actix::fut::wrap_future(tokio::task::yield_now()));
         }
     }
 
@@ -1409,7 +1439,37 @@ impl Actor for Store {
         if matches!(self.writer, Writer::None) {
             self.writer = Writer::Inline(ctx.address());
         }
-        ctx.run_interval(Duration::from_millis(50), |store, _| store.expire());
+        self.send_after(EXPIRE_EVERY, Due::Expire);
+    }
+}
+
+/// How often the Store answers the requests past their deadline.
+const EXPIRE_EVERY: Duration = Duration::from_millis(50);
+
+/// Messages the Store handles before it hands its thread back (see [`Store::took_turn`]).
+const TURN: u64 = 256;
+
+/// A duty of the Store that waits for a time, sent by a task of its thread when due (see
+/// [`Store::send_after`]).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+enum Due {
+    /// Answer the requests past their deadline; sent every [`EXPIRE_EVERY`].
+    Expire,
+    /// Hand what was applied to the writer (`StoreSettings::write_applied_after`).
+    HandOver,
+}
+
+impl Handler<Due> for Store {
+    type Result = ();
+    fn handle(&mut self, due: Due, _: &mut Context<Self>) {
+        match due {
+            Due::Expire => {
+                self.expire();
+                self.send_after(EXPIRE_EVERY, Due::Expire);
+            }
+            Due::HandOver => self.hand_over_unwritten(),
+        }
     }
 }
 
@@ -1465,6 +1525,7 @@ impl Handler<FlushRequests> for Store {
 impl Handler<Events> for Store {
     type Result = ();
     fn handle(&mut self, msg: Events, ctx: &mut Context<Self>) {
+        self.took_turn(ctx);
         if !self.settings.apply_delay.is_zero() {
             std::thread::sleep(self.settings.apply_delay);
         }
@@ -1472,7 +1533,7 @@ impl Handler<Events> for Store {
             // Applying is deterministic; a storage error here means the disk is failing.
             panic!("store: {}: cannot apply committed entries: {e}", self.node);
         }
-        self.schedule_write(ctx);
+        self.schedule_write();
     }
 }
 
@@ -1500,7 +1561,8 @@ impl Handler<Shutdown> for Store {
 impl Handler<Write> for Store {
     type Result = ResponseFuture<Result<CommandOutcome, StoreError>>;
 
-    fn handle(&mut self, msg: Write, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Write, ctx: &mut Context<Self>) -> Self::Result {
+        self.took_turn(ctx);
         let premature =
             self.settings.bugs.answer_before_commit && matches!(msg.command, Command::Set { .. });
         let parts = match self.split(msg.command) {
@@ -1544,7 +1606,8 @@ impl Handler<Read> for Store {
     // Answered at once when served here: a `ResponseFuture` would spawn a task for each read.
     type Result = Response<Result<Vec<Option<Vec<u8>>>, StoreError>>;
 
-    fn handle(&mut self, msg: Read, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Read, ctx: &mut Context<Self>) -> Self::Result {
+        self.took_turn(ctx);
         // One key, as GET: routed without gathering the keys by range.
         if let [key] = msg.keys.as_slice() {
             let Some(range) = self.route(key) else {
@@ -2124,6 +2187,47 @@ mod tests {
         let after = s.digest().expect("applied");
         assert_eq!(after[0].applied_index, before[0].applied_index + 1);
         assert_ne!(after[0].hash, before[0].hash);
+    }
+
+    #[test]
+    fn a_store_kept_busy_from_another_thread_still_answers_a_request_past_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store(dir.path());
+        s.settings.request_timeout = Duration::from_millis(50);
+        // Each batch of events takes a millisecond: a thread sending one whenever there is
+        // room keeps the mailbox from ever running empty.
+        s.settings.apply_delay = Duration::from_millis(1);
+        s.settings.mailbox_capacity = 16;
+        let (answer, gave_up) = actix::System::new().block_on(async move {
+            let store = s.start();
+            let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let feeder = {
+                let (store, answered) = (store.clone(), answered.clone());
+                // Feeds until the answer came, or gives up after 20 s (true).
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(20);
+                    while !answered.load(Ordering::SeqCst) {
+                        if Instant::now() > until {
+                            return true;
+                        }
+                        if store.try_send(Events(Vec::new())).is_err() {
+                            std::thread::sleep(Duration::from_micros(100));
+                        }
+                    }
+                    false
+                })
+            };
+            // Proposed to a MultiRaft that never answers: only its deadline ends it.
+            let answer = store
+                .send(Write {
+                    command: set_command(b"k", b"v"),
+                })
+                .await;
+            answered.store(true, Ordering::SeqCst);
+            (answer, feeder.join().unwrap())
+        });
+        assert!(matches!(answer, Ok(Err(StoreError::Timeout))), "{answer:?}");
+        assert!(!gave_up, "answered only once the other thread stopped");
     }
 
     #[test]
