@@ -1132,24 +1132,30 @@ impl Store {
         if self.unwritten.entries >= WRITE_APPLIED_ENTRIES {
             self.hand_over_unwritten();
         } else if !self.unwritten.ranges.is_empty() && !self.unwritten.scheduled {
-            self.unwritten.scheduled = true;
-            self.send_after(self.settings.write_applied_after, Due::HandOver);
+            self.unwritten.scheduled =
+                self.send_after(self.settings.write_applied_after, Due::HandOver);
+            if !self.unwritten.scheduled {
+                self.hand_over_unwritten();
+            }
         }
     }
 
     /// Sends `due` to this Store after `after`, from a task of its thread: the message takes
     /// its turn in the mailbox, where a timer of actix's context (`run_later`) would run only
-    /// once the mailbox is empty, which under a steady load it never is.
-    fn send_after(&self, after: Duration, due: Due) {
+    /// once the mailbox is empty, which under a steady load it never is. The time counts from
+    /// now, not from when the task first runs. False for a Store that was never started.
+    fn send_after(&self, after: Duration, due: Due) -> bool {
         let Some(me) = self.myself.as_ref().map(Addr::downgrade) else {
-            return;
+            return false;
         };
+        let due_at = tokio::time::sleep(after);
         actix_rt::spawn(async move {
-            tokio::time::sleep(after).await;
+            due_at.await;
             if let Some(me) = me.upgrade() {
                 me.do_send(due);
             }
         });
+        true
     }
 
     /// Counts a message handled, and every [`TURN`] messages hands the Store's thread back for
@@ -2197,7 +2203,9 @@ mod tests {
         // Each batch of events takes a millisecond: a thread sending one whenever there is
         // room keeps the mailbox from ever running empty.
         s.settings.apply_delay = Duration::from_millis(1);
-        s.settings.mailbox_capacity = 16;
+        // A mailbox of 256 ms of work: without the hand-back, only a pause of the other thread
+        // that long would let the Store's thread go.
+        s.settings.mailbox_capacity = 256;
         let (answer, gave_up) = actix::System::new().block_on(async move {
             let store = s.start();
             let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
