@@ -57,6 +57,12 @@ pub struct Applied {
     pub written: bool,
 }
 
+/// The Store took the batch of events waiting in its mailbox while MultiRaft held the next
+/// one back (see `RaftMetrics::events_held`): MultiRaft hands it over now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct EventsTaken;
+
 /// The callback for a [`Event::MembershipChangeCommitted`]: the Store has applied the change at
 /// `index`; MultiRaft now applies it to raft and releases the proposals it held meanwhile.
 #[derive(Debug, Message)]

@@ -21,8 +21,10 @@
 //!
 //! # Never blocking on the Store
 //!
-//! Events go to the Store with `try_send`. When its mailbox is full they wait here, in order, in
-//! an outbox retried every round and tick. When the committed work the Store has not yet applied
+//! Events go to the Store with `try_send`, one batch at a time waiting in its mailbox
+//! ([`BATCHES_QUEUED`]). When its mailbox is full, or holds a batch the Store has not taken,
+//! they wait here, in order, in an outbox sent when the Store takes that batch ([`EventsTaken`])
+//! and retried every round and tick. When the committed work the Store has not yet applied
 //! passes `max_unapplied_entries`, new proposals are refused with `BUSY` instead of queueing
 //! without end (contract 1).
 //!
@@ -117,7 +119,7 @@ use raft::prelude::{
 };
 use raft::{ProgressState, RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -187,7 +189,24 @@ pub struct RaftMetrics {
     /// snapshot or a removal written to sled is counted as long as the Store has not applied
     /// its event (see `GetDigest`).
     pub events_handed: AtomicU64,
+    /// Event batches the Store has taken from its mailbox (counted as it starts on each):
+    /// MultiRaft lets at most [`BATCHES_QUEUED`] more wait there.
+    pub event_batches_taken: AtomicU64,
+    /// MultiRaft holds events back until the Store takes the batch waiting in its mailbox: the
+    /// Store, taking it, sends [`EventsTaken`] (set before MultiRaft reads
+    /// `event_batches_taken` again, and read after the Store counts a batch taken, so one of
+    /// the two sees the other).
+    pub events_held: AtomicBool,
 }
+
+/// Event batches MultiRaft lets wait in the Store's mailbox, not yet taken; later events join
+/// the batch kept back in the outbox. The mailbox's capacity does not bound them: actix's
+/// `try_send` refuses a message only while its sender is parked, and the Store's taking *any*
+/// message lets one parked sender go (in the order they parked), so behind a mailbox that
+/// clients and the Store's own notes keep filling MultiRaft could queue a batch per message
+/// taken, each one an apply for the Store (a slow one's backlog, and every callback's delay,
+/// then grows without bound).
+const BATCHES_QUEUED: u64 = 1;
 
 /// How many released proposals [`GetReleasedProposals`] can report.
 pub const RELEASED_KEPT: usize = 4096;
@@ -610,6 +629,8 @@ pub struct MultiRaft {
     events: Vec<Event>,
     /// Event batches the Store's mailbox could not take yet, oldest first.
     outbox: VecDeque<Events>,
+    /// Event batches given to the Store (see `RaftMetrics::event_batches_taken`).
+    batches_sent: u64,
     /// Writes produced outside a round (conf states), written with the next round's batch.
     staged: WriteBatch,
     staged_any: bool,
@@ -673,6 +694,7 @@ impl MultiRaft {
             transport,
             events: Vec::new(),
             outbox: VecDeque::new(),
+            batches_sent: 0,
             staged: WriteBatch::default(),
             staged_any: false,
             unapplied: 0,
@@ -1057,8 +1079,12 @@ impl MultiRaft {
             }
         }
         while let Some(batch) = self.outbox.pop_front() {
-            match self.store.try_send(batch) {
-                Ok(()) => {}
+            let sent = match self.store_has_enough() {
+                true => Err(SendError::Full(batch)),
+                false => self.store.try_send(batch),
+            };
+            match sent {
+                Ok(()) => self.batches_sent += 1,
                 Err(SendError::Full(batch)) => {
                     self.outbox.push_front(batch);
                     self.metrics.events_deferred.fetch_add(1, Ordering::Relaxed);
@@ -1071,6 +1097,21 @@ impl MultiRaft {
                 }
             }
         }
+    }
+
+    /// Whether [`BATCHES_QUEUED`] batches of events wait in the Store's mailbox; if so, the
+    /// Store is asked to say when it takes one ([`EventsTaken`]).
+    fn store_has_enough(&self) -> bool {
+        let full = || {
+            let taken = self.metrics.event_batches_taken.load(Ordering::SeqCst);
+            self.batches_sent >= taken + BATCHES_QUEUED
+        };
+        if !full() {
+            return false;
+        }
+        self.metrics.events_held.store(true, Ordering::SeqCst);
+        // Taken meanwhile, before the Store could see the flag?
+        full()
     }
 
     fn send_batches(&mut self, mut out: BTreeMap<NodeId, Vec<(RangeId, raft::prelude::Message)>>) {
@@ -2096,6 +2137,13 @@ impl Handler<Requests> for MultiRaft {
             self.propose_commands(range, commands);
         }
         self.schedule_round(ctx);
+    }
+}
+
+impl Handler<EventsTaken> for MultiRaft {
+    type Result = ();
+    fn handle(&mut self, _: EventsTaken, _: &mut Context<Self>) {
+        self.hand_to_store(Vec::new(), 0);
     }
 }
 

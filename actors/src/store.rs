@@ -34,8 +34,10 @@ use crate::storage::{
 use actix::prelude::*;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
 use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -116,7 +118,7 @@ type ReadReply = oneshot::Sender<Result<Vec<Option<Vec<u8>>>, StoreError>>;
 type ChangeReply = oneshot::Sender<Result<(), StoreError>>;
 
 enum Waiter {
-    Write(WriteReply),
+    Write(Arc<WriteSlot>),
     /// A membership change; `true` when it removes this node's own replica.
     Change(ChangeReply, bool),
 }
@@ -124,11 +126,92 @@ enum Waiter {
 impl Waiter {
     fn send(self, result: Result<CommandOutcome, StoreError>) {
         match self {
-            Waiter::Write(tx) => {
-                let _ = tx.send(result);
-            }
+            Waiter::Write(slot) => slot.answer(result),
             Waiter::Change(tx, _) => {
                 let _ = tx.send(result.map(|_| ()));
+            }
+        }
+    }
+}
+
+/// Where a write's outcome goes: the channel of the request, which actix hands over just after
+/// the handler returned (see [`WriteResponse`]); an outcome that came first waits here for it.
+#[derive(Default)]
+struct WriteSlot(Mutex<SlotState>);
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Empty,
+    To(WriteReply),
+    Answered(Result<CommandOutcome, StoreError>),
+    Done,
+}
+
+impl WriteSlot {
+    fn with(reply: WriteReply) -> Arc<WriteSlot> {
+        Arc::new(WriteSlot(Mutex::new(SlotState::To(reply))))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // Only ever held by the Store's thread, for a few instructions.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn answer(&self, result: Result<CommandOutcome, StoreError>) {
+        let mut state = self.state();
+        match std::mem::take(&mut *state) {
+            SlotState::To(tx) => {
+                let _ = tx.send(result);
+                *state = SlotState::Done;
+            }
+            SlotState::Empty => *state = SlotState::Answered(result),
+            done => *state = done,
+        }
+    }
+
+    /// Sends the outcome to `reply` (`None`: nobody asked) when it comes, or now if it came.
+    fn connect(&self, reply: Option<WriteReply>) {
+        let mut state = self.state();
+        match (std::mem::take(&mut *state), reply) {
+            (SlotState::Answered(result), Some(tx)) => {
+                let _ = tx.send(result);
+                *state = SlotState::Done;
+            }
+            (SlotState::Empty, Some(tx)) => *state = SlotState::To(tx),
+            _ => *state = SlotState::Done,
+        }
+    }
+}
+
+/// The Store's answer to a [`Write`]. Most writes touch one range: their proposal answers the
+/// request's own channel, where a `ResponseFuture` would spawn a task per write to carry the
+/// answer over from a channel of the Store's.
+pub struct WriteResponse(Answer);
+
+enum Answer {
+    Now(Result<CommandOutcome, StoreError>),
+    Proposal(Arc<WriteSlot>),
+    /// The parts of a write over several ranges, gathered.
+    Parts(Pin<Box<dyn Future<Output = Result<CommandOutcome, StoreError>>>>),
+}
+
+impl actix::dev::MessageResponse<Store, Write> for WriteResponse {
+    fn handle(self, _: &mut Context<Store>, reply: Option<WriteReply>) {
+        match self.0 {
+            Answer::Now(result) => {
+                if let Some(tx) = reply {
+                    let _ = tx.send(result);
+                }
+            }
+            Answer::Proposal(slot) => slot.connect(reply),
+            Answer::Parts(parts) => {
+                actix_rt::spawn(async move {
+                    let result = parts.await;
+                    if let Some(tx) = reply {
+                        let _ = tx.send(result);
+                    }
+                });
             }
         }
     }
@@ -288,7 +371,7 @@ pub struct Store {
     generating: BTreeMap<RangeId, Generation>,
     /// The number of the last snapshot build started on its thread.
     generations: u64,
-    /// Messages handled (see [`Store::took_turn`]).
+    /// Requests handled since the Store last handed its thread back.
     handled: u64,
 }
 
@@ -1158,15 +1241,26 @@ impl Store {
         true
     }
 
-    /// Counts a message handled, and every [`TURN`] messages hands the Store's thread back for
-    /// a moment. actix handles an actor's messages for as long as its mailbox has any
-    /// (`Mailbox::poll`), and this thread also runs the client sessions, the tasks that answer
-    /// requests and those that send [`Due`]: fed without a pause from other threads
-    /// (MultiRaft's events, a load from another thread of the process), the Store would never
-    /// let them run.
+    /// Counts a request handled, and every [`TURN`] requests hands the Store's thread back (see
+    /// [`Store::hand_back`]).
     fn took_turn(&mut self, ctx: &mut Context<Self>) {
         self.handled += 1;
-        if self.handled.is_multiple_of(TURN) {
+        if self.handled >= TURN {
+            self.hand_back(ctx);
+        }
+    }
+
+    /// Lets the other tasks of the Store's thread run before the next message. actix handles
+    /// an actor's messages for as long as its mailbox has any (`Mailbox::poll`), and this
+    /// thread also runs the client sessions, the tasks that answer requests and those that
+    /// send [`Due`]: fed without a pause from other threads (MultiRaft's events, a load from
+    /// another thread of the process), the Store would never let them run. Done after every
+    /// batch of events, which may take long (many entries, a slow disk) and answers requests,
+    /// so that what waits for a turn here waits for one batch at most, and every [`TURN`]
+    /// requests.
+    fn hand_back(&mut self, ctx: &mut Context<Self>) {
+        self.handled = 0;
+        if !ctx.waiting() {
             ctx.wait(actix::fut::wrap_future(tokio::task::yield_now()));
         }
     }
@@ -1452,7 +1546,7 @@ impl Actor for Store {
 /// How often the Store answers the requests past their deadline.
 const EXPIRE_EVERY: Duration = Duration::from_millis(50);
 
-/// Messages the Store handles before it hands its thread back (see [`Store::took_turn`]).
+/// Requests the Store handles before it hands its thread back (see [`Store::hand_back`]).
 const TURN: u64 = 256;
 
 /// A duty of the Store that waits for a time, sent by a task of its thread when due (see
@@ -1531,7 +1625,13 @@ impl Handler<FlushRequests> for Store {
 impl Handler<Events> for Store {
     type Result = ();
     fn handle(&mut self, msg: Events, ctx: &mut Context<Self>) {
-        self.took_turn(ctx);
+        self.raft_metrics
+            .event_batches_taken
+            .fetch_add(1, Ordering::SeqCst);
+        if self.raft_metrics.events_held.swap(false, Ordering::SeqCst) {
+            self.flush_requests();
+            self.multiraft.do_send(EventsTaken);
+        }
         if !self.settings.apply_delay.is_zero() {
             std::thread::sleep(self.settings.apply_delay);
         }
@@ -1540,6 +1640,7 @@ impl Handler<Events> for Store {
             panic!("store: {}: cannot apply committed entries: {e}", self.node);
         }
         self.schedule_write();
+        self.hand_back(ctx);
     }
 }
 
@@ -1565,32 +1666,37 @@ impl Handler<Shutdown> for Store {
 }
 
 impl Handler<Write> for Store {
-    type Result = ResponseFuture<Result<CommandOutcome, StoreError>>;
+    type Result = WriteResponse;
 
     fn handle(&mut self, msg: Write, ctx: &mut Context<Self>) -> Self::Result {
         self.took_turn(ctx);
         let premature =
             self.settings.bugs.answer_before_commit && matches!(msg.command, Command::Set { .. });
-        let parts = match self.split(msg.command) {
+        let mut parts = match self.split(msg.command) {
             Ok(p) => p,
-            Err(e) => return Box::pin(async move { Err(e) }),
+            Err(e) => return WriteResponse(Answer::Now(Err(e))),
         };
+        let deadline = self.deadline();
+        let propose = |s: &mut Self, range, command: Command, slot| {
+            let payload = ProposalPayload::Command(codec::encode(&command));
+            s.propose(range, payload, Waiter::Write(slot), deadline);
+        };
+        if let ([_], false) = (parts.as_slice(), premature) {
+            let (range, command) = parts.pop().expect("one part");
+            let slot = Arc::new(WriteSlot::default());
+            propose(self, range, command, slot.clone());
+            return WriteResponse(Answer::Proposal(slot));
+        }
         let mut replies = Vec::with_capacity(parts.len());
         for (range, command) in parts {
             let (tx, rx) = oneshot::channel();
-            let deadline = self.deadline();
-            self.propose(
-                range,
-                ProposalPayload::Command(codec::encode(&command)),
-                Waiter::Write(tx),
-                deadline,
-            );
+            propose(self, range, command, WriteSlot::with(tx));
             replies.push(rx);
         }
         if premature {
-            return Box::pin(async { Ok(CommandOutcome::Ok) });
+            return WriteResponse(Answer::Now(Ok(CommandOutcome::Ok)));
         }
-        Box::pin(async move {
+        WriteResponse(Answer::Parts(Box::pin(async move {
             let mut total: Option<CommandOutcome> = None;
             for rx in replies {
                 let outcome = rx
@@ -1604,7 +1710,7 @@ impl Handler<Write> for Store {
                 });
             }
             Ok(total.unwrap_or(CommandOutcome::Ok))
-        })
+        })))
     }
 }
 
