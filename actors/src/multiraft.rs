@@ -167,6 +167,8 @@ pub struct RaftMetrics {
     /// a planted bug skips the hold (contract 4). The simulation asserts it.
     pub proposals_not_held: AtomicU64,
     pub proposals_busy: AtomicU64,
+    /// Times events were kept back because the Store was not ready for them: its mailbox
+    /// full, or a batch still waiting there untaken (see [`BATCHES_QUEUED`]).
     pub events_deferred: AtomicU64,
     pub snapshots_sent: AtomicU64,
     pub snapshots_installed: AtomicU64,
@@ -666,7 +668,9 @@ pub struct MultiRaft {
 struct RunRound;
 
 impl MultiRaft {
-    /// Loads every range stored in `engine` and prepares its raft group.
+    /// Loads every range stored in `engine` and prepares its raft group. `store` must count
+    /// each batch it takes in `metrics.event_batches_taken` (and answer `events_held`), as the
+    /// Store does: MultiRaft sends it the next batch only then.
     pub fn load(
         node: NodeId,
         engine: Arc<Engine>,
@@ -1079,11 +1083,13 @@ impl MultiRaft {
             }
         }
         while let Some(batch) = self.outbox.pop_front() {
-            let sent = match self.store_has_enough() {
-                true => Err(SendError::Full(batch)),
-                false => self.store.try_send(batch),
-            };
-            match sent {
+            // A Store gone with a batch untaken is noticed by `try_send` below.
+            if self.store_has_enough() && self.store.connected() {
+                self.outbox.push_front(batch);
+                self.metrics.events_deferred.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            match self.store.try_send(batch) {
                 Ok(()) => self.batches_sent += 1,
                 Err(SendError::Full(batch)) => {
                     self.outbox.push_front(batch);
