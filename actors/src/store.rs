@@ -2345,6 +2345,33 @@ mod tests {
     }
 
     #[test]
+    fn a_store_taking_a_batch_while_multiraft_holds_events_back_says_so() {
+        use futures::{FutureExt, StreamExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (s, mut reports) = store(dir.path());
+        let metrics = s.raft_metrics.clone();
+        // Messages to MultiRaft (their kind is not visible here: counted).
+        let mut sent = move || {
+            let mut n = 0;
+            while let Some(Some(_)) = reports.next().now_or_never() {
+                n += 1;
+            }
+            n
+        };
+        let (quiet, held) = actix::System::new().block_on(async {
+            let store = s.start();
+            store.send(Events(Vec::new())).await.unwrap();
+            let quiet = sent();
+            metrics.events_held.store(true, Ordering::SeqCst);
+            store.send(Events(Vec::new())).await.unwrap();
+            (quiet, sent())
+        });
+        assert_eq!(metrics.event_batches_taken.load(Ordering::SeqCst), 2);
+        assert!(!metrics.events_held.load(Ordering::SeqCst));
+        assert_eq!(held, quiet + 1, "MultiRaft was not told (EventsTaken)");
+    }
+
+    #[test]
     fn a_range_alone_or_under_a_lease_is_read_locally_only_while_nothing_can_have_moved_on() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _reports) = store(dir.path());
