@@ -1083,13 +1083,12 @@ impl MultiRaft {
             }
         }
         while let Some(batch) = self.outbox.pop_front() {
-            // A Store gone with a batch untaken is noticed by `try_send` below.
-            if self.store_has_enough() && self.store.connected() {
-                self.outbox.push_front(batch);
-                self.metrics.events_deferred.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            match self.store.try_send(batch) {
+            // A Store gone with a batch untaken is noticed by `try_send`.
+            let sent = match self.store_has_enough() && self.store.connected() {
+                true => Err(SendError::Full(batch)),
+                false => self.store.try_send(batch),
+            };
+            match sent {
                 Ok(()) => self.batches_sent += 1,
                 Err(SendError::Full(batch)) => {
                     self.outbox.push_front(batch);
