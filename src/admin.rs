@@ -107,6 +107,17 @@ pub async fn run(shared: Arc<Shared>, a: Vec<Bytes>) -> Reply {
                      first"
                 ));
             }
+            // Nor could a node that is down catch up: refused at once rather than after the
+            // admin timeout (from this node's view; the leader sends the snapshot).
+            if matches!(change, Change::Add)
+                && node != NodeId(shared.config.node_id)
+                && !shared.peers.connected(node)
+            {
+                return failed(&format!(
+                    "ERR {node} is not reachable from this node: start it (or mend the network) \
+                     and try again"
+                ));
+            }
             let Ok(status) = shared.store.send(GetStoreStatus).await else {
                 return failed(SHUTTING_DOWN);
             };

@@ -269,6 +269,35 @@ pub struct TcpTransport {
     peers: HashMap<NodeId, Peer>,
 }
 
+impl TcpTransport {
+    /// Which peers this node is connected to now, for the rest of the node to ask.
+    pub fn reachability(&self) -> Reachability {
+        Reachability(
+            (self.peers.iter())
+                .map(|(&node, peer)| (node, peer.connected.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// Whether each peer is connected now: its connection is up and it answered the hello (a
+/// socket that accepts and says nothing does not count).
+#[derive(Default)]
+pub struct Reachability(HashMap<NodeId, Arc<AtomicBool>>);
+
+impl Reachability {
+    pub fn connected(&self, node: NodeId) -> bool {
+        self.0.get(&node).is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// How many peers are connected now.
+    pub fn count(&self) -> usize {
+        (self.0.values())
+            .filter(|c| c.load(Ordering::Relaxed))
+            .count()
+    }
+}
+
 impl Transport for TcpTransport {
     fn send(&self, batch: RaftBatch) -> Result<(), Unreachable> {
         let peer = self.peers.get(&batch.to).ok_or(Unreachable)?;

@@ -2,7 +2,7 @@
 
 use crate::commands::Shared;
 use crate::config::Config;
-use crate::peers::Credentials;
+use crate::peers::{Credentials, Reachability};
 use flotilla_actors::ids::NodeId;
 use flotilla_actors::messages::RaftBatch;
 use flotilla_actors::node::Node;
@@ -85,11 +85,12 @@ pub async fn run(
         _ => None,
     };
     let me = NodeId(config.node_id);
-    let (transport, connections): (Box<dyn Transport>, _) = if peers.is_empty() {
-        (Box::new(NoPeers), Vec::new())
+    let (transport, connections, reachability): (Box<dyn Transport>, _, _) = if peers.is_empty() {
+        (Box::new(NoPeers), Vec::new(), Reachability::default())
     } else {
         let (transport, connections) = crate::peers::connect(me, &peers, &credentials);
-        (Box::new(transport), connections)
+        let reachability = transport.reachability();
+        (Box::new(transport), connections, reachability)
     };
     let node =
         Node::start(config.node_settings(), transport).map_err(|source| StartError::Storage {
@@ -125,6 +126,7 @@ pub async fn run(
         multiraft: node.multiraft.clone(),
         metrics: node.metrics.clone(),
         config: config.clone(),
+        peers: reachability,
         client_addr,
         started: Instant::now(),
         clients: AtomicUsize::new(0),

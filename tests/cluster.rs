@@ -461,6 +461,46 @@ fn replicas_move_from_node_1_to_node_4_while_a_client_writes() {
 }
 
 #[test]
+fn a_replica_on_a_node_that_is_down_is_refused_at_once_and_added_once_it_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = configs(dir.path(), 4, "");
+    let servers: Vec<Server> = (0..3).map(|i| nodes.start(i)).collect();
+    // Each range's span and replicas.
+    let layout = |s: &Server| -> Vec<String> {
+        let lines = ranges(s);
+        lines
+            .iter()
+            .map(|l| l.split(" leader=").next().unwrap().to_string())
+            .collect()
+    };
+    await_leaders(&servers[0]);
+    let before = layout(&servers[0]);
+    assert_eq!(info(&servers[0], "peers_connected"), 2, "n4 is down");
+
+    // Without the check, the learner is added, can never catch up, and the request waits out
+    // the admin timeout (a minute) to end in a timeout.
+    for target in ["1", "all"] {
+        let refused = admin(&servers[0], &["ADDREPLICA", target, "4"]).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("n4 is not reachable from this node"),
+            "{refused}"
+        );
+    }
+    assert_eq!(layout(&servers[0]), before, "no replica was added");
+
+    let fourth = nodes.start(3);
+    eventually(Duration::from_secs(30), "node 1 connected to n4", || {
+        info(&servers[0], "peers_connected") == 3
+    });
+    assert_eq!(admin(&servers[0], &["ADDREPLICA", "1", "4"]).unwrap(), "OK");
+    eventually(Duration::from_secs(30), "node 4 holds r1", || {
+        ranges(&fourth).iter().any(|l| l.starts_with("r1 "))
+    });
+}
+
+#[test]
 fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = configs(dir.path(), 3, "log_compaction_entries = 20\n");
