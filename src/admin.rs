@@ -107,17 +107,6 @@ pub async fn run(shared: Arc<Shared>, a: Vec<Bytes>) -> Reply {
                      first"
                 ));
             }
-            // Nor could a node that is down catch up: refused at once rather than after the
-            // admin timeout (from this node's view; the leader sends the snapshot).
-            if matches!(change, Change::Add)
-                && node != NodeId(shared.config.node_id)
-                && !shared.peers.connected(node)
-            {
-                return failed(&format!(
-                    "ERR {node} is not reachable from this node: start it (or mend the network) \
-                     and try again"
-                ));
-            }
             let Ok(status) = shared.store.send(GetStoreStatus).await else {
                 return failed(SHUTTING_DOWN);
             };
@@ -125,6 +114,20 @@ pub async fn run(shared: Arc<Shared>, a: Vec<Bytes>) -> Reply {
                 Target::One(r) => vec![r],
                 Target::All => targets(&status, change, node),
             };
+            // Nor could a node that is down catch up: refused at once rather than after the
+            // admin timeout, unless it votes in every range already (the request is then
+            // answered at once, as when repeated). From this node's view: the leader, which
+            // sends the snapshot, may see otherwise.
+            if matches!(change, Change::Add)
+                && node != NodeId(shared.config.node_id)
+                && !shared.peers.connected(node)
+                && !votes_in_all(&status, &ranges, node)
+            {
+                return failed(&format!(
+                    "ERR {node} is not connected to this node: it may be down or still \
+                     starting; try again in a few seconds, or through another node"
+                ));
+            }
             let runs = ranges.iter().map(|&range| {
                 let store = shared.store.clone();
                 async move {
@@ -160,6 +163,15 @@ fn is_member(config: &Config, node: NodeId) -> bool {
         || config
             .peer_addrs()
             .is_ok_and(|peers| peers.contains_key(&node))
+}
+
+/// Whether `node` is a voter of every one of `ranges` that this node holds.
+fn votes_in_all(status: &StoreStatus, ranges: &[RangeId], node: NodeId) -> bool {
+    ranges.iter().all(|range| {
+        (status.ranges.iter())
+            .find(|r| r.descriptor.id == *range)
+            .is_none_or(|r| r.descriptor.voters.iter().any(|v| v.node() == node))
+    })
 }
 
 /// The ranges `all` stands for.

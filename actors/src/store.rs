@@ -34,6 +34,7 @@ use crate::storage::{
 use actix::prelude::*;
 use foldhash::fast::FixedState;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::ops::Bound;
@@ -327,10 +328,12 @@ impl PendingWrites {
 
     /// The write waiting for `proposal`, if it is this node's and still waits.
     fn remove(&mut self, node: NodeId, proposal: ProposalId) -> Option<PendingWrite> {
-        if proposal.node != node || self.0.get(&proposal.seq)?.boot != proposal.boot {
-            return None;
+        match self.0.entry(proposal.seq) {
+            Entry::Occupied(w) if proposal.node == node && w.get().boot == proposal.boot => {
+                Some(w.remove())
+            }
+            _ => None,
         }
-        self.0.remove(&proposal.seq)
     }
 
     /// Takes the writes that match, in the order they were proposed.
@@ -381,8 +384,8 @@ pub struct Store {
     routing: BTreeMap<Vec<u8>, RangeId>,
     next_seq: u64,
     next_read: u64,
-    // Ordered maps: the order requests are answered in must not depend on a hash seed (a
-    // simulation replays a seed exactly).
+    // The order requests are answered in must not depend on a hash seed (a simulation replays
+    // a seed exactly): ordered maps, and `PendingWrites` takes several in sequence order.
     writes: PendingWrites,
     reads: BTreeMap<ReadId, PendingRead>,
     conditions: Vec<PendingCondition>,
@@ -1390,8 +1393,9 @@ impl Store {
                         overlay.insert(k, v);
                     }
                     self.applied_commands += 1;
-                    if let Some(p) = proposal.filter(|p| p.node == self.node && p.boot == self.boot)
-                    {
+                    // Under any boot: a write proposed before `raise_boot` still waits here
+                    // (`PendingWrites` matches the boot, so a past process's never does).
+                    if let Some(p) = proposal.filter(|p| p.node == self.node) {
                         answers.push((p, Ok(applied.outcome)));
                     }
                 }
@@ -1413,8 +1417,7 @@ impl Store {
                         }
                     }
                     callbacks.push(callback);
-                    if let Some(p) = proposal.filter(|p| p.node == self.node && p.boot == self.boot)
-                    {
+                    if let Some(p) = proposal.filter(|p| p.node == self.node) {
                         answers.push((p, Ok(CommandOutcome::Ok)));
                     }
                 }
@@ -1989,18 +1992,32 @@ mod tests {
 
     /// A store of one range on node 1, and the mailbox its reports go to (never run).
     fn store(dir: &std::path::Path) -> (Store, actix::dev::channel::AddressReceiver<MultiRaft>) {
+        store_split(dir, &[])
+    }
+
+    /// A store of ranges 1, 2, ... on node 1, the key space cut at `splits`.
+    fn store_split(
+        dir: &std::path::Path,
+        splits: &[&[u8]],
+    ) -> (Store, actix::dev::channel::AddressReceiver<MultiRaft>) {
         let engine = Engine::open(dir, 16 << 20).unwrap();
         if !engine.is_bootstrapped().unwrap() {
-            let d = RangeDescriptor {
-                id: RangeId(1),
-                start_key: Vec::new(),
-                end_key: Vec::new(),
-                voters: vec![ReplicaId::new(NodeId(1), 0)],
-                learners: Vec::new(),
-                removed: Vec::new(),
-            };
+            let bounds: Vec<Vec<u8>> = std::iter::once(Vec::new())
+                .chain(splits.iter().map(|k| k.to_vec()))
+                .chain(std::iter::once(Vec::new()))
+                .collect();
             let mut batch = WriteBatch::default();
-            engine.bootstrap_range(&d, &mut batch).unwrap();
+            for (i, span) in bounds.windows(2).enumerate() {
+                let d = RangeDescriptor {
+                    id: RangeId(i as u64 + 1),
+                    start_key: span[0].clone(),
+                    end_key: span[1].clone(),
+                    voters: vec![ReplicaId::new(NodeId(1), 0)],
+                    learners: Vec::new(),
+                    removed: Vec::new(),
+                };
+                engine.bootstrap_range(&d, &mut batch).unwrap();
+            }
             engine.commit(batch).unwrap();
         }
         let (tx, reports) = channel::<MultiRaft>(64);
@@ -2494,6 +2511,50 @@ mod tests {
         // Other writes under the Store do not reach the cache: only the Store's own do.
         put(&s, b"3");
         assert_eq!(read(&mut s).as_deref(), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn a_write_proposed_before_the_boot_was_raised_is_still_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
+        let set = Command::Set {
+            key: b"x".to_vec(),
+            value: b"1".to_vec(),
+            condition: crate::command::SetCondition::Always,
+        };
+        let (tx, mut answer) = oneshot::channel();
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let payload = ProposalPayload::Command(codec::encode(&set));
+        s.propose(RangeId(2), payload, Waiter::Change(tx, false), deadline);
+        let proposal = ProposalId {
+            node: NodeId(1),
+            boot: s.boot,
+            seq: s.next_seq,
+        };
+        // Range 1 recorded a later boot of this node, and refuses a command of this boot: the
+        // boot moves above it.
+        let (own, later) = (s.boot, s.boot + 1_000_000);
+        incr(&mut s, 1, later, 1);
+        incr(&mut s, 1, own, 99);
+        assert!(s.boot > later);
+        // Range 2, which never saw that boot, applies the write proposed before.
+        let index = s.ranges[&RangeId(2)].applied.index + 1;
+        (s.apply_events(vec![Event::CommandCommitted {
+            range: RangeId(2),
+            index,
+            term: 6,
+            proposal: Some(proposal),
+            command: Some(set),
+        }]))
+        .unwrap();
+        assert_eq!(
+            s.values(&[b"x".to_vec()]).unwrap(),
+            vec![Some(b"1".to_vec())]
+        );
+        assert!(
+            matches!(answer.try_recv(), Ok(Ok(()))),
+            "applied, so answered, not left to time out"
+        );
     }
 
     #[test]
