@@ -92,9 +92,12 @@ fn a_snapshot_holding_writes_after_its_index_is_caught() {
         snapshots_without_kept_values: true,
         ..Default::default()
     };
-    // Caught on about 7 seeds in 100 of 10 s (a replica's data differs from another's at the
-    // same applied index, or a key's history breaks), the first being seed 5.
-    let (seed, violation) = (1..=8)
+    // Caught on 4 seeds of the first 60, of 10 s each (a replica's data differs from another's
+    // at the same applied index, or a key's history breaks): 5, 7, 51 and 52. The search
+    // stops at the first; it goes that far so that a change which moves the simulation's
+    // choices still finds one (about 7% a seed: missed in 60 seeds about once in 60 changes,
+    // where 8 seeds missed it half the time).
+    let (seed, violation) = (1..=60)
         .find_map(|seed| {
             let r = flotilla::sim::run_with_bugs(seed, Duration::from_secs(10), bugs);
             r.violations.first().map(|v| (seed, v.clone()))
