@@ -6,7 +6,8 @@
 //! At most [`MAX_IN_FLIGHT`] requests of one connection are under way at once; the reader stops
 //! reading while the writer catches up, so a client that never reads its replies costs bounded
 //! memory. A connection that sends bytes that cannot be framed gets one protocol error and is
-//! closed; other connections never notice.
+//! closed (once what it still sends is read, so that it can read the error: see [`linger`]);
+//! other connections never notice.
 
 use crate::commands::{PendingReply, Reply, Session, Shared};
 use crate::resp::{self, reply, Limits};
@@ -22,6 +23,11 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// Replies are written once this much is buffered, or when no more are ready.
 const WRITE_CHUNK: usize = 64 << 10;
+
+/// After a protocol error, what the client still sends is read and dropped, for at most this
+/// long and this many bytes, before the connection is closed (see [`linger`]).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 << 20;
 
 /// Accepts clients until the task is dropped, and runs each connection on `thread`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, thread: actix::ArbiterHandle) {
@@ -74,7 +80,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, thread: actix::Ar
 async fn refuse(mut stream: TcpStream) {
     let mut out = BytesMut::new();
     reply::error(&mut out, "ERR max number of clients reached");
-    let _ = stream.write_all(&out).await;
+    if stream.write_all(&out).await.is_ok() && stream.shutdown().await.is_ok() {
+        linger(&mut stream).await;
+    }
 }
 
 async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
@@ -101,6 +109,7 @@ async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
 
     let limits = Limits::new(shared.config.max_value_bytes);
     let mut buf = BytesMut::with_capacity(16 << 10);
+    let mut refused = false;
     'read: loop {
         match rd.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -124,6 +133,7 @@ async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
                         close: true,
                     }));
                     let _ = tx.send(closing).await;
+                    refused = true;
                     break 'read;
                 }
             }
@@ -135,4 +145,26 @@ async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
     }
     drop(tx);
     let _ = writer.await;
+    if refused {
+        linger(&mut rd).await;
+    }
+}
+
+/// Reads and drops what a client refused with a protocol error still sends, until it closes
+/// (or [`LINGER`] or [`LINGER_BYTES`] runs out). The error and the end of the stream are
+/// written by then; closing a socket with bytes unread would reset the connection instead, and
+/// a client still sending (the rest of a value over `max_value_bytes`, as redis-cli sends a
+/// command whole) would see its write fail and never read the error.
+async fn linger(rd: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    let drain = async {
+        let mut scratch = vec![0u8; 64 << 10];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match rd.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }

@@ -83,6 +83,16 @@ fn bad_input_gets_errors_and_harms_no_other_client() {
         c.expect(format!("-ERR Protocol error: {message}\r\n").as_bytes());
         c.expect_closed();
     }
+    // A value over the limit sent whole, as a client library or redis-cli does: the client
+    // is still sending it when the error is written, and reads the error once it is done.
+    // (Closing with its bytes unread would reset the connection: its write would fail and the
+    // error be lost.)
+    let mut c = Raw::connect(server.addr);
+    c.send(&cmd(&[b"SET", b"k", &vec![b'x'; 4 << 20]]));
+    c.expect(
+        b"-ERR Protocol error: invalid bulk length 4194304 (the limit, max_value_bytes, is 1024)\r\n",
+    );
+    c.expect_closed();
     // A line that never ends is cut off at 64 KiB instead of being buffered forever.
     let mut c = Raw::connect(server.addr);
     c.send(&vec![b'a'; 70 << 10]);
@@ -233,4 +243,40 @@ fn random_commands_never_end_the_node() {
         .unwrap();
     let got: String = redis::cmd("GET").arg("after").query(&mut other).unwrap();
     assert_eq!(got, "random");
+}
+
+/// Clients over `max_clients` are refused with an error they can read, even one that sends a
+/// large command at once, and a client leaving makes room for another.
+#[test]
+fn a_client_over_max_clients_reads_its_refusal_and_one_leaving_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), "max_clients = 2\n");
+    let ping = |c: &mut Raw| c.roundtrip(&cmd(&[b"PING"]), b"+PONG\r\n");
+    let mut a = Raw::connect(server.addr);
+    ping(&mut a);
+    let mut b = Raw::connect(server.addr);
+    ping(&mut b);
+
+    let mut c = Raw::connect(server.addr);
+    c.send(&cmd(&[b"SET", b"k", &vec![b'x'; 4 << 20]]));
+    c.expect(b"-ERR max number of clients reached\r\n");
+    c.expect_closed();
+    drop(c);
+    ping(&mut a);
+
+    drop(b);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut d = Raw::connect(server.addr);
+        d.send(&cmd(&[b"PING"]));
+        if d.line() == "+PONG\r\n" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room made by a client leaving"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ping(&mut a);
 }
