@@ -40,8 +40,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, thread: actix::Ar
                 if clients > shared.config.max_clients {
                     let shared = shared.clone();
                     actix_rt::spawn(async move {
-                        refuse(stream).await;
+                        let refused = refuse(stream).await;
+                        // Not counted while it lingers: it holds no room a client could use.
                         shared.clients.fetch_sub(1, Ordering::Relaxed);
+                        if let Some(mut stream) = refused {
+                            linger(&mut stream).await;
+                        }
                     });
                     continue;
                 }
@@ -77,12 +81,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, thread: actix::Ar
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
+/// Writes the refusal and ends the stream; the stream, to [`linger`] on, if that went well.
+async fn refuse(mut stream: TcpStream) -> Option<TcpStream> {
     let mut out = BytesMut::new();
     reply::error(&mut out, "ERR max number of clients reached");
-    if stream.write_all(&out).await.is_ok() && stream.shutdown().await.is_ok() {
-        linger(&mut stream).await;
-    }
+    let sent = stream.write_all(&out).await.is_ok() && stream.shutdown().await.is_ok();
+    sent.then_some(stream)
 }
 
 async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
