@@ -2513,6 +2513,31 @@ mod tests {
         assert_eq!(read(&mut s).as_deref(), Some(&b"2"[..]));
     }
 
+    /// A write's outcome reaches its request's channel once, whichever of the two the slot has
+    /// first (today the channel always comes first: `propose` never answers at once).
+    #[test]
+    fn a_write_slot_delivers_one_outcome_whichever_comes_first() {
+        let slot = WriteSlot::default();
+        slot.answer(Ok(CommandOutcome::Integer(1)));
+        let (tx, mut rx) = oneshot::channel();
+        slot.connect(Some(tx));
+        assert!(matches!(rx.try_recv(), Ok(Ok(CommandOutcome::Integer(1)))));
+
+        let slot = WriteSlot::default();
+        let (tx, mut rx) = oneshot::channel();
+        slot.connect(Some(tx));
+        assert!(rx.try_recv().is_err(), "no outcome yet");
+        slot.answer(Ok(CommandOutcome::Integer(2)));
+        slot.answer(Err(StoreError::Timeout));
+        assert!(matches!(rx.try_recv(), Ok(Ok(CommandOutcome::Integer(2)))));
+
+        // Nobody waits (the client went away): the outcome goes nowhere, and is not kept.
+        let slot = WriteSlot::default();
+        slot.connect(None);
+        slot.answer(Ok(CommandOutcome::Ok));
+        assert!(matches!(*slot.state(), SlotState::Done));
+    }
+
     #[test]
     fn a_write_proposed_before_the_boot_was_raised_is_still_answered() {
         let dir = tempfile::tempdir().unwrap();
