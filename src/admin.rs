@@ -167,11 +167,11 @@ fn is_member(config: &Config, node: NodeId) -> bool {
 
 /// Whether `node` is a voter of every one of `ranges` that this node holds.
 fn votes_in_all(status: &StoreStatus, ranges: &[RangeId], node: NodeId) -> bool {
-    ranges.iter().all(|range| {
-        (status.ranges.iter())
-            .find(|r| r.descriptor.id == *range)
-            .is_none_or(|r| r.descriptor.voters.iter().any(|v| v.node() == node))
-    })
+    // One pass over the node's ranges: `all` names every one of them.
+    let wanted: std::collections::HashSet<RangeId> = ranges.iter().copied().collect();
+    (status.ranges.iter())
+        .filter(|r| wanted.contains(&r.descriptor.id))
+        .all(|r| r.descriptor.voters.iter().any(|v| v.node() == node))
 }
 
 /// The ranges `all` stands for.
