@@ -8,9 +8,11 @@
 #      together (percent of one core) and each node's RSS;
 #   3. runs the same SET load through node 1 against this cluster and against one of 8 ranges
 #      (alternating, RUNS times each) and prints the medians and their ratio;
-#   4. kills node 1 with SIGKILL and times until node 2 sees every range led by a live node.
+#   4. runs that load over RANGES ranges for SOAK seconds and reports, every 10 s, each
+#      node's RSS and the entries its raft logs hold (they must level off, not grow);
+#   5. kills node 1 with SIGKILL and times until node 2 sees every range led by a live node.
 #
-#   scripts/scale.sh [RANGES] [IDLE] [RUNS]        defaults: 10000 60 3
+#   scripts/scale.sh [RANGES] [IDLE] [RUNS] [SOAK]       defaults: 10000 60 3 120
 #
 # Needs redis-cli (Debian: apt-get install redis-tools).
 set -euo pipefail
@@ -18,6 +20,7 @@ cd "$(dirname "$0")/.."
 RANGES=${1:-10000}
 IDLE=${2:-60}
 RUNS=${3:-3}
+SOAK=${4:-120}
 LOAD=(--connections 50 --pipeline 16 --value-size 100 --keys 1000000 --mix set --duration 10)
 cargo build --release --quiet
 bin=$PWD/target/release/flotilla
@@ -111,7 +114,20 @@ awk -v m="$many" -v f="$few" -v r="$RANGES" -v runs="$RUNS" 'BEGIN {
   printf "SET through node 1 (medians of %d): %d ranges %.0f/s, 8 ranges %.0f/s, ratio %.2f\n",
     runs, r, m, f, m / f }'
 
-# 4. Failover of every range node 1 led.
+# 4. A sustained load: memory levels off.
+start "$RANGES"
+until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.2; done
+rss() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/${pids[$1]}/status"; }
+for t in $(seq 10 10 "$SOAK"); do
+  "$bin" bench --addr "127.0.0.1:${BASE}1" "${LOAD[@]}" --json "$work/run.json" > /dev/null
+  ops=$(grep -o '"ops_per_sec": *[0-9.]*' "$work/run.json" | grep -o '[0-9.]*$')
+  printf "after %3d s of load: %6.0f/s, RSS %s / %s / %s MiB, raft log entries %s / %s / %s\n" \
+    "$t" "$ops" "$(rss 0)" "$(rss 1)" "$(rss 2)" \
+    "$(info 1 raft_log_entries)" "$(info 2 raft_log_entries)" "$(info 3 raft_log_entries)"
+done
+stop_all
+
+# 5. Failover of every range node 1 led.
 start "$RANGES"
 until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.5; done
 until [ "$(info 1 ranges_quiescent)" = "$RANGES" ]; do sleep 0.5; done

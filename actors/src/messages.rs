@@ -494,6 +494,8 @@ pub struct RaftStatus {
     pub held_proposals: usize,
     /// Not ticked: every replica was caught up when the range went quiet.
     pub quiescent: bool,
+    /// Entries this replica's raft log holds (not yet compacted away).
+    pub log_entries: u64,
 }
 
 #[cfg(test)]

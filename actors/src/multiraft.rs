@@ -46,9 +46,13 @@
 //!
 //! # Log compaction
 //!
-//! Once a range has more than `log_compaction_entries` applied entries in its log, the oldest
-//! are deleted, keeping the most recent half; a follower that needs deleted entries gets a
-//! snapshot. While the Store builds a snapshot (on a thread of its own, one at a time) and
+//! Every 100 ticks each range's log is compacted up to what its Store has written to sled and,
+//! on a leader, what every other replica has: a node hosts thousands of ranges, each written
+//! now and then, and every entry kept costs memory (raft-engine indexes each one). A range
+//! with more than `log_compaction_entries` applied entries in its log has the oldest deleted at
+//! once, keeping the most recent half, whoever lacks them; so do all ranges, at the next
+//! pass, once a node's logs hold more than `log_budget_entries` in all. A follower that needs
+//! deleted entries gets a snapshot. While the Store builds a snapshot (on a thread of its own, one at a time) and
 //! until raft sends it, the log is compacted no further than the snapshot
 //! (`Group::snapshot_floor`), else raft would find it behind the log's start and ask for
 //! another; the floor lapses after a while, should raft no longer ask for it.
@@ -136,6 +140,10 @@ pub struct RaftSettings {
     pub max_inflight_msgs: usize,
     /// Applied entries a range's log may hold before the oldest are deleted.
     pub log_compaction_entries: u64,
+    /// Entries the logs of all ranges of a node may hold in all before leaders stop keeping
+    /// entries for replicas that lag (see `MultiRaft::compact_caught_up`): raft-engine keeps
+    /// an index of every entry in memory.
+    pub log_budget_entries: u64,
     /// Deterministic elections, for simulations: each group's election timeout (in
     /// `[election_ticks, 2 * election_ticks)`, new in every term) is drawn from this seed, the
     /// replica, the range and the term, instead of by raft-rs's unseeded generator.
@@ -152,6 +160,7 @@ impl Default for RaftSettings {
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             log_compaction_entries: 10_000,
+            log_budget_entries: 2_000_000,
             election_seed: None,
         }
     }
@@ -176,6 +185,8 @@ pub struct RaftMetrics {
     pub learners_promoted: AtomicU64,
     /// Ranges of this node not ticking (as of the last tick).
     pub ranges_quiescent: AtomicU64,
+    /// Entries its ranges' raft logs hold in all (as of the last compaction pass).
+    pub log_entries: AtomicU64,
     /// Times a node was seen to have restarted (a new boot in its batches).
     pub peer_restarts: AtomicU64,
     /// Reads a leader served from its lease, without a round of heartbeats: read indexes
@@ -251,7 +262,8 @@ const SNAPSHOT_BUILD_ELECTIONS: u64 = 30;
 /// Leader-transfer ticks after which a change waiting for leadership to move is given up.
 const TRANSFER_GIVE_UP_ELECTIONS: u64 = 3;
 
-/// Ticks between two purges of the raft log's old files.
+/// Ticks between two compactions of every range's caught-up log and purges of the raft log's
+/// old files.
 const PURGE_TICKS: u64 = 100;
 
 /// The fate of a membership change, decided by [`Group::admit_change`].
@@ -338,6 +350,11 @@ impl Group {
 
     fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
+    }
+
+    /// Entries the range's raft log holds here.
+    fn log_entries(&self) -> u64 {
+        self.node.raft.raft_log.last_index() - self.node.store().truncated().index
     }
 
     /// Whether nothing is under way in this replica that needs its clock: no reads, no
@@ -944,7 +961,11 @@ impl MultiRaft {
         ctx.run_later(self.settings.tick_interval, |mr, ctx| {
             mr.on_tick();
             // Events the Store could not take yet are retried even when no group is busy.
-            if !mr.dirty.is_empty() || !mr.outbox.is_empty() || !mr.pings.is_empty() {
+            if !mr.dirty.is_empty()
+                || !mr.outbox.is_empty()
+                || !mr.pings.is_empty()
+                || mr.staged_any
+            {
                 mr.schedule_round(ctx);
             }
             mr.schedule_tick(ctx);
@@ -1516,10 +1537,40 @@ impl MultiRaft {
             }
         };
         for range in ranges {
-            if self.compact(range, u64::MAX) {
-                self.dirty.insert(range);
-            }
+            self.compact(range, u64::MAX);
         }
+    }
+
+    /// Compacts every range's log up to what its Store has written and, on a leader, what
+    /// every other replica has (so that none is sent a snapshot for want of a few entries),
+    /// all in one round: the log's entries cost memory as long as they are kept (raft-engine
+    /// indexes each, and the entry cache holds the newest), and over thousands of ranges,
+    /// each written now and then, a range would take hours to reach
+    /// `log_compaction_entries`. Past `log_budget_entries` in all, leaders compact past what
+    /// lagging replicas have too: those catch up by snapshot.
+    fn compact_caught_up(&mut self) {
+        let held: u64 = self.groups.values().map(Group::log_entries).sum();
+        let over_budget = held > self.settings.log_budget_entries;
+        let targets: Vec<(RangeId, u64)> = self
+            .groups
+            .iter()
+            .filter_map(|(range, g)| {
+                let mut to = g.written;
+                if g.is_leader() && !over_budget {
+                    for (&id, pr) in g.node.raft.prs().iter() {
+                        if id != g.replica.0 {
+                            to = to.min(pr.matched);
+                        }
+                    }
+                }
+                (to > g.node.store().truncated().index).then_some((*range, to))
+            })
+            .collect();
+        for (range, to) in targets {
+            self.compact(range, to);
+        }
+        let held = self.groups.values().map(Group::log_entries).sum();
+        self.metrics.log_entries.store(held, Ordering::Relaxed);
     }
 
     /// Stages the compaction of a range's log up to `to` (at most what its Store has written,
@@ -1649,6 +1700,7 @@ impl MultiRaft {
         self.ticks += 1;
         self.check_liveness();
         if self.ticks.is_multiple_of(PURGE_TICKS) {
+            self.compact_caught_up();
             self.purge_log();
         }
         let mut moved = Vec::new();
@@ -1853,6 +1905,7 @@ impl MultiRaft {
                     awaiting_callback: g.awaiting_callback.is_some(),
                     held_proposals: g.held.len(),
                     quiescent: g.quiescent,
+                    log_entries: g.log_entries(),
                 }
             })
             .collect();

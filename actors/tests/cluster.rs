@@ -1183,3 +1183,107 @@ fn a_lease_that_outlives_an_election_is_caught() {
     });
     assert_eq!(read, Ok(vec![Some(b"1".to_vec())]), "the stale read");
 }
+
+/// Waits (bounded) until `done` holds for node `id`'s ranges; their status then.
+async fn await_status(
+    cluster: &Cluster,
+    id: u64,
+    what: &str,
+    done: impl Fn(&[RaftStatus]) -> bool,
+) -> Vec<RaftStatus> {
+    for _ in 0..500 {
+        let s = cluster.status(id).await;
+        if s.len() as u64 == RANGES && done(&s) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("n{id}: never {what}: {:?}", cluster.status(id).await);
+}
+
+/// With node 3 stopped, writes 20 entries to every range, waits until the live nodes have
+/// compacted what they may, starts node 3 again and waits until it has everything; returns the
+/// entries the leaders' logs held meanwhile (the fewest of any range) and the snapshots sent.
+/// Past the budget, waiting for the leaders' logs to be compacted too is the check.
+fn a_replica_lags(log_budget_entries: u64) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings::default();
+        let tune = |r: &mut RaftSettings| r.log_budget_entries = log_budget_entries;
+        let mut cluster =
+            Cluster::start_tuned(dir.path(), &[1, 2, 3], &[1, 2, 3], settings.clone(), tune);
+        cluster.await_leaders(1).await;
+        for (i, p) in PREFIXES.iter().enumerate() {
+            write_eventually(&cluster, 1, format!("{p}{i}").as_bytes(), b"v").await;
+        }
+        // Every replica has everything: every log is compacted, on every node (a pass every
+        // 100 ticks, 2 s here), though none is anywhere near `log_compaction_entries`.
+        for n in [1, 2, 3] {
+            await_status(&cluster, n, "compacted", |s| {
+                s.iter().all(|r| r.log_entries == 0)
+            })
+            .await;
+        }
+
+        cluster.stop_node(3).await;
+        for i in 0..20 {
+            for p in PREFIXES {
+                write_eventually(&cluster, 1, format!("{p}-{i}").as_bytes(), b"w").await;
+            }
+        }
+        // Followers compact what they wrote; so do leaders, but for what node 3 lacks unless
+        // the logs are over the budget.
+        let keep = log_budget_entries > 20 * RANGES;
+        let mut kept = u64::MAX;
+        for n in [1, 2] {
+            let me = Some(NodeId(n));
+            let s = await_status(&cluster, n, "compacted", |s| {
+                s.iter()
+                    .all(|r| (keep && r.leader == me) || r.log_entries == 0)
+            })
+            .await;
+            let led = s.iter().filter(|r| r.leader == me);
+            kept = led.map(|r| r.log_entries).fold(kept, u64::min);
+        }
+
+        cluster.start_node(3, &[1, 2, 3], settings).await;
+        let applied: BTreeMap<RangeId, u64> = cluster
+            .status(1)
+            .await
+            .iter()
+            .map(|r| (r.range, r.applied))
+            .collect();
+        await_status(&cluster, 3, "caught up", |s| {
+            s.iter().all(|r| r.applied >= applied[&r.range])
+        })
+        .await;
+        let sent = [1, 2]
+            .iter()
+            .map(|&n| {
+                cluster
+                    .node(n)
+                    .metrics
+                    .snapshots_sent
+                    .load(Ordering::Relaxed)
+            })
+            .sum();
+        cluster.stop();
+        (kept, sent)
+    })
+}
+
+#[test]
+fn logs_are_compacted_once_every_replica_has_them_and_kept_for_one_that_lags() {
+    let (kept, snapshots) = a_replica_lags(RaftSettings::default().log_budget_entries);
+    assert!(
+        kept >= 20,
+        "a leader kept {kept} entries for the stopped node"
+    );
+    assert_eq!(snapshots, 0, "the stopped node caught up from the logs");
+}
+
+#[test]
+fn past_the_log_budget_a_replica_that_lags_catches_up_by_snapshot() {
+    let (_, snapshots) = a_replica_lags(10);
+    assert!(snapshots > 0, "the stopped node caught up by snapshot");
+}
