@@ -185,7 +185,7 @@ pub struct RaftMetrics {
     pub learners_promoted: AtomicU64,
     /// Ranges of this node not ticking (as of the last tick).
     pub ranges_quiescent: AtomicU64,
-    /// Entries its ranges' raft logs hold in all (as of the last compaction pass).
+    /// Entries its ranges' raft logs hold in all (each range as of its last compaction pass).
     pub log_entries: AtomicU64,
     /// Times a node was seen to have restarted (a new boot in its batches).
     pub peer_restarts: AtomicU64,
@@ -262,9 +262,13 @@ const SNAPSHOT_BUILD_ELECTIONS: u64 = 30;
 /// Leader-transfer ticks after which a change waiting for leadership to move is given up.
 const TRANSFER_GIVE_UP_ELECTIONS: u64 = 3;
 
-/// Ticks between two compactions of every range's caught-up log and purges of the raft log's
-/// old files.
+/// Ticks between two purges of the raft log's old files.
 const PURGE_TICKS: u64 = 100;
+
+/// Ticks between two compactions of a slice of the ranges' caught-up logs, and the number of
+/// slices: each range's is compacted every `COMPACT_TICKS * COMPACT_SLICES` ticks.
+const COMPACT_TICKS: u64 = 10;
+const COMPACT_SLICES: u64 = 10;
 
 /// The fate of a membership change, decided by [`Group::admit_change`].
 enum Admission {
@@ -653,6 +657,9 @@ pub struct MultiRaft {
     /// Writes produced outside a round (conf states), written with the next round's batch.
     staged: WriteBatch,
     staged_any: bool,
+    /// Entries the logs of each slice of the ranges held after their last compaction (see
+    /// `compact_caught_up`).
+    log_held: [u64; COMPACT_SLICES as usize],
     unapplied: u64,
     released: VecDeque<ReleasedProposal>,
     ticks: u64,
@@ -718,6 +725,7 @@ impl MultiRaft {
             batches_sent: 0,
             staged: WriteBatch::default(),
             staged_any: false,
+            log_held: [0; COMPACT_SLICES as usize],
             unapplied: 0,
             released: VecDeque::new(),
             ticks: 0,
@@ -1541,19 +1549,31 @@ impl MultiRaft {
         }
     }
 
-    /// Compacts every range's log up to what its Store has written and, on a leader, what
-    /// every other replica has (so that none is sent a snapshot for want of a few entries),
-    /// all in one round: the log's entries cost memory as long as they are kept (raft-engine
-    /// indexes each, and the entry cache holds the newest), and over thousands of ranges,
-    /// each written now and then, a range would take hours to reach
-    /// `log_compaction_entries`. Past `log_budget_entries` in all, leaders compact past what
-    /// lagging replicas have too: those catch up by snapshot.
+    /// Compacts the log of every range of this tick's slice (one in [`COMPACT_SLICES`], by
+    /// range id) up to what its Store has written and, on a leader, what every other replica
+    /// has (so that none is sent a snapshot for want of a few entries): the log's entries cost
+    /// memory as long as they are kept (raft-engine indexes each, and the entry cache holds the
+    /// newest), and over thousands of ranges, each written now and then, a range would take
+    /// hours to reach `log_compaction_entries`. Past `log_budget_entries` in all, leaders
+    /// compact past what lagging replicas have too: those catch up by snapshot. A slice at a
+    /// time, so that a pass over 10,000 ranges (70-90 ms) does not hold up the raft work of
+    /// all.
     fn compact_caught_up(&mut self) {
-        let held: u64 = self.groups.values().map(Group::log_entries).sum();
-        let over_budget = held > self.settings.log_budget_entries;
+        let slice = self.ticks / COMPACT_TICKS % COMPACT_SLICES;
+        let held_in_slice = |groups: &HashMap<RangeId, Group, FixedState>| -> u64 {
+            groups
+                .iter()
+                .filter(|(range, _)| range.0 % COMPACT_SLICES == slice)
+                .map(|(_, g)| g.log_entries())
+                .sum()
+        };
+        let i = slice as usize;
+        self.log_held[i] = held_in_slice(&self.groups);
+        let over_budget = self.log_held.iter().sum::<u64>() > self.settings.log_budget_entries;
         let targets: Vec<(RangeId, u64)> = self
             .groups
             .iter()
+            .filter(|(range, _)| range.0 % COMPACT_SLICES == slice)
             .filter_map(|(range, g)| {
                 let mut to = g.written;
                 if g.is_leader() && !over_budget {
@@ -1569,7 +1589,8 @@ impl MultiRaft {
         for (range, to) in targets {
             self.compact(range, to);
         }
-        let held = self.groups.values().map(Group::log_entries).sum();
+        self.log_held[i] = held_in_slice(&self.groups);
+        let held = self.log_held.iter().sum();
         self.metrics.log_entries.store(held, Ordering::Relaxed);
     }
 
@@ -1699,8 +1720,10 @@ impl MultiRaft {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.check_liveness();
-        if self.ticks.is_multiple_of(PURGE_TICKS) {
+        if self.ticks.is_multiple_of(COMPACT_TICKS) {
             self.compact_caught_up();
+        }
+        if self.ticks.is_multiple_of(PURGE_TICKS) {
             self.purge_log();
         }
         let mut moved = Vec::new();
