@@ -144,6 +144,10 @@ pub struct RaftSettings {
     /// entries for replicas that lag (see `MultiRaft::compact_caught_up`): raft-engine keeps
     /// an index of every entry in memory.
     pub log_budget_entries: u64,
+    /// Compact each range's log as far as every replica has it, every 100 ticks (see
+    /// `MultiRaft::compact_caught_up`); off only in tests that read a range's whole log after
+    /// the fact.
+    pub compact_caught_up: bool,
     /// Deterministic elections, for simulations: each group's election timeout (in
     /// `[election_ticks, 2 * election_ticks)`, new in every term) is drawn from this seed, the
     /// replica, the range and the term, instead of by raft-rs's unseeded generator.
@@ -161,6 +165,7 @@ impl Default for RaftSettings {
             max_inflight_msgs: 256,
             log_compaction_entries: 10_000,
             log_budget_entries: 2_000_000,
+            compact_caught_up: true,
             election_seed: None,
         }
     }
@@ -1720,7 +1725,7 @@ impl MultiRaft {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.check_liveness();
-        if self.ticks.is_multiple_of(COMPACT_TICKS) {
+        if self.settings.compact_caught_up && self.ticks.is_multiple_of(COMPACT_TICKS) {
             self.compact_caught_up();
         }
         if self.ticks.is_multiple_of(PURGE_TICKS) {

@@ -273,7 +273,15 @@ fn membership_churn(bugs: PlantedBugs) -> (u64, usize) {
             bugs,
             ..StoreSettings::default()
         };
-        let cluster = Rc::new(Cluster::start(dir.path(), &[1, 2, 3], slow_store));
+        // The check at the end reads the ranges' whole logs.
+        let keep_logs = |r: &mut RaftSettings| r.compact_caught_up = false;
+        let cluster = Rc::new(Cluster::start_tuned(
+            dir.path(),
+            &[1, 2, 3],
+            &[1, 2],
+            slow_store,
+            keep_logs,
+        ));
         cluster.await_leaders(1).await;
 
         // Clients proposing continuously through nodes 1 and 2: an open-loop load, a new
