@@ -662,8 +662,10 @@ pub struct MultiRaft {
     /// Writes produced outside a round (conf states), written with the next round's batch.
     staged: WriteBatch,
     staged_any: bool,
-    /// Entries the logs of each slice of the ranges held after their last compaction (see
-    /// `compact_caught_up`).
+    /// The ranges whose logs may hold entries: those that took some since their log was last
+    /// compacted to nothing (see `compact_caught_up`), so that an idle node looks at none.
+    logs_grown: BTreeSet<RangeId>,
+    /// Entries the logs of each slice of the ranges held after their last compaction.
     log_held: [u64; COMPACT_SLICES as usize],
     unapplied: u64,
     released: VecDeque<ReleasedProposal>,
@@ -730,6 +732,7 @@ impl MultiRaft {
             batches_sent: 0,
             staged: WriteBatch::default(),
             staged_any: false,
+            logs_grown: BTreeSet::new(),
             log_held: [0; COMPACT_SLICES as usize],
             unapplied: 0,
             released: VecDeque::new(),
@@ -833,6 +836,7 @@ impl MultiRaft {
                 return Ok(());
             }
         }
+        self.logs_grown.insert(range);
         self.groups.insert(
             range,
             Group {
@@ -1379,6 +1383,7 @@ impl MultiRaft {
             if !rd.entries().is_empty() {
                 g.node.mut_store().stage_entries(rd.entries(), &mut batch);
                 must_write = true;
+                self.logs_grown.insert(range);
             }
             if let Some(hs) = rd.hs() {
                 // Only a new term or vote must be durable before messages go out; a commit
@@ -1562,24 +1567,27 @@ impl MultiRaft {
     /// hours to reach `log_compaction_entries`. Past `log_budget_entries` in all, leaders
     /// compact past what lagging replicas have too: those catch up by snapshot. A slice at a
     /// time, so that a pass over 10,000 ranges (70-90 ms) does not hold up the raft work of
-    /// all.
+    /// all; and only over the ranges whose logs took entries since they were last compacted
+    /// to nothing (`logs_grown`), so that idle ranges cost nothing.
     fn compact_caught_up(&mut self) {
         let slice = self.ticks / COMPACT_TICKS % COMPACT_SLICES;
-        let held_in_slice = |groups: &HashMap<RangeId, Group, FixedState>| -> u64 {
-            groups
-                .iter()
-                .filter(|(range, _)| range.0 % COMPACT_SLICES == slice)
-                .map(|(_, g)| g.log_entries())
-                .sum()
+        let ranges: Vec<RangeId> = self
+            .logs_grown
+            .iter()
+            .filter(|range| range.0 % COMPACT_SLICES == slice)
+            .copied()
+            .collect();
+        let held = |groups: &HashMap<RangeId, Group, FixedState>| -> u64 {
+            let held = ranges.iter().filter_map(|r| groups.get(r));
+            held.map(Group::log_entries).sum()
         };
         let i = slice as usize;
-        self.log_held[i] = held_in_slice(&self.groups);
+        self.log_held[i] = held(&self.groups);
         let over_budget = self.log_held.iter().sum::<u64>() > self.settings.log_budget_entries;
-        let targets: Vec<(RangeId, u64)> = self
-            .groups
+        let targets: Vec<(RangeId, u64)> = ranges
             .iter()
-            .filter(|(range, _)| range.0 % COMPACT_SLICES == slice)
-            .filter_map(|(range, g)| {
+            .filter_map(|range| {
+                let g = self.groups.get(range)?;
                 let mut to = g.written;
                 if g.is_leader() && !over_budget {
                     for (&id, pr) in g.node.raft.prs().iter() {
@@ -1594,7 +1602,12 @@ impl MultiRaft {
         for (range, to) in targets {
             self.compact(range, to);
         }
-        self.log_held[i] = held_in_slice(&self.groups);
+        for range in &ranges {
+            if self.groups.get(range).is_none_or(|g| g.log_entries() == 0) {
+                self.logs_grown.remove(range);
+            }
+        }
+        self.log_held[i] = held(&self.groups);
         let held = self.log_held.iter().sum();
         self.metrics.log_entries.store(held, Ordering::Relaxed);
     }
