@@ -50,9 +50,11 @@
 //! on a leader, what every other replica has: a node hosts thousands of ranges, each written
 //! now and then, and every entry kept costs memory (raft-engine indexes each one). A range
 //! with more than `log_compaction_entries` applied entries in its log has the oldest deleted at
-//! once, keeping the most recent half, whoever lacks them; so do all ranges, at the next
-//! pass, once a node's logs hold more than `log_budget_entries` in all. A follower that needs
-//! deleted entries gets a snapshot. While the Store builds a snapshot (on a thread of its own, one at a time) and
+//! once, keeping the most recent half, whoever lacks them; so do all ranges, at their next
+//! pass, while a node's logs hold more than `log_budget_entries` in all (but never past a
+//! snapshot on its way). Followers keep nothing for others: should leadership move while a
+//! replica lags, the new leader may lack what it needs. A follower that needs deleted entries
+//! gets a snapshot. While the Store builds a snapshot (on a thread of its own, one at a time) and
 //! until raft sends it, the log is compacted no further than the snapshot
 //! (`Group::snapshot_floor`), else raft would find it behind the log's start and ask for
 //! another; the floor lapses after a while, should raft no longer ask for it.
@@ -1589,9 +1591,16 @@ impl MultiRaft {
             .filter_map(|range| {
                 let g = self.groups.get(range)?;
                 let mut to = g.written;
-                if g.is_leader() && !over_budget {
+                if g.is_leader() {
                     for (&id, pr) in g.node.raft.prs().iter() {
-                        if id != g.replica.0 {
+                        if id == g.replica.0 {
+                            continue;
+                        }
+                        // Even over the budget, not past a snapshot on its way: its replica
+                        // continues from the entries after it, or needs another.
+                        if pr.state == ProgressState::Snapshot {
+                            to = to.min(pr.pending_snapshot);
+                        } else if !over_budget {
                             to = to.min(pr.matched);
                         }
                     }
