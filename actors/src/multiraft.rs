@@ -1579,12 +1579,9 @@ impl MultiRaft {
             .filter(|range| range.0 % COMPACT_SLICES == slice)
             .copied()
             .collect();
-        let held = |groups: &HashMap<RangeId, Group, FixedState>| -> u64 {
-            let held = ranges.iter().filter_map(|r| groups.get(r));
-            held.map(Group::log_entries).sum()
-        };
         let i = slice as usize;
-        self.log_held[i] = held(&self.groups);
+        let groups = ranges.iter().filter_map(|r| self.groups.get(r));
+        self.log_held[i] = groups.map(Group::log_entries).sum();
         let over_budget = self.log_held.iter().sum::<u64>() > self.settings.log_budget_entries;
         let targets: Vec<(RangeId, u64)> = ranges
             .iter()
@@ -1611,12 +1608,16 @@ impl MultiRaft {
         for (range, to) in targets {
             self.compact(range, to);
         }
+        let mut held = 0;
         for range in &ranges {
-            if self.groups.get(range).is_none_or(|g| g.log_entries() == 0) {
-                self.logs_grown.remove(range);
+            match self.groups.get(range).map(Group::log_entries) {
+                Some(entries) if entries > 0 => held += entries,
+                _ => {
+                    self.logs_grown.remove(range);
+                }
             }
         }
-        self.log_held[i] = held(&self.groups);
+        self.log_held[i] = held;
         let held = self.log_held.iter().sum();
         self.metrics.log_entries.store(held, Ordering::Relaxed);
     }
