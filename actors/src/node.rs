@@ -108,7 +108,7 @@ impl Node {
         let (store_tx, store_rx) = channel::channel::<Store>(settings.store.mailbox_capacity);
         let raft_addr = Addr::new(raft_tx);
         let store_addr = Addr::new(store_tx);
-        let multiraft = MultiRaft::load(
+        let mut multiraft = MultiRaft::load(
             settings.node,
             engine.clone(),
             settings.raft.clone(),
@@ -129,6 +129,7 @@ impl Node {
         let mut threads = Vec::new();
         if own_threads {
             threads = store.run_on_own_threads(store_addr.clone())?;
+            threads.push(multiraft.purge_on_own_thread(&raft_addr)?);
             let raft_arbiter = Arbiter::new();
             let store_arbiter = Arbiter::new();
             raft_arbiter.spawn_fn(move || {
