@@ -347,6 +347,10 @@ struct Group {
     /// proposal, read or message (other than the quiescing heartbeats), or when a node it
     /// depends on dies or comes back.
     quiescent: bool,
+    /// What the Store had written at the range's last compaction pass, if every replica's
+    /// node was live then: a follower compacts no further at the next (see
+    /// `MultiRaft::compact_caught_up`).
+    compact_mark: Option<u64>,
 }
 
 impl Group {
@@ -871,6 +875,7 @@ impl MultiRaft {
                 campaigns_first: None,
                 renew_lease: false,
                 quiescent: false,
+                compact_mark: None,
             },
         );
         Ok(())
@@ -1593,7 +1598,15 @@ impl MultiRaft {
     /// memory as long as they are kept (raft-engine indexes each, and the entry cache holds the
     /// newest), and over thousands of ranges, each written now and then, a range would take
     /// hours to reach `log_compaction_entries`. Past `log_budget_entries` in all, leaders
-    /// compact past what lagging replicas have too: those catch up by snapshot. A slice at a
+    /// compact past what lagging replicas have too: those catch up by snapshot.
+    ///
+    /// A follower cannot see what the other replicas have. It compacts only what its Store had
+    /// written at the range's previous pass, a pass earlier, and only if every other replica's
+    /// node was live then and is now: a node that dies is noticed within an election timeout,
+    /// so each had most of a pass to receive what is compacted. While a replica's node is down,
+    /// its followers keep the log whole, as its leader does (up to the budget): should
+    /// leadership move to one of them, as in a rolling restart, that replica still catches up
+    /// from the log, not by snapshot (which a range over 1 GiB cannot send). A slice at a
     /// time, so that a pass over 10,000 ranges (70-90 ms) does not hold up the raft work of
     /// all; and only over the ranges whose logs took entries since they were last compacted
     /// to nothing (`logs_grown`), so that idle ranges cost nothing.
@@ -1609,11 +1622,28 @@ impl MultiRaft {
         let groups = ranges.iter().filter_map(|r| self.groups.get(r));
         self.log_held[i] = groups.map(Group::log_entries).sum();
         let over_budget = self.log_held.iter().sum::<u64>() > self.settings.log_budget_entries;
+        let live = &self.live;
+        let mut not_live = BTreeSet::new();
         let targets: Vec<(RangeId, u64)> = ranges
             .iter()
             .filter_map(|range| {
-                let g = self.groups.get(range)?;
+                let g = self.groups.get_mut(range)?;
                 let mut to = g.written;
+                let down: Vec<NodeId> = g
+                    .members()
+                    .filter(|&id| id != g.replica.0)
+                    .map(|id| ReplicaId(id).node())
+                    .filter(|n| !live.contains(n))
+                    .collect();
+                let all_live = down.is_empty();
+                not_live.extend(down);
+                let mark = std::mem::replace(&mut g.compact_mark, all_live.then_some(g.written));
+                if !g.is_leader() && !over_budget {
+                    to = match mark {
+                        Some(index) if all_live => index,
+                        _ => 0,
+                    };
+                }
                 if g.is_leader() {
                     for (&id, pr) in g.node.raft.prs().iter() {
                         if id == g.replica.0 {
@@ -1633,6 +1663,11 @@ impl MultiRaft {
             .collect();
         for (range, to) in targets {
             self.compact(range, to);
+        }
+        // Followers of a range exchange no raft messages: a node never talked with is pinged
+        // (see `check_liveness`), so that it is known to be live.
+        for node in not_live {
+            self.last_sent.entry(node).or_insert(0);
         }
         let mut held = 0;
         for range in &ranges {
