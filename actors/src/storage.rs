@@ -1051,8 +1051,8 @@ impl WriteExt for ZeroFilling {
 /// The logs themselves are short (see `MultiRaft::compact_caught_up`): the files are what is
 /// left of them. raft-engine keeps up to one and a half times the threshold of purged files to
 /// reuse, so a node's files take up to about 2.5 times it on disk (at 1 GiB they reached
-/// 1.3 GB under a steady load, now about 290 MB). The threshold also bounds what a leader keeps
-/// for a replica that lags: past it, the ranges holding the oldest file are compacted.
+/// 1.3 GB under a steady load, now about 290 MB). The threshold also bounds what a range's
+/// replicas keep for one that lags: past it, the ranges holding the oldest file are compacted.
 #[derive(Clone, Copy)]
 struct LogSizes {
     file: u64,
