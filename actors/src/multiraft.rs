@@ -52,9 +52,9 @@
 //! with more than `log_compaction_entries` applied entries in its log has the oldest deleted at
 //! once, keeping the most recent half, whoever lacks them; so do all ranges, at their next
 //! pass, while a node's logs hold more than `log_budget_entries` in all (but never past a
-//! snapshot on its way). Followers keep nothing for others: should leadership move while a
-//! replica lags, the new leader may lack what it needs. A follower that needs deleted entries
-//! gets a snapshot. While the Store builds a snapshot (on a thread of its own, one at a time) and
+//! snapshot on its way). A follower compacts what it had written a pass earlier, and only while
+//! every replica's node is live, so that should leadership move to it while a node is down, that
+//! node still catches up from the log. A follower that needs deleted entries gets a snapshot. While the Store builds a snapshot (on a thread of its own, one at a time) and
 //! until raft sends it, the log is compacted no further than the snapshot
 //! (`Group::snapshot_floor`), else raft would find it behind the log's start and ask for
 //! another; the floor lapses after a while, should raft no longer ask for it.
@@ -1638,12 +1638,6 @@ impl MultiRaft {
                 let all_live = down.is_empty();
                 not_live.extend(down);
                 let mark = std::mem::replace(&mut g.compact_mark, all_live.then_some(g.written));
-                if !g.is_leader() && !over_budget {
-                    to = match mark {
-                        Some(index) if all_live => index,
-                        _ => 0,
-                    };
-                }
                 if g.is_leader() {
                     for (&id, pr) in g.node.raft.prs().iter() {
                         if id == g.replica.0 {
@@ -1657,6 +1651,8 @@ impl MultiRaft {
                             to = to.min(pr.matched);
                         }
                     }
+                } else if !over_budget {
+                    to = mark.filter(|_| all_live).unwrap_or(0);
                 }
                 (to > g.node.store().truncated().index).then_some((*range, to))
             })
