@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 
 /// The version of this format, in every hello: nodes speaking different versions refuse each
 /// other's connections with an error that says so.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame accepted.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -87,6 +87,8 @@ pub enum Frame {
         messages: Vec<(u64, Vec<u8>)>,
         heartbeats: Vec<Heartbeat>,
         removed: Vec<(RangeId, ReplicaId)>,
+        /// A leader's compaction hints (see [`RaftBatch`]).
+        compact: Vec<(RangeId, u64)>,
     },
     /// Part of a range's snapshot. The last chunk carries the `MsgSnapshot` itself (protobuf,
     /// with empty data), whose data is the chunks joined in order.
@@ -145,19 +147,21 @@ pub fn frames_of(
     let mut size = FRAME_OVERHEAD;
     let mut heartbeats = batch.heartbeats;
     let mut removed = batch.removed;
+    let mut compact = batch.compact;
     size += heartbeats.len() * FRAME_OVERHEAD
-        + heartbeats.iter().map(|h| h.context.len()).sum::<usize>();
-    let flush = |messages: &mut Vec<(u64, Vec<u8>)>,
-                 heartbeats: &mut Vec<Heartbeat>,
-                 removed: &mut Vec<(RangeId, ReplicaId)>,
-                 frames: &mut Vec<Vec<u8>>| {
+        + heartbeats.iter().map(|h| h.context.len()).sum::<usize>()
+        + (removed.len() + compact.len()) * 16;
+    // The heartbeats, notices and hints go with the first frame.
+    let mut extras = !heartbeats.is_empty() || !removed.is_empty() || !compact.is_empty();
+    let mut flush = |messages: &mut Vec<(u64, Vec<u8>)>, frames: &mut Vec<Vec<u8>>| {
         frames.push(encode_frame(&Frame::Batch {
             from,
             boot,
             to,
             messages: std::mem::take(messages),
-            heartbeats: std::mem::take(heartbeats),
-            removed: std::mem::take(removed),
+            heartbeats: std::mem::take(&mut heartbeats),
+            removed: std::mem::take(&mut removed),
+            compact: std::mem::take(&mut compact),
         }));
     };
     for (range, mut m) in batch.messages {
@@ -185,16 +189,17 @@ pub fn frames_of(
         }
         let bytes = m.write_to_bytes().expect("encoding a raft message");
         if !messages.is_empty() && size + bytes.len() + FRAME_OVERHEAD > max_frame {
-            flush(&mut messages, &mut heartbeats, &mut removed, &mut frames);
+            flush(&mut messages, &mut frames);
+            extras = false;
             size = FRAME_OVERHEAD;
         }
         size += bytes.len() + FRAME_OVERHEAD;
         messages.push((range.0, bytes));
     }
     let empty = frames.is_empty() && chunks.is_empty();
-    if !messages.is_empty() || !heartbeats.is_empty() || !removed.is_empty() || empty {
+    if !messages.is_empty() || extras || empty {
         // An empty batch still travels: it tells the receiver this node is alive.
-        flush(&mut messages, &mut heartbeats, &mut removed, &mut frames);
+        flush(&mut messages, &mut frames);
     }
     (frames, chunks)
 }
@@ -520,6 +525,7 @@ async fn inbound(
                 messages,
                 heartbeats,
                 removed,
+                compact,
             } => {
                 if f != from || to != me.0 {
                     return Err(FrameError::Refused(format!(
@@ -535,6 +541,7 @@ async fn inbound(
                 }
                 batch.heartbeats = heartbeats;
                 batch.removed = removed;
+                batch.compact = compact;
                 multiraft.do_send(batch);
             }
             Frame::SnapshotChunk {
@@ -629,6 +636,7 @@ mod tests {
         batch.messages.push(snapshot(11, 2500));
         batch.heartbeats = vec![heartbeat(12)];
         batch.removed = vec![(RangeId(13), ReplicaId(2))];
+        batch.compact = vec![(RangeId(14), 77)];
         let (frames, snapshots) = frames_of(batch, 10_000, 1000);
         let chunks: Vec<Vec<u8>> = snapshots.into_iter().flatten().collect();
 
@@ -636,6 +644,7 @@ mod tests {
         let mut messages = Vec::new();
         let mut heartbeats = Vec::new();
         let mut removed = Vec::new();
+        let mut compact = Vec::new();
         for f in &frames {
             assert!(f.len() <= 10_000, "a frame of {} bytes", f.len());
             match decode_frame(f) {
@@ -646,10 +655,12 @@ mod tests {
                     messages: m,
                     heartbeats: h,
                     removed: r,
+                    compact: c,
                 } => {
                     messages.extend(m);
                     heartbeats.extend(h);
                     removed.extend(r);
+                    compact.extend(c);
                 }
                 other => panic!("unexpected frame {other:?}"),
             }
@@ -661,6 +672,7 @@ mod tests {
         assert_eq!(messages, sent, "every message once, in order");
         assert_eq!(heartbeats, vec![heartbeat(12)]);
         assert_eq!(removed, vec![(RangeId(13), ReplicaId(2))]);
+        assert_eq!(compact, vec![(RangeId(14), 77)]);
 
         // The snapshot: three chunks, the last with the message.
         let mut data = Vec::new();

@@ -110,6 +110,9 @@ pub struct RaftBatch {
     /// Replicas of the receiving node that have been removed from their range (a committed
     /// membership change): the receiver deletes them and keeps a tombstone.
     pub removed: Vec<(RangeId, ReplicaId)>,
+    /// From a leader: for each range, the log index every replica has, as the leader saw at
+    /// its last compaction pass. The receiver, a follower, may compact its log that far.
+    pub compact: Vec<(RangeId, u64)>,
 }
 
 impl RaftBatch {
@@ -122,11 +125,15 @@ impl RaftBatch {
             messages: Vec::new(),
             heartbeats: Vec::new(),
             removed: Vec::new(),
+            compact: Vec::new(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.heartbeats.is_empty() && self.removed.is_empty()
+        self.messages.is_empty()
+            && self.heartbeats.is_empty()
+            && self.removed.is_empty()
+            && self.compact.is_empty()
     }
 }
 

@@ -46,18 +46,20 @@
 //!
 //! # Log compaction
 //!
-//! Every 100 ticks each range's log is compacted up to what its Store has written to sled and,
-//! on a leader, what every other replica has: a node hosts thousands of ranges, each written
-//! now and then, and every entry kept costs memory (raft-engine indexes each one). A range
-//! with more than `log_compaction_entries` applied entries in its log has the oldest deleted at
+//! Every 100 ticks each range's log is compacted up to what its Store has written to sled and
+//! what every replica has: a node hosts thousands of ranges, each written now and then, and
+//! every entry kept costs memory (raft-engine indexes each one). Only the leader sees what the
+//! other replicas have; it sends the followers that index with its next round, and a follower
+//! compacts no further, so that should leadership move to it while a replica lags (its node
+//! down, as in a rolling restart), that replica still catches up from the log. A range with
+//! more than `log_compaction_entries` applied entries in its log has the oldest deleted at
 //! once, keeping the most recent half, whoever lacks them; so do all ranges, at their next
 //! pass, while a node's logs hold more than `log_budget_entries` in all (but never past a
-//! snapshot on its way). A follower compacts what it had written a pass earlier, and only while
-//! every replica's node is live, so that should leadership move to it while a node is down, that
-//! node still catches up from the log. A follower that needs deleted entries gets a snapshot. While the Store builds a snapshot (on a thread of its own, one at a time) and
-//! until raft sends it, the log is compacted no further than the snapshot
-//! (`Group::snapshot_floor`), else raft would find it behind the log's start and ask for
-//! another; the floor lapses after a while, should raft no longer ask for it.
+//! snapshot on its way). A replica that needs deleted entries gets a snapshot. While the Store
+//! builds a snapshot (on a thread of its own, one at a time) and until raft sends it, the log
+//! is compacted no further than the snapshot (`Group::snapshot_floor`), else raft would find
+//! it behind the log's start and ask for another; the floor lapses after a while, should raft
+//! no longer ask for it.
 //!
 //! # Quiescence and node liveness
 //!
@@ -347,10 +349,11 @@ struct Group {
     /// proposal, read or message (other than the quiescing heartbeats), or when a node it
     /// depends on dies or comes back.
     quiescent: bool,
-    /// What the Store had written at the range's last compaction pass, if every replica's
-    /// node was live then: a follower compacts no further at the next (see
-    /// `MultiRaft::compact_caught_up`).
-    compact_mark: Option<u64>,
+    /// On a follower: the highest index its leader reported every replica has, how far it
+    /// may compact its log (see `MultiRaft::compact_caught_up`).
+    compact_hint: u64,
+    /// On the leader: the last such index it sent the followers.
+    hinted: u64,
 }
 
 impl Group {
@@ -366,6 +369,29 @@ impl Group {
 
     fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
+    }
+
+    /// On the leader: the last index every replica has (a snapshot on its way counts as had),
+    /// as far as raft knows.
+    fn shared_index(&self) -> u64 {
+        let me = self.replica.0;
+        self.node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(&id, _)| id != me)
+            .map(|(_, pr)| match pr.state {
+                ProgressState::Snapshot => pr.pending_snapshot,
+                _ => pr.matched,
+            })
+            .fold(self.node.raft.raft_log.last_index(), u64::min)
+    }
+
+    /// On the leader: the index of the oldest snapshot on its way to a replica.
+    fn snapshot_on_its_way(&self) -> Option<u64> {
+        let prs = self.node.raft.prs().iter();
+        let pending = prs.filter(|(_, pr)| pr.state == ProgressState::Snapshot);
+        pending.map(|(_, pr)| pr.pending_snapshot).min()
     }
 
     /// Entries the range's raft log holds here.
@@ -687,6 +713,8 @@ pub struct MultiRaft {
     destroying: BTreeSet<RangeId>,
     /// Removal notices to send with the next round, per node.
     notices: BTreeMap<NodeId, Vec<(RangeId, ReplicaId)>>,
+    /// Compaction hints to send with the next round, per node (see `compact_caught_up`).
+    hints: BTreeMap<NodeId, Vec<(RangeId, u64)>>,
     /// Node liveness, for quiescent ranges: the tick at which each node was last heard from
     /// (any batch, empty ones included), what was last sent to it, and which nodes were heard
     /// from within an election timeout.
@@ -752,6 +780,7 @@ impl MultiRaft {
             tombstones: engine.tombstones()?,
             destroying: BTreeSet::new(),
             notices: BTreeMap::new(),
+            hints: BTreeMap::new(),
             last_heard: BTreeMap::new(),
             boots: BTreeMap::new(),
             last_sent: BTreeMap::new(),
@@ -875,7 +904,8 @@ impl MultiRaft {
                 campaigns_first: None,
                 renew_lease: false,
                 quiescent: false,
-                compact_mark: None,
+                compact_hint: 0,
+                hinted: 0,
             },
         );
         Ok(())
@@ -1170,7 +1200,12 @@ impl MultiRaft {
     }
 
     fn send_batches(&mut self, mut out: BTreeMap<NodeId, Vec<(RangeId, raft::prelude::Message)>>) {
-        for to in self.notices.keys().chain(&self.pings) {
+        for to in self
+            .notices
+            .keys()
+            .chain(self.hints.keys())
+            .chain(&self.pings)
+        {
             out.entry(*to).or_default();
         }
         self.pings.clear();
@@ -1191,6 +1226,7 @@ impl MultiRaft {
             let mut batch = RaftBatch::new(self.node, to);
             batch.boot = self.boot;
             batch.removed = self.notices.remove(&to).unwrap_or_default();
+            batch.compact = self.hints.remove(&to).unwrap_or_default();
             for (range, m) in all {
                 if m.get_msg_type() == MessageType::MsgTimeoutNow {
                     // Before it leaves: see `Group::transferred_in`.
@@ -1593,23 +1629,21 @@ impl MultiRaft {
     }
 
     /// Compacts the log of every range of this tick's slice (one in [`COMPACT_SLICES`], by
-    /// range id) up to what its Store has written and, on a leader, what every other replica
-    /// has (so that none is sent a snapshot for want of a few entries): the log's entries cost
-    /// memory as long as they are kept (raft-engine indexes each, and the entry cache holds the
-    /// newest), and over thousands of ranges, each written now and then, a range would take
-    /// hours to reach `log_compaction_entries`. Past `log_budget_entries` in all, leaders
-    /// compact past what lagging replicas have too: those catch up by snapshot.
+    /// range id) up to what its Store has written and what every replica has (so that none is
+    /// sent a snapshot for want of a few entries): the log's entries cost memory as long as
+    /// they are kept (raft-engine indexes each, and the entry cache holds the newest), and over
+    /// thousands of ranges, each written now and then, a range would take hours to reach
+    /// `log_compaction_entries`. Past `log_budget_entries` in all, ranges are compacted past
+    /// what lagging replicas have too: those catch up by snapshot.
     ///
-    /// A follower cannot see what the other replicas have. It compacts only what its Store had
-    /// written at the range's previous pass, a pass earlier, and only if every other replica's
-    /// node was live then and is now: a node that dies is noticed within an election timeout,
-    /// so each had most of a pass to receive what is compacted. While a replica's node is down,
-    /// its followers keep the log whole, as its leader does (up to the budget): should
-    /// leadership move to one of them, as in a rolling restart, that replica still catches up
-    /// from the log, not by snapshot (which a range over 1 GiB cannot send). A slice at a
-    /// time, so that a pass over 10,000 ranges (70-90 ms) does not hold up the raft work of
-    /// all; and only over the ranges whose logs took entries since they were last compacted
-    /// to nothing (`logs_grown`), so that idle ranges cost nothing.
+    /// Only a leader sees what the other replicas have (raft's `matched`). It sends that index
+    /// to the followers with the next round ([`RaftBatch::compact`]), and a follower compacts
+    /// no further than the last one it was sent: should leadership move to it, as in a rolling
+    /// restart, a replica that lags (a node that was down) still catches up from the log, not
+    /// by snapshot (which a range over 1 GiB cannot send). A slice at a time, so that a pass
+    /// over 10,000 ranges (70-90 ms) does not hold up the raft work of all; and only over the
+    /// ranges whose logs took entries since they were last compacted to nothing
+    /// (`logs_grown`), so that idle ranges cost nothing.
     fn compact_caught_up(&mut self) {
         let slice = self.ticks / COMPACT_TICKS % COMPACT_SLICES;
         let ranges: Vec<RangeId> = self
@@ -1622,48 +1656,42 @@ impl MultiRaft {
         let groups = ranges.iter().filter_map(|r| self.groups.get(r));
         self.log_held[i] = groups.map(Group::log_entries).sum();
         let over_budget = self.log_held.iter().sum::<u64>() > self.settings.log_budget_entries;
-        let live = &self.live;
-        let mut not_live = BTreeSet::new();
-        let targets: Vec<(RangeId, u64)> = ranges
-            .iter()
-            .filter_map(|range| {
-                let g = self.groups.get_mut(range)?;
-                let mut to = g.written;
-                let down: Vec<NodeId> = g
-                    .members()
-                    .filter(|&id| id != g.replica.0)
-                    .map(|id| ReplicaId(id).node())
-                    .filter(|n| !live.contains(n))
-                    .collect();
-                let all_live = down.is_empty();
-                not_live.extend(down);
-                let mark = std::mem::replace(&mut g.compact_mark, all_live.then_some(g.written));
-                if g.is_leader() {
-                    for (&id, pr) in g.node.raft.prs().iter() {
-                        if id == g.replica.0 {
-                            continue;
-                        }
-                        // Even over the budget, not past a snapshot on its way: its replica
-                        // continues from the entries after it, or needs another.
-                        if pr.state == ProgressState::Snapshot {
-                            to = to.min(pr.pending_snapshot);
-                        } else if !over_budget {
-                            to = to.min(pr.matched);
-                        }
-                    }
-                } else if !over_budget {
-                    to = mark.filter(|_| all_live).unwrap_or(0);
+        let mut targets = Vec::new();
+        for range in &ranges {
+            let Some(g) = self.groups.get_mut(range) else {
+                continue;
+            };
+            // Followers of a range led elsewhere exchange no raft messages: a node sharing a
+            // range that was never talked with is pinged (see `check_liveness`), so that every
+            // node sees the same live nodes (see `first_to_campaign`).
+            for id in g.members() {
+                let node = ReplicaId(id).node();
+                if node != self.node && !self.live.contains(&node) {
+                    self.last_sent.entry(node).or_insert(0);
                 }
-                (to > g.node.store().truncated().index).then_some((*range, to))
-            })
-            .collect();
+            }
+            let to = if over_budget {
+                // Even over the budget, not past a snapshot on its way: its replica continues
+                // from the entries after it, or needs another.
+                let pending = g.is_leader().then(|| g.snapshot_on_its_way());
+                pending.flatten().unwrap_or(u64::MAX)
+            } else if g.is_leader() {
+                let shared = g.shared_index();
+                if shared > g.hinted {
+                    g.hinted = shared;
+                    for id in g.members().filter(|&id| id != g.replica.0) {
+                        let hints = self.hints.entry(ReplicaId(id).node()).or_default();
+                        hints.push((*range, shared));
+                    }
+                }
+                shared
+            } else {
+                g.compact_hint
+            };
+            targets.push((*range, to));
+        }
         for (range, to) in targets {
             self.compact(range, to);
-        }
-        // Followers of a range exchange no raft messages: a node never talked with is pinged
-        // (see `check_liveness`), so that it is known to be live.
-        for node in not_live {
-            self.last_sent.entry(node).or_insert(0);
         }
         let mut held = 0;
         for range in &ranges {
@@ -2495,6 +2523,18 @@ impl Handler<RaftBatch> for MultiRaft {
             return;
         }
         self.heard_from(batch.from, batch.boot);
+        for (range, index) in batch.compact {
+            let Some(g) = self.groups.get_mut(&range) else {
+                continue;
+            };
+            if !g.is_leader() && index > g.compact_hint {
+                g.compact_hint = index;
+                // Staged with the next round (the next tick's at the latest).
+                if self.settings.compact_caught_up {
+                    self.compact(range, index);
+                }
+            }
+        }
         for (range, replica) in batch.removed {
             if replica.node() != self.node {
                 continue;
