@@ -1707,6 +1707,18 @@ impl MultiRaft {
         self.metrics.log_entries.store(held, Ordering::Relaxed);
     }
 
+    /// Counts what a compaction outside the range's pass removed from a log that held `before`
+    /// entries in the slice's entries held, as the pass would have.
+    fn compacted_since_pass(&mut self, range: RangeId, before: u64) {
+        let Some(g) = self.groups.get(&range) else {
+            return;
+        };
+        let held = &mut self.log_held[(range.0 % COMPACT_SLICES) as usize];
+        *held = held.saturating_sub(before.saturating_sub(g.log_entries()));
+        let held = self.log_held.iter().sum();
+        self.metrics.log_entries.store(held, Ordering::Relaxed);
+    }
+
     /// Stages the compaction of a range's log up to `to` (at most what its Store has written,
     /// and what a snapshot on its way needs: `Group::snapshot_floor`), unless it awaits a
     /// membership callback; says whether it staged any.
@@ -2531,7 +2543,10 @@ impl Handler<RaftBatch> for MultiRaft {
                 g.compact_hint = index;
                 // Staged with the next round (the next tick's at the latest).
                 if self.settings.compact_caught_up {
-                    self.compact(range, index);
+                    let before = g.log_entries();
+                    if self.compact(range, index) {
+                        self.compacted_since_pass(range, before);
+                    }
                 }
             }
         }
