@@ -49,9 +49,10 @@
 //! Every 100 ticks each range's log is compacted up to what its Store has written to sled and
 //! what every replica has: a node hosts thousands of ranges, each written now and then, and
 //! every entry kept costs memory (raft-engine indexes each one). Only the leader sees what the
-//! other replicas have; it sends the followers that index with its next round, and a follower
-//! compacts no further, so that should leadership move to it while a replica lags (its node
-//! down, as in a rolling restart), that replica still catches up from the log. A range with
+//! other replicas have; whenever that index rises it sends it to the followers with its next
+//! round (and again to a node that comes back), and a follower compacts that far at once and
+//! no further, so that should leadership move to it while a replica lags (its node down, as
+//! in a rolling restart), that replica still catches up from the log. A range with
 //! more than `log_compaction_entries` applied entries in its log has the oldest deleted at
 //! once, keeping the most recent half, whoever lacks them; so do all ranges, at their next
 //! pass, while a node's logs hold more than `log_budget_entries` in all (but never past a
@@ -354,6 +355,9 @@ struct Group {
     compact_hint: u64,
     /// On the leader: the last such index it sent the followers.
     hinted: u64,
+    /// The entries its log held at its last compaction pass, as counted in
+    /// `MultiRaft::log_held`.
+    counted: u64,
 }
 
 impl Group {
@@ -713,8 +717,9 @@ pub struct MultiRaft {
     destroying: BTreeSet<RangeId>,
     /// Removal notices to send with the next round, per node.
     notices: BTreeMap<NodeId, Vec<(RangeId, ReplicaId)>>,
-    /// Compaction hints to send with the next round, per node (see `compact_caught_up`).
-    hints: BTreeMap<NodeId, Vec<(RangeId, u64)>>,
+    /// Compaction indexes to send with the next round, per node and range (see
+    /// `compact_caught_up`).
+    hints: BTreeMap<NodeId, BTreeMap<RangeId, u64>>,
     /// Node liveness, for quiescent ranges: the tick at which each node was last heard from
     /// (any batch, empty ones included), what was last sent to it, and which nodes were heard
     /// from within an election timeout.
@@ -906,6 +911,7 @@ impl MultiRaft {
                 quiescent: false,
                 compact_hint: 0,
                 hinted: 0,
+                counted: 0,
             },
         );
         Ok(())
@@ -1226,7 +1232,11 @@ impl MultiRaft {
             let mut batch = RaftBatch::new(self.node, to);
             batch.boot = self.boot;
             batch.removed = self.notices.remove(&to).unwrap_or_default();
-            batch.compact = self.hints.remove(&to).unwrap_or_default();
+            let hints = self.hints.remove(&to).unwrap_or_default();
+            batch.compact = hints
+                .iter()
+                .map(|(&range, &index)| (range, index))
+                .collect();
             for (range, m) in all {
                 if m.get_msg_type() == MessageType::MsgTimeoutNow {
                     // Before it leaves: see `Group::transferred_in`.
@@ -1262,6 +1272,11 @@ impl MultiRaft {
                 .filter(|(_, p)| p.node == self.node)
                 .collect();
             let sent = self.transport.send(batch).is_ok();
+            if !sent && self.live.contains(&to) {
+                // Sent again with the next round; to a node not live, once it is again (see
+                // `heard_from`).
+                self.hints.insert(to, hints);
+            }
             if !sent {
                 // A proposal forwarded to a leader that cannot be reached never left this
                 // node: the client may retry at once instead of waiting for its timeout.
@@ -1636,11 +1651,13 @@ impl MultiRaft {
     /// `log_compaction_entries`. Past `log_budget_entries` in all, ranges are compacted past
     /// what lagging replicas have too: those catch up by snapshot.
     ///
-    /// Only a leader sees what the other replicas have (raft's `matched`). It sends that index
-    /// to the followers with the next round ([`RaftBatch::compact`]), and a follower compacts
-    /// no further than the last one it was sent: should leadership move to it, as in a rolling
-    /// restart, a replica that lags (a node that was down) still catches up from the log, not
-    /// by snapshot (which a range over 1 GiB cannot send). A slice at a time, so that a pass
+    /// Only a leader sees what the other replicas have (raft's `matched`). Whenever that index
+    /// rose, it sends it to the followers' live nodes with the next round
+    /// ([`RaftBatch::compact`]; again should that send fail, or once a node is back: see
+    /// `heard_from`), over the budget too. A follower compacts at once as far as the index and
+    /// what its Store has written, and no further at its passes: should leadership move to it,
+    /// as in a rolling restart, a replica that lags (a node that was down) still catches up
+    /// from the log, not by snapshot (which a range over 1 GiB cannot send). A slice at a time, so that a pass
     /// over 10,000 ranges (70-90 ms) does not hold up the raft work of all; and only over the
     /// ranges whose logs took entries since they were last compacted to nothing
     /// (`logs_grown`), so that idle ranges cost nothing.
@@ -1670,21 +1687,27 @@ impl MultiRaft {
                     self.last_sent.entry(node).or_insert(0);
                 }
             }
-            let to = if over_budget {
-                // Even over the budget, not past a snapshot on its way: its replica continues
-                // from the entries after it, or needs another.
-                let pending = g.is_leader().then(|| g.snapshot_on_its_way());
-                pending.flatten().unwrap_or(u64::MAX)
-            } else if g.is_leader() {
+            let to = if g.is_leader() {
                 let shared = g.shared_index();
                 if shared > g.hinted {
                     g.hinted = shared;
                     for id in g.members().filter(|&id| id != g.replica.0) {
-                        let hints = self.hints.entry(ReplicaId(id).node()).or_default();
-                        hints.push((*range, shared));
+                        let node = ReplicaId(id).node();
+                        if self.live.contains(&node) {
+                            let hints = self.hints.entry(node).or_default();
+                            hints.insert(*range, shared);
+                        }
                     }
                 }
-                shared
+                if over_budget {
+                    // Even over the budget, not past a snapshot on its way: its replica
+                    // continues from the entries after it, or needs another.
+                    g.snapshot_on_its_way().unwrap_or(u64::MAX)
+                } else {
+                    shared
+                }
+            } else if over_budget {
+                u64::MAX
             } else {
                 g.compact_hint
             };
@@ -1695,11 +1718,14 @@ impl MultiRaft {
         }
         let mut held = 0;
         for range in &ranges {
-            match self.groups.get(range).map(Group::log_entries) {
-                Some(entries) if entries > 0 => held += entries,
-                _ => {
-                    self.logs_grown.remove(range);
-                }
+            let Some(g) = self.groups.get_mut(range) else {
+                self.logs_grown.remove(range);
+                continue;
+            };
+            g.counted = g.log_entries();
+            held += g.counted;
+            if g.counted == 0 {
+                self.logs_grown.remove(range);
             }
         }
         self.log_held[i] = held;
@@ -1708,13 +1734,15 @@ impl MultiRaft {
     }
 
     /// Counts what a compaction outside the range's pass removed from a log that held `before`
-    /// entries in the slice's entries held, as the pass would have.
+    /// entries in the slice's entries held, as far as its pass counted them.
     fn compacted_since_pass(&mut self, range: RangeId, before: u64) {
-        let Some(g) = self.groups.get(&range) else {
+        let Some(g) = self.groups.get_mut(&range) else {
             return;
         };
+        let removed = before.saturating_sub(g.log_entries()).min(g.counted);
+        g.counted -= removed;
         let held = &mut self.log_held[(range.0 % COMPACT_SLICES) as usize];
-        *held = held.saturating_sub(before.saturating_sub(g.log_entries()));
+        *held = held.saturating_sub(removed);
         let held = self.log_held.iter().sum();
         self.metrics.log_entries.store(held, Ordering::Relaxed);
     }
@@ -1817,8 +1845,8 @@ impl MultiRaft {
     /// A batch from `from` (sent by its boot `boot`, 0 if not known) arrived: if that node was
     /// dead, is heard from for the first time, or restarted since it was last heard from (its
     /// replicas lost the leadership they held: it died, however briefly), the quiescent ranges
-    /// this node leads with a replica there wake, to bring it up to date, and a restart also
-    /// wakes the ranges it led.
+    /// this node leads with a replica there wake, to bring it up to date, and their compaction
+    /// indexes go to it again; a restart also wakes the ranges it led.
     fn heard_from(&mut self, from: NodeId, boot: u64) {
         if boot != 0 {
             let before = self.boots.insert(from, boot);
@@ -1834,11 +1862,18 @@ impl MultiRaft {
             return;
         }
         for (range, g) in self.groups.iter_mut() {
-            if g.quiescent && g.is_leader() && g.replica_on(from).is_some() {
+            if !g.is_leader() || g.replica_on(from).is_none() {
+                continue;
+            }
+            if g.quiescent {
                 g.quiescent = false;
                 g.node.ping();
                 self.dirty.insert(*range);
             }
+            // The compaction index it was last sent may have been lost, or forgotten in a
+            // restart: sent again with the range's next pass.
+            g.hinted = 0;
+            self.logs_grown.insert(*range);
         }
     }
 

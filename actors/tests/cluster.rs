@@ -1211,6 +1211,20 @@ async fn await_status(
     panic!("n{id}: never {what}: {:?}", cluster.status(id).await);
 }
 
+/// Waits until node `id` has applied what node 1 has now.
+async fn await_caught_up(cluster: &Cluster, id: u64) {
+    let applied: BTreeMap<RangeId, u64> = cluster
+        .status(1)
+        .await
+        .iter()
+        .map(|r| (r.range, r.applied))
+        .collect();
+    await_status(cluster, id, "caught up", |s| {
+        s.iter().all(|r| r.applied >= applied[&r.range])
+    })
+    .await;
+}
+
 /// With node 3 stopped, writes 20 entries to every range, lets two compaction passes run,
 /// moves every range's leadership to node 2, starts node 3 again and waits until it has
 /// everything; returns the entries the logs of nodes 1 and 2 held before the moves (the fewest
@@ -1256,16 +1270,7 @@ fn a_replica_lags(log_budget_entries: u64) -> (u64, u64) {
         }
 
         cluster.start_node(3, &[1, 2, 3], settings).await;
-        let applied: BTreeMap<RangeId, u64> = cluster
-            .status(1)
-            .await
-            .iter()
-            .map(|r| (r.range, r.applied))
-            .collect();
-        await_status(&cluster, 3, "caught up", |s| {
-            s.iter().all(|r| r.applied >= applied[&r.range])
-        })
-        .await;
+        await_caught_up(&cluster, 3).await;
         let sent = [1, 2]
             .iter()
             .map(|&n| {
@@ -1292,6 +1297,42 @@ fn logs_are_compacted_once_every_replica_has_them_and_kept_for_one_that_lags() {
         snapshots, 0,
         "the stopped node caught up from its new leader's log"
     );
+}
+
+/// A follower compacts its log only as far as its leader said every replica has it; what it
+/// was not told while it was down (or forgot in a restart) it is told again once it is back, so
+/// that it compacts though its ranges take no new writes.
+#[test]
+fn a_node_back_from_a_stop_is_told_again_how_far_to_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings::default();
+        let mut cluster = Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], settings.clone());
+        cluster.await_leaders(1).await;
+        // Node 1 leads every range, so that none elects anew (a new entry) while node 3 is
+        // stopped.
+        for range in 1..=RANGES {
+            cluster.transfer(RangeId(range), 1).await;
+        }
+        for (i, p) in PREFIXES.iter().enumerate() {
+            write_eventually(&cluster, 1, format!("{p}{i}").as_bytes(), b"v").await;
+        }
+        // Node 3 has every entry, and stops (most likely before the next pass tells it to
+        // compact them); node 1 then compacts them all.
+        await_caught_up(&cluster, 3).await;
+        cluster.stop_node(3).await;
+        await_status(&cluster, 1, "compacted", |s| {
+            s.iter().all(|r| r.log_entries == 0)
+        })
+        .await;
+
+        cluster.start_node(3, &[1, 2, 3], settings).await;
+        await_status(&cluster, 3, "compacted after its restart", |s| {
+            s.iter().all(|r| r.log_entries == 0)
+        })
+        .await;
+        cluster.stop();
+    })
 }
 
 #[test]
