@@ -10,7 +10,10 @@
 #      (alternating, RUNS times each) and prints the medians and their ratio;
 #   4. runs that load over RANGES ranges for SOAK seconds and reports, every 10 s, each
 #      node's RSS and the entries its raft logs hold (they must level off, not grow);
-#   5. kills node 1 with SIGKILL and times until node 2 sees every range led by a live node.
+#   5. kills node 1 with SIGKILL and times until node 2 sees every range led by a live node;
+#   6. a rolling restart: kills node 3, runs the load for 30 s, moves every range's leadership
+#      to node 2, starts node 3 again and times until it has applied what node 2 has, and
+#      reports the snapshots sent (a replica that lags should catch up from the logs).
 #
 #   scripts/scale.sh [RANGES] [IDLE] [RUNS] [SOAK]       defaults: 10000 60 3 120
 #
@@ -136,3 +139,22 @@ t0=$(now_ms)
 kill -9 "${pids[0]}"
 until [ "$(count_ranges 2 'leader=n[23]')" = "$RANGES" ]; do sleep 0.1; done
 echo "node 1 killed: the $led ranges it led have new leaders after $(( $(now_ms) - t0 )) ms"
+stop_all
+
+# 6. A rolling restart.
+start "$RANGES"
+until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.5; done
+kill -9 "${pids[2]}"
+wait "${pids[2]}" 2>/dev/null || true
+for _ in 1 2 3; do "$bin" bench --addr "127.0.0.1:${BASE}1" "${LOAD[@]}" > /dev/null; done
+cli 2 flotilla transferleader all 2 > /dev/null
+for _ in $(seq 60); do [ "$(count_ranges 2 'leader=n2')" = "$RANGES" ] && break; sleep 0.5; done
+echo "rolling restart: 30 s of load with node 3 down; node 2 leads $(count_ranges 2 'leader=n2') of $RANGES ranges"
+RUST_LOG=warn "$bin" --config "$work/node3.toml" >> "$work/n3.log" 2>&1 &
+pids[2]=$!
+until cli 3 ping > /dev/null 2>&1; do sleep 0.05; done
+applied() { cli "$1" flotilla ranges | sed -E 's/^([^ ]+) .* applied=([0-9]+).*/\1 \2/' | sort; }
+t0=$(now_ms)
+until [ "$(applied 2)" = "$(applied 3)" ]; do sleep 0.5; done
+echo "node 3 caught up after $(( $(now_ms) - t0 )) ms; snapshots sent by nodes 1 and 2:" \
+  "$(info 1 snapshots_sent) and $(info 2 snapshots_sent)"
