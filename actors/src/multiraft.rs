@@ -50,17 +50,17 @@
 //! what every replica has: a node hosts thousands of ranges, each written now and then, and
 //! every entry kept costs memory (raft-engine indexes each one). Only the leader sees what the
 //! other replicas have; whenever that index rises it sends it to the followers with its next
-//! round (and again to a node that comes back), and a follower compacts that far at once and
-//! no further, so that should leadership move to it while a replica lags (its node down, as
-//! in a rolling restart), that replica still catches up from the log. A range with
-//! more than `log_compaction_entries` applied entries in its log has the oldest deleted at
-//! once, keeping the most recent half, whoever lacks them; so do all ranges, at their next
-//! pass, while a node's logs hold more than `log_budget_entries` in all (but never past a
-//! snapshot on its way). A replica that needs deleted entries gets a snapshot. While the Store
-//! builds a snapshot (on a thread of its own, one at a time) and until raft sends it, the log
-//! is compacted no further than the snapshot (`Group::snapshot_floor`), else raft would find
-//! it behind the log's start and ask for another; the floor lapses after a while, should raft
-//! no longer ask for it.
+//! round (and again to a node that comes back), and a follower compacts that far at once and no
+//! further, so that should leadership move to it while a replica lags (its node down, as in a
+//! rolling restart), that replica still catches up from the log. A range with more than
+//! `log_compaction_entries` applied entries in its log has the oldest deleted at once, keeping
+//! the most recent half, whoever lacks them; so do all ranges, at their next pass, while a
+//! node's logs hold more than `log_budget_entries` in all (but never past a snapshot on its
+//! way). A replica that needs deleted entries gets a snapshot. While the Store builds a
+//! snapshot (on a thread of its own, one at a time) and until raft sends it, the log is
+//! compacted no further than the snapshot (`Group::snapshot_floor`), else raft would find it
+//! behind the log's start and ask for another; the floor lapses after a while, should raft no
+//! longer ask for it.
 //!
 //! # Quiescence and node liveness
 //!
@@ -1657,9 +1657,9 @@ impl MultiRaft {
     /// `heard_from`), over the budget too. A follower compacts at once as far as the index and
     /// what its Store has written, and no further at its passes: should leadership move to it,
     /// as in a rolling restart, a replica that lags (a node that was down) still catches up
-    /// from the log, not by snapshot (which a range over 1 GiB cannot send). A slice at a time, so that a pass
-    /// over 10,000 ranges (70-90 ms) does not hold up the raft work of all; and only over the
-    /// ranges whose logs took entries since they were last compacted to nothing
+    /// from the log, not by snapshot (which a range over 1 GiB cannot send). A slice at a time,
+    /// so that a pass over 10,000 ranges (70-90 ms) does not hold up the raft work of all; and
+    /// only over the ranges whose logs took entries since they were last compacted to nothing
     /// (`logs_grown`), so that idle ranges cost nothing.
     fn compact_caught_up(&mut self) {
         let slice = self.ticks / COMPACT_TICKS % COMPACT_SLICES;
