@@ -28,56 +28,10 @@ LOAD=(--connections 50 --pipeline 16 --value-size 100 --keys 1000000 --mix set -
 cargo build --release --quiet
 bin=$PWD/target/release/flotilla
 work=$(mktemp -d)
-pids=()
+. scripts/lib/ranges-cluster.sh
 trap 'kill -9 "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
-BASE=${BASE:-2638} # clients on ${BASE}1-3, raft on $((BASE + 100))1-3
 
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-cli() { redis-cli -p "$BASE$1" "${@:2}"; }
-count_ranges() { cli "$1" flotilla ranges | grep -c "$2" || true; }
-info() { cli "$1" info | tr -d '\r' | grep "^$2:" | cut -d: -f2; }
-
-# Writes the three nodes' configs for $1 ranges.
-configure() {
-  local splits
-  splits=$(awk -v n="$1" 'BEGIN { for (i = 1; i < n; i++) {
-      printf "%s\"key:%012d\"", (i > 1 ? "," : ""), int(i * 1000000 / n) } }')
-  for n in 1 2 3; do
-    cat > "$work/node$n.toml" <<EOF
-node_id = $n
-data_dir = "$work/n$n"
-client_addr = "127.0.0.1:$BASE$n"
-raft_addr = "127.0.0.1:$((BASE + 100))$n"
-cluster_id = "scale"
-cluster_secret = "scale"
-initial_members = [1, 2, 3]
-split_keys = [$splits]
-[peers]
-1 = "127.0.0.1:$((BASE + 100))1"
-2 = "127.0.0.1:$((BASE + 100))2"
-3 = "127.0.0.1:$((BASE + 100))3"
-EOF
-  done
-}
-
-start() { # ranges
-  configure "$1"
-  rm -rf "$work"/n[123]
-  for n in 1 2 3; do
-    RUST_LOG=warn "$bin" --config "$work/node$n.toml" > "$work/n$n.log" 2>&1 &
-    pids+=($!)
-  done
-  for n in 1 2 3; do until cli "$n" ping > /dev/null 2>&1; do sleep 0.05; done; done
-}
-
-stop_all() {
-  kill -9 "${pids[@]}" 2>/dev/null || true
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
-
-cpu_ticks() { for p in "${pids[@]}"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
+cpu_ticks() { local n; for n in 1 2 3; do node_ticks "$n"; done | awk '{s += $1} END {print s}'; }
 
 # 1. Start-up.
 t0=$(now_ms)
