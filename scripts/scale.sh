@@ -13,7 +13,8 @@
 #   5. kills node 1 with SIGKILL and times until node 2 sees every range led by a live node;
 #   6. a rolling restart: kills node 3, runs the load for 30 s, moves every range's leadership
 #      to node 2, starts node 3 again and times until it has applied what node 2 has, and
-#      reports the snapshots sent (a replica that lags should catch up from the logs).
+#      reports the snapshots sent (a replica that lags should catch up from the logs), the log
+#      entries read back from files, and who leads each range then (node 2 should, still).
 #
 #   scripts/scale.sh [RANGES] [IDLE] [RUNS] [SOAK]       defaults: 10000 60 3 120
 #
@@ -111,4 +112,9 @@ applied() { cli "$1" flotilla ranges | sed -E 's/^([^ ]+) .* applied=([0-9]+).*/
 t0=$(now_ms)
 until [ "$(applied 2)" = "$(applied 3)" ]; do sleep 0.5; done
 echo "node 3 caught up after $(( $(now_ms) - t0 )) ms; snapshots sent by nodes 1 and 2:" \
-  "$(info 1 snapshots_sent) and $(info 2 snapshots_sent)"
+  "$(info 1 snapshots_sent) and $(info 2 snapshots_sent); log entries read back from files" \
+  "by nodes 1 and 2: $(info 1 raft_log_entries_read) and $(info 2 raft_log_entries_read)"
+# Node 2 should still lead every range: catching node 3 up must not hold its thread so long
+# that the others think it dead.
+echo "ranges led, as node 2 sees them: node 1 $(count_ranges 2 'leader=n1')," \
+  "node 2 $(count_ranges 2 'leader=n2'), node 3 $(count_ranges 2 'leader=n3')"

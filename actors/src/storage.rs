@@ -279,6 +279,8 @@ pub struct Engine {
     /// Held while a write with applied states is recorded and applied, so that records are
     /// applied in the order of their sequence numbers.
     applied: Mutex<AppliedLog>,
+    /// Log entries read back from raft-engine's files (see [`Engine::entries_read`]).
+    entries_read: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -348,6 +350,7 @@ impl Engine {
             durable,
             data_writes: AtomicU64::new(0),
             applied: Mutex::new(applied),
+            entries_read: AtomicU64::new(0),
         };
         // Durable, with the files sled just created.
         engine.boot = engine.raise_boot(0)?;
@@ -355,6 +358,14 @@ impl Engine {
             d.sync_all()?;
         }
         Ok(Arc::new(engine))
+    }
+
+    /// How many log entries were read back from the raft log's files, not served from the
+    /// ranges' entry caches (`INFO`: `raft_log_entries_read`). Each costs a read of the whole
+    /// batch it was written in (raft-engine keeps one such batch in memory per thread): over
+    /// thousands of ranges, one entry of a range each.
+    pub fn entries_read(&self) -> u64 {
+        self.entries_read.load(Ordering::Relaxed)
     }
 
     /// The sled tree holding the state machine.
@@ -1254,6 +1265,9 @@ impl RangeStorage {
             Some(max_size),
             &mut out,
         )?;
+        self.engine
+            .entries_read
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -1264,6 +1278,15 @@ impl RangeStorage {
             self.cache
                 .range((low - first) as usize..(high - first) as usize)
         })
+    }
+
+    /// Where the part of `[low, high)` the cache holds begins: the cache holds the log's
+    /// newest entries, so it holds `[from, high)` (`high` if it holds none of them).
+    fn cached_from(&self, low: u64, high: u64) -> u64 {
+        match (self.cache.front(), self.cache.back()) {
+            (Some(first), Some(last)) if last.index + 1 >= high => first.index.clamp(low, high),
+            _ => high,
+        }
     }
 
     pub fn range(&self) -> RangeId {
@@ -1474,9 +1497,27 @@ impl Storage for RangeStorage {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
         let max_size = max_size.into().unwrap_or(u64::MAX);
+        // What the cache lacks, from the raft engine: a replica that lags past the cache (a
+        // node back after a while) is sent only the oldest of what it lacks from the files, the
+        // rest from memory. Over 10,000 ranges each entry read back costs a read of its
+        // round's whole batch, and all of them at once held MultiRaft's thread for seconds.
+        let from = self.cached_from(low, high);
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
-        if let Some(cached) = self.cached(low, high) {
+        if low < from {
+            out = self
+                .stored_entries(low, from, max_size)
+                .map_err(log_error)?;
+            if out.is_empty() || out[0].index != low {
+                return Err(raft::Error::Store(RaftStorageError::Unavailable));
+            }
+            if out.len() as u64 != from - low {
+                // Up to `max_size`.
+                return Ok(out);
+            }
+            size = out.iter().map(|e| u64::from(e.compute_size())).sum();
+        }
+        if let Some(cached) = self.cached(from, high) {
             for e in cached {
                 size += u64::from(e.compute_size());
                 if !out.is_empty() && size > max_size {
@@ -1484,13 +1525,6 @@ impl Storage for RangeStorage {
                 }
                 out.push(e.clone());
             }
-            return Ok(out);
-        }
-        let out = self
-            .stored_entries(low, high, max_size)
-            .map_err(log_error)?;
-        if out.is_empty() || out[0].index != low {
-            return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
         Ok(out)
     }
@@ -1723,6 +1757,42 @@ mod tests {
             }
         }
         assert_eq!(s.entries(8, 13, None, ctx()).unwrap()[0].term, 7);
+    }
+
+    #[test]
+    fn entries_the_cache_lacks_are_read_from_the_files_and_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, mut s) = bootstrapped(dir.path());
+        // Every tenth entry large, so that size limits fall on either side of the cache's start.
+        let mixed = |i: u64| Entry {
+            data: vec![i as u8; if i.is_multiple_of(10) { 10_000 } else { 100 }].into(),
+            ..entry(i, 6)
+        };
+        append(&engine, &mut s, (6..=120).map(mixed).collect());
+        // The cache keeps the last 64 applied entries: 57 to 120.
+        s.applied_to(120);
+        let stored = RangeStorage::load(s.engine.clone(), RangeId(7)).unwrap();
+        for low in (5..=121).step_by(4) {
+            for high in (low..=122).step_by(3) {
+                for max in [None, Some(0), Some(5_000), Some(15_000), Some(u64::MAX)] {
+                    assert_eq!(
+                        s.entries(low, high, max, ctx()).ok(),
+                        stored.entries(low, high, max, ctx()).ok(),
+                        "entries [{low}, {high}) max {max:?}"
+                    );
+                }
+            }
+        }
+        let read = |from: u64| {
+            let before = engine.entries_read();
+            let got = s.entries(from, 121, None, ctx()).unwrap();
+            let indexes: Vec<u64> = got.iter().map(|e| e.index).collect();
+            assert_eq!(indexes, (from..=120).collect::<Vec<_>>());
+            engine.entries_read() - before
+        };
+        assert_eq!(read(40), 17, "only 40 to 56 come from the files");
+        assert_eq!(read(57), 0);
+        assert_eq!(read(6), 51);
     }
 
     #[test]
