@@ -78,7 +78,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The log index and term at which every range is bootstrapped. Starting above zero means a
@@ -281,6 +281,11 @@ pub struct Engine {
     applied: Mutex<AppliedLog>,
     /// Log entries read back from raft-engine's files (see [`Engine::entries_read`]).
     entries_read: AtomicU64,
+    /// Entries the ranges' appends may still read back from the files in this turn of
+    /// MultiRaft's thread (see [`Engine::allow_reads`]).
+    reads_allowed: AtomicI64,
+    /// Ranges with appends waiting for the next turn's reads, in the order they began to wait.
+    waiting: Mutex<Vec<RangeId>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -351,6 +356,8 @@ impl Engine {
             data_writes: AtomicU64::new(0),
             applied: Mutex::new(applied),
             entries_read: AtomicU64::new(0),
+            reads_allowed: AtomicI64::new(i64::MAX),
+            waiting: Mutex::new(Vec::new()),
         };
         // Durable, with the files sled just created.
         engine.boot = engine.raise_boot(0)?;
@@ -366,6 +373,34 @@ impl Engine {
     /// thousands of ranges, one entry of a range each.
     pub fn entries_read(&self) -> u64 {
         self.entries_read.load(Ordering::Relaxed)
+    }
+
+    /// Lets the ranges' appends read `entries` back from the files from now on (the turn of
+    /// MultiRaft's thread that begins), past what their caches hold. An append to a replica
+    /// that lags, which would read more, waits (raft-rs's asynchronous fetch): its range is in
+    /// [`Engine::take_waiting`] and raft is told to try again with
+    /// [`RangeStorage::take_waiting`]. Each entry read back costs a read of its whole batch
+    /// (see [`Engine::entries_read`]): a node back after a while, lacking entries of thousands
+    /// of ranges, held MultiRaft's thread for seconds.
+    pub fn allow_reads(&self, entries: u64) {
+        let entries = i64::try_from(entries).unwrap_or(i64::MAX);
+        self.reads_allowed.store(entries, Ordering::Relaxed);
+    }
+
+    /// Whether `entries` may be read back now: the first read of a turn always may.
+    fn may_read(&self, entries: u64) -> bool {
+        let entries = i64::try_from(entries).unwrap_or(i64::MAX);
+        self.reads_allowed.fetch_sub(entries, Ordering::Relaxed) > 0
+    }
+
+    /// The ranges whose appends wait to read entries back, in the order they began to wait.
+    pub fn take_waiting(&self) -> Vec<RangeId> {
+        std::mem::take(&mut *self.waiting.lock().expect("waiting ranges"))
+    }
+
+    /// Whether some range's appends wait to read entries back.
+    pub fn any_waiting(&self) -> bool {
+        !self.waiting.lock().expect("waiting ranges").is_empty()
     }
 
     /// The sled tree holding the state machine.
@@ -1158,6 +1193,8 @@ pub struct RangeStorage {
     /// entries back once they commit, and a follower checks the term of its last entry on every
     /// append: serving them from here saves reading back what was just written.
     cache: VecDeque<Entry>,
+    /// Appends that wait to read entries back (see [`Engine::allow_reads`]).
+    waiting: Mutex<Vec<GetEntriesContext>>,
 }
 
 /// The most entries a range keeps in its entry cache.
@@ -1234,6 +1271,7 @@ impl RangeStorage {
             snapshot: None,
             snapshot_wanted: AtomicBool::new(false),
             cache: VecDeque::new(),
+            waiting: Mutex::new(Vec::new()),
         })
     }
 
@@ -1440,6 +1478,12 @@ impl RangeStorage {
         Ok(())
     }
 
+    /// The appends that waited to read entries back, for raft to try again (its
+    /// `on_entries_fetched`): see [`Engine::allow_reads`].
+    pub fn take_waiting(&self) -> Vec<GetEntriesContext> {
+        std::mem::take(&mut *self.waiting.lock().expect("waiting appends"))
+    }
+
     /// Whether raft asked for a snapshot this storage does not have yet; clears the request.
     pub fn take_snapshot_request(&self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::Relaxed)
@@ -1488,7 +1532,7 @@ impl Storage for RangeStorage {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
+        context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         if low <= self.truncated.index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
@@ -1505,6 +1549,17 @@ impl Storage for RangeStorage {
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
         if low < from {
+            if context.can_async() && !self.engine.may_read(from - low) {
+                self.waiting.lock().expect("waiting appends").push(context);
+                self.engine
+                    .waiting
+                    .lock()
+                    .expect("waiting ranges")
+                    .push(self.range);
+                return Err(raft::Error::Store(
+                    RaftStorageError::LogTemporarilyUnavailable,
+                ));
+            }
             out = self
                 .stored_entries(low, from, max_size)
                 .map_err(log_error)?;
@@ -1609,8 +1664,26 @@ mod tests {
         }
     }
 
+    /// Opens the engine in `dir`. sled's I/O threads may hold the database's lock a moment
+    /// after an engine of the same directory was dropped (as in `actors/tests/cluster.rs` and
+    /// the simulation): waits for them.
+    fn open(dir: &Path) -> Result<Arc<Engine>, StorageError> {
+        open_sized(dir, LOG_SIZES)
+    }
+
+    fn open_sized(dir: &Path, sizes: LogSizes) -> Result<Arc<Engine>, StorageError> {
+        loop {
+            match Engine::open_with(dir, 16 << 20, true, sizes) {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     fn bootstrapped(dir: &Path) -> (Arc<Engine>, RangeStorage) {
-        let engine = Engine::open(dir, 16 << 20).unwrap();
+        let engine = open(dir).unwrap();
         let mut batch = WriteBatch::default();
         engine.bootstrap_range(&descriptor(), &mut batch).unwrap();
         engine.commit(batch).unwrap();
@@ -1632,15 +1705,15 @@ mod tests {
     #[test]
     fn boots_only_grow() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Engine::open(dir.path(), 16 << 20).unwrap().boot();
-        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let first = open(dir.path()).unwrap().boot();
+        let engine = open(dir.path()).unwrap();
         let second = engine.boot();
         assert!(second > first, "{second} after {first}");
         assert!(engine.raise_boot(0).unwrap() > second);
         assert_eq!(engine.raise_boot(u64::MAX - 1).unwrap(), u64::MAX - 1);
         // A wiped data directory starts above them too (from the clock).
         let wiped = tempfile::tempdir().unwrap();
-        let fresh = Engine::open(wiped.path(), 16 << 20).unwrap().boot();
+        let fresh = open(wiped.path()).unwrap().boot();
         assert!(fresh > first, "{fresh} after {first}");
     }
 
@@ -1648,14 +1721,14 @@ mod tests {
     fn a_data_directory_of_the_sled_raft_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+            let engine = open(dir.path()).unwrap();
             // Where versions before the raft engine kept a range's hard state.
             let mut batch = sled::Batch::default();
             batch.insert(keys::range_key(RangeId(7), b'h'), b"".as_slice());
             engine.write(batch, AppliedStates::default()).unwrap();
             engine.sync().unwrap();
         }
-        let err = Engine::open(dir.path(), 16 << 20).unwrap_err();
+        let err = open(dir.path()).unwrap_err();
         assert!(matches!(err, StorageError::OldFormat(_)), "{err}");
         assert!(err.to_string().contains("empty data directory"), "{err}");
     }
@@ -1663,7 +1736,7 @@ mod tests {
     #[test]
     fn an_unknown_range_is_uninitialized_and_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let engine = open(dir.path()).unwrap();
         let s = RangeStorage::load(engine, RangeId(9)).unwrap();
         assert!(!s.initial_state().unwrap().initialized());
         assert_eq!(s.first_index().unwrap(), 1);
@@ -1822,7 +1895,7 @@ mod tests {
             engine.commit(batch).unwrap();
             assert_eq!(s.first_index().unwrap(), 9);
         }
-        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let engine = open(dir.path()).unwrap();
         let s = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (9, 10));
         assert_eq!(
@@ -1920,7 +1993,7 @@ mod tests {
             file: 64 << 10,
             purge: 512 << 10,
         };
-        let open = || Engine::open_with(dir.path(), 16 << 20, true, sizes).unwrap();
+        let open = || open_sized(dir.path(), sizes).unwrap();
         // Purged files are kept for reuse, up to a number: they count.
         let log_bytes = || -> u64 {
             std::fs::read_dir(dir.path().join("raft"))
@@ -2078,7 +2151,7 @@ mod tests {
             s.stage_hard_state(hs, &mut batch);
             engine.commit(batch).unwrap();
         }
-        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let engine = open(dir.path()).unwrap();
         let s = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
         let state = s.initial_state().unwrap();
         assert_eq!(
@@ -2190,7 +2263,7 @@ mod tests {
                 engine.write(batch.data, batch.applied).unwrap();
                 engine.sync().unwrap();
             }
-            let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+            let engine = open(dir.path()).unwrap();
             let s = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
             assert_eq!(
                 (s.first_index().unwrap(), s.last_index().unwrap()),
@@ -2228,7 +2301,7 @@ mod tests {
             engine.write(sled::Batch::default(), states).unwrap();
             engine.sync().unwrap();
         }
-        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let engine = open(dir.path()).unwrap();
         let s = RangeStorage::load(engine, RangeId(7)).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (6, 25));
     }
@@ -2254,7 +2327,7 @@ mod tests {
         // Ranges 1 and 2 and 100 more: four records.
         let first: Vec<u64> = [1, 2].into_iter().chain(1000..1100).collect();
         {
-            let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+            let engine = open(dir.path()).unwrap();
             write_applied(&engine, &first, 10);
             assert_eq!(records(&engine), 4);
             // Range 2 in every batch, with a range written only then.
@@ -2273,7 +2346,7 @@ mod tests {
             }
             engine.sync().unwrap();
         }
-        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let engine = open(dir.path()).unwrap();
         let mut expected: Vec<(u64, u64)> = first.iter().map(|&r| (r, 10)).collect();
         expected[1] = (2, 10 + n);
         expected.extend((1..=n).map(|i| (10_000 + i, 10 + i)));
@@ -2316,7 +2389,7 @@ mod tests {
             engine.sync().unwrap();
         }
         // The record of index 30 is still there, but the removal is newer.
-        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let engine = open(dir.path()).unwrap();
         assert_eq!(engine.applied(RangeId(7)).unwrap(), LogPosition::default());
         // Added back, the range gets a snapshot, whose state counts however old it is.
         let mut s = RangeStorage::load(engine.clone(), RangeId(7)).unwrap();
@@ -2324,7 +2397,7 @@ mod tests {
         s.stage_snapshot(&snapshot_at_20(), &mut batch).unwrap();
         engine.commit(batch).unwrap();
         drop((s, engine));
-        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let engine = open(dir.path()).unwrap();
         assert_eq!(
             engine.applied(RangeId(7)).unwrap(),
             LogPosition { index: 20, term: 8 }
@@ -2334,7 +2407,7 @@ mod tests {
     #[test]
     fn a_range_removed_while_the_other_thread_retires_its_state_keeps_none() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let engine = open(dir.path()).unwrap();
         let others = |from: u64| {
             for i in 0..APPLIED_RECORDS as u64 {
                 write_applied(&engine, &[from + i], 10);
@@ -2360,7 +2433,7 @@ mod tests {
         assert_eq!(engine.applied(RangeId(8)).unwrap(), LogPosition::default());
         engine.sync().unwrap();
         drop(engine);
-        let engine = Engine::open(dir.path(), 16 << 20).unwrap();
+        let engine = open(dir.path()).unwrap();
         assert_eq!(engine.applied(RangeId(8)).unwrap(), LogPosition::default());
     }
 

@@ -1225,15 +1225,23 @@ async fn await_caught_up(cluster: &Cluster, id: u64) {
     .await;
 }
 
-/// With node 3 stopped, writes 20 entries to every range, lets two compaction passes run,
-/// moves every range's leadership to node 2, starts node 3 again and waits until it has
-/// everything; returns the entries the logs of nodes 1 and 2 held before the moves (the fewest
-/// of any range on either) and the snapshots sent.
-fn a_replica_lags(log_budget_entries: u64) -> (u64, u64) {
+/// What a replica that lagged cost its leaders to catch up.
+struct CaughtUp {
+    /// The entries the logs of nodes 1 and 2 held before node 3 came back (the fewest of any
+    /// range on either).
+    kept: u64,
+    snapshots: u64,
+    /// Log entries node 2 read back from its files.
+    read_back: u64,
+}
+
+/// With node 3 stopped, writes `writes` entries to every range, lets two compaction passes
+/// run, moves every range's leadership to node 2, starts node 3 again and waits until it has
+/// everything.
+fn a_replica_lags(writes: usize, tune: impl Fn(&mut RaftSettings)) -> CaughtUp {
     let dir = tempfile::tempdir().unwrap();
     System::new().block_on(async {
         let settings = StoreSettings::default();
-        let tune = |r: &mut RaftSettings| r.log_budget_entries = log_budget_entries;
         let mut cluster =
             Cluster::start_tuned(dir.path(), &[1, 2, 3], &[1, 2, 3], settings.clone(), tune);
         cluster.await_leaders(1).await;
@@ -1250,7 +1258,7 @@ fn a_replica_lags(log_budget_entries: u64) -> (u64, u64) {
         }
 
         cluster.stop_node(3).await;
-        for i in 0..20 {
+        for i in 0..writes {
             for p in PREFIXES {
                 write_eventually(&cluster, 1, format!("{p}-{i}").as_bytes(), b"w").await;
             }
@@ -1269,9 +1277,10 @@ fn a_replica_lags(log_budget_entries: u64) -> (u64, u64) {
             cluster.transfer(RangeId(range), 2).await;
         }
 
+        let read_before = cluster.node(2).engine.entries_read();
         cluster.start_node(3, &[1, 2, 3], settings).await;
         await_caught_up(&cluster, 3).await;
-        let sent = [1, 2]
+        let snapshots = [1, 2]
             .iter()
             .map(|&n| {
                 cluster
@@ -1281,21 +1290,46 @@ fn a_replica_lags(log_budget_entries: u64) -> (u64, u64) {
                     .load(Ordering::Relaxed)
             })
             .sum();
+        let read_back = cluster.node(2).engine.entries_read() - read_before;
         cluster.stop();
-        (kept, sent)
+        CaughtUp {
+            kept,
+            snapshots,
+            read_back,
+        }
     })
 }
 
 #[test]
 fn logs_are_compacted_once_every_replica_has_them_and_kept_for_one_that_lags() {
-    let (kept, snapshots) = a_replica_lags(RaftSettings::default().log_budget_entries);
+    let lag = a_replica_lags(20, |_| {});
     assert!(
-        kept >= 20,
-        "a range kept {kept} entries for the stopped node"
+        lag.kept >= 20,
+        "a range kept {} entries for the stopped node",
+        lag.kept
     );
     assert_eq!(
-        snapshots, 0,
+        lag.snapshots, 0,
         "the stopped node caught up from its new leader's log"
+    );
+    assert_eq!(lag.read_back, 0, "the entry caches held all it lacked");
+}
+
+/// A replica that lags past what the entry caches hold is sent the rest from the log's files,
+/// a few entries a turn of MultiRaft's thread: the appends that would read more wait for later
+/// rounds, and are sent then.
+#[test]
+fn a_replica_that_lags_past_the_entry_caches_is_sent_the_rest_a_few_reads_a_turn() {
+    let lag = a_replica_lags(100, |r| r.log_reads_per_turn = 3);
+    assert_eq!(
+        lag.snapshots, 0,
+        "the stopped node caught up from its new leader's log"
+    );
+    // Each range's cache holds its last 64 applied entries of the 100 it lacks.
+    assert!(
+        lag.read_back >= 36 * RANGES,
+        "node 2 read {} entries back",
+        lag.read_back
     );
 }
 
@@ -1337,6 +1371,6 @@ fn a_node_back_from_a_stop_is_told_again_how_far_to_compact() {
 
 #[test]
 fn past_the_log_budget_a_replica_that_lags_catches_up_by_snapshot() {
-    let (_, snapshots) = a_replica_lags(0);
-    assert!(snapshots > 0, "the stopped node caught up by snapshot");
+    let lag = a_replica_lags(20, |r| r.log_budget_entries = 0);
+    assert!(lag.snapshots > 0, "the stopped node caught up by snapshot");
 }
