@@ -153,8 +153,6 @@ impl World {
                 election_ticks: 10,
                 heartbeat_ticks: 2,
                 log_compaction_entries: 40,
-                // Appends to replicas that lag wait for later rounds often.
-                log_reads_per_turn: 4,
                 election_seed: Some(self.seed),
                 ..RaftSettings::default()
             },

@@ -153,11 +153,6 @@ pub struct RaftSettings {
     /// `MultiRaft::compact_caught_up`); off only in tests that read a range's whole log after
     /// the fact.
     pub compact_caught_up: bool,
-    /// Log entries the appends to replicas that lag may read back from the raft log's files in
-    /// one turn of MultiRaft's thread (a round, or a batch from a peer), past what the ranges'
-    /// entry caches hold; appends that need more wait for the next round (see
-    /// `Engine::allow_reads`).
-    pub log_reads_per_turn: u64,
     /// Deterministic elections, for simulations: each group's election timeout (in
     /// `[election_ticks, 2 * election_ticks)`, new in every term) is drawn from this seed, the
     /// replica, the range and the term, instead of by raft-rs's unseeded generator.
@@ -176,7 +171,6 @@ impl Default for RaftSettings {
             log_compaction_entries: 10_000,
             log_budget_entries: 2_000_000,
             compact_caught_up: true,
-            log_reads_per_turn: 2_000,
             election_seed: None,
         }
     }
@@ -1036,7 +1030,6 @@ impl MultiRaft {
                 || !mr.outbox.is_empty()
                 || !mr.pings.is_empty()
                 || mr.staged_any
-                || mr.engine.any_waiting()
             {
                 mr.schedule_round(ctx);
             }
@@ -1329,7 +1322,6 @@ impl MultiRaft {
     fn run_round(&mut self, ctx: &mut Context<Self>) {
         self.round_scheduled = false;
         self.metrics.rounds.fetch_add(1, Ordering::Relaxed);
-        self.retry_waiting_appends();
         let mut batch = std::mem::take(&mut self.staged);
         let mut must_write = std::mem::take(&mut self.staged_any);
         let mut events = std::mem::take(&mut self.events);
@@ -1538,22 +1530,6 @@ impl MultiRaft {
         }
     }
 
-    /// Lets the appends that waited to read entries back (see `Engine::allow_reads`) try again,
-    /// in the order they began to wait, with this turn's reads; those that still find too few
-    /// wait for the next round.
-    fn retry_waiting_appends(&mut self) {
-        self.engine.allow_reads(self.settings.log_reads_per_turn);
-        for range in self.engine.take_waiting() {
-            let Some(g) = self.groups.get_mut(&range) else {
-                continue;
-            };
-            for context in g.node.store().take_waiting() {
-                g.node.on_entries_fetched(context);
-            }
-            self.dirty.insert(range);
-        }
-    }
-
     /// The second half of a round: the write, then what raft may do once it is durable.
     fn finish_round(&mut self, round: Persist, ctx: &mut Context<Self>) {
         let Persist {
@@ -1626,7 +1602,7 @@ impl MultiRaft {
         self.hand_to_store(events, counted);
         self.send_batches(leader_msgs);
         self.send_batches(late_msgs);
-        if !self.dirty.is_empty() || !self.events.is_empty() || self.engine.any_waiting() {
+        if !self.dirty.is_empty() || !self.events.is_empty() {
             self.schedule_round(ctx);
         }
     }
@@ -2593,9 +2569,6 @@ impl Handler<RaftBatch> for MultiRaft {
             );
             return;
         }
-        // The answers of a node that lags may each ask raft to send it entries the caches no
-        // longer hold: a turn reads a bounded number back, the rest waits for the next round.
-        self.engine.allow_reads(self.settings.log_reads_per_turn);
         self.heard_from(batch.from, batch.boot);
         for (range, index) in batch.compact {
             let Some(g) = self.groups.get_mut(&range) else {

@@ -78,7 +78,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The log index and term at which every range is bootstrapped. Starting above zero means a
@@ -281,11 +281,6 @@ pub struct Engine {
     applied: Mutex<AppliedLog>,
     /// Log entries read back from raft-engine's files (see [`Engine::entries_read`]).
     entries_read: AtomicU64,
-    /// Entries the ranges' appends may still read back from the files in this turn of
-    /// MultiRaft's thread (see [`Engine::allow_reads`]).
-    reads_allowed: AtomicI64,
-    /// Ranges with appends waiting for the next turn's reads, in the order they began to wait.
-    waiting: Mutex<Vec<RangeId>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -356,8 +351,6 @@ impl Engine {
             data_writes: AtomicU64::new(0),
             applied: Mutex::new(applied),
             entries_read: AtomicU64::new(0),
-            reads_allowed: AtomicI64::new(i64::MAX),
-            waiting: Mutex::new(Vec::new()),
         };
         // Durable, with the files sled just created.
         engine.boot = engine.raise_boot(0)?;
@@ -373,34 +366,6 @@ impl Engine {
     /// thousands of ranges, one entry of a range each.
     pub fn entries_read(&self) -> u64 {
         self.entries_read.load(Ordering::Relaxed)
-    }
-
-    /// Lets the ranges' appends read `entries` back from the files from now on (the turn of
-    /// MultiRaft's thread that begins), past what their caches hold. An append to a replica
-    /// that lags, which would read more, waits (raft-rs's asynchronous fetch): its range is in
-    /// [`Engine::take_waiting`] and raft is told to try again with
-    /// [`RangeStorage::take_waiting`]. Each entry read back costs a read of its whole batch
-    /// (see [`Engine::entries_read`]): a node back after a while, lacking entries of thousands
-    /// of ranges, held MultiRaft's thread for seconds.
-    pub fn allow_reads(&self, entries: u64) {
-        let entries = i64::try_from(entries).unwrap_or(i64::MAX);
-        self.reads_allowed.store(entries, Ordering::Relaxed);
-    }
-
-    /// Whether `entries` may be read back now: the first read of a turn always may.
-    fn may_read(&self, entries: u64) -> bool {
-        let entries = i64::try_from(entries).unwrap_or(i64::MAX);
-        self.reads_allowed.fetch_sub(entries, Ordering::Relaxed) > 0
-    }
-
-    /// The ranges whose appends wait to read entries back, in the order they began to wait.
-    pub fn take_waiting(&self) -> Vec<RangeId> {
-        std::mem::take(&mut *self.waiting.lock().expect("waiting ranges"))
-    }
-
-    /// Whether some range's appends wait to read entries back.
-    pub fn any_waiting(&self) -> bool {
-        !self.waiting.lock().expect("waiting ranges").is_empty()
     }
 
     /// The sled tree holding the state machine.
@@ -1193,8 +1158,6 @@ pub struct RangeStorage {
     /// entries back once they commit, and a follower checks the term of its last entry on every
     /// append: serving them from here saves reading back what was just written.
     cache: VecDeque<Entry>,
-    /// Appends that wait to read entries back (see [`Engine::allow_reads`]).
-    waiting: Mutex<Vec<GetEntriesContext>>,
 }
 
 /// The most entries a range keeps in its entry cache.
@@ -1271,7 +1234,6 @@ impl RangeStorage {
             snapshot: None,
             snapshot_wanted: AtomicBool::new(false),
             cache: VecDeque::new(),
-            waiting: Mutex::new(Vec::new()),
         })
     }
 
@@ -1478,12 +1440,6 @@ impl RangeStorage {
         Ok(())
     }
 
-    /// The appends that waited to read entries back, for raft to try again (its
-    /// `on_entries_fetched`): see [`Engine::allow_reads`].
-    pub fn take_waiting(&self) -> Vec<GetEntriesContext> {
-        std::mem::take(&mut *self.waiting.lock().expect("waiting appends"))
-    }
-
     /// Whether raft asked for a snapshot this storage does not have yet; clears the request.
     pub fn take_snapshot_request(&self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::Relaxed)
@@ -1532,7 +1488,7 @@ impl Storage for RangeStorage {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        context: GetEntriesContext,
+        _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         if low <= self.truncated.index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
@@ -1549,17 +1505,6 @@ impl Storage for RangeStorage {
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
         if low < from {
-            if context.can_async() && !self.engine.may_read(from - low) {
-                self.waiting.lock().expect("waiting appends").push(context);
-                self.engine
-                    .waiting
-                    .lock()
-                    .expect("waiting ranges")
-                    .push(self.range);
-                return Err(raft::Error::Store(
-                    RaftStorageError::LogTemporarilyUnavailable,
-                ));
-            }
             out = self
                 .stored_entries(low, from, max_size)
                 .map_err(log_error)?;

@@ -1315,24 +1315,6 @@ fn logs_are_compacted_once_every_replica_has_them_and_kept_for_one_that_lags() {
     assert_eq!(lag.read_back, 0, "the entry caches held all it lacked");
 }
 
-/// A replica that lags past what the entry caches hold is sent the rest from the log's files,
-/// a few entries a turn of MultiRaft's thread: the appends that would read more wait for later
-/// rounds, and are sent then.
-#[test]
-fn a_replica_that_lags_past_the_entry_caches_is_sent_the_rest_a_few_reads_a_turn() {
-    let lag = a_replica_lags(100, |r| r.log_reads_per_turn = 3);
-    assert_eq!(
-        lag.snapshots, 0,
-        "the stopped node caught up from its new leader's log"
-    );
-    // Each range's cache holds its last 64 applied entries of the 100 it lacks.
-    assert!(
-        lag.read_back >= 36 * RANGES,
-        "node 2 read {} entries back",
-        lag.read_back
-    );
-}
-
 /// A follower compacts its log only as far as its leader said every replica has it; what it
 /// was not told while it was down (or forgot in a restart) it is told again once it is back, so
 /// that it compacts though its ranges take no new writes.
