@@ -1611,13 +1611,13 @@ mod tests {
 
     /// Opens the engine in `dir`. sled's I/O threads may hold the database's lock a moment
     /// after an engine of the same directory was dropped (as in `actors/tests/cluster.rs` and
-    /// the simulation): waits for them.
+    /// the simulation): waits for them, up to 5 s.
     fn open(dir: &Path) -> Result<Arc<Engine>, StorageError> {
         open_sized(dir, LOG_SIZES)
     }
 
     fn open_sized(dir: &Path, sizes: LogSizes) -> Result<Arc<Engine>, StorageError> {
-        loop {
+        for _ in 0..5_000 {
             match Engine::open_with(dir, 16 << 20, true, sizes) {
                 Err(e) if e.to_string().contains("could not acquire lock") => {
                     std::thread::sleep(std::time::Duration::from_millis(1));
@@ -1625,6 +1625,7 @@ mod tests {
                 opened => return opened,
             }
         }
+        Engine::open_with(dir, 16 << 20, true, sizes)
     }
 
     fn bootstrapped(dir: &Path) -> (Arc<Engine>, RangeStorage) {
