@@ -1502,7 +1502,9 @@ impl Storage for RangeStorage {
         // rest from memory. Over 10,000 ranges each entry read back costs a read of its
         // round's whole batch, and all of them at once held MultiRaft's thread for seconds.
         let from = self.cached_from(low, high);
-        let mut out = Vec::with_capacity((high - low) as usize);
+        // Not `high - low` entries: raft asks up to the log's end, and `max_size` cuts it short
+        // (a replica far behind would have each probe allocate for its whole lag).
+        let mut out = Vec::new();
         let mut size = 0u64;
         if low < from {
             out = self
