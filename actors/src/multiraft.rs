@@ -62,6 +62,23 @@
 //! behind the log's start and ask for another; the floor lapses after a while, should raft no
 //! longer ask for it.
 //!
+//! # Catching a node up
+//!
+//! A node back after a while lacks entries of every range it shares with this one, and the
+//! entry caches keep only the last of them: the rest are read back from raft-engine's files,
+//! each at the cost of a read of its round's whole batch. Read all at once, they held the
+//! leader's thread for seconds, until the other nodes took it for dead and thousands of ranges
+//! changed leader. So:
+//!
+//! - a heartbeat's answer makes raft send a follower it probes one entry at most: enough to
+//!   learn where that follower's log stands (see `step_received`);
+//! - a probe not yet answered is sent again after an election timeout, not with every
+//!   heartbeat's answer as raft would (see `Group::probe_answered`);
+//! - the answers to appends, which make raft send the rest, are stepped at the start of a
+//!   round, as many as a share of reads allows (see `step_answers`), the others in the next;
+//! - rounds give the thread's other tasks (the connections to peers, the timers) a turn
+//!   between them (see `schedule_round`).
+//!
 //! # Quiescence and node liveness
 //!
 //! A node hosts thousands of ranges, most of them idle: an idle range costs nothing. On a tick,
@@ -199,6 +216,9 @@ pub struct RaftMetrics {
     pub log_entries: AtomicU64,
     /// Times a node was seen to have restarted (a new boot in its batches).
     pub peer_restarts: AtomicU64,
+    /// Rounds that left answers to appends for the next, their share of reads spent (see
+    /// `MultiRaft::step_answers`).
+    pub answers_put_off: AtomicU64,
     /// Reads a leader served from its lease, without a round of heartbeats: read indexes
     /// given here, and reads of one range the Store served from its own state.
     pub reads_leased: AtomicU64,
@@ -237,6 +257,15 @@ pub const RELEASED_KEPT: usize = 4096;
 /// Ticks a read may wait for its read index before it is asked again (raft drops read requests
 /// silently when the leader is unknown or has not committed in its term).
 const READ_RETRY_TICKS: u64 = 3;
+
+/// The answers to appends a round steps at most (see `MultiRaft::step_answers`): under load, a
+/// leader of 10,000 ranges steps 1,000-2,000 a round.
+const STEP_ANSWERS: usize = 4096;
+
+/// The entries raft may read back from the log's files while a round steps answers to appends,
+/// past which the rest wait for the next round: over 10,000 ranges each such read costs 20-50
+/// µs (its entry's whole batch is read and decoded), so 1,024 take 20-50 ms.
+const STEP_READS: u64 = 1024;
 
 /// Ticks after which a read still without a read index is failed and forgotten (by then the
 /// Store has long answered its client with a timeout).
@@ -326,6 +355,9 @@ struct Group {
     /// Snapshots handed to the transport, by follower, with the tick by which the follower
     /// must have acknowledged one (raft then resumes replicating to it) or it counts as lost.
     snapshots_out: Vec<(u64, u64)>,
+    /// On the leader: the tick each follower was last sent an append (see
+    /// `MultiRaft::probe_answered`).
+    appends_sent: Vec<(u64, u64)>,
     /// Writes proposed here (or forwarded from here) and not yet seen committed, with the term
     /// they were proposed in and the tick: answered as in doubt when a new leader is elected.
     in_doubt: BTreeMap<ProposalId, (u64, u64)>,
@@ -361,6 +393,31 @@ struct Group {
 }
 
 impl Group {
+    /// A heartbeat's answer from a follower raft probes, within an election timeout of the
+    /// append last sent to it: taken as the sign of life it is (raft's quorum check counts
+    /// it), but not stepped. raft resumes a probe on every heartbeat answer and sends its
+    /// append again, entries and all, though the first may still be on its way: to a node
+    /// busy catching up thousands of ranges (back after a while), that is every range's
+    /// lacking entries read back from the files and sent again every heartbeat interval,
+    /// which holds it up further. After an election timeout without an answer, the next
+    /// heartbeat's answer sends the append again (it, or its answer, may have been lost).
+    fn probe_answered(&mut self, m: &raft::prelude::Message, ticks: u64, election: u64) -> bool {
+        if !self.is_leader() || m.term != self.node.raft.term || !m.context.is_empty() {
+            return false;
+        }
+        let recent = self
+            .appends_sent
+            .iter()
+            .any(|&(to, tick)| to == m.from && ticks - tick < election);
+        match self.node.raft.mut_prs().get_mut(m.from) {
+            Some(pr) if recent && pr.state == ProgressState::Probe && pr.paused => {
+                pr.recent_active = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The replica raft ids of the applied configuration.
     fn members(&self) -> impl Iterator<Item = u64> + '_ {
         members(self.node.store().conf_state())
@@ -683,6 +740,8 @@ pub struct MultiRaft {
     /// order; the hasher's seed is fixed all the same, so that runs of a seed stay alike.
     groups: HashMap<RangeId, Group, FixedState>,
     dirty: BTreeSet<RangeId>,
+    /// Answers to appends received and not yet stepped, oldest first (see `step_answers`).
+    answers: VecDeque<(RangeId, raft::prelude::Message)>,
     /// The ranges ticked: those not quiescent. Whatever wakes a range also makes it dirty, and
     /// a round adds each dirty range that is awake here.
     awake: BTreeSet<RangeId>,
@@ -736,11 +795,6 @@ pub struct MultiRaft {
     metrics: Arc<RaftMetrics>,
 }
 
-/// Runs a round once the handlers queued so far have run.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct RunRound;
-
 impl MultiRaft {
     /// Loads every range stored in `engine` and prepares its raft group. `store` must count
     /// each batch it takes in `metrics.event_batches_taken` (and answer `events_held`), as the
@@ -765,6 +819,7 @@ impl MultiRaft {
             settings,
             groups: HashMap::default(),
             dirty: BTreeSet::new(),
+            answers: VecDeque::new(),
             awake: BTreeSet::new(),
             round_scheduled: false,
             store,
@@ -889,6 +944,7 @@ impl MultiRaft {
                 replica,
                 removed,
                 snapshots_out: Vec::new(),
+                appends_sent: Vec::new(),
                 awaiting_callback: None,
                 held: VecDeque::new(),
                 new_reads: Vec::new(),
@@ -1037,10 +1093,20 @@ impl MultiRaft {
         });
     }
 
+    /// Runs a round once the thread's other tasks had a turn, and then the messages that came
+    /// meanwhile were handled. Not sooner: the connections to peers run on this thread, and so
+    /// do its timers (a timer fires only once the thread's runtime is back to check them). A
+    /// round that runs at once, as a self-addressed message would, and leaves work for another
+    /// (the answers past a round's share: see `step_answers`) would chain rounds in one turn of
+    /// the thread for as long as work remains: nothing sent or received meanwhile, and no tick
+    /// run, for seconds while a node catches up.
     fn schedule_round(&mut self, ctx: &mut Context<Self>) {
         if !self.round_scheduled {
             self.round_scheduled = true;
-            ctx.notify(RunRound);
+            ctx.spawn(
+                actix::fut::wrap_future(tokio::task::yield_now())
+                    .map(|_, mr: &mut Self, ctx| mr.run_round(ctx)),
+            );
         }
     }
 
@@ -1246,7 +1312,14 @@ impl MultiRaft {
                     }
                     self.metrics.leases.lock().expect("leases").remove(&range);
                 }
-                let quiescent = self.groups.get(&range).is_some_and(|g| g.quiescent);
+                let g = self.groups.get_mut(&range);
+                let quiescent = g.as_ref().is_some_and(|g| g.quiescent);
+                if let Some(g) = g.filter(|_| m.get_msg_type() == MessageType::MsgAppend) {
+                    match g.appends_sent.iter_mut().find(|(to, _)| *to == m.to) {
+                        Some(sent) => sent.1 = self.ticks,
+                        None => g.appends_sent.push((m.to, self.ticks)),
+                    }
+                }
                 if quiescent
                     && m.get_msg_type() == MessageType::MsgHeartbeatResponse
                     && m.context.is_empty()
@@ -1322,6 +1395,7 @@ impl MultiRaft {
     fn run_round(&mut self, ctx: &mut Context<Self>) {
         self.round_scheduled = false;
         self.metrics.rounds.fetch_add(1, Ordering::Relaxed);
+        self.step_answers();
         let mut batch = std::mem::take(&mut self.staged);
         let mut must_write = std::mem::take(&mut self.staged_any);
         let mut events = std::mem::take(&mut self.events);
@@ -1602,7 +1676,7 @@ impl MultiRaft {
         self.hand_to_store(events, counted);
         self.send_batches(leader_msgs);
         self.send_batches(late_msgs);
-        if !self.dirty.is_empty() || !self.events.is_empty() {
+        if !self.dirty.is_empty() || !self.events.is_empty() || !self.answers.is_empty() {
             self.schedule_round(ctx);
         }
     }
@@ -1776,6 +1850,135 @@ impl MultiRaft {
                 false
             }
         }
+    }
+
+    /// Steps the answers to appends received, oldest first, until the round's share is done:
+    /// at most [`STEP_ANSWERS`], and as many as make raft read back at most [`STEP_READS`]
+    /// entries from the log's files. The rest wait for the next round. raft answers an answer
+    /// with the entries its follower lacks, read back from the files if the entry cache no
+    /// longer holds them: to a node back after a while, the lacking entries of every range it
+    /// shares, read in one turn of this thread, which held it up for seconds (ticks, liveness
+    /// pings and the other nodes' messages with it), until this node was taken for dead.
+    fn step_answers(&mut self) {
+        let reads = self.engine.entries_read();
+        let mut stepped = 0;
+        while stepped < STEP_ANSWERS && self.engine.entries_read() - reads < STEP_READS {
+            let Some((range, m)) = self.answers.pop_front() else {
+                break;
+            };
+            self.step_received(range, false, m);
+            stepped += 1;
+        }
+        if !self.answers.is_empty() {
+            self.metrics.answers_put_off.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Steps one raft message received for `range` (`quiesce`: a quiescing heartbeat).
+    fn step_received(&mut self, range: RangeId, quiesce: bool, m: raft::prelude::Message) {
+        if ReplicaId(m.to).node() != self.node || self.destroying.contains(&range) {
+            return;
+        }
+        if self.tombstones.get(&range).is_some_and(|t| m.to <= t.0) {
+            return;
+        }
+        // A snapshot that cannot be installed is refused here, before raft accepts it.
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            if let Err(e) = codec::decode::<SnapshotData>(&m.get_snapshot().data) {
+                log::warn!(
+                    "{}: {range}: dropping an undecodable snapshot: {e}",
+                    self.node
+                );
+                return;
+            }
+        }
+        match self.groups.get(&range) {
+            // A message for a newer replica of this node: the one here was removed.
+            Some(g) if m.to > g.replica.0 => {
+                self.remove_replica(range);
+                return;
+            }
+            Some(g) if m.to < g.replica.0 => return,
+            Some(_) => {}
+            None => {
+                // A replica added to this node: created empty, filled by a snapshot.
+                if !matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+                ) {
+                    return;
+                }
+                if let Err(e) = self.open_group(range, Some(ReplicaId(m.to))) {
+                    log::error!("{}: cannot create replica of {range}: {e}", self.node);
+                    return;
+                }
+            }
+        }
+        let g = self.groups.get_mut(&range).expect("group just checked");
+        if g.removed.contains(&m.from) {
+            // A replica that missed its own removal: tell it.
+            self.notify_removed(range, ReplicaId(m.from));
+            return;
+        }
+        if m.get_msg_type() == MessageType::MsgPropose {
+            self.step_forwarded(range, m);
+            return;
+        }
+        let (from, term, commit, kind) = (m.from, m.term, m.commit, m.get_msg_type());
+        if matches!(
+            kind,
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) && self.ticks < self.settings.election_ticks as u64
+        {
+            // Not before an election timeout since this node started: a replica here may
+            // have acknowledged a leader's lease before a restart (see "Leases").
+            return;
+        }
+        let election = self.settings.election_ticks as u64;
+        if kind == MessageType::MsgHeartbeatResponse && g.probe_answered(&m, self.ticks, election) {
+            return;
+        }
+        let leased = kind == MessageType::MsgReadIndex && g.holds_lease(Instant::now());
+        if leased {
+            self.metrics.reads_leased.fetch_add(1, Ordering::Relaxed);
+        }
+        // A heartbeat's answer makes raft send an append to a follower it probes (or one whose
+        // appends in flight filled its window): one entry at most, read back from the files if
+        // need be. It needs no more to learn where the follower's log stands, and the rest
+        // goes with the answer to it, under a round's share of reads (see `step_answers`).
+        // raft would read up to `max_size_per_msg` of entries back, in this turn, for every
+        // range whose answer came in this batch: for a node back after a while, every range's
+        // lacking entries (135,000 of them, 2 s, over 10,000 ranges).
+        let max_size = g.node.raft.max_msg_size;
+        if kind == MessageType::MsgHeartbeatResponse {
+            g.node.raft.max_msg_size = 0;
+        }
+        if let Err(e) = g.with_read_option(leased, |g| g.step(m)) {
+            log::debug!("{}: {range}: step: {e}", self.node);
+        }
+        g.node.raft.max_msg_size = max_size;
+        if kind == MessageType::MsgReadIndex && g.is_leader() {
+            g.renew_lease = true;
+            if from != g.replica.0 {
+                // The read index is this commit index: the follower serves the read once
+                // it has applied that far, so it must learn it.
+                let committed = g.node.raft.raft_log.committed;
+                g.awaits_commit(from, committed, committed);
+            }
+        }
+        g.quiescent = match kind {
+            // A quiescing leader's heartbeat: follow it if this replica has its whole log.
+            MessageType::MsgHeartbeat if quiesce => {
+                let raft = &g.node.raft;
+                raft.state == StateRole::Follower
+                    && raft.leader_id == from
+                    && raft.term == term
+                    && raft.raft_log.last_index() == commit
+                    && g.is_idle()
+            }
+            _ => false,
+        };
+        self.dirty.insert(range);
     }
 
     /// Node liveness, each tick: a node not heard from within an election timeout is dead, and
@@ -2328,13 +2531,6 @@ impl Actor for MultiRaft {
     }
 }
 
-impl Handler<RunRound> for MultiRaft {
-    type Result = ();
-    fn handle(&mut self, _: RunRound, ctx: &mut Context<Self>) {
-        self.run_round(ctx);
-    }
-}
-
 impl Handler<Requests> for MultiRaft {
     type Result = ();
     fn handle(&mut self, msg: Requests, ctx: &mut Context<Self>) {
@@ -2603,95 +2799,10 @@ impl Handler<RaftBatch> for MultiRaft {
             .map(|h| (h.range, h.quiesce, h.into_message()));
         let messages = batch.messages.into_iter().map(|(r, m)| (r, false, m));
         for (range, quiesce, m) in messages.chain(heartbeats) {
-            if ReplicaId(m.to).node() != self.node || self.destroying.contains(&range) {
-                continue;
+            match m.get_msg_type() {
+                MessageType::MsgAppendResponse => self.answers.push_back((range, m)),
+                _ => self.step_received(range, quiesce, m),
             }
-            if self.tombstones.get(&range).is_some_and(|t| m.to <= t.0) {
-                continue;
-            }
-            // A snapshot that cannot be installed is refused here, before raft accepts it.
-            if m.get_msg_type() == MessageType::MsgSnapshot {
-                if let Err(e) = codec::decode::<SnapshotData>(&m.get_snapshot().data) {
-                    log::warn!(
-                        "{}: {range}: dropping an undecodable snapshot: {e}",
-                        self.node
-                    );
-                    continue;
-                }
-            }
-            match self.groups.get(&range) {
-                // A message for a newer replica of this node: the one here was removed.
-                Some(g) if m.to > g.replica.0 => {
-                    self.remove_replica(range);
-                    continue;
-                }
-                Some(g) if m.to < g.replica.0 => continue,
-                Some(_) => {}
-                None => {
-                    // A replica added to this node: created empty, filled by a snapshot.
-                    if !matches!(
-                        m.get_msg_type(),
-                        MessageType::MsgAppend
-                            | MessageType::MsgHeartbeat
-                            | MessageType::MsgSnapshot
-                    ) {
-                        continue;
-                    }
-                    if let Err(e) = self.open_group(range, Some(ReplicaId(m.to))) {
-                        log::error!("{}: cannot create replica of {range}: {e}", self.node);
-                        continue;
-                    }
-                }
-            }
-            let g = self.groups.get_mut(&range).expect("group just checked");
-            if g.removed.contains(&m.from) {
-                // A replica that missed its own removal: tell it.
-                self.notify_removed(range, ReplicaId(m.from));
-                continue;
-            }
-            if m.get_msg_type() == MessageType::MsgPropose {
-                self.step_forwarded(range, m);
-                continue;
-            }
-            let (from, term, commit, kind) = (m.from, m.term, m.commit, m.get_msg_type());
-            if matches!(
-                kind,
-                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-            ) && self.ticks < self.settings.election_ticks as u64
-            {
-                // Not before an election timeout since this node started: a replica here may
-                // have acknowledged a leader's lease before a restart (see "Leases").
-                continue;
-            }
-            let leased = kind == MessageType::MsgReadIndex && g.holds_lease(Instant::now());
-            if leased {
-                self.metrics.reads_leased.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Err(e) = g.with_read_option(leased, |g| g.step(m)) {
-                log::debug!("{}: {range}: step: {e}", self.node);
-            }
-            if kind == MessageType::MsgReadIndex && g.is_leader() {
-                g.renew_lease = true;
-                if from != g.replica.0 {
-                    // The read index is this commit index: the follower serves the read once
-                    // it has applied that far, so it must learn it.
-                    let committed = g.node.raft.raft_log.committed;
-                    g.awaits_commit(from, committed, committed);
-                }
-            }
-            g.quiescent = match kind {
-                // A quiescing leader's heartbeat: follow it if this replica has its whole log.
-                MessageType::MsgHeartbeat if quiesce => {
-                    let raft = &g.node.raft;
-                    raft.state == StateRole::Follower
-                        && raft.leader_id == from
-                        && raft.term == term
-                        && raft.raft_log.last_index() == commit
-                        && g.is_idle()
-                }
-                _ => false,
-            };
-            self.dirty.insert(range);
         }
         self.schedule_round(ctx);
     }

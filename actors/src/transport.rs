@@ -2,14 +2,14 @@
 //!
 //! [`Transport`] is the seam: MultiRaft hands it one [`RaftBatch`] per destination node per
 //! round and never waits. [`LocalNetwork`] connects the nodes of one process (tests, scenario
-//! runs) and can drop, delay and partition messages.
+//! runs) and can drop, delay, hold back and partition messages.
 
-use crate::ids::NodeId;
+use crate::ids::{NodeId, RangeId};
 use crate::messages::RaftBatch;
 use actix::Recipient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,10 @@ struct NetworkState {
     nodes: HashMap<NodeId, Recipient<RaftBatch>>,
     /// Directed links that lose everything sent over them.
     cut: HashSet<(NodeId, NodeId)>,
+    /// Holds back the raft messages (not heartbeats) it says to, by sender, destination and
+    /// range, until the network heals.
+    hold: Option<MessageFilter>,
+    held: BTreeMap<(NodeId, NodeId), Vec<(RangeId, raft::prelude::Message)>>,
     drop_probability: f64,
     duplicate_probability: f64,
     max_delay: Duration,
@@ -46,6 +50,8 @@ impl Default for NetworkState {
         NetworkState {
             nodes: HashMap::new(),
             cut: HashSet::new(),
+            hold: None,
+            held: BTreeMap::new(),
             drop_probability: 0.0,
             duplicate_probability: 0.0,
             max_delay: Duration::ZERO,
@@ -98,9 +104,28 @@ impl LocalNetwork {
         self.lock().cut.insert((from, to));
     }
 
-    /// Restores every link.
+    /// Holds back every raft message (heartbeats and their answers excepted: they travel
+    /// apart) for which `hold` says so, by sender, destination and range, until
+    /// [`LocalNetwork::heal`]: as a node too busy to read them, or to answer them, would.
+    pub fn hold_messages(
+        &self,
+        hold: impl Fn(NodeId, NodeId, RangeId, &raft::prelude::Message) -> bool + Send + 'static,
+    ) {
+        self.lock().hold = Some(Box::new(hold));
+    }
+
+    /// Restores every link, and delivers the messages held back, each link's in one batch.
     pub fn heal(&self) {
-        self.lock().cut.clear();
+        let mut s = self.lock();
+        s.cut.clear();
+        s.hold = None;
+        for ((from, to), messages) in std::mem::take(&mut s.held) {
+            if let Some(recipient) = s.nodes.get(&to) {
+                let mut batch = RaftBatch::new(from, to);
+                batch.messages = messages;
+                recipient.do_send(batch);
+            }
+        }
     }
 
     /// Loses each batch with this probability.
@@ -125,14 +150,26 @@ impl LocalNetwork {
     }
 }
 
+/// Which raft messages a [`LocalNetwork`] holds back: see [`LocalNetwork::hold_messages`].
+type MessageFilter = Box<dyn Fn(NodeId, NodeId, RangeId, &raft::prelude::Message) -> bool + Send>;
+
 /// One node's view of a [`LocalNetwork`].
 pub struct LocalTransport {
     net: LocalNetwork,
 }
 
 impl Transport for LocalTransport {
-    fn send(&self, batch: RaftBatch) -> Result<(), Unreachable> {
+    fn send(&self, mut batch: RaftBatch) -> Result<(), Unreachable> {
         let mut s = self.net.lock();
+        let state = &mut *s;
+        if let Some(hold) = &state.hold {
+            let (from, to) = (batch.from, batch.to);
+            let (held, sent) = std::mem::take(&mut batch.messages)
+                .into_iter()
+                .partition(|(range, m)| hold(from, to, *range, m));
+            batch.messages = sent;
+            state.held.entry((from, to)).or_default().extend(held);
+        }
         let Some(to) = s.nodes.get(&batch.to).cloned() else {
             return Err(Unreachable);
         };

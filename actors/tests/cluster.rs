@@ -14,9 +14,9 @@ use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
 use flotilla_actors::store::{PlantedBugs, StoreSettings, WriteApplied};
 use flotilla_actors::transport::LocalNetwork;
-use raft::prelude::EntryType;
+use raft::prelude::{EntryType, MessageType};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -1233,12 +1233,15 @@ struct CaughtUp {
     snapshots: u64,
     /// Log entries node 2 read back from its files.
     read_back: u64,
+    /// Rounds of node 2 that left answers to appends for the next, their reads spent.
+    put_off: u64,
 }
 
 /// With node 3 stopped, writes `writes` entries to every range, lets two compaction passes
 /// run, moves every range's leadership to node 2, starts node 3 again and waits until it has
-/// everything.
-fn a_replica_lags(writes: usize, tune: impl Fn(&mut RaftSettings)) -> CaughtUp {
+/// everything. `together`: node 3's answers to appends reach node 2 together, once node 3 has
+/// accepted an append of every range.
+fn a_replica_lags(writes: usize, together: bool, tune: impl Fn(&mut RaftSettings)) -> CaughtUp {
     let dir = tempfile::tempdir().unwrap();
     System::new().block_on(async {
         let settings = StoreSettings::default();
@@ -1278,7 +1281,29 @@ fn a_replica_lags(writes: usize, tune: impl Fn(&mut RaftSettings)) -> CaughtUp {
         }
 
         let read_before = cluster.node(2).engine.entries_read();
+        let metrics = cluster.node(2).metrics.clone();
+        let put_off_before = metrics.answers_put_off.load(Ordering::Relaxed);
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+        if together {
+            let seen = accepted.clone();
+            cluster.net.hold_messages(move |from, _, range, m| {
+                let held = from == NodeId(3) && m.get_msg_type() == MessageType::MsgAppendResponse;
+                if held && !m.reject {
+                    seen.lock().unwrap().insert(range);
+                }
+                held
+            });
+        }
         cluster.start_node(3, &[1, 2, 3], settings).await;
+        if together {
+            for _ in 0..500 {
+                if accepted.lock().unwrap().len() as u64 == RANGES {
+                    break;
+                }
+                tokio::time::sleep(TICK).await;
+            }
+            cluster.net.heal();
+        }
         await_caught_up(&cluster, 3).await;
         let snapshots = [1, 2]
             .iter()
@@ -1291,18 +1316,20 @@ fn a_replica_lags(writes: usize, tune: impl Fn(&mut RaftSettings)) -> CaughtUp {
             })
             .sum();
         let read_back = cluster.node(2).engine.entries_read() - read_before;
+        let put_off = metrics.answers_put_off.load(Ordering::Relaxed) - put_off_before;
         cluster.stop();
         CaughtUp {
             kept,
             snapshots,
             read_back,
+            put_off,
         }
     })
 }
 
 #[test]
 fn logs_are_compacted_once_every_replica_has_them_and_kept_for_one_that_lags() {
-    let lag = a_replica_lags(20, |_| {});
+    let lag = a_replica_lags(20, false, |_| {});
     assert!(
         lag.kept >= 20,
         "a range kept {} entries for the stopped node",
@@ -1315,6 +1342,16 @@ fn logs_are_compacted_once_every_replica_has_them_and_kept_for_one_that_lags() {
     assert_eq!(lag.read_back, 0, "the entry caches held all it lacked");
 }
 
+/// Three nodes replicating every range, all led by node 1.
+async fn led_by_node_1(dir: &std::path::Path, settings: StoreSettings) -> Cluster {
+    let cluster = Cluster::start_with(dir, &[1, 2, 3], &[1, 2, 3], settings);
+    cluster.await_leaders(1).await;
+    for range in 1..=RANGES {
+        cluster.transfer(RangeId(range), 1).await;
+    }
+    cluster
+}
+
 /// A follower compacts its log only as far as its leader said every replica has it; what it
 /// was not told while it was down (or forgot in a restart) it is told again once it is back, so
 /// that it compacts though its ranges take no new writes.
@@ -1323,13 +1360,9 @@ fn a_node_back_from_a_stop_is_told_again_how_far_to_compact() {
     let dir = tempfile::tempdir().unwrap();
     System::new().block_on(async {
         let settings = StoreSettings::default();
-        let mut cluster = Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], settings.clone());
-        cluster.await_leaders(1).await;
         // Node 1 leads every range, so that none elects anew (a new entry) while node 3 is
         // stopped.
-        for range in 1..=RANGES {
-            cluster.transfer(RangeId(range), 1).await;
-        }
+        let mut cluster = led_by_node_1(dir.path(), settings.clone()).await;
         for (i, p) in PREFIXES.iter().enumerate() {
             write_eventually(&cluster, 1, format!("{p}{i}").as_bytes(), b"v").await;
         }
@@ -1351,8 +1384,83 @@ fn a_node_back_from_a_stop_is_told_again_how_far_to_compact() {
     })
 }
 
+/// A replica that lags past the entry caches (the last 64 applied entries of each range) is
+/// caught up from the log's files, not by snapshot, its leader's reads spread over rounds: of
+/// its answers to appends, arriving together, a round steps only as many as make raft read
+/// 1,024 entries back, and leaves the rest for the next.
+#[test]
+fn a_replica_that_lags_past_the_caches_is_caught_up_a_share_of_reads_a_round() {
+    let lag = a_replica_lags(600, true, |_| {});
+    assert_eq!(lag.snapshots, 0, "no snapshot: the logs hold all it lacks");
+    assert!(
+        lag.read_back >= RANGES * (600 - 64),
+        "read back {} entries",
+        lag.read_back
+    );
+    assert!(lag.put_off > 0, "every answer stepped in the first round");
+}
+
 #[test]
 fn past_the_log_budget_a_replica_that_lags_catches_up_by_snapshot() {
-    let lag = a_replica_lags(20, |r| r.log_budget_entries = 0);
+    let lag = a_replica_lags(20, false, |r| r.log_budget_entries = 0);
     assert!(lag.snapshots > 0, "the stopped node caught up by snapshot");
+}
+
+/// A follower that answers heartbeats but gets none of its leader's appends (as a node too
+/// busy catching up thousands of ranges to answer them soon) is sent its append once per
+/// election timeout, and with one entry at most, not again with every heartbeat's answer,
+/// entries and all; it catches up once they get through.
+#[test]
+fn a_follower_that_does_not_answer_its_append_is_not_sent_it_again_every_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings::default();
+        let mut cluster = led_by_node_1(dir.path(), settings.clone()).await;
+        cluster.stop_node(3).await;
+        for i in 0..10 {
+            for p in PREFIXES {
+                write_eventually(&cluster, 1, format!("{p}-{i}").as_bytes(), b"w").await;
+            }
+        }
+        // The appends each range's leader sends node 3: how many, and the most entries in one.
+        let appends = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let seen = appends.clone();
+        cluster.net.hold_messages(move |_, to, range, m| {
+            let held = to == NodeId(3) && m.get_msg_type() == MessageType::MsgAppend;
+            if held {
+                let mut seen = seen.lock().unwrap();
+                let (count, most) = seen.entry(range).or_insert((0, 0));
+                *count += 1;
+                *most = m.entries.len().max(*most);
+            }
+            held
+        });
+        let started = std::time::Instant::now();
+        cluster.start_node(3, &[1, 2, 3], settings).await;
+        // At least five election timeouts (ten ticks each; a heartbeat every two), and until
+        // each range's append was sent again.
+        let sent_again = |a: &BTreeMap<RangeId, (u64, usize)>| {
+            a.len() as u64 == RANGES && a.values().all(|&(count, _)| count >= 2)
+        };
+        while started.elapsed() < TICK * 50
+            || (!sent_again(&appends.lock().unwrap()) && started.elapsed() < TICK * 500)
+        {
+            tokio::time::sleep(TICK * 5).await;
+        }
+        let appends = appends.lock().unwrap().clone();
+        // Ticks come a tick interval apart or more: no more election timeouts than this.
+        let elections = (started.elapsed().as_millis() / (TICK * 10).as_millis()) as u64;
+        cluster.net.heal();
+        await_caught_up(&cluster, 3).await;
+        cluster.stop();
+
+        assert!(sent_again(&appends), "appends to n3: {appends:?}");
+        for (range, (count, most)) in appends {
+            assert!(
+                count <= elections + 2,
+                "{range}: {count} appends to n3 in {elections} election timeouts"
+            );
+            assert!(most <= 1, "{range}: an append to n3 carried {most} entries");
+        }
+    })
 }
