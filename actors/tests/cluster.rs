@@ -1387,10 +1387,10 @@ fn a_node_back_from_a_stop_is_told_again_how_far_to_compact() {
 /// A replica that lags past the entry caches (the last 64 applied entries of each range) is
 /// caught up from the log's files, not by snapshot, its leader's reads spread over rounds: of
 /// its answers to appends, arriving together, a round steps only as many as make raft read
-/// 1,024 entries back, and leaves the rest for the next.
+/// `answer_reads_per_round` entries back (1,024 here), and leaves the rest for the next.
 #[test]
 fn a_replica_that_lags_past_the_caches_is_caught_up_a_share_of_reads_a_round() {
-    let lag = a_replica_lags(600, true, |_| {});
+    let lag = a_replica_lags(600, true, |r| r.answer_reads_per_round = 1024);
     assert_eq!(lag.snapshots, 0, "no snapshot: the logs hold all it lacks");
     assert!(
         lag.read_back >= RANGES * (600 - 64),
