@@ -569,11 +569,12 @@ impl Session {
                 .filter(|r| r.leader == Some(status.node))
                 .count();
             let m = &shared.metrics;
+            let cached = shared.engine.entries_cached();
             let text = format!(
                 "# Server\r\nredis_version:{REDIS_VERSION}\r\nflotilla_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n\
                  # Clients\r\nconnected_clients:{}\r\n\r\n\
                  # Replication\r\nrole:master\r\n\r\n\
-                 # Flotilla\r\nnode_id:{}\r\nranges:{}\r\nranges_led:{}\r\napplied_commands:{}\r\nraft_rounds:{}\r\nraft_syncs:{}\r\nproposals_held:{}\r\nproposals_busy:{}\r\nevents_deferred:{}\r\nsnapshots_sent:{}\r\nsnapshots_installed:{}\r\nlog_compactions:{}\r\nraft_log_entries:{}\r\nraft_log_entries_read:{}\r\nlearners_promoted:{}\r\nranges_quiescent:{}\r\npeers_connected:{}\r\npeer_restarts:{}\r\nreads_leased:{}\r\n\r\n\
+                 # Flotilla\r\nnode_id:{}\r\nranges:{}\r\nranges_led:{}\r\napplied_commands:{}\r\nraft_rounds:{}\r\nraft_syncs:{}\r\nproposals_held:{}\r\nproposals_busy:{}\r\nevents_deferred:{}\r\nsnapshots_sent:{}\r\nsnapshots_installed:{}\r\nlog_compactions:{}\r\nraft_log_entries:{}\r\nraft_log_entries_read:{}\r\nraft_entries_cached:{}\r\nraft_entry_cache_bytes:{}\r\nlearners_promoted:{}\r\nranges_quiescent:{}\r\npeers_connected:{}\r\npeer_restarts:{}\r\nreads_leased:{}\r\n\r\n\
                  # Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n",
                 env!("CARGO_PKG_VERSION"),
                 std::process::id(),
@@ -594,6 +595,8 @@ impl Session {
                 m.log_compactions.load(Ordering::Relaxed),
                 m.log_entries.load(Ordering::Relaxed),
                 shared.engine.entries_read(),
+                cached.0,
+                cached.1,
                 m.learners_promoted.load(Ordering::Relaxed),
                 m.ranges_quiescent.load(Ordering::Relaxed),
                 shared.peers.count(),

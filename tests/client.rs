@@ -88,6 +88,22 @@ fn every_command_answers_with_redis_reply_shapes() {
     let header = c.line();
     assert!(header.starts_with('$'), "{header}");
     assert!(c.line().starts_with("# Server"));
+    let mut fields = std::collections::BTreeMap::new();
+    loop {
+        let line = c.line();
+        if line.starts_with("# Keyspace") {
+            c.line();
+            c.line();
+            break;
+        }
+        if let Some((k, v)) = line.trim_end().split_once(':') {
+            fields.insert(k.to_string(), v.to_string());
+        }
+    }
+    // The entries the caches hold, and their bytes: none of either once the logs are compacted.
+    let cached: u64 = fields["raft_entries_cached"].parse().unwrap();
+    let bytes: u64 = fields["raft_entry_cache_bytes"].parse().unwrap();
+    assert_eq!(cached == 0, bytes == 0, "{cached} entries of {bytes} bytes");
     // Inline commands, as typed into telnet.
     let mut c = Raw::connect(server.addr);
     c.roundtrip(b"SET inline yes\r\nGET inline\r\n", b"+OK\r\n$3\r\nyes\r\n");

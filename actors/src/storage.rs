@@ -281,6 +281,15 @@ pub struct Engine {
     applied: Mutex<AppliedLog>,
     /// Log entries read back from raft-engine's files (see [`Engine::entries_read`]).
     entries_read: AtomicU64,
+    /// What the ranges' entry caches hold (see [`Engine::entries_cached`]).
+    entries_cached: CachedEntries,
+}
+
+/// Entries held in the ranges' entry caches, and their bytes.
+#[derive(Default)]
+struct CachedEntries {
+    entries: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -351,6 +360,7 @@ impl Engine {
             data_writes: AtomicU64::new(0),
             applied: Mutex::new(applied),
             entries_read: AtomicU64::new(0),
+            entries_cached: CachedEntries::default(),
         };
         // Durable, with the files sled just created.
         engine.boot = engine.raise_boot(0)?;
@@ -366,6 +376,17 @@ impl Engine {
     /// thousands of ranges, one entry of a range each.
     pub fn entries_read(&self) -> u64 {
         self.entries_read.load(Ordering::Relaxed)
+    }
+
+    /// The log entries the ranges' entry caches hold in memory, and their bytes (each entry's
+    /// data and context, and the entry itself): `INFO`'s `raft_entries_cached` and
+    /// `raft_entry_cache_bytes`.
+    pub fn entries_cached(&self) -> (u64, u64) {
+        let c = &self.entries_cached;
+        (
+            c.entries.load(Ordering::Relaxed),
+            c.bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// The sled tree holding the state machine.
@@ -1153,17 +1174,99 @@ pub struct RangeStorage {
     snapshot: Option<Snapshot>,
     /// Set when raft asked for a snapshot newer than the one held.
     snapshot_wanted: AtomicBool,
-    /// The newest entries, contiguous up to `last_index`: those not yet applied, and
-    /// [`ENTRY_CACHE_APPLIED`] applied ones (at most [`ENTRY_CACHE_MAX`] in all). Raft reads
+    /// The newest entries, contiguous up to `last_index`: those not yet applied, and those
+    /// applied ones MultiRaft keeps (see [`RangeStorage::forget_cached_before`]). Raft reads
     /// entries back once they commit, and a follower checks the term of its last entry on every
     /// append: serving them from here saves reading back what was just written.
-    cache: VecDeque<Entry>,
+    cache: EntryCache,
 }
 
 /// The most entries a range keeps in its entry cache.
 const ENTRY_CACHE_MAX: usize = 4096;
-/// Applied entries the cache keeps (for a follower a little behind, and the term checks).
-const ENTRY_CACHE_APPLIED: u64 = 64;
+
+/// A range's entry cache, counted in its node's [`Engine::entries_cached`].
+struct EntryCache {
+    entries: VecDeque<Entry>,
+    engine: Arc<Engine>,
+}
+
+impl EntryCache {
+    fn new(engine: Arc<Engine>) -> EntryCache {
+        EntryCache {
+            entries: VecDeque::new(),
+            engine,
+        }
+    }
+
+    fn count(&self, entry: &Entry, sign: i64) {
+        let bytes = std::mem::size_of::<Entry>() + entry.data.len() + entry.context.len();
+        let gauge = &self.engine.entries_cached;
+        if sign > 0 {
+            gauge.entries.fetch_add(1, Ordering::Relaxed);
+            gauge.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        } else {
+            gauge.entries.fetch_sub(1, Ordering::Relaxed);
+            gauge.bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn front(&self) -> Option<&Entry> {
+        self.entries.front()
+    }
+
+    fn back(&self) -> Option<&Entry> {
+        self.entries.back()
+    }
+
+    /// Forgets the entries before `index`; a cache that held many more (a burst of writes,
+    /// a replica that lagged) gives their memory back.
+    fn forget_before(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|e| e.index < index) {
+            let e = self.entries.pop_front().expect("a first entry");
+            self.count(&e, -1);
+        }
+        if self.entries.capacity() > 4 * self.entries.len().max(16) {
+            self.entries.shrink_to(2 * self.entries.len());
+        }
+    }
+
+    /// Forgets the entries from `index` on.
+    fn forget_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|e| e.index >= index) {
+            let e = self.entries.pop_back().expect("a last entry");
+            self.count(&e, -1);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.forget_from(0);
+    }
+
+    /// Appends entries that follow the cache's last (any replaced tail already forgotten);
+    /// after a gap the cache holds only them.
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        if self.back().is_some_and(|e| e.index + 1 != first.index) {
+            self.clear();
+        }
+        for e in entries {
+            self.count(e, 1);
+            self.entries.push_back(e.clone());
+        }
+        while self.entries.len() > ENTRY_CACHE_MAX {
+            let e = self.entries.pop_front().expect("a first entry");
+            self.count(&e, -1);
+        }
+    }
+}
+
+impl Drop for EntryCache {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
 
 impl RangeStorage {
     /// Loads a range's state; a range never seen gives an empty (uninitialized) storage.
@@ -1224,6 +1327,7 @@ impl RangeStorage {
             }
         }
         Ok(RangeStorage {
+            cache: EntryCache::new(engine.clone()),
             engine,
             range,
             hard_state,
@@ -1233,20 +1337,13 @@ impl RangeStorage {
             last_index,
             snapshot: None,
             snapshot_wanted: AtomicBool::new(false),
-            cache: VecDeque::new(),
         })
     }
 
-    /// Forgets cached entries applied long enough ago (a follower that needs them is sent them
-    /// from the raft engine).
-    pub fn applied_to(&mut self, applied: u64) {
-        while self
-            .cache
-            .front()
-            .is_some_and(|e| e.index + ENTRY_CACHE_APPLIED <= applied)
-        {
-            self.cache.pop_front();
-        }
+    /// Forgets the cached entries before `index` (which must be applied: see
+    /// `Group::cache_from`). What raft asks for later is read back from the files.
+    pub fn forget_cached_before(&mut self, index: u64) {
+        self.cache.forget_before(index);
     }
 
     /// The stored entries `[low, high)` (at least one if any, then up to `max_size` bytes).
@@ -1276,6 +1373,7 @@ impl RangeStorage {
         let first = self.cache.front()?.index;
         (first <= low && high <= self.last_index + 1 && low < high).then(|| {
             self.cache
+                .entries
                 .range((low - first) as usize..(high - first) as usize)
         })
     }
@@ -1329,20 +1427,8 @@ impl RangeStorage {
             .expect("storage: encoding log entries failed");
         self.last_index = last.index;
         // The cache stays contiguous: a replaced tail goes, and a gap empties it.
-        while self.cache.back().is_some_and(|e| e.index >= first.index) {
-            self.cache.pop_back();
-        }
-        if self
-            .cache
-            .back()
-            .is_some_and(|e| e.index + 1 != first.index)
-        {
-            self.cache.clear();
-        }
-        self.cache.extend(entries.iter().cloned());
-        while self.cache.len() > ENTRY_CACHE_MAX {
-            self.cache.pop_front();
-        }
+        self.cache.forget_from(first.index);
+        self.cache.append(entries);
     }
 
     /// Stages a new hard state.
@@ -1431,9 +1517,7 @@ impl RangeStorage {
             self.range.0,
             raft_engine::Command::Compact { index: index + 1 },
         );
-        while self.cache.front().is_some_and(|e| e.index <= index) {
-            self.cache.pop_front();
-        }
+        self.cache.forget_before(index + 1);
         self.truncated = LogPosition { index, term };
         batch.put_truncated(self.range, self.truncated);
         batch.data_sync = true;
@@ -1761,7 +1845,7 @@ mod tests {
             ..entry(i, 7)
         };
         append(&engine, &mut s, (13..=20).map(large).collect());
-        s.applied_to(7);
+        s.forget_cached_before(9);
         // A fresh load has no cache: everything comes from sled.
         let stored = RangeStorage::load(s.engine.clone(), RangeId(7)).unwrap();
         let one = u64::from(entry(6, 6).compute_size());
@@ -1790,8 +1874,8 @@ mod tests {
             ..entry(i, 6)
         };
         append(&engine, &mut s, (6..=120).map(mixed).collect());
-        // The cache keeps the last 64 applied entries: 57 to 120.
-        s.applied_to(120);
+        // The cache keeps 57 to 120.
+        s.forget_cached_before(57);
         let stored = RangeStorage::load(s.engine.clone(), RangeId(7)).unwrap();
         for low in (5..=121).step_by(4) {
             for high in (low..=122).step_by(3) {

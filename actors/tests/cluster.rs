@@ -1230,6 +1230,8 @@ struct CaughtUp {
     /// The entries the logs of nodes 1 and 2 held before node 3 came back (the fewest of any
     /// range on either).
     kept: u64,
+    /// The entries the entry caches of nodes 1 and 2 held then (the more of the two).
+    cached: u64,
     snapshots: u64,
     /// Log entries node 2 read back from its files.
     read_back: u64,
@@ -1275,6 +1277,11 @@ fn a_replica_lags(writes: usize, together: bool, tune: impl Fn(&mut RaftSettings
             let s = cluster.status(n).await;
             kept = s.iter().map(|r| r.log_entries).fold(kept, u64::min);
         }
+        let cached = [1, 2]
+            .iter()
+            .map(|&n| cluster.node(n).engine.entries_cached().0)
+            .max()
+            .unwrap();
         // Node 2 leads every range when node 3 comes back, as in a rolling restart.
         for range in 1..=RANGES {
             cluster.transfer(RangeId(range), 2).await;
@@ -1320,6 +1327,7 @@ fn a_replica_lags(writes: usize, together: bool, tune: impl Fn(&mut RaftSettings
         cluster.stop();
         CaughtUp {
             kept,
+            cached,
             snapshots,
             read_back,
             put_off,
@@ -1339,7 +1347,30 @@ fn logs_are_compacted_once_every_replica_has_them_and_kept_for_one_that_lags() {
         lag.snapshots, 0,
         "the stopped node caught up from its new leader's log"
     );
+    assert!(
+        lag.cached >= RANGES * 20,
+        "within their budget the entry caches held {} entries",
+        lag.cached
+    );
     assert_eq!(lag.read_back, 0, "the entry caches held all it lacked");
+}
+
+/// Over their node's budget, the ranges' entry caches keep only the entries raft is about to
+/// read: not those a stopped node lacks, which is sent them from the log's files once back.
+#[test]
+fn over_their_budget_entry_caches_keep_nothing_for_a_stopped_node() {
+    let lag = a_replica_lags(100, false, |r| r.entry_cache_bytes = 0);
+    assert!(
+        lag.cached <= RANGES * 2,
+        "the entry caches held {} entries",
+        lag.cached
+    );
+    assert_eq!(lag.snapshots, 0, "no snapshot: the logs hold all it lacks");
+    assert!(
+        lag.read_back >= RANGES * 98,
+        "read back {} entries",
+        lag.read_back
+    );
 }
 
 /// Three nodes replicating every range, all led by node 1.
