@@ -285,8 +285,10 @@ pub struct Engine {
     entries_cached: CachedEntries,
 }
 
-/// Entries held in the ranges' entry caches, and their bytes.
+/// Entries held in the ranges' entry caches, and their bytes: on a cache line of their own,
+/// updated with every round.
 #[derive(Default)]
+#[repr(align(64))]
 struct CachedEntries {
     entries: AtomicU64,
     bytes: AtomicU64,
@@ -1187,26 +1189,43 @@ const ENTRY_CACHE_MAX: usize = 4096;
 /// A range's entry cache, counted in its node's [`Engine::entries_cached`].
 struct EntryCache {
     entries: VecDeque<Entry>,
+    /// The entries' bytes, as [`cached_size`] counts them.
+    bytes: u64,
     engine: Arc<Engine>,
+}
+
+/// A cached entry's bytes: its data, its context and the entry itself.
+fn cached_size(e: &Entry) -> u64 {
+    (std::mem::size_of::<Entry>() + e.data.len() + e.context.len()) as u64
 }
 
 impl EntryCache {
     fn new(engine: Arc<Engine>) -> EntryCache {
         EntryCache {
             entries: VecDeque::new(),
+            bytes: 0,
             engine,
         }
     }
 
-    fn count(&self, entry: &Entry, sign: i64) {
-        let bytes = std::mem::size_of::<Entry>() + entry.data.len() + entry.context.len();
+    /// Adds to the node's count what the cache gained since it held `entries` of `bytes`,
+    /// less what it lost.
+    fn recount(&self, entries: usize, bytes: u64) {
         let gauge = &self.engine.entries_cached;
-        if sign > 0 {
-            gauge.entries.fetch_add(1, Ordering::Relaxed);
-            gauge.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        let now = self.entries.len();
+        if now >= entries {
+            gauge
+                .entries
+                .fetch_add((now - entries) as u64, Ordering::Relaxed);
         } else {
-            gauge.entries.fetch_sub(1, Ordering::Relaxed);
-            gauge.bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+            gauge
+                .entries
+                .fetch_sub((entries - now) as u64, Ordering::Relaxed);
+        }
+        if self.bytes >= bytes {
+            gauge.bytes.fetch_add(self.bytes - bytes, Ordering::Relaxed);
+        } else {
+            gauge.bytes.fetch_sub(bytes - self.bytes, Ordering::Relaxed);
         }
     }
 
@@ -1218,24 +1237,31 @@ impl EntryCache {
         self.entries.back()
     }
 
-    /// Forgets the entries before `index`; a cache that held many more (a burst of writes,
-    /// a replica that lagged) gives their memory back.
+    /// Forgets the entries before `index`. A cache left with far fewer entries than it has
+    /// room for (one kept within the node's budget no longer, or after a burst of writes)
+    /// gives the memory back.
     fn forget_before(&mut self, index: u64) {
+        let before = (self.entries.len(), self.bytes);
         while self.entries.front().is_some_and(|e| e.index < index) {
             let e = self.entries.pop_front().expect("a first entry");
-            self.count(&e, -1);
+            self.bytes -= cached_size(&e);
         }
-        if self.entries.capacity() > 4 * self.entries.len().max(16) {
-            self.entries.shrink_to(2 * self.entries.len());
+        if self.entries.len() != before.0 {
+            self.recount(before.0, before.1);
+            if self.entries.capacity() > 8 * self.entries.len().max(8) {
+                self.entries.shrink_to(2 * self.entries.len());
+            }
         }
     }
 
     /// Forgets the entries from `index` on.
     fn forget_from(&mut self, index: u64) {
+        let before = (self.entries.len(), self.bytes);
         while self.entries.back().is_some_and(|e| e.index >= index) {
             let e = self.entries.pop_back().expect("a last entry");
-            self.count(&e, -1);
+            self.bytes -= cached_size(&e);
         }
+        self.recount(before.0, before.1);
     }
 
     fn clear(&mut self) {
@@ -1251,14 +1277,14 @@ impl EntryCache {
         if self.back().is_some_and(|e| e.index + 1 != first.index) {
             self.clear();
         }
-        for e in entries {
-            self.count(e, 1);
-            self.entries.push_back(e.clone());
-        }
+        let before = (self.entries.len(), self.bytes);
+        self.bytes += entries.iter().map(cached_size).sum::<u64>();
+        self.entries.extend(entries.iter().cloned());
         while self.entries.len() > ENTRY_CACHE_MAX {
             let e = self.entries.pop_front().expect("a first entry");
-            self.count(&e, -1);
+            self.bytes -= cached_size(&e);
         }
+        self.recount(before.0, before.1);
     }
 }
 
