@@ -183,10 +183,10 @@ pub struct RaftSettings {
     pub answer_reads_per_round: u64,
     /// The bytes the ranges' entry caches may hold (as `Engine::entries_cached` counts them)
     /// before they keep only the applied entries raft is about to read (see
-    /// `Group::cache_from`). 192 MiB holds the whole window of every range over 10,000 ranges
-    /// with 100-byte values (159 MiB), which a rolling restart needs: with 64 MiB, the
-    /// returning node was caught up in 13.9-16.9 s, reading back 294,000-364,000 entries,
-    /// instead of 6.3-6.6 s and 34,000-36,000.
+    /// `Group::cache_from`). 256 MiB holds the whole window of every range over 10,000 ranges
+    /// with 100-byte values (225 MB), which a rolling restart needs: with a budget that did
+    /// not, the returning node was caught up in 13.9-16.9 s, reading back 294,000-364,000
+    /// entries, instead of 6.3-6.6 s and 34,000-36,000.
     pub entry_cache_bytes: u64,
 }
 
@@ -204,7 +204,7 @@ impl Default for RaftSettings {
             compact_caught_up: true,
             election_seed: None,
             answer_reads_per_round: 4096,
-            entry_cache_bytes: 192 << 20,
+            entry_cache_bytes: 256 << 20,
         }
     }
 }
@@ -450,15 +450,15 @@ impl Group {
     /// from memory, and a compaction finds there the term of the entry it cuts at. Reading an
     /// entry back from the log's files costs 25-100 µs.
     ///
-    /// Over the budget, only what raft and the compactions are about to read: on the leader,
-    /// from the last entry each follower it replicates to has (sent with the entries after it);
-    /// anywhere, from the entry at what the Store has written (where a compaction over the log
-    /// budget cuts). A replica raft probes (far behind, or its node down) is sent what it
-    /// lacks from the files.
+    /// Over the budget, only what raft and the compactions are about to read, within the same
+    /// window: on the leader, from the last entry each follower it replicates to has (sent with
+    /// the entries after it); anywhere, from the entry at what the Store has written (where a
+    /// compaction over the log budget cuts). A replica raft probes (far behind, or its node
+    /// down), or one further behind than the window, is sent what it lacks from the files.
     ///
     /// The window costs memory in proportion to the entries' size: with a node down under
-    /// load over 10,000 ranges, RSS was 757-800 MiB with 100-byte values and 1,219-1,258 MiB
-    /// with 1 KiB values before the budget.
+    /// load over 10,000 ranges, RSS was 812-853 MiB with 100-byte values and 1,411-1,455 MiB
+    /// with 1 KiB values before the budget (845-864 MiB after).
     fn cache_from(&self, over_budget: bool) -> u64 {
         let window = self.applied.saturating_sub(CACHE_APPLIED - 1);
         if !over_budget {

@@ -380,9 +380,9 @@ impl Engine {
         self.entries_read.load(Ordering::Relaxed)
     }
 
-    /// The log entries the ranges' entry caches hold in memory, and their bytes (each entry's
-    /// data and context, and the entry itself): `INFO`'s `raft_entries_cached` and
-    /// `raft_entry_cache_bytes`.
+    /// The log entries the ranges' entry caches hold in memory, and their bytes (the entries'
+    /// data and contexts, and the caches' room for entries): `INFO`'s `raft_entries_cached`
+    /// and `raft_entry_cache_bytes`.
     pub fn entries_cached(&self) -> (u64, u64) {
         let c = &self.entries_cached;
         (
@@ -1176,10 +1176,11 @@ pub struct RangeStorage {
     snapshot: Option<Snapshot>,
     /// Set when raft asked for a snapshot newer than the one held.
     snapshot_wanted: AtomicBool,
-    /// The newest entries, contiguous up to `last_index`: those not yet applied, and those
-    /// applied ones MultiRaft keeps (see [`RangeStorage::forget_cached_before`]). Raft reads
-    /// entries back once they commit, and a follower checks the term of its last entry on every
-    /// append: serving them from here saves reading back what was just written.
+    /// The newest entries written since the range was loaded (at most [`ENTRY_CACHE_MAX`]),
+    /// contiguous up to `last_index`, less the applied ones MultiRaft had it forget (see
+    /// [`RangeStorage::forget_cached_before`]). Raft reads entries back once they commit, and
+    /// a follower checks the term of its last entry on every append: serving them from here
+    /// saves reading back what was just written.
     cache: EntryCache,
 }
 
@@ -1189,43 +1190,40 @@ const ENTRY_CACHE_MAX: usize = 4096;
 /// A range's entry cache, counted in its node's [`Engine::entries_cached`].
 struct EntryCache {
     entries: VecDeque<Entry>,
-    /// The entries' bytes, as [`cached_size`] counts them.
-    bytes: u64,
+    /// The entries' data and contexts, in bytes.
+    data_bytes: u64,
     engine: Arc<Engine>,
-}
-
-/// A cached entry's bytes: its data, its context and the entry itself.
-fn cached_size(e: &Entry) -> u64 {
-    (std::mem::size_of::<Entry>() + e.data.len() + e.context.len()) as u64
 }
 
 impl EntryCache {
     fn new(engine: Arc<Engine>) -> EntryCache {
         EntryCache {
             entries: VecDeque::new(),
-            bytes: 0,
+            data_bytes: 0,
             engine,
         }
     }
 
-    /// Adds to the node's count what the cache gained since it held `entries` of `bytes`,
-    /// less what it lost.
-    fn recount(&self, entries: usize, bytes: u64) {
+    /// The cache's entries, and its bytes: their data and contexts, and its room for entries.
+    fn counted(&self) -> (u64, u64) {
+        let room = self.entries.capacity() * std::mem::size_of::<Entry>();
+        (self.entries.len() as u64, self.data_bytes + room as u64)
+    }
+
+    /// Adds to the node's count what the cache gained since it was `before` (as `counted`
+    /// gives it), less what it lost.
+    fn recount(&self, before: (u64, u64)) {
         let gauge = &self.engine.entries_cached;
-        let now = self.entries.len();
-        if now >= entries {
-            gauge
-                .entries
-                .fetch_add((now - entries) as u64, Ordering::Relaxed);
-        } else {
-            gauge
-                .entries
-                .fetch_sub((entries - now) as u64, Ordering::Relaxed);
-        }
-        if self.bytes >= bytes {
-            gauge.bytes.fetch_add(self.bytes - bytes, Ordering::Relaxed);
-        } else {
-            gauge.bytes.fetch_sub(bytes - self.bytes, Ordering::Relaxed);
+        let now = self.counted();
+        for (counter, now, before) in [
+            (&gauge.entries, now.0, before.0),
+            (&gauge.bytes, now.1, before.1),
+        ] {
+            if now > before {
+                counter.fetch_add(now - before, Ordering::Relaxed);
+            } else if now < before {
+                counter.fetch_sub(before - now, Ordering::Relaxed);
+            }
         }
     }
 
@@ -1237,35 +1235,33 @@ impl EntryCache {
         self.entries.back()
     }
 
+    fn forget(&mut self, e: Entry) {
+        self.data_bytes -= (e.data.len() + e.context.len()) as u64;
+    }
+
     /// Forgets the entries before `index`. A cache left with far fewer entries than it has
     /// room for (one kept within the node's budget no longer, or after a burst of writes)
-    /// gives the memory back.
+    /// gives the room back.
     fn forget_before(&mut self, index: u64) {
-        let before = (self.entries.len(), self.bytes);
+        let before = self.counted();
         while self.entries.front().is_some_and(|e| e.index < index) {
             let e = self.entries.pop_front().expect("a first entry");
-            self.bytes -= cached_size(&e);
+            self.forget(e);
         }
-        if self.entries.len() != before.0 {
-            self.recount(before.0, before.1);
-            if self.entries.capacity() > 8 * self.entries.len().max(8) {
-                self.entries.shrink_to(2 * self.entries.len());
-            }
+        if self.entries.capacity() > 4 * self.entries.len().max(4) {
+            self.entries.shrink_to(2 * self.entries.len());
         }
+        self.recount(before);
     }
 
     /// Forgets the entries from `index` on.
     fn forget_from(&mut self, index: u64) {
-        let before = (self.entries.len(), self.bytes);
+        let before = self.counted();
         while self.entries.back().is_some_and(|e| e.index >= index) {
             let e = self.entries.pop_back().expect("a last entry");
-            self.bytes -= cached_size(&e);
+            self.forget(e);
         }
-        self.recount(before.0, before.1);
-    }
-
-    fn clear(&mut self) {
-        self.forget_from(0);
+        self.recount(before);
     }
 
     /// Appends entries that follow the cache's last (any replaced tail already forgotten);
@@ -1274,23 +1270,30 @@ impl EntryCache {
         let Some(first) = entries.first() else {
             return;
         };
+        let before = self.counted();
         if self.back().is_some_and(|e| e.index + 1 != first.index) {
-            self.clear();
+            while let Some(e) = self.entries.pop_front() {
+                self.forget(e);
+            }
         }
-        let before = (self.entries.len(), self.bytes);
-        self.bytes += entries.iter().map(cached_size).sum::<u64>();
+        for e in entries {
+            self.data_bytes += (e.data.len() + e.context.len()) as u64;
+        }
         self.entries.extend(entries.iter().cloned());
         while self.entries.len() > ENTRY_CACHE_MAX {
             let e = self.entries.pop_front().expect("a first entry");
-            self.bytes -= cached_size(&e);
+            self.forget(e);
         }
-        self.recount(before.0, before.1);
+        self.recount(before);
     }
 }
 
 impl Drop for EntryCache {
     fn drop(&mut self) {
-        self.clear();
+        let gauge = &self.engine.entries_cached;
+        let (entries, bytes) = self.counted();
+        gauge.entries.fetch_sub(entries, Ordering::Relaxed);
+        gauge.bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 
@@ -1514,7 +1517,7 @@ impl RangeStorage {
         batch.put_truncated(self.range, at);
         self.truncated = at;
         self.last_index = at.index;
-        self.cache.clear();
+        self.cache.forget_from(0);
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(at.index);
         hs.term = hs.term.max(at.term);
