@@ -13,10 +13,12 @@
 #   5. kills node 1 with SIGKILL and times until node 2 sees every range led by a live node;
 #   6. a rolling restart: kills node 3, runs the load for 30 s, moves every range's leadership
 #      to node 2, starts node 3 again and times until it has applied what node 2 has, and
-#      reports the snapshots sent (a replica that lags should catch up from the logs), the log
-#      entries read back from files, and who leads each range then (node 2 should, still).
+#      reports nodes 1 and 2's RSS and entry caches while node 3 was down, the snapshots sent
+#      (a replica that lags should catch up from the logs), the log entries read back from
+#      files, and who leads each range then (node 2 should, still).
 #
-#   scripts/scale.sh [RANGES] [IDLE] [RUNS] [SOAK]       defaults: 10000 60 3 120
+#   scripts/scale.sh [RANGES] [IDLE] [RUNS] [SOAK] [VALUE_SIZE]
+#                                                  defaults: 10000 60 3 120 100
 #
 # Needs redis-cli (Debian: apt-get install redis-tools).
 set -euo pipefail
@@ -25,7 +27,9 @@ RANGES=${1:-10000}
 IDLE=${2:-60}
 RUNS=${3:-3}
 SOAK=${4:-120}
-LOAD=(--connections 50 --pipeline 16 --value-size 100 --keys 1000000 --mix set --duration 10)
+VALUE_SIZE=${5:-100}
+LOAD=(--connections 50 --pipeline 16 --value-size "$VALUE_SIZE" --keys 1000000 --mix set
+  --duration 10)
 cargo build --release --quiet
 bin=$PWD/target/release/flotilla
 work=$(mktemp -d)
@@ -102,6 +106,10 @@ until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.5; done
 kill -9 "${pids[2]}"
 wait "${pids[2]}" 2>/dev/null || true
 for _ in 1 2 3; do "$bin" bench --addr "127.0.0.1:${BASE}1" "${LOAD[@]}" > /dev/null; done
+for n in 1 2; do
+  echo "node $n with node 3 down: RSS $(rss $((n - 1))) MiB; its entry caches hold" \
+    "$(info "$n" raft_entries_cached) entries, $(( $(info "$n" raft_entry_cache_bytes) >> 20 )) MiB"
+done
 cli 2 flotilla transferleader all 2 > /dev/null
 for _ in $(seq 60); do [ "$(count_ranges 2 'leader=n2')" = "$RANGES" ] && break; sleep 0.5; done
 echo "rolling restart: 30 s of load with node 3 down; node 2 leads $(count_ranges 2 'leader=n2') of $RANGES ranges"
