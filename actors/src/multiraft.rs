@@ -475,6 +475,12 @@ impl Group {
         from.clamp(window, self.applied)
     }
 
+    /// Forgets the cached entries before [`Group::cache_from`].
+    fn trim_cache(&mut self, over_budget: bool) {
+        let from = self.cache_from(over_budget);
+        self.node.mut_store().forget_cached_before(from);
+    }
+
     /// The replica raft ids of the applied configuration.
     fn members(&self) -> impl Iterator<Item = u64> + '_ {
         members(self.node.store().conf_state())
@@ -2685,8 +2691,7 @@ impl Handler<Applied> for MultiRaft {
             if index > g.applied {
                 self.unapplied = self.unapplied.saturating_sub(index - g.applied);
                 g.applied = index;
-                let from = g.cache_from(over_budget);
-                g.node.mut_store().forget_cached_before(from);
+                g.trim_cache(over_budget);
                 if index > g.node.raft.raft_log.applied {
                     g.node.advance_apply_to(index);
                 }
@@ -2701,8 +2706,7 @@ impl Handler<Applied> for MultiRaft {
             }
             g.written = index;
             if over_budget {
-                let from = g.cache_from(over_budget);
-                g.node.mut_store().forget_cached_before(from);
+                g.trim_cache(over_budget);
             }
             // Writing may unblock a snapshot.
             if g.node.raft.raft_log.unstable_snapshot().is_some() {
