@@ -2706,7 +2706,7 @@ impl Handler<Applied> for MultiRaft {
             }
             g.written = index;
             if over_budget {
-                g.trim_cache(over_budget);
+                g.trim_cache(true);
             }
             // Writing may unblock a snapshot.
             if g.node.raft.raft_log.unstable_snapshot().is_some() {

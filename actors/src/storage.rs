@@ -1195,6 +1195,11 @@ struct EntryCache {
     engine: Arc<Engine>,
 }
 
+/// An entry's data and context, in bytes.
+fn data_bytes(e: &Entry) -> u64 {
+    (e.data.len() + e.context.len()) as u64
+}
+
 impl EntryCache {
     fn new(engine: Arc<Engine>) -> EntryCache {
         EntryCache {
@@ -1236,7 +1241,7 @@ impl EntryCache {
     }
 
     fn forget(&mut self, e: Entry) {
-        self.data_bytes -= (e.data.len() + e.context.len()) as u64;
+        self.data_bytes -= data_bytes(&e);
     }
 
     /// Forgets the entries before `index`. A cache left with far fewer entries than it has
@@ -1270,15 +1275,11 @@ impl EntryCache {
         let Some(first) = entries.first() else {
             return;
         };
-        let before = self.counted();
         if self.back().is_some_and(|e| e.index + 1 != first.index) {
-            while let Some(e) = self.entries.pop_front() {
-                self.forget(e);
-            }
+            self.forget_from(0);
         }
-        for e in entries {
-            self.data_bytes += (e.data.len() + e.context.len()) as u64;
-        }
+        let before = self.counted();
+        self.data_bytes += entries.iter().map(data_bytes).sum::<u64>();
         self.entries.extend(entries.iter().cloned());
         while self.entries.len() > ENTRY_CACHE_MAX {
             let e = self.entries.pop_front().expect("a first entry");
