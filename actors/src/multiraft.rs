@@ -1772,6 +1772,13 @@ impl MultiRaft {
     /// Compacts, up to what they have written, the ranges a purge of the raft log's files
     /// found holding much of the oldest file.
     fn compact_for_purge(&mut self, ranges: Vec<RangeId>) {
+        if !ranges.is_empty() {
+            log::info!(
+                "{}: the raft log's files are past their threshold: compacting {} ranges that hold much of the oldest",
+                self.node,
+                ranges.len()
+            );
+        }
         for range in ranges {
             self.compact(range, u64::MAX);
         }
