@@ -423,7 +423,8 @@ impl Engine {
             data,
             applied,
             has_data,
-            mut log,
+            logs,
+            log,
             ..
         } = batch;
         if has_data {
@@ -435,8 +436,14 @@ impl Engine {
         if sync_data {
             self.sync()?;
         }
-        if !log.is_empty() {
-            self.log.write(&mut log, self.durable)?;
+        let mut logs: Vec<_> = logs.into_iter().chain([log]).collect();
+        if let Some((last, full)) = logs.split_last_mut() {
+            for log in full {
+                self.log.write(log, false)?;
+            }
+            if !last.is_empty() {
+                self.log.write(last, self.durable)?;
+            }
         }
         Ok(())
     }
@@ -1098,6 +1105,14 @@ const LOG_SIZES: LogSizes = LogSizes {
     purge: 256 << 20,
 };
 
+/// How many bytes of the raft log a round writes in one raft-engine batch at most, short of
+/// one range's entries: raft-engine reads an entry back (to send it to a replica that lags, or
+/// to rewrite it when it purges the log's files) by reading and checking the whole batch it
+/// was written in, keeping only the last one read. Entries are read back range by range,
+/// while a round's entries are of many ranges, so nearly every entry read back costs a read of
+/// its batch: a round of a loaded node with 1 KiB values wrote batches of hundreds of KiB.
+const LOG_BATCH_BYTES: usize = 32 << 10;
+
 /// A round's writes: to the raft log (entries, hard states, truncations) and to sled (conf
 /// states, snapshots' data). [`Engine::commit`] writes it.
 #[derive(Default)]
@@ -1107,6 +1122,11 @@ pub struct WriteBatch {
     applied: AppliedStates,
     has_data: bool,
     data_sync: bool,
+    /// The raft log's part, in batches of about `LOG_BATCH_BYTES`, cut only before a range's
+    /// entries: what else a round stages of a range (its hard state, whose commit index may
+    /// cover them) goes with or after them. The batches are written in order and synced once,
+    /// with the last.
+    logs: Vec<raft_engine::LogBatch>,
     log: raft_engine::LogBatch,
 }
 
@@ -1137,6 +1157,16 @@ impl WriteBatch {
     /// Stages the deletion of everything the raft log holds of a range.
     fn clean_log(&mut self, range: RangeId) {
         self.log.add_command(range.0, raft_engine::Command::Clean);
+    }
+
+    /// The raft log's batch to stage a range's entries into: a new one once the current one
+    /// holds `LOG_BATCH_BYTES`.
+    fn log_for_entries(&mut self) -> &mut raft_engine::LogBatch {
+        if self.log.approximate_size() >= LOG_BATCH_BYTES {
+            let full = std::mem::take(&mut self.log);
+            self.logs.push(full);
+        }
+        &mut self.log
     }
 }
 
@@ -1452,7 +1482,7 @@ impl RangeStorage {
             self.last_index
         );
         batch
-            .log
+            .log_for_entries()
             .add_entries::<EntryLog>(self.range.0, entries)
             .expect("storage: encoding log entries failed");
         self.last_index = last.index;
@@ -2232,6 +2262,61 @@ mod tests {
         );
         assert_eq!(engine.descriptors().unwrap(), vec![descriptor()]);
         assert_eq!(engine.applied(RangeId(7)).unwrap().index, BOOTSTRAP_INDEX);
+    }
+
+    /// A round of many ranges is written in several raft-engine batches (`LOG_BATCH_BYTES`),
+    /// synced once: after reopening, every range has all its entries and the hard state whose
+    /// commit index covers them.
+    #[test]
+    fn a_round_written_in_several_log_batches_survives_reopening_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let ranges: Vec<RangeDescriptor> = (1..=40u64)
+            .map(|i| RangeDescriptor {
+                id: RangeId(i),
+                start_key: format!("k{i:02}").into_bytes(),
+                end_key: format!("k{:02}", i + 1).into_bytes(),
+                ..descriptor()
+            })
+            .collect();
+        let value = |range: u64, index: u64| vec![(range * 31 + index) as u8; 1000];
+        {
+            let engine = open(dir.path()).unwrap();
+            let mut batch = WriteBatch::default();
+            for d in &ranges {
+                engine.bootstrap_range(d, &mut batch).unwrap();
+            }
+            engine.commit(batch).unwrap();
+            let mut batch = WriteBatch::default();
+            for d in &ranges {
+                let mut s = RangeStorage::load(engine.clone(), d.id).unwrap();
+                let entries: Vec<Entry> = (6..=9)
+                    .map(|index| Entry {
+                        index,
+                        term: 6,
+                        data: value(d.id.0, index).into(),
+                        ..Default::default()
+                    })
+                    .collect();
+                s.stage_entries(&entries, &mut batch);
+                let mut hs = s.hard_state().clone();
+                hs.term = 6;
+                hs.commit = 9;
+                s.stage_hard_state(hs, &mut batch);
+            }
+            assert!(batch.logs.len() >= 3, "{} batches", batch.logs.len() + 1);
+            engine.commit(batch).unwrap();
+        }
+        let engine = open(dir.path()).unwrap();
+        for d in &ranges {
+            let s = RangeStorage::load(engine.clone(), d.id).unwrap();
+            let state = s.initial_state().unwrap();
+            assert_eq!((state.hard_state.term, state.hard_state.commit), (6, 9));
+            assert_eq!(s.last_index().unwrap(), 9);
+            let entries = s.entries(6, 10, None, ctx()).unwrap();
+            let data: Vec<Vec<u8>> = entries.iter().map(|e| e.data.to_vec()).collect();
+            let want: Vec<Vec<u8>> = (6..=9).map(|i| value(d.id.0, i)).collect();
+            assert_eq!(data, want, "{}", d.id);
+        }
     }
 
     #[test]
