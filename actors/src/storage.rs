@@ -4,7 +4,8 @@
 //!
 //! - **the raft log** of every range, with its hard state and truncation point, in TiKV's
 //!   [`raft_engine`]: an append-only log of all ranges, indexed in memory, that a round writes
-//!   with one `write` and one `fdatasync` whatever the number of ranges in it;
+//!   in batches of about 32 KiB (`LOG_BATCH_BYTES`) and one `fdatasync`, whatever the number
+//!   of ranges in it;
 //! - **the state machine** in sled: user data, and with it each range's applied index, conf
 //!   state and descriptor, so that applying a batch is one atomic sled batch.
 //!
@@ -79,7 +80,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The log index and term at which every range is bootstrapped. Starting above zero means a
 /// replica created empty (index 0) can never be filled from the log alone: it gets a snapshot,
@@ -283,6 +284,11 @@ pub struct Engine {
     entries_read: AtomicU64,
     /// What the ranges' entry caches hold (see [`Engine::entries_cached`]).
     entries_cached: CachedEntries,
+    /// Held while a round's raft log batches are written and synced (see
+    /// [`Engine::purge_log`]).
+    log_writes: Mutex<()>,
+    /// Set while a purge of the raft log's files runs: a round then syncs each of its batches.
+    purging: AtomicBool,
 }
 
 /// Entries held in the ranges' entry caches, and their bytes: on a cache line of their own,
@@ -363,6 +369,8 @@ impl Engine {
             applied: Mutex::new(applied),
             entries_read: AtomicU64::new(0),
             entries_cached: CachedEntries::default(),
+            log_writes: Mutex::new(()),
+            purging: AtomicBool::new(false),
         };
         // Durable, with the files sled just created.
         engine.boot = engine.raise_boot(0)?;
@@ -436,15 +444,29 @@ impl Engine {
         if sync_data {
             self.sync()?;
         }
-        let mut logs: Vec<_> = logs.into_iter().chain([log]).collect();
-        if let Some((last, full)) = logs.split_last_mut() {
-            for log in full {
-                self.log.write(log, false)?;
-            }
-            if !last.is_empty() {
-                self.log.write(last, self.durable)?;
-            }
+        self.write_log(logs.into_iter().chain([log]).collect())
+    }
+
+    /// Writes a round's raft log batches in order, syncing once, with the last. raft-engine
+    /// indexes each batch as soon as it is written, synced or not, and a purge deletes the
+    /// files its index no longer needs: a purge running meanwhile could delete the last
+    /// durable copy of what an unsynced batch replaces (a hard state, a range's log before a
+    /// snapshot), which a power failure would then leave the node without. So the batches
+    /// are written under `log_writes`, and while a purge runs (`purging`) each is synced.
+    fn write_log(&self, mut logs: Vec<raft_engine::LogBatch>) -> Result<(), StorageError> {
+        logs.retain(|log| !log.is_empty());
+        let Some((last, before)) = logs.split_last_mut() else {
+            return Ok(());
+        };
+        let _writing = self
+            .log_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let sync_each = self.durable && self.purging.load(Ordering::SeqCst);
+        for log in before {
+            self.log.write(log, sync_each)?;
         }
+        self.log.write(last, self.durable)?;
         Ok(())
     }
 
@@ -474,12 +496,17 @@ impl Engine {
     /// files still hold; returns the ranges whose log is too long to rewrite and should be
     /// compacted instead.
     pub fn purge_log(&self) -> Result<Vec<RangeId>, StorageError> {
-        Ok(self
-            .log
-            .purge_expired_files()?
-            .into_iter()
-            .map(RangeId)
-            .collect())
+        // Rounds from now on sync each of their batches (see `write_log`); once the round
+        // being written, if any, is synced, nothing the purge sees is unsynced.
+        self.purging.store(true, Ordering::SeqCst);
+        drop(
+            self.log_writes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let purged = self.log.purge_expired_files();
+        self.purging.store(false, Ordering::SeqCst);
+        Ok(purged?.into_iter().map(RangeId).collect())
     }
 
     /// The truncated position of a range's log (zero when it has none).
@@ -2264,12 +2291,9 @@ mod tests {
         assert_eq!(engine.applied(RangeId(7)).unwrap().index, BOOTSTRAP_INDEX);
     }
 
-    /// A round of many ranges is written in several raft-engine batches (`LOG_BATCH_BYTES`),
-    /// synced once: after reopening, every range has all its entries and the hard state whose
-    /// commit index covers them.
-    #[test]
-    fn a_round_written_in_several_log_batches_survives_reopening_whole() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Forty ranges of `k01`-`k41`, bootstrapped and written in `dir`.
+    fn forty_ranges(dir: &Path) -> (Arc<Engine>, Vec<RangeDescriptor>) {
+        let engine = open(dir).unwrap();
         let ranges: Vec<RangeDescriptor> = (1..=40u64)
             .map(|i| RangeDescriptor {
                 id: RangeId(i),
@@ -2278,44 +2302,106 @@ mod tests {
                 ..descriptor()
             })
             .collect();
-        let value = |range: u64, index: u64| vec![(range * 31 + index) as u8; 1000];
+        let mut batch = WriteBatch::default();
+        for d in &ranges {
+            engine.bootstrap_range(d, &mut batch).unwrap();
+        }
+        engine.commit(batch).unwrap();
+        (engine, ranges)
+    }
+
+    fn round_value(range: RangeId, index: u64) -> Vec<u8> {
+        vec![(range.0 * 31 + index) as u8; 1000]
+    }
+
+    /// Stages a round that appends entries 6-9 of 1,000 bytes to every range, with a hard
+    /// state committing them.
+    fn stage_round(engine: &Arc<Engine>, ranges: &[RangeDescriptor]) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for d in ranges {
+            let mut s = RangeStorage::load(engine.clone(), d.id).unwrap();
+            let entries: Vec<Entry> = (6..=9)
+                .map(|index| Entry {
+                    index,
+                    term: 6,
+                    data: round_value(d.id, index).into(),
+                    ..Default::default()
+                })
+                .collect();
+            s.stage_entries(&entries, &mut batch);
+            let mut hs = s.hard_state().clone();
+            hs.term = 6;
+            hs.commit = 9;
+            s.stage_hard_state(hs, &mut batch);
+        }
+        batch
+    }
+
+    /// Whether a range, reopened, has the whole round (`true`) or none of it (`false`).
+    fn has_round(engine: &Arc<Engine>, range: RangeId) -> bool {
+        let s = RangeStorage::load(engine.clone(), range).unwrap();
+        let hs = s.initial_state().unwrap().hard_state;
+        let last = s.last_index().unwrap();
+        if (hs.term, hs.commit, last) == (6, 9, 9) {
+            let entries = s.entries(6, 10, None, ctx()).unwrap();
+            let data: Vec<Vec<u8>> = entries.iter().map(|e| e.data.to_vec()).collect();
+            let want: Vec<Vec<u8>> = (6..=9).map(|i| round_value(range, i)).collect();
+            assert_eq!(data, want, "{range}");
+            true
+        } else {
+            assert_eq!(
+                (hs.commit, last),
+                (BOOTSTRAP_INDEX, BOOTSTRAP_INDEX),
+                "{range}"
+            );
+            false
+        }
+    }
+
+    /// A round of many ranges is written in several raft-engine batches (`LOG_BATCH_BYTES`),
+    /// synced once: after reopening, every range has all its entries and the hard state whose
+    /// commit index covers them.
+    #[test]
+    fn a_round_written_in_several_log_batches_survives_reopening_whole() {
+        let dir = tempfile::tempdir().unwrap();
         {
-            let engine = open(dir.path()).unwrap();
-            let mut batch = WriteBatch::default();
-            for d in &ranges {
-                engine.bootstrap_range(d, &mut batch).unwrap();
-            }
-            engine.commit(batch).unwrap();
-            let mut batch = WriteBatch::default();
-            for d in &ranges {
-                let mut s = RangeStorage::load(engine.clone(), d.id).unwrap();
-                let entries: Vec<Entry> = (6..=9)
-                    .map(|index| Entry {
-                        index,
-                        term: 6,
-                        data: value(d.id.0, index).into(),
-                        ..Default::default()
-                    })
-                    .collect();
-                s.stage_entries(&entries, &mut batch);
-                let mut hs = s.hard_state().clone();
-                hs.term = 6;
-                hs.commit = 9;
-                s.stage_hard_state(hs, &mut batch);
-            }
+            let (engine, ranges) = forty_ranges(dir.path());
+            let batch = stage_round(&engine, &ranges);
             assert!(batch.logs.len() >= 3, "{} batches", batch.logs.len() + 1);
             engine.commit(batch).unwrap();
         }
         let engine = open(dir.path()).unwrap();
-        for d in &ranges {
-            let s = RangeStorage::load(engine.clone(), d.id).unwrap();
-            let state = s.initial_state().unwrap();
-            assert_eq!((state.hard_state.term, state.hard_state.commit), (6, 9));
-            assert_eq!(s.last_index().unwrap(), 9);
-            let entries = s.entries(6, 10, None, ctx()).unwrap();
-            let data: Vec<Vec<u8>> = entries.iter().map(|e| e.data.to_vec()).collect();
-            let want: Vec<Vec<u8>> = (6..=9).map(|i| value(d.id.0, i)).collect();
-            assert_eq!(data, want, "{}", d.id);
+        for id in 1..=40 {
+            assert!(has_round(&engine, RangeId(id)), "r{id}");
+        }
+    }
+
+    /// Should a node stop after writing only some of a round's batches, each range has all of
+    /// the round or none of it: its hard state never commits entries the log lacks.
+    #[test]
+    fn a_round_cut_short_between_its_log_batches_leaves_every_range_whole() {
+        let batches = {
+            let dir = tempfile::tempdir().unwrap();
+            let (engine, ranges) = forty_ranges(dir.path());
+            stage_round(&engine, &ranges).logs.len() + 1
+        };
+        for written in 0..=batches {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let (engine, ranges) = forty_ranges(dir.path());
+                let batch = stage_round(&engine, &ranges);
+                let logs = batch.logs.into_iter().chain([batch.log]);
+                engine.write_log(logs.take(written).collect()).unwrap();
+            }
+            let engine = open(dir.path()).unwrap();
+            let whole = (1..=40)
+                .filter(|&id| has_round(&engine, RangeId(id)))
+                .count();
+            match written {
+                0 => assert_eq!(whole, 0),
+                w if w == batches => assert_eq!(whole, 40),
+                _ => assert!(whole > 0 && whole < 40, "{written} batches: {whole}"),
+            }
         }
     }
 
