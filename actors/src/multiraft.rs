@@ -2690,11 +2690,14 @@ fn purge_log(engine: &Engine, node: NodeId) -> Vec<RangeId> {
 impl Handler<Applied> for MultiRaft {
     type Result = ();
     fn handle(&mut self, msg: Applied, ctx: &mut Context<Self>) {
-        let over_budget = self.engine.entries_cached().1 > self.settings.entry_cache_bytes;
+        // Read for each range, so that trimming stops once the caches are back within it.
+        let engine = self.engine.clone();
+        let budget = self.settings.entry_cache_bytes;
         for (range, index) in msg.ranges {
             let Some(g) = self.groups.get_mut(&range) else {
                 continue;
             };
+            let over_budget = engine.entries_cached().1 > budget;
             if index > g.applied {
                 self.unapplied = self.unapplied.saturating_sub(index - g.applied);
                 g.applied = index;
