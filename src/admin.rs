@@ -218,11 +218,12 @@ async fn ranges(shared: &Shared) -> Reply {
     let (Ok(store), Ok(raft)) = (store, raft) else {
         return failed(SHUTTING_DOWN);
     };
+    let raft: std::collections::HashMap<_, _> = raft.iter().map(|s| (s.range, s)).collect();
     let mut out = BytesMut::new();
     reply::array_header(&mut out, store.ranges.len());
     for r in &store.ranges {
         let d = &r.descriptor;
-        let rs = raft.iter().find(|s| s.range == d.id);
+        let rs = raft.get(&d.id);
         let names = |ns: &[flotilla_actors::ids::ReplicaId]| {
             ns.iter()
                 .map(|n| n.node().to_string())
