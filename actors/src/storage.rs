@@ -2405,6 +2405,40 @@ mod tests {
         }
     }
 
+    /// A purge must not see a round's batches before they are synced (see `write_log`): it
+    /// says it is about to run, so that rounds from then on sync each batch, and waits for the
+    /// round being written.
+    #[test]
+    fn a_purge_waits_for_the_round_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path()).unwrap();
+        let round = engine.log_writes.lock().unwrap();
+        let (done, purged) = std::sync::mpsc::channel();
+        let purger = {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                engine.purge_log().unwrap();
+                done.send(()).unwrap();
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !engine.purging.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the purge never said so"
+            );
+            std::thread::yield_now();
+        }
+        let wait = std::time::Duration::from_millis(50);
+        assert!(purged.recv_timeout(wait).is_err(), "purged during a round");
+        drop(round);
+        purged
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        purger.join().unwrap();
+        assert!(!engine.purging.load(Ordering::SeqCst));
+    }
+
     #[test]
     fn installing_a_snapshot_replaces_data_and_log() {
         let dir = tempfile::tempdir().unwrap();
