@@ -19,6 +19,7 @@
 #
 #   scripts/scale.sh [RANGES] [IDLE] [RUNS] [SOAK] [VALUE_SIZE]
 #                                                  defaults: 10000 60 3 120 100
+#   ROLLING_ONLY=1 scripts/scale.sh ...            step 6 alone
 #
 # Needs redis-cli (Debian: apt-get install redis-tools).
 set -euo pipefail
@@ -38,67 +39,71 @@ trap 'kill -9 "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cpu_ticks() { local n; for n in 1 2 3; do node_ticks "$n"; done | awk '{s += $1} END {print s}'; }
 
-# 1. Start-up.
-t0=$(now_ms)
-start "$RANGES"
-until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.5; done
-t_leaders=$(( $(now_ms) - t0 ))
-until [ "$(info 1 ranges_quiescent)" = "$RANGES" ] && [ "$(info 2 ranges_quiescent)" = "$RANGES" ] \
-  && [ "$(info 3 ranges_quiescent)" = "$RANGES" ]; do sleep 0.5; done
-t_quiet=$(( $(now_ms) - t0 ))
-echo "$RANGES ranges: every range led after $t_leaders ms, all quiescent after $t_quiet ms"
+rss() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/${pids[$1]}/status"; }
 
-# 2. Idle.
-a=$(cpu_ticks); sleep "$IDLE"; b=$(cpu_ticks)
-hz=$(getconf CLK_TCK)
-awk -v t=$((b - a)) -v hz="$hz" -v s="$IDLE" \
-  'BEGIN { printf "idle %d s: the three nodes used %.2f%% of one core together\n", s, 100 * t / hz / s }'
-for i in 0 1 2; do
-  echo "node $((i + 1)) RSS: $(awk '/VmRSS/ {printf "%.0f MiB", $2 / 1024}' "/proc/${pids[$i]}/status")"
-done
-stop_all
+# ROLLING_ONLY=1 runs step 6 alone (about a minute).
+if [ -z "${ROLLING_ONLY:-}" ]; then
+  # 1. Start-up.
+  t0=$(now_ms)
+  start "$RANGES"
+  until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.5; done
+  t_leaders=$(( $(now_ms) - t0 ))
+  until [ "$(info 1 ranges_quiescent)" = "$RANGES" ] && [ "$(info 2 ranges_quiescent)" = "$RANGES" ] \
+    && [ "$(info 3 ranges_quiescent)" = "$RANGES" ]; do sleep 0.5; done
+  t_quiet=$(( $(now_ms) - t0 ))
+  echo "$RANGES ranges: every range led after $t_leaders ms, all quiescent after $t_quiet ms"
 
-# 3. The same load over RANGES ranges and over 8.
-: > "$work/results"
-for i in $(seq 1 "$RUNS"); do
-  for r in "$RANGES" 8; do
-    start "$r"
-    until [ "$(count_ranges 1 'leader=n[0-9]')" = "$r" ]; do sleep 0.2; done
+  # 2. Idle.
+  a=$(cpu_ticks); sleep "$IDLE"; b=$(cpu_ticks)
+  hz=$(getconf CLK_TCK)
+  awk -v t=$((b - a)) -v hz="$hz" -v s="$IDLE" \
+    'BEGIN { printf "idle %d s: the three nodes used %.2f%% of one core together\n", s, 100 * t / hz / s }'
+  for i in 0 1 2; do
+    echo "node $((i + 1)) RSS: $(awk '/VmRSS/ {printf "%.0f MiB", $2 / 1024}' "/proc/${pids[$i]}/status")"
+  done
+  stop_all
+
+  # 3. The same load over RANGES ranges and over 8.
+  : > "$work/results"
+  for i in $(seq 1 "$RUNS"); do
+    for r in "$RANGES" 8; do
+      start "$r"
+      until [ "$(count_ranges 1 'leader=n[0-9]')" = "$r" ]; do sleep 0.2; done
+      "$bin" bench --addr "127.0.0.1:${BASE}1" "${LOAD[@]}" --json "$work/run.json" > /dev/null
+      ops=$(grep -o '"ops_per_sec": *[0-9.]*' "$work/run.json" | grep -o '[0-9.]*$')
+      echo "$r $ops" | tee -a "$work/results"
+      stop_all
+    done
+  done
+  many=$(awk -v r="$RANGES" '$1 == r {print $2}' "$work/results" | median)
+  few=$(awk '$1 == 8 {print $2}' "$work/results" | median)
+  awk -v m="$many" -v f="$few" -v r="$RANGES" -v runs="$RUNS" 'BEGIN {
+    printf "SET through node 1 (medians of %d): %d ranges %.0f/s, 8 ranges %.0f/s, ratio %.2f\n",
+      runs, r, m, f, m / f }'
+
+  # 4. A sustained load: memory levels off.
+  start "$RANGES"
+  until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.2; done
+  for t in $(seq 10 10 "$SOAK"); do
     "$bin" bench --addr "127.0.0.1:${BASE}1" "${LOAD[@]}" --json "$work/run.json" > /dev/null
     ops=$(grep -o '"ops_per_sec": *[0-9.]*' "$work/run.json" | grep -o '[0-9.]*$')
-    echo "$r $ops" | tee -a "$work/results"
-    stop_all
+    printf "after %3d s of load: %6.0f/s, RSS %s / %s / %s MiB, raft log entries %s / %s / %s\n" \
+      "$t" "$ops" "$(rss 0)" "$(rss 1)" "$(rss 2)" \
+      "$(info 1 raft_log_entries)" "$(info 2 raft_log_entries)" "$(info 3 raft_log_entries)"
   done
-done
-many=$(awk -v r="$RANGES" '$1 == r {print $2}' "$work/results" | median)
-few=$(awk '$1 == 8 {print $2}' "$work/results" | median)
-awk -v m="$many" -v f="$few" -v r="$RANGES" -v runs="$RUNS" 'BEGIN {
-  printf "SET through node 1 (medians of %d): %d ranges %.0f/s, 8 ranges %.0f/s, ratio %.2f\n",
-    runs, r, m, f, m / f }'
+  stop_all
 
-# 4. A sustained load: memory levels off.
-start "$RANGES"
-until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.2; done
-rss() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/${pids[$1]}/status"; }
-for t in $(seq 10 10 "$SOAK"); do
-  "$bin" bench --addr "127.0.0.1:${BASE}1" "${LOAD[@]}" --json "$work/run.json" > /dev/null
-  ops=$(grep -o '"ops_per_sec": *[0-9.]*' "$work/run.json" | grep -o '[0-9.]*$')
-  printf "after %3d s of load: %6.0f/s, RSS %s / %s / %s MiB, raft log entries %s / %s / %s\n" \
-    "$t" "$ops" "$(rss 0)" "$(rss 1)" "$(rss 2)" \
-    "$(info 1 raft_log_entries)" "$(info 2 raft_log_entries)" "$(info 3 raft_log_entries)"
-done
-stop_all
-
-# 5. Failover of every range node 1 led.
-start "$RANGES"
-until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.5; done
-until [ "$(info 1 ranges_quiescent)" = "$RANGES" ]; do sleep 0.5; done
-led=$(count_ranges 2 'leader=n1')
-t0=$(now_ms)
-kill -9 "${pids[0]}"
-until [ "$(count_ranges 2 'leader=n[23]')" = "$RANGES" ]; do sleep 0.1; done
-echo "node 1 killed: the $led ranges it led have new leaders after $(( $(now_ms) - t0 )) ms"
-stop_all
+  # 5. Failover of every range node 1 led.
+  start "$RANGES"
+  until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.5; done
+  until [ "$(info 1 ranges_quiescent)" = "$RANGES" ]; do sleep 0.5; done
+  led=$(count_ranges 2 'leader=n1')
+  t0=$(now_ms)
+  kill -9 "${pids[0]}"
+  until [ "$(count_ranges 2 'leader=n[23]')" = "$RANGES" ]; do sleep 0.1; done
+  echo "node 1 killed: the $led ranges it led have new leaders after $(( $(now_ms) - t0 )) ms"
+  stop_all
+fi
 
 # 6. A rolling restart.
 start "$RANGES"
