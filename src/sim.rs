@@ -2,7 +2,8 @@
 //!
 //! One seed drives everything: the cluster's shape (3 to 5 nodes, 8 ranges), concurrent
 //! clients (`GET SET INCR DEL MGET` over keys of every range) and faults (message loss, delay,
-//! reordering and duplication, symmetric and one-way partitions, node crashes and restarts,
+//! reordering and duplication, symmetric and one-way partitions, node crashes (half of them
+//! power failures, which lose the node's sled writes since its last sync) and restarts,
 //! leadership transfers, log compactions that force snapshots, built while writes go on, as on
 //! the builder thread). Every node runs on this one
 //! thread under tokio's paused clock, so a simulated minute takes seconds; raft's elections use
@@ -175,19 +176,9 @@ impl World {
     }
 
     fn start(&mut self, id: u64) {
-        // sled's I/O threads may hold a crashed node's database lock a moment after it is
-        // dropped: wait for them in real time, which the simulation's clock does not see.
-        let mut tries = 0;
-        let node = loop {
-            match Node::start_here(self.settings(id), Box::new(self.net.transport())) {
-                Ok(node) => break node,
-                Err(e) if tries < 5_000 && e.to_string().contains("could not acquire lock") => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Err(e) => panic!("simulated n{id} did not start: {e}"),
-            }
-        };
+        let node =
+            until_unlocked(|| Node::start_here(self.settings(id), Box::new(self.net.transport())))
+                .unwrap_or_else(|e| panic!("simulated n{id} did not start: {e}"));
         self.net
             .register(NodeId(id), node.multiraft.clone().recipient());
         self.nodes.insert(id, node);
@@ -206,21 +197,44 @@ fn stores(world: &Rc<RefCell<World>>) -> Vec<(u64, actix::Addr<flotilla_actors::
         .collect()
 }
 
-/// Stops a node's actors and waits until they have released its data directory. The world is
-/// borrowed only between awaits: other tasks use it meanwhile.
-async fn crash(world: &Rc<RefCell<World>>, id: u64) {
-    let node = {
+/// Stops a node's actors and waits until they have released its data directory; with
+/// `power_failure`, its sled data then goes back to what it was at its last sync (see
+/// `SyncedData`: the raft log is synced at the end of every round, which a crash here never
+/// interrupts). The world is borrowed only between awaits: other tasks use it meanwhile.
+async fn crash(world: &Rc<RefCell<World>>, id: u64, power_failure: bool) {
+    let (node, dir) = {
         let mut w = world.borrow_mut();
         let Some(node) = w.nodes.remove(&id) else {
             return;
         };
         w.net.unregister(NodeId(id));
         w.down.insert(id);
-        node
+        (node, w.settings(id).data_dir)
     };
+    let synced = node.engine.synced_data();
     let engine = node.shut_down_here();
     while engine.upgrade().is_some() {
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if power_failure {
+        until_unlocked(|| synced.restore(&dir))
+            .unwrap_or_else(|e| panic!("simulated n{id}'s power failure: {e}"));
+    }
+}
+
+/// Runs `f` until it does not fail for the lock of a sled database: sled's I/O threads may
+/// hold a crashed node's lock a moment after it is dropped. Waits for them in real time, which
+/// the simulation's clock does not see.
+fn until_unlocked<T, E: std::fmt::Display>(mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(e) if tries < 5_000 && e.to_string().contains("could not acquire lock") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            done => return done,
+        }
     }
 }
 
@@ -299,10 +313,24 @@ pub fn run(seed: u64, duration: Duration) -> Report {
     run_with_bugs(seed, duration, PlantedBugs::default())
 }
 
-/// Runs one seed with bugs planted in every node, to show the checks catch them.
+/// Runs one seed with bugs planted in every node, to show the checks catch them. A panic (a
+/// node's: they all run on this thread) is a violation: raft's own checks panic, on a node
+/// restarted with a log that does not continue its state machine for one.
 pub fn run_with_bugs(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
-    let system = actix::System::new();
-    system.block_on(simulate(seed, duration, bugs))
+    let run = std::panic::catch_unwind(|| {
+        let system = actix::System::new();
+        system.block_on(simulate(seed, duration, bugs))
+    });
+    run.unwrap_or_else(|panic| {
+        let message = (panic.downcast_ref::<&str>().map(|m| m.to_string()))
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Report {
+            seed,
+            violations: vec![format!("a node panicked: {message}")],
+            ..Report::default()
+        }
+    })
 }
 
 async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
@@ -617,7 +645,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
 
     let nodes: Vec<u64> = world.borrow().nodes.keys().copied().collect();
     for id in nodes {
-        crash(&world, id).await;
+        crash(&world, id, false).await;
     }
     report
 }
@@ -740,8 +768,13 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
             if (down.len() as u64 + 1) * 2 < count {
                 let id = up[rng.gen_range(0..up.len())];
                 world.borrow_mut().detail = format!("n{id}");
-                crash(world, id).await;
-                "crash"
+                if rng.gen_bool(0.5) {
+                    crash(world, id, true).await;
+                    "power failure"
+                } else {
+                    crash(world, id, false).await;
+                    "crash"
+                }
             } else {
                 let id = down[rng.gen_range(0..down.len())];
                 world.borrow_mut().start(id);

@@ -1908,6 +1908,9 @@ impl MultiRaft {
         }
         match g.node.mut_store().stage_compact(to, &mut self.staged) {
             Ok(()) => {
+                if self.bugs.compaction_without_data_sync {
+                    self.staged.plant_compaction_without_data_sync();
+                }
                 self.staged_any = true;
                 self.metrics.log_compactions.fetch_add(1, Ordering::Relaxed);
                 true

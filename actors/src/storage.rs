@@ -289,7 +289,39 @@ pub struct Engine {
     log_writes: Mutex<()>,
     /// Set while a purge of the raft log's files runs: a round then syncs each of its batches.
     purging: AtomicBool,
+    /// The state machine's data as of the last `sync` (volatile engines only).
+    synced_data: Arc<SyncedData>,
 }
+
+/// A simulated node's sled data as of its engine's last [`Engine::sync`]: all that a power
+/// failure is sure to leave of it, for the simulation to go back to.
+///
+/// A simulated crash stops a node's actors, and sled writes out everything when its database
+/// is dropped: without this, a simulated node never lost a sled write. A real one loses those
+/// since its last sync in a power failure (sled writes in the background too, so it may lose
+/// fewer), and flotilla counts on that being safe: the raft log keeps every entry the durable
+/// state machine may lack, and raft hands them over again.
+#[derive(Default)]
+pub struct SyncedData(Mutex<Vec<(sled::IVec, sled::IVec)>>);
+
+impl SyncedData {
+    /// Replaces the sled data in `dir`, whose engine must be closed, with this.
+    pub fn restore(&self, dir: &Path) -> Result<(), StorageError> {
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let tree = db.open_tree(TREE)?;
+        tree.clear()?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.0.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            batch.insert(k, v);
+        }
+        tree.apply_batch(batch)?;
+        db.flush()?;
+        Ok(())
+    }
+}
+
+/// The sled tree of a node's data.
+const TREE: &str = "flotilla";
 
 /// Entries held in the ranges' entry caches, and their bytes: on a cache line of their own,
 /// updated with every round.
@@ -332,7 +364,7 @@ impl Engine {
             config = config.flush_every_ms(None);
         }
         let db = config.open()?;
-        let tree = db.open_tree("flotilla")?;
+        let tree = db.open_tree(TREE)?;
         // `'r' · range · 'h'`: a hard state where older versions kept it.
         for key in tree.scan_prefix([b'r']).keys() {
             if key?.get(9) == Some(&b'h') {
@@ -371,6 +403,7 @@ impl Engine {
             entries_cached: CachedEntries::default(),
             log_writes: Mutex::new(()),
             purging: AtomicBool::new(false),
+            synced_data: Arc::default(),
         };
         engine.cut_torn_round()?;
         // Durable, with the files sled just created.
@@ -463,6 +496,12 @@ impl Engine {
             c.entries.load(Ordering::Relaxed),
             c.bytes.load(Ordering::Relaxed),
         )
+    }
+
+    /// The sled data as of this engine's last `sync`, for a simulated power failure (see
+    /// [`SyncedData`]). Empty for an engine opened durable.
+    pub fn synced_data(&self) -> Arc<SyncedData> {
+        self.synced_data.clone()
     }
 
     /// The sled tree holding the state machine.
@@ -586,8 +625,14 @@ impl Engine {
     /// Makes every sled write so far durable on the device.
     pub fn sync(&self) -> Result<(), StorageError> {
         if !self.durable {
-            // A simulated crash stops the node's actors; sled writes everything out when the
-            // database is dropped then.
+            // A simulated crash stops the node's actors, and sled writes everything out when
+            // the database is dropped then; a simulated power failure goes back to this.
+            let data = self.tree.iter().collect::<Result<_, _>>()?;
+            *self
+                .synced_data
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = data;
             return Ok(());
         }
         self.db.flush()?;
@@ -1233,6 +1278,11 @@ impl WriteBatch {
     /// Whether committing it syncs sled first (it has a sled part, or compacts a log).
     pub fn needs_data_sync(&self) -> bool {
         self.has_data || self.data_sync
+    }
+
+    /// For `PlantedBugs::compaction_without_data_sync` only.
+    pub(crate) fn plant_compaction_without_data_sync(&mut self) {
+        self.data_sync = false;
     }
 
     fn put_hard_state(&mut self, range: RangeId, hs: &HardState) {

@@ -90,6 +90,9 @@ pub struct PlantedBugs {
     /// A snapshot built off the Store's thread keeps no values of the keys written after its
     /// index, so it holds whatever sled has when it reads the range.
     pub snapshots_without_kept_values: bool,
+    /// A round that compacts logs does not make sled's writes durable first: a power failure
+    /// then loses applied entries that neither sled nor the log keeps.
+    pub compaction_without_data_sync: bool,
 }
 
 impl Default for StoreSettings {
