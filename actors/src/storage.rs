@@ -418,16 +418,23 @@ impl Engine {
     /// power failure leaves of the round it interrupted. A round's batches are written in
     /// order and synced once, with the last (see `write_log`), so any of them may be torn.
     /// raft-engine's recovery drops a batch whose index part is torn, and everything after it;
-    /// but it checks the entries of only the last batch of its last file, so a batch whose
-    /// entries alone are torn, followed by whole ones, is kept, and reading its entries fails.
+    /// but it checks the entries of only the last batch of each file, so a batch whose entries
+    /// alone are torn, followed by whole ones, is kept, and reading its entries fails.
     ///
     /// Those entries are the range's newest (a round writes a range's entries in one batch,
     /// after every older one), and nothing depended on them: raft applies only entries
     /// persisted, and this node acknowledged them to no leader and answered no client for
-    /// them, all of which waits for the round's sync. So the range's log is cut after its
-    /// last readable entry, and its hard state commits no further, as if the round had not
-    /// reached it. Like raft-engine's own check of a file's last batch, this cannot tell a
-    /// torn write from damage the device did to a synced batch.
+    /// them, all of which waits for the round's sync. Where they replaced a conflicting
+    /// suffix, the entries they replaced go too: those were never committed (committed
+    /// entries never conflict), so no leader needs them. The range's log is cut after its last
+    /// readable entry, and its hard state commits no further, as if the round had not reached
+    /// it.
+    ///
+    /// Like raft-engine's own check of a file's last batch, this cannot tell a torn write from
+    /// damage the device did to a synced batch, except for entries the state machine applied,
+    /// which were synced before: an unreadable one is refused as corrupt. (raft-engine's purge
+    /// rewrites old entries with the same group commit; a tear there would leave entries
+    /// unreadable in the middle of a log, which this does not look for.)
     fn cut_torn_round(&self) -> Result<Vec<RangeId>, StorageError> {
         let readable = |id: u64, index: u64| match self.log.get_entry::<EntryLog>(id, index) {
             Ok(_) => Ok(true),
@@ -455,6 +462,14 @@ impl Engine {
                     lost = mid;
                 }
             }
+            let range = RangeId(id);
+            let applied = self.applied(range)?.index;
+            if lost <= applied {
+                return Err(corrupt(
+                    format!("raft log of {range}"),
+                    format!("entry {lost}, applied (at {applied}) and so synced, cannot be read"),
+                ));
+            }
             if kept >= first {
                 // Appending an entry again drops every one after it.
                 let entry = self.log.get_entry::<EntryLog>(id, kept)?;
@@ -468,7 +483,6 @@ impl Engine {
                     batch.put_message(id, keys::HARD_STATE.to_vec(), &hs)?;
                 }
             }
-            let range = RangeId(id);
             log::warn!(
                 "storage: {range}: log entries {lost}-{last} were torn by a crash before they \
                  were synced: the log now ends at {kept}"
@@ -2457,6 +2471,18 @@ mod tests {
     /// of it (`false`), with every round before it (from index 6).
     fn has_round(engine: &Arc<Engine>, range: RangeId, first: u64) -> bool {
         let s = RangeStorage::load(engine.clone(), range).unwrap();
+        let whole = round_in(&s, range, first);
+        // raft starts on it (it checks the commit index against the log).
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let config = raft::Config {
+            id: 1,
+            ..Default::default()
+        };
+        raft::RawNode::new(&config, s, &logger).unwrap();
+        whole
+    }
+
+    fn round_in(s: &RangeStorage, range: RangeId, first: u64) -> bool {
         let hs = s.initial_state().unwrap().hard_state;
         let last = s.last_index().unwrap();
         let whole = (hs.commit, last) == (first + 3, first + 3);
@@ -2550,18 +2576,54 @@ mod tests {
     /// whose index part is torn, and everything after it, but checks the entries of only a
     /// file's last batch: a batch whose entries alone are torn, followed by whole ones, is
     /// kept. The node must still start, with each range holding all of the round or none of
-    /// it, and every round synced before.
+    /// it, and every round synced before; and raft must start on it.
     #[test]
     fn a_round_torn_by_a_power_failure_leaves_every_range_whole() {
         // The ranges' first entries, and a round after synced ones.
-        tear_each_page_of_a_round(6);
-        tear_each_page_of_a_round(14);
+        for first in [6, 14] {
+            let outcomes: BTreeSet<Vec<bool>> = torn_copies(first, false, |dir| {
+                let whole = || {
+                    let engine = open(dir).unwrap();
+                    (1..=40)
+                        .map(|id| has_round(&engine, RangeId(id), first))
+                        .collect::<Vec<bool>>()
+                };
+                let once = whole();
+                assert_eq!(whole(), once, "opened again");
+                once
+            })
+            .into_iter()
+            .collect();
+            // Ranges are staged in the order of their ids. Some tears lost the round of every
+            // range; some lost it only in a batch that whole ones followed.
+            assert!(outcomes.contains(&vec![false; 40]));
+            let middle = |whole: &Vec<bool>| whole.windows(2).any(|w| !w[0] && w[1]);
+            assert!(outcomes.iter().any(middle), "{outcomes:?}");
+        }
+    }
+
+    /// Entries the state machine applied were synced before: one that cannot be read was
+    /// damaged by the device, not torn, and cutting it could lose an acknowledged write. The
+    /// node refuses to start.
+    #[test]
+    fn an_unreadable_applied_entry_is_refused_not_cut() {
+        let refused = torn_copies(10, true, |dir| match open(dir) {
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        });
+        assert!(
+            refused
+                .iter()
+                .flatten()
+                .any(|e| e.contains("applied (at 13) and so synced, cannot be read")),
+            "{refused:?}"
+        );
     }
 
     /// Writes rounds of entries 6-9, 10-13 and so on up to `first` (synced), and one from
-    /// `first`, then reopens a copy of the node with pages of the last round torn: each page
-    /// of it alone, and every other one.
-    fn tear_each_page_of_a_round(first: u64) {
+    /// `first`, with applied states at its end if `applied`; then runs `check` on copies of
+    /// the node with pages of the last round torn: each page of it alone, and every other one.
+    fn torn_copies<T>(first: u64, applied: bool, check: impl Fn(&Path) -> T) -> Vec<T> {
         const PAGE: usize = 4096;
         let written = tempfile::tempdir().unwrap();
         let before = {
@@ -2575,6 +2637,18 @@ mod tests {
             let batch = stage_round(&engine, &ranges, first);
             assert!(batch.logs.len() >= 3, "{} batches", batch.logs.len() + 1);
             engine.commit(batch).unwrap();
+            if applied {
+                let mut states = AppliedStates::default();
+                let at = LogPosition {
+                    index: first + 3,
+                    term: 6,
+                };
+                for d in &ranges {
+                    states.put(d.id, at, &Proposers::new());
+                }
+                engine.write(sled::Batch::default(), states).unwrap();
+                engine.sync().unwrap();
+            }
             before
         };
         let after = log_files(written.path());
@@ -2600,27 +2674,14 @@ mod tests {
                 }
             }
             std::fs::write(dir.path().join("raft").join(name), bytes).unwrap();
-            let whole = || {
-                let engine = open(dir.path()).unwrap();
-                (1..=40)
-                    .map(|id| has_round(&engine, RangeId(id), first))
-                    .collect::<Vec<bool>>()
-            };
-            let once = whole();
-            assert_eq!(whole(), once, "opened again");
-            once
+            check(dir.path())
         };
-        let mut outcomes = BTreeSet::new();
-        for page in lo / PAGE..=(hi - 1) / PAGE {
-            outcomes.insert(torn(&|p| p == page));
-        }
-        outcomes.insert(torn(&|p| p % 2 == 0));
-        outcomes.insert(torn(&|p| p % 2 == 1));
-        // Ranges are staged in the order of their ids. Some tears lost the round of every
-        // range; some lost it only in a batch that whole ones followed.
-        assert!(outcomes.contains(&vec![false; 40]));
-        let middle = |whole: &Vec<bool>| whole.windows(2).any(|w| !w[0] && w[1]);
-        assert!(outcomes.iter().any(middle), "{outcomes:?}");
+        let mut outcomes: Vec<T> = (lo / PAGE..=(hi - 1) / PAGE)
+            .map(|page| torn(&|p| p == page))
+            .collect();
+        outcomes.push(torn(&|p| p % 2 == 0));
+        outcomes.push(torn(&|p| p % 2 == 1));
+        outcomes
     }
 
     /// A purge must not see a round's batches before they are synced (see `write_log`): it
