@@ -125,6 +125,13 @@ const FAST: &[&str] = &["fast"];
 const COMMANDS: &[Spec] = &[
     spec("get", 2, READ, (1, 1, 1)),
     spec("set", -3, WRITE, (1, 1, 1)),
+    spec("setnx", 3, WRITE, (1, 1, 1)),
+    spec("getset", 3, WRITE, (1, 1, 1)),
+    spec("getdel", 2, WRITE, (1, 1, 1)),
+    spec("append", 3, WRITE, (1, 1, 1)),
+    spec("strlen", 2, READ, (1, 1, 1)),
+    spec("getrange", 4, READ, (1, 1, 1)),
+    spec("substr", 4, READ, (1, 1, 1)),
     spec("del", -2, WRITE, (1, -1, 1)),
     spec("exists", -2, READ, (1, -1, 1)),
     spec("mget", -2, READ, (1, -1, 1)),
@@ -240,6 +247,39 @@ impl Session {
             "set" => match parse_set(a) {
                 Ok(cmd) => self.write(cmd),
                 Err(e) => err(e),
+            },
+            "setnx" => self.write_with(
+                Command::Set {
+                    key: a[0].to_vec(),
+                    value: a[1].to_vec(),
+                    condition: SetCondition::IfAbsent,
+                },
+                |out, outcome| match outcome {
+                    CommandOutcome::Ok => reply::integer(out, 1),
+                    CommandOutcome::NotSet => reply::integer(out, 0),
+                    other => render_outcome(out, other),
+                },
+            ),
+            "getset" => self.write(Command::SetGet {
+                key: a[0].to_vec(),
+                value: a[1].to_vec(),
+                condition: SetCondition::Always,
+            }),
+            "getdel" => self.write(Command::GetDel { key: a[0].to_vec() }),
+            "append" => self.write(Command::Append {
+                key: a[0].to_vec(),
+                value: a[1].to_vec(),
+                limit: self.shared.config.max_value_bytes as u64,
+            }),
+            "strlen" => self.read(vec![a[0].to_vec()], |out, v| {
+                reply::integer(out, v[0].as_ref().map_or(0, Vec::len) as i64)
+            }),
+            "getrange" | "substr" => match (parse_integer(&a[1]), parse_integer(&a[2])) {
+                (Some(start), Some(end)) => self.read(vec![a[0].to_vec()], move |out, v| {
+                    let value = v[0].as_deref().unwrap_or_default();
+                    reply::bulk(out, substring(value, start, end))
+                }),
+                _ => err("ERR value is not an integer or out of range"),
             },
             "del" => self.write(Command::Delete {
                 keys: a.iter().map(|k| k.to_vec()).collect(),
@@ -388,16 +428,21 @@ impl Session {
     }
 
     fn write(&self, command: Command) -> PendingReply {
+        self.write_with(command, render_outcome)
+    }
+
+    fn write_with(
+        &self,
+        command: Command,
+        render: impl FnOnce(&mut BytesMut, CommandOutcome) + 'static,
+    ) -> PendingReply {
         self.sequenced(true, move |store| {
             // `send` enqueues at once; only the answer is awaited.
             let request = store.send(Write { command });
             async move {
                 let mut out = BytesMut::new();
                 match request.await {
-                    Ok(Ok(CommandOutcome::Ok)) => reply::simple(&mut out, "OK"),
-                    Ok(Ok(CommandOutcome::NotSet)) => reply::null(&mut out),
-                    Ok(Ok(CommandOutcome::Integer(n))) => reply::integer(&mut out, n),
-                    Ok(Ok(CommandOutcome::Error(e))) => reply::error(&mut out, &e),
+                    Ok(Ok(outcome)) => render(&mut out, outcome),
                     Ok(Err(e)) => store_failure(&mut out, e),
                     Err(e) => mailbox_failure(&mut out, e),
                 }
@@ -660,26 +705,64 @@ fn command_command(a: &[Bytes]) -> PendingReply {
     }
 }
 
+/// A write's answer, as Redis gives it.
+fn render_outcome(out: &mut BytesMut, outcome: CommandOutcome) {
+    match outcome {
+        CommandOutcome::Ok => reply::simple(out, "OK"),
+        CommandOutcome::NotSet => reply::null(out),
+        CommandOutcome::Integer(n) => reply::integer(out, n),
+        CommandOutcome::Error(e) => reply::error(out, &e),
+        CommandOutcome::Value(v) => reply::optional_bulk(out, v.as_deref()),
+    }
+}
+
+/// `GETRANGE`'s part of a value: the bytes from `start` to `end`, both included, counted from
+/// the end when negative, clamped to the value.
+fn substring(value: &[u8], start: i64, end: i64) -> &[u8] {
+    if start < 0 && end < 0 && start > end {
+        return &[];
+    }
+    let len = value.len() as i64;
+    let from_end = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+    let (start, end) = (from_end(start), from_end(end).min(len - 1));
+    if start > end {
+        return &[];
+    }
+    &value[start as usize..=end as usize]
+}
+
 fn parse_set(a: &[Bytes]) -> Result<Command, String> {
     let mut condition = SetCondition::Always;
+    let mut get = false;
     for opt in &a[2..] {
         let o = String::from_utf8_lossy(opt).to_uppercase();
         condition = match (o.as_str(), condition) {
             ("NX", SetCondition::Always | SetCondition::IfAbsent) => SetCondition::IfAbsent,
             ("XX", SetCondition::Always | SetCondition::IfPresent) => SetCondition::IfPresent,
+            ("GET", c) => {
+                get = true;
+                c
+            }
             ("EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL", _) => {
                 return Err(
                     "ERR flotilla does not support key expiry (EX, PX, EXAT, PXAT, KEEPTTL)".into(),
                 )
             }
-            ("GET", _) => return Err("ERR flotilla does not support SET ... GET".into()),
             _ => return Err("ERR syntax error".into()),
         };
     }
-    Ok(Command::Set {
-        key: a[0].to_vec(),
-        value: a[1].to_vec(),
-        condition,
+    let (key, value) = (a[0].to_vec(), a[1].to_vec());
+    Ok(match get {
+        true => Command::SetGet {
+            key,
+            value,
+            condition,
+        },
+        false => Command::Set {
+            key,
+            value,
+            condition,
+        },
     })
 }
 
@@ -713,8 +796,34 @@ mod tests {
             })
         ));
         assert_eq!(parse(&["NX", "XX"]).unwrap_err(), "ERR syntax error");
+        assert!(matches!(
+            parse(&["get", "NX"]),
+            Ok(Command::SetGet {
+                condition: SetCondition::IfAbsent,
+                ..
+            })
+        ));
+        // As Redis 7 takes it.
+        assert!(matches!(parse(&["GET", "GET"]), Ok(Command::SetGet { .. })));
         assert!(parse(&["EX", "10"]).unwrap_err().contains("expiry"));
         assert_eq!(parse(&["bogus"]).unwrap_err(), "ERR syntax error");
+    }
+
+    /// Redis's `GETRANGE` on "This is a string", as its documentation shows it, and the
+    /// edges: an empty value, a range past either end.
+    #[test]
+    fn getrange_counts_like_redis() {
+        let s = b"This is a string";
+        assert_eq!(substring(s, 0, 3), b"This");
+        assert_eq!(substring(s, -3, -1), b"ing");
+        assert_eq!(substring(s, 0, -1), s);
+        assert_eq!(substring(s, 10, 100), b"string");
+        assert_eq!(substring(s, 5, 3), b"");
+        assert_eq!(substring(s, -100, 1), b"Th");
+        assert_eq!(substring(s, 20, 30), b"");
+        assert_eq!(substring(b"", 0, -1), b"");
+        assert_eq!(substring(s, 0, -100), b"T");
+        assert_eq!(substring(s, -100, -200), b"");
     }
 
     #[test]

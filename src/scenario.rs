@@ -403,6 +403,9 @@ fn render(outcome: Result<CommandOutcome, StoreError>) -> Result<String, String>
         Ok(CommandOutcome::NotSet) => Ok("(nil)".into()),
         Ok(CommandOutcome::Integer(n)) => Ok(n.to_string()),
         Ok(CommandOutcome::Error(e)) => Err(e),
+        Ok(CommandOutcome::Value(v)) => {
+            Ok(v.map_or("(nil)".into(), |v| String::from_utf8_lossy(&v).into_owned()))
+        }
         Err(e) => Err(e.to_string()),
     }
 }

@@ -1,7 +1,7 @@
 //! `flotilla sim`: a deterministic simulation of a whole cluster, checked for linearizability.
 //!
 //! One seed drives everything: the cluster's shape (3 to 5 nodes, 8 ranges), concurrent
-//! clients (`GET SET INCR DEL MGET` over keys of every range) and faults (message loss, delay,
+//! clients (`GET SET GETSET APPEND INCR DEL MGET` over keys of every range) and faults (message loss, delay,
 //! reordering and duplication, symmetric and one-way partitions, node crashes (half of them
 //! power failures, which lose the node's sled writes since its last sync) and restarts,
 //! leadership transfers, log compactions that force snapshots, built while writes go on, as on
@@ -138,6 +138,9 @@ struct World {
     bugs: PlantedBugs,
     /// What the last fault did, for the timeline.
     detail: String,
+    /// Draws which crashes are power failures: a stream of its own, so that the faults drawn
+    /// stay those of the seed before power failures joined them.
+    power_failures: StdRng,
 }
 
 impl World {
@@ -313,24 +316,50 @@ pub fn run(seed: u64, duration: Duration) -> Report {
     run_with_bugs(seed, duration, PlantedBugs::default())
 }
 
-/// Runs one seed with bugs planted in every node, to show the checks catch them. A panic (a
-/// node's: they all run on this thread) is a violation: raft's own checks panic, on a node
-/// restarted with a log that does not continue its state machine for one.
+/// Runs one seed with bugs planted in every node, to show the checks catch them. Any panic on
+/// this thread is a violation (raft's own checks panic): a node's actors run as tasks, whose
+/// panics the runtime catches, so a hook records them; one that ends the run (a node that does
+/// not start) leaves no history.
 pub fn run_with_bugs(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
+    record_panics();
+    PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
     let run = std::panic::catch_unwind(|| {
         let system = actix::System::new();
         system.block_on(simulate(seed, duration, bugs))
     });
-    run.unwrap_or_else(|panic| {
-        let message = (panic.downcast_ref::<&str>().map(|m| m.to_string()))
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Report {
-            seed,
-            violations: vec![format!("a node panicked: {message}")],
-            ..Report::default()
-        }
-    })
+    let panics = PANICS.with(|p| p.borrow_mut().take()).unwrap_or_default();
+    let mut report = run.unwrap_or_else(|_| Report {
+        seed,
+        ..Report::default()
+    });
+    let found = std::mem::take(&mut report.violations);
+    report.violations = panics;
+    report.violations.extend(found);
+    report
+}
+
+thread_local! {
+    /// The panics on this thread while a simulation runs on it.
+    static PANICS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// Installs, once, a panic hook that records a panic in `PANICS` (then does what the hook
+/// before it did: print it).
+fn record_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| {
+                if let Ok(mut p) = p.try_borrow_mut() {
+                    if let Some(p) = p.as_mut() {
+                        p.push(info.to_string().replace('\n', " "));
+                    }
+                }
+            });
+            previous(info);
+        }));
+    });
 }
 
 async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
@@ -353,6 +382,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         count,
         bugs,
         detail: String::new(),
+        power_failures: StdRng::seed_from_u64(seed ^ 0x90E4_FA11),
     }));
     for id in 1..=count {
         world.borrow_mut().start(id);
@@ -379,7 +409,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                 let via = up[rng.gen_range(0..up.len())];
                 let k = key(rng.gen_range(0..KEYS));
                 n += 1;
-                let kind = match rng.gen_range(0..10) {
+                let kind = match rng.gen_range(0..12) {
                     0..=3 => Kind::Write(Command::Set {
                         key: k.clone(),
                         value: format!("c{c}.{n}").into_bytes(),
@@ -391,6 +421,17 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                     }),
                     5 => Kind::Write(Command::Delete {
                         keys: vec![k.clone()],
+                    }),
+                    // Answered with what they read when applied, and not idempotent.
+                    6 => Kind::Write(Command::SetGet {
+                        key: k.clone(),
+                        value: format!("c{c}.{n}").into_bytes(),
+                        condition: SetCondition::Always,
+                    }),
+                    7 => Kind::Write(Command::Append {
+                        key: k.clone(),
+                        value: format!("+c{c}.{n}").into_bytes(),
+                        limit: 1 << 20,
                     }),
                     _ => Kind::Read,
                 };
@@ -768,7 +809,8 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
             if (down.len() as u64 + 1) * 2 < count {
                 let id = up[rng.gen_range(0..up.len())];
                 world.borrow_mut().detail = format!("n{id}");
-                if rng.gen_bool(0.5) {
+                let power_failure = world.borrow_mut().power_failures.gen_bool(0.5);
+                if power_failure {
                     crash(world, id, true).await;
                     "power failure"
                 } else {

@@ -40,6 +40,30 @@ pub enum Command {
         #[serde(with = "crate::codec::byte_pairs")]
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     },
+    // New variants go last: the log holds entries encoded with the variants' numbers.
+    /// `SET ... GET` and `GETSET`: a `SET` answered with the value the key had.
+    SetGet {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        condition: SetCondition,
+    },
+    /// `GETDEL`: deletes a key, answered with the value it had.
+    GetDel {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// `APPEND`: answered with the value's new length. A value that would grow past `limit`
+    /// bytes (the proposing node's `max_value_bytes`, carried so that every replica decides
+    /// alike) is left as it was, with an error.
+    Append {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        limit: u64,
+    },
 }
 
 /// What applying a command answered.
@@ -53,6 +77,8 @@ pub enum CommandOutcome {
     Integer(i64),
     /// The command was applied as a no-op because it was not valid for the stored value.
     Error(String),
+    /// The value the key had (`None`: it had none).
+    Value(Option<Vec<u8>>),
 }
 
 /// The effect of applying a command: the writes to make (`None` deletes) and the answer.
@@ -66,7 +92,11 @@ impl Command {
     /// Every key the command touches, in order.
     pub fn keys(&self) -> Vec<&[u8]> {
         match self {
-            Command::Set { key, .. } | Command::IncrBy { key, .. } => vec![key],
+            Command::Set { key, .. }
+            | Command::IncrBy { key, .. }
+            | Command::SetGet { key, .. }
+            | Command::GetDel { key }
+            | Command::Append { key, .. } => vec![key],
             Command::Delete { keys } => keys.iter().map(Vec::as_slice).collect(),
             Command::MSet { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
         }
@@ -147,6 +177,52 @@ impl Command {
                     .collect(),
                 outcome: CommandOutcome::Ok,
             },
+            Command::SetGet {
+                key,
+                value,
+                condition,
+            } => {
+                let old = read(key);
+                let write = match condition {
+                    SetCondition::Always => true,
+                    SetCondition::IfAbsent => old.is_none(),
+                    SetCondition::IfPresent => old.is_some(),
+                };
+                Applied {
+                    writes: match write {
+                        true => vec![(key.clone(), Some(value.clone()))],
+                        false => vec![],
+                    },
+                    outcome: CommandOutcome::Value(old),
+                }
+            }
+            Command::GetDel { key } => {
+                let old = read(key);
+                Applied {
+                    writes: match old {
+                        Some(_) => vec![(key.clone(), None)],
+                        None => vec![],
+                    },
+                    outcome: CommandOutcome::Value(old),
+                }
+            }
+            Command::Append { key, value, limit } => {
+                let mut next = read(key).unwrap_or_default();
+                if (next.len() + value.len()) as u64 > *limit {
+                    return Applied {
+                        writes: vec![],
+                        outcome: CommandOutcome::Error(format!(
+                            "ERR string exceeds maximum allowed size (max_value_bytes, {limit})"
+                        )),
+                    };
+                }
+                next.extend_from_slice(value);
+                let len = next.len() as i64;
+                Applied {
+                    writes: vec![(key.clone(), Some(next))],
+                    outcome: CommandOutcome::Integer(len),
+                }
+            }
         }
     }
 }
@@ -223,6 +299,81 @@ mod tests {
         };
         assert_eq!(run(&mut s, del), CommandOutcome::Integer(1));
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn set_get_answers_the_old_value_whether_or_not_it_sets() {
+        let mut s = BTreeMap::new();
+        let set_get = |v: &str, condition| Command::SetGet {
+            key: b"a".to_vec(),
+            value: v.into(),
+            condition,
+        };
+        let value = |v: &str| CommandOutcome::Value(Some(v.into()));
+        assert_eq!(
+            run(&mut s, set_get("1", SetCondition::IfPresent)),
+            CommandOutcome::Value(None)
+        );
+        assert!(s.is_empty());
+        assert_eq!(
+            run(&mut s, set_get("1", SetCondition::Always)),
+            CommandOutcome::Value(None)
+        );
+        assert_eq!(
+            run(&mut s, set_get("2", SetCondition::IfAbsent)),
+            value("1")
+        );
+        assert_eq!(
+            run(&mut s, set_get("3", SetCondition::IfPresent)),
+            value("1")
+        );
+        assert_eq!(s.get(&b"a"[..]), Some(&b"3".to_vec()));
+    }
+
+    #[test]
+    fn get_del_answers_what_it_deleted() {
+        let mut s = BTreeMap::new();
+        let get_del = || Command::GetDel { key: b"a".to_vec() };
+        assert_eq!(run(&mut s, get_del()), CommandOutcome::Value(None));
+        run(&mut s, set("a", "1", SetCondition::Always));
+        assert_eq!(
+            run(&mut s, get_del()),
+            CommandOutcome::Value(Some(b"1".to_vec()))
+        );
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn append_grows_a_value_up_to_its_limit() {
+        let mut s = BTreeMap::new();
+        let append = |v: &str| Command::Append {
+            key: b"a".to_vec(),
+            value: v.into(),
+            limit: 5,
+        };
+        assert_eq!(run(&mut s, append("ab")), CommandOutcome::Integer(2));
+        assert_eq!(run(&mut s, append("cde")), CommandOutcome::Integer(5));
+        assert!(
+            matches!(run(&mut s, append("f")), CommandOutcome::Error(e) if e.contains("maximum"))
+        );
+        assert_eq!(s.get(&b"a"[..]), Some(&b"abcde".to_vec()));
+    }
+
+    /// Entries already in logs were encoded with the variants' numbers as they were: new
+    /// variants go after them.
+    #[test]
+    fn the_encoding_of_the_first_commands_is_unchanged() {
+        let set = set("k", "v", SetCondition::IfAbsent);
+        assert_eq!(
+            crate::codec::encode(&set),
+            [0, 1, b'k', 1, b'v', 1].to_vec()
+        );
+        let append = Command::Append {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            limit: 9,
+        };
+        assert_eq!(crate::codec::encode(&append)[0], 6);
     }
 
     #[test]

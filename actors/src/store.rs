@@ -821,7 +821,11 @@ impl Store {
     fn split(&self, command: Command) -> Result<Vec<(RangeId, Command)>, StoreError> {
         let route = |k: &[u8]| self.route(k).ok_or(StoreError::NoRange);
         Ok(match command {
-            Command::Set { .. } | Command::IncrBy { .. } => {
+            Command::Set { .. }
+            | Command::IncrBy { .. }
+            | Command::SetGet { .. }
+            | Command::GetDel { .. }
+            | Command::Append { .. } => {
                 let range = route(command.keys()[0])?;
                 vec![(range, command)]
             }
