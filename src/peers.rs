@@ -42,9 +42,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// The version of this format, in every hello: nodes speaking different versions refuse each
-/// other's connections with an error that says so.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The version of this format and of the commands in the raft entries it carries, in every
+/// hello: nodes speaking different versions refuse each other's connections with an error
+/// that says so. 3: `SET ... GET`, `GETDEL` and `APPEND`, which a node of version 2 cannot
+/// apply.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame accepted.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
