@@ -10,7 +10,7 @@ use flotilla_actors::messages::{GetStoreStatus, Read, StoreError, Write};
 use flotilla_actors::multiraft::{MultiRaft, RaftMetrics};
 use flotilla_actors::storage::Engine;
 use flotilla_actors::store::{Store, WriteApplied};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,6 +18,8 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+mod scan;
 
 /// What every session of a node shares.
 pub struct Shared {
@@ -140,6 +142,8 @@ const COMMANDS: &[Spec] = &[
     spec("incrby", 3, WRITE, (1, 1, 1)),
     spec("decr", 2, WRITE, (1, 1, 1)),
     spec("decrby", 3, WRITE, (1, 1, 1)),
+    spec("scan", -2, READ, NO_KEYS),
+    spec("keys", 2, READ, NO_KEYS),
     spec("dbsize", 1, READ, NO_KEYS),
     spec("ping", -1, FAST, NO_KEYS),
     spec("echo", 2, FAST, NO_KEYS),
@@ -182,6 +186,7 @@ pub struct Session {
     authenticated: bool,
     name: Option<Bytes>,
     order: Rc<Order>,
+    cursors: Rc<RefCell<scan::Cursors>>,
 }
 
 /// What [`Session::sequenced`] needs to know of the commands under way on a connection.
@@ -204,6 +209,7 @@ impl Session {
             authenticated,
             name: None,
             order: Rc::new(Order::default()),
+            cursors: Rc::default(),
         }
     }
 
@@ -313,6 +319,8 @@ impl Session {
                 },
                 None => err("ERR value is not an integer or out of range"),
             },
+            "scan" => self.scan(a),
+            "keys" => self.keys(&a[0]),
             "dbsize" => {
                 let shared = self.shared.clone();
                 self.in_turn(async move {

@@ -372,6 +372,25 @@ pub struct Read {
     pub keys: Vec<Vec<u8>>,
 }
 
+/// The keys of this node's range that holds `from`, in order from `from` on, at most `count`
+/// of them, as this Store has applied them. Not linearizable by itself: a `Read` of `from`
+/// first makes it so (this Store's state is then at least as new as the read's index).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Scanned, StoreError>")]
+pub struct Scan {
+    pub from: Vec<u8>,
+    pub count: usize,
+}
+
+/// What a [`Scan`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Scanned {
+    pub keys: Vec<Vec<u8>>,
+    /// Where the next scan starts: after the last key found, or the next range's start;
+    /// `None` once the key space is done.
+    pub next: Option<Vec<u8>>,
+}
+
 /// Adds a replica of a range on a node: it joins as a learner, is filled by a snapshot and the
 /// log, and is promoted to voter once caught up. Answered when this node has applied the
 /// promotion; a node that already holds a voting replica is answered at once.

@@ -28,7 +28,7 @@ use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft, RaftMetrics};
 use crate::storage::{
-    put_descriptor, AppliedStates, Engine, LogPosition, Pair, Proposers, RangeDescriptor,
+    keys, put_descriptor, AppliedStates, Engine, LogPosition, Pair, Proposers, RangeDescriptor,
     SnapshotData, StorageError,
 };
 use actix::prelude::*;
@@ -1827,7 +1827,78 @@ impl Handler<Read> for Store {
     }
 }
 
+impl Handler<Scan> for Store {
+    type Result = Result<Scanned, StoreError>;
+
+    fn handle(&mut self, msg: Scan, ctx: &mut Context<Self>) -> Self::Result {
+        self.took_turn(ctx);
+        let range = self.route(&msg.from).ok_or(StoreError::NoRange)?;
+        let end = self.ranges[&range].descriptor.end_key.clone();
+        // As `values`: read again if a snapshot's data was written into sled meanwhile.
+        loop {
+            let before = self.engine.data_writes();
+            if before % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let scanned = self.scan(&msg.from, &end, msg.count.max(1));
+            if self.engine.data_writes() == before {
+                return scanned.map_err(|e| StoreError::Internal(e.to_string()));
+            }
+        }
+    }
+}
+
 impl Store {
+    /// Up to `count` keys of `[from, end)` (`end` empty: unbounded) in this Store's applied
+    /// state: sled's, under what was applied and is not yet written (`unwritten_value`).
+    fn scan(&self, from: &[u8], end: &[u8], count: usize) -> Result<Scanned, StorageError> {
+        let within = |k: &[u8]| k >= from && (end.is_empty() || k < end);
+        // The unwritten keys of the span, each with whether it exists, the newest state last.
+        let mut unwritten: BTreeMap<&[u8], bool> = BTreeMap::new();
+        let batches = self.in_flight.iter().map(|f| &f.values);
+        for values in batches.chain([&self.unwritten.values]) {
+            for (k, v) in values.iter().filter(|(k, _)| within(k)) {
+                unwritten.insert(k, v.is_some());
+            }
+        }
+        let (lo, hi) = keys::user_span(from, end);
+        let mut sled_keys = self.engine.tree().range(lo..hi).keys();
+        let mut next_stored = || -> Result<Option<Vec<u8>>, StorageError> {
+            Ok(sled_keys.next().transpose()?.map(|k| k[1..].to_vec()))
+        };
+        let mut stored = next_stored()?;
+        let mut pending = unwritten.into_iter().peekable();
+        let mut keys = Vec::new();
+        while keys.len() < count {
+            let unwritten_first = match (&stored, pending.peek()) {
+                (None, None) => break,
+                (Some(s), Some(&(p, _))) => p <= s.as_slice(),
+                (stored, _) => stored.is_none(),
+            };
+            if !unwritten_first {
+                keys.extend(stored.take());
+                stored = next_stored()?;
+            } else if let Some((key, exists)) = pending.next() {
+                if stored.as_deref() == Some(key) {
+                    stored = next_stored()?;
+                }
+                if exists {
+                    keys.push(key.to_vec());
+                }
+            }
+        }
+        let next = match keys.last() {
+            Some(last) if keys.len() == count => {
+                let mut after = last.clone();
+                after.push(0);
+                Some(after)
+            }
+            _ => (!end.is_empty()).then(|| end.to_vec()),
+        };
+        Ok(Scanned { keys, next })
+    }
+
     /// Whether a read of these ranges is served from this Store's state, without a read
     /// index (see `serves_locally`); counts the leased ones if so.
     fn reads_locally<I>(&self, ranges: I) -> bool
