@@ -10,7 +10,7 @@ use flotilla_actors::messages::{GetStoreStatus, Read, StoreError, Write};
 use flotilla_actors::multiraft::{MultiRaft, RaftMetrics};
 use flotilla_actors::storage::Engine;
 use flotilla_actors::store::{Store, WriteApplied};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-mod scan;
+pub mod scan;
 
 /// What every session of a node shares.
 pub struct Shared {
@@ -37,6 +37,8 @@ pub struct Shared {
     pub started: Instant,
     pub clients: AtomicUsize,
     pub next_client_id: AtomicU64,
+    /// `SCAN`'s cursors, of every connection.
+    pub cursors: std::sync::Mutex<scan::Cursors>,
 }
 
 /// The number of keys on this node: a scan of every key, on a blocking thread so that neither
@@ -186,7 +188,6 @@ pub struct Session {
     authenticated: bool,
     name: Option<Bytes>,
     order: Rc<Order>,
-    cursors: Rc<RefCell<scan::Cursors>>,
 }
 
 /// What [`Session::sequenced`] needs to know of the commands under way on a connection.
@@ -209,7 +210,6 @@ impl Session {
             authenticated,
             name: None,
             order: Rc::new(Order::default()),
-            cursors: Rc::default(),
         }
     }
 

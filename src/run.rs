@@ -131,6 +131,7 @@ pub async fn run(
         started: Instant::now(),
         clients: AtomicUsize::new(0),
         next_client_id: AtomicU64::new(0),
+        cursors: Default::default(),
     });
     // Tests and scripts read this line to learn the address (the port may be OS-assigned).
     println!(

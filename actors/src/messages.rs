@@ -373,7 +373,7 @@ pub struct Read {
 }
 
 /// The keys of this node's range that holds `from`, in order from `from` on, at most `count`
-/// of them, as this Store has applied them. Not linearizable by itself: a `Read` of `from`
+/// of them (and at most `store::SCAN_STEP_MAX`), as this Store has applied them. Not linearizable by itself: a `Read` of `from`
 /// first makes it so (this Store's state is then at least as new as the read's index).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Scanned, StoreError>")]

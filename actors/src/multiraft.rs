@@ -2550,13 +2550,14 @@ fn hand_over(
             } else {
                 match codec::decode(&e.data) {
                     Ok(c) => Some(c),
-                    Err(err) => {
-                        log::error!(
-                            "{range}: entry {} is not a command ({err}); skipped",
-                            e.index
-                        );
-                        None
-                    }
+                    // Skipping it would leave this replica apart from those that apply it:
+                    // raft-engine checksums entries, so it was written by a newer version
+                    // (a cluster moved back to an older one), which this one cannot apply.
+                    Err(err) => panic!(
+                        "{range}: committed entry {} is not a command this version knows \
+                         ({err}): it was written by a newer version of flotilla; run that",
+                        e.index
+                    ),
                 }
             };
             events.push(Event::CommandCommitted {

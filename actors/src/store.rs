@@ -1827,6 +1827,10 @@ impl Handler<Read> for Store {
     }
 }
 
+/// The most keys one [`Scan`] returns: it runs on the Store's thread, which every read and
+/// write of the node waits for (Redis takes `SCAN`'s `COUNT` as a hint too).
+pub const SCAN_STEP_MAX: usize = 1000;
+
 impl Handler<Scan> for Store {
     type Result = Result<Scanned, StoreError>;
 
@@ -1841,7 +1845,7 @@ impl Handler<Scan> for Store {
                 std::thread::yield_now();
                 continue;
             }
-            let scanned = self.scan(&msg.from, &end, msg.count.max(1));
+            let scanned = self.scan(&msg.from, &end, msg.count.clamp(1, SCAN_STEP_MAX));
             if self.engine.data_writes() == before {
                 return scanned.map_err(|e| StoreError::Internal(e.to_string()));
             }

@@ -16,35 +16,42 @@ use std::collections::VecDeque;
 /// Keys a `KEYS` step asks the Store for at once.
 const KEYS_STEP: usize = 1000;
 
-/// The cursors a connection's `SCAN` may continue from, at most this many (the oldest go).
-const CURSORS_KEPT: usize = 64;
+/// The cursors a node keeps for `SCAN`, at most this many (the oldest go).
+const CURSORS_KEPT: usize = 4096;
 
-/// A connection's `SCAN` cursors: each number stands for the key the next step starts from
-/// (Redis's cursors are numbers, which clients parse). 0 starts from the beginning.
+/// A node's `SCAN` cursors: each stands for the key the next step starts from (Redis's cursors
+/// are numbers, which clients parse). They are the node's, not a connection's, so that a
+/// client's pool of connections may go on with any of them; random, so that a cursor from
+/// another node, or one gone, is refused rather than taken for another. 0 starts from the
+/// beginning.
 #[derive(Default)]
-pub(super) struct Cursors {
-    last: u64,
-    starts: VecDeque<(u64, Vec<u8>)>,
+pub struct Cursors {
+    starts: std::collections::HashMap<u64, Vec<u8>>,
+    order: VecDeque<u64>,
 }
 
 impl Cursors {
     fn add(&mut self, start: Vec<u8>) -> u64 {
-        self.last += 1;
-        if self.starts.len() == CURSORS_KEPT {
-            self.starts.pop_front();
+        let cursor = loop {
+            let c = rand::random::<u64>() >> 1;
+            if c != 0 && !self.starts.contains_key(&c) {
+                break c;
+            }
+        };
+        if self.order.len() == CURSORS_KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.starts.remove(&oldest);
+            }
         }
-        self.starts.push_back((self.last, start));
-        self.last
+        self.order.push_back(cursor);
+        self.starts.insert(cursor, start);
+        cursor
     }
 
     fn start(&self, cursor: u64) -> Option<Vec<u8>> {
         match cursor {
             0 => Some(Vec::new()),
-            c => self
-                .starts
-                .iter()
-                .find(|(n, _)| *n == c)
-                .map(|(_, k)| k.clone()),
+            c => self.starts.get(&c).cloned(),
         }
     }
 }
@@ -112,17 +119,19 @@ impl Session {
             Ok(args) => args,
             Err(e) => return err(e),
         };
-        let Some(from) = self.cursors.borrow().start(args.cursor) else {
+        let cursors = self.shared.clone();
+        let Some(from) = cursors.cursors.lock().expect("cursors").start(args.cursor) else {
             return err("ERR invalid cursor");
         };
-        let cursors = self.cursors.clone();
         self.sequenced(false, move |store| {
             let store = store.clone();
             async move {
                 let mut out = BytesMut::new();
                 match step(&store, from, args.count).await {
                     Ok(Scanned { keys, next }) => {
-                        let cursor = next.map_or(0, |start| cursors.borrow_mut().add(start));
+                        let cursor = next.map_or(0, |start| {
+                            cursors.cursors.lock().expect("cursors").add(start)
+                        });
                         let keys: Vec<Vec<u8>> = keys
                             .into_iter()
                             .filter(|k| args.strings && matches(args.pattern.as_deref(), k))
@@ -149,28 +158,31 @@ impl Session {
         self.sequenced(false, move |store| {
             let store = store.clone();
             async move {
-                let mut out = BytesMut::new();
-                let mut found = Vec::new();
+                // The keys' replies, counted, then the array's header before them.
+                let (mut found, mut n) = (BytesMut::new(), 0);
                 let mut from = Some(Vec::new());
                 while let Some(start) = from.take() {
                     match step(&store, start, KEYS_STEP).await {
                         Ok(Scanned { keys, next }) => {
-                            found.extend(keys.into_iter().filter(|k| matches(Some(&pattern), k)));
+                            for k in keys.iter().filter(|k| matches(Some(&pattern), k)) {
+                                reply::bulk(&mut found, k);
+                                n += 1;
+                            }
                             from = next;
                         }
                         Err(e) => {
-                            reply::error(&mut out, &e);
+                            found.clear();
+                            reply::error(&mut found, &e);
                             return Reply {
-                                bytes: out,
+                                bytes: found,
                                 close: false,
                             };
                         }
                     }
                 }
-                reply::array_header(&mut out, found.len());
-                for k in found {
-                    reply::bulk(&mut out, &k);
-                }
+                let mut out = BytesMut::new();
+                reply::array_header(&mut out, n);
+                out.unsplit(found);
                 Reply {
                     bytes: out,
                     close: false,
@@ -192,8 +204,10 @@ enum Token {
     Star,
     Any,
     Byte(u8),
-    /// `[...]`: byte ranges (a byte alone is a range of one), `[^...]` negated.
-    Class(Vec<(u8, u8)>, bool),
+    /// `[...]`: byte ranges (a byte alone is a range of one), `[^...]` negated. Bounds are
+    /// compared as C's signed `char`, as Redis compares them: `[a-\xe9]` holds `-` and `\xff`,
+    /// not `b`.
+    Class(Vec<(i8, i8)>, bool),
 }
 
 impl Token {
@@ -202,6 +216,7 @@ impl Token {
             Token::Star | Token::Any => true,
             Token::Byte(c) => *c == b,
             Token::Class(ranges, negated) => {
+                let b = b as i8;
                 ranges.iter().any(|&(lo, hi)| lo <= b && b <= hi) != *negated
             }
         }
@@ -233,15 +248,16 @@ fn tokens(p: &[u8]) -> Vec<Token> {
                 }
                 let mut ranges = Vec::new();
                 while i < p.len() && p[i] != b']' {
+                    let c = p[i] as i8;
                     if p[i] == b'\\' && i + 1 < p.len() {
                         i += 1;
-                        ranges.push((p[i], p[i]));
+                        ranges.push((p[i] as i8, p[i] as i8));
                     } else if i + 2 < p.len() && p[i + 1] == b'-' {
-                        let (a, b) = (p[i], p[i + 2]);
-                        ranges.push((a.min(b), a.max(b)));
+                        let d = p[i + 2] as i8;
+                        ranges.push((c.min(d), c.max(d)));
                         i += 2;
                     } else {
-                        ranges.push((p[i], p[i]));
+                        ranges.push((c, c));
                     }
                     i += 1;
                 }
@@ -324,6 +340,13 @@ mod tests {
         no("key:*", "ke");
         no("[", "");
         no("[abc", "d");
+        let high = |p: &[u8], s: &[u8]| glob(p, s);
+        for s in [&b"-"[..], b"A", b"[", b"a", b"\xe9", b"\xff"] {
+            assert!(high(b"[a-\xe9]", s), "{s:?}");
+        }
+        for s in [&b"b"[..], b"z", b"\x80"] {
+            assert!(!high(b"[a-\xe9]", s), "{s:?}");
+        }
         yes("[abc", "b");
         // Backtracking stays linear in the key for each star.
         let long = "a".repeat(10_000);
