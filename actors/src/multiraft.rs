@@ -831,6 +831,9 @@ pub struct MultiRaft {
     purger: Option<std::sync::mpsc::SyncSender<()>>,
     unapplied: u64,
     released: VecDeque<ReleasedProposal>,
+    /// Ranges whose leader here applied its own removal, and the tick it did: see
+    /// `Handler<ChangeApplied>`.
+    leaving: BTreeMap<RangeId, u64>,
     ticks: u64,
     next_read_context: u64,
     /// Ranges whose replica on this node was removed, with that replica.
@@ -898,6 +901,7 @@ impl MultiRaft {
             purger: None,
             unapplied: 0,
             released: VecDeque::new(),
+            leaving: BTreeMap::new(),
             ticks: 0,
             next_read_context: 1,
             tombstones: engine.tombstones()?,
@@ -1040,6 +1044,7 @@ impl MultiRaft {
     /// (in order, after every event handed to it before) and confirms with
     /// [`ReplicaDestroyed`].
     fn remove_replica(&mut self, range: RangeId) {
+        self.leaving.remove(&range);
         let Some(g) = self.groups.remove(&range) else {
             return;
         };
@@ -2153,6 +2158,15 @@ impl MultiRaft {
 
     fn on_tick(&mut self) {
         self.ticks += 1;
+        let waited = 10 * self.settings.election_ticks as u64;
+        let gone: Vec<RangeId> = (self.leaving.iter())
+            .filter(|&(_, &since)| self.ticks > since + waited)
+            .map(|(&range, _)| range)
+            .collect();
+        for range in gone {
+            self.leaving.remove(&range);
+            self.remove_replica(range);
+        }
         self.check_liveness();
         if self.settings.compact_caught_up && self.ticks.is_multiple_of(COMPACT_TICKS) {
             self.compact_caught_up();
@@ -2780,9 +2794,22 @@ impl Handler<ChangeApplied> for MultiRaft {
             self.notify_removed(msg.range, replica);
         }
         if removed_here {
-            self.remove_replica(msg.range);
-            self.schedule_round(ctx);
-            return;
+            // A leader that removes its own replica at once may leave a voter that has the
+            // change but not yet the commit index covering it: that voter still counts this
+            // replica in its configuration, and can never elect a leader without it (seen with
+            // two voters left, one of them this). So a leader stays, sending its heartbeats
+            // (and the commit index with them), until a remaining voter applies the change and
+            // tells this node (`notify_removed`), or for ten election timeouts at most.
+            let leads_others = (self.groups.get(&msg.range))
+                .is_some_and(|g| g.is_leader() && g.members().any(|id| id != g.replica.0))
+                && !self.leaving.contains_key(&msg.range);
+            if !leads_others {
+                self.leaving.remove(&msg.range);
+                self.remove_replica(msg.range);
+                self.schedule_round(ctx);
+                return;
+            }
+            self.leaving.insert(msg.range, self.ticks);
         }
         let Some(g) = self.groups.get_mut(&msg.range) else {
             return;
