@@ -2164,7 +2164,6 @@ impl MultiRaft {
             .map(|(&range, _)| range)
             .collect();
         for range in gone {
-            self.leaving.remove(&range);
             self.remove_replica(range);
         }
         self.check_liveness();
@@ -2804,7 +2803,6 @@ impl Handler<ChangeApplied> for MultiRaft {
                 .is_some_and(|g| g.is_leader() && g.members().any(|id| id != g.replica.0))
                 && !self.leaving.contains_key(&msg.range);
             if !leads_others {
-                self.leaving.remove(&msg.range);
                 self.remove_replica(msg.range);
                 self.schedule_round(ctx);
                 return;

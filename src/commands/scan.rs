@@ -10,11 +10,8 @@ use super::{err, reply, PendingReply, Reply, Session};
 use bytes::{Bytes, BytesMut};
 use flotilla_actors::command::parse_integer;
 use flotilla_actors::messages::{Read, Scan, Scanned};
-use flotilla_actors::store::Store;
+use flotilla_actors::store::{Store, SCAN_STEP_MAX};
 use std::collections::VecDeque;
-
-/// Keys a `KEYS` step asks the Store for at once.
-const KEYS_STEP: usize = 1000;
 
 /// The cursors a node keeps for `SCAN`, at most this many (the oldest go).
 const CURSORS_KEPT: usize = 4096;
@@ -162,7 +159,7 @@ impl Session {
                 let (mut found, mut n) = (BytesMut::new(), 0);
                 let mut from = Some(Vec::new());
                 while let Some(start) = from.take() {
-                    match step(&store, start, KEYS_STEP).await {
+                    match step(&store, start, SCAN_STEP_MAX).await {
                         Ok(Scanned { keys, next }) => {
                             for k in keys.iter().filter(|k| matches(Some(&pattern), k)) {
                                 reply::bulk(&mut found, k);
