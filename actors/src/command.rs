@@ -17,6 +17,18 @@ pub enum SetCondition {
     IfPresent,
 }
 
+impl SetCondition {
+    /// Whether a `SET` with this condition writes, given whether the key exists (asked only
+    /// when the condition depends on it).
+    fn allows(self, exists: impl FnOnce() -> bool) -> bool {
+        match self {
+            SetCondition::Always => true,
+            SetCondition::IfAbsent => !exists(),
+            SetCondition::IfPresent => exists(),
+        }
+    }
+}
+
 /// A write, as it is stored in a raft entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -110,11 +122,7 @@ impl Command {
                 value,
                 condition,
             } => {
-                let write = match condition {
-                    SetCondition::Always => true,
-                    SetCondition::IfAbsent => read(key).is_none(),
-                    SetCondition::IfPresent => read(key).is_some(),
-                };
+                let write = condition.allows(|| read(key).is_some());
                 if write {
                     Applied {
                         writes: vec![(key.clone(), Some(value.clone()))],
@@ -183,11 +191,7 @@ impl Command {
                 condition,
             } => {
                 let old = read(key);
-                let write = match condition {
-                    SetCondition::Always => true,
-                    SetCondition::IfAbsent => old.is_none(),
-                    SetCondition::IfPresent => old.is_some(),
-                };
+                let write = condition.allows(|| old.is_some());
                 Applied {
                     writes: match write {
                         true => vec![(key.clone(), Some(value.clone()))],
