@@ -5,11 +5,14 @@ use crate::config::Config;
 use crate::resp::reply;
 use actix::{Addr, MailboxError};
 use bytes::{Bytes, BytesMut};
-use flotilla_actors::command::{parse_integer, Command, CommandOutcome, SetCondition};
+use flotilla_actors::command::{
+    parse_integer, Command, CommandOutcome, ExpireCondition, SetCondition,
+};
 use flotilla_actors::messages::{GetStoreStatus, Read, StoreError, Write};
 use flotilla_actors::multiraft::{MultiRaft, RaftMetrics};
 use flotilla_actors::storage::Engine;
 use flotilla_actors::store::{Store, WriteApplied};
+use flotilla_actors::value::{Clock, Value};
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod expiry;
 pub mod scan;
 
 /// What every session of a node shares.
@@ -39,11 +43,14 @@ pub struct Shared {
     pub next_client_id: AtomicU64,
     /// `SCAN`'s cursors, of every connection.
     pub cursors: std::sync::Mutex<scan::Cursors>,
+    /// The Store's clock, which turns a time to live into a deadline (see
+    /// `flotilla_actors::value`).
+    pub clock: Clock,
 }
 
-/// The number of keys on this node: a scan of every key, on a blocking thread so that neither
-/// the Store nor the clients sharing its thread wait for it.
-async fn count_keys(shared: Arc<Shared>) -> Result<usize, String> {
+/// The number of keys on this node, and of those with a deadline: a scan of every key, on a
+/// blocking thread so that neither the Store nor the clients sharing its thread wait for it.
+async fn count_keys(shared: Arc<Shared>) -> Result<(usize, usize), String> {
     // One scan at a time, whatever the number of clients asking.
     let _turn = shared
         .counting
@@ -132,6 +139,18 @@ const COMMANDS: &[Spec] = &[
     spec("setnx", 3, WRITE, (1, 1, 1)),
     spec("getset", 3, WRITE, (1, 1, 1)),
     spec("getdel", 2, WRITE, (1, 1, 1)),
+    spec("getex", -2, WRITE, (1, 1, 1)),
+    spec("setex", 4, WRITE, (1, 1, 1)),
+    spec("psetex", 4, WRITE, (1, 1, 1)),
+    spec("expire", -3, WRITE, (1, 1, 1)),
+    spec("pexpire", -3, WRITE, (1, 1, 1)),
+    spec("expireat", -3, WRITE, (1, 1, 1)),
+    spec("pexpireat", -3, WRITE, (1, 1, 1)),
+    spec("persist", 2, WRITE, (1, 1, 1)),
+    spec("ttl", 2, READ, (1, 1, 1)),
+    spec("pttl", 2, READ, (1, 1, 1)),
+    spec("expiretime", 2, READ, (1, 1, 1)),
+    spec("pexpiretime", 2, READ, (1, 1, 1)),
     spec("append", 3, WRITE, (1, 1, 1)),
     spec("strlen", 2, READ, (1, 1, 1)),
     spec("getrange", 4, READ, (1, 1, 1)),
@@ -238,22 +257,39 @@ impl Session {
         }
         let a = &args[1..];
         match name {
-            "get" => self.read(vec![a[0].to_vec()], |out, mut v| {
-                reply::optional_bulk(out, v.remove(0).as_deref())
-            }),
+            "get" => self.get(&a[0]),
             "mget" => self.read(a.iter().map(|k| k.to_vec()).collect(), |out, vs| {
                 reply::array_header(out, vs.len());
                 for v in vs {
-                    reply::optional_bulk(out, v.as_deref());
+                    reply::optional_bulk(out, v.map(|v| v.bytes).as_deref());
                 }
             }),
             "exists" => self.read(a.iter().map(|k| k.to_vec()).collect(), |out, vs| {
                 reply::integer(out, vs.iter().filter(|v| v.is_some()).count() as i64)
             }),
-            "set" => match parse_set(a) {
-                Ok(cmd) => self.write(cmd),
+            "set" => self.write_parsed(expiry::parse_set(a, || self.shared.clock.now_ms())),
+            "setex" | "psetex" => {
+                self.write_parsed(expiry::parse_setex(name, a, || self.shared.clock.now_ms()))
+            }
+            "getex" => match expiry::parse_getex(a, || self.shared.clock.now_ms()) {
+                Ok(Some(cmd)) => self.write(cmd),
+                Ok(None) => self.get(&a[0]),
                 Err(e) => err(e),
             },
+            "expire" | "pexpire" | "expireat" | "pexpireat" => {
+                self.write_parsed(expiry::parse_expire(name, a, || self.shared.clock.now_ms()))
+            }
+            "persist" => self.write(Command::Expire {
+                key: a[0].to_vec(),
+                at: None,
+                condition: ExpireCondition::Always,
+            }),
+            "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
+                let clock = self.shared.clock;
+                self.read(vec![a[0].to_vec()], move |out, v| {
+                    reply::integer(out, expiry::ttl(name, v[0].as_ref(), clock.now_ms()))
+                })
+            }
             "setnx" => self.write_with(
                 Command::Set {
                     key: a[0].to_vec(),
@@ -278,11 +314,11 @@ impl Session {
                 limit: self.shared.config.max_value_bytes as u64,
             }),
             "strlen" => self.read(vec![a[0].to_vec()], |out, v| {
-                reply::integer(out, v[0].as_ref().map_or(0, Vec::len) as i64)
+                reply::integer(out, v[0].as_ref().map_or(0, |v| v.bytes.len()) as i64)
             }),
             "getrange" | "substr" => match (parse_integer(&a[1]), parse_integer(&a[2])) {
                 (Some(start), Some(end)) => self.read(vec![a[0].to_vec()], move |out, v| {
-                    let value = v[0].as_deref().unwrap_or_default();
+                    let value = v[0].as_ref().map_or(&[][..], |v| &v.bytes);
                     reply::bulk(out, substring(value, start, end))
                 }),
                 _ => err("ERR value is not an integer or out of range"),
@@ -326,7 +362,7 @@ impl Session {
                 self.in_turn(async move {
                     let mut out = BytesMut::new();
                     match count_keys(shared).await {
-                        Ok(n) => reply::integer(&mut out, n as i64),
+                        Ok((n, _)) => reply::integer(&mut out, n as i64),
                         Err(e) => reply::error(&mut out, &e),
                     }
                     Reply {
@@ -465,7 +501,7 @@ impl Session {
     fn read(
         &self,
         keys: Vec<Vec<u8>>,
-        render: impl FnOnce(&mut BytesMut, Vec<Option<Vec<u8>>>) + 'static,
+        render: impl FnOnce(&mut BytesMut, Vec<Option<Value>>) + 'static,
     ) -> PendingReply {
         self.sequenced(false, move |store| {
             let request = store.send(Read { keys });
@@ -482,6 +518,19 @@ impl Session {
                 }
             }
         })
+    }
+
+    fn get(&self, key: &[u8]) -> PendingReply {
+        self.read(vec![key.to_vec()], |out, mut v| {
+            reply::optional_bulk(out, v.remove(0).map(|v| v.bytes).as_deref())
+        })
+    }
+
+    fn write_parsed(&self, command: Result<Command, String>) -> PendingReply {
+        match command {
+            Ok(command) => self.write(command),
+            Err(e) => err(e),
+        }
     }
 
     fn auth(&mut self, pass: &[u8]) -> PendingReply {
@@ -615,7 +664,7 @@ impl Session {
                 }
             };
             // A count that fails shows as 0 here; DBSIZE reports the error.
-            let keys = count_keys(shared.clone()).await.unwrap_or(0);
+            let (keys, expiring) = count_keys(shared.clone()).await.unwrap_or((0, 0));
             let leading = status
                 .ranges
                 .iter()
@@ -628,7 +677,7 @@ impl Session {
                  # Clients\r\nconnected_clients:{}\r\n\r\n\
                  # Replication\r\nrole:master\r\n\r\n\
                  # Flotilla\r\nnode_id:{}\r\nranges:{}\r\nranges_led:{}\r\napplied_commands:{}\r\nraft_rounds:{}\r\nraft_syncs:{}\r\nproposals_held:{}\r\nproposals_busy:{}\r\nevents_deferred:{}\r\nsnapshots_sent:{}\r\nsnapshots_installed:{}\r\nlog_compactions:{}\r\nraft_log_entries:{}\r\nraft_log_entries_read:{}\r\nraft_entries_cached:{}\r\nraft_entry_cache_bytes:{}\r\nlearners_promoted:{}\r\nranges_quiescent:{}\r\npeers_connected:{}\r\npeer_restarts:{}\r\nreads_leased:{}\r\n\r\n\
-                 # Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n",
+                 # Keyspace\r\ndb0:keys={},expires={},avg_ttl=0\r\n",
                 env!("CARGO_PKG_VERSION"),
                 std::process::id(),
                 shared.client_addr.port(),
@@ -656,6 +705,7 @@ impl Session {
                 m.peer_restarts.load(Ordering::Relaxed),
                 m.reads_leased.load(Ordering::Relaxed),
                 keys,
+                expiring,
             );
             reply::bulk(&mut out, text.as_bytes());
             Reply {
@@ -739,83 +789,9 @@ fn substring(value: &[u8], start: i64, end: i64) -> &[u8] {
     &value[start as usize..=end as usize]
 }
 
-fn parse_set(a: &[Bytes]) -> Result<Command, String> {
-    let mut condition = SetCondition::Always;
-    let mut get = false;
-    for opt in &a[2..] {
-        let o = String::from_utf8_lossy(opt).to_uppercase();
-        condition = match (o.as_str(), condition) {
-            ("NX", SetCondition::Always | SetCondition::IfAbsent) => SetCondition::IfAbsent,
-            ("XX", SetCondition::Always | SetCondition::IfPresent) => SetCondition::IfPresent,
-            ("GET", c) => {
-                get = true;
-                c
-            }
-            ("EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL", _) => {
-                return Err(
-                    "ERR flotilla does not support key expiry (EX, PX, EXAT, PXAT, KEEPTTL)".into(),
-                )
-            }
-            _ => return Err("ERR syntax error".into()),
-        };
-    }
-    let (key, value) = (a[0].to_vec(), a[1].to_vec());
-    Ok(match get {
-        true => Command::SetGet {
-            key,
-            value,
-            condition,
-        },
-        false => Command::Set {
-            key,
-            value,
-            condition,
-        },
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn b(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
-    }
-
-    #[test]
-    fn set_options() {
-        let parse = |opts: &[&str]| {
-            let mut a = vec![b("k"), b("v")];
-            a.extend(opts.iter().map(|o| b(o)));
-            parse_set(&a)
-        };
-        assert!(matches!(
-            parse(&["nx"]),
-            Ok(Command::Set {
-                condition: SetCondition::IfAbsent,
-                ..
-            })
-        ));
-        assert!(matches!(
-            parse(&["XX"]),
-            Ok(Command::Set {
-                condition: SetCondition::IfPresent,
-                ..
-            })
-        ));
-        assert_eq!(parse(&["NX", "XX"]).unwrap_err(), "ERR syntax error");
-        assert!(matches!(
-            parse(&["get", "NX"]),
-            Ok(Command::SetGet {
-                condition: SetCondition::IfAbsent,
-                ..
-            })
-        ));
-        // As Redis 7 takes it.
-        assert!(matches!(parse(&["GET", "GET"]), Ok(Command::SetGet { .. })));
-        assert!(parse(&["EX", "10"]).unwrap_err().contains("expiry"));
-        assert_eq!(parse(&["bogus"]).unwrap_err(), "ERR syntax error");
-    }
 
     /// Redis's `GETRANGE` on "This is a string", as its documentation shows it, and the
     /// edges: an empty value, a range past either end.

@@ -45,8 +45,9 @@ use tokio::sync::mpsc;
 /// The version of this format and of the commands in the raft entries it carries, in every
 /// hello: nodes speaking different versions refuse each other's connections with an error
 /// that says so. 3: `SET ... GET`, `GETDEL` and `APPEND`, which a node of version 2 cannot
-/// apply.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// apply. 4: key expiry, whose commands and stored values (a tag byte before each, in
+/// snapshots too) a node of version 3 cannot read.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame accepted.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;

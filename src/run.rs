@@ -92,11 +92,12 @@ pub async fn run(
         let reachability = transport.reachability();
         (Box::new(transport), connections, reachability)
     };
-    let node =
-        Node::start(config.node_settings(), transport).map_err(|source| StartError::Storage {
-            dir: config.data_dir.display().to_string(),
-            source,
-        })?;
+    let settings = config.node_settings();
+    let clock = settings.store.clock;
+    let node = Node::start(settings, transport).map_err(|source| StartError::Storage {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?;
     // The raft connections run on MultiRaft's thread (they stop with it).
     let raft_thread = node.raft_thread();
     for task in connections {
@@ -132,6 +133,7 @@ pub async fn run(
         clients: AtomicUsize::new(0),
         next_client_id: AtomicU64::new(0),
         cursors: Default::default(),
+        clock,
     });
     // Tests and scripts read this line to learn the address (the port may be OS-assigned).
     println!(

@@ -460,7 +460,7 @@ async fn run_step(c: &mut Cluster, step: &Step) -> Result<String, String> {
                     .await
                     .map_err(|e| e.to_string())?
                     .map(|mut v| match v.pop().flatten() {
-                        Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                        Some(v) => String::from_utf8_lossy(&v.bytes).into_owned(),
                         None => "(nil)".into(),
                     })
                     .map_err(|e| e.to_string()),
@@ -615,7 +615,7 @@ async fn run_step(c: &mut Cluster, step: &Step) -> Result<String, String> {
                 .map_err(|e| format!("reading the load back: {e}"))?;
             for (k, v) in chunk.iter().zip(got) {
                 let want = acked.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
-                if v != want {
+                if v.map(|v| v.bytes) != want {
                     return Err(format!(
                         "acknowledged write of {} lost",
                         String::from_utf8_lossy(k)

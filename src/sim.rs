@@ -17,7 +17,7 @@
 //! some point after it started or never, and every replica of every range holds exactly the
 //! data those final reads returned: the model the history allows.
 
-use flotilla_actors::command::{Command, CommandOutcome, SetCondition};
+use flotilla_actors::command::{Command, CommandOutcome, ExpireCondition, SetCondition, SetExpiry};
 use flotilla_actors::ids::{NodeId, RangeId};
 use flotilla_actors::messages::{
     AddReplica, CompactLog, GetDigest, GetRaftStatus, GetStoreStatus, ProposeError, Read,
@@ -28,6 +28,7 @@ use flotilla_actors::node::{Node, NodeSettings};
 use flotilla_actors::storage::{keys, Engine};
 use flotilla_actors::store::{data_hash, PlantedBugs, StoreSettings, WriteApplied};
 use flotilla_actors::transport::LocalNetwork;
+use flotilla_actors::value::{self, stored, Clock, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cell::{Cell, RefCell};
@@ -84,7 +85,8 @@ enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
     Written(CommandOutcome),
-    Value(Option<Vec<u8>>),
+    /// What a read found: the value's bytes and deadline.
+    Value(Option<Value>),
     /// Refused before reaching the log: it had no effect.
     Refused,
     Unknown,
@@ -141,6 +143,8 @@ struct World {
     /// Draws which crashes are power failures: a stream of its own, so that the faults drawn
     /// stay those of the seed before power failures joined them.
     power_failures: StdRng,
+    /// Every node's clock: virtual time, from the same fixed start on every run of a seed.
+    clock: Clock,
 }
 
 impl World {
@@ -170,6 +174,7 @@ impl World {
             store: StoreSettings {
                 request_timeout: Duration::from_secs(2),
                 bugs: self.bugs,
+                clock: self.clock,
                 // A snapshot's build reads its range 25-200 ms after it was asked for and
                 // finishes as long again later, while writes go on (see `generate_snapshot`).
                 snapshot_build_delay: Duration::from_millis(25 * (1 + self.seed % 8)),
@@ -383,6 +388,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         bugs,
         detail: String::new(),
         power_failures: StdRng::seed_from_u64(seed ^ 0x90E4_FA11),
+        clock: Clock::starting_at(EPOCH_MS),
     }));
     for id in 1..=count {
         world.borrow_mut().start(id);
@@ -436,6 +442,65 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                     _ => Kind::Read,
                 };
                 let op = request(&world, via, c, k, kind, t0).await;
+                history.borrow_mut().push(op);
+            }
+        }));
+    }
+    // Key expiry: deadlines 20-400 ms ahead, given, kept and dropped, which pass while the run
+    // goes on (the ranges' leaders reap them through the log, every second).
+    {
+        let (world, history, stop) = (world.clone(), history.clone(), stop.clone());
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xE1E1);
+        clients.push(actix_rt::spawn(async move {
+            let mut n = 0u64;
+            while !stop.get() {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
+                let up: Vec<u64> = world.borrow().nodes.keys().copied().collect();
+                let via = up[rng.gen_range(0..up.len())];
+                let k = key(rng.gen_range(0..KEYS));
+                n += 1;
+                let now = world.borrow().clock.now_ms();
+                let at = now + rng.gen_range(20..400);
+                let value = format!("x{n}").into_bytes();
+                let set = |condition, get, expiry| Command::SetExpiring {
+                    key: k.clone(),
+                    value: value.clone(),
+                    condition,
+                    get,
+                    expiry,
+                };
+                let kind = match rng.gen_range(0..8) {
+                    0 | 1 => set(SetCondition::Always, false, SetExpiry::At(at)),
+                    2 => set(SetCondition::IfAbsent, true, SetExpiry::At(at)),
+                    3 => set(SetCondition::IfPresent, false, SetExpiry::Keep),
+                    4 => Command::Expire {
+                        key: k.clone(),
+                        // Now and then a deadline already past: a deletion.
+                        at: Some(if rng.gen_bool(0.2) { now - 1 } else { at }),
+                        condition: [
+                            ExpireCondition::Always,
+                            ExpireCondition::IfNone,
+                            ExpireCondition::IfSome,
+                            ExpireCondition::IfLater,
+                            ExpireCondition::IfEarlier,
+                            ExpireCondition::IfSomeAndEarlier,
+                        ][rng.gen_range(0..6)],
+                    },
+                    5 => Command::Expire {
+                        key: k.clone(),
+                        at: None,
+                        condition: ExpireCondition::Always,
+                    },
+                    6 => Command::GetEx {
+                        key: k.clone(),
+                        at: rng.gen_bool(0.7).then_some(at),
+                    },
+                    _ => Command::IncrBy {
+                        key: k.clone(),
+                        delta: 1,
+                    },
+                };
+                let op = request(&world, via, CLIENTS + 2, k, Kind::Write(kind), t0).await;
                 history.borrow_mut().push(op);
             }
         }));
@@ -628,7 +693,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
             .expect("a simulation key");
         let pairs = model.entry(RangeId(1 + (i / 3) as u64)).or_default();
         if let Outcome::Value(Some(v)) = &op.result {
-            pairs.push((op.key.clone(), v.clone()));
+            pairs.push((op.key.clone(), stored(&v.bytes, v.deadline)));
         }
     }
     let expected: BTreeMap<RangeId, (u64, u64)> = (1..=(KEYS / 3) as u64)
@@ -911,6 +976,40 @@ fn leftovers(engine: &Engine) -> Vec<(RangeId, usize)> {
         .collect()
 }
 
+/// The simulation's clock at its start (every node's: see `World::clock`).
+const EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// The times at which `o` may have been served or proposed (by the clock of the simulation,
+/// which reads `EPOCH_MS` plus the milliseconds since its start) that can make a difference
+/// to it, given the register's stored value: the ends of its window, and where in it the
+/// value's deadline or the command's own passes.
+fn times(o: &Op, stored: Option<&[u8]>) -> BTreeSet<u64> {
+    let (from, to) = (
+        EPOCH_MS + o.start.as_millis() as u64,
+        o.end.map_or(u64::MAX, |e| EPOCH_MS + e.as_millis() as u64),
+    );
+    let mut edges = vec![from, to];
+    if let Some(d) = stored.and_then(value::deadline) {
+        edges.extend([d, d.saturating_add(1)]);
+    }
+    if let Kind::Write(Command::Expire { at: Some(at), .. } | Command::GetEx { at: Some(at), .. }) =
+        &o.kind
+    {
+        edges.extend([at.saturating_sub(1), *at]);
+    }
+    if let Kind::Write(Command::SetExpiring {
+        expiry: SetExpiry::At(at),
+        ..
+    }) = &o.kind
+    {
+        edges.extend([*at, at.saturating_add(1)]);
+    }
+    edges
+        .into_iter()
+        .filter(|t| (from..=to).contains(t))
+        .collect()
+}
+
 /// Checks the history of every key against a single register applying the same commands.
 /// The violations, and the keys whose check was inconclusive.
 fn check_linearizable(history: &[Op]) -> (Vec<String>, Vec<String>) {
@@ -950,6 +1049,7 @@ fn linearizable(ops: &[&Op]) -> Result<Verdict, String> {
         .collect();
     let n = ops.len();
     let end = |o: &Op| o.last.unwrap_or(u64::MAX);
+    // The register holds the value stored (its deadline with it).
     let mut seen: HashSet<(Vec<u64>, Option<Vec<u8>>)> = HashSet::new();
     let mut budget = 2_000_000u64;
     // Depth-first: (done set, value).
@@ -981,25 +1081,34 @@ fn linearizable(ops: &[&Op]) -> Result<Verdict, String> {
             }
             let mut next = done.clone();
             next[i / 64] |= 1 << (i % 64);
-            let after = match (&o.kind, &o.result) {
-                (Kind::Read, Outcome::Value(v)) => (v == &value).then(|| value.clone()),
-                (Kind::Write(c), result) => {
-                    let applied = c.apply(|_| value.clone());
-                    let ok = match result {
-                        Outcome::Written(w) => w == &applied.outcome,
-                        _ => true,
-                    };
-                    ok.then(|| {
-                        applied
-                            .writes
-                            .into_iter()
-                            .next()
-                            .map_or(value.clone(), |(_, v)| v)
-                    })
-                }
-                _ => None,
-            };
-            if let Some(after) = after {
+            // Whether a value has expired depends on the time the node that served the read
+            // or proposed the command took: some time in the operation's window. Each time at
+            // which the outcome can differ is tried.
+            let afters: Vec<Option<Vec<u8>>> = times(o, value.as_deref())
+                .into_iter()
+                .filter_map(|now| match (&o.kind, &o.result) {
+                    (Kind::Read, Outcome::Value(v)) => {
+                        let read = value.clone().and_then(|s| Value::at(s, || now));
+                        (v == &read).then(|| value.clone())
+                    }
+                    (Kind::Write(c), result) => {
+                        let applied = c.clone().clocked(|| now).apply(|_| value.clone());
+                        let ok = match result {
+                            Outcome::Written(w) => w == &applied.outcome,
+                            _ => true,
+                        };
+                        ok.then(|| {
+                            applied
+                                .writes
+                                .into_iter()
+                                .next()
+                                .map_or(value.clone(), |(_, v)| v)
+                        })
+                    }
+                    _ => None,
+                })
+                .collect();
+            for after in afters {
                 if seen.insert((next.clone(), after.clone())) {
                     stack.push((next.clone(), after));
                 }
@@ -1041,7 +1150,10 @@ mod tests {
     }
 
     fn read(v: Option<&str>) -> Outcome {
-        Outcome::Value(v.map(|v| v.as_bytes().to_vec()))
+        Outcome::Value(v.map(|v| Value {
+            bytes: v.as_bytes().to_vec(),
+            deadline: None,
+        }))
     }
 
     #[test]

@@ -86,6 +86,19 @@ fn reading_without_a_read_index_is_caught() {
     println!("reads without read index: caught on seed {seed}: {violation}");
 }
 
+/// Whether a value has expired must be decided alike on every replica: by the time a command
+/// was proposed at, carried in its entry. Replicas that decide by their own clock when they
+/// apply it part ways (one increments a counter another found expired).
+#[test]
+fn deciding_expiry_at_apply_is_caught() {
+    let bugs = flotilla_actors::store::PlantedBugs {
+        expiry_decided_at_apply: true,
+        ..Default::default()
+    };
+    let (seed, violation) = caught_within(10, bugs).expect("the planted bug went unnoticed");
+    println!("expiry decided at apply: caught on seed {seed}: {violation}");
+}
+
 /// Snapshots are built while writes go on (as on the builder thread), so one that does not put
 /// back the values its range had at its index carries later writes, and a replica that installs
 /// it applies them again (an `INCR` twice).

@@ -4,6 +4,7 @@
 //! range before proposing. Applying is a pure function of the command and the values it reads,
 //! so every replica computes the same result from the same log.
 
+use crate::value;
 use serde::{Deserialize, Serialize};
 
 /// Which existing state a `SET` requires.
@@ -27,6 +28,44 @@ impl SetCondition {
             SetCondition::IfPresent => exists(),
         }
     }
+}
+
+/// Which existing deadline an `EXPIRE` requires (its `NX`, `XX`, `GT` and `LT` options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireCondition {
+    Always,
+    /// The key has no deadline.
+    IfNone,
+    /// The key has a deadline.
+    IfSome,
+    /// The new deadline is later than the key's (none counts as forever).
+    IfLater,
+    /// The new deadline is earlier than the key's (none counts as forever).
+    IfEarlier,
+    /// The key has a deadline and the new one is earlier (`XX LT`).
+    IfSomeAndEarlier,
+}
+
+impl ExpireCondition {
+    fn allows(self, current: Option<u64>, new: u64) -> bool {
+        match self {
+            ExpireCondition::Always => true,
+            ExpireCondition::IfNone => current.is_none(),
+            ExpireCondition::IfSome => current.is_some(),
+            ExpireCondition::IfLater => current.is_some_and(|c| new > c),
+            ExpireCondition::IfEarlier => current.is_none_or(|c| new < c),
+            ExpireCondition::IfSomeAndEarlier => current.is_some_and(|c| new < c),
+        }
+    }
+}
+
+/// The deadline a `SET` gives its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetExpiry {
+    /// Milliseconds since the Unix epoch (`EX`, `PX`, `EXAT`, `PXAT`).
+    At(u64),
+    /// The key's current deadline (`KEEPTTL`).
+    Keep,
 }
 
 /// A write, as it is stored in a raft entry.
@@ -76,6 +115,44 @@ pub enum Command {
         value: Vec<u8>,
         limit: u64,
     },
+    /// A command applied as at `now` (milliseconds since the Unix epoch, by the proposing
+    /// node's clock): values whose deadline is before it count as absent. The Store wraps
+    /// every command that reads values in one (see [`Command::clocked`]); one that is not
+    /// wrapped applies as at time zero, when nothing has expired.
+    Clocked { now: u64, command: Box<Command> },
+    /// `SET` with a deadline (`EX`, `PX`, `EXAT`, `PXAT`, `KEEPTTL`), `SETEX`, `PSETEX`;
+    /// answered with the value the key had if `get`.
+    SetExpiring {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        condition: SetCondition,
+        get: bool,
+        expiry: SetExpiry,
+    },
+    /// `EXPIRE` and its kin (`at`: milliseconds since the Unix epoch), or `PERSIST` (`at` is
+    /// `None`): answered 1 if the deadline changed, else 0. A deadline already past deletes
+    /// the key.
+    Expire {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        at: Option<u64>,
+        condition: ExpireCondition,
+    },
+    /// `GETEX` with an option: answered with the value, whose deadline becomes `at` (`None`:
+    /// `PERSIST`).
+    GetEx {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        at: Option<u64>,
+    },
+    /// Deletes the keys that have expired, as a range's leader finds them in its index of
+    /// deadlines (`(deadline, key)` as the index has them); answered with how many it deleted.
+    Reap {
+        #[serde(with = "crate::codec::numbered_bytes")]
+        entries: Vec<(u64, Vec<u8>)>,
+    },
 }
 
 /// What applying a command answered.
@@ -93,11 +170,34 @@ pub enum CommandOutcome {
     Value(Option<Vec<u8>>),
 }
 
-/// The effect of applying a command: the writes to make (`None` deletes) and the answer.
+/// The effect of applying a command: the writes to make (stored values, see [`crate::value`];
+/// `None` deletes), the entries of the index of deadlines to drop (each key's deadline as it
+/// is indexed, and the key; the Store indexes every deadline written), and the answer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Applied {
     pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub unindexed: Vec<(u64, Vec<u8>)>,
     pub outcome: CommandOutcome,
+}
+
+impl Applied {
+    fn new(writes: Vec<(Vec<u8>, Option<Vec<u8>>)>, outcome: CommandOutcome) -> Applied {
+        Applied {
+            writes,
+            unindexed: Vec::new(),
+            outcome,
+        }
+    }
+
+    fn answer(outcome: CommandOutcome) -> Applied {
+        Applied::new(Vec::new(), outcome)
+    }
+}
+
+/// A live stored value: its bytes and deadline.
+struct Current {
+    bytes: Vec<u8>,
+    deadline: Option<u64>,
 }
 
 impl Command {
@@ -108,123 +208,217 @@ impl Command {
             | Command::IncrBy { key, .. }
             | Command::SetGet { key, .. }
             | Command::GetDel { key }
-            | Command::Append { key, .. } => vec![key],
+            | Command::Append { key, .. }
+            | Command::SetExpiring { key, .. }
+            | Command::Expire { key, .. }
+            | Command::GetEx { key, .. } => vec![key],
             Command::Delete { keys } => keys.iter().map(Vec::as_slice).collect(),
             Command::MSet { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
+            Command::Reap { entries } => entries.iter().map(|(_, k)| k.as_slice()).collect(),
+            Command::Clocked { command, .. } => command.keys(),
         }
     }
 
-    /// Applies the command to the state that `read` shows.
-    pub fn apply(&self, mut read: impl FnMut(&[u8]) -> Option<Vec<u8>>) -> Applied {
+    /// The command to propose at the time `now` gives: wrapped in [`Command::Clocked`] if what
+    /// it does depends on the values it reads, which may have expired. A plain `SET` and `MSET`
+    /// read nothing and go as they are (without reading the clock).
+    pub fn clocked(self, now: impl FnOnce() -> u64) -> Command {
         match self {
+            Command::Set {
+                condition: SetCondition::Always,
+                ..
+            }
+            | Command::MSet { .. }
+            | Command::Clocked { .. } => self,
+            command => Command::Clocked {
+                now: now(),
+                command: Box::new(command),
+            },
+        }
+    }
+
+    /// Applies the command to the stored values that `read` shows.
+    pub fn apply(&self, read: impl FnMut(&[u8]) -> Option<Vec<u8>>) -> Applied {
+        self.apply_at(0, read)
+    }
+
+    fn apply_at(&self, now: u64, mut read: impl FnMut(&[u8]) -> Option<Vec<u8>>) -> Applied {
+        let mut current = |key: &[u8]| {
+            read(key).filter(|s| value::live(s, now)).map(|s| Current {
+                bytes: value::bytes(&s).to_vec(),
+                deadline: value::deadline(&s),
+            })
+        };
+        let plain = |key: &Vec<u8>, v: &[u8]| (key.clone(), Some(value::stored(v, None)));
+        match self {
+            Command::Clocked { now, command } => command.apply_at(*now, read),
             Command::Set {
                 key,
                 value,
                 condition,
-            } => {
-                let write = condition.allows(|| read(key).is_some());
-                if write {
-                    Applied {
-                        writes: vec![(key.clone(), Some(value.clone()))],
-                        outcome: CommandOutcome::Ok,
-                    }
-                } else {
-                    Applied {
-                        writes: vec![],
-                        outcome: CommandOutcome::NotSet,
-                    }
-                }
-            }
+            } => match condition.allows(|| current(key).is_some()) {
+                true => Applied::new(vec![plain(key, value)], CommandOutcome::Ok),
+                false => Applied::answer(CommandOutcome::NotSet),
+            },
             Command::Delete { keys } => {
                 let mut writes = Vec::new();
+                let mut deleted = 0;
                 for key in keys {
                     // A key named twice is deleted once and counted once, as in Redis.
-                    let already = writes.iter().any(|(k, _): &(Vec<u8>, _)| k == key);
-                    if !already && read(key).is_some() {
+                    if writes.iter().any(|(k, _): &(Vec<u8>, _)| k == key) {
+                        continue;
+                    }
+                    // An expired value is deleted too, uncounted.
+                    if let Some(stored) = read(key) {
+                        deleted += value::live(&stored, now) as i64;
                         writes.push((key.clone(), None));
                     }
                 }
-                let deleted = writes.len() as i64;
-                Applied {
-                    writes,
-                    outcome: CommandOutcome::Integer(deleted),
-                }
+                Applied::new(writes, CommandOutcome::Integer(deleted))
             }
             Command::IncrBy { key, delta } => {
-                let current = match read(key) {
-                    None => 0,
-                    Some(bytes) => match parse_integer(&bytes) {
-                        Some(n) => n,
+                let (number, deadline) = match current(key) {
+                    None => (0, None),
+                    Some(c) => match parse_integer(&c.bytes) {
+                        Some(n) => (n, c.deadline),
                         None => {
-                            return Applied {
-                                writes: vec![],
-                                outcome: CommandOutcome::Error(
-                                    "ERR value is not an integer or out of range".into(),
-                                ),
-                            }
+                            return Applied::answer(CommandOutcome::Error(
+                                "ERR value is not an integer or out of range".into(),
+                            ))
                         }
                     },
                 };
-                match current.checked_add(*delta) {
-                    Some(next) => Applied {
-                        writes: vec![(key.clone(), Some(next.to_string().into_bytes()))],
-                        outcome: CommandOutcome::Integer(next),
-                    },
-                    None => Applied {
-                        writes: vec![],
-                        outcome: CommandOutcome::Error(
-                            "ERR increment or decrement would overflow".into(),
-                        ),
-                    },
+                match number.checked_add(*delta) {
+                    // The deadline stays, as in Redis.
+                    Some(next) => Applied::new(
+                        vec![(
+                            key.clone(),
+                            Some(value::stored(next.to_string().as_bytes(), deadline)),
+                        )],
+                        CommandOutcome::Integer(next),
+                    ),
+                    None => Applied::answer(CommandOutcome::Error(
+                        "ERR increment or decrement would overflow".into(),
+                    )),
                 }
             }
-            Command::MSet { pairs } => Applied {
-                writes: pairs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Some(v.clone())))
-                    .collect(),
-                outcome: CommandOutcome::Ok,
-            },
+            Command::MSet { pairs } => Applied::new(
+                pairs.iter().map(|(k, v)| plain(k, v)).collect(),
+                CommandOutcome::Ok,
+            ),
             Command::SetGet {
                 key,
                 value,
                 condition,
             } => {
-                let old = read(key);
-                let write = condition.allows(|| old.is_some());
-                Applied {
-                    writes: match write {
-                        true => vec![(key.clone(), Some(value.clone()))],
-                        false => vec![],
-                    },
-                    outcome: CommandOutcome::Value(old),
-                }
+                let old = current(key).map(|c| c.bytes);
+                let writes = match condition.allows(|| old.is_some()) {
+                    true => vec![plain(key, value)],
+                    false => vec![],
+                };
+                Applied::new(writes, CommandOutcome::Value(old))
             }
-            Command::GetDel { key } => {
-                let old = read(key);
-                Applied {
-                    writes: match old {
-                        Some(_) => vec![(key.clone(), None)],
-                        None => vec![],
-                    },
-                    outcome: CommandOutcome::Value(old),
+            Command::GetDel { key } => match read(key) {
+                None => Applied::answer(CommandOutcome::Value(None)),
+                Some(stored) => {
+                    let old = value::live(&stored, now).then(|| value::bytes(&stored).to_vec());
+                    Applied::new(vec![(key.clone(), None)], CommandOutcome::Value(old))
                 }
-            }
+            },
             Command::Append { key, value, limit } => {
-                let mut next = read(key).unwrap_or_default();
+                let (mut next, deadline) =
+                    current(key).map_or((vec![], None), |c| (c.bytes, c.deadline));
                 if (next.len() + value.len()) as u64 > *limit {
-                    return Applied {
-                        writes: vec![],
-                        outcome: CommandOutcome::Error(format!(
-                            "ERR string exceeds maximum allowed size (max_value_bytes, {limit})"
-                        )),
-                    };
+                    return Applied::answer(CommandOutcome::Error(format!(
+                        "ERR string exceeds maximum allowed size (max_value_bytes, {limit})"
+                    )));
                 }
                 next.extend_from_slice(value);
                 let len = next.len() as i64;
+                Applied::new(
+                    vec![(key.clone(), Some(value::stored(&next, deadline)))],
+                    CommandOutcome::Integer(len),
+                )
+            }
+            Command::SetExpiring {
+                key,
+                value,
+                condition,
+                get,
+                expiry,
+            } => {
+                let old = current(key);
+                let outcome = |set: bool, old: Option<Current>| match (get, set) {
+                    (true, _) => CommandOutcome::Value(old.map(|c| c.bytes)),
+                    (false, true) => CommandOutcome::Ok,
+                    (false, false) => CommandOutcome::NotSet,
+                };
+                if !condition.allows(|| old.is_some()) {
+                    return Applied::answer(outcome(false, old));
+                }
+                let deadline = match expiry {
+                    SetExpiry::At(at) => Some(*at),
+                    SetExpiry::Keep => old.as_ref().and_then(|c| c.deadline),
+                };
+                // A deadline already past leaves no value, as in Redis.
+                let stored = match deadline {
+                    Some(d) if now > d => None,
+                    _ => Some(value::stored(value, deadline)),
+                };
+                Applied::new(vec![(key.clone(), stored)], outcome(true, old))
+            }
+            Command::Expire { key, at, condition } => {
+                let Some(c) = current(key) else {
+                    return Applied::answer(CommandOutcome::Integer(0));
+                };
+                let stored = match at {
+                    None if c.deadline.is_none() => {
+                        return Applied::answer(CommandOutcome::Integer(0))
+                    }
+                    None => Some(value::stored(&c.bytes, None)),
+                    Some(at) if !condition.allows(c.deadline, *at) => {
+                        return Applied::answer(CommandOutcome::Integer(0))
+                    }
+                    Some(at) if *at <= now => None,
+                    Some(at) => Some(value::stored(&c.bytes, Some(*at))),
+                };
+                Applied::new(vec![(key.clone(), stored)], CommandOutcome::Integer(1))
+            }
+            Command::GetEx { key, at } => {
+                let Some(c) = current(key) else {
+                    return Applied::answer(CommandOutcome::Value(None));
+                };
+                let stored = match at {
+                    Some(at) if *at <= now => None,
+                    _ => Some(value::stored(&c.bytes, *at)),
+                };
+                Applied::new(
+                    vec![(key.clone(), stored)],
+                    CommandOutcome::Value(Some(c.bytes)),
+                )
+            }
+            Command::Reap { entries } => {
+                let mut writes = Vec::new();
+                let mut unindexed = Vec::new();
+                for (indexed, key) in entries {
+                    let stored = read(key);
+                    let deadline = stored.as_deref().and_then(value::deadline);
+                    if stored.as_ref().is_some_and(|s| !value::live(s, now))
+                        && !writes.iter().any(|(k, _): &(Vec<u8>, _)| k == key)
+                    {
+                        writes.push((key.clone(), None));
+                    }
+                    // The entry stays only while it is the deadline of a live value.
+                    let live = stored.as_ref().is_some_and(|s| value::live(s, now));
+                    if !(live && deadline == Some(*indexed)) {
+                        unindexed.push((*indexed, key.clone()));
+                    }
+                }
+                let deleted = writes.len() as i64;
                 Applied {
-                    writes: vec![(key.clone(), Some(next))],
-                    outcome: CommandOutcome::Integer(len),
+                    writes,
+                    unindexed,
+                    outcome: CommandOutcome::Integer(deleted),
                 }
             }
         }
@@ -251,7 +445,7 @@ pub fn parse_integer(bytes: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn run(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, cmd: Command) -> CommandOutcome {
         let applied = cmd.apply(|k| state.get(k).cloned());
@@ -262,6 +456,35 @@ mod tests {
             };
         }
         applied.outcome
+    }
+
+    /// Runs `cmd` as proposed at `now`, keeping the index of deadlines as the Store does.
+    fn run_at(
+        state: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+        index: &mut BTreeSet<(u64, Vec<u8>)>,
+        now: u64,
+        cmd: Command,
+    ) -> CommandOutcome {
+        let applied = cmd.clocked(|| now).apply(|k| state.get(k).cloned());
+        for entry in applied.unindexed {
+            index.remove(&entry);
+        }
+        for (k, v) in applied.writes {
+            match v {
+                Some(v) => {
+                    if let Some(d) = value::deadline(&v) {
+                        index.insert((d, k.clone()));
+                    }
+                    state.insert(k, v)
+                }
+                None => state.remove(&k),
+            };
+        }
+        applied.outcome
+    }
+
+    fn get(state: &BTreeMap<Vec<u8>, Vec<u8>>, k: &str) -> Option<Vec<u8>> {
+        state.get(k.as_bytes()).map(|v| value::bytes(v).to_vec())
     }
 
     fn set(k: &str, v: &str, condition: SetCondition) -> Command {
@@ -291,7 +514,7 @@ mod tests {
             run(&mut s, set("a", "3", SetCondition::IfPresent)),
             CommandOutcome::Ok
         );
-        assert_eq!(s.get(&b"a"[..]), Some(&b"3".to_vec()));
+        assert_eq!(get(&s, "a"), Some(b"3".to_vec()));
     }
 
     #[test]
@@ -331,7 +554,7 @@ mod tests {
             run(&mut s, set_get("3", SetCondition::IfPresent)),
             value("1")
         );
-        assert_eq!(s.get(&b"a"[..]), Some(&b"3".to_vec()));
+        assert_eq!(get(&s, "a"), Some(b"3".to_vec()));
     }
 
     #[test]
@@ -360,7 +583,7 @@ mod tests {
         assert!(
             matches!(run(&mut s, append("f")), CommandOutcome::Error(e) if e.contains("maximum"))
         );
-        assert_eq!(s.get(&b"a"[..]), Some(&b"abcde".to_vec()));
+        assert_eq!(get(&s, "a"), Some(b"abcde".to_vec()));
     }
 
     /// Entries already in logs were encoded with the variants' numbers as they were: new
@@ -403,5 +626,256 @@ mod tests {
         assert_eq!(parse_integer(b"0"), Some(0));
         assert_eq!(parse_integer(b" 1"), None);
         assert_eq!(parse_integer(b"-9223372036854775808"), Some(i64::MIN));
+    }
+
+    fn set_expiring(k: &str, v: &str, expiry: SetExpiry, condition: SetCondition) -> Command {
+        Command::SetExpiring {
+            key: k.into(),
+            value: v.into(),
+            condition,
+            get: false,
+            expiry,
+        }
+    }
+
+    fn expire(k: &str, at: Option<u64>, condition: ExpireCondition) -> Command {
+        Command::Expire {
+            key: k.into(),
+            at,
+            condition,
+        }
+    }
+
+    /// Every command that reads a value sees it gone once its deadline is past, whatever
+    /// it is; the commands that keep a deadline keep it.
+    #[test]
+    fn a_value_past_its_deadline_is_absent_to_every_command() {
+        let (mut s, mut ix) = (BTreeMap::new(), BTreeSet::new());
+        let at = SetExpiry::At(1000);
+        let always = SetCondition::Always;
+        assert_eq!(
+            run_at(&mut s, &mut ix, 10, set_expiring("n", "5", at, always)),
+            CommandOutcome::Ok
+        );
+        assert_eq!(ix, BTreeSet::from([(1000, b"n".to_vec())]));
+        let incr = || Command::IncrBy {
+            key: b"n".to_vec(),
+            delta: 1,
+        };
+        // INCR and APPEND keep the deadline.
+        assert_eq!(
+            run_at(&mut s, &mut ix, 1000, incr()),
+            CommandOutcome::Integer(6)
+        );
+        assert_eq!(value::deadline(&s[&b"n"[..]]), Some(1000));
+        // Past it, the key counts as absent.
+        assert_eq!(
+            run_at(&mut s, &mut ix, 1001, incr()),
+            CommandOutcome::Integer(1)
+        );
+        assert_eq!(value::deadline(&s[&b"n"[..]]), None);
+        let append = |v: &str| Command::Append {
+            key: b"a".to_vec(),
+            value: v.into(),
+            limit: 100,
+        };
+        run_at(&mut s, &mut ix, 0, set_expiring("a", "xy", at, always));
+        assert_eq!(
+            run_at(&mut s, &mut ix, 999, append("z")),
+            CommandOutcome::Integer(3)
+        );
+        assert_eq!(value::deadline(&s[&b"a"[..]]), Some(1000));
+        assert_eq!(
+            run_at(&mut s, &mut ix, 1001, append("z")),
+            CommandOutcome::Integer(1)
+        );
+        // NX sets over an expired value, XX does not.
+        run_at(&mut s, &mut ix, 0, set_expiring("k", "v", at, always));
+        let xx = set("k", "w", SetCondition::IfPresent);
+        assert_eq!(run_at(&mut s, &mut ix, 2000, xx), CommandOutcome::NotSet);
+        let nx = set("k", "w", SetCondition::IfAbsent);
+        assert_eq!(run_at(&mut s, &mut ix, 2000, nx), CommandOutcome::Ok);
+        assert_eq!(value::deadline(&s[&b"k"[..]]), None);
+        // DEL removes an expired value without counting it; GETDEL answers nil for it.
+        run_at(&mut s, &mut ix, 0, set_expiring("d", "v", at, always));
+        let del = Command::Delete {
+            keys: vec![b"d".to_vec()],
+        };
+        assert_eq!(
+            run_at(&mut s, &mut ix, 1500, del),
+            CommandOutcome::Integer(0)
+        );
+        assert!(!s.contains_key(&b"d"[..]));
+        run_at(&mut s, &mut ix, 0, set_expiring("g", "v", at, always));
+        let get_del = Command::GetDel { key: b"g".to_vec() };
+        assert_eq!(
+            run_at(&mut s, &mut ix, 1500, get_del),
+            CommandOutcome::Value(None)
+        );
+        // A command that is not clocked applies as at time zero.
+        run_at(&mut s, &mut ix, 0, set_expiring("z", "v", at, always));
+        assert_eq!(
+            run(&mut s, Command::GetDel { key: b"z".to_vec() }),
+            CommandOutcome::Value(Some(b"v".to_vec()))
+        );
+    }
+
+    #[test]
+    fn set_with_a_deadline_answers_and_keeps_as_redis_does() {
+        let (mut s, mut ix) = (BTreeMap::new(), BTreeSet::new());
+        let always = SetCondition::Always;
+        run_at(
+            &mut s,
+            &mut ix,
+            0,
+            set_expiring("k", "1", SetExpiry::At(500), always),
+        );
+        // KEEPTTL keeps the deadline; a plain SET drops it.
+        let keep = set_expiring("k", "2", SetExpiry::Keep, SetCondition::IfPresent);
+        assert_eq!(run_at(&mut s, &mut ix, 100, keep), CommandOutcome::Ok);
+        assert_eq!(value::deadline(&s[&b"k"[..]]), Some(500));
+        assert_eq!(get(&s, "k"), Some(b"2".to_vec()));
+        run_at(&mut s, &mut ix, 100, set("k", "3", always));
+        assert_eq!(value::deadline(&s[&b"k"[..]]), None);
+        // GET answers the old value, set or not.
+        let get_set = |v: &str, condition| Command::SetExpiring {
+            key: b"k".to_vec(),
+            value: v.into(),
+            condition,
+            get: true,
+            expiry: SetExpiry::At(900),
+        };
+        assert_eq!(
+            run_at(&mut s, &mut ix, 100, get_set("4", SetCondition::IfAbsent)),
+            CommandOutcome::Value(Some(b"3".to_vec()))
+        );
+        assert_eq!(
+            run_at(&mut s, &mut ix, 100, get_set("4", always)),
+            CommandOutcome::Value(Some(b"3".to_vec()))
+        );
+        assert_eq!(value::deadline(&s[&b"k"[..]]), Some(900));
+        // A deadline already past leaves nothing.
+        let past = set_expiring("k", "5", SetExpiry::At(50), always);
+        assert_eq!(run_at(&mut s, &mut ix, 100, past), CommandOutcome::Ok);
+        assert!(!s.contains_key(&b"k"[..]));
+    }
+
+    #[test]
+    fn expire_follows_its_conditions_and_persist_drops_the_deadline() {
+        let (mut s, mut ix) = (BTreeMap::new(), BTreeSet::new());
+        use ExpireCondition::*;
+        let n = |s: &mut BTreeMap<_, _>, ix: &mut BTreeSet<_>, c| run_at(s, ix, 100, c);
+        assert_eq!(
+            n(&mut s, &mut ix, expire("k", Some(500), Always)),
+            CommandOutcome::Integer(0)
+        );
+        run_at(&mut s, &mut ix, 0, set("k", "v", SetCondition::Always));
+        assert_eq!(
+            n(&mut s, &mut ix, expire("k", None, Always)),
+            CommandOutcome::Integer(0)
+        );
+        assert_eq!(
+            n(&mut s, &mut ix, expire("k", Some(500), IfSome)),
+            CommandOutcome::Integer(0)
+        );
+        // No deadline counts as forever: GT refuses, LT accepts.
+        assert_eq!(
+            n(&mut s, &mut ix, expire("k", Some(500), IfLater)),
+            CommandOutcome::Integer(0)
+        );
+        assert_eq!(
+            n(&mut s, &mut ix, expire("k", Some(500), IfEarlier)),
+            CommandOutcome::Integer(1)
+        );
+        assert_eq!(
+            n(&mut s, &mut ix, expire("k", Some(600), IfNone)),
+            CommandOutcome::Integer(0)
+        );
+        assert_eq!(
+            n(&mut s, &mut ix, expire("k", Some(600), IfEarlier)),
+            CommandOutcome::Integer(0)
+        );
+        assert_eq!(
+            n(&mut s, &mut ix, expire("k", Some(600), IfLater)),
+            CommandOutcome::Integer(1)
+        );
+        assert_eq!(value::deadline(&s[&b"k"[..]]), Some(600));
+        assert_eq!(ix.len(), 2, "each deadline written is indexed");
+        assert_eq!(
+            n(&mut s, &mut ix, expire("k", None, Always)),
+            CommandOutcome::Integer(1)
+        );
+        assert_eq!(
+            (value::deadline(&s[&b"k"[..]]), get(&s, "k")),
+            (None, Some(b"v".to_vec()))
+        );
+        // A deadline already past deletes the key.
+        assert_eq!(
+            n(&mut s, &mut ix, expire("k", Some(100), Always)),
+            CommandOutcome::Integer(1)
+        );
+        assert!(s.is_empty());
+        // GETEX sets or drops a deadline and answers the value.
+        run_at(&mut s, &mut ix, 0, set("g", "v", SetCondition::Always));
+        let get_ex = |at| Command::GetEx {
+            key: b"g".to_vec(),
+            at,
+        };
+        assert_eq!(
+            n(&mut s, &mut ix, get_ex(Some(700))),
+            CommandOutcome::Value(Some(b"v".to_vec()))
+        );
+        assert_eq!(value::deadline(&s[&b"g"[..]]), Some(700));
+        assert_eq!(
+            n(&mut s, &mut ix, get_ex(None)),
+            CommandOutcome::Value(Some(b"v".to_vec()))
+        );
+        assert_eq!(value::deadline(&s[&b"g"[..]]), None);
+    }
+
+    /// A reap deletes what has expired and drops the index entries that no longer name a
+    /// live value's deadline, and only those.
+    #[test]
+    fn a_reap_deletes_the_expired_and_keeps_the_index_true() {
+        let (mut s, mut ix) = (BTreeMap::new(), BTreeSet::new());
+        let always = SetCondition::Always;
+        run_at(
+            &mut s,
+            &mut ix,
+            0,
+            set_expiring("a", "1", SetExpiry::At(100), always),
+        );
+        run_at(
+            &mut s,
+            &mut ix,
+            0,
+            set_expiring("b", "1", SetExpiry::At(100), always),
+        );
+        run_at(
+            &mut s,
+            &mut ix,
+            0,
+            set_expiring("c", "1", SetExpiry::At(100), always),
+        );
+        // b is set again with a later deadline, c with none: their entries at 100 are stale.
+        run_at(
+            &mut s,
+            &mut ix,
+            50,
+            set_expiring("b", "2", SetExpiry::At(900), always),
+        );
+        run_at(&mut s, &mut ix, 50, set("c", "2", always));
+        let entries: Vec<(u64, Vec<u8>)> = ix.iter().filter(|(d, _)| *d < 200).cloned().collect();
+        assert_eq!(entries.len(), 3);
+        let reap = Command::Reap { entries };
+        assert_eq!(
+            run_at(&mut s, &mut ix, 200, reap),
+            CommandOutcome::Integer(1)
+        );
+        assert_eq!(
+            s.keys().collect::<Vec<_>>(),
+            [&b"b".to_vec(), &b"c".to_vec()]
+        );
+        assert_eq!(ix, BTreeSet::from([(900, b"b".to_vec())]));
     }
 }

@@ -50,3 +50,4 @@ pub mod node;
 pub mod storage;
 pub mod store;
 pub mod transport;
+pub mod value;

@@ -365,9 +365,10 @@ pub struct Write {
     pub command: Command,
 }
 
-/// Reads keys linearizably: the values as of a moment between the request and the answer.
+/// Reads keys linearizably: the values as of a moment between the request and the answer,
+/// with their deadlines (a value past its deadline is absent).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<Option<Vec<u8>>>, StoreError>")]
+#[rtype(result = "Result<Vec<Option<crate::value::Value>>, StoreError>")]
 pub struct Read {
     pub keys: Vec<Vec<u8>>,
 }

@@ -78,6 +78,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -208,6 +209,9 @@ pub mod keys {
     pub const APPLIED: u8 = b'a';
     pub const DESCRIPTOR: u8 = b'd';
     pub const TOMBSTONE: u8 = b'x';
+    /// `'r' · range · 'e' · deadline · user key` (empty value): the range's index of
+    /// deadlines, which its leader reaps from (see `Command::Reap`).
+    pub const EXPIRING: u8 = b'e';
 
     /// `'r' · range`: the prefix of every key of a range's state.
     pub fn range_prefix(range: RangeId) -> Vec<u8> {
@@ -225,6 +229,20 @@ pub mod keys {
         k.push(kind);
         k
     }
+
+    /// The entry of `key`'s `deadline` in its range's index of deadlines.
+    pub fn expiry_key(range: RangeId, deadline: u64, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(18 + key.len());
+        k.extend_from_slice(&range_key(range, EXPIRING));
+        k.extend_from_slice(&deadline.to_be_bytes());
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// Marks a node whose stored values all have their tag (see `crate::value`).
+    pub const VALUES_TAGGED: &[u8] = b"n-values-tagged";
+    /// The last user key given its tag, while values are being tagged.
+    pub const TAGGED_UP_TO: &[u8] = b"n-values-tagged-up-to";
 
     /// The node's last boot (8 bytes).
     pub const BOOT: &[u8] = b"n-boot";
@@ -323,6 +341,51 @@ impl SyncedData {
 /// The sled tree of a node's data.
 const TREE: &str = "flotilla";
 
+/// An entry of a range's index of deadlines: a deadline and the user key that has it.
+pub type Deadline = (u64, Vec<u8>);
+
+/// Values given their tag per batch by [`tag_values`].
+const TAG_BATCH: usize = 10_000;
+
+/// Gives every stored value its tag (see [`crate::value`]), once: nodes before key expiry
+/// stored a value's bytes alone. In batches, each with the last key it tagged, so that one
+/// stopped midway goes on from there; the mark that all are tagged comes last (sled recovers
+/// a prefix of its writes, so any write after it implies it).
+fn tag_values(tree: &sled::Tree) -> Result<(), StorageError> {
+    if tree.contains_key(keys::VALUES_TAGGED)? {
+        return Ok(());
+    }
+    let end = Bound::Excluded(vec![b'k' + 1]);
+    let mut from = match tree.get(keys::TAGGED_UP_TO)? {
+        Some(k) => Bound::Excluded(k.to_vec()),
+        None => Bound::Included(vec![b'k']),
+    };
+    let mut tagged = 0;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut last = None;
+        for item in tree.range((from.clone(), end.clone())).take(TAG_BATCH) {
+            let (k, v) = item?;
+            batch.insert(k.clone(), crate::value::stored(&v, None));
+            last = Some(k);
+            tagged += 1;
+        }
+        let Some(last) = last else {
+            batch.insert(keys::VALUES_TAGGED, b"".as_slice());
+            batch.remove(keys::TAGGED_UP_TO);
+            tree.apply_batch(batch)?;
+            break;
+        };
+        batch.insert(keys::TAGGED_UP_TO, last.as_ref());
+        tree.apply_batch(batch)?;
+        from = Bound::Excluded(last.to_vec());
+    }
+    if tagged > 0 {
+        log::info!("storage: stored {tagged} values in the format that keeps deadlines");
+    }
+    Ok(())
+}
+
 /// Entries held in the ranges' entry caches, and their bytes: on a cache line of their own,
 /// updated with every round.
 #[derive(Default)]
@@ -371,6 +434,7 @@ impl Engine {
                 return Err(StorageError::OldFormat(dir.display().to_string()));
             }
         }
+        tag_values(&tree)?;
         let applied = AppliedLog::recover(&tree)?;
         let db_file = File::open(dir.join("db"))?;
         let log_dir = dir.join("raft");
@@ -711,17 +775,23 @@ impl Engine {
         Ok(boot)
     }
 
-    /// Reads a user key.
+    /// A user key's stored value (its tag and deadline first: see [`crate::value`]).
     pub fn get_user(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.tree.get(keys::user_key(key))?.map(|v| v.to_vec()))
     }
 
-    /// Counts the user keys on this node.
-    pub fn count_user_keys(&self) -> usize {
-        self.tree.scan_prefix([b'k']).count()
+    /// Counts the user keys on this node, and those of them with a deadline (those past it
+    /// included, until they are reaped).
+    pub fn count_user_keys(&self) -> (usize, usize) {
+        let (mut keys, mut expiring) = (0, 0);
+        for (_, v) in self.tree.scan_prefix([b'k']).flatten() {
+            keys += 1;
+            expiring += crate::value::deadline(&v).is_some() as usize;
+        }
+        (keys, expiring)
     }
 
-    /// Every user key and value in `[start, end)`.
+    /// Every user key and stored value in `[start, end)`.
     pub fn user_pairs(&self, start: &[u8], end: &[u8]) -> Result<Vec<Pair>, StorageError> {
         let (lo, hi) = keys::user_span(start, end);
         let mut out = Vec::new();
@@ -730,6 +800,35 @@ impl Engine {
             out.push((k[1..].to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Up to `max` entries of a range's index of deadlines (`(deadline, key)`) that are past at
+    /// `now`, earliest first, and whether the index has any entry at all.
+    pub fn expired(
+        &self,
+        range: RangeId,
+        now: u64,
+        max: usize,
+    ) -> Result<(Vec<Deadline>, bool), StorageError> {
+        let lo = keys::range_key(range, keys::EXPIRING);
+        let mut hi = lo.clone();
+        hi.extend_from_slice(&now.to_be_bytes());
+        let mut out = Vec::new();
+        for item in self
+            .tree
+            .range(lo.as_slice()..hi.as_slice())
+            .keys()
+            .take(max)
+        {
+            let k = item?;
+            let deadline = k
+                .get(lo.len()..lo.len() + 8)
+                .ok_or_else(|| corrupt("index of deadlines", format!("{} bytes", k.len())))?;
+            let deadline = u64::from_be_bytes(deadline.try_into().expect("8 bytes"));
+            out.push((deadline, k[lo.len() + 8..].to_vec()));
+        }
+        let any = !out.is_empty() || self.tree.scan_prefix(&lo).next().transpose()?.is_some();
+        Ok((out, any))
     }
 
     /// The descriptors of every range that has one stored here.
@@ -1695,8 +1794,16 @@ impl RangeStorage {
                 let (k, _) = item?;
                 kv.remove(k);
             }
+            // And its index of deadlines, made again from the values.
+            let index = keys::range_key(self.range, keys::EXPIRING);
+            for item in self.engine.tree().scan_prefix(index).keys() {
+                kv.remove(item?);
+            }
             for (k, v) in &data.pairs {
                 kv.insert(keys::user_key(k), v.as_slice());
+                if let Some(deadline) = crate::value::deadline(v) {
+                    kv.insert(keys::expiry_key(self.range, deadline, k), b"".as_slice());
+                }
             }
             put_descriptor(kv, d);
         }
@@ -2734,6 +2841,9 @@ mod tests {
         batch
             .data()
             .insert(keys::user_key(b"z-other-range"), b"y".as_slice());
+        // An entry of the range's index of deadlines that the snapshot's data does not have.
+        let stale = keys::expiry_key(RangeId(7), 5, b"b-stale");
+        batch.data().insert(stale, b"".as_slice());
         engine.commit(batch).unwrap();
 
         let mut snap = Snapshot::default();
@@ -2743,13 +2853,25 @@ mod tests {
             .set_conf_state(ConfState::from((vec![1, 2], vec![4])));
         snap.data = codec::encode(&SnapshotData {
             descriptor: descriptor(),
-            pairs: vec![(b"c".to_vec(), b"3".to_vec())],
+            pairs: vec![
+                (b"c".to_vec(), b"3".to_vec()),
+                (b"d".to_vec(), crate::value::stored(b"4", Some(1000))),
+            ],
             proposers: Proposers::from([(NodeId(2), (9, 41))]),
         })
         .into();
         let mut batch = WriteBatch::default();
         let d = s.stage_snapshot(&snap, &mut batch).unwrap();
         engine.commit(batch).unwrap();
+        // The index of deadlines is made again from the snapshot's values.
+        assert_eq!(
+            engine.expired(RangeId(7), u64::MAX, 10).unwrap(),
+            (vec![(1000, b"d".to_vec())], true)
+        );
+        assert_eq!(
+            engine.expired(RangeId(7), 1000, 10).unwrap(),
+            (vec![], true)
+        );
         assert_eq!(d, descriptor());
         assert_eq!(s.first_index().unwrap(), 21);
         assert_eq!(s.last_index().unwrap(), 20);
@@ -2778,6 +2900,50 @@ mod tests {
             (s.first_index().unwrap(), s.last_index().unwrap()),
             (21, 20)
         );
+    }
+
+    /// A node's values from before key expiry (a value's bytes alone) are given their tag
+    /// when it opens, once, going on from where an open stopped midway.
+    #[test]
+    fn values_stored_before_deadlines_are_tagged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 2 * TAG_BATCH + 7;
+        let key = |i: usize| keys::user_key(format!("k{i:06}").as_bytes());
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let tree = db.open_tree(TREE).unwrap();
+            for i in 0..n {
+                // Values that a tag byte would be mistaken for, and an empty one.
+                let value = match i % 3 {
+                    0 => vec![],
+                    1 => vec![1; 12],
+                    _ => format!("v{i}").into_bytes(),
+                };
+                tree.insert(key(i), value).unwrap();
+            }
+            // An open that stopped after its first batch.
+            for i in 0..TAG_BATCH {
+                let v = tree.get(key(i)).unwrap().unwrap();
+                tree.insert(key(i), crate::value::stored(&v, None)).unwrap();
+            }
+            tree.insert(keys::TAGGED_UP_TO, key(TAG_BATCH - 1)).unwrap();
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            let engine = Engine::open(dir.path(), 1 << 20).unwrap();
+            for i in 0..n {
+                let k = format!("k{i:06}");
+                let stored = engine.get_user(k.as_bytes()).unwrap().unwrap();
+                let want = match i % 3 {
+                    0 => vec![],
+                    1 => vec![1; 12],
+                    _ => format!("v{i}").into_bytes(),
+                };
+                assert_eq!(crate::value::bytes(&stored), want, "{k}");
+                assert_eq!(crate::value::deadline(&stored), None, "{k}");
+            }
+            assert!(engine.tree().get(keys::TAGGED_UP_TO).unwrap().is_none());
+        }
     }
 
     /// A snapshot of index 20, term 8, for range 7, with one pair.

@@ -31,6 +31,7 @@ use crate::storage::{
     keys, put_descriptor, AppliedStates, Engine, LogPosition, Pair, Proposers, RangeDescriptor,
     SnapshotData, StorageError,
 };
+use crate::value::{self, Clock, Value};
 use actix::prelude::*;
 use foldhash::fast::FixedState;
 use raft::prelude::{ConfChangeType, ConfChangeV2};
@@ -67,6 +68,8 @@ pub struct StoreSettings {
     pub write_applied_after: Duration,
     /// How long an admin request (a new replica being filled, a leadership move) may take.
     pub admin_timeout: Duration,
+    /// The clock that decides when values expire (see [`crate::value`]).
+    pub clock: Clock,
     /// Bugs planted on purpose (in the Store and in MultiRaft), to show that the checks catch
     /// them. Never set outside tests.
     pub bugs: PlantedBugs,
@@ -93,6 +96,9 @@ pub struct PlantedBugs {
     /// A round that compacts logs does not make sled's writes durable first: a power failure
     /// then loses applied entries that neither sled nor the log keeps.
     pub compaction_without_data_sync: bool,
+    /// Each replica decides whether a value has expired by its own clock when it applies a
+    /// command, instead of by the time the command was proposed at.
+    pub expiry_decided_at_apply: bool,
 }
 
 impl Default for StoreSettings {
@@ -105,6 +111,7 @@ impl Default for StoreSettings {
             value_cache_bytes: 16 << 20,
             write_applied_after: Duration::from_millis(10),
             admin_timeout: Duration::from_secs(60),
+            clock: Clock::system(),
             bugs: PlantedBugs::default(),
         }
     }
@@ -119,7 +126,7 @@ struct RangeState {
 }
 
 type WriteReply = oneshot::Sender<Result<CommandOutcome, StoreError>>;
-type ReadReply = oneshot::Sender<Result<Vec<Option<Vec<u8>>>, StoreError>>;
+type ReadReply = oneshot::Sender<Result<Vec<Option<Value>>, StoreError>>;
 type ChangeReply = oneshot::Sender<Result<(), StoreError>>;
 
 enum Waiter {
@@ -401,6 +408,10 @@ pub struct Store {
     /// Events applied (see `RaftMetrics::events_handed`).
     events_applied: u64,
     cache: ValueCache,
+    /// The ranges whose index of deadlines may have entries (see [`Store::reap`]).
+    expiring: BTreeSet<RangeId>,
+    /// The ranges with a `Command::Reap` of this node's in flight.
+    reaping: BTreeSet<RangeId>,
     /// `Engine::data_writes` as the cache last saw it.
     data_writes_seen: u64,
     /// What was applied and not yet handed to the writer (see [`Store::write_applied`]).
@@ -625,6 +636,8 @@ impl Store {
             raft_metrics,
             events_applied: 0,
             cache: ValueCache::new(settings.value_cache_bytes),
+            expiring: BTreeSet::new(),
+            reaping: BTreeSet::new(),
             data_writes_seen: 0,
             unwritten: Unwritten::default(),
             in_flight: VecDeque::new(),
@@ -652,6 +665,8 @@ impl Store {
     ) {
         self.routing
             .insert(descriptor.start_key.clone(), descriptor.id);
+        // Stored or installed, its data may have values with a deadline.
+        self.expiring.insert(descriptor.id);
         let (leader, term) = self
             .ranges
             .get(&descriptor.id)
@@ -825,9 +840,17 @@ impl Store {
             | Command::IncrBy { .. }
             | Command::SetGet { .. }
             | Command::GetDel { .. }
-            | Command::Append { .. } => {
+            | Command::Append { .. }
+            | Command::SetExpiring { .. }
+            | Command::Expire { .. }
+            | Command::GetEx { .. } => {
                 let range = route(command.keys()[0])?;
                 vec![(range, command)]
+            }
+            Command::Clocked { .. } | Command::Reap { .. } => {
+                return Err(StoreError::Internal(
+                    "only the Store proposes clocked commands and reaps".into(),
+                ))
             }
             Command::Delete { keys } => {
                 let mut parts: BTreeMap<RangeId, Vec<Vec<u8>>> = BTreeMap::new();
@@ -885,7 +908,7 @@ impl Store {
             && (alone || leased())
     }
 
-    /// A user key's value in the state this Store has applied.
+    /// A user key's stored value (see [`crate::value`]) in the state this Store has applied.
     fn value(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         if let Some(value) = unwritten_value(&self.unwritten.values, &self.in_flight, key) {
             return Ok(value.clone());
@@ -898,11 +921,12 @@ impl Store {
         Ok(value)
     }
 
-    /// The values of `keys`, all from one state. MultiRaft writes a snapshot's data into sled
-    /// before this Store hears of it, so a read may find it there: these are read again if
-    /// one was written while they were read, and the cache, which may hold values from before
-    /// it, is cleared first (a seqlock on `Engine::data_writes`).
-    fn values(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    /// The values of `keys`, all from one state, those past their deadline by the Store's
+    /// clock left out. MultiRaft writes a snapshot's data into sled before this Store hears of
+    /// it, so a read may find it there: these are read again if one was written while they
+    /// were read, and the cache, which may hold values from before it, is cleared first (a
+    /// seqlock on `Engine::data_writes`).
+    fn values(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Value>>, StoreError> {
         loop {
             let before = self.engine.data_writes();
             if before != self.data_writes_seen && !self.settings.bugs.cache_kept_over_snapshots {
@@ -915,7 +939,11 @@ impl Store {
                 std::thread::yield_now();
                 continue;
             }
-            let values: Result<Vec<_>, StorageError> = keys.iter().map(|k| self.value(k)).collect();
+            let clock = self.settings.clock;
+            let values: Result<Vec<_>, StorageError> = keys
+                .iter()
+                .map(|k| Ok(self.value(k)?.and_then(|v| Value::at(v, || clock.now_ms()))))
+                .collect();
             if self.engine.data_writes() == before {
                 return values.map_err(|e| StoreError::Internal(e.to_string()));
             }
@@ -1277,6 +1305,56 @@ impl Store {
         }
     }
 
+    /// Proposes to delete the expired values of each range led here, as its index of deadlines
+    /// shows them, one `Command::Reap` per range at a time (reads and commands already take
+    /// an expired value as absent: this frees its space).
+    fn reap(&mut self, ctx: &mut Context<Self>) -> Result<(), StorageError> {
+        let deadline = self.deadline();
+        for (range, command) in self.reaps()? {
+            let (tx, rx) = oneshot::channel();
+            let payload = ProposalPayload::Command(codec::encode(&command));
+            self.propose(range, payload, Waiter::Write(WriteSlot::with(tx)), deadline);
+            self.reaping.insert(range);
+            ctx.spawn(rx.into_actor(self).map(move |_, s, _| {
+                s.reaping.remove(&range);
+            }));
+        }
+        Ok(())
+    }
+
+    /// The reaps to propose now, for the ranges led here without one in flight. A range whose
+    /// index is empty, with nothing applied to it waiting to be written, is not looked at
+    /// again until a deadline is written to it.
+    fn reaps(&mut self) -> Result<Vec<(RangeId, Command)>, StorageError> {
+        let now = self.settings.clock.now_ms();
+        // Ranges removed from this node since.
+        self.expiring.retain(|r| self.ranges.contains_key(r));
+        let led: Vec<RangeId> = self
+            .expiring
+            .iter()
+            .filter(|r| !self.reaping.contains(r))
+            .filter(|r| self.ranges[r].leader == Some(self.node))
+            .copied()
+            .collect();
+        let mut reaps = Vec::new();
+        for range in led {
+            let (entries, any) = self.engine.expired(range, now, REAP_MAX)?;
+            // An index entry applied may not be in sled yet.
+            let unwritten = self.unwritten.ranges.contains(&range)
+                || self
+                    .in_flight
+                    .iter()
+                    .any(|f| f.written.iter().any(|(r, _)| *r == range));
+            if !any && !unwritten {
+                self.expiring.remove(&range);
+            }
+            if !entries.is_empty() {
+                reaps.push((range, Command::Reap { entries }.clocked(|| now)));
+            }
+        }
+        Ok(reaps)
+    }
+
     /// Sends `due` to this Store after `after`, from a task of its thread: the message takes
     /// its turn in the mailbox, where a timer of actix's context (`run_later`) would run only
     /// once the mailbox is empty, which under a steady load it never is. The time counts from
@@ -1376,6 +1454,15 @@ impl Store {
                         }
                         *last = (p.boot, p.seq);
                     }
+                    let command = match command {
+                        Command::Clocked { command, .. }
+                            if self.settings.bugs.expiry_decided_at_apply =>
+                        {
+                            let now = self.settings.clock.now_ms();
+                            Command::Clocked { now, command }
+                        }
+                        command => command,
+                    };
                     let (engine, in_flight) = (&self.engine, &self.in_flight);
                     let mut read_error = None;
                     let applied =
@@ -1389,11 +1476,23 @@ impl Store {
                     if let Some(e) = read_error {
                         return Err(e);
                     }
+                    for (deadline, k) in &applied.unindexed {
+                        batch.remove(keys::expiry_key(range, *deadline, k));
+                    }
                     for (k, v) in applied.writes {
                         self.keep_for_snapshot(range, &k)?;
-                        let stored = crate::storage::keys::user_key(&k);
+                        let stored = keys::user_key(&k);
                         match &v {
-                            Some(v) => batch.insert(stored, v.as_slice()),
+                            Some(v) => {
+                                if let Some(deadline) = value::deadline(v) {
+                                    batch.insert(
+                                        keys::expiry_key(range, deadline, &k),
+                                        b"".as_slice(),
+                                    );
+                                    self.expiring.insert(range);
+                                }
+                                batch.insert(stored, v.as_slice())
+                            }
                             None => batch.remove(stored),
                         }
                         self.cache.update(&k, &v);
@@ -1594,8 +1693,15 @@ impl Actor for Store {
             self.writer = Writer::Inline(ctx.address());
         }
         self.send_after(EXPIRE_EVERY, Due::Expire);
+        self.send_after(REAP_EVERY, Due::Reap);
     }
 }
+
+/// How often a Store reaps the expired values of the ranges it leads.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// The most expired values one `Command::Reap` deletes.
+const REAP_MAX: usize = 256;
 
 /// How often the Store answers the requests past their deadline.
 const EXPIRE_EVERY: Duration = Duration::from_millis(50);
@@ -1612,17 +1718,25 @@ enum Due {
     Expire,
     /// Hand what was applied to the writer (`StoreSettings::write_applied_after`).
     HandOver,
+    /// Reap the expired values of the ranges led here; sent every [`REAP_EVERY`].
+    Reap,
 }
 
 impl Handler<Due> for Store {
     type Result = ();
-    fn handle(&mut self, due: Due, _: &mut Context<Self>) {
+    fn handle(&mut self, due: Due, ctx: &mut Context<Self>) {
         match due {
             Due::Expire => {
                 self.expire();
                 self.send_after(EXPIRE_EVERY, Due::Expire);
             }
             Due::HandOver => self.hand_over_unwritten(),
+            Due::Reap => {
+                if let Err(e) = self.reap(ctx) {
+                    log::error!("{}: reaping expired values: {e}", self.node);
+                }
+                self.send_after(REAP_EVERY, Due::Reap);
+            }
         }
     }
 }
@@ -1731,7 +1845,9 @@ impl Handler<Write> for Store {
             Err(e) => return WriteResponse(Answer::Now(Err(e))),
         };
         let deadline = self.deadline();
+        let clock = self.settings.clock;
         let propose = |s: &mut Self, range, command: Command, slot| {
+            let command = command.clocked(|| clock.now_ms());
             let payload = ProposalPayload::Command(codec::encode(&command));
             s.propose(range, payload, Waiter::Write(slot), deadline);
         };
@@ -1770,7 +1886,7 @@ impl Handler<Write> for Store {
 
 impl Handler<Read> for Store {
     // Answered at once when served here: a `ResponseFuture` would spawn a task for each read.
-    type Result = Response<Result<Vec<Option<Vec<u8>>>, StoreError>>;
+    type Result = Response<Result<Vec<Option<Value>>, StoreError>>;
 
     fn handle(&mut self, msg: Read, ctx: &mut Context<Self>) -> Self::Result {
         self.took_turn(ctx);
@@ -1857,44 +1973,52 @@ impl Store {
     /// Up to `count` keys of `[from, end)` (`end` empty: unbounded) in this Store's applied
     /// state: sled's, under what was applied and is not yet written (`unwritten_value`).
     fn scan(&self, from: &[u8], end: &[u8], count: usize) -> Result<Scanned, StorageError> {
+        let now = self.settings.clock.now_ms();
         let within = |k: &[u8]| k >= from && (end.is_empty() || k < end);
-        // The unwritten keys of the span, each with whether it exists, the newest state last.
+        // The unwritten keys of the span, each with whether it is live, the newest state last.
         let mut unwritten: BTreeMap<&[u8], bool> = BTreeMap::new();
         let batches = self.in_flight.iter().map(|f| &f.values);
         for values in batches.chain([&self.unwritten.values]) {
             for (k, v) in values.iter().filter(|(k, _)| within(k)) {
-                unwritten.insert(k, v.is_some());
+                unwritten.insert(k, v.as_ref().is_some_and(|v| value::live(v, now)));
             }
         }
         let (lo, hi) = keys::user_span(from, end);
-        let mut sled_keys = self.engine.tree().range(lo..hi).keys();
-        let mut next_stored = || -> Result<Option<Vec<u8>>, StorageError> {
-            Ok(sled_keys.next().transpose()?.map(|k| k[1..].to_vec()))
+        let mut stored_pairs = self.engine.tree().range(lo..hi);
+        let mut next_stored = || -> Result<Option<(Vec<u8>, bool)>, StorageError> {
+            let pair = stored_pairs.next().transpose()?;
+            Ok(pair.map(|(k, v)| (k[1..].to_vec(), value::live(&v, now))))
         };
         let mut stored = next_stored()?;
         let mut pending = unwritten.into_iter().peekable();
-        let mut keys = Vec::new();
-        while keys.len() < count {
+        // Every key looked at counts, expired or not, as Redis counts the slots it looked at:
+        // a step over many expired values answers few keys, or none, rather than run long.
+        let (mut keys, mut looked, mut last) = (Vec::new(), 0, None);
+        while looked < count {
             let unwritten_first = match (&stored, pending.peek()) {
                 (None, None) => break,
-                (Some(s), Some(&(p, _))) => p <= s.as_slice(),
+                (Some((s, _)), Some(&(p, _))) => p <= s.as_slice(),
                 (stored, _) => stored.is_none(),
             };
-            if !unwritten_first {
-                keys.extend(stored.take());
+            let (key, live) = if !unwritten_first {
+                let (key, live) = stored.take().expect("a stored key");
                 stored = next_stored()?;
-            } else if let Some((key, exists)) = pending.next() {
-                if stored.as_deref() == Some(key) {
+                (key, live)
+            } else {
+                let (key, live) = pending.next().expect("an unwritten key");
+                if stored.as_ref().is_some_and(|(s, _)| s == key) {
                     stored = next_stored()?;
                 }
-                if exists {
-                    keys.push(key.to_vec());
-                }
+                (key.to_vec(), live)
+            };
+            looked += 1;
+            if live {
+                keys.push(key.clone());
             }
+            last = Some(key);
         }
-        let next = match keys.last() {
-            Some(last) if keys.len() == count => {
-                let mut after = last.clone();
+        let next = match last {
+            Some(mut after) if looked == count => {
                 after.push(0);
                 Some(after)
             }
@@ -2069,8 +2193,17 @@ impl Handler<GetStoreStatus> for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::{SetCondition, SetExpiry};
     use crate::storage::WriteBatch;
     use actix::dev::channel::channel;
+
+    impl Store {
+        /// The live values of `keys`, their bytes only.
+        fn bytes(&mut self, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
+            let values = self.values(keys).unwrap();
+            values.into_iter().map(|v| v.map(|v| v.bytes)).collect()
+        }
+    }
 
     /// A store of one range on node 1, and the mailbox its reports go to (never run).
     fn store(dir: &std::path::Path) -> (Store, actix::dev::channel::AddressReceiver<MultiRaft>) {
@@ -2195,7 +2328,7 @@ mod tests {
         let (builds, handed) = std::sync::mpsc::channel();
         s.builder = Some(builds);
         let range = RangeId(1);
-        let pair = |k: &[u8], v: &[u8]| (k.to_vec(), v.to_vec());
+        let pair = |k: &[u8], v: &[u8]| (k.to_vec(), value::stored(v, None));
         apply_commands(
             &mut s,
             vec![
@@ -2252,7 +2385,7 @@ mod tests {
         // The Store's own state moved on meanwhile.
         let keys = [b"a", b"b", b"c", b"d", b"e"].map(|k| k.to_vec());
         assert_eq!(
-            s.values(&keys).unwrap(),
+            s.bytes(&keys),
             vec![
                 Some(b"11".to_vec()),
                 None,
@@ -2342,10 +2475,10 @@ mod tests {
         s.hand_over_unwritten();
         assert_eq!(counter(&s), b"", "the writer has not written it");
         let key = [b"counter".to_vec()];
-        assert_eq!(s.values(&key).unwrap(), vec![Some(b"2".to_vec())]);
+        assert_eq!(s.bytes(&key), vec![Some(b"2".to_vec())]);
         // An INCR applied meanwhile builds on the batch in flight.
         apply_incr(&mut s, 1, boot, 3);
-        assert_eq!(s.values(&key).unwrap(), vec![Some(b"3".to_vec())]);
+        assert_eq!(s.bytes(&key), vec![Some(b"3".to_vec())]);
         // Once written, the batch takes the range as far as it was applied when handed over,
         // not as far as it is applied now.
         assert_eq!(s.in_flight[0].written, vec![(RangeId(1), first + 2)]);
@@ -2360,7 +2493,7 @@ mod tests {
         });
         assert_eq!(counter(&s), b"2");
         assert!(s.in_flight.is_empty());
-        assert_eq!(s.values(&key).unwrap(), vec![Some(b"3".to_vec())]);
+        assert_eq!(s.bytes(&key), vec![Some(b"3".to_vec())]);
     }
 
     #[test]
@@ -2374,14 +2507,14 @@ mod tests {
             apply_incr(&mut s, 1, boot, seq);
         }
         let key = [b"counter".to_vec()];
-        assert_eq!(s.values(&key).unwrap(), vec![Some(b"3".to_vec())]);
+        assert_eq!(s.bytes(&key), vec![Some(b"3".to_vec())]);
         assert_eq!(counter(&s), b"", "not in sled yet");
         assert_eq!(s.engine.applied(range).unwrap().index, first);
 
         s.write_applied().unwrap();
         assert_eq!(counter(&s), b"3");
         assert_eq!(s.engine.applied(range).unwrap().index, first + 3);
-        assert_eq!(s.values(&key).unwrap(), vec![Some(b"3".to_vec())]);
+        assert_eq!(s.bytes(&key), vec![Some(b"3".to_vec())]);
     }
 
     fn counter(store: &Store) -> Vec<u8> {
@@ -2389,6 +2522,7 @@ mod tests {
             .engine
             .get_user(b"counter")
             .unwrap()
+            .map(|v| value::bytes(&v).to_vec())
             .unwrap_or_default()
     }
 
@@ -2577,22 +2711,75 @@ mod tests {
         let (mut s, _reports) = store(dir.path());
         let put = |s: &Store, value: &[u8]| {
             let mut batch = sled::Batch::default();
-            batch.insert(crate::storage::keys::user_key(b"k"), value);
+            batch.insert(keys::user_key(b"k"), value::stored(value, None));
             s.engine.write(batch, AppliedStates::default()).unwrap();
         };
-        let read = |s: &mut Store| s.values(&[b"k".to_vec()]).unwrap().remove(0);
+        let read = |s: &mut Store| s.bytes(&[b"k".to_vec()]).remove(0);
         put(&s, b"1");
         assert_eq!(read(&mut s).as_deref(), Some(&b"1"[..]));
         // MultiRaft writes a snapshot's data into sled; this Store has not heard of it yet.
         let mut snapshot = WriteBatch::default();
         snapshot
             .data()
-            .insert(crate::storage::keys::user_key(b"k"), &b"2"[..]);
+            .insert(keys::user_key(b"k"), value::stored(b"2", None));
         s.engine.commit(snapshot).unwrap();
         assert_eq!(read(&mut s).as_deref(), Some(&b"2"[..]));
         // Other writes under the Store do not reach the cache: only the Store's own do.
         put(&s, b"3");
         assert_eq!(read(&mut s).as_deref(), Some(&b"2"[..]));
+    }
+
+    /// The leader of a range reaps what expired there, as its index of deadlines shows it
+    /// once written to sled; a range whose index is empty in sled is looked at again while an
+    /// entry applied to it may still be on its way there.
+    #[test]
+    fn a_leader_reaps_what_expired_once_its_index_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store(dir.path());
+        let elected = Event::LeaderElected {
+            range: RangeId(1),
+            term: 6,
+            leader: s.node,
+        };
+        s.apply_events(vec![elected]).unwrap();
+        assert!(s.reaps().unwrap().is_empty());
+        let set = |k: &[u8], deadline| Command::SetExpiring {
+            key: k.to_vec(),
+            value: b"v".to_vec(),
+            condition: SetCondition::Always,
+            get: false,
+            expiry: SetExpiry::At(deadline),
+        };
+        // Applied as at time zero: stored with deadlines long past by the Store's clock.
+        apply_commands(&mut s, vec![set(b"a", 5), set(b"b", u64::MAX)]);
+        assert!(s.reaps().unwrap().is_empty(), "not in sled yet");
+        s.hand_over_unwritten();
+        let reaps = s.reaps().unwrap();
+        let [(range, Command::Clocked { command, .. })] = reaps.as_slice() else {
+            panic!("one reap, clocked: {reaps:?}");
+        };
+        assert_eq!(*range, RangeId(1));
+        assert_eq!(
+            **command,
+            Command::Reap {
+                entries: vec![(5, b"a".to_vec())]
+            }
+        );
+        apply_commands(&mut s, vec![reaps[0].1.clone()]);
+        s.hand_over_unwritten();
+        assert_eq!(
+            s.bytes(&[b"a".to_vec(), b"b".to_vec()]),
+            [None, Some(b"v".to_vec())]
+        );
+        assert!(
+            s.engine.get_user(b"a").unwrap().is_none(),
+            "deleted, not only hidden"
+        );
+        assert!(s.reaps().unwrap().is_empty());
+        assert!(
+            s.expiring.contains(&RangeId(1)),
+            "b's deadline is still indexed"
+        );
     }
 
     /// A write's outcome reaches its request's channel once, whichever of the two the slot has
@@ -2654,10 +2841,7 @@ mod tests {
             command: Some(set),
         }]))
         .unwrap();
-        assert_eq!(
-            s.values(&[b"x".to_vec()]).unwrap(),
-            vec![Some(b"1".to_vec())]
-        );
+        assert_eq!(s.bytes(&[b"x".to_vec()]), vec![Some(b"1".to_vec())]);
         assert!(
             matches!(answer.try_recv(), Ok(Ok(()))),
             "applied, so answered, not left to time out"
