@@ -272,8 +272,13 @@ impl Session {
                 self.write_parsed(expiry::parse_setex(name, a, || self.shared.clock.now_ms()))
             }
             "getex" => match expiry::parse_getex(a, || self.shared.clock.now_ms()) {
-                Ok(Some(cmd)) => self.write(cmd),
+                Ok(Some(Ok(cmd))) => self.write(cmd),
                 Ok(None) => self.get(&a[0]),
+                // A time that is not valid: nil for a key that does not exist, as Redis has it.
+                Ok(Some(Err(e))) => self.read(vec![a[0].to_vec()], move |out, v| match v[0] {
+                    None => reply::null(out),
+                    Some(_) => reply::error(out, &e),
+                }),
                 Err(e) => err(e),
             },
             "expire" | "pexpire" | "expireat" | "pexpireat" => {
@@ -285,7 +290,7 @@ impl Session {
                 condition: ExpireCondition::Always,
             }),
             "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
-                let clock = self.shared.clock;
+                let clock = self.shared.clock.clone();
                 self.read(vec![a[0].to_vec()], move |out, v| {
                     reply::integer(out, expiry::ttl(name, v[0].as_ref(), clock.now_ms()))
                 })

@@ -93,7 +93,7 @@ pub async fn run(
         (Box::new(transport), connections, reachability)
     };
     let settings = config.node_settings();
-    let clock = settings.store.clock;
+    let clock = settings.store.clock.clone();
     let node = Node::start(settings, transport).map_err(|source| StartError::Storage {
         dir: config.data_dir.display().to_string(),
         source,

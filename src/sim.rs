@@ -174,7 +174,7 @@ impl World {
             store: StoreSettings {
                 request_timeout: Duration::from_secs(2),
                 bugs: self.bugs,
-                clock: self.clock,
+                clock: self.clock.clone(),
                 // A snapshot's build reads its range 25-200 ms after it was asked for and
                 // finishes as long again later, while writes go on (see `generate_snapshot`).
                 snapshot_build_delay: Duration::from_millis(25 * (1 + self.seed % 8)),

@@ -383,6 +383,38 @@ fn expiry_commands_answer_as_redis_does() {
             &[b"PERSIST", b"a", b"b"],
             b"-ERR wrong number of arguments for 'persist' command\r\n",
         ),
+        // Options given again, and GETEX's checks, as Redis 7.0 makes them.
+        (
+            &[b"SET", b"r", b"v", b"EX", b"1", b"EX", b"200"],
+            b"+OK\r\n",
+        ),
+        (&[b"TTL", b"r"], b":200\r\n"),
+        (
+            &[b"SET", b"r", b"v", b"EXAT", b"1", b"EXAT", b"4102444800"],
+            b"+OK\r\n",
+        ),
+        (&[b"EXPIRETIME", b"r"], b":4102444800\r\n"),
+        (
+            &[b"GETEX", b"r", b"EX", b"1", b"EX", b"100"],
+            b"$1\r\nv\r\n",
+        ),
+        (&[b"TTL", b"r"], b":100\r\n"),
+        (&[b"GETEX", b"r", b"persist", b"persist"], b"$1\r\nv\r\n"),
+        (&[b"TTL", b"r"], b":-1\r\n"),
+        (&[b"GETEX", b"missing", b"EX", b"0"], b"$-1\r\n"),
+        (&[b"GETEX", b"missing", b"EX", b"abc"], b"$-1\r\n"),
+        (&[b"GETEX", b"missing", b"FOO"], b"-ERR syntax error\r\n"),
+        (
+            &[b"GETEX", b"r", b"EX", b"0"],
+            b"-ERR invalid expire time in 'getex' command\r\n",
+        ),
+        (
+            &[b"GETEX", b"r", b"PERSIST", b"EX", b"10"],
+            b"-ERR syntax error\r\n",
+        ),
+        (&[b"PEXPIREAT", b"r", b"9223372036854775807"], b":1\r\n"),
+        (&[b"EXPIRETIME", b"r"], b":9223372036854776\r\n"),
+        (&[b"DEL", b"r"], b":1\r\n"),
     ];
     for (args, reply) in script {
         c.roundtrip(&cmd(args), reply);

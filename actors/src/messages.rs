@@ -373,8 +373,9 @@ pub struct Read {
     pub keys: Vec<Vec<u8>>,
 }
 
-/// The keys of this node's range that holds `from`, in order from `from` on, at most `count`
-/// of them (and at most `store::SCAN_STEP_MAX`), as this Store has applied them. Not linearizable by itself: a `Read` of `from`
+/// The keys of this node's range that holds `from`, in order from `from` on, as this Store has
+/// applied them, of the first `count` it looks at (at most `store::SCAN_STEP_MAX`): those past
+/// their deadline are looked at and left out, as Redis's `COUNT` counts slots. Not linearizable by itself: a `Read` of `from`
 /// first makes it so (this Store's state is then at least as new as the read's index).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Scanned, StoreError>")]
@@ -387,7 +388,7 @@ pub struct Scan {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Scanned {
     pub keys: Vec<Vec<u8>>,
-    /// Where the next scan starts: after the last key found, or the next range's start;
+    /// Where the next scan starts: after the last key looked at, or the next range's start;
     /// `None` once the key space is done.
     pub next: Option<Vec<u8>>,
 }

@@ -30,7 +30,9 @@
 //! | `'r' · range · 'a'` | applied state: applied index and term, then the last command applied from each proposer (bincode [`Proposers`], left out while empty); older than any record below |
 //! | `'r' · range · 'd'` | range descriptor (bincode) |
 //! | `'r' · range · 'x'` | tombstone: the replica removed from this node (8 bytes) |
-//! | `'k' · user key` | user value |
+//! | `'r' · range · 'e' · deadline · user key` | empty: the range's index of deadlines (8 bytes, milliseconds since the Unix epoch), which its leader reaps from; an entry may be stale (a plain `SET` replaced the value unread): a reap drops it |
+//! | `'k' · user key` | user value, stored as [`crate::value`] says: a tag byte, the deadline if it has one, the bytes |
+//! | `n-boot`, `n-values-tagged` | the node's last boot; the mark that every value has its tag (`n-values-tagged-up-to` while they are being given it) |
 //! | `'a' · seq` | a record of applied states: for each range, range (8 bytes), length (4 bytes) and its applied state as above (empty: the range was removed) |
 //!
 //! The leading `'r'`/`'k'`/`'a'` keeps range state, user data and records apart whatever the
@@ -344,8 +346,29 @@ const TREE: &str = "flotilla";
 /// An entry of a range's index of deadlines: a deadline and the user key that has it.
 pub type Deadline = (u64, Vec<u8>);
 
-/// Values given their tag per batch by [`tag_values`].
+/// The keys of the ranges' own state (`'r' · range · kind`: ten bytes) with their values, in
+/// order. Each range's index of deadlines, under the same prefix and as large as the number of
+/// deadlines, is stepped over rather than read through.
+fn range_states(tree: &sled::Tree) -> Result<Vec<(sled::IVec, sled::IVec)>, StorageError> {
+    let end = Bound::Excluded(vec![b'r' + 1]);
+    let mut items = tree.range((Bound::Included(vec![b'r']), end.clone()));
+    let mut out = Vec::new();
+    while let Some(item) = items.next() {
+        let (k, v) = item?;
+        if k.len() > 10 && k[9] == keys::EXPIRING {
+            let mut after = k[..9].to_vec();
+            after.push(keys::EXPIRING + 1);
+            items = tree.range((Bound::Included(after), end.clone()));
+        } else if k.len() == 10 {
+            out.push((k, v));
+        }
+    }
+    Ok(out)
+}
+
+/// Values given their tag per batch by [`tag_values`], and the most bytes of them per batch.
 const TAG_BATCH: usize = 10_000;
+const TAG_BATCH_BYTES: usize = 64 << 20;
 
 /// Gives every stored value its tag (see [`crate::value`]), once: nodes before key expiry
 /// stored a value's bytes alone. In batches, each with the last key it tagged, so that one
@@ -363,9 +386,13 @@ fn tag_values(tree: &sled::Tree) -> Result<(), StorageError> {
     let mut tagged = 0;
     loop {
         let mut batch = sled::Batch::default();
-        let mut last = None;
+        let (mut last, mut bytes) = (None, 0);
         for item in tree.range((from.clone(), end.clone())).take(TAG_BATCH) {
+            if bytes >= TAG_BATCH_BYTES {
+                break;
+            }
             let (k, v) = item?;
+            bytes += k.len() + v.len();
             batch.insert(k.clone(), crate::value::stored(&v, None));
             last = Some(k);
             tagged += 1;
@@ -429,10 +456,8 @@ impl Engine {
         let db = config.open()?;
         let tree = db.open_tree(TREE)?;
         // `'r' · range · 'h'`: a hard state where older versions kept it.
-        for key in tree.scan_prefix([b'r']).keys() {
-            if key?.get(9) == Some(&b'h') {
-                return Err(StorageError::OldFormat(dir.display().to_string()));
-            }
+        if range_states(&tree)?.iter().any(|(k, _)| k[9] == b'h') {
+            return Err(StorageError::OldFormat(dir.display().to_string()));
         }
         tag_values(&tree)?;
         let applied = AppliedLog::recover(&tree)?;
@@ -802,25 +827,31 @@ impl Engine {
         Ok(out)
     }
 
-    /// Up to `max` entries of a range's index of deadlines (`(deadline, key)`) that are past at
-    /// `now`, earliest first, and whether the index has any entry at all.
+    /// The entries of a range's index of deadlines (`(deadline, key)`) that are past at `now`,
+    /// earliest first, up to `max` of them and as many as make `max_bytes` of keys (at least
+    /// one), and whether the index has any entry at all.
     pub fn expired(
         &self,
         range: RangeId,
         now: u64,
         max: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<Deadline>, bool), StorageError> {
         let lo = keys::range_key(range, keys::EXPIRING);
         let mut hi = lo.clone();
         hi.extend_from_slice(&now.to_be_bytes());
-        let mut out = Vec::new();
+        let (mut out, mut bytes) = (Vec::new(), 0);
         for item in self
             .tree
             .range(lo.as_slice()..hi.as_slice())
             .keys()
             .take(max)
         {
+            if bytes >= max_bytes {
+                break;
+            }
             let k = item?;
+            bytes += k.len();
             let deadline = k
                 .get(lo.len()..lo.len() + 8)
                 .ok_or_else(|| corrupt("index of deadlines", format!("{} bytes", k.len())))?;
@@ -834,9 +865,8 @@ impl Engine {
     /// The descriptors of every range that has one stored here.
     pub fn descriptors(&self) -> Result<Vec<RangeDescriptor>, StorageError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix([b'r']) {
-            let (k, v) = item?;
-            if k.len() == 10 && k[9] == keys::DESCRIPTOR {
+        for (k, v) in range_states(&self.tree)? {
+            if k[9] == keys::DESCRIPTOR {
                 out.push(
                     codec::decode::<RangeDescriptor>(&v)
                         .map_err(|e| corrupt("range descriptor", e))?,
@@ -859,9 +889,8 @@ impl Engine {
     /// Every range a replica was removed from, with the removed replica.
     pub fn tombstones(&self) -> Result<BTreeMap<RangeId, ReplicaId>, StorageError> {
         let mut out = BTreeMap::new();
-        for item in self.tree.scan_prefix([b'r']) {
-            let (k, v) = item?;
-            if k.len() == 10 && k[9] == keys::TOMBSTONE {
+        for (k, v) in range_states(&self.tree)? {
+            if k[9] == keys::TOMBSTONE {
                 let id: [u8; 8] = v
                     .as_ref()
                     .try_into()
@@ -2865,11 +2894,11 @@ mod tests {
         engine.commit(batch).unwrap();
         // The index of deadlines is made again from the snapshot's values.
         assert_eq!(
-            engine.expired(RangeId(7), u64::MAX, 10).unwrap(),
+            engine.expired(RangeId(7), u64::MAX, 10, 1 << 20).unwrap(),
             (vec![(1000, b"d".to_vec())], true)
         );
         assert_eq!(
-            engine.expired(RangeId(7), 1000, 10).unwrap(),
+            engine.expired(RangeId(7), 1000, 10, 1 << 20).unwrap(),
             (vec![], true)
         );
         assert_eq!(d, descriptor());
@@ -2900,6 +2929,37 @@ mod tests {
             (s.first_index().unwrap(), s.last_index().unwrap()),
             (21, 20)
         );
+    }
+
+    /// The ranges' own state is read past their indexes of deadlines, whatever their size:
+    /// the kinds before and after `'e'` of the same range, and the next range's.
+    #[test]
+    fn range_states_step_over_the_indexes_of_deadlines() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree(TREE).unwrap();
+        let want = [
+            keys::range_key(RangeId(1), keys::DESCRIPTOR),
+            keys::range_key(RangeId(1), keys::TOMBSTONE),
+            keys::range_key(RangeId(2), keys::APPLIED),
+        ];
+        for k in &want {
+            tree.insert(k, b"s".as_slice()).unwrap();
+        }
+        for i in 0..1000u64 {
+            let key = format!("k{i}");
+            tree.insert(
+                keys::expiry_key(RangeId(1), i, key.as_bytes()),
+                b"".as_slice(),
+            )
+            .unwrap();
+        }
+        let found: Vec<Vec<u8>> = range_states(&tree)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        assert_eq!(found, want);
     }
 
     /// A node's values from before key expiry (a value's bytes alone) are given their tag

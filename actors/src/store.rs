@@ -939,15 +939,22 @@ impl Store {
                 std::thread::yield_now();
                 continue;
             }
-            let clock = self.settings.clock;
-            let values: Result<Vec<_>, StorageError> = keys
-                .iter()
-                .map(|k| Ok(self.value(k)?.and_then(|v| Value::at(v, || clock.now_ms()))))
-                .collect();
+            let values = self.live_values(keys);
             if self.engine.data_writes() == before {
                 return values.map_err(|e| StoreError::Internal(e.to_string()));
             }
         }
+    }
+
+    /// The values of `keys` that are live by the Store's clock (read only for a value with
+    /// a deadline).
+    fn live_values(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Value>>, StorageError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for k in keys {
+            let stored = self.value(k)?;
+            values.push(stored.and_then(|v| Value::at(v, || self.settings.clock.now_ms())));
+        }
+        Ok(values)
     }
 
     fn serve_read(&mut self, id: ReadId) {
@@ -1310,22 +1317,29 @@ impl Store {
     /// an expired value as absent: this frees its space).
     fn reap(&mut self, ctx: &mut Context<Self>) -> Result<(), StorageError> {
         let deadline = self.deadline();
-        for (range, command) in self.reaps()? {
+        for (range, command, full) in self.reaps()? {
             let (tx, rx) = oneshot::channel();
             let payload = ProposalPayload::Command(codec::encode(&command));
             self.propose(range, payload, Waiter::Write(WriteSlot::with(tx)), deadline);
             self.reaping.insert(range);
-            ctx.spawn(rx.into_actor(self).map(move |_, s, _| {
+            ctx.spawn(rx.into_actor(self).map(move |answer, s, ctx| {
                 s.reaping.remove(&range);
+                // A full reap may have left more: the next goes at once.
+                if full && matches!(answer, Ok(Ok(_))) {
+                    if let Err(e) = s.reap(ctx) {
+                        log::error!("{}: reaping expired values: {e}", s.node);
+                    }
+                }
             }));
         }
         Ok(())
     }
 
-    /// The reaps to propose now, for the ranges led here without one in flight. A range whose
-    /// index is empty, with nothing applied to it waiting to be written, is not looked at
-    /// again until a deadline is written to it.
-    fn reaps(&mut self) -> Result<Vec<(RangeId, Command)>, StorageError> {
+    /// The reaps to propose now, for the ranges led here without one in flight, each with
+    /// whether it is as large as one may be (so more may wait). A range whose index is empty,
+    /// with nothing applied to it waiting to be written, is not looked at again until a
+    /// deadline is written to it.
+    fn reaps(&mut self) -> Result<Vec<(RangeId, Command, bool)>, StorageError> {
         let now = self.settings.clock.now_ms();
         // Ranges removed from this node since.
         self.expiring.retain(|r| self.ranges.contains_key(r));
@@ -1338,7 +1352,7 @@ impl Store {
             .collect();
         let mut reaps = Vec::new();
         for range in led {
-            let (entries, any) = self.engine.expired(range, now, REAP_MAX)?;
+            let (entries, any) = self.engine.expired(range, now, REAP_MAX, REAP_BYTES)?;
             // An index entry applied may not be in sled yet.
             let unwritten = self.unwritten.ranges.contains(&range)
                 || self
@@ -1349,7 +1363,9 @@ impl Store {
                 self.expiring.remove(&range);
             }
             if !entries.is_empty() {
-                reaps.push((range, Command::Reap { entries }.clocked(|| now)));
+                let bytes: usize = entries.iter().map(|(_, k)| 18 + k.len()).sum();
+                let full = entries.len() >= REAP_MAX || bytes >= REAP_BYTES;
+                reaps.push((range, Command::Reap { entries }.clocked(|| now), full));
             }
         }
         Ok(reaps)
@@ -1700,8 +1716,10 @@ impl Actor for Store {
 /// How often a Store reaps the expired values of the ranges it leads.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
-/// The most expired values one `Command::Reap` deletes.
+/// The most expired values one `Command::Reap` deletes, and the most bytes of their keys it
+/// holds (a key may be as long as `max_value_bytes`, and an entry must fit in a raft frame).
 const REAP_MAX: usize = 256;
+const REAP_BYTES: usize = 1 << 20;
 
 /// How often the Store answers the requests past their deadline.
 const EXPIRE_EVERY: Duration = Duration::from_millis(50);
@@ -1845,9 +1863,8 @@ impl Handler<Write> for Store {
             Err(e) => return WriteResponse(Answer::Now(Err(e))),
         };
         let deadline = self.deadline();
-        let clock = self.settings.clock;
         let propose = |s: &mut Self, range, command: Command, slot| {
-            let command = command.clocked(|| clock.now_ms());
+            let command = command.clocked(|| s.settings.clock.now_ms());
             let payload = ProposalPayload::Command(codec::encode(&command));
             s.propose(range, payload, Waiter::Write(slot), deadline);
         };
@@ -2755,7 +2772,7 @@ mod tests {
         assert!(s.reaps().unwrap().is_empty(), "not in sled yet");
         s.hand_over_unwritten();
         let reaps = s.reaps().unwrap();
-        let [(range, Command::Clocked { command, .. })] = reaps.as_slice() else {
+        let [(range, Command::Clocked { command, .. }, false)] = reaps.as_slice() else {
             panic!("one reap, clocked: {reaps:?}");
         };
         assert_eq!(*range, RangeId(1));
@@ -2780,6 +2797,18 @@ mod tests {
             s.expiring.contains(&RangeId(1)),
             "b's deadline is still indexed"
         );
+        // More than a reap holds: a full one, which has the next go at once.
+        let many = (0..REAP_MAX + 10).map(|i| set(format!("k{i:04}").as_bytes(), 5));
+        apply_commands(&mut s, many.collect());
+        s.hand_over_unwritten();
+        match s.reaps().unwrap().as_slice() {
+            [(_, Command::Clocked { command, .. }, true)] => {
+                assert!(
+                    matches!(&**command, Command::Reap { entries } if entries.len() == REAP_MAX)
+                )
+            }
+            reaps => panic!("one full reap: {reaps:?}"),
+        }
     }
 
     /// A write's outcome reaches its request's channel once, whichever of the two the slot has

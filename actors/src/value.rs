@@ -10,6 +10,8 @@
 //! carries the proposing node's time (`Command::Clocked`), so that every replica decides alike
 //! when it applies it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::time::Instant;
 
 /// The tag of a value without a deadline.
@@ -86,27 +88,27 @@ impl Value {
     }
 }
 
-/// Wall-clock time in milliseconds since the Unix epoch, as a node decides expiry by it: the
-/// system's time when the clock was made, advanced by the monotonic clock since (so a step of
-/// the system's clock does not move it; tokio's, so that a simulation's time is virtual).
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    epoch_ms: u64,
-    since: Instant,
+/// Wall-clock time in milliseconds since the Unix epoch, as a node decides expiry by it.
+#[derive(Clone, Debug)]
+pub enum Clock {
+    /// The system's time, as Redis reads it, except that it never goes back: a step back of
+    /// the system's clock holds this one where it was until the system's catches up (the
+    /// latest time read, shared by the clock's clones).
+    System(Arc<AtomicU64>),
+    /// `epoch_ms` at `since`, advanced by tokio's clock since: a simulation's, whose time is
+    /// virtual.
+    Virtual { epoch_ms: u64, since: Instant },
 }
 
 impl Clock {
-    /// A clock that reads the system's time now.
+    /// A clock that reads the system's time.
     pub fn system() -> Clock {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        Clock::starting_at(now)
+        Clock::System(Arc::new(AtomicU64::new(0)))
     }
 
-    /// A clock that reads `epoch_ms` now (a simulation's, whose time is virtual).
+    /// A clock that reads `epoch_ms` now and goes on in tokio's time.
     pub fn starting_at(epoch_ms: u64) -> Clock {
-        Clock {
+        Clock::Virtual {
             epoch_ms,
             since: Instant::now(),
         }
@@ -114,7 +116,15 @@ impl Clock {
 
     /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
-        self.epoch_ms + self.since.elapsed().as_millis() as u64
+        match self {
+            Clock::System(latest) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                latest.fetch_max(now, Ordering::Relaxed).max(now)
+            }
+            Clock::Virtual { epoch_ms, since } => epoch_ms + since.elapsed().as_millis() as u64,
+        }
     }
 }
 

@@ -17,7 +17,7 @@ fn invalid(command: &str) -> String {
 
 /// An option that gives a value a deadline: its unit and whether it counts from now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Deadline {
+enum Deadline {
     /// `EX`: seconds from now.
     In,
     /// `PX`: milliseconds from now.
@@ -45,7 +45,7 @@ impl Deadline {
 
     /// The deadline `arg` gives at the time `now` gives, as `SET`, `SETEX` and `GETEX` check
     /// it (`getExpireMillisecondsOrReply`): a positive number that stays positive.
-    pub fn of(self, command: &str, arg: &[u8], now: impl FnOnce() -> u64) -> Result<u64, String> {
+    fn of(self, command: &str, arg: &[u8], now: impl FnOnce() -> u64) -> Result<u64, String> {
         let n = parse_integer(arg).ok_or(NOT_AN_INTEGER)?;
         if n <= 0 || (self.seconds() && n > i64::MAX / 1000) {
             return Err(invalid(command));
@@ -64,27 +64,41 @@ fn upper(b: &Bytes) -> String {
     String::from_utf8_lossy(b).to_uppercase()
 }
 
-/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]`, its options in any order.
-pub fn parse_set(a: &[Bytes], now: impl FnOnce() -> u64) -> Result<Command, String> {
-    let mut condition = SetCondition::Always;
-    let mut get = false;
-    let mut keep = false;
-    let mut deadline: Option<(Deadline, &Bytes)> = None;
-    let mut i = 2;
-    while i < a.len() {
-        let o = upper(&a[i]);
-        match (o.as_str(), condition) {
-            ("NX", SetCondition::Always | SetCondition::IfAbsent) => {
-                condition = SetCondition::IfAbsent
+/// The options of `SET` and `GETEX`, as Redis's `parseExtendedStringArgumentsOrReply` takes
+/// them: in any order, an option given again replacing its value, one kind of deadline only.
+#[derive(Default)]
+struct Options<'a> {
+    condition: Option<SetCondition>,
+    get: bool,
+    keep: bool,
+    persist: bool,
+    deadline: Option<(Deadline, &'a Bytes)>,
+}
+
+/// Parses `options`, those of `SET` (`set`) or of `GETEX`.
+fn parse_options(options: &[Bytes], set: bool) -> Result<Options<'_>, String> {
+    let mut o = Options::default();
+    let mut i = 0;
+    while i < options.len() {
+        let name = upper(&options[i]);
+        match name.as_str() {
+            "NX" if set && o.condition != Some(SetCondition::IfPresent) => {
+                o.condition = Some(SetCondition::IfAbsent)
             }
-            ("XX", SetCondition::Always | SetCondition::IfPresent) => {
-                condition = SetCondition::IfPresent
+            "XX" if set && o.condition != Some(SetCondition::IfAbsent) => {
+                o.condition = Some(SetCondition::IfPresent)
             }
-            ("GET", _) => get = true,
-            ("KEEPTTL", _) if deadline.is_none() => keep = true,
-            (option, _) => match Deadline::named(option) {
-                Some(d) if !keep && deadline.is_none() && i + 1 < a.len() => {
-                    deadline = Some((d, &a[i + 1]));
+            "GET" if set => o.get = true,
+            "KEEPTTL" if set && o.deadline.is_none() => o.keep = true,
+            "PERSIST" if !set && o.deadline.is_none() => o.persist = true,
+            option => match Deadline::named(option) {
+                Some(d)
+                    if !o.keep
+                        && !o.persist
+                        && o.deadline.is_none_or(|(given, _)| given == d)
+                        && i + 1 < options.len() =>
+                {
+                    o.deadline = Some((d, &options[i + 1]));
                     i += 1;
                 }
                 _ => return Err(SYNTAX.into()),
@@ -92,12 +106,19 @@ pub fn parse_set(a: &[Bytes], now: impl FnOnce() -> u64) -> Result<Command, Stri
         }
         i += 1;
     }
-    let expiry = match deadline {
+    Ok(o)
+}
+
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]`.
+pub fn parse_set(a: &[Bytes], now: impl FnOnce() -> u64) -> Result<Command, String> {
+    let o = parse_options(&a[2..], true)?;
+    let condition = o.condition.unwrap_or(SetCondition::Always);
+    let expiry = match o.deadline {
         Some((d, arg)) => Some(SetExpiry::At(d.of("set", arg, now)?)),
-        None => keep.then_some(SetExpiry::Keep),
+        None => o.keep.then_some(SetExpiry::Keep),
     };
     let (key, value) = (a[0].to_vec(), a[1].to_vec());
-    Ok(match (expiry, get) {
+    Ok(match (expiry, o.get) {
         (Some(expiry), get) => Command::SetExpiring {
             key,
             value,
@@ -134,20 +155,22 @@ pub fn parse_setex(name: &str, a: &[Bytes], now: impl FnOnce() -> u64) -> Result
 }
 
 /// `GETEX key [EX s|PX ms|EXAT t|PXAT t|PERSIST]`: `None` without an option (a plain read).
-pub fn parse_getex(a: &[Bytes], now: impl FnOnce() -> u64) -> Result<Option<Command>, String> {
+/// A time that is not valid is an error only for a key that exists (Redis looks the key up
+/// first): it comes as `Some(Err(..))`, for the caller to answer once it has read the key.
+pub fn parse_getex(
+    a: &[Bytes],
+    now: impl FnOnce() -> u64,
+) -> Result<Option<Result<Command, String>>, String> {
+    let o = parse_options(&a[1..], false)?;
     let key = a[0].to_vec();
-    match &a[1..] {
-        [] => Ok(None),
-        [o] if upper(o) == "PERSIST" => Ok(Some(Command::GetEx { key, at: None })),
-        [o, arg] => match Deadline::named(&upper(o)) {
-            Some(d) => Ok(Some(Command::GetEx {
-                key,
-                at: Some(d.of("getex", arg, now)?),
-            })),
-            None => Err(SYNTAX.into()),
-        },
-        _ => Err(SYNTAX.into()),
-    }
+    Ok(match o.deadline {
+        Some((d, arg)) => Some(
+            d.of("getex", arg, now)
+                .map(|at| Command::GetEx { key, at: Some(at) }),
+        ),
+        None if o.persist => Some(Ok(Command::GetEx { key, at: None })),
+        None => None,
+    })
 }
 
 /// `EXPIRE key seconds [NX|XX|GT|LT]`, `PEXPIRE`, `EXPIREAT` and `PEXPIREAT`, checked as
@@ -216,7 +239,8 @@ pub fn ttl(name: &str, value: Option<&Value>, now: u64) -> i64 {
     };
     match name {
         "pttl" | "pexpiretime" => ms,
-        _ => (ms + 500) / 1000,
+        // In 128 bits: a deadline of i64::MAX milliseconds rounds as in Redis.
+        _ => ((ms as i128 + 500) / 1000) as i64,
     }
 }
 
@@ -255,6 +279,14 @@ mod tests {
             set(&["k", "v", "keepttl", "keepttl"]),
             Ok(Command::SetExpiring {
                 expiry: SetExpiry::Keep,
+                ..
+            })
+        ));
+        // The same option again replaces its value, as in Redis.
+        assert!(matches!(
+            set(&["k", "v", "EX", "1", "ex", "2"]),
+            Ok(Command::SetExpiring {
+                expiry: SetExpiry::At(3_000),
                 ..
             })
         ));
@@ -318,5 +350,7 @@ mod tests {
         assert_eq!(ttl("pttl", Some(&v(Some(10_500))), 500), 10_000);
         assert_eq!(ttl("expiretime", Some(&v(Some(10_500))), 500), 11);
         assert_eq!(ttl("pexpiretime", Some(&v(Some(10_500))), 500), 10_500);
+        let last = Some(&v(Some(i64::MAX as u64)));
+        assert_eq!(ttl("expiretime", last, 0), 9_223_372_036_854_776);
     }
 }
