@@ -121,10 +121,7 @@ fn every_command_answers_with_redis_reply_shapes() {
 /// through raft and answer with what they read when applied.
 #[test]
 fn string_commands_answer_as_redis_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_in(dir.path(), "max_value_bytes = 16");
-    let mut c = Raw::connect(server.addr);
-    let script: &[(&[&[u8]], &[u8])] = &[
+    let script: Script = &[
         (&[b"GETSET", b"s", b"one"], b"$-1\r\n"),
         (&[b"GETSET", b"s", b"two"], b"$3\r\none\r\n"),
         (&[b"SET", b"s", b"three", b"GET"], b"$3\r\ntwo\r\n"),
@@ -170,9 +167,7 @@ fn string_commands_answer_as_redis_does() {
         (&[b"STRLEN", b"a1"], b":11\r\n"),
         (&[b"APPEND", b"a1", b"12345"], b":16\r\n"),
     ];
-    for (args, reply) in script {
-        c.roundtrip(&cmd(args), reply);
-    }
+    answers_each(script, "max_value_bytes = 16");
 }
 
 /// Key expiry answers as Redis 7.0 does, byte for byte (each reply below is redis-server's to
@@ -181,10 +176,7 @@ fn string_commands_answer_as_redis_does() {
 /// `GETSET` and `PERSIST`, reported by `TTL` and its kin, with Redis's errors.
 #[test]
 fn expiry_commands_answer_as_redis_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_in(dir.path(), "");
-    let mut c = Raw::connect(server.addr);
-    let script: &[(&[&[u8]], &[u8])] = &[
+    let script: Script = &[
         (&[b"SET", b"e", b"v", b"EX", b"100"], b"+OK\r\n"),
         (&[b"TTL", b"e"], b":100\r\n"),
         (
@@ -416,6 +408,17 @@ fn expiry_commands_answer_as_redis_does() {
         (&[b"EXPIRETIME", b"r"], b":9223372036854776\r\n"),
         (&[b"DEL", b"r"], b":1\r\n"),
     ];
+    answers_each(script, "");
+}
+
+/// Commands, each with the reply it must get, byte for byte.
+type Script<'a> = &'a [(&'a [&'a [u8]], &'a [u8])];
+
+/// Sends each command of `script` in turn to a node started with `config` and checks its reply.
+fn answers_each(script: Script, config: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), config);
+    let mut c = Raw::connect(server.addr);
     for (args, reply) in script {
         c.roundtrip(&cmd(args), reply);
     }
