@@ -636,7 +636,9 @@ impl Group {
         2 * reachable > voters.len()
     }
 
-    /// On a leader: whether the range may stop ticking. Every voter on a live node has the
+    /// On a leader: whether the range may stop ticking. The leader is a voter still (one that
+    /// applied its own removal stays for a while, and the voters left must not be put to sleep
+    /// following it: they would never elect another), every voter on a live node has the
     /// whole log, there are no learners and no joint configuration. A replica on a dead node
     /// does not keep the range awake (the range wakes when that node comes back), unless too
     /// few are left for a quorum: the leader then keeps ticking, so that raft's quorum check
@@ -645,6 +647,7 @@ impl Group {
         let cs = self.node.store().conf_state();
         let last = self.node.raft.raft_log.last_index();
         self.is_leader()
+            && cs.voters.contains(&self.replica.0)
             && self.is_idle()
             && self.has_live_quorum(live)
             && self.node.raft.raft_log.committed == last
@@ -2273,7 +2276,9 @@ impl MultiRaft {
                     .ticks
                     .is_multiple_of(self.settings.election_ticks as u64)
                 {
-                    for &id in &g.removed {
+                    // Not this replica: one that applied its own removal leads until the voters
+                    // left have applied it too (see `Handler<ChangeApplied>`).
+                    for &id in g.removed.iter().filter(|&&id| id != g.replica.0) {
                         renotify.push((*range, ReplicaId(id)));
                     }
                 }

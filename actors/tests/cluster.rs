@@ -1504,3 +1504,88 @@ fn a_follower_that_does_not_answer_its_append_is_not_sent_it_again_every_heartbe
         }
     })
 }
+
+/// A leader that commits and applies its own removal stays until the voter left has applied
+/// it too. Range 1 has two voters; node 1 leads it and proposes removing node 2, whose
+/// acknowledgement never reaches it, so the change is in both logs and committed by neither.
+/// Both nodes stop and come back, and node 2 is elected (node 1's campaigns are held back): it
+/// commits the change in its term and applies its own removal, its appends that say so lost.
+/// Had it gone at once, node 1 would not have learned that the change committed: it would
+/// count node 2 as a voter still, and never elect a leader again (the simulation's seed 90001
+/// found this).
+#[test]
+fn a_leader_removing_itself_stays_until_the_voter_left_has_applied_it() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings::default();
+        let mut cluster = Cluster::start(dir.path(), &[1, 2], settings.clone());
+        let range = RangeId(1);
+        cluster.await_leaders(1).await;
+        cluster.transfer(range, 1).await;
+        // An entry of node 1's term committed: the change is the next entry.
+        write_eventually(&cluster, 1, b"a-before", b"1").await;
+        let status = cluster.status(1).await;
+        let committed = status.iter().find(|s| s.range == range).unwrap().commit;
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = acked.clone();
+        cluster.net.hold_messages(move |from, to, r, m| {
+            let ack = (from, to, r) == (NodeId(2), NodeId(1), range)
+                && m.get_msg_type() == MessageType::MsgAppendResponse;
+            if ack && !m.reject && m.index > committed {
+                seen.store(true, Ordering::SeqCst);
+            }
+            ack
+        });
+        cluster.node(1).store.do_send(RemoveReplica {
+            range,
+            node: NodeId(2),
+        });
+        for _ in 0..250 {
+            if acked.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        assert!(
+            acked.load(Ordering::SeqCst),
+            "node 2 never appended the change"
+        );
+        // From now on node 1's campaigns are held back, and so are the appends that would tell
+        // it the change committed: only heartbeats can (the acknowledgement held stays held).
+        cluster.net.hold_messages(move |from, _, r, m| {
+            r == range
+                && match m.get_msg_type() {
+                    MessageType::MsgRequestVote | MessageType::MsgRequestPreVote => {
+                        from == NodeId(1)
+                    }
+                    MessageType::MsgAppend => from == NodeId(2) && m.commit > committed,
+                    _ => false,
+                }
+        });
+        cluster.stop_node(1).await;
+        cluster.stop_node(2).await;
+        cluster.start_node(2, &[1, 2], settings.clone()).await;
+        cluster.start_node(1, &[1, 2], settings).await;
+        // Node 1 ends as the range's only voter, and its leader.
+        let mut last = None;
+        for _ in 0..500 {
+            last = cluster
+                .status(1)
+                .await
+                .into_iter()
+                .find(|s| s.range == range);
+            if last
+                .as_ref()
+                .is_some_and(|s| s.voters == [NodeId(1)] && s.leader == Some(NodeId(1)))
+            {
+                break;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        let status = last.expect("node 1 holds range 1");
+        assert_eq!(status.voters, [NodeId(1)], "{status:?}");
+        assert_eq!(status.leader, Some(NodeId(1)), "{status:?}");
+        write_eventually(&cluster, 1, b"a-after", b"1").await;
+        cluster.stop();
+    });
+}
