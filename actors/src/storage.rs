@@ -346,6 +346,17 @@ const TREE: &str = "flotilla";
 /// An entry of a range's index of deadlines: a deadline and the user key that has it.
 pub type Deadline = (u64, Vec<u8>);
 
+/// What [`Engine::expired`] found in a range's index of deadlines.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Expired {
+    /// The entries past their time, earliest first.
+    pub entries: Vec<Deadline>,
+    /// More entries past their time wait beyond these.
+    pub full: bool,
+    /// The index has an entry, past its time or not.
+    pub any: bool,
+}
+
 /// The keys of the ranges' own state (`'r' · range · kind`: ten bytes) with their values, in
 /// order. Each range's index of deadlines, under the same prefix and as large as the number of
 /// deadlines, is stepped over rather than read through.
@@ -827,27 +838,22 @@ impl Engine {
         Ok(out)
     }
 
-    /// The entries of a range's index of deadlines (`(deadline, key)`) that are past at `now`,
-    /// earliest first, up to `max` of them and as many as make `max_bytes` of keys (at least
-    /// one), and whether the index has any entry at all.
+    /// The entries of a range's index of deadlines that are past at `now`, earliest first, up
+    /// to `max` of them and as many as make `max_bytes` of index keys (at least one).
     pub fn expired(
         &self,
         range: RangeId,
         now: u64,
         max: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<Deadline>, bool), StorageError> {
+    ) -> Result<Expired, StorageError> {
         let lo = keys::range_key(range, keys::EXPIRING);
         let mut hi = lo.clone();
         hi.extend_from_slice(&now.to_be_bytes());
-        let (mut out, mut bytes) = (Vec::new(), 0);
-        for item in self
-            .tree
-            .range(lo.as_slice()..hi.as_slice())
-            .keys()
-            .take(max)
-        {
-            if bytes >= max_bytes {
+        let (mut out, mut bytes, mut full) = (Vec::new(), 0, false);
+        for item in self.tree.range(lo.as_slice()..hi.as_slice()).keys() {
+            if out.len() >= max || bytes >= max_bytes {
+                full = true;
                 break;
             }
             let k = item?;
@@ -859,7 +865,11 @@ impl Engine {
             out.push((deadline, k[lo.len() + 8..].to_vec()));
         }
         let any = !out.is_empty() || self.tree.scan_prefix(&lo).next().transpose()?.is_some();
-        Ok((out, any))
+        Ok(Expired {
+            entries: out,
+            full,
+            any,
+        })
     }
 
     /// The descriptors of every range that has one stored here.
@@ -2893,14 +2903,13 @@ mod tests {
         let d = s.stage_snapshot(&snap, &mut batch).unwrap();
         engine.commit(batch).unwrap();
         // The index of deadlines is made again from the snapshot's values.
-        assert_eq!(
-            engine.expired(RangeId(7), u64::MAX, 10, 1 << 20).unwrap(),
-            (vec![(1000, b"d".to_vec())], true)
-        );
-        assert_eq!(
-            engine.expired(RangeId(7), 1000, 10, 1 << 20).unwrap(),
-            (vec![], true)
-        );
+        let expired = |now| engine.expired(RangeId(7), now, 10, 1 << 20).unwrap();
+        let past = expired(u64::MAX);
+        assert_eq!(past.entries, [(1000, b"d".to_vec())]);
+        assert!(past.any);
+        let past = expired(1000);
+        assert!(past.entries.is_empty());
+        assert!(past.any);
         assert_eq!(d, descriptor());
         assert_eq!(s.first_index().unwrap(), 21);
         assert_eq!(s.last_index().unwrap(), 20);
@@ -2990,7 +2999,7 @@ mod tests {
             db.flush().unwrap();
         }
         for _ in 0..2 {
-            let engine = Engine::open(dir.path(), 1 << 20).unwrap();
+            let engine = open(dir.path()).unwrap();
             for i in 0..n {
                 let k = format!("k{i:06}");
                 let stored = engine.get_user(k.as_bytes()).unwrap().unwrap();

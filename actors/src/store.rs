@@ -28,8 +28,8 @@ use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft, RaftMetrics};
 use crate::storage::{
-    keys, put_descriptor, AppliedStates, Engine, LogPosition, Pair, Proposers, RangeDescriptor,
-    SnapshotData, StorageError,
+    keys, put_descriptor, AppliedStates, Engine, Expired, LogPosition, Pair, Proposers,
+    RangeDescriptor, SnapshotData, StorageError,
 };
 use crate::value::{self, Clock, Value};
 use actix::prelude::*;
@@ -1352,7 +1352,8 @@ impl Store {
             .collect();
         let mut reaps = Vec::new();
         for range in led {
-            let (entries, any) = self.engine.expired(range, now, REAP_MAX, REAP_BYTES)?;
+            let Expired { entries, full, any } =
+                self.engine.expired(range, now, REAP_MAX, REAP_BYTES)?;
             // An index entry applied may not be in sled yet.
             let unwritten = self.unwritten.ranges.contains(&range)
                 || self
@@ -1363,8 +1364,6 @@ impl Store {
                 self.expiring.remove(&range);
             }
             if !entries.is_empty() {
-                let bytes: usize = entries.iter().map(|(_, k)| 18 + k.len()).sum();
-                let full = entries.len() >= REAP_MAX || bytes >= REAP_BYTES;
                 reaps.push((range, Command::Reap { entries }.clocked(|| now), full));
             }
         }
