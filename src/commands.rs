@@ -13,7 +13,7 @@ use flotilla_actors::multiraft::{MultiRaft, RaftMetrics};
 use flotilla_actors::storage::Engine;
 use flotilla_actors::store::{Store, WriteApplied};
 use flotilla_actors::value::{Clock, Value};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,6 +24,7 @@ use std::time::Instant;
 
 mod expiry;
 pub mod scan;
+mod transaction;
 
 /// What every session of a node shares.
 pub struct Shared {
@@ -156,7 +157,10 @@ const COMMANDS: &[Spec] = &[
     spec("getrange", 4, READ, (1, 1, 1)),
     spec("substr", 4, READ, (1, 1, 1)),
     spec("del", -2, WRITE, (1, -1, 1)),
+    spec("unlink", -2, WRITE, (1, -1, 1)),
     spec("exists", -2, READ, (1, -1, 1)),
+    spec("touch", -2, READ, (1, -1, 1)),
+    spec("type", 2, READ, (1, 1, 1)),
     spec("mget", -2, READ, (1, -1, 1)),
     spec("mset", -3, WRITE, (1, -1, 2)),
     spec("incr", 2, WRITE, (1, 1, 1)),
@@ -177,6 +181,11 @@ const COMMANDS: &[Spec] = &[
     spec("client", -2, FAST, NO_KEYS),
     spec("config", -2, READ, NO_KEYS),
     spec("flotilla", -2, READ, NO_KEYS),
+    spec("multi", 1, FAST, NO_KEYS),
+    spec("exec", 1, WRITE, NO_KEYS),
+    spec("discard", 1, FAST, NO_KEYS),
+    spec("watch", -2, READ, (1, -1, 1)),
+    spec("unwatch", 1, FAST, NO_KEYS),
 ];
 
 /// The command named `name`, in any case.
@@ -207,6 +216,12 @@ pub struct Session {
     authenticated: bool,
     name: Option<Bytes>,
     order: Rc<Order>,
+    /// The transaction `MULTI` opened, until `EXEC` or `DISCARD`.
+    multi: Option<transaction::Transaction>,
+    /// The keys `WATCH`ed, until `EXEC`, `DISCARD` or `UNWATCH`.
+    watched: Vec<transaction::WatchSlot>,
+    /// While `EXEC` runs its queued commands: the data commands, collected instead of run.
+    collecting: RefCell<Option<Vec<transaction::Collected>>>,
 }
 
 /// What [`Session::sequenced`] needs to know of the commands under way on a connection.
@@ -229,12 +244,15 @@ impl Session {
             authenticated,
             name: None,
             order: Rc::new(Order::default()),
+            multi: None,
+            watched: Vec::new(),
+            collecting: RefCell::new(None),
         }
     }
 
     /// Runs one command. Replies come back in the order commands were given, whatever order
     /// they finish in: the connection awaits them in order.
-    pub fn execute(&mut self, args: Vec<Bytes>) -> PendingReply {
+    pub fn execute(&mut self, mut args: Vec<Bytes>) -> PendingReply {
         let Some(spec) = lookup(&args[0]) else {
             let mut msg = format!(
                 "ERR unknown command '{}', with args beginning with: ",
@@ -243,19 +261,27 @@ impl Session {
             for a in args.iter().skip(1).take(8) {
                 msg.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
             }
-            return err(msg);
+            return self.refused(None, msg);
         };
         let name = spec.name;
         let n = args.len() as i32;
         if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
-            return err(format!(
-                "ERR wrong number of arguments for '{name}' command"
-            ));
+            let msg = format!("ERR wrong number of arguments for '{name}' command");
+            return self.refused(Some(name), msg);
         }
         if !self.authenticated && !matches!(name, "auth" | "hello" | "quit") {
             return err("NOAUTH Authentication required.");
         }
-        let a = &args[1..];
+        if self.in_multi() || matches!(name, "multi" | "exec" | "discard" | "watch" | "unwatch") {
+            if let Some(reply) = self.transactional(spec, &mut args) {
+                return reply;
+            }
+        }
+        self.dispatch(name, &args[1..])
+    }
+
+    /// Runs the command `name` (as the table spells it) with arguments `a`.
+    fn dispatch(&mut self, name: &'static str, a: &[Bytes]) -> PendingReply {
         match name {
             "get" => self.get(&a[0]),
             "mget" => self.read(a.iter().map(|k| k.to_vec()).collect(), |out, vs| {
@@ -264,7 +290,7 @@ impl Session {
                     reply::optional_bulk(out, v.map(|v| v.bytes).as_deref());
                 }
             }),
-            "exists" => self.read(a.iter().map(|k| k.to_vec()).collect(), |out, vs| {
+            "exists" | "touch" => self.read(a.iter().map(|k| k.to_vec()).collect(), |out, vs| {
                 reply::integer(out, vs.iter().filter(|v| v.is_some()).count() as i64)
             }),
             "set" => self.write_parsed(expiry::parse_set(a, || self.shared.clock.now_ms())),
@@ -328,7 +354,12 @@ impl Session {
                 }),
                 _ => err("ERR value is not an integer or out of range"),
             },
-            "del" => self.write(Command::Delete {
+            "type" => self.read(vec![a[0].to_vec()], |out, v| {
+                reply::simple(out, if v[0].is_some() { "string" } else { "none" })
+            }),
+            // `EXEC` runs a queued `UNWATCH`; it unwatched everything already.
+            "unwatch" => now(|out| reply::simple(out, "OK")),
+            "del" | "unlink" => self.write(Command::Delete {
                 keys: a.iter().map(|k| k.to_vec()).collect(),
             }),
             "mset" => {
@@ -444,8 +475,23 @@ impl Session {
     where
         F: Future<Output = Reply> + 'static,
     {
+        self.sequenced_as(is_write, true, start)
+    }
+
+    /// [`Session::sequenced`], which starts the command only once every earlier command has
+    /// been answered unless `may_start_now`.
+    fn sequenced_as<F>(
+        &self,
+        is_write: bool,
+        may_start_now: bool,
+        start: impl FnOnce(&Addr<Store>) -> F + 'static,
+    ) -> PendingReply
+    where
+        F: Future<Output = Reply> + 'static,
+    {
         let order = self.order.clone();
-        let now = order.undispatched.get() == 0 && (is_write || order.writes.get() == 0);
+        let now =
+            may_start_now && order.undispatched.get() == 0 && (is_write || order.writes.get() == 0);
         if is_write {
             order.writes.set(order.writes.get() + 1);
         }
@@ -485,6 +531,9 @@ impl Session {
         command: Command,
         render: impl FnOnce(&mut BytesMut, CommandOutcome) + 'static,
     ) -> PendingReply {
+        if self.collecting() {
+            return self.collect(command, render);
+        }
         self.sequenced(true, move |store| {
             // `send` enqueues at once; only the answer is awaited.
             let request = store.send(Write { command });
@@ -508,6 +557,9 @@ impl Session {
         keys: Vec<Vec<u8>>,
         render: impl FnOnce(&mut BytesMut, Vec<Option<Value>>) + 'static,
     ) -> PendingReply {
+        if self.collecting() {
+            return self.collect_read(keys, render);
+        }
         self.sequenced(false, move |store| {
             let request = store.send(Read { keys });
             async move {
@@ -776,6 +828,10 @@ fn render_outcome(out: &mut BytesMut, outcome: CommandOutcome) {
         CommandOutcome::Integer(n) => reply::integer(out, n),
         CommandOutcome::Error(e) => reply::error(out, &e),
         CommandOutcome::Value(v) => reply::optional_bulk(out, v.as_deref()),
+        // Answers to a transaction's parts, which their own renderers take.
+        CommandOutcome::Values(_) | CommandOutcome::Transaction(_) => {
+            reply::error(out, "ERR an answer of a transaction out of one")
+        }
     }
 }
 

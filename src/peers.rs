@@ -46,8 +46,8 @@ use tokio::sync::mpsc;
 /// hello: nodes speaking different versions refuse each other's connections with an error
 /// that says so. 3: `SET ... GET`, `GETDEL` and `APPEND`, which a node of version 2 cannot
 /// apply. 4: key expiry, whose commands and stored values (a tag byte before each, in
-/// snapshots too) a node of version 3 cannot read.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// snapshots too) a node of version 3 cannot read. 5: transactions (`Command::Multi`).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The largest frame accepted.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;

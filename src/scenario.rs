@@ -406,6 +406,9 @@ fn render(outcome: Result<CommandOutcome, StoreError>) -> Result<String, String>
         Ok(CommandOutcome::Value(v)) => {
             Ok(v.map_or("(nil)".into(), |v| String::from_utf8_lossy(&v).into_owned()))
         }
+        Ok(CommandOutcome::Values(_) | CommandOutcome::Transaction(_)) => {
+            Err("a scenario's steps run no transaction".into())
+        }
         Err(e) => Err(e.to_string()),
     }
 }

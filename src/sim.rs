@@ -17,7 +17,9 @@
 //! some point after it started or never, and every replica of every range holds exactly the
 //! data those final reads returned: the model the history allows.
 
-use flotilla_actors::command::{Command, CommandOutcome, ExpireCondition, SetCondition, SetExpiry};
+use flotilla_actors::command::{
+    Command, CommandOutcome, ExpireCondition, SetCondition, SetExpiry, Watched,
+};
 use flotilla_actors::ids::{NodeId, RangeId};
 use flotilla_actors::messages::{
     AddReplica, CompactLog, GetDigest, GetRaftStatus, GetStoreStatus, ProposeError, Read,
@@ -410,10 +412,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         clients.push(actix_rt::spawn(async move {
             let mut n = 0u64;
             while !stop.get() {
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(1..30))).await;
-                let up: Vec<u64> = world.borrow().nodes.keys().copied().collect();
-                let via = up[rng.gen_range(0..up.len())];
-                let k = key(rng.gen_range(0..KEYS));
+                let (via, k) = next_request(&world, &mut rng, 1..30).await;
                 n += 1;
                 let kind = match rng.gen_range(0..12) {
                     0..=3 => Kind::Write(Command::Set {
@@ -454,10 +453,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         clients.push(actix_rt::spawn(async move {
             let mut n = 0u64;
             while !stop.get() {
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
-                let up: Vec<u64> = world.borrow().nodes.keys().copied().collect();
-                let via = up[rng.gen_range(0..up.len())];
-                let k = key(rng.gen_range(0..KEYS));
+                let (via, k) = next_request(&world, &mut rng, 5..40).await;
                 n += 1;
                 let now = world.borrow().clock.now_ms();
                 let at = now + rng.gen_range(20..400);
@@ -501,6 +497,63 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                     },
                 };
                 let op = request(&world, via, CLIENTS + 2, k, Kind::Write(kind), t0).await;
+                history.borrow_mut().push(op);
+            }
+        }));
+    }
+    // Transactions of one key: two or three commands applied as one entry, half of them
+    // guarded by the value a read 20-200 ms before saw (`WATCH`), which aborts them if it
+    // changed.
+    {
+        let (world, history, stop) = (world.clone(), history.clone(), stop.clone());
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x7A7A);
+        clients.push(actix_rt::spawn(async move {
+            let mut n = 0u64;
+            while !stop.get() {
+                let (via, k) = next_request(&world, &mut rng, 5..40).await;
+                let mut watched = Vec::new();
+                if rng.gen_bool(0.5) {
+                    let op = request(&world, via, CLIENTS + 3, k.clone(), Kind::Read, t0).await;
+                    if let Outcome::Value(v) = &op.result {
+                        watched.push(Watched {
+                            key: k.clone(),
+                            stored: v.as_ref().map(|v| stored(&v.bytes, v.deadline)),
+                        });
+                    }
+                    history.borrow_mut().push(op);
+                    // Time for other clients' writes to come between.
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(20..200))).await;
+                }
+                let commands = (0..rng.gen_range(2..=3))
+                    .map(|_| {
+                        n += 1;
+                        let value = format!("t{n}").into_bytes();
+                        match rng.gen_range(0..5) {
+                            0 => Command::Read {
+                                keys: vec![k.clone()],
+                            },
+                            1 => Command::SetGet {
+                                key: k.clone(),
+                                value,
+                                condition: SetCondition::Always,
+                            },
+                            2 => Command::IncrBy {
+                                key: k.clone(),
+                                delta: 1,
+                            },
+                            3 => Command::Append {
+                                key: k.clone(),
+                                value,
+                                limit: 1 << 20,
+                            },
+                            _ => Command::Delete {
+                                keys: vec![k.clone()],
+                            },
+                        }
+                    })
+                    .collect();
+                let multi = Command::Multi { watched, commands };
+                let op = request(&world, via, CLIENTS + 3, k, Kind::Write(multi), t0).await;
                 history.borrow_mut().push(op);
             }
         }));
@@ -818,6 +871,19 @@ async fn request(
         }
     }
     op
+}
+
+/// Waits a pause in `pause` (ms), then picks a node that is up and a key: a client's next
+/// request.
+async fn next_request(
+    world: &Rc<RefCell<World>>,
+    rng: &mut StdRng,
+    pause: std::ops::Range<u64>,
+) -> (u64, Vec<u8>) {
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(pause))).await;
+    let up: Vec<u64> = world.borrow().nodes.keys().copied().collect();
+    let via = up[rng.gen_range(0..up.len())];
+    (via, key(rng.gen_range(0..KEYS)))
 }
 
 /// Injects one fault chosen by `rng`; returns its name.

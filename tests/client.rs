@@ -65,7 +65,7 @@ fn every_command_answers_with_redis_reply_shapes() {
         b"+OK\r\n",
     );
     c.roundtrip(&cmd(&[b"COMMAND", b"DOCS"]), b"*0\r\n");
-    c.roundtrip(&cmd(&[b"COMMAND", b"COUNT"]), b":43\r\n");
+    c.roundtrip(&cmd(&[b"COMMAND", b"COUNT"]), b":51\r\n");
     c.roundtrip(
         &cmd(&[b"COMMAND", b"INFO", b"get"]),
         b"*1\r\n*6\r\n$3\r\nget\r\n:2\r\n*1\r\n+readonly\r\n:1\r\n:1\r\n:1\r\n",
@@ -409,6 +409,228 @@ fn expiry_commands_answer_as_redis_does() {
         (&[b"DEL", b"r"], b":1\r\n"),
     ];
     answers_each(script, "");
+}
+
+/// Transactions answer as Redis 7.0 does, byte for byte (each reply below is redis-server's to
+/// the same command, on a node of one range): `MULTI`, `EXEC`, `DISCARD`, `WATCH` and
+/// `UNWATCH` and their errors, commands queued and run with their errors in `EXEC`'s answer,
+/// reads seeing the transaction's own writes, a watched key written by another command
+/// aborting `EXEC`; and `TYPE`, `TOUCH` and `UNLINK`.
+#[test]
+fn transactions_answer_as_redis_does() {
+    let script: Script = &[
+        (&[b"exec"], b"-ERR EXEC without MULTI\r\n"),
+        (&[b"discard"], b"-ERR DISCARD without MULTI\r\n"),
+        (&[b"unwatch"], b"+OK\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"multi"], b"-ERR MULTI calls can not be nested\r\n"),
+        (&[b"set", b"a", b"1"], b"+QUEUED\r\n"),
+        (&[b"get", b"a"], b"+QUEUED\r\n"),
+        (&[b"incr", b"a"], b"+QUEUED\r\n"),
+        (&[b"set", b"b", b"x"], b"+QUEUED\r\n"),
+        (&[b"incr", b"b"], b"+QUEUED\r\n"),
+        (&[b"set", b"c", b"v", b"ex", b"abc"], b"+QUEUED\r\n"),
+        (&[b"append", b"b", b"y"], b"+QUEUED\r\n"),
+        (&[b"mget", b"a", b"b", b"nope"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*8\r\n+OK\r\n$1\r\n1\r\n:2\r\n+OK\r\n-ERR value is not an integer or out of range\r\n-ERR value is not an integer or out of range\r\n:2\r\n*3\r\n$1\r\n2\r\n$2\r\nxy\r\n$-1\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"set", b"a", b"1"], b"+QUEUED\r\n"),
+        (&[b"get"], b"-ERR wrong number of arguments for 'get' command\r\n"),
+        (&[b"exec"], b"-EXECABORT Transaction discarded because of previous errors.\r\n"),
+        (&[b"get", b"a"], b"$1\r\n2\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"nosuch", b"x"], b"-ERR unknown command 'nosuch', with args beginning with: 'x' \r\n"),
+        (&[b"set", b"a", b"5"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"-EXECABORT Transaction discarded because of previous errors.\r\n"),
+        (&[b"get", b"a"], b"$1\r\n2\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"exec", b"x"], b"-EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command\r\n"),
+        (&[b"exec"], b"-ERR EXEC without MULTI\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"discard", b"x"], b"-ERR wrong number of arguments for 'discard' command\r\n"),
+        (&[b"discard"], b"+OK\r\n"),
+        (&[b"exec"], b"-ERR EXEC without MULTI\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"watch", b"x"], b"-ERR WATCH inside MULTI is not allowed\r\n"),
+        (&[b"set", b"k", b"v"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*1\r\n+OK\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"ping"], b"+QUEUED\r\n"),
+        (&[b"echo", b"hi"], b"+QUEUED\r\n"),
+        (&[b"select", b"0"], b"+QUEUED\r\n"),
+        (&[b"unwatch"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*4\r\n+PONG\r\n$2\r\nhi\r\n+OK\r\n+OK\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"exec"], b"*0\r\n"),
+        (&[b"watch"], b"-ERR wrong number of arguments for 'watch' command\r\n"),
+        (&[b"unwatch", b"x"], b"-ERR wrong number of arguments for 'unwatch' command\r\n"),
+        (&[b"watch", b"a"], b"+OK\r\n"),
+        (&[b"set", b"a", b"changed"], b"+OK\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"get", b"a"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*-1\r\n"),
+        (&[b"get", b"a"], b"$7\r\nchanged\r\n"),
+        (&[b"watch", b"a"], b"+OK\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"get", b"a"], b"+QUEUED\r\n"),
+        (&[b"set", b"a", b"mine"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*2\r\n$7\r\nchanged\r\n+OK\r\n"),
+        (&[b"watch", b"a", b"a", b"gone"], b"+OK\r\n"),
+        (&[b"set", b"gone", b"now"], b"+OK\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"set", b"a", b"never"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*-1\r\n"),
+        (&[b"get", b"a"], b"$4\r\nmine\r\n"),
+        (&[b"watch", b"a"], b"+OK\r\n"),
+        (&[b"unwatch"], b"+OK\r\n"),
+        (&[b"set", b"a", b"again"], b"+OK\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"get", b"a"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*1\r\n$5\r\nagain\r\n"),
+        (&[b"watch", b"a"], b"+OK\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"set", b"a", b"d"], b"+QUEUED\r\n"),
+        (&[b"discard"], b"+OK\r\n"),
+        (&[b"set", b"a", b"e"], b"+OK\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"get", b"a"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*1\r\n$1\r\ne\r\n"),
+        (&[b"set", b"k", b"v"], b"+OK\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"getex", b"k", b"persist"], b"+QUEUED\r\n"),
+        (&[b"ttl", b"k"], b"+QUEUED\r\n"),
+        (&[b"mget", b"k", b"zz"], b"+QUEUED\r\n"),
+        (&[b"exists", b"k", b"k"], b"+QUEUED\r\n"),
+        (&[b"strlen", b"k"], b"+QUEUED\r\n"),
+        (&[b"getrange", b"k", b"0", b"0"], b"+QUEUED\r\n"),
+        (&[b"type", b"k"], b"+QUEUED\r\n"),
+        (&[b"touch", b"k", b"zz", b"k"], b"+QUEUED\r\n"),
+        (&[b"del", b"k"], b"+QUEUED\r\n"),
+        (&[b"type", b"k"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*10\r\n$1\r\nv\r\n:-1\r\n*2\r\n$1\r\nv\r\n$-1\r\n:2\r\n:1\r\n$1\r\nv\r\n+string\r\n:2\r\n:1\r\n+none\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"set", b"x", b"1", b"ex", b"100"], b"+QUEUED\r\n"),
+        (&[b"incr", b"x"], b"+QUEUED\r\n"),
+        (&[b"ttl", b"x"], b"+QUEUED\r\n"),
+        (&[b"set", b"x", b"5"], b"+QUEUED\r\n"),
+        (&[b"ttl", b"x"], b"+QUEUED\r\n"),
+        (&[b"get", b"x"], b"+QUEUED\r\n"),
+        (&[b"getdel", b"x"], b"+QUEUED\r\n"),
+        (&[b"exists", b"x"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*8\r\n+OK\r\n:2\r\n:100\r\n+OK\r\n:-1\r\n$1\r\n5\r\n$1\r\n5\r\n:0\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"setex", b"e", b"0", b"v"], b"+QUEUED\r\n"),
+        (&[b"incr", b"k2"], b"+QUEUED\r\n"),
+        (&[b"incrby", b"k2", b"x"], b"+QUEUED\r\n"),
+        (&[b"decrby", b"k2", b"5"], b"+QUEUED\r\n"),
+        (&[b"setnx", b"k2", b"z"], b"+QUEUED\r\n"),
+        (&[b"getset", b"k2", b"w"], b"+QUEUED\r\n"),
+        (&[b"mset", b"m1", b"1", b"m2"], b"+QUEUED\r\n"),
+        (&[b"mset", b"m1", b"1", b"m2", b"2"], b"+QUEUED\r\n"),
+        (&[b"unlink", b"m1", b"m2", b"m1"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*9\r\n-ERR invalid expire time in 'setex' command\r\n:1\r\n-ERR value is not an integer or out of range\r\n:-4\r\n:0\r\n$2\r\n-4\r\n-ERR wrong number of arguments for 'mset' command\r\n+OK\r\n:2\r\n"),
+        (&[b"set", b"t", b"v"], b"+OK\r\n"),
+        (&[b"type", b"t"], b"+string\r\n"),
+        (&[b"type", b"none"], b"+none\r\n"),
+        (&[b"touch", b"t", b"t", b"none"], b":2\r\n"),
+        (&[b"unlink", b"t", b"t"], b":1\r\n"),
+        (&[b"touch", b"t"], b":0\r\n"),
+    ];
+    answers_each(script, "split_keys = []");
+}
+
+/// A transaction is applied whole or not at all: through the `redis` crate's atomic pipeline
+/// its reads see its own writes; one whose keys span two ranges is refused with `CROSSSLOT`
+/// and none of it is applied; `EXEC` after another client wrote a watched key applies
+/// nothing; and clients incrementing one counter by `WATCH`, `GET`, `MULTI`, `SET` and `EXEC`
+/// (the `redis` crate's `transaction` helper, which retries an aborted one) lose no update.
+#[test]
+fn a_transaction_is_applied_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), "");
+    let mut con = server.client();
+
+    let (set, n, got): (String, i64, String) = redis::pipe()
+        .atomic()
+        .set("acct:1", 10)
+        .incr("acct:1", 5)
+        .get("acct:1")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((set.as_str(), n, got.as_str()), ("OK", 15, "15"));
+
+    // The shipped config cuts the key space at f, key:000000500000, m and t.
+    let _: () = redis::cmd("MULTI").query(&mut con).unwrap();
+    for k in ["apple", "zebra"] {
+        let queued: String = redis::cmd("SET").arg(k).arg(1).query(&mut con).unwrap();
+        assert_eq!(queued, "QUEUED");
+    }
+    let e = redis::cmd("EXEC").query::<()>(&mut con).unwrap_err();
+    assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
+    let got: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("apple")
+        .arg("zebra")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(got, [None, None]);
+
+    let mut other = server.client();
+    let _: () = redis::cmd("WATCH").arg("acct:1").query(&mut con).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("acct:1")
+        .arg(99)
+        .query(&mut other)
+        .unwrap();
+    let aborted: Option<((),)> = redis::pipe()
+        .atomic()
+        .set("acct:1", 0)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(aborted, None);
+    let got: i64 = redis::cmd("GET").arg("acct:1").query(&mut con).unwrap();
+    assert_eq!(got, 99);
+
+    // A transaction is one log entry: it may hold as many bytes as one request (16 MiB here).
+    let _: () = redis::cmd("MULTI").query(&mut con).unwrap();
+    let big = vec![b'v'; 1 << 20];
+    let refused = (0..17)
+        .map(|i| {
+            redis::cmd("SET")
+                .arg(format!("big{i}"))
+                .arg(&big)
+                .query::<String>(&mut con)
+        })
+        .find_map(Result::err)
+        .expect("a transaction past 16 MiB is refused");
+    assert!(
+        refused.to_string().contains("at most 16777216 bytes"),
+        "{refused}"
+    );
+    let e = redis::cmd("EXEC").query::<()>(&mut con).unwrap_err();
+    assert_eq!(e.code(), Some("EXECABORT"), "{e}");
+    let n: u64 = redis::cmd("EXISTS").arg("big0").query(&mut con).unwrap();
+    assert_eq!(n, 0);
+
+    let (clients, each) = (4, 25);
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let mut con = server.client();
+            std::thread::spawn(move || {
+                for _ in 0..each {
+                    let _: () = redis::transaction(&mut con, &["counter"], |con, pipe| {
+                        let n: Option<i64> = redis::cmd("GET").arg("counter").query(con)?;
+                        pipe.set("counter", n.unwrap_or(0) + 1).ignore().query(con)
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let got: i64 = redis::cmd("GET").arg("counter").query(&mut con).unwrap();
+    assert_eq!(got, clients * each);
 }
 
 /// Commands, each with the reply it must get, byte for byte.

@@ -235,6 +235,22 @@ fn three_nodes_replicate_fail_over_and_catch_up() {
     let mut three = node(&servers, 2);
     let v: String = redis::cmd("GET").arg("apple").query(&mut three).unwrap();
     assert_eq!(v, "red");
+    // A transaction through node 3, whichever node leads the range: one entry, applied on
+    // every replica; its key watched there.
+    let _: () = redis::cmd("WATCH").arg("apple").query(&mut three).unwrap();
+    let (old, n): (String, i64) = redis::pipe()
+        .atomic()
+        .getset("apple", "green")
+        .incr("apricot", 2)
+        .query(&mut three)
+        .unwrap();
+    assert_eq!((old.as_str(), n), ("red", 2));
+    let v: Vec<String> = redis::cmd("MGET")
+        .arg("apple")
+        .arg("apricot")
+        .query(&mut one)
+        .unwrap();
+    assert_eq!(v, ["green", "2"]);
 
     // Kill the node leading the range of "apple" (r1).
     let r1 = await_leaders(servers[0].as_ref().unwrap())[0].clone();

@@ -7,6 +7,7 @@
 use crate::storage::Deadline;
 use crate::value;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// Which existing state a `SET` requires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +155,29 @@ pub enum Command {
         #[serde(with = "crate::codec::numbered_bytes")]
         entries: Vec<(u64, Vec<u8>)>,
     },
+    /// `MULTI` ... `EXEC`: `commands` applied one after the other, each seeing the writes of
+    /// those before it, as one entry; answered with each command's outcome, or not applied at
+    /// all (answered `Transaction(None)`) if a key of `watched` no longer holds the stored
+    /// value given (`None`: no live value), as `WATCH` read it. Every key is of one range.
+    Multi {
+        watched: Vec<Watched>,
+        commands: Vec<Command>,
+    },
+    /// A read inside a transaction (`GET`, `MGET`, `TTL`, ...): answered with the stored value
+    /// of each key, live at the command's time.
+    Read {
+        #[serde(with = "crate::codec::byte_lists")]
+        keys: Vec<Vec<u8>>,
+    },
+}
+
+/// A key a transaction watched, and its stored value then (`None`: it had no live value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watched {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub stored: Option<Vec<u8>>,
 }
 
 /// What applying a command answered.
@@ -169,6 +193,11 @@ pub enum CommandOutcome {
     Error(String),
     /// The value the key had (`None`: it had none).
     Value(Option<Vec<u8>>),
+    /// The stored value of each key a [`Command::Read`] named (`None`: none live).
+    Values(Vec<Option<Vec<u8>>>),
+    /// The outcome of each command of a [`Command::Multi`], or `None` if a watched key had
+    /// changed and nothing was applied.
+    Transaction(Option<Vec<CommandOutcome>>),
 }
 
 /// The effect of applying a command: the writes to make (stored values, see [`crate::value`];
@@ -213,7 +242,14 @@ impl Command {
             | Command::SetExpiring { key, .. }
             | Command::Expire { key, .. }
             | Command::GetEx { key, .. } => vec![key],
-            Command::Delete { keys } => keys.iter().map(Vec::as_slice).collect(),
+            Command::Delete { keys } | Command::Read { keys } => {
+                keys.iter().map(Vec::as_slice).collect()
+            }
+            Command::Multi { watched, commands } => watched
+                .iter()
+                .map(|w| w.key.as_slice())
+                .chain(commands.iter().flat_map(Command::keys))
+                .collect(),
             Command::MSet { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
             Command::Reap { entries } => entries.iter().map(|(_, k)| k.as_slice()).collect(),
             Command::Clocked { command, .. } => command.keys(),
@@ -250,21 +286,27 @@ impl Command {
         // The deadline of each value read: the index entry of one that a write replaces or
         // deletes goes with it (one that a plain SET or MSET replaces, unread, stays until its
         // time, when a reap finds it stale).
-        let mut read_deadlines: Vec<Deadline> = Vec::new();
+        let mut read_deadlines: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut applied = self.effect_at(now, |k| {
             let v = read(k);
             if let Some(d) = v.as_deref().and_then(value::deadline) {
-                if !read_deadlines.iter().any(|(_, key)| key == k) {
-                    read_deadlines.push((d, k.to_vec()));
-                }
+                read_deadlines.entry(k.to_vec()).or_insert(d);
             }
             v
         });
-        for (d, k) in read_deadlines {
-            let written = applied.writes.iter().rev().find(|(key, _)| *key == k);
-            if written.is_some_and(|(_, v)| v.as_deref().and_then(value::deadline) != Some(d)) {
-                applied.unindexed.push((d, k));
-            }
+        if !read_deadlines.is_empty() {
+            // Each key's last write.
+            let written: HashMap<&[u8], Option<u64>> = applied
+                .writes
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_deref().and_then(value::deadline)))
+                .collect();
+            let replaced: Vec<Deadline> = read_deadlines
+                .into_iter()
+                .filter(|(k, d)| written.get(k.as_slice()).is_some_and(|w| *w != Some(*d)))
+                .map(|(k, d)| (d, k))
+                .collect();
+            applied.unindexed.extend(replaced);
         }
         applied
     }
@@ -290,10 +332,11 @@ impl Command {
             },
             Command::Delete { keys } => {
                 let mut writes = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 let mut deleted = 0;
                 for key in keys {
                     // A key named twice is deleted once and counted once, as in Redis.
-                    if writes.iter().any(|(k, _): &(Vec<u8>, _)| k == key) {
+                    if !seen.insert(key.as_slice()) {
                         continue;
                     }
                     // An expired value is deleted too, uncounted.
@@ -424,6 +467,51 @@ impl Command {
                     vec![(key.clone(), stored)],
                     CommandOutcome::Value(Some(c.bytes)),
                 )
+            }
+            Command::Read { keys } => Applied::answer(CommandOutcome::Values(
+                keys.iter()
+                    .map(|k| read(k).filter(|s| value::live(s, now)))
+                    .collect(),
+            )),
+            Command::Multi { watched, commands } => {
+                for w in watched {
+                    if read(&w.key).filter(|s| value::live(s, now)) != w.stored {
+                        return Applied::answer(CommandOutcome::Transaction(None));
+                    }
+                }
+                // Each key's last write, in the order of first writes, and where it is: only
+                // that write is made (and so indexed), as one replaced by a later command would
+                // leave an index entry for a deadline never stored.
+                let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+                let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
+                let mut unindexed = Vec::new();
+                let mut outcomes = Vec::with_capacity(commands.len());
+                for command in commands {
+                    // Each command sees the writes of those before it.
+                    let mut seen = |k: &[u8]| match at.get(k) {
+                        Some(&i) => writes[i].1.clone(),
+                        None => read(k),
+                    };
+                    // As `dyn`, or each level of commands would be a new instance.
+                    let seen: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>> = &mut seen;
+                    let applied = command.apply_at(now, seen);
+                    for (k, v) in applied.writes {
+                        match at.get(&k) {
+                            Some(&i) => writes[i].1 = v,
+                            None => {
+                                at.insert(k.clone(), writes.len());
+                                writes.push((k, v));
+                            }
+                        }
+                    }
+                    unindexed.extend(applied.unindexed);
+                    outcomes.push(applied.outcome);
+                }
+                Applied {
+                    writes,
+                    unindexed,
+                    outcome: CommandOutcome::Transaction(Some(outcomes)),
+                }
             }
             Command::Reap { entries } => {
                 let mut writes = Vec::new();
@@ -907,5 +995,99 @@ mod tests {
             [&b"b".to_vec(), &b"c".to_vec()]
         );
         assert_eq!(ix, BTreeSet::from([(900, b"b".to_vec())]));
+    }
+
+    #[test]
+    fn a_transaction_sees_its_own_writes_and_keeps_the_index_true() {
+        let (mut s, mut ix) = (BTreeMap::new(), BTreeSet::new());
+        let always = SetCondition::Always;
+        for (k, deadline) in [("a", 100), ("gone", 10)] {
+            let set = set_expiring(k, "1", SetExpiry::At(deadline), always);
+            run_at(&mut s, &mut ix, 0, set);
+        }
+        let read = |keys: &[&str]| Command::Read {
+            keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+        };
+        // a's deadline moves twice, and INCR keeps the last; b is given a deadline, then
+        // replaced by a plain SET; `gone` has expired by the transaction's time.
+        let multi = Command::Multi {
+            watched: vec![],
+            commands: vec![
+                expire("a", Some(500), ExpireCondition::Always),
+                expire("a", Some(300), ExpireCondition::Always),
+                Command::IncrBy {
+                    key: b"a".to_vec(),
+                    delta: 1,
+                },
+                set_expiring("b", "x", SetExpiry::At(200), always),
+                set("b", "y", always),
+                read(&["a", "b", "gone"]),
+            ],
+        };
+        let i = CommandOutcome::Integer;
+        assert_eq!(
+            run_at(&mut s, &mut ix, 50, multi),
+            CommandOutcome::Transaction(Some(vec![
+                i(1),
+                i(1),
+                i(2),
+                CommandOutcome::Ok,
+                CommandOutcome::Ok,
+                CommandOutcome::Values(vec![
+                    Some(value::stored(b"2", Some(300))),
+                    Some(value::stored(b"y", None)),
+                    None
+                ]),
+            ]))
+        );
+        assert_eq!(
+            s.get(b"a".as_slice()),
+            Some(&value::stored(b"2", Some(300)))
+        );
+        // Only the deadlines stored are indexed (and `gone`'s, until a reap).
+        let want = [(10, b"gone".to_vec()), (300, b"a".to_vec())];
+        assert_eq!(ix, BTreeSet::from(want));
+    }
+
+    #[test]
+    fn a_transaction_whose_watched_key_changed_does_nothing() {
+        let (mut s, mut ix) = (BTreeMap::new(), BTreeSet::new());
+        let always = SetCondition::Always;
+        run_at(
+            &mut s,
+            &mut ix,
+            0,
+            set_expiring("w", "1", SetExpiry::At(100), always),
+        );
+        let multi = |stored: Option<Vec<u8>>| Command::Multi {
+            watched: vec![Watched {
+                key: b"w".to_vec(),
+                stored,
+            }],
+            commands: vec![set("other", "1", always)],
+        };
+        let seen = value::stored(b"1", Some(100));
+        // Another value, or none where one was seen: nothing is applied.
+        let before = s.clone();
+        for (now, stored) in [
+            (50, Some(value::stored(b"1", None))),
+            (50, None),
+            (150, Some(seen.clone())),
+        ] {
+            assert_eq!(
+                run_at(&mut s, &mut ix, now, multi(stored)),
+                CommandOutcome::Transaction(None)
+            );
+            assert_eq!(s, before);
+        }
+        // The value seen, or none once it has expired: applied.
+        for (now, stored) in [(50, Some(seen)), (150, None)] {
+            let applied = run_at(&mut s, &mut ix, now, multi(stored));
+            assert_eq!(
+                applied,
+                CommandOutcome::Transaction(Some(vec![CommandOutcome::Ok]))
+            );
+        }
+        assert_eq!(get(&s, "other"), Some(b"1".to_vec()));
     }
 }

@@ -847,10 +847,36 @@ impl Store {
                 let range = route(command.keys()[0])?;
                 vec![(range, command)]
             }
-            Command::Clocked { .. } | Command::Reap { .. } => {
+            Command::Clocked { .. } | Command::Reap { .. } | Command::Read { .. } => {
                 return Err(StoreError::Internal(
-                    "only the Store proposes clocked commands and reaps".into(),
+                    "only the Store proposes clocked commands and reaps, and reads go in a \
+                     transaction"
+                        .into(),
                 ))
+            }
+            Command::Multi { ref commands, .. } => {
+                let nested = |c: &Command| {
+                    matches!(
+                        c,
+                        Command::Clocked { .. } | Command::Reap { .. } | Command::Multi { .. }
+                    )
+                };
+                if commands.iter().any(nested) {
+                    return Err(StoreError::Internal(
+                        "a transaction holds clients' commands only".into(),
+                    ));
+                }
+                let keys = command.keys();
+                let Some(first) = keys.first() else {
+                    return Err(StoreError::Internal("a transaction with no key".into()));
+                };
+                let range = route(first)?;
+                for k in &keys[1..] {
+                    if route(k)? != range {
+                        return Err(StoreError::CrossRange);
+                    }
+                }
+                vec![(range, command)]
             }
             Command::Delete { keys } => {
                 let mut parts: BTreeMap<RangeId, Vec<Vec<u8>>> = BTreeMap::new();

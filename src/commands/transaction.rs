@@ -1,0 +1,292 @@
+//! `MULTI`, `EXEC`, `DISCARD`, `WATCH` and `UNWATCH`: Redis's transactions, as one log entry.
+//!
+//! Between `MULTI` and `EXEC` a connection's commands are queued, answered `+QUEUED`. `EXEC`
+//! runs them as Redis does (their arguments are parsed then, so a bad one is an error in
+//! `EXEC`'s answer and the others still run), except that the data commands are not sent one
+//! by one: they go to the Store as one [`Command::Multi`], applied atomically in one entry of
+//! one range's log, where each sees the writes of those before it. Reads (`GET`, `TTL`, ...)
+//! go in it too, as [`Command::Read`], so they see the transaction's state, linearizably.
+//! Keys of more than one range cannot be in one entry: such an `EXEC` is refused whole with
+//! Redis Cluster's `CROSSSLOT` error, and nothing is applied.
+//!
+//! `WATCH` reads its keys linearizably and keeps the values it saw; `EXEC` sends them with the
+//! transaction, which is applied only if every watched key still holds the value (deadline
+//! included) seen, and is otherwise answered with a null array, as Redis does when a watched
+//! key was written. So unlike Redis, a key written back to the value it had does not abort
+//! the transaction (compare-and-set on the value, as etcd's transactions compare).
+
+use super::{err, lookup, now, render_outcome, Reply, Session, Spec};
+use crate::resp::{reply, Limits};
+use bytes::{Bytes, BytesMut};
+use flotilla_actors::command::{Command, CommandOutcome, Watched};
+use flotilla_actors::messages::Write;
+use flotilla_actors::value::{self, Value};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// An open `MULTI`.
+#[derive(Default)]
+pub(super) struct Transaction {
+    /// Each queued command's arguments, its name first.
+    queued: Vec<Vec<Bytes>>,
+    /// Their bytes, bounded like one request's: the transaction is one log entry.
+    bytes: usize,
+    /// A command was refused while queuing: `EXEC` will discard the transaction.
+    failed: bool,
+}
+
+/// A watched key, and its value as `WATCH` read it: `None` until the read is answered (and
+/// for good if it failed), `Some(None)` if the key had no live value.
+pub(super) type WatchSlot = (Vec<u8>, Rc<RefCell<Option<Option<Value>>>>);
+
+/// How a data command's outcome is rendered.
+type Render = Box<dyn FnOnce(&mut BytesMut, CommandOutcome)>;
+
+/// A data command `EXEC` collected instead of running, and how to render its outcome.
+pub(super) struct Collected {
+    pub command: Command,
+    pub render: Render,
+}
+
+/// What renders one element of `EXEC`'s answer.
+enum Part {
+    /// The outcome of the transaction's next command.
+    Command,
+    /// A reply given without the Store (`PING`, or an error in the command's arguments).
+    Reply(super::PendingReply),
+}
+
+/// Commands that may be queued besides those with keys: they answer from the connection alone.
+const QUEUEABLE: &[&str] = &["ping", "echo", "select", "command", "config", "unwatch"];
+
+impl Session {
+    /// Whether a transaction is open (its commands are queued).
+    pub(super) fn in_multi(&self) -> bool {
+        self.multi.is_some()
+    }
+
+    /// A command refused before it ran (unknown, or with the wrong number of arguments):
+    /// inside `MULTI` it dooms the transaction, as in Redis; a bad `EXEC` discards it at once.
+    pub(super) fn refused(&mut self, name: Option<&str>, msg: String) -> super::PendingReply {
+        if name == Some("exec") {
+            if self.multi.take().is_some() {
+                self.watched.clear();
+                let why = msg.strip_prefix("ERR ").unwrap_or(&msg);
+                return err(format!("EXECABORT Transaction discarded because of: {why}"));
+            }
+        } else if let Some(tx) = &mut self.multi {
+            tx.failed = true;
+        }
+        err(msg)
+    }
+
+    /// `MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`, and any command inside `MULTI`: `None`
+    /// for a command to run as usual.
+    pub(super) fn transactional(
+        &mut self,
+        spec: &Spec,
+        args: &mut Vec<Bytes>,
+    ) -> Option<super::PendingReply> {
+        let name = spec.name;
+        Some(match name {
+            "multi" if self.in_multi() => err("ERR MULTI calls can not be nested"),
+            "multi" => {
+                self.multi = Some(Transaction::default());
+                ok()
+            }
+            "discard" => match self.multi.take() {
+                None => err("ERR DISCARD without MULTI"),
+                Some(_) => {
+                    self.watched.clear();
+                    ok()
+                }
+            },
+            "exec" => match self.multi.take() {
+                None => err("ERR EXEC without MULTI"),
+                Some(tx) => self.exec(tx),
+            },
+            "watch" if self.in_multi() => err("ERR WATCH inside MULTI is not allowed"),
+            "watch" => self.watch(&args[1..]),
+            "unwatch" if !self.in_multi() => {
+                self.watched.clear();
+                ok()
+            }
+            "quit" => return None,
+            _ => {
+                let tx = self.multi.as_mut()?;
+                if spec.first_key == 0 && !QUEUEABLE.contains(&name) {
+                    tx.failed = true;
+                    return Some(err("ERR Command not allowed inside a transaction"));
+                }
+                let bytes = args.iter().map(|a| a.len() + 16).sum::<usize>();
+                let limit = Limits::new(self.shared.config.max_value_bytes).max_request_bytes;
+                if tx.bytes + bytes > limit {
+                    tx.failed = true;
+                    return Some(err(format!(
+                        "ERR a transaction holds at most {limit} bytes of commands"
+                    )));
+                }
+                tx.bytes += bytes;
+                tx.queued.push(std::mem::take(args));
+                now(|out| reply::simple(out, "QUEUED"))
+            }
+        })
+    }
+
+    /// `WATCH`: reads the keys, keeping what it saw for `EXEC` to compare.
+    fn watch(&mut self, keys: &[Bytes]) -> super::PendingReply {
+        let mut slots: Vec<WatchSlot> = Vec::new();
+        for k in keys {
+            // A key watched already keeps what was seen first, as in Redis.
+            let known = |s: &WatchSlot| s.0 == k.as_ref();
+            if !self.watched.iter().any(known) && !slots.iter().any(known) {
+                slots.push((k.to_vec(), Rc::new(RefCell::new(None))));
+            }
+        }
+        self.watched.extend(slots.iter().cloned());
+        let keys = slots.iter().map(|(k, _)| k.clone()).collect();
+        self.read(keys, move |out, values| {
+            for ((_, slot), v) in slots.iter().zip(values) {
+                *slot.borrow_mut() = Some(v);
+            }
+            reply::simple(out, "OK")
+        })
+    }
+
+    /// `EXEC`: runs the queued commands, the data commands as one [`Command::Multi`].
+    fn exec(&mut self, tx: Transaction) -> super::PendingReply {
+        let watched = std::mem::take(&mut self.watched);
+        if tx.failed {
+            return err("EXECABORT Transaction discarded because of previous errors.");
+        }
+        *self.collecting.borrow_mut() = Some(Vec::new());
+        let mut parts = Vec::with_capacity(tx.queued.len());
+        for args in tx.queued {
+            let name = lookup(&args[0]).expect("queued commands are known").name;
+            let before = self.collected();
+            let reply = self.dispatch(name, &args[1..]);
+            parts.push(match self.collected() > before {
+                true => Part::Command,
+                false => Part::Reply(reply),
+            });
+        }
+        let collected = self.collecting.borrow_mut().take().unwrap_or_default();
+        if collected.is_empty() && watched.is_empty() {
+            return Box::pin(async move { render(parts, Vec::new(), Vec::new()).await });
+        }
+        let (commands, renders): (Vec<_>, Vec<_>) =
+            collected.into_iter().map(|c| (c.command, c.render)).unzip();
+        // With keys watched, it starts once every earlier command is answered, `WATCH` among
+        // them: what it read is known by then.
+        let may_start_now = watched.is_empty();
+        self.sequenced_as(true, may_start_now, move |store| {
+            let seen: Option<Vec<Watched>> = watched
+                .iter()
+                .map(|(key, slot)| {
+                    let v = slot.borrow().clone()?;
+                    Some(Watched {
+                        key: key.clone(),
+                        stored: v.map(|v| value::stored(&v.bytes, v.deadline)),
+                    })
+                })
+                .collect();
+            // A `WATCH` that failed: what it would have seen is not known.
+            let request = seen.map(|watched| {
+                store.send(Write {
+                    command: Command::Multi { watched, commands },
+                })
+            });
+            async move {
+                let outcome = match request {
+                    None => Ok(Ok(CommandOutcome::Transaction(None))),
+                    Some(request) => request.await,
+                };
+                let mut out = BytesMut::new();
+                match outcome {
+                    Ok(Ok(CommandOutcome::Transaction(Some(outcomes)))) => {
+                        return render(parts, renders, outcomes).await
+                    }
+                    Ok(Ok(CommandOutcome::Transaction(None))) => out.extend_from_slice(b"*-1\r\n"),
+                    Ok(Ok(other)) => reply::error(
+                        &mut out,
+                        &format!("ERR a transaction was answered {other:?}"),
+                    ),
+                    Ok(Err(e)) => super::store_failure(&mut out, e),
+                    Err(e) => super::mailbox_failure(&mut out, e),
+                }
+                Reply {
+                    bytes: out,
+                    close: false,
+                }
+            }
+        })
+    }
+
+    /// How many data commands `EXEC` has collected so far.
+    fn collected(&self) -> usize {
+        self.collecting.borrow().as_ref().map_or(0, Vec::len)
+    }
+
+    /// Whether `EXEC` is collecting data commands (see [`Session::collect`]).
+    pub(super) fn collecting(&self) -> bool {
+        self.collecting.borrow().is_some()
+    }
+
+    /// Inside `EXEC`, collects a data command instead of running it.
+    pub(super) fn collect(
+        &self,
+        command: Command,
+        render: impl FnOnce(&mut BytesMut, CommandOutcome) + 'static,
+    ) -> super::PendingReply {
+        if let Some(c) = self.collecting.borrow_mut().as_mut() {
+            c.push(Collected {
+                command,
+                render: Box::new(render),
+            });
+        }
+        now(|_| {})
+    }
+
+    /// Inside `EXEC`, collects a read, as a [`Command::Read`].
+    pub(super) fn collect_read(
+        &self,
+        keys: Vec<Vec<u8>>,
+        render: impl FnOnce(&mut BytesMut, Vec<Option<Value>>) + 'static,
+    ) -> super::PendingReply {
+        self.collect(Command::Read { keys }, move |out, outcome| match outcome {
+            CommandOutcome::Values(stored) => render(
+                out,
+                // Live at the transaction's time, as applied.
+                stored
+                    .into_iter()
+                    .map(|s| s.and_then(|s| Value::at(s, || 0)))
+                    .collect(),
+            ),
+            other => render_outcome(out, other),
+        })
+    }
+}
+
+fn ok() -> super::PendingReply {
+    now(|out| reply::simple(out, "OK"))
+}
+
+/// `EXEC`'s answer: an element per queued command, in order.
+async fn render(parts: Vec<Part>, renders: Vec<Render>, outcomes: Vec<CommandOutcome>) -> Reply {
+    let mut out = BytesMut::new();
+    reply::array_header(&mut out, parts.len());
+    let mut answers = renders.into_iter().zip(outcomes);
+    for part in parts {
+        match part {
+            Part::Command => match answers.next() {
+                Some((render, outcome)) => render(&mut out, outcome),
+                None => reply::error(&mut out, "ERR a transaction's outcome is missing"),
+            },
+            Part::Reply(pending) => out.extend_from_slice(&pending.await.bytes),
+        }
+    }
+    Reply {
+        bytes: out,
+        close: false,
+    }
+}
