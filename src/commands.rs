@@ -163,6 +163,9 @@ const COMMANDS: &[Spec] = &[
     spec("type", 2, READ, (1, 1, 1)),
     spec("mget", -2, READ, (1, -1, 1)),
     spec("mset", -3, WRITE, (1, -1, 2)),
+    spec("msetnx", -3, WRITE, (1, -1, 2)),
+    spec("rename", 3, WRITE, (1, 2, 1)),
+    spec("renamenx", 3, WRITE, (1, 2, 1)),
     spec("incr", 2, WRITE, (1, 1, 1)),
     spec("incrby", 3, WRITE, (1, 1, 1)),
     spec("decr", 2, WRITE, (1, 1, 1)),
@@ -362,17 +365,26 @@ impl Session {
             "del" | "unlink" => self.write(Command::Delete {
                 keys: a.iter().map(|k| k.to_vec()).collect(),
             }),
-            "mset" => {
+            "mset" | "msetnx" => {
                 if !a.len().is_multiple_of(2) {
-                    return err("ERR wrong number of arguments for 'mset' command");
+                    return err(format!(
+                        "ERR wrong number of arguments for '{name}' command"
+                    ));
                 }
-                self.write(Command::MSet {
-                    pairs: a
-                        .chunks(2)
-                        .map(|p| (p[0].to_vec(), p[1].to_vec()))
-                        .collect(),
+                let pairs = a
+                    .chunks(2)
+                    .map(|p| (p[0].to_vec(), p[1].to_vec()))
+                    .collect();
+                self.write(match name {
+                    "mset" => Command::MSet { pairs },
+                    _ => Command::MSetNx { pairs },
                 })
             }
+            "rename" | "renamenx" => self.write(Command::Rename {
+                from: a[0].to_vec(),
+                to: a[1].to_vec(),
+                nx: name == "renamenx",
+            }),
             "incr" | "decr" => self.write(Command::IncrBy {
                 key: a[0].to_vec(),
                 delta: if name == "incr" { 1 } else { -1 },

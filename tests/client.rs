@@ -65,7 +65,7 @@ fn every_command_answers_with_redis_reply_shapes() {
         b"+OK\r\n",
     );
     c.roundtrip(&cmd(&[b"COMMAND", b"DOCS"]), b"*0\r\n");
-    c.roundtrip(&cmd(&[b"COMMAND", b"COUNT"]), b":51\r\n");
+    c.roundtrip(&cmd(&[b"COMMAND", b"COUNT"]), b":54\r\n");
     c.roundtrip(
         &cmd(&[b"COMMAND", b"INFO", b"get"]),
         b"*1\r\n*6\r\n$3\r\nget\r\n:2\r\n*1\r\n+readonly\r\n:1\r\n:1\r\n:1\r\n",
@@ -166,6 +166,40 @@ fn string_commands_answer_as_redis_does() {
         ),
         (&[b"STRLEN", b"a1"], b":11\r\n"),
         (&[b"APPEND", b"a1", b"12345"], b":16\r\n"),
+        // RENAME, RENAMENX and MSETNX (keys of one range: m to t), deadlines moving with values.
+        (&[b"RENAME", b"ra", b"rb"], b"-ERR no such key\r\n"),
+        (&[b"RENAMENX", b"ra", b"rb"], b"-ERR no such key\r\n"),
+        (&[b"SET", b"ra", b"1", b"ex", b"100"], b"+OK\r\n"),
+        (&[b"RENAME", b"ra", b"ra"], b"+OK\r\n"),
+        (&[b"RENAMENX", b"ra", b"ra"], b":0\r\n"),
+        (&[b"RENAME", b"ra", b"rb"], b"+OK\r\n"),
+        (&[b"TTL", b"rb"], b":100\r\n"),
+        (&[b"GET", b"ra"], b"$-1\r\n"),
+        (&[b"SET", b"rc", b"x"], b"+OK\r\n"),
+        (&[b"RENAMENX", b"rb", b"rc"], b":0\r\n"),
+        (&[b"RENAME", b"rb", b"rc"], b"+OK\r\n"),
+        (&[b"TTL", b"rc"], b":100\r\n"),
+        (&[b"GET", b"rc"], b"$1\r\n1\r\n"),
+        (&[b"SET", b"rd", b"y"], b"+OK\r\n"),
+        (&[b"RENAMENX", b"rc", b"re"], b":1\r\n"),
+        (&[b"TTL", b"re"], b":100\r\n"),
+        (&[b"EXISTS", b"rc"], b":0\r\n"),
+        (&[b"RENAME", b"rd", b"re"], b"+OK\r\n"),
+        (&[b"TTL", b"re"], b":-1\r\n"),
+        (&[b"GET", b"re"], b"$1\r\ny\r\n"),
+        (
+            &[b"MSETNX", b"rm1", b"1", b"rm2"],
+            b"-ERR wrong number of arguments for 'msetnx' command\r\n",
+        ),
+        (&[b"MSETNX", b"rm1", b"1", b"rm2", b"2"], b":1\r\n"),
+        (&[b"MSETNX", b"rm1", b"1", b"rm3", b"3"], b":0\r\n"),
+        (
+            &[b"MGET", b"rm1", b"rm2", b"rm3"],
+            b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n",
+        ),
+        (&[b"MSETNX", b"rd2", b"1", b"rd2", b"2"], b":1\r\n"),
+        (&[b"GET", b"rd2"], b"$1\r\n2\r\n"),
+        (&[b"RENAME", b"rzz", b"rzz"], b"-ERR no such key\r\n"),
     ];
     answers_each(script, "max_value_bytes = 16");
 }
@@ -573,6 +607,33 @@ fn a_transaction_is_applied_whole_or_not_at_all() {
         .query(&mut con)
         .unwrap();
     assert_eq!(got, [None, None]);
+    // So are RENAME and MSETNX, applied whole as they are.
+    let _: () = redis::cmd("SET")
+        .arg("apple")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    let e = redis::cmd("RENAME")
+        .arg("apple")
+        .arg("zebra")
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
+    let e = redis::cmd("MSETNX")
+        .arg("avocado")
+        .arg(1)
+        .arg("zucchini")
+        .arg(1)
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
+    let got: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("apple")
+        .arg("zebra")
+        .arg("avocado")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(got, [Some("1".into()), None, None]);
 
     let mut other = server.client();
     let _: () = redis::cmd("WATCH").arg("acct:1").query(&mut con).unwrap();

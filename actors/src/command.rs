@@ -169,6 +169,21 @@ pub enum Command {
         #[serde(with = "crate::codec::byte_lists")]
         keys: Vec<Vec<u8>>,
     },
+    /// `RENAME` (`RENAMENX` if `nx`): moves the live value of `from`, its deadline with it, to
+    /// `to`. Answered `+OK` (`:1`, or `:0` if `to` has a value), an error if `from` has none.
+    Rename {
+        #[serde(with = "serde_bytes")]
+        from: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        to: Vec<u8>,
+        nx: bool,
+    },
+    /// `MSETNX`: sets every pair if none of their keys has a live value (answered 1), else
+    /// none (0).
+    MSetNx {
+        #[serde(with = "crate::codec::byte_pairs")]
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
 /// A key a transaction watched, and its stored value then (`None`: it had no live value).
@@ -250,7 +265,10 @@ impl Command {
                 .map(|w| w.key.as_slice())
                 .chain(commands.iter().flat_map(Command::keys))
                 .collect(),
-            Command::MSet { pairs } => pairs.iter().map(|(k, _)| k.as_slice()).collect(),
+            Command::MSet { pairs } | Command::MSetNx { pairs } => {
+                pairs.iter().map(|(k, _)| k.as_slice()).collect()
+            }
+            Command::Rename { from, to, .. } => vec![from, to],
             Command::Reap { entries } => entries.iter().map(|(_, k)| k.as_slice()).collect(),
             Command::Clocked { command, .. } => command.keys(),
         }
@@ -467,6 +485,36 @@ impl Command {
                     vec![(key.clone(), stored)],
                     CommandOutcome::Value(Some(c.bytes)),
                 )
+            }
+            Command::Rename { from, to, nx } => {
+                let Some(c) = current(from) else {
+                    return Applied::answer(CommandOutcome::Error("ERR no such key".into()));
+                };
+                let done = match nx {
+                    true => CommandOutcome::Integer(1),
+                    false => CommandOutcome::Ok,
+                };
+                // Read whatever `nx`, so that the index entry of a deadline it had goes.
+                let taken = current(to).is_some();
+                if from == to || (*nx && taken) {
+                    return Applied::answer(match nx {
+                        true => CommandOutcome::Integer(0),
+                        false => CommandOutcome::Ok,
+                    });
+                }
+                let moved = value::stored(&c.bytes, c.deadline);
+                Applied::new(vec![(from.clone(), None), (to.clone(), Some(moved))], done)
+            }
+            Command::MSetNx { pairs } => {
+                // Every key is read, so that the index entries of the expired go.
+                let taken = pairs.iter().filter(|(k, _)| current(k).is_some()).count();
+                match taken {
+                    0 => Applied::new(
+                        pairs.iter().map(|(k, v)| plain(k, v)).collect(),
+                        CommandOutcome::Integer(1),
+                    ),
+                    _ => Applied::answer(CommandOutcome::Integer(0)),
+                }
             }
             Command::Read { keys } => Applied::answer(CommandOutcome::Values(
                 keys.iter()
@@ -1089,5 +1137,52 @@ mod tests {
             );
         }
         assert_eq!(get(&s, "other"), Some(b"1".to_vec()));
+    }
+    #[test]
+    fn rename_and_msetnx_move_deadlines_and_keep_the_index_true() {
+        let (mut s, mut ix) = (BTreeMap::new(), BTreeSet::new());
+        for (k, deadline) in [("a", 100), ("b", 200)] {
+            let set = set_expiring(k, "1", SetExpiry::At(deadline), SetCondition::Always);
+            run_at(&mut s, &mut ix, 0, set);
+        }
+        let rename = |from: &str, to: &str, nx| Command::Rename {
+            from: from.into(),
+            to: to.into(),
+            nx,
+        };
+        assert_eq!(
+            run_at(&mut s, &mut ix, 0, rename("a", "b", true)),
+            CommandOutcome::Integer(0)
+        );
+        assert_eq!(
+            run_at(&mut s, &mut ix, 0, rename("a", "b", false)),
+            CommandOutcome::Ok
+        );
+        assert_eq!(
+            s.get(b"b".as_slice()),
+            Some(&value::stored(b"1", Some(100)))
+        );
+        assert_eq!(ix, BTreeSet::from([(100, b"b".to_vec())]));
+        // Expired, it is no key to move, and no key to keep MSETNX from writing.
+        assert_eq!(
+            run_at(&mut s, &mut ix, 150, rename("b", "c", false)),
+            CommandOutcome::Error("ERR no such key".into())
+        );
+        let msetnx = Command::MSetNx {
+            pairs: vec![
+                (b"b".to_vec(), b"2".to_vec()),
+                (b"d".to_vec(), b"2".to_vec()),
+            ],
+        };
+        assert_eq!(
+            run_at(&mut s, &mut ix, 150, msetnx.clone()),
+            CommandOutcome::Integer(1)
+        );
+        assert_eq!(
+            run_at(&mut s, &mut ix, 150, msetnx),
+            CommandOutcome::Integer(0)
+        );
+        assert_eq!(get(&s, "b"), Some(b"2".to_vec()));
+        assert!(ix.is_empty(), "{ix:?}");
     }
 }

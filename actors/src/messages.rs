@@ -344,9 +344,11 @@ pub enum StoreError {
     Removed(RangeId),
     #[error("ERR no range holds key on this node")]
     NoRange,
-    /// A transaction's keys fall in more than one range (Redis Cluster's error for keys of
-    /// more than one slot).
-    #[error("CROSSSLOT Keys in request don't hash to the same slot (a transaction's keys must all be in one range)")]
+    /// The keys of a command applied whole (a transaction, `RENAME`, `MSETNX`) fall in more
+    /// than one range (Redis Cluster's error for keys of more than one slot).
+    #[error(
+        "CROSSSLOT Keys in request don't hash to the same slot (they must all be in one range)"
+    )]
     CrossRange,
     #[error("TRYAGAIN this node restarted with a boot below one its range recorded (a wiped data directory and a clock behind?); the write was not applied")]
     StaleBoot,

@@ -835,6 +835,20 @@ impl Store {
     /// Splits a command into one command per range.
     fn split(&self, command: Command) -> Result<Vec<(RangeId, Command)>, StoreError> {
         let route = |k: &[u8]| self.route(k).ok_or(StoreError::NoRange);
+        // The range of a command that must be applied whole: every key's.
+        let one_range = |command: &Command| {
+            let keys = command.keys();
+            let Some(first) = keys.first() else {
+                return Err(StoreError::Internal("a command with no key".into()));
+            };
+            let range = route(first)?;
+            for k in &keys[1..] {
+                if route(k)? != range {
+                    return Err(StoreError::CrossRange);
+                }
+            }
+            Ok(range)
+        };
         Ok(match command {
             Command::Set { .. }
             | Command::IncrBy { .. }
@@ -854,6 +868,9 @@ impl Store {
                         .into(),
                 ))
             }
+            Command::Rename { .. } | Command::MSetNx { .. } => {
+                vec![(one_range(&command)?, command)]
+            }
             Command::Multi { ref commands, .. } => {
                 let nested = |c: &Command| {
                     matches!(
@@ -866,17 +883,7 @@ impl Store {
                         "a transaction holds clients' commands only".into(),
                     ));
                 }
-                let keys = command.keys();
-                let Some(first) = keys.first() else {
-                    return Err(StoreError::Internal("a transaction with no key".into()));
-                };
-                let range = route(first)?;
-                for k in &keys[1..] {
-                    if route(k)? != range {
-                        return Err(StoreError::CrossRange);
-                    }
-                }
-                vec![(range, command)]
+                vec![(one_range(&command)?, command)]
             }
             Command::Delete { keys } => {
                 let mut parts: BTreeMap<RangeId, Vec<Vec<u8>>> = BTreeMap::new();
