@@ -222,7 +222,7 @@ pub struct Session {
     /// The transaction `MULTI` opened, until `EXEC` or `DISCARD`.
     multi: Option<transaction::Transaction>,
     /// The keys `WATCH`ed, until `EXEC`, `DISCARD` or `UNWATCH`.
-    watched: Vec<transaction::WatchSlot>,
+    watched: transaction::Watches,
     /// While `EXEC` runs its queued commands: the data commands, collected instead of run.
     collecting: RefCell<Option<Vec<transaction::Collected>>>,
 }
@@ -234,6 +234,18 @@ struct Order {
     undispatched: Cell<usize>,
     /// Writes started and not yet answered.
     writes: Cell<usize>,
+    /// Reads (and other commands that are not writes) started and not yet answered.
+    reads: Cell<usize>,
+}
+
+impl Order {
+    /// The commands of this kind started and not yet answered.
+    fn under_way(&self, is_write: bool) -> &Cell<usize> {
+        match is_write {
+            true => &self.writes,
+            false => &self.reads,
+        }
+    }
 }
 
 impl Session {
@@ -248,7 +260,7 @@ impl Session {
             name: None,
             order: Rc::new(Order::default()),
             multi: None,
-            watched: Vec::new(),
+            watched: transaction::Watches::default(),
             collecting: RefCell::new(None),
         }
     }
@@ -273,7 +285,11 @@ impl Session {
             return self.refused(Some(name), msg);
         }
         if !self.authenticated && !matches!(name, "auth" | "hello" | "quit") {
-            return err("NOAUTH Authentication required.");
+            let msg = "NOAUTH Authentication required.".to_string();
+            return match name {
+                "exec" => self.refused(Some(name), msg),
+                _ => err(msg),
+            };
         }
         if self.in_multi() || matches!(name, "multi" | "exec" | "discard" | "watch" | "unwatch") {
             if let Some(reply) = self.transactional(spec, &mut args) {
@@ -471,11 +487,13 @@ impl Session {
     /// # Ordering within a connection
     ///
     /// Pipelined commands must behave as if run one after the other. A write may start at
-    /// once when every earlier command has already reached the Store: the Store proposes in
-    /// arrival order, so the log keeps the connection's order, and a read that reached the
-    /// Store first got its read index first. A read may start at once only when, in addition,
-    /// no write of the connection is still under way, so it sees every earlier write. Anything
-    /// else waits its turn.
+    /// once when every earlier command has already reached the Store and no read of the
+    /// connection is still under way: the Store proposes in arrival order, so the log keeps the
+    /// connection's order, and an earlier read has its value already (a read waiting for its
+    /// read index is served once the Store has applied the entries handed over with it, which
+    /// may include this write's). A read may start at once when every earlier command has
+    /// reached the Store and no write of the connection is still under way, so it sees every
+    /// earlier write. Anything else waits its turn.
     ///
     /// `start` is given the Store's address: borrowed when it runs at once, so that a request
     /// costs no clone of it.
@@ -503,17 +521,15 @@ impl Session {
     {
         let order = self.order.clone();
         let now =
-            may_start_now && order.undispatched.get() == 0 && (is_write || order.writes.get() == 0);
-        if is_write {
-            order.writes.set(order.writes.get() + 1);
-        }
+            may_start_now && order.undispatched.get() == 0 && order.under_way(!is_write).get() == 0;
+        let under_way = order.under_way(is_write);
+        under_way.set(under_way.get() + 1);
         if now {
             let running = start(&self.shared.store);
             return Box::pin(async move {
                 let reply = running.await;
-                if is_write {
-                    order.writes.set(order.writes.get() - 1);
-                }
+                let under_way = order.under_way(is_write);
+                under_way.set(under_way.get() - 1);
                 reply
             });
         }
@@ -522,9 +538,8 @@ impl Session {
         Box::pin(async move {
             order.undispatched.set(order.undispatched.get() - 1);
             let reply = start(&shared.store).await;
-            if is_write {
-                order.writes.set(order.writes.get() - 1);
-            }
+            let under_way = order.under_way(is_write);
+            under_way.set(under_way.get() - 1);
             reply
         })
     }

@@ -515,10 +515,8 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                 if rng.gen_bool(0.5) {
                     let op = request(&world, via, CLIENTS + 3, k.clone(), Kind::Read, t0).await;
                     if let Outcome::Value(v) = &op.result {
-                        watched.push(Watched {
-                            key: k.clone(),
-                            stored: v.as_ref().map(|v| stored(&v.bytes, v.deadline)),
-                        });
+                        let seen = v.as_ref().map(|v| stored(&v.bytes, v.deadline));
+                        watched.push(Watched::seen(k.clone(), seen.as_deref()));
                     }
                     history.borrow_mut().push(op);
                     // Time for other clients' writes to come between.

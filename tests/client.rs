@@ -496,6 +496,13 @@ fn transactions_answer_as_redis_does() {
         (&[b"exec"], b"*4\r\n+PONG\r\n$2\r\nhi\r\n+OK\r\n+OK\r\n"),
         (&[b"multi"], b"+OK\r\n"),
         (&[b"exec"], b"*0\r\n"),
+        // A refused EXEC discards the watch too, with or without MULTI.
+        (&[b"watch", b"a"], b"+OK\r\n"),
+        (&[b"exec", b"x"], b"-EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command\r\n"),
+        (&[b"set", b"a", b"zz"], b"+OK\r\n"),
+        (&[b"multi"], b"+OK\r\n"),
+        (&[b"get", b"a"], b"+QUEUED\r\n"),
+        (&[b"exec"], b"*1\r\n$2\r\nzz\r\n"),
         (&[b"watch"], b"-ERR wrong number of arguments for 'watch' command\r\n"),
         (&[b"unwatch", b"x"], b"-ERR wrong number of arguments for 'unwatch' command\r\n"),
         (&[b"watch", b"a"], b"+OK\r\n"),
@@ -670,6 +677,26 @@ fn a_transaction_is_applied_whole_or_not_at_all() {
     let e = redis::cmd("EXEC").query::<()>(&mut con).unwrap_err();
     assert_eq!(e.code(), Some("EXECABORT"), "{e}");
     let n: u64 = redis::cmd("EXISTS").arg("big0").query(&mut con).unwrap();
+    assert_eq!(n, 0);
+    // And it may read at most 64 MiB of values, on every replica: past that it fails whole.
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(&big)
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("MULTI").query(&mut con).unwrap();
+    let _: String = redis::cmd("SET")
+        .arg("bird")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    let _: String = redis::cmd("MGET")
+        .arg(vec!["big"; 65])
+        .query(&mut con)
+        .unwrap();
+    let e = redis::cmd("EXEC").query::<()>(&mut con).unwrap_err();
+    assert!(e.to_string().contains("at most 67108864 bytes"), "{e}");
+    let n: u64 = redis::cmd("EXISTS").arg("bird").query(&mut con).unwrap();
     assert_eq!(n, 0);
 
     let (clients, each) = (4, 25);
@@ -975,6 +1002,11 @@ fn auth_is_required_when_a_password_is_set() {
         b"-NOAUTH Authentication required.\r\n",
     );
     c.roundtrip(&cmd(&[b"PING"]), b"-NOAUTH Authentication required.\r\n");
+    c.roundtrip(
+        &cmd(&[b"EXEC"]),
+        b"-EXECABORT Transaction discarded because of: NOAUTH Authentication required.\r\n",
+    );
+    c.roundtrip(&cmd(&[b"MULTI"]), b"-NOAUTH Authentication required.\r\n");
     c.roundtrip(
         &cmd(&[b"AUTH", b"wrong"]),
         b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",

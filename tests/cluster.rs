@@ -251,6 +251,23 @@ fn three_nodes_replicate_fail_over_and_catch_up() {
         .query(&mut one)
         .unwrap();
     assert_eq!(v, ["green", "2"]);
+    // Pipelined commands act one after the other: a read waiting for its read index (the
+    // leader's lease lapsed while the cluster was idle, for more than an election timeout)
+    // does not see the write pipelined after it, whichever node they go through.
+    for (i, con) in [&mut one, &mut three].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(1500));
+        let (before, ()): (String, ()) = redis::pipe()
+            .get("apple")
+            .set("apple", format!("ripe{i}"))
+            .query(con)
+            .unwrap();
+        let want = if i == 0 {
+            "green".to_string()
+        } else {
+            "ripe0".into()
+        };
+        assert_eq!(before, want);
+    }
 
     // Kill the node leading the range of "apple" (r1).
     let r1 = await_leaders(servers[0].as_ref().unwrap())[0].clone();

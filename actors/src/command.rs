@@ -7,6 +7,7 @@
 use crate::storage::Deadline;
 use crate::value;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 /// Which existing state a `SET` requires.
@@ -186,14 +187,31 @@ pub enum Command {
     },
 }
 
-/// A key a transaction watched, and its stored value then (`None`: it had no live value).
+/// A key a transaction watched, and the SHA-256 digest of its stored value then (`None`: it
+/// had no live value): a digest, so that the entry stays small whatever the values watched.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watched {
     #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub stored: Option<Vec<u8>>,
+    pub digest: Option<[u8; 32]>,
 }
+
+impl Watched {
+    /// The key, as it was seen with the stored value `stored`.
+    pub fn seen(key: Vec<u8>, stored: Option<&[u8]>) -> Watched {
+        Watched {
+            key,
+            digest: stored.map(|s| Sha256::digest(s).into()),
+        }
+    }
+}
+
+/// The most bytes of values the commands of one transaction may read (each read of a value
+/// counts its size): past it, the transaction fails whole. Every replica applies it, and a
+/// read inside a transaction is materialised on each; this keeps one entry from taking a
+/// replica's memory or its Store's thread without bound. The same on every replica, as it must
+/// be: the outcome depends on it.
+pub const MULTI_READ_BYTES: usize = 64 << 20;
 
 /// What applying a command answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -522,8 +540,11 @@ impl Command {
                     .collect(),
             )),
             Command::Multi { watched, commands } => {
+                let mut bytes_read = 0;
                 for w in watched {
-                    if read(&w.key).filter(|s| value::live(s, now)) != w.stored {
+                    let stored = read(&w.key).filter(|s| value::live(s, now));
+                    bytes_read += stored.as_ref().map_or(0, Vec::len);
+                    if Watched::seen(Vec::new(), stored.as_deref()).digest != w.digest {
                         return Applied::answer(CommandOutcome::Transaction(None));
                     }
                 }
@@ -536,9 +557,13 @@ impl Command {
                 let mut outcomes = Vec::with_capacity(commands.len());
                 for command in commands {
                     // Each command sees the writes of those before it.
-                    let mut seen = |k: &[u8]| match at.get(k) {
-                        Some(&i) => writes[i].1.clone(),
-                        None => read(k),
+                    let mut seen = |k: &[u8]| {
+                        let v = match at.get(k) {
+                            Some(&i) => writes[i].1.clone(),
+                            None => read(k),
+                        };
+                        bytes_read += v.as_ref().map_or(0, Vec::len);
+                        v
                     };
                     // As `dyn`, or each level of commands would be a new instance.
                     let seen: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>> = &mut seen;
@@ -551,6 +576,12 @@ impl Command {
                                 writes.push((k, v));
                             }
                         }
+                    }
+                    if bytes_read > MULTI_READ_BYTES {
+                        return Applied::answer(CommandOutcome::Error(format!(
+                            "ERR a transaction may read at most {MULTI_READ_BYTES} bytes of \
+                             values; nothing was applied"
+                        )));
                     }
                     unindexed.extend(applied.unindexed);
                     outcomes.push(applied.outcome);
@@ -1108,10 +1139,7 @@ mod tests {
             set_expiring("w", "1", SetExpiry::At(100), always),
         );
         let multi = |stored: Option<Vec<u8>>| Command::Multi {
-            watched: vec![Watched {
-                key: b"w".to_vec(),
-                stored,
-            }],
+            watched: vec![Watched::seen(b"w".to_vec(), stored.as_deref())],
             commands: vec![set("other", "1", always)],
         };
         let seen = value::stored(b"1", Some(100));

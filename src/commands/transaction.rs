@@ -9,9 +9,9 @@
 //! Keys of more than one range cannot be in one entry: such an `EXEC` is refused whole with
 //! Redis Cluster's `CROSSSLOT` error, and nothing is applied.
 //!
-//! `WATCH` reads its keys linearizably and keeps the values it saw; `EXEC` sends them with the
-//! transaction, which is applied only if every watched key still holds the value (deadline
-//! included) seen, and is otherwise answered with a null array, as Redis does when a watched
+//! `WATCH` reads its keys linearizably and keeps a digest of the values it saw; `EXEC` sends
+//! them with the transaction, which is applied only if every watched key still holds the value
+//! (deadline included) seen, and is otherwise answered with a null array, as Redis does when a watched
 //! key was written. So unlike Redis, a key written back to the value it had does not abort
 //! the transaction (compare-and-set on the value, as etcd's transactions compare).
 
@@ -22,6 +22,7 @@ use flotilla_actors::command::{Command, CommandOutcome, Watched};
 use flotilla_actors::messages::Write;
 use flotilla_actors::value::{self, Value};
 use std::cell::RefCell;
+use std::collections::hash_map::{Entry, HashMap};
 use std::rc::Rc;
 
 /// An open `MULTI`.
@@ -35,9 +36,22 @@ pub(super) struct Transaction {
     failed: bool,
 }
 
-/// A watched key, and its value as `WATCH` read it: `None` until the read is answered (and
-/// for good if it failed), `Some(None)` if the key had no live value.
-pub(super) type WatchSlot = (Vec<u8>, Rc<RefCell<Option<Option<Value>>>>);
+/// What `WATCH` saw of a key: `None` until its read is answered (and for good if it failed),
+/// else the key as seen.
+type Seen = Rc<RefCell<Option<Watched>>>;
+
+/// The keys a connection watches.
+#[derive(Default)]
+pub(super) struct Watches {
+    seen: HashMap<Vec<u8>, Seen>,
+    /// What they add to the transaction's entry, counted against its bound.
+    bytes: usize,
+}
+
+/// What a watched key adds to a transaction's entry, about.
+fn watch_bytes(key: &[u8]) -> usize {
+    key.len() + 48
+}
 
 /// How a data command's outcome is rendered.
 type Render = Box<dyn FnOnce(&mut BytesMut, CommandOutcome)>;
@@ -65,16 +79,17 @@ impl Session {
         self.multi.is_some()
     }
 
-    /// A command refused before it ran (unknown, or with the wrong number of arguments):
-    /// inside `MULTI` it dooms the transaction, as in Redis; a bad `EXEC` discards it at once.
+    /// A command refused before it ran (unknown, with the wrong number of arguments, or before
+    /// `AUTH`): inside `MULTI` it dooms the transaction, as in Redis; a refused `EXEC` discards
+    /// the transaction (if any) and the keys watched at once.
     pub(super) fn refused(&mut self, name: Option<&str>, msg: String) -> super::PendingReply {
         if name == Some("exec") {
-            if self.multi.take().is_some() {
-                self.watched.clear();
-                let why = msg.strip_prefix("ERR ").unwrap_or(&msg);
-                return err(format!("EXECABORT Transaction discarded because of: {why}"));
-            }
-        } else if let Some(tx) = &mut self.multi {
+            self.multi = None;
+            self.watched = Watches::default();
+            let why = msg.strip_prefix("ERR ").unwrap_or(&msg);
+            return err(format!("EXECABORT Transaction discarded because of: {why}"));
+        }
+        if let Some(tx) = &mut self.multi {
             tx.failed = true;
         }
         err(msg)
@@ -97,7 +112,7 @@ impl Session {
             "discard" => match self.multi.take() {
                 None => err("ERR DISCARD without MULTI"),
                 Some(_) => {
-                    self.watched.clear();
+                    self.watched = Watches::default();
                     ok()
                 }
             },
@@ -108,19 +123,21 @@ impl Session {
             "watch" if self.in_multi() => err("ERR WATCH inside MULTI is not allowed"),
             "watch" => self.watch(&args[1..]),
             "unwatch" if !self.in_multi() => {
-                self.watched.clear();
+                self.watched = Watches::default();
                 ok()
             }
             "quit" => return None,
             _ => {
+                self.multi.as_ref()?;
+                let limit = self.transaction_bytes();
+                let watched = self.watched.bytes;
                 let tx = self.multi.as_mut()?;
                 if spec.first_key == 0 && !QUEUEABLE.contains(&name) {
                     tx.failed = true;
                     return Some(err("ERR Command not allowed inside a transaction"));
                 }
                 let bytes = args.iter().map(|a| a.len() + 16).sum::<usize>();
-                let limit = Limits::new(self.shared.config.max_value_bytes).max_request_bytes;
-                if tx.bytes + bytes > limit {
+                if watched + tx.bytes + bytes > limit {
                     tx.failed = true;
                     return Some(err(format!(
                         "ERR a transaction holds at most {limit} bytes of commands"
@@ -133,21 +150,39 @@ impl Session {
         })
     }
 
+    /// The most bytes a transaction's entry may take: as many as one request.
+    fn transaction_bytes(&self) -> usize {
+        Limits::new(self.shared.config.max_value_bytes).max_request_bytes
+    }
+
     /// `WATCH`: reads the keys, keeping what it saw for `EXEC` to compare.
     fn watch(&mut self, keys: &[Bytes]) -> super::PendingReply {
-        let mut slots: Vec<WatchSlot> = Vec::new();
+        let mut new: Vec<(Vec<u8>, Seen)> = Vec::new();
+        let mut bytes = self.watched.bytes;
         for k in keys {
             // A key watched already keeps what was seen first, as in Redis.
-            let known = |s: &WatchSlot| s.0 == k.as_ref();
-            if !self.watched.iter().any(known) && !slots.iter().any(known) {
-                slots.push((k.to_vec(), Rc::new(RefCell::new(None))));
+            if let Entry::Vacant(e) = self.watched.seen.entry(k.to_vec()) {
+                let seen = Seen::default();
+                bytes += watch_bytes(k);
+                new.push((k.to_vec(), seen.clone()));
+                e.insert(seen);
             }
         }
-        self.watched.extend(slots.iter().cloned());
-        let keys = slots.iter().map(|(k, _)| k.clone()).collect();
+        let limit = self.transaction_bytes();
+        if bytes > limit {
+            for (k, _) in &new {
+                self.watched.seen.remove(k);
+            }
+            return err(format!(
+                "ERR a transaction may watch at most {limit} bytes of keys"
+            ));
+        }
+        self.watched.bytes = bytes;
+        let keys = new.iter().map(|(k, _)| k.clone()).collect();
         self.read(keys, move |out, values| {
-            for ((_, slot), v) in slots.iter().zip(values) {
-                *slot.borrow_mut() = Some(v);
+            for ((key, seen), v) in new.into_iter().zip(values) {
+                let stored = v.map(|v| value::stored(&v.bytes, v.deadline));
+                *seen.borrow_mut() = Some(Watched::seen(key, stored.as_deref()));
             }
             reply::simple(out, "OK")
         })
@@ -155,7 +190,7 @@ impl Session {
 
     /// `EXEC`: runs the queued commands, the data commands as one [`Command::Multi`].
     fn exec(&mut self, tx: Transaction) -> super::PendingReply {
-        let watched = std::mem::take(&mut self.watched);
+        let watched = std::mem::take(&mut self.watched).seen;
         if tx.failed {
             return err("EXECABORT Transaction discarded because of previous errors.");
         }
@@ -180,33 +215,32 @@ impl Session {
         // them: what it read is known by then.
         let may_start_now = watched.is_empty();
         self.sequenced_as(true, may_start_now, move |store| {
-            let seen: Option<Vec<Watched>> = watched
-                .iter()
-                .map(|(key, slot)| {
-                    let v = slot.borrow().clone()?;
-                    Some(Watched {
-                        key: key.clone(),
-                        stored: v.map(|v| value::stored(&v.bytes, v.deadline)),
-                    })
-                })
-                .collect();
-            // A `WATCH` that failed: what it would have seen is not known.
+            let seen: Option<Vec<Watched>> = watched.into_values().map(|s| s.take()).collect();
             let request = seen.map(|watched| {
                 store.send(Write {
                     command: Command::Multi { watched, commands },
                 })
             });
             async move {
-                let outcome = match request {
-                    None => Ok(Ok(CommandOutcome::Transaction(None))),
-                    Some(request) => request.await,
-                };
                 let mut out = BytesMut::new();
-                match outcome {
+                let Some(request) = request else {
+                    // A `WATCH` failed: what it would have seen is not known.
+                    reply::error(
+                        &mut out,
+                        "ERR a WATCH of this transaction failed, so what it watched is not \
+                         known; nothing was applied",
+                    );
+                    return Reply {
+                        bytes: out,
+                        close: false,
+                    };
+                };
+                match request.await {
                     Ok(Ok(CommandOutcome::Transaction(Some(outcomes)))) => {
                         return render(parts, renders, outcomes).await
                     }
                     Ok(Ok(CommandOutcome::Transaction(None))) => out.extend_from_slice(b"*-1\r\n"),
+                    Ok(Ok(CommandOutcome::Error(e))) => reply::error(&mut out, &e),
                     Ok(Ok(other)) => reply::error(
                         &mut out,
                         &format!("ERR a transaction was answered {other:?}"),
