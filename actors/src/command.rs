@@ -206,8 +206,8 @@ impl Watched {
     }
 }
 
-/// The most bytes of values the commands of one transaction may read (each read of a value
-/// counts its size): past it, the transaction fails whole. Every replica applies it, and a
+/// The most bytes of values one transaction may read (each watched value compared and each
+/// value a command reads counts its size): past it, the transaction fails whole. Every replica applies it, and a
 /// read inside a transaction is materialised on each; this keeps one entry from taking a
 /// replica's memory or its Store's thread without bound. The same on every replica, as it must
 /// be: the outcome depends on it.
