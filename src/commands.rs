@@ -173,6 +173,8 @@ const COMMANDS: &[Spec] = &[
     spec("scan", -2, READ, NO_KEYS),
     spec("keys", 2, READ, NO_KEYS),
     spec("dbsize", 1, READ, NO_KEYS),
+    spec("flushdb", -1, WRITE, NO_KEYS),
+    spec("flushall", -1, WRITE, NO_KEYS),
     spec("ping", -1, FAST, NO_KEYS),
     spec("echo", 2, FAST, NO_KEYS),
     spec("quit", -1, FAST, NO_KEYS),
@@ -418,6 +420,17 @@ impl Session {
                     None => err("ERR decrement would overflow"),
                 },
                 None => err("ERR value is not an integer or out of range"),
+            },
+            "flushdb" | "flushall" => match a {
+                [] => self.write(Command::Flush),
+                [mode]
+                    if [b"async".as_slice(), b"sync"]
+                        .iter()
+                        .any(|m| mode.eq_ignore_ascii_case(m)) =>
+                {
+                    self.write(Command::Flush)
+                }
+                _ => err("ERR syntax error"),
             },
             "scan" => self.scan(a),
             "keys" => self.keys(&a[0]),
@@ -902,6 +915,7 @@ mod tests {
     fn the_command_table_has_redis_arity() {
         assert_eq!(lookup(b"get").unwrap().arity, 2);
         assert_eq!(lookup(b"MSet").unwrap().arity, -3);
-        assert!(lookup(b"flushall").is_none());
+        assert_eq!(lookup(b"FlushAll").unwrap().arity, -1);
+        assert!(lookup(b"lpush").is_none());
     }
 }

@@ -23,7 +23,7 @@ use flotilla_actors::command::{
 use flotilla_actors::ids::{NodeId, RangeId};
 use flotilla_actors::messages::{
     AddReplica, CompactLog, GetDigest, GetRaftStatus, GetStoreStatus, ProposeError, Read,
-    RemoveReplica, StoreError, TransferLeader, Write,
+    RemoveReplica, StoreError, StoreStatus, TransferLeader, Write,
 };
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
@@ -553,6 +553,58 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                 let multi = Command::Multi { watched, commands };
                 let op = request(&world, via, CLIENTS + 3, k, Kind::Write(multi), t0).await;
                 history.borrow_mut().push(op);
+            }
+        }));
+    }
+    // FLUSHDB through a node now and then: every range the node holds emptied, each by one
+    // entry. It is checked as a deletion of each key of those ranges, if the node held the
+    // same ranges before and after; else (and if it failed: some ranges may have been emptied
+    // and not others) as one that may or may not have happened.
+    {
+        let (world, history, stop) = (world.clone(), history.clone(), stop.clone());
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xF1F1);
+        clients.push(actix_rt::spawn(async move {
+            let ranges = |s: &StoreStatus| -> Vec<RangeId> {
+                s.ranges.iter().map(|r| r.descriptor.id).collect()
+            };
+            while !stop.get() {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
+                let up: Vec<u64> = world.borrow().nodes.keys().copied().collect();
+                let store = world.borrow().nodes[&up[rng.gen_range(0..up.len())]]
+                    .store
+                    .clone();
+                let Ok(before) = store.send(GetStoreStatus).await else {
+                    continue;
+                };
+                let (start, first) = (t0.elapsed(), event());
+                let flush = store.send(Write {
+                    command: Command::Flush,
+                });
+                let r = tokio::time::timeout(CLIENT_TIMEOUT, flush).await;
+                let done = match r {
+                    Ok(Ok(Ok(outcome))) => Some((t0.elapsed(), event(), outcome)),
+                    _ => None,
+                };
+                let after = store.send(GetStoreStatus).await;
+                let done = done.filter(|_| after.is_ok_and(|a| ranges(&a) == ranges(&before)));
+                for i in 0..KEYS {
+                    let k = key(i);
+                    if !before.ranges.iter().any(|r| r.descriptor.contains(&k)) {
+                        continue;
+                    }
+                    history.borrow_mut().push(Op {
+                        client: CLIENTS + 4,
+                        key: k,
+                        kind: Kind::Write(Command::Flush),
+                        start,
+                        end: done.as_ref().map(|d| d.0),
+                        first,
+                        last: done.as_ref().map(|d| d.1),
+                        result: done
+                            .as_ref()
+                            .map_or(Outcome::Unknown, |d| Outcome::Written(d.2.clone())),
+                    });
+                }
             }
         }));
     }
@@ -1154,6 +1206,14 @@ fn linearizable(ops: &[&Op]) -> Result<Verdict, String> {
                     (Kind::Read, Outcome::Value(v)) => {
                         let read = value.clone().and_then(|s| Value::at(s, || now));
                         (v == &read).then(|| value.clone())
+                    }
+                    // Deletes the key, whatever it held (the Store lists the range's keys).
+                    (Kind::Write(Command::Flush), result) => {
+                        let ok = match result {
+                            Outcome::Written(w) => w == &CommandOutcome::Ok,
+                            _ => true,
+                        };
+                        ok.then_some(None)
                     }
                     (Kind::Write(c), result) => {
                         let applied = c.clone().clocked(|| now).apply(|_| value.clone());

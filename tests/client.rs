@@ -65,7 +65,7 @@ fn every_command_answers_with_redis_reply_shapes() {
         b"+OK\r\n",
     );
     c.roundtrip(&cmd(&[b"COMMAND", b"DOCS"]), b"*0\r\n");
-    c.roundtrip(&cmd(&[b"COMMAND", b"COUNT"]), b":54\r\n");
+    c.roundtrip(&cmd(&[b"COMMAND", b"COUNT"]), b":56\r\n");
     c.roundtrip(
         &cmd(&[b"COMMAND", b"INFO", b"get"]),
         b"*1\r\n*6\r\n$3\r\nget\r\n:2\r\n*1\r\n+readonly\r\n:1\r\n:1\r\n:1\r\n",
@@ -719,6 +719,62 @@ fn a_transaction_is_applied_whole_or_not_at_all() {
     }
     let got: i64 = redis::cmd("GET").arg("counter").query(&mut con).unwrap();
     assert_eq!(got, clients * each);
+}
+
+/// `FLUSHDB` (and `FLUSHALL`) deletes every key of every range of the node, those written a
+/// moment before and not yet in sled among them, and the deletion outlives a `kill -9`.
+#[test]
+fn flushdb_deletes_every_key_even_those_just_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), "");
+    let mut con = server.client();
+    // Keys of every range (the shipped config cuts at f, key:000000500000, m and t), some with
+    // a deadline, pipelined just before the flush.
+    let keys: Vec<String> = (0..2000)
+        .map(|i| format!("{}{i}", ["a", "g", "key:9", "p", "x"][i % 5]))
+        .collect();
+    let mut pipe = redis::pipe();
+    for (i, k) in keys.iter().enumerate() {
+        match i % 3 {
+            0 => pipe.set_ex(k, i, 100),
+            _ => pipe.set(k, i),
+        };
+        pipe.ignore();
+    }
+    pipe.cmd("FLUSHDB");
+    let (flushed,): (String,) = pipe.query(&mut con).unwrap();
+    assert_eq!(flushed, "OK");
+    let n: u64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(n, 0);
+    let got: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut con).unwrap();
+    assert!(got.iter().all(Option::is_none));
+    let info: String = redis::cmd("INFO").query(&mut con).unwrap();
+    assert!(info.contains("db0:keys=0,expires=0,"), "{info}");
+    let e = redis::cmd("FLUSHDB")
+        .arg("NOW")
+        .query::<()>(&mut con)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "An error was signalled by the server - ResponseError: syntax error"
+    );
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("FLUSHALL").arg("ASYNC").query(&mut con).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("kept")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    drop(con);
+    server.kill();
+    let server = Server::start_in(dir.path(), "");
+    let mut con = server.client();
+    let left: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    assert_eq!(left, ["kept"]);
 }
 
 /// Commands, each with the reply it must get, byte for byte.

@@ -327,6 +327,20 @@ fn three_nodes_replicate_fail_over_and_catch_up() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // FLUSHALL through the node that came back empties every range on every replica alike.
+    let _: () = redis::cmd("FLUSHALL").query(&mut back).unwrap();
+    let n: u64 = redis::cmd("DBSIZE").query(&mut back).unwrap();
+    assert_eq!(n, 0);
+    let all: Vec<&Server> = servers.iter().map(|s| s.as_ref().unwrap()).collect();
+    eventually(
+        Duration::from_secs(10),
+        "replicas alike after FLUSHALL",
+        || {
+            let d = digest(all[0]);
+            all.iter().all(|s| digest(s) == d) && all.iter().all(|s| dbsize(s) == 0)
+        },
+    );
 }
 
 #[test]

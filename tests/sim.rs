@@ -99,6 +99,18 @@ fn deciding_expiry_at_apply_is_caught() {
     println!("expiry decided at apply: caught on seed {seed}: {violation}");
 }
 
+/// `FLUSHDB` must delete what a replica applied and has not written to sled yet too: one that
+/// lists only sled's keys leaves a replica with keys another deleted.
+#[test]
+fn a_flush_that_misses_unwritten_keys_is_caught() {
+    let bugs = flotilla_actors::store::PlantedBugs {
+        flush_misses_unwritten: true,
+        ..Default::default()
+    };
+    let (seed, violation) = caught_within(5, bugs).expect("the planted bug went unnoticed");
+    println!("flush missing unwritten keys: caught on seed {seed}: {violation}");
+}
+
 /// Snapshots are built while writes go on (as on the builder thread), so one that does not put
 /// back the values its range had at its index carries later writes, and a replica that installs
 /// it applies them again (an `INCR` twice).

@@ -185,6 +185,10 @@ pub enum Command {
         #[serde(with = "crate::codec::byte_pairs")]
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     },
+    /// `FLUSHDB` and `FLUSHALL`, in one range: deletes every key of the range it is proposed
+    /// to. The Store lists the keys as it applies it (see `Store::flushed`): [`Command::apply`]
+    /// alone, which sees only keys it names, answers it and changes nothing.
+    Flush,
 }
 
 /// A key a transaction watched, and the SHA-256 digest of its stored value then (`None`: it
@@ -287,6 +291,7 @@ impl Command {
                 pairs.iter().map(|(k, _)| k.as_slice()).collect()
             }
             Command::Rename { from, to, .. } => vec![from, to],
+            Command::Flush => vec![],
             Command::Reap { entries } => entries.iter().map(|(_, k)| k.as_slice()).collect(),
             Command::Clocked { command, .. } => command.keys(),
         }
@@ -302,6 +307,7 @@ impl Command {
                 ..
             }
             | Command::MSet { .. }
+            | Command::Flush
             | Command::Clocked { .. } => self,
             command => Command::Clocked {
                 now: now(),
@@ -534,6 +540,7 @@ impl Command {
                     _ => Applied::answer(CommandOutcome::Integer(0)),
                 }
             }
+            Command::Flush => Applied::answer(CommandOutcome::Ok),
             Command::Read { keys } => Applied::answer(CommandOutcome::Values(
                 keys.iter()
                     .map(|k| read(k).filter(|s| value::live(s, now)))

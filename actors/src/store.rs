@@ -23,7 +23,7 @@
 
 use crate::cache::ValueCache;
 use crate::codec;
-use crate::command::{Command, CommandOutcome};
+use crate::command::{self, Command, CommandOutcome};
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft, RaftMetrics};
@@ -99,6 +99,8 @@ pub struct PlantedBugs {
     /// Each replica decides whether a value has expired by its own clock when it applies a
     /// command, instead of by the time the command was proposed at.
     pub expiry_decided_at_apply: bool,
+    /// `FLUSHDB` deletes the keys sled holds only, not those applied and not yet written.
+    pub flush_misses_unwritten: bool,
 }
 
 impl Default for StoreSettings {
@@ -871,11 +873,16 @@ impl Store {
             Command::Rename { .. } | Command::MSetNx { .. } => {
                 vec![(one_range(&command)?, command)]
             }
+            // Every range of this node.
+            Command::Flush => self.ranges.keys().map(|r| (*r, Command::Flush)).collect(),
             Command::Multi { ref commands, .. } => {
                 let nested = |c: &Command| {
                     matches!(
                         c,
-                        Command::Clocked { .. } | Command::Reap { .. } | Command::Multi { .. }
+                        Command::Clocked { .. }
+                            | Command::Reap { .. }
+                            | Command::Multi { .. }
+                            | Command::Flush
                     )
                 };
                 if commands.iter().any(nested) {
@@ -1187,6 +1194,36 @@ impl Store {
             before.values.insert(key.to_vec(), value);
         }
         Ok(())
+    }
+
+    /// What applying [`Command::Flush`] to `range` does: deletes every key the range holds
+    /// as applied, those in sled and those applied and not yet written (`overlay`, and the
+    /// batches in flight) alike. The same keys on every replica, as every replica has applied
+    /// the same entries; deleting one that another layer already deleted changes nothing.
+    /// Index entries of deadlines are left stale, for reaps to drop.
+    fn flushed(&self, range: RangeId, overlay: &Values) -> Result<command::Applied, StorageError> {
+        let Some(d) = self.ranges.get(&range).map(|r| &r.descriptor) else {
+            return Ok(command::Applied {
+                writes: Vec::new(),
+                unindexed: Vec::new(),
+                outcome: CommandOutcome::Ok,
+            });
+        };
+        let mut keys: BTreeSet<Vec<u8>> = self
+            .engine
+            .user_keys(&d.start_key, &d.end_key)?
+            .into_iter()
+            .collect();
+        let unwritten = self.in_flight.iter().map(|f| &f.values).chain([overlay]);
+        let misses = self.settings.bugs.flush_misses_unwritten;
+        for values in unwritten.filter(|_| !misses) {
+            keys.extend(values.keys().filter(|k| d.contains(k)).cloned());
+        }
+        Ok(command::Applied {
+            writes: keys.into_iter().map(|k| (k, None)).collect(),
+            unindexed: Vec::new(),
+            outcome: CommandOutcome::Ok,
+        })
     }
 
     /// The snapshot being built of `range`, if any, can no longer be used.
@@ -1513,14 +1550,18 @@ impl Store {
                     };
                     let (engine, in_flight) = (&self.engine, &self.in_flight);
                     let mut read_error = None;
-                    let applied =
-                        command.apply(|k| match unwritten_value(&overlay, in_flight, k) {
-                            Some(v) => v.clone(),
-                            None => engine.get_user(k).unwrap_or_else(|e| {
-                                read_error = Some(e);
-                                None
-                            }),
-                        });
+                    let applied = match command {
+                        Command::Flush => self.flushed(range, &overlay)?,
+                        command => {
+                            command.apply(|k| match unwritten_value(&overlay, in_flight, k) {
+                                Some(v) => v.clone(),
+                                None => engine.get_user(k).unwrap_or_else(|e| {
+                                    read_error = Some(e);
+                                    None
+                                }),
+                            })
+                        }
+                    };
                     if let Some(e) = read_error {
                         return Err(e);
                     }
