@@ -14,6 +14,7 @@ use flotilla_actors::storage::Engine;
 use flotilla_actors::store::{Store, WriteApplied};
 use flotilla_actors::value::{Clock, Value};
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -311,9 +312,19 @@ impl Session {
                     reply::optional_bulk(out, v.map(|v| v.bytes).as_deref());
                 }
             }),
-            "exists" | "touch" => self.read(a.iter().map(|k| k.to_vec()).collect(), |out, vs| {
-                reply::integer(out, vs.iter().filter(|v| v.is_some()).count() as i64)
-            }),
+            "exists" | "touch" => {
+                // Each key read once, counted as often as it is named.
+                let mut named: BTreeMap<&[u8], i64> = BTreeMap::new();
+                for k in a {
+                    *named.entry(k.as_ref()).or_default() += 1;
+                }
+                let times: Vec<i64> = named.values().copied().collect();
+                let keys = named.into_keys().map(<[u8]>::to_vec).collect();
+                self.read(keys, move |out, vs| {
+                    let live = vs.iter().zip(&times).filter(|(v, _)| v.is_some());
+                    reply::integer(out, live.map(|(_, n)| n).sum())
+                })
+            }
             "set" => self.write_parsed(expiry::parse_set(a, || self.shared.clock.now_ms())),
             "setex" | "psetex" => {
                 self.write_parsed(expiry::parse_setex(name, a, || self.shared.clock.now_ms()))
@@ -600,8 +611,9 @@ impl Session {
         if self.collecting() {
             return self.collect_read(keys, render);
         }
+        let client = self.id;
         self.sequenced(false, move |store| {
-            let request = store.send(Read { keys });
+            let request = store.send(Read { keys, client });
             async move {
                 let mut out = BytesMut::new();
                 match request.await {

@@ -457,9 +457,7 @@ async fn run_step(c: &mut Cluster, step: &Step) -> Result<String, String> {
                         .map_err(|e| e.to_string())?,
                 ),
                 ClientOp::Read(key) => store
-                    .send(Read {
-                        keys: vec![key.clone()],
-                    })
+                    .send(Read::new(vec![key.clone()]))
                     .await
                     .map_err(|e| e.to_string())?
                     .map(|mut v| match v.pop().flatten() {
@@ -610,9 +608,7 @@ async fn run_step(c: &mut Cluster, step: &Step) -> Result<String, String> {
             let got = c
                 .node(via)?
                 .store
-                .send(Read {
-                    keys: chunk.to_vec(),
-                })
+                .send(Read::new(chunk.to_vec()))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("reading the load back: {e}"))?;

@@ -628,8 +628,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                 let start = t0.elapsed();
                 let first = event();
                 let r =
-                    tokio::time::timeout(CLIENT_TIMEOUT, store.send(Read { keys: keys.clone() }))
-                        .await;
+                    tokio::time::timeout(CLIENT_TIMEOUT, store.send(Read::new(keys.clone()))).await;
                 if let Ok(Ok(Ok(values))) = r {
                     let end = Some(t0.elapsed());
                     let last = Some(event());
@@ -911,8 +910,11 @@ async fn request(
             }
         }
         Kind::Read => {
-            let r =
-                tokio::time::timeout(CLIENT_TIMEOUT, store.send(Read { keys: vec![key] })).await;
+            let read = Read {
+                keys: vec![key],
+                client: client as u64 + 1,
+            };
+            let r = tokio::time::timeout(CLIENT_TIMEOUT, store.send(read)).await;
             if let Ok(Ok(Ok(mut values))) = r {
                 op.end = Some(t0.elapsed());
                 op.last = Some(event());

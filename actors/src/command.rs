@@ -530,15 +530,20 @@ impl Command {
                 Applied::new(vec![(from.clone(), None), (to.clone(), Some(moved))], done)
             }
             Command::MSetNx { pairs } => {
-                // Every key is read, so that the index entries of the expired go.
-                let taken = pairs.iter().filter(|(k, _)| current(k).is_some()).count();
-                match taken {
-                    0 => Applied::new(
-                        pairs.iter().map(|(k, v)| plain(k, v)).collect(),
-                        CommandOutcome::Integer(1),
-                    ),
-                    _ => Applied::answer(CommandOutcome::Integer(0)),
+                // Each key read once, until one is taken; all of them if none is, so that the
+                // index entries of the expired go.
+                let mut seen = std::collections::HashSet::new();
+                for (k, _) in pairs {
+                    let live =
+                        seen.insert(k.as_slice()) && read(k).is_some_and(|s| value::live(&s, now));
+                    if live {
+                        return Applied::answer(CommandOutcome::Integer(0));
+                    }
                 }
+                Applied::new(
+                    pairs.iter().map(|(k, v)| plain(k, v)).collect(),
+                    CommandOutcome::Integer(1),
+                )
             }
             Command::Flush => Applied::answer(CommandOutcome::Ok),
             Command::Read { keys } => Applied::answer(CommandOutcome::Values(
@@ -547,10 +552,19 @@ impl Command {
                     .collect(),
             )),
             Command::Multi { watched, commands } => {
+                let too_much = || {
+                    Applied::answer(CommandOutcome::Error(format!(
+                        "ERR a transaction may read at most {MULTI_READ_BYTES} bytes of values; \
+                         nothing was applied"
+                    )))
+                };
                 let mut bytes_read = 0;
                 for w in watched {
                     let stored = read(&w.key).filter(|s| value::live(s, now));
                     bytes_read += stored.as_ref().map_or(0, Vec::len);
+                    if bytes_read > MULTI_READ_BYTES {
+                        return too_much();
+                    }
                     if Watched::seen(Vec::new(), stored.as_deref()).digest != w.digest {
                         return Applied::answer(CommandOutcome::Transaction(None));
                     }
@@ -565,6 +579,10 @@ impl Command {
                 for command in commands {
                     // Each command sees the writes of those before it.
                     let mut seen = |k: &[u8]| {
+                        // Past the bound, nothing more is read: the transaction fails whole.
+                        if bytes_read > MULTI_READ_BYTES {
+                            return None;
+                        }
                         let v = match at.get(k) {
                             Some(&i) => writes[i].1.clone(),
                             None => read(k),
@@ -585,10 +603,7 @@ impl Command {
                         }
                     }
                     if bytes_read > MULTI_READ_BYTES {
-                        return Applied::answer(CommandOutcome::Error(format!(
-                            "ERR a transaction may read at most {MULTI_READ_BYTES} bytes of \
-                             values; nothing was applied"
-                        )));
+                        return too_much();
                     }
                     unindexed.extend(applied.unindexed);
                     outcomes.push(applied.outcome);
@@ -1219,5 +1234,42 @@ mod tests {
         );
         assert_eq!(get(&s, "b"), Some(b"2".to_vec()));
         assert!(ix.is_empty(), "{ix:?}");
+    }
+    /// A transaction or an `MSETNX` over many keys reads no more than it must, on every
+    /// replica: a transaction stops reading once past `MULTI_READ_BYTES` (and fails whole),
+    /// `MSETNX` reads each key once and stops at the first taken.
+    #[test]
+    fn big_commands_stop_reading_when_they_can() {
+        let big = value::stored(&vec![b'v'; 1 << 20], None);
+        let reads = std::cell::Cell::new(0);
+        let read = |k: &[u8]| {
+            reads.set(reads.get() + 1);
+            (k == b"big").then(|| big.clone())
+        };
+        let multi = Command::Multi {
+            watched: vec![],
+            commands: vec![Command::Read {
+                keys: vec![b"big".to_vec(); 1000],
+            }],
+        };
+        let applied = multi.apply(read);
+        assert!(matches!(applied.outcome, CommandOutcome::Error(e) if e.contains("at most")));
+        assert!(applied.writes.is_empty());
+        assert_eq!(reads.get(), MULTI_READ_BYTES / big.len() + 1);
+
+        let pairs = |first: &str| {
+            std::iter::once(first)
+                .chain(std::iter::repeat_n("absent", 999))
+                .map(|k| (k.as_bytes().to_vec(), b"1".to_vec()))
+                .collect()
+        };
+        for (first, outcome, read_count) in [("big", 0, 1), ("new", 1, 2)] {
+            reads.set(0);
+            let msetnx = Command::MSetNx {
+                pairs: pairs(first),
+            };
+            assert_eq!(msetnx.apply(read).outcome, CommandOutcome::Integer(outcome));
+            assert_eq!(reads.get(), read_count);
+        }
     }
 }

@@ -377,6 +377,17 @@ pub struct Write {
 #[rtype(result = "Result<Vec<Option<crate::value::Value>>, StoreError>")]
 pub struct Read {
     pub keys: Vec<Vec<u8>>,
+    /// The client connection it comes from (0: none). The reads of one connection are served
+    /// in the order they reach the Store, each as of a moment no earlier than the one before:
+    /// as a connection's pipelined commands run one after the other in Redis.
+    pub client: u64,
+}
+
+impl Read {
+    /// A read of no connection's.
+    pub fn new(keys: Vec<Vec<u8>>) -> Read {
+        Read { keys, client: 0 }
+    }
 }
 
 /// The keys of this node's range that holds `from`, in order from `from` on, as this Store has

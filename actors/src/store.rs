@@ -377,6 +377,8 @@ struct PendingCondition {
 
 struct PendingRead {
     range: RangeId,
+    /// The connection it comes from (see [`Read::client`]; 0: none).
+    client: u64,
     keys: Vec<Vec<u8>>,
     reply: ReadReply,
     deadline: Instant,
@@ -1003,20 +1005,27 @@ impl Store {
         }
     }
 
-    /// Serves the reads whose range has applied their read index.
+    /// Serves the reads whose range has applied their read index, each connection's in the
+    /// order they came (`reads` is in that order): one waits for the connection's earlier
+    /// reads, so that it sees no older state than they did.
     fn serve_ready_reads(&mut self) {
-        let ready: Vec<ReadId> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| {
-                r.index.is_some_and(|i| {
-                    self.ranges
-                        .get(&r.range)
-                        .is_some_and(|s| s.applied.index >= i)
-                })
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let mut waiting: Vec<u64> = Vec::new();
+        let mut ready: Vec<ReadId> = Vec::new();
+        for (id, r) in &self.reads {
+            let applied = r.index.is_some_and(|i| {
+                self.ranges
+                    .get(&r.range)
+                    .is_some_and(|s| s.applied.index >= i)
+            });
+            if r.client != 0 && waiting.contains(&r.client) {
+                continue;
+            }
+            match applied {
+                true => ready.push(*id),
+                false if r.client != 0 => waiting.push(r.client),
+                false => {}
+            }
+        }
         for id in ready {
             self.serve_read(id);
         }
@@ -1985,7 +1994,7 @@ impl Handler<Read> for Store {
             let Some(range) = self.route(key) else {
                 return Response::reply(Err(StoreError::NoRange));
             };
-            if self.reads_locally([range]) {
+            if self.reads_locally([range]) && !self.reading(msg.client) {
                 return Response::reply(self.values(&msg.keys));
             }
         }
@@ -1996,7 +2005,7 @@ impl Handler<Read> for Store {
                 None => return Response::reply(Err(StoreError::NoRange)),
             }
         }
-        if self.reads_locally(parts.keys().copied()) {
+        if self.reads_locally(parts.keys().copied()) && !self.reading(msg.client) {
             return Response::reply(self.values(&msg.keys));
         }
         let n = msg.keys.len();
@@ -2009,6 +2018,7 @@ impl Handler<Read> for Store {
                 id,
                 PendingRead {
                     range,
+                    client: msg.client,
                     keys: positions.iter().map(|&i| msg.keys[i].clone()).collect(),
                     reply: tx,
                     deadline: self.deadline(),
@@ -2119,6 +2129,12 @@ impl Store {
 
     /// Whether a read of these ranges is served from this Store's state, without a read
     /// index (see `serves_locally`); counts the leased ones if so.
+    /// Whether a read of connection `client` waits for its read index: one sent after it
+    /// waits too, to be served after it (see [`Store::serve_ready_reads`]).
+    fn reading(&self, client: u64) -> bool {
+        client != 0 && self.reads.values().any(|r| r.client == client)
+    }
+
     fn reads_locally<I>(&self, ranges: I) -> bool
     where
         I: IntoIterator<Item = RangeId>,

@@ -524,9 +524,7 @@ fn a_new_replica_is_filled_by_snapshot_reads_linearizably_and_a_minority_cannot_
         let got = cluster
             .node(3)
             .store
-            .send(Read {
-                keys: vec![b"a0".to_vec()],
-            })
+            .send(Read::new(vec![b"a0".to_vec()]))
             .await
             .unwrap()
             .unwrap();
@@ -715,9 +713,7 @@ async fn read_eventually(cluster: &Cluster, via: u64, key: &[u8]) -> Option<Vec<
         let r = cluster
             .node(via)
             .store
-            .send(Read {
-                keys: vec![key.to_vec()],
-            })
+            .send(Read::new(vec![key.to_vec()]))
             .await
             .unwrap();
         if let Ok(v) = r {
@@ -1170,9 +1166,7 @@ fn a_read_through_a_deposed_leader(bugs: PlantedBugs) -> Result<Vec<Option<Vec<u
         let read = cluster
             .node(old)
             .store
-            .send(Read {
-                keys: vec![b"a".to_vec()],
-            })
+            .send(Read::new(vec![b"a".to_vec()]))
             .await
             .unwrap();
         cluster.net.heal();

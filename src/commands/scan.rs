@@ -97,9 +97,7 @@ fn parse_scan(a: &[Bytes]) -> Result<ScanArgs, String> {
 async fn step(store: &actix::Addr<Store>, from: Vec<u8>, count: usize) -> Result<Scanned, String> {
     let failed = |e: actix::MailboxError| format!("ERR node is shutting down ({e})");
     store
-        .send(Read {
-            keys: vec![from.clone()],
-        })
+        .send(Read::new(vec![from.clone()]))
         .await
         .map_err(failed)?
         .map_err(|e| e.to_string())?;

@@ -23,6 +23,7 @@ use flotilla_actors::messages::Write;
 use flotilla_actors::value::{self, Value};
 use std::cell::RefCell;
 use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashSet;
 use std::rc::Rc;
 
 /// An open `MULTI`.
@@ -157,27 +158,31 @@ impl Session {
 
     /// `WATCH`: reads the keys, keeping what it saw for `EXEC` to compare.
     fn watch(&mut self, keys: &[Bytes]) -> super::PendingReply {
-        let mut new: Vec<(Vec<u8>, Seen)> = Vec::new();
-        let mut bytes = self.watched.bytes;
-        for k in keys {
-            // A key watched already keeps what was seen first, as in Redis.
-            if let Entry::Vacant(e) = self.watched.seen.entry(k.to_vec()) {
-                let seen = Seen::default();
-                bytes += watch_bytes(k);
-                new.push((k.to_vec(), seen.clone()));
-                e.insert(seen);
-            }
-        }
+        let added: HashSet<&[u8]> = keys
+            .iter()
+            .map(|k| k.as_ref())
+            .filter(|k| !self.watched.seen.contains_key(*k))
+            .collect();
+        let bytes = self.watched.bytes + added.iter().map(|k| watch_bytes(k)).sum::<usize>();
         let limit = self.transaction_bytes();
         if bytes > limit {
-            for (k, _) in &new {
-                self.watched.seen.remove(k);
-            }
             return err(format!(
                 "ERR a transaction may watch at most {limit} bytes of keys"
             ));
         }
         self.watched.bytes = bytes;
+        let mut new: Vec<(Vec<u8>, Seen)> = Vec::new();
+        for k in keys {
+            // A key watched already keeps what was seen first, as in Redis; one whose read
+            // failed (or is still on its way) is read again.
+            let seen = Seen::default();
+            match self.watched.seen.entry(k.to_vec()) {
+                Entry::Occupied(e) if e.get().borrow().is_some() => continue,
+                Entry::Occupied(mut e) => e.insert(seen.clone()),
+                Entry::Vacant(e) => e.insert(seen.clone()).clone(),
+            };
+            new.push((k.to_vec(), seen));
+        }
         let keys = new.iter().map(|(k, _)| k.clone()).collect();
         self.read(keys, move |out, values| {
             for ((key, seen), v) in new.into_iter().zip(values) {
