@@ -1828,6 +1828,8 @@ impl Handler<Due> for Store {
         match due {
             Due::Expire => {
                 self.expire();
+                // A read that waited behind one of its connection's that timed out may be due.
+                self.serve_ready_reads();
                 self.send_after(EXPIRE_EVERY, Due::Expire);
             }
             Due::HandOver => self.hand_over_unwritten(),
@@ -2809,6 +2811,46 @@ mod tests {
         other.apply_events(vec![elected(6, 2)]).unwrap();
         incr(&mut other, 1, boot, 1);
         assert!(!other.serves_locally(range), "led from node 2");
+    }
+
+    /// A connection's reads are served in the order they came: one whose range has applied
+    /// its read index waits for the connection's earlier read still waiting for its own (and
+    /// goes once that one is answered, here by timing out); other connections' do not wait.
+    #[test]
+    fn a_connections_reads_are_served_in_the_order_they_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
+        let boot = s.boot;
+        incr(&mut s, 1, boot, 1);
+        let mut read = |s: &mut Store, client, range, index, deadline| {
+            let (tx, rx) = oneshot::channel();
+            s.next_read += 1;
+            let pending = PendingRead {
+                range: RangeId(range),
+                client,
+                keys: vec![b"counter".to_vec()],
+                reply: tx,
+                deadline,
+                index: Some(index),
+            };
+            s.reads.insert(ReadId(s.next_read), pending);
+            rx
+        };
+        let later = Instant::now() + Duration::from_secs(60);
+        // Range 2 has not applied index 1,000: client 7's first read waits.
+        let mut first = read(&mut s, 7, 2, 1000, Instant::now());
+        let mut second = read(&mut s, 7, 1, 1, later);
+        let mut other = read(&mut s, 8, 1, 1, later);
+        s.serve_ready_reads();
+        assert!(other.try_recv().is_ok(), "another connection's read waits");
+        assert!(second.try_recv().is_err(), "served before an earlier read");
+        s.expire();
+        s.serve_ready_reads();
+        assert!(matches!(first.try_recv(), Ok(Err(StoreError::Timeout))));
+        let got = second
+            .try_recv()
+            .expect("served once the earlier read is answered");
+        assert_eq!(got.unwrap()[0].as_ref().unwrap().bytes, b"1");
     }
 
     #[test]
