@@ -2822,7 +2822,7 @@ mod tests {
         let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
         let boot = s.boot;
         incr(&mut s, 1, boot, 1);
-        let mut read = |s: &mut Store, client, range, index, deadline| {
+        let read = |s: &mut Store, client, range, index, deadline| {
             let (tx, rx) = oneshot::channel();
             s.next_read += 1;
             let pending = PendingRead {
