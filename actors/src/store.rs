@@ -1996,7 +1996,7 @@ impl Handler<Read> for Store {
             let Some(range) = self.route(key) else {
                 return Response::reply(Err(StoreError::NoRange));
             };
-            if self.reads_locally([range]) && !self.reading(msg.client) {
+            if !self.reading(msg.client) && self.reads_locally([range]) {
                 return Response::reply(self.values(&msg.keys));
             }
         }
@@ -2007,7 +2007,7 @@ impl Handler<Read> for Store {
                 None => return Response::reply(Err(StoreError::NoRange)),
             }
         }
-        if self.reads_locally(parts.keys().copied()) && !self.reading(msg.client) {
+        if !self.reading(msg.client) && self.reads_locally(parts.keys().copied()) {
             return Response::reply(self.values(&msg.keys));
         }
         let n = msg.keys.len();
