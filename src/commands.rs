@@ -432,17 +432,15 @@ impl Session {
                 },
                 None => err("ERR value is not an integer or out of range"),
             },
-            "flushdb" | "flushall" => match a {
-                [] => self.write(Command::Flush),
-                [mode]
-                    if [b"async".as_slice(), b"sync"]
-                        .iter()
-                        .any(|m| mode.eq_ignore_ascii_case(m)) =>
-                {
-                    self.write(Command::Flush)
+            // ASYNC and SYNC alike answer once it is done.
+            "flushdb" | "flushall" => {
+                let mode =
+                    |m: &Bytes| [b"async".as_slice(), b"sync"].contains(&&*m.to_ascii_lowercase());
+                match a.len() <= 1 && a.iter().all(mode) {
+                    true => self.write(Command::Flush),
+                    false => err("ERR syntax error"),
                 }
-                _ => err("ERR syntax error"),
-            },
+            }
             "scan" => self.scan(a),
             "keys" => self.keys(&a[0]),
             "dbsize" => {

@@ -205,8 +205,13 @@ impl Watched {
     pub fn seen(key: Vec<u8>, stored: Option<&[u8]>) -> Watched {
         Watched {
             key,
-            digest: stored.map(|s| Sha256::digest(s).into()),
+            digest: Watched::digest(stored),
         }
+    }
+
+    /// What a watched key holding `stored` is compared by.
+    fn digest(stored: Option<&[u8]>) -> Option<[u8; 32]> {
+        stored.map(|s| Sha256::digest(s).into())
     }
 }
 
@@ -514,20 +519,21 @@ impl Command {
                 let Some(c) = current(from) else {
                     return Applied::answer(CommandOutcome::Error("ERR no such key".into()));
                 };
-                let done = match nx {
-                    true => CommandOutcome::Integer(1),
+                // RENAMENX answers whether it moved the value; RENAME answers OK.
+                let answer = |moved| match nx {
+                    true => CommandOutcome::Integer(moved),
                     false => CommandOutcome::Ok,
                 };
                 // Read whatever `nx`, so that the index entry of a deadline it had goes.
                 let taken = current(to).is_some();
                 if from == to || (*nx && taken) {
-                    return Applied::answer(match nx {
-                        true => CommandOutcome::Integer(0),
-                        false => CommandOutcome::Ok,
-                    });
+                    return Applied::answer(answer(0));
                 }
                 let moved = value::stored(&c.bytes, c.deadline);
-                Applied::new(vec![(from.clone(), None), (to.clone(), Some(moved))], done)
+                Applied::new(
+                    vec![(from.clone(), None), (to.clone(), Some(moved))],
+                    answer(1),
+                )
             }
             Command::MSetNx { pairs } => {
                 // Each key read once, until one is taken; all of them if none is, so that the
@@ -565,7 +571,7 @@ impl Command {
                     if bytes_read > MULTI_READ_BYTES {
                         return too_much();
                     }
-                    if Watched::seen(Vec::new(), stored.as_deref()).digest != w.digest {
+                    if Watched::digest(stored.as_deref()) != w.digest {
                         return Applied::answer(CommandOutcome::Transaction(None));
                     }
                 }

@@ -1211,22 +1211,14 @@ impl Store {
     /// the same entries; deleting one that another layer already deleted changes nothing.
     /// Index entries of deadlines are left stale, for reaps to drop.
     fn flushed(&self, range: RangeId, overlay: &Values) -> Result<command::Applied, StorageError> {
-        let Some(d) = self.ranges.get(&range).map(|r| &r.descriptor) else {
-            return Ok(command::Applied {
-                writes: Vec::new(),
-                unindexed: Vec::new(),
-                outcome: CommandOutcome::Ok,
-            });
-        };
-        let mut keys: BTreeSet<Vec<u8>> = self
-            .engine
-            .user_keys(&d.start_key, &d.end_key)?
-            .into_iter()
-            .collect();
-        let unwritten = self.in_flight.iter().map(|f| &f.values).chain([overlay]);
-        let misses = self.settings.bugs.flush_misses_unwritten;
-        for values in unwritten.filter(|_| !misses) {
-            keys.extend(values.keys().filter(|k| d.contains(k)).cloned());
+        let mut keys: BTreeSet<Vec<u8>> = BTreeSet::new();
+        if let Some(d) = self.ranges.get(&range).map(|r| &r.descriptor) {
+            keys.extend(self.engine.user_keys(&d.start_key, &d.end_key)?);
+            let unwritten = self.in_flight.iter().map(|f| &f.values).chain([overlay]);
+            let misses = self.settings.bugs.flush_misses_unwritten;
+            for values in unwritten.filter(|_| !misses) {
+                keys.extend(values.keys().filter(|k| d.contains(k)).cloned());
+            }
         }
         Ok(command::Applied {
             writes: keys.into_iter().map(|k| (k, None)).collect(),

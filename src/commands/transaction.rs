@@ -22,8 +22,7 @@ use flotilla_actors::command::{Command, CommandOutcome, Watched};
 use flotilla_actors::messages::Write;
 use flotilla_actors::value::{self, Value};
 use std::cell::RefCell;
-use std::collections::hash_map::{Entry, HashMap};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 /// An open `MULTI`.
@@ -175,12 +174,15 @@ impl Session {
         for k in keys {
             // A key watched already keeps what was seen first, as in Redis; one whose read
             // failed (or is still on its way) is read again.
+            let watched = &mut self.watched.seen;
+            if watched
+                .get(k.as_ref())
+                .is_some_and(|s| s.borrow().is_some())
+            {
+                continue;
+            }
             let seen = Seen::default();
-            match self.watched.seen.entry(k.to_vec()) {
-                Entry::Occupied(e) if e.get().borrow().is_some() => continue,
-                Entry::Occupied(mut e) => e.insert(seen.clone()),
-                Entry::Vacant(e) => e.insert(seen.clone()).clone(),
-            };
+            watched.insert(k.to_vec(), seen.clone());
             new.push((k.to_vec(), seen));
         }
         let keys = new.iter().map(|(k, _)| k.clone()).collect();
