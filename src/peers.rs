@@ -46,8 +46,9 @@ use tokio::sync::mpsc;
 /// hello: nodes speaking different versions refuse each other's connections with an error
 /// that says so. 3: `SET ... GET`, `GETDEL` and `APPEND`, which a node of version 2 cannot
 /// apply. 4: key expiry, whose commands and stored values (a tag byte before each, in
-/// snapshots too) a node of version 3 cannot read. 5: transactions (`Command::Multi`).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// snapshots too) a node of version 3 cannot read. 5: transactions (`Command::Multi`). 6: a
+/// batch carries its sender's clock.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The largest frame accepted.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -85,6 +86,8 @@ pub enum Frame {
         from: u64,
         /// The sender's boot.
         boot: u64,
+        /// The sender's clock (see [`RaftBatch`]).
+        clock: u64,
         to: u64,
         #[serde(with = "flotilla_actors::codec::numbered_bytes")]
         messages: Vec<(u64, Vec<u8>)>,
@@ -143,7 +146,7 @@ pub fn frames_of(
     max_frame: usize,
     chunk: usize,
 ) -> (Vec<Vec<u8>>, Vec<SnapshotChunks>) {
-    let (from, boot, to) = (batch.from.0, batch.boot, batch.to.0);
+    let (from, boot, clock, to) = (batch.from.0, batch.boot, batch.clock, batch.to.0);
     let mut frames = Vec::new();
     let mut chunks = Vec::new();
     let mut messages = Vec::new();
@@ -160,6 +163,7 @@ pub fn frames_of(
         frames.push(encode_frame(&Frame::Batch {
             from,
             boot,
+            clock,
             to,
             messages: std::mem::take(messages),
             heartbeats: std::mem::take(&mut heartbeats),
@@ -524,6 +528,7 @@ async fn inbound(
             Frame::Batch {
                 from: f,
                 boot,
+                clock,
                 to,
                 messages,
                 heartbeats,
@@ -537,6 +542,7 @@ async fn inbound(
                 }
                 let mut batch = RaftBatch::new(NodeId(from), me);
                 batch.boot = boot;
+                batch.clock = clock;
                 for (range, bytes) in messages {
                     batch
                         .messages
@@ -655,6 +661,7 @@ mod tests {
                     from: 1,
                     to: 2,
                     boot: _,
+                    clock: _,
                     messages: m,
                     heartbeats: h,
                     removed: r,

@@ -102,6 +102,8 @@ pub struct RaftBatch {
     /// The sender's boot (0: not known), so that a restarted node is noticed even when it
     /// comes back within an election timeout (see MultiRaft's node liveness).
     pub boot: u64,
+    /// The sender's clock when it sent the batch (0: not known): see [`crate::value::Clock`].
+    pub clock: u64,
     pub to: NodeId,
     /// Raft messages other than heartbeats.
     pub messages: Vec<(RangeId, RaftMessage)>,
@@ -121,6 +123,7 @@ impl RaftBatch {
         RaftBatch {
             from,
             boot: 0,
+            clock: 0,
             to,
             messages: Vec::new(),
             heartbeats: Vec::new(),

@@ -135,8 +135,9 @@ use crate::codec;
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::storage::{Engine, RangeStorage, SnapshotData, StorageError, WriteBatch};
-use crate::store::PlantedBugs;
+use crate::store::{PlantedBugs, StoreSettings};
 use crate::transport::Transport;
+use crate::value::{Clock, MAX_AHEAD_MS};
 use actix::prelude::*;
 use foldhash::fast::FixedState;
 use protobuf::Message as ProtoMessage;
@@ -149,6 +150,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// A peer's clock this far ahead of this node's, or further, is logged once heard.
+const CLOCK_NOTED_MS: u64 = 1_000;
 
 /// How MultiRaft runs its groups.
 #[derive(Clone, Debug)]
@@ -860,6 +864,9 @@ pub struct MultiRaft {
     pings: BTreeSet<NodeId>,
     /// Bugs planted by a test (see [`PlantedBugs`]).
     bugs: PlantedBugs,
+    /// The node's clock (the Store's), whose time every batch carries, and which hears the
+    /// time of every batch that comes (see [`Clock`]).
+    clock: Clock,
     logger: slog::Logger,
     metrics: Arc<RaftMetrics>,
 }
@@ -867,7 +874,8 @@ pub struct MultiRaft {
 impl MultiRaft {
     /// Loads every range stored in `engine` and prepares its raft group. `store` must count
     /// each batch it takes in `metrics.event_batches_taken` (and answer `events_held`), as the
-    /// Store does: MultiRaft sends it the next batch only then.
+    /// Store does: MultiRaft sends it the next batch only then. Of `store_settings`, MultiRaft
+    /// uses the clock and the planted bugs.
     pub fn load(
         node: NodeId,
         engine: Arc<Engine>,
@@ -875,7 +883,7 @@ impl MultiRaft {
         store: Recipient<Events>,
         transport: Box<dyn Transport>,
         metrics: Arc<RaftMetrics>,
-        bugs: PlantedBugs,
+        store_settings: &StoreSettings,
     ) -> Result<MultiRaft, StorageError> {
         let logger = slog::Logger::root(
             slog::Drain::fuse(slog_stdlog::StdLog),
@@ -916,7 +924,8 @@ impl MultiRaft {
             last_sent: BTreeMap::new(),
             live: BTreeSet::new(),
             pings: BTreeSet::new(),
-            bugs,
+            bugs: store_settings.bugs,
+            clock: store_settings.clock.clone(),
             logger,
             metrics,
         };
@@ -1368,6 +1377,7 @@ impl MultiRaft {
             let ranges: Vec<(RangeId, u64)> = all.iter().map(|(r, m)| (*r, m.to)).collect();
             let mut batch = RaftBatch::new(self.node, to);
             batch.boot = self.boot;
+            batch.clock = self.clock.now_ms();
             batch.removed = self.notices.remove(&to).unwrap_or_default();
             let hints = self.hints.remove(&to).unwrap_or_default();
             batch.compact = hints
@@ -2121,6 +2131,27 @@ impl MultiRaft {
                 g.quiescent = false;
                 self.dirty.insert(*range);
             }
+        }
+    }
+
+    /// A batch from `from` carried its sender's time (see [`Clock::observe`]).
+    fn heard_time(&self, from: NodeId, clock: u64) {
+        let heard = self.clock.observe(clock);
+        if heard.capped && heard.moved > 0 {
+            log::error!(
+                "{}: node {from}'s clock is more than {} s ahead of this node's: check that \
+                 both keep time (NTP); values expire by a clock {} s ahead of this node's",
+                self.node,
+                MAX_AHEAD_MS / 1000,
+                MAX_AHEAD_MS / 1000
+            );
+        } else if heard.moved >= CLOCK_NOTED_MS {
+            log::warn!(
+                "{}: node {from}'s clock is ahead of this node's: values expire by a clock \
+                 {} ms ahead of this node's from now on",
+                self.node,
+                heard.ahead
+            );
         }
     }
 
@@ -2878,6 +2909,7 @@ impl Handler<RaftBatch> for MultiRaft {
             return;
         }
         self.heard_from(batch.from, batch.boot);
+        self.heard_time(batch.from, batch.clock);
         for (range, index) in batch.compact {
             let Some(g) = self.groups.get_mut(&range) else {
                 continue;

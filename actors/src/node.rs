@@ -115,7 +115,7 @@ impl Node {
             store_addr.clone().recipient(),
             transport,
             metrics.clone(),
-            settings.store.bugs,
+            &settings.store,
         )?;
         let mut store = Store::load(
             settings.node,

@@ -89,41 +89,106 @@ impl Value {
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch, as a node decides expiry by it.
+///
+/// It never goes back, and it keeps up with the fastest clock of the cluster that it hears
+/// of ([`Clock::observe`]): every raft batch carries its sender's time, and a node whose own
+/// clock is behind runs that much ahead of it from then on (up to [`MAX_AHEAD_MS`]). So a
+/// value that one node's read found expired is not found live by a later read through a node
+/// whose clock is behind, whichever leads the range then: a read through a follower asks the
+/// leader for a read index, whose answer brings the leader's time, and a new leader has heard
+/// its predecessor's time (more than a lease ago, which the election waits out). As Redis's
+/// replicas expire keys by their master's clock, expiry follows the fastest clock here: a
+/// node whose clock runs fast expires values early on every node.
+/// The clones of a clock share what it has read and heard.
 #[derive(Clone, Debug)]
-pub enum Clock {
-    /// The system's time, as Redis reads it, except that it never goes back: a step back of
-    /// the system's clock holds this one where it was until the system's catches up (the
-    /// latest time read, shared by the clock's clones).
-    System(Arc<AtomicU64>),
+pub struct Clock {
+    source: Source,
+    state: Arc<State>,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    /// The system's time, as Redis reads it.
+    System,
     /// `epoch_ms` at `since`, advanced by tokio's clock since: a simulation's, whose time is
     /// virtual.
     Virtual { epoch_ms: u64, since: Instant },
 }
 
+#[derive(Debug, Default)]
+struct State {
+    /// The latest time read: a step back of the source holds the clock where it was until
+    /// the source catches up.
+    latest: AtomicU64,
+    /// How far the fastest clock heard of is ahead of the source, in milliseconds.
+    ahead: AtomicU64,
+}
+
+/// The furthest ahead of its own source a node's clock follows a peer's. A peer further
+/// ahead has a clock that is wrong (NTP not running, a clock set by hand): it is followed
+/// this far, and logged by the caller (see [`Heard::capped`]).
+pub const MAX_AHEAD_MS: u64 = 60_000;
+
+/// What hearing a peer's time did to a clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heard {
+    /// Milliseconds the clock moved ahead (0: the peer was not ahead of it).
+    pub moved: u64,
+    /// How far ahead of its own source the clock now runs.
+    pub ahead: u64,
+    /// The peer was further ahead than [`MAX_AHEAD_MS`].
+    pub capped: bool,
+}
+
 impl Clock {
     /// A clock that reads the system's time.
     pub fn system() -> Clock {
-        Clock::System(Arc::new(AtomicU64::new(0)))
+        Clock::with(Source::System)
     }
 
     /// A clock that reads `epoch_ms` now and goes on in tokio's time.
     pub fn starting_at(epoch_ms: u64) -> Clock {
-        Clock::Virtual {
+        Clock::with(Source::Virtual {
             epoch_ms,
             since: Instant::now(),
+        })
+    }
+
+    fn with(source: Source) -> Clock {
+        Clock {
+            source,
+            state: Arc::default(),
+        }
+    }
+
+    /// The source's time.
+    fn source_ms(&self) -> u64 {
+        match &self.source {
+            Source::System => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            Source::Virtual { epoch_ms, since } => epoch_ms + since.elapsed().as_millis() as u64,
         }
     }
 
     /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
-        match self {
-            Clock::System(latest) => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                latest.fetch_max(now, Ordering::Relaxed).max(now)
-            }
-            Clock::Virtual { epoch_ms, since } => epoch_ms + since.elapsed().as_millis() as u64,
+        let now = self.source_ms() + self.state.ahead.load(Ordering::Relaxed);
+        self.state.latest.fetch_max(now, Ordering::Relaxed).max(now)
+    }
+
+    /// Hears a peer's time (`now_ms` of the peer's clock when it sent it; 0: unknown): if the
+    /// peer is ahead, this clock runs as far ahead of its source from now on, as the peer's
+    /// time goes on at the same pace (the time the message took makes it run a little behind
+    /// the peer's).
+    pub fn observe(&self, peer_ms: u64) -> Heard {
+        let gap = peer_ms.saturating_sub(self.source_ms());
+        let ahead = gap.min(MAX_AHEAD_MS);
+        let before = self.state.ahead.fetch_max(ahead, Ordering::Relaxed);
+        Heard {
+            moved: ahead.saturating_sub(before),
+            ahead: ahead.max(before),
+            capped: gap > MAX_AHEAD_MS,
         }
     }
 }
@@ -152,5 +217,29 @@ mod tests {
         assert_eq!(Value::at(expiring, || u64::MAX), None);
         let plain = Value::at(plain, || unreachable!("no deadline, no clock"));
         assert_eq!(plain.unwrap().bytes, b"abc");
+    }
+
+    #[test]
+    fn a_clock_keeps_up_with_the_fastest_it_hears_of_never_goes_back_and_caps_a_wild_one() {
+        let clock = Clock::system();
+        let own = clock.now_ms();
+        let heard = clock.observe(own + 5_000);
+        assert!((4_990..=5_000).contains(&heard.moved), "{heard:?}");
+        assert!(!heard.capped);
+        let now = clock.now_ms();
+        assert!(now >= own + 5_000 && now < own + 6_000, "{now} vs {own}");
+        // A peer behind, or one ahead by less, moves nothing; nor does an unknown time.
+        for behind in [own, own + 2_000, 0] {
+            assert_eq!(clock.observe(behind).moved, 0);
+        }
+        assert!(clock.now_ms() >= now);
+        // A clone shares what the clock heard.
+        assert!(clock.clone().now_ms() >= own + 5_000);
+        // A peer a day ahead is followed only `MAX_AHEAD_MS`.
+        let heard = clock.observe(own + 86_400_000);
+        assert!(heard.capped);
+        assert_eq!(heard.ahead, MAX_AHEAD_MS);
+        let now = clock.now_ms();
+        assert!(now >= own + MAX_AHEAD_MS && now < own + MAX_AHEAD_MS + 1_000);
     }
 }

@@ -7,14 +7,14 @@
 //! the change entry.
 
 use actix::prelude::*;
-use flotilla_actors::command::{Command, SetCondition};
+use flotilla_actors::command::{Command, CommandOutcome, SetCondition, SetExpiry};
 use flotilla_actors::ids::{NodeId, ProposalId, RangeId};
 use flotilla_actors::messages::*;
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
 use flotilla_actors::store::{PlantedBugs, StoreSettings, WriteApplied};
 use flotilla_actors::transport::LocalNetwork;
-use flotilla_actors::value::Value;
+use flotilla_actors::value::{Clock, Value};
 use raft::prelude::{EntryType, MessageType};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,10 +87,21 @@ impl Cluster {
         store: StoreSettings,
         tune: impl Fn(&mut RaftSettings),
     ) -> Cluster {
+        Cluster::start_each(dir, ids, members, |_| store.clone(), tune)
+    }
+
+    /// As `start_tuned`, each node with the Store settings `store` gives it.
+    fn start_each(
+        dir: &std::path::Path,
+        ids: &[u64],
+        members: &[u64],
+        store: impl Fn(u64) -> StoreSettings,
+        tune: impl Fn(&mut RaftSettings),
+    ) -> Cluster {
         let net = LocalNetwork::new(7);
         let mut nodes = BTreeMap::new();
         for &id in ids {
-            let mut s = settings(id, dir, store.clone());
+            let mut s = settings(id, dir, store(id));
             s.initial_members = members.iter().map(|&n| NodeId(n)).collect();
             tune(&mut s.raft);
             let node = Node::start(s, Box::new(net.transport())).expect("node starts");
@@ -1580,6 +1591,74 @@ fn a_leader_removing_itself_stays_until_the_voter_left_has_applied_it() {
         assert_eq!(status.voters, [NodeId(1)], "{status:?}");
         assert_eq!(status.leader, Some(NodeId(1)), "{status:?}");
         write_eventually(&cluster, 1, b"a-after", b"1").await;
+        cluster.stop();
+    });
+}
+
+/// Node 1's clock runs 10 s ahead of nodes 2 and 3's. A value whose deadline is between them,
+/// found expired through node 1, must not be found live by a later read through node 2 (the
+/// leader) or node 3, nor counted on by a command applied after: each node's clock keeps up
+/// with the fastest it hears of (`Clock::observe`), and a read through a follower asks the
+/// leader for a read index, whose answer brings the leader's time.
+#[test]
+fn a_value_expired_by_a_clock_ahead_stays_expired_through_nodes_whose_clocks_are_behind() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Clock::system().now_ms();
+        let cluster = Cluster::start_each(
+            dir.path(),
+            &[1, 2, 3],
+            &[1, 2, 3],
+            |id| StoreSettings {
+                clock: Clock::starting_at(if id == 1 { now + 10_000 } else { now }),
+                ..StoreSettings::default()
+            },
+            |_| {},
+        );
+        cluster.await_leaders(1).await;
+        cluster.transfer(RangeId(1), 2).await;
+        let key = b"a-expiring".to_vec();
+        let write = |via: u64, command: Command| cluster.node(via).store.send(Write { command });
+        let outcome = write(
+            2,
+            Command::SetExpiring {
+                key: key.clone(),
+                value: b"5".to_vec(),
+                condition: SetCondition::Always,
+                get: false,
+                expiry: SetExpiry::At(now + 5_000),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(outcome.is_ok(), "{outcome:?}");
+        let read = |via: u64| {
+            let key = key.clone();
+            let cluster = &cluster;
+            async move {
+                let got = cluster.node(via).store.send(Read::new(vec![key])).await;
+                bytes(got.unwrap().unwrap())
+            }
+        };
+        assert_eq!(read(1).await, vec![None], "expired by node 1's clock");
+        assert_eq!(
+            read(2).await,
+            vec![None],
+            "through the leader, after node 1"
+        );
+        assert_eq!(read(3).await, vec![None], "through node 3, after node 1");
+        // Applied on every replica as of node 3's time, which is past the deadline: the
+        // value is gone, and the counter starts from nothing.
+        let incr = write(
+            3,
+            Command::IncrBy {
+                key: key.clone(),
+                delta: 1,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(incr, Ok(CommandOutcome::Integer(1)));
         cluster.stop();
     });
 }

@@ -9,7 +9,7 @@ use flotilla_actors::messages::*;
 use flotilla_actors::multiraft::{MultiRaft, RaftMetrics, RaftSettings};
 use flotilla_actors::node::initial_ranges;
 use flotilla_actors::storage::{Engine, WriteBatch};
-use flotilla_actors::store::PlantedBugs;
+use flotilla_actors::store::StoreSettings;
 use flotilla_actors::transport::LocalNetwork;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -97,7 +97,7 @@ fn a_batch_held_behind_one_not_taken_goes_as_soon_as_the_store_takes_that_one() 
             sink.recipient(),
             Box::new(net.transport()),
             metrics.clone(),
-            PlantedBugs::default(),
+            &StoreSettings::default(),
         )
         .unwrap()
         .start();
