@@ -1,7 +1,7 @@
 //! The cost of RESP2 parsing and reply encoding (`src/resp.rs`).
 //!
 //! - `resp_parse/pipeline_set_x16`: a read buffer holding 16 pipelined
-//!   `SET key:NNNNNN <100 bytes>` arrays, taken apart with `parse_request` until it asks for
+//!   `SET key:NNNNNN <100 bytes>` arrays, taken apart with `RequestParser::parse` until it asks for
 //!   more, as a connection's reader does.
 //! - `resp_parse/inline_set_x16`: the same 16 commands as inline lines; `inline_ping`: one
 //!   `PING\r\n`.
@@ -14,7 +14,7 @@
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use flotilla::resp::{parse_request, reply, Limits};
+use flotilla::resp::{reply, Limits, RequestParser};
 use std::hint::black_box;
 
 const COMMANDS: usize = 16;
@@ -53,7 +53,8 @@ fn inline_sets() -> Vec<u8> {
 /// Parses every request in `input`; returns how many there were.
 fn parse_all(mut buf: BytesMut, limits: &Limits) -> usize {
     let mut n = 0;
-    while let Some(args) = parse_request(&mut buf, limits).expect("a valid request") {
+    let mut parser = RequestParser::default();
+    while let Some(args) = parser.parse(&mut buf, limits).expect("a valid request") {
         n += 1;
         black_box(args);
     }

@@ -272,14 +272,7 @@ impl Session {
     /// they finish in: the connection awaits them in order.
     pub fn execute(&mut self, mut args: Vec<Bytes>) -> PendingReply {
         let Some(spec) = lookup(&args[0]) else {
-            let mut msg = format!(
-                "ERR unknown command '{}', with args beginning with: ",
-                String::from_utf8_lossy(&args[0])
-            );
-            for a in args.iter().skip(1).take(8) {
-                msg.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
-            }
-            return self.refused(None, msg);
+            return self.refused(None, unknown_command(&args));
         };
         let name = spec.name;
         let n = args.len() as i32;
@@ -478,6 +471,12 @@ impl Session {
                 }))
             }
             "auth" => match a {
+                // The default user needs no password when none is set, as in Redis.
+                [user, _]
+                    if user.as_ref() == b"default" && self.shared.config.password.is_none() =>
+                {
+                    now(|out| reply::simple(out, "OK"))
+                }
                 [pass] | [_, pass] if a.len() == 1 || a[0].as_ref() == b"default" => {
                     self.auth(pass)
                 }
@@ -489,12 +488,15 @@ impl Session {
                 b"0" => now(|out| reply::simple(out, "OK")),
                 _ => err("ERR DB index is out of range"),
             },
-            "info" => self.info(),
+            "info" => self.info(a),
             "command" => command_command(a),
             "client" => self.client(a),
             // Tools such as redis-benchmark read a few settings at start; flotilla has none of
             // Redis's to report.
             "config" => match String::from_utf8_lossy(&a[0]).to_lowercase().as_str() {
+                "get" if a.len() < 2 => {
+                    err("ERR wrong number of arguments for 'config|get' command")
+                }
                 "get" => now(|out| reply::array_header(out, 0)),
                 _ => err("ERR CONFIG only supports GET on flotilla"),
             },
@@ -756,8 +758,20 @@ impl Session {
         }
     }
 
-    fn info(&self) -> PendingReply {
+    /// `INFO [section ...]`: the sections named (any case), in their order here; all of them
+    /// with none named, or `all`, `default` or `everything`; an empty text for none known, as
+    /// Redis answers. The keys are counted only for `# Keyspace`.
+    fn info(&self, a: &[Bytes]) -> PendingReply {
         let shared = self.shared.clone();
+        let named: Vec<String> = a
+            .iter()
+            .map(|s| String::from_utf8_lossy(s).to_lowercase())
+            .collect();
+        let all = named.is_empty()
+            || named
+                .iter()
+                .any(|n| matches!(n.as_str(), "all" | "default" | "everything"));
+        let wanted = move |section: &str| all || named.iter().any(|n| n == section);
         self.in_turn(async move {
             let mut out = BytesMut::new();
             let status = match shared.store.send(GetStoreStatus).await {
@@ -771,7 +785,10 @@ impl Session {
                 }
             };
             // A count that fails shows as 0 here; DBSIZE reports the error.
-            let (keys, expiring) = count_keys(shared.clone()).await.unwrap_or((0, 0));
+            let (keys, expiring) = match wanted("keyspace") {
+                true => count_keys(shared.clone()).await.unwrap_or((0, 0)),
+                false => (0, 0),
+            };
             let leading = status
                 .ranges
                 .iter()
@@ -814,6 +831,18 @@ impl Session {
                 keys,
                 expiring,
             );
+            let sections: Vec<&str> = text
+                .split("\r\n\r\n")
+                .map(|section| section.trim_end_matches("\r\n"))
+                .filter(|section| {
+                    let name = section.lines().next().unwrap_or_default();
+                    wanted(&name.trim_start_matches("# ").to_lowercase())
+                })
+                .collect();
+            let mut text = sections.join("\r\n\r\n");
+            if !text.is_empty() {
+                text.push_str("\r\n");
+            }
             reply::bulk(&mut out, text.as_bytes());
             Reply {
                 bytes: out,
@@ -826,6 +855,26 @@ impl Session {
     fn admin(&self, a: &[Bytes]) -> PendingReply {
         self.in_turn(crate::admin::run(self.shared.clone(), a.to_vec()))
     }
+}
+
+/// Redis's answer to an unknown command: its name and its first arguments, cut to 128 bytes
+/// each and all (a command of a megabyte gets no megabyte back).
+fn unknown_command(args: &[Bytes]) -> String {
+    const CUT: usize = 128;
+    let mut shown = Vec::new();
+    for a in &args[1..] {
+        if shown.len() >= CUT {
+            break;
+        }
+        shown.push(b'\'');
+        shown.extend_from_slice(&a[..a.len().min(CUT - (shown.len() - 1))]);
+        shown.extend_from_slice(b"' ");
+    }
+    format!(
+        "ERR unknown command '{}', with args beginning with: {}",
+        String::from_utf8_lossy(&args[0][..args[0].len().min(CUT)]),
+        String::from_utf8_lossy(&shown)
+    )
 }
 
 /// The Redis version flotilla answers as, for clients that check it.

@@ -9,7 +9,7 @@
 //! # The life of a request
 //!
 //! `redis-cli set k v` arrives on a connection ([`server`]); the reader parses the RESP frame
-//! ([`resp::parse_request`]) and runs the command ([`commands::Session::execute`]), which sends
+//! ([`resp::RequestParser`]) and runs the command ([`commands::Session::execute`]), which sends
 //! `Write` to the Store actor and leaves a pending reply in the connection's queue. The Store
 //! proposes through MultiRaft; when the entry is committed on a quorum (durably) and applied,
 //! the Store answers, and the connection's writer sends `+OK` — after the replies of every

@@ -113,31 +113,39 @@ async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
 
     let limits = Limits::new(shared.config.max_value_bytes);
     let mut buf = BytesMut::with_capacity(16 << 10);
-    let mut refused = false;
+    let mut parser = resp::RequestParser::default();
+    // Closed by the node (a protocol error, `QUIT`), not by the client.
+    let mut closing = false;
     'read: loop {
         match rd.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
         loop {
-            match resp::parse_request(&mut buf, &limits) {
+            match parser.parse(&mut buf, &limits) {
                 Ok(None) => break,
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
+                    // Nothing after `QUIT` runs, as in Redis: its reply closes the connection.
+                    let quit = args[0].eq_ignore_ascii_case(b"quit");
                     let pending = session.execute(args);
                     if tx.send(pending).await.is_err() {
+                        break 'read;
+                    }
+                    if quit {
+                        closing = true;
                         break 'read;
                     }
                 }
                 Err(e) => {
                     let mut out = BytesMut::new();
                     reply::error(&mut out, &format!("ERR {e}"));
-                    let closing: PendingReply = Box::pin(std::future::ready(Reply {
+                    let refusal: PendingReply = Box::pin(std::future::ready(Reply {
                         bytes: out,
                         close: true,
                     }));
-                    let _ = tx.send(closing).await;
-                    refused = true;
+                    let _ = tx.send(refusal).await;
+                    closing = true;
                     break 'read;
                 }
             }
@@ -149,12 +157,13 @@ async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
     }
     drop(tx);
     let _ = writer.await;
-    if refused {
+    if closing {
         linger(&mut rd).await;
     }
 }
 
-/// Reads and drops what a client refused with a protocol error still sends, until it closes
+/// Reads and drops what a client refused with a protocol error (or that sent `QUIT`) still
+/// sends, until it closes
 /// (or [`LINGER`] or [`LINGER_BYTES`] runs out). The error and the end of the stream are
 /// written by then; closing a socket with bytes unread would reset the connection instead, and
 /// a client still sending (the rest of a value over `max_value_bytes`, as redis-cli sends a

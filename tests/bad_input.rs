@@ -37,6 +37,23 @@ fn bad_input_gets_errors_and_harms_no_other_client() {
         &cmd(&[b"FOO", b"a", b"b"]),
         b"-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n",
     );
+    // An unknown command's name and arguments are cut to 128 bytes each and all, as Redis
+    // 7.0.15 cuts them (its reply to the same command): a megabyte sent is not sent back.
+    let (name, a, b) = (
+        [b"FOO".as_slice(), &[b'n'; 200]].concat(),
+        [b'a'; 100],
+        [b'b'; 50],
+    );
+    c.roundtrip(
+        &cmd(&[&name, &a, &b, b"c"]),
+        format!(
+            "-ERR unknown command 'FOO{}', with args beginning with: '{}' '{}' \r\n",
+            "n".repeat(125),
+            "a".repeat(100),
+            "b".repeat(25)
+        )
+        .as_bytes(),
+    );
     c.roundtrip(
         &cmd(&[b"GET"]),
         b"-ERR wrong number of arguments for 'get' command\r\n",

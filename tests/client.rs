@@ -74,6 +74,13 @@ fn every_command_answers_with_redis_reply_shapes() {
         &cmd(&[b"AUTH", b"pw"]),
         b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
     );
+    // The default user, when no password is set, as Redis 7.0.15 answers.
+    c.roundtrip(&cmd(&[b"AUTH", b"default", b"any"]), b"+OK\r\n");
+    c.roundtrip(
+        &cmd(&[b"CONFIG", b"GET"]),
+        b"-ERR wrong number of arguments for 'config|get' command\r\n",
+    );
+    c.roundtrip(&cmd(&[b"INFO", b"nosuchsection"]), b"$0\r\n\r\n");
     c.roundtrip(
         &cmd(&[b"HELLO", b"3"]),
         b"-NOPROTO this server speaks RESP2 only\r\n",
@@ -109,11 +116,36 @@ fn every_command_answers_with_redis_reply_shapes() {
         let value = fields.get(field).map(|v| v.parse::<u64>());
         assert!(matches!(value, Some(Ok(_))), "{field}: {value:?}");
     }
-    // Inline commands, as typed into telnet.
+    // Sections asked for, in any case; the others left out.
     let mut c = Raw::connect(server.addr);
+    c.send(&cmd(&[b"INFO", b"keyspace", b"FLOTILLA", b"nosuch"]));
+    c.line();
+    let mut headers = Vec::new();
+    loop {
+        let line = c.line();
+        if line.starts_with('#') {
+            headers.push(line.trim_end().to_string());
+        }
+        if line.starts_with("db0:") {
+            break;
+        }
+    }
+    assert_eq!(headers, ["# Flotilla", "# Keyspace"]);
+    assert_eq!(c.line(), "\r\n", "the end of the bulk string");
+    // Inline commands, as typed into telnet, with Redis's quotes.
     c.roundtrip(b"SET inline yes\r\nGET inline\r\n", b"+OK\r\n$3\r\nyes\r\n");
-    c.roundtrip(&cmd(&[b"QUIT"]), b"+OK\r\n");
+    c.roundtrip(
+        b"SET inline \"a b\\x21\"\r\nGET inline\r\n",
+        b"+OK\r\n$4\r\na b!\r\n",
+    );
+    // Nothing sent after QUIT runs, as in Redis.
+    c.roundtrip(b"SET quit1 x\r\nQUIT\r\nSET quit2 y\r\n", b"+OK\r\n+OK\r\n");
     c.expect_closed();
+    let mut c = Raw::connect(server.addr);
+    c.roundtrip(
+        &[cmd(&[b"GET", b"quit1"]), cmd(&[b"GET", b"quit2"])].concat(),
+        b"$1\r\nx\r\n$-1\r\n",
+    );
 }
 
 /// `GETSET`, `SET ... GET`, `SETNX`, `GETDEL`, `APPEND`, `STRLEN`, `GETRANGE` and `SUBSTR`,

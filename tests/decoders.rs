@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 use flotilla::config::Config;
 use flotilla::peers::{decode_frame, decode_message, Frame};
-use flotilla::resp::{parse_request, Limits};
+use flotilla::resp::{Limits, ProtocolError, RequestParser};
 use proptest::prelude::*;
 
 /// Bytes that look like RESP often enough to get past the first byte.
@@ -31,25 +31,17 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
+    /// Requests or an error, within the limits; and, fed in pieces, what the same bytes give
+    /// fed whole (a request not yet whole is resumed where it stopped).
     #[test]
-    fn resp_requests_or_an_error(data in resp_like(), split in any::<usize>()) {
+    fn resp_requests_or_an_error(data in resp_like(), cuts in proptest::collection::vec(any::<usize>(), 0..4)) {
         let limits = Limits::new(64);
-        let split = split % (data.len() + 1);
-        let mut buf = BytesMut::from(&data[..split]);
-        let mut rest = &data[split..];
-        loop {
-            match parse_request(&mut buf, &limits) {
-                Ok(Some(args)) => {
-                    prop_assert!(args.len() <= limits.max_args);
-                    prop_assert!(args.iter().all(|a| a.len() <= limits.max_bulk_bytes));
-                }
-                Ok(None) if !rest.is_empty() => {
-                    buf.extend_from_slice(rest);
-                    rest = &[];
-                }
-                Ok(None) | Err(_) => break,
-            }
+        let whole = requests(&data, &[], &limits);
+        for r in whole.0.iter() {
+            prop_assert!(r.len() <= limits.max_args);
+            prop_assert!(r.iter().all(|a| a.len() <= limits.max_bulk_bytes));
         }
+        prop_assert_eq!(requests(&data, &cuts, &limits), whole);
     }
 
     #[test]
@@ -73,4 +65,30 @@ proptest! {
             prop_assert!(!e.to_string().contains('\n'), "multi-line error: {}", e);
         }
     }
+}
+
+/// The requests `data` holds, fed to one parser in pieces cut at `cuts` (taken modulo its
+/// length), and the error that stopped them, if one did.
+fn requests(
+    data: &[u8],
+    cuts: &[usize],
+    limits: &Limits,
+) -> (Vec<Vec<bytes::Bytes>>, Option<ProtocolError>) {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+    cuts.push(data.len());
+    cuts.sort_unstable();
+    let (mut parser, mut buf, mut fed, mut got) =
+        (RequestParser::default(), BytesMut::new(), 0, Vec::new());
+    for cut in cuts {
+        buf.extend_from_slice(&data[fed..cut]);
+        fed = cut;
+        loop {
+            match parser.parse(&mut buf, limits) {
+                Ok(Some(args)) => got.push(args),
+                Ok(None) => break,
+                Err(e) => return (got, Some(e)),
+            }
+        }
+    }
+    (got, None)
 }

@@ -4,7 +4,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use flotilla::resp::{parse_request, Limits};
+use flotilla::resp::{Limits, RequestParser};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,8 +12,9 @@ fuzz_target!(|data: &[u8]| {
     let split = data.first().map_or(0, |&b| b as usize).min(data.len());
     let mut buf = BytesMut::from(&data[..split]);
     let mut rest = &data[split..];
+    let mut parser = RequestParser::default();
     loop {
-        match parse_request(&mut buf, &limits) {
+        match parser.parse(&mut buf, &limits) {
             Ok(Some(args)) => {
                 assert!(args.len() <= limits.max_args);
                 assert!(args.iter().all(|a| a.len() <= limits.max_bulk_bytes));

@@ -13,8 +13,10 @@ use flotilla_actors::messages::{Read, Scan, Scanned};
 use flotilla_actors::store::{Store, SCAN_STEP_MAX};
 use std::collections::VecDeque;
 
-/// The cursors a node keeps for `SCAN`, at most this many (the oldest go).
-const CURSORS_KEPT: usize = 4096;
+/// The cursors a node keeps for `SCAN`, at most this many and this many bytes of keys (the
+/// oldest go): each step of every client's scan makes one.
+const CURSORS_KEPT: usize = 1 << 16;
+const CURSOR_BYTES: usize = 64 << 20;
 
 /// A node's `SCAN` cursors: each stands for the key the next step starts from (Redis's cursors
 /// are numbers, which clients parse). They are the node's, not a connection's, so that a
@@ -25,6 +27,7 @@ const CURSORS_KEPT: usize = 4096;
 pub struct Cursors {
     starts: std::collections::HashMap<u64, Vec<u8>>,
     order: VecDeque<u64>,
+    bytes: usize,
 }
 
 impl Cursors {
@@ -35,13 +38,15 @@ impl Cursors {
                 break c;
             }
         };
-        if self.order.len() == CURSORS_KEPT {
-            if let Some(oldest) = self.order.pop_front() {
-                self.starts.remove(&oldest);
-            }
-        }
+        self.bytes += start.len();
         self.order.push_back(cursor);
         self.starts.insert(cursor, start);
+        while self.order.len() > CURSORS_KEPT || self.bytes > CURSOR_BYTES {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.bytes -= self.starts.remove(&oldest).map_or(0, |k| k.len());
+        }
         cursor
     }
 
@@ -366,5 +371,25 @@ mod tests {
             parse(&["0", "BOGUS", "1"]).err().unwrap(),
             "ERR syntax error"
         );
+    }
+
+    #[test]
+    fn a_cursor_lasts_until_65536_newer_ones_or_64_mib_of_their_keys() {
+        let mut cursors = Cursors::default();
+        let first = cursors.add(b"a".to_vec());
+        let newer: Vec<u64> = (0..CURSORS_KEPT - 1)
+            .map(|_| cursors.add(b"b".to_vec()))
+            .collect();
+        assert_eq!(cursors.start(first), Some(b"a".to_vec()));
+        cursors.add(b"c".to_vec());
+        assert_eq!(cursors.start(first), None, "the oldest goes");
+        assert_eq!(cursors.start(newer[0]), Some(b"b".to_vec()));
+        // Big keys: 64 MiB of them at most.
+        let big = vec![b'k'; 1 << 20];
+        let bigs: Vec<u64> = (0..65).map(|_| cursors.add(big.clone())).collect();
+        assert_eq!(cursors.start(bigs[0]), None);
+        assert_eq!(cursors.start(bigs[1]).map(|k| k.len()), Some(1 << 20));
+        assert!(cursors.bytes <= CURSOR_BYTES);
+        assert_eq!(cursors.start(0), Some(Vec::new()));
     }
 }
