@@ -4,10 +4,11 @@
 //! connection, without waking another thread.
 //!
 //! At most [`MAX_IN_FLIGHT`] requests of one connection are under way at once; the reader stops
-//! reading while the writer catches up, so a client that never reads its replies costs bounded
-//! memory. A connection that sends bytes that cannot be framed gets one protocol error and is
-//! closed (once what it still sends is read, so that it can read the error: see [`linger`]);
-//! other connections never notice.
+//! reading while the writer catches up, so a client that never reads its replies holds at most
+//! that many replies (each as large as what it asked for: 1 GiB for 1,024 values of 1 MiB). A
+//! connection that sends bytes that cannot be framed gets one protocol error and is closed
+//! (once what it still sends is read, so that it can read the error: see [`linger`]); other
+//! connections never notice.
 
 use crate::commands::{PendingReply, Reply, Session, Shared};
 use crate::resp::{self, reply, Limits};
