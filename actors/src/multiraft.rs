@@ -1224,12 +1224,19 @@ impl MultiRaft {
                 return;
             }
         }
-        if let Err(e) = g.node.propose_conf_change(proposal.to_context(), cc) {
-            let error = match e {
-                raft::Error::ProposalDropped => ProposeError::NoLeader(range),
-                e => ProposeError::InvalidChange(range, e.to_string()),
-            };
-            self.events.push(Event::ProposalFailed { proposal, error });
+        match g.node.propose_conf_change(proposal.to_context(), cc) {
+            // In doubt as a write is: forwarded to a leader that then stopped, its proposer
+            // hears so when another is elected, not at its timeout (a minute for admin).
+            Ok(()) => {
+                g.in_doubt.insert(proposal, (g.node.raft.term, self.ticks));
+            }
+            Err(e) => {
+                let error = match e {
+                    raft::Error::ProposalDropped => ProposeError::NoLeader(range),
+                    e => ProposeError::InvalidChange(range, e.to_string()),
+                };
+                self.events.push(Event::ProposalFailed { proposal, error });
+            }
         }
     }
 

@@ -1626,6 +1626,16 @@ impl Store {
                         r.leader = Some(leader);
                         r.term = term;
                     }
+                    // A leadership move under way goes on with the new leader (the one asked
+                    // may have stopped before it moved anything).
+                    for c in &self.conditions {
+                        match c.until {
+                            Until::Leader(to) if c.range == range && to != leader => {
+                                self.multiraft.do_send(BeginLeaderTransfer { range, to })
+                            }
+                            _ => {}
+                        }
+                    }
                 }
                 Event::ReadReady {
                     range: _,

@@ -1662,3 +1662,52 @@ fn a_value_expired_by_a_clock_ahead_stays_expired_through_nodes_whose_clocks_are
         cluster.stop();
     });
 }
+
+/// A membership change or a leadership move asked through a node whose leader is then cut off
+/// is answered once another leader is elected, not at the admin timeout (a minute by
+/// default): the change as in doubt (it was forwarded to the old leader, and may yet commit),
+/// the move carried on by the new leader.
+#[test]
+fn admin_requests_to_a_leader_cut_off_are_answered_once_another_is_elected() {
+    let dir = tempfile::tempdir().unwrap();
+    System::new().block_on(async {
+        let settings = StoreSettings {
+            admin_timeout: Duration::from_secs(10),
+            ..StoreSettings::default()
+        };
+        let cluster = Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], settings);
+        cluster.await_leaders(1).await;
+        for range in 1..=RANGES {
+            cluster.transfer(RangeId(range), 2).await;
+        }
+        await_quiescence(&cluster, &[1, 2, 3]).await;
+        cluster.net.partition(&[NodeId(2)], &[NodeId(1), NodeId(3)]);
+        let store = &cluster.node(1).store;
+        let removed = store.send(RemoveReplica {
+            range: RangeId(1),
+            node: NodeId(3),
+        });
+        // Node 1 is elected for half of them (see the test above), so it must move them on.
+        let moves: Vec<_> = (2..=RANGES)
+            .map(|r| {
+                store.send(TransferLeader {
+                    range: RangeId(r),
+                    to: NodeId(3),
+                })
+            })
+            .collect();
+        let removed = removed.await.unwrap();
+        assert!(
+            matches!(
+                removed,
+                Err(StoreError::Refused(ProposeError::LeaderChanged(_)))
+            ),
+            "{removed:?}"
+        );
+        for (range, moved) in (2..=RANGES).zip(moves) {
+            assert_eq!(moved.await.unwrap(), Ok(()), "range {range}");
+        }
+        cluster.net.heal();
+        cluster.stop();
+    });
+}
