@@ -151,6 +151,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Election timeouts after a new leader is elected at which a membership change proposed
+/// under an earlier term and not yet committed is answered as in doubt (see
+/// `Group::changes_in_doubt`).
+const CHANGE_DOUBT_ELECTIONS: u64 = 2;
+
 /// A peer's clock this far ahead of this node's, or further, is logged once heard.
 const CLOCK_NOTED_MS: u64 = 1_000;
 
@@ -380,6 +385,12 @@ struct Group {
     /// Writes proposed here (or forwarded from here) and not yet seen committed, with the term
     /// they were proposed in and the tick: answered as in doubt when a new leader is elected.
     in_doubt: BTreeMap<ProposalId, (u64, u64)>,
+    /// Membership changes proposed here (or forwarded from here) and not yet seen committed,
+    /// with the term they were proposed in and, once a leader of a later term is elected, the
+    /// tick at which they are answered as in doubt if still not committed: not at once, as
+    /// writes are, since a leader that removes itself hands leadership over first and then
+    /// sends the change on to the new leader.
+    changes_in_doubt: BTreeMap<ProposalId, (u64, Option<u64>)>,
     /// On the leader: the followers waiting for a commit index, with the first and the last
     /// index they wait for. A follower's node answers the clients of the writes it forwarded
     /// when it applies them, and serves a read once it has applied up to the read index: it is
@@ -528,9 +539,11 @@ impl Group {
     }
 
     /// Whether nothing is under way in this replica that needs its clock: no reads, no
-    /// membership work, no snapshot out, no leadership transfer.
+    /// membership work (a change of its own in doubt included), no snapshot out, no leadership
+    /// transfer.
     fn is_idle(&self) -> bool {
         self.new_reads.is_empty()
+            && self.changes_in_doubt.values().all(|(_, at)| at.is_none())
             && self.reads_in_flight.is_empty()
             && self.awaiting_callback.is_none()
             && self.held.is_empty()
@@ -1038,6 +1051,7 @@ impl MultiRaft {
                 transfer_started: 0,
                 queued_changes: Vec::new(),
                 in_doubt: BTreeMap::new(),
+                changes_in_doubt: BTreeMap::new(),
                 proposers: BTreeMap::new(),
                 lease: None,
                 transferred_in: 0,
@@ -1225,10 +1239,11 @@ impl MultiRaft {
             }
         }
         match g.node.propose_conf_change(proposal.to_context(), cc) {
-            // In doubt as a write is: forwarded to a leader that then stopped, its proposer
-            // hears so when another is elected, not at its timeout (a minute for admin).
+            // In doubt as a write is, if forwarded to a leader that then stopped: its proposer
+            // hears so soon after another is elected, not at its timeout (a minute for admin).
             Ok(()) => {
-                g.in_doubt.insert(proposal, (g.node.raft.term, self.ticks));
+                g.changes_in_doubt
+                    .insert(proposal, (g.node.raft.term, None));
             }
             Err(e) => {
                 let error = match e {
@@ -1565,6 +1580,13 @@ impl MultiRaft {
                             }
                             t >= term
                         });
+                        let answer_at = self.ticks
+                            + CHANGE_DOUBT_ELECTIONS * self.settings.election_ticks as u64;
+                        for (t, at) in g.changes_in_doubt.values_mut() {
+                            if *t < term && at.is_none() {
+                                *at = Some(answer_at);
+                            }
+                        }
                     }
                 }
             }
@@ -2359,6 +2381,17 @@ impl MultiRaft {
                     }
                 }
             }
+            let ticks_now = self.ticks;
+            g.changes_in_doubt.retain(|&proposal, &mut (_, at)| {
+                let lost = at.is_some_and(|at| ticks_now >= at);
+                if lost {
+                    self.events.push(Event::ProposalFailed {
+                        proposal,
+                        error: ProposeError::LeaderChanged(*range),
+                    });
+                }
+                !lost
+            });
             for p in g.reads_in_flight.iter_mut() {
                 if self.ticks - p.issued_tick >= READ_RETRY_TICKS {
                     g.new_reads.append(&mut p.reads);
@@ -2599,6 +2632,7 @@ fn hand_over(
         let proposal = ProposalId::from_context(&e.context);
         if let Some(p) = &proposal {
             g.in_doubt.remove(p);
+            g.changes_in_doubt.remove(p);
         }
         if e.get_entry_type() == EntryType::EntryNormal {
             let command = if e.data.is_empty() {
