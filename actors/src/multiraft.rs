@@ -386,11 +386,11 @@ struct Group {
     /// they were proposed in and the tick: answered as in doubt when a new leader is elected.
     in_doubt: BTreeMap<ProposalId, (u64, u64)>,
     /// Membership changes proposed here (or forwarded from here) and not yet seen committed,
-    /// with the term they were proposed in and, once a leader of a later term is elected, the
-    /// tick at which they are answered as in doubt if still not committed: not at once, as
-    /// writes are, since a leader that removes itself hands leadership over first and then
-    /// sends the change on to the new leader.
-    changes_in_doubt: BTreeMap<ProposalId, (u64, Option<u64>)>,
+    /// with the term and the tick they were proposed in and, once a leader of a later term is
+    /// elected, the tick at which they are answered as in doubt if still not committed: not at
+    /// once, as writes are, since a leader that removes itself hands leadership over first and
+    /// then sends the change on to the new leader.
+    changes_in_doubt: BTreeMap<ProposalId, (u64, u64, Option<u64>)>,
     /// On the leader: the followers waiting for a commit index, with the first and the last
     /// index they wait for. A follower's node answers the clients of the writes it forwarded
     /// when it applies them, and serves a read once it has applied up to the read index: it is
@@ -543,7 +543,10 @@ impl Group {
     /// transfer.
     fn is_idle(&self) -> bool {
         self.new_reads.is_empty()
-            && self.changes_in_doubt.values().all(|(_, at)| at.is_none())
+            && self
+                .changes_in_doubt
+                .values()
+                .all(|(_, _, at)| at.is_none())
             && self.reads_in_flight.is_empty()
             && self.awaiting_callback.is_none()
             && self.held.is_empty()
@@ -1243,7 +1246,7 @@ impl MultiRaft {
             // hears so soon after another is elected, not at its timeout (a minute for admin).
             Ok(()) => {
                 g.changes_in_doubt
-                    .insert(proposal, (g.node.raft.term, None));
+                    .insert(proposal, (g.node.raft.term, self.ticks, None));
             }
             Err(e) => {
                 let error = match e {
@@ -1582,7 +1585,7 @@ impl MultiRaft {
                         });
                         let answer_at = self.ticks
                             + CHANGE_DOUBT_ELECTIONS * self.settings.election_ticks as u64;
-                        for (t, at) in g.changes_in_doubt.values_mut() {
+                        for (t, _, at) in g.changes_in_doubt.values_mut() {
                             if *t < term && at.is_none() {
                                 *at = Some(answer_at);
                             }
@@ -2381,16 +2384,16 @@ impl MultiRaft {
                     }
                 }
             }
-            let ticks_now = self.ticks;
-            g.changes_in_doubt.retain(|&proposal, &mut (_, at)| {
-                let lost = at.is_some_and(|at| ticks_now >= at);
+            g.changes_in_doubt.retain(|&proposal, &mut (_, since, at)| {
+                let lost = at.is_some_and(|at| ticks >= at);
                 if lost {
                     self.events.push(Event::ProposalFailed {
                         proposal,
                         error: ProposeError::LeaderChanged(*range),
                     });
                 }
-                !lost
+                // One that a leader refused (and dropped) has long timed out at the Store.
+                !lost && ticks - since < READ_GIVE_UP_TICKS
             });
             for p in g.reads_in_flight.iter_mut() {
                 if self.ticks - p.issued_tick >= READ_RETRY_TICKS {
