@@ -249,6 +249,17 @@ pub mod keys {
     /// The node's last boot (8 bytes).
     pub const BOOT: &[u8] = b"n-boot";
 
+    /// The prefix of the records of destroyed replicas' user keys still to delete.
+    pub const PURGES: &[u8] = b"n-purge-";
+
+    /// `n-purge-` · range: the span of a destroyed replica whose user keys are still to be
+    /// deleted (see [`super::Engine::purge`]).
+    pub fn purge(range: RangeId) -> Vec<u8> {
+        let mut k = PURGES.to_vec();
+        k.extend_from_slice(&range.0.to_be_bytes());
+        k
+    }
+
     /// The prefix of the records of applied states.
     pub const RECORDS: &[u8] = b"a";
 
@@ -279,6 +290,10 @@ pub mod keys {
         (lo, hi)
     }
 }
+
+/// User keys a purge deletes in one sled batch (see [`Engine::purge`]): about 50 ms of sled's
+/// work here.
+pub const PURGE_CHUNK: usize = 10_000;
 
 /// A node's sled database and how to make writes to it durable.
 pub struct Engine {
@@ -506,6 +521,10 @@ impl Engine {
             synced_data: Arc::default(),
         };
         engine.cut_torn_round()?;
+        // Replicas destroyed before a stop, whose user keys were not all deleted yet.
+        for range in engine.purges()? {
+            engine.purge(range, &|| true)?;
+        }
         // Durable, with the files sled just created.
         engine.boot = engine.raise_boot(0)?;
         if let Ok(d) = File::open(dir) {
@@ -925,9 +944,10 @@ impl Engine {
         Ok(out)
     }
 
-    /// Stages the removal of everything this node holds of a range (its raft state, its
-    /// descriptor and the user data of its span) and leaves a tombstone naming `replica`, so
-    /// messages to that replica are refused from now on.
+    /// Stages the deletion of a replica's state (its index of deadlines with it) and a
+    /// tombstone, with a record of its span, whose user keys [`Engine::purge`] deletes after:
+    /// a range of a million keys takes seconds to delete, which is not done in one step on the
+    /// thread that serves the clients. A restart finishes a purge a stop interrupted.
     pub fn stage_destroy(
         &self,
         range: RangeId,
@@ -944,17 +964,60 @@ impl Engine {
             batch.remove(k);
         }
         if let Some((start, end)) = span {
-            let (lo, hi) = keys::user_span(start, end);
-            for item in self.tree.range(lo..hi) {
-                let (k, _) = item?;
-                batch.remove(k);
-            }
+            batch.insert(keys::purge(range), codec::encode(&(start, end)));
         }
         batch.insert(
             keys::range_key(range, keys::TOMBSTONE),
             &replica.0.to_be_bytes(),
         );
         Ok(())
+    }
+
+    /// The destroyed replicas whose user keys are still to be deleted.
+    pub fn purges(&self) -> Result<Vec<RangeId>, StorageError> {
+        let mut out = Vec::new();
+        for k in self.tree.scan_prefix(keys::PURGES).keys() {
+            let k = k?;
+            let id: [u8; 8] = k[keys::PURGES.len()..]
+                .try_into()
+                .map_err(|_| corrupt("purge record", format!("{k:?}")))?;
+            out.push(RangeId(u64::from_be_bytes(id)));
+        }
+        Ok(out)
+    }
+
+    /// Deletes the user keys of a destroyed replica's span (see [`Engine::stage_destroy`]),
+    /// [`PURGE_CHUNK`] at a time, then its record; stops between two chunks, the record kept,
+    /// once `go_on` says so. Whether it finished.
+    pub fn purge(&self, range: RangeId, go_on: &dyn Fn() -> bool) -> Result<bool, StorageError> {
+        let Some(record) = self.tree.get(keys::purge(range))? else {
+            return Ok(true);
+        };
+        let (start, end): (Vec<u8>, Vec<u8>) =
+            codec::decode(&record).map_err(|e| corrupt(format!("purge record of {range}"), e))?;
+        let (lo, hi) = keys::user_span(&start, &end);
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for k in self
+                .tree
+                .range(lo.as_slice()..hi.as_slice())
+                .keys()
+                .take(PURGE_CHUNK)
+            {
+                batch.remove(k?);
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            self.tree.apply_batch(batch)?;
+            if !go_on() {
+                return Ok(false);
+            }
+        }
+        self.tree.remove(keys::purge(range))?;
+        Ok(true)
     }
 
     /// The applied index and term of a range and the last command applied from each proposer
@@ -2479,6 +2542,37 @@ mod tests {
         check(&open());
     }
 
+    /// A purge a stop interrupted is finished when the node opens its data again.
+    #[test]
+    fn a_purge_left_unfinished_is_finished_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = descriptor();
+        {
+            let (engine, _) = bootstrapped(dir.path());
+            let mut batch = WriteBatch::default();
+            for i in 0..PURGE_CHUNK + 5 {
+                batch
+                    .data()
+                    .insert(keys::user_key(format!("c{i}").as_bytes()), b"v".as_slice());
+            }
+            engine.commit(batch).unwrap();
+            let (mut batch, mut states) = (sled::Batch::default(), AppliedStates::default());
+            let span = Some((d.start_key.as_slice(), d.end_key.as_slice()));
+            let replica = ReplicaId::new(NodeId(1), 0);
+            engine
+                .stage_destroy(d.id, replica, span, &mut batch, &mut states)
+                .unwrap();
+            engine.write(batch, states).unwrap();
+            // Stopped after its first chunk.
+            assert!(!engine.purge(d.id, &|| false).unwrap());
+            assert_eq!(engine.count_user_keys().0, 5);
+            engine.sync().unwrap();
+        }
+        let engine = Engine::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(engine.purges().unwrap(), vec![]);
+        assert_eq!(engine.count_user_keys().0, 0);
+    }
+
     #[test]
     fn destroying_a_range_leaves_only_its_tombstone() {
         let dir = tempfile::tempdir().unwrap();
@@ -2523,6 +2617,11 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![keys::range_key(d.id, keys::TOMBSTONE)]
         );
+        // Its user keys go in a purge of their own.
+        assert_eq!(engine.get_user(b"b").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(engine.purges().unwrap(), vec![d.id]);
+        assert!(engine.purge(d.id, &|| true).unwrap());
+        assert_eq!(engine.purges().unwrap(), vec![]);
         assert_eq!(engine.get_user(b"b").unwrap(), None);
         assert_eq!(engine.get_user(b"l").unwrap(), None);
         // The neighbour keeps its data and state.
