@@ -41,7 +41,8 @@ pub struct Node {
     pub engine: Arc<Engine>,
     pub metrics: Arc<RaftMetrics>,
     arbiters: Vec<Arbiter>,
-    /// The Store's writer and snapshot builder threads (see `Store::run_on_own_threads`).
+    /// The Store's writer, snapshot builder and purger threads (see
+    /// `Store::run_on_own_threads`), and MultiRaft's purger of raft log files.
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -186,7 +187,8 @@ impl Node {
             let _ = a.join();
         }
         // The Store is gone with its arbiter: its writer ends once it has written what it
-        // held, its builder once the build under way is done (the queued ones are dropped).
+        // held, its builder once the build under way is done (the queued ones are dropped),
+        // its purger after the chunk under way (the next start finishes the purges).
         for thread in self.threads {
             let _ = thread.join();
         }

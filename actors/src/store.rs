@@ -280,6 +280,28 @@ fn write_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<WriteJob>, st
     }
 }
 
+/// The purger thread: deletes the keys of the destroyed replicas it is handed, one after
+/// another, and tells the Store of each; once the Store is gone (its node stopping), it stops
+/// between two chunks and drops the rest: their records stay, and the next start finishes them.
+fn purge_in_order(
+    engine: &Engine,
+    ranges: std::sync::mpsc::Receiver<RangeId>,
+    store: &Addr<Store>,
+    alive: &std::sync::Weak<()>,
+) {
+    for range in ranges {
+        let go_on = || alive.strong_count() > 0;
+        if !go_on() {
+            return;
+        }
+        let result = engine.purge(range, &go_on);
+        store.do_send(Purged {
+            range,
+            result: result.map_err(|e| e.to_string()),
+        });
+    }
+}
+
 /// The builder thread: builds the snapshots it is handed, in turn, and gives each to the Store,
 /// while the Store lives (`alive`); returns how many it built. A node stopping waits for the
 /// build under way, not for those queued (after a node was away, one per range it lagged in).
@@ -428,8 +450,12 @@ pub struct Store {
     /// The builder thread (see [`Generation`]); without one, tasks of the Store's own thread
     /// build the snapshots (see `generate_snapshot`).
     builder: Option<std::sync::mpsc::Sender<BuildJob>>,
+    /// The purger thread (see [`Store::purge`]); without one, a destroyed replica's keys are
+    /// deleted at once.
+    purger: Option<std::sync::mpsc::Sender<RangeId>>,
     /// Held while this Store exists: once it is gone (its node stopping), the builder drops
-    /// the builds still queued instead of making snapshots nobody will send.
+    /// the builds still queued instead of making snapshots nobody will send, and the purger
+    /// the purges (a restart finishes them).
     alive: Arc<()>,
     /// Snapshots being built on the builder thread, by range.
     generating: BTreeMap<RangeId, Generation>,
@@ -657,6 +683,7 @@ impl Store {
             handed_writes: 0,
             writer: Writer::None,
             builder: None,
+            purger: None,
             alive: Arc::new(()),
             generating: BTreeMap::new(),
             generations: 0,
@@ -1100,35 +1127,19 @@ impl Store {
     }
 
     /// Deletes the user keys of a destroyed replica (see [`Engine::purge`]), then tells
-    /// MultiRaft, which may then delete its log and create a replica of the range anew. At
-    /// once without threads of its own (a simulation); or else on a thread of its own, as a
-    /// range of a million keys takes seconds, which held up every client of the node (a `PING`
-    /// waited 7.8 s).
+    /// MultiRaft, which may then delete its log and create a replica of the range anew. On the
+    /// purger thread, one range after another (a range of a million keys takes seconds, which
+    /// held up every client of the node: a `PING` waited 7.8 s); at once without it (a
+    /// simulation).
     fn purge(&mut self, range: RangeId) -> Result<(), StorageError> {
-        let (Writer::Thread(_), Some(store)) = (&self.writer, self.myself.clone()) else {
-            self.engine.purge(range, &|| true)?;
-            self.purged(range);
-            return Ok(());
-        };
-        let (engine, alive) = (self.engine.clone(), Arc::downgrade(&self.alive));
-        let spawned = std::thread::Builder::new()
-            .name(format!("purge-{}", self.node.0))
-            .spawn(move || {
-                // A node stopping leaves the rest to its next start.
-                let result = engine.purge(range, &|| alive.strong_count() > 0);
-                store.do_send(Purged {
-                    range,
-                    result: result.map_err(|e| e.to_string()),
-                });
-            });
-        if let Err(e) = spawned {
-            log::warn!(
-                "{}: no thread to purge {range} ({e}): purging here",
-                self.node
-            );
-            self.engine.purge(range, &|| true)?;
-            self.purged(range);
+        if let Some(purger) = &self.purger {
+            if purger.send(range).is_ok() {
+                return Ok(());
+            }
+            log::warn!("{}: the purger stopped: purging {range} here", self.node);
         }
+        self.engine.purge(range, &|| true)?;
+        self.purged(range);
         Ok(())
     }
 
@@ -1375,14 +1386,25 @@ impl Store {
         }
     }
 
-    /// Gives the Store a thread of its own to write its applied batches (see [`Writer`]), and
-    /// one to build snapshots (see [`Generation`]); both end when the Store does: the writer
-    /// once it has written what it was handed, the builder once the build under way is done
-    /// (it drops the builds still queued).
+    /// Gives the Store a thread of its own to write its applied batches (see [`Writer`]), one
+    /// to build snapshots (see [`Generation`]) and one to delete destroyed replicas' keys (see
+    /// [`Store::purge`]); all end when the Store does: the writer once it has written what it
+    /// was handed, the builder once the build under way is done (it drops the builds still
+    /// queued), the purger after the chunk under way (it leaves the rest to the next start).
     pub fn run_on_own_threads(
         &mut self,
         store: Addr<Store>,
     ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+        let (purges, purge_jobs) = std::sync::mpsc::channel::<RangeId>();
+        let (engine, to, alive) = (
+            self.engine.clone(),
+            store.clone(),
+            Arc::downgrade(&self.alive),
+        );
+        let purger = std::thread::Builder::new()
+            .name(format!("purge-{}", self.node.0))
+            .spawn(move || purge_in_order(&engine, purge_jobs, &to, &alive))?;
+        self.purger = Some(purges);
         let (jobs, receive) = std::sync::mpsc::sync_channel::<WriteJob>(WRITES_IN_FLIGHT);
         let (engine, to) = (self.engine.clone(), store.clone());
         let writer = std::thread::Builder::new()
@@ -1398,7 +1420,7 @@ impl Store {
                 build_in_order(&engine, receive, &store, &alive, delay);
             })?;
         self.builder = Some(builds);
-        Ok(vec![writer, builder])
+        Ok(vec![writer, builder, purger])
     }
 
     /// How far each of `ranges` that is still here has applied.

@@ -179,10 +179,15 @@ impl Clock {
 
     /// Hears a peer's time (`now_ms` of the peer's clock when it sent it; 0: unknown): if the
     /// peer is ahead, this clock runs as far ahead of its source from now on, as the peer's
-    /// time goes on at the same pace (the time the message took makes it run a little behind
-    /// the peer's).
+    /// time goes on at the same pace (the time the message took, and a millisecond, make it
+    /// run a little behind the peer's). Never back: a peer whose clock was wrong for a moment
+    /// leaves every node that heard it that far ahead until they all restart (at most
+    /// [`MAX_AHEAD_MS`]).
     pub fn observe(&self, peer_ms: u64) -> Heard {
-        let gap = peer_ms.saturating_sub(self.source_ms());
+        // Less a millisecond: both times are cut to whole milliseconds, so the gap read may
+        // be a millisecond more than it is; the clocks of two nodes telling each other their
+        // time would otherwise creep ahead by a millisecond a round trip, up to the cap.
+        let gap = peer_ms.saturating_sub(self.source_ms()).saturating_sub(1);
         let ahead = gap.min(MAX_AHEAD_MS);
         let before = self.state.ahead.fetch_max(ahead, Ordering::Relaxed);
         Heard {
@@ -224,22 +229,47 @@ mod tests {
         let clock = Clock::system();
         let own = clock.now_ms();
         let heard = clock.observe(own + 5_000);
-        assert!((4_990..=5_000).contains(&heard.moved), "{heard:?}");
+        assert!((4_980..5_000).contains(&heard.moved), "{heard:?}");
         assert!(!heard.capped);
         let now = clock.now_ms();
-        assert!(now >= own + 5_000 && now < own + 6_000, "{now} vs {own}");
+        assert!(now >= own + 4_980 && now < own + 6_000, "{now} vs {own}");
         // A peer behind, or one ahead by less, moves nothing; nor does an unknown time.
         for behind in [own, own + 2_000, 0] {
             assert_eq!(clock.observe(behind).moved, 0);
         }
         assert!(clock.now_ms() >= now);
         // A clone shares what the clock heard.
-        assert!(clock.clone().now_ms() >= own + 5_000);
+        assert!(clock.clone().now_ms() >= own + 4_980);
+
         // A peer a day ahead is followed only `MAX_AHEAD_MS`.
         let heard = clock.observe(own + 86_400_000);
         assert!(heard.capped);
         assert_eq!(heard.ahead, MAX_AHEAD_MS);
         let now = clock.now_ms();
         assert!(now >= own + MAX_AHEAD_MS && now < own + MAX_AHEAD_MS + 1_000);
+    }
+
+    /// Two clocks half a millisecond apart, telling each other their time a thousand times:
+    /// neither pushes the other ahead (each read is cut to whole milliseconds; without the
+    /// millisecond taken off a gap, each round trip could gain one).
+    #[test]
+    fn clocks_telling_each_other_their_time_do_not_creep_ahead() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let a = Clock::starting_at(1_000_000);
+            tokio::time::advance(std::time::Duration::from_micros(500)).await;
+            let b = Clock::starting_at(1_000_000);
+            for _ in 0..1_000 {
+                tokio::time::advance(std::time::Duration::from_micros(700)).await;
+                b.observe(a.now_ms());
+                tokio::time::advance(std::time::Duration::from_micros(300)).await;
+                a.observe(b.now_ms());
+            }
+            assert_eq!((a.observe(0).ahead, b.observe(0).ahead), (0, 0));
+        });
     }
 }
