@@ -41,7 +41,9 @@ impl Cursors {
         self.bytes += start.len();
         self.order.push_back(cursor);
         self.starts.insert(cursor, start);
-        while self.order.len() > CURSORS_KEPT || self.bytes > CURSOR_BYTES {
+        // The newest stays, however large its key.
+        while self.order.len() > 1 && (self.order.len() > CURSORS_KEPT || self.bytes > CURSOR_BYTES)
+        {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
