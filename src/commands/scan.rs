@@ -393,5 +393,8 @@ mod tests {
         assert_eq!(cursors.start(bigs[1]).map(|k| k.len()), Some(1 << 20));
         assert!(cursors.bytes <= CURSOR_BYTES);
         assert_eq!(cursors.start(0), Some(Vec::new()));
+        // The newest stays, however large.
+        let huge = cursors.add(vec![b'h'; CURSOR_BYTES + 1]);
+        assert_eq!(cursors.start(huge).map(|k| k.len()), Some(CURSOR_BYTES + 1));
     }
 }
