@@ -153,11 +153,25 @@ use tokio::time::Instant;
 
 /// Election timeouts after a new leader is elected at which a membership change proposed
 /// under an earlier term and not yet committed is answered as in doubt (see
-/// `Group::changes_in_doubt`).
+/// `Doubt`).
 const CHANGE_DOUBT_ELECTIONS: u64 = 2;
 
 /// A peer's clock this far ahead of this node's, or further, is logged once heard.
 const CLOCK_NOTED_MS: u64 = 1_000;
+
+/// A proposal in doubt (see `Group::in_doubt`).
+#[derive(Clone, Copy, Debug)]
+struct Doubt {
+    /// The term and the tick it was proposed in.
+    term: u64,
+    tick: u64,
+    /// A membership change: answered `CHANGE_DOUBT_ELECTIONS` after a new leader is elected
+    /// if still not committed, not at once as a write is, since a leader that removes itself
+    /// hands leadership over first and then sends the change on to the new leader.
+    change: bool,
+    /// The tick a change is answered at, once a leader of a later term is elected.
+    answer_at: Option<u64>,
+}
 
 /// How MultiRaft runs its groups.
 #[derive(Clone, Debug)]
@@ -382,15 +396,9 @@ struct Group {
     /// On the leader: the tick each follower was last sent an append, or its answer to one
     /// came (see `Group::probe_answered`).
     appends_sent: Vec<(u64, u64)>,
-    /// Writes proposed here (or forwarded from here) and not yet seen committed, with the term
-    /// they were proposed in and the tick: answered as in doubt when a new leader is elected.
-    in_doubt: BTreeMap<ProposalId, (u64, u64)>,
-    /// Membership changes proposed here (or forwarded from here) and not yet seen committed,
-    /// with the term and the tick they were proposed in and, once a leader of a later term is
-    /// elected, the tick at which they are answered as in doubt if still not committed: not at
-    /// once, as writes are, since a leader that removes itself hands leadership over first and
-    /// then sends the change on to the new leader.
-    changes_in_doubt: BTreeMap<ProposalId, (u64, u64, Option<u64>)>,
+    /// Proposals made here (or forwarded from here) and not yet seen committed: answered as in
+    /// doubt when a leader of a later term is elected (see [`Doubt`]).
+    in_doubt: BTreeMap<ProposalId, Doubt>,
     /// On the leader: the followers waiting for a commit index, with the first and the last
     /// index they wait for. A follower's node answers the clients of the writes it forwarded
     /// when it applies them, and serves a read once it has applied up to the read index: it is
@@ -543,10 +551,7 @@ impl Group {
     /// transfer.
     fn is_idle(&self) -> bool {
         self.new_reads.is_empty()
-            && self
-                .changes_in_doubt
-                .values()
-                .all(|(_, _, at)| at.is_none())
+            && self.in_doubt.values().all(|d| d.answer_at.is_none())
             && self.reads_in_flight.is_empty()
             && self.awaiting_callback.is_none()
             && self.held.is_empty()
@@ -1054,7 +1059,6 @@ impl MultiRaft {
                 transfer_started: 0,
                 queued_changes: Vec::new(),
                 in_doubt: BTreeMap::new(),
-                changes_in_doubt: BTreeMap::new(),
                 proposers: BTreeMap::new(),
                 lease: None,
                 transferred_in: 0,
@@ -1245,8 +1249,13 @@ impl MultiRaft {
             // In doubt as a write is, if forwarded to a leader that then stopped: its proposer
             // hears so soon after another is elected, not at its timeout (a minute for admin).
             Ok(()) => {
-                g.changes_in_doubt
-                    .insert(proposal, (g.node.raft.term, self.ticks, None));
+                let doubt = Doubt {
+                    term: g.node.raft.term,
+                    tick: self.ticks,
+                    change: true,
+                    answer_at: None,
+                };
+                g.in_doubt.insert(proposal, doubt);
             }
             Err(e) => {
                 let error = match e {
@@ -1306,7 +1315,12 @@ impl MultiRaft {
             m.set_entries(entries.into());
             match g.node.raft.step(m) {
                 Ok(()) => {
-                    let doubt = (g.node.raft.term, self.ticks);
+                    let doubt = Doubt {
+                        term: g.node.raft.term,
+                        tick: self.ticks,
+                        change: false,
+                        answer_at: None,
+                    };
                     g.in_doubt.extend(proposals.iter().map(|&p| (p, doubt)));
                 }
                 Err(_) => dropped.extend(proposals),
@@ -1573,23 +1587,23 @@ impl MultiRaft {
                         });
                         // A write proposed under an earlier term may have been lost with that
                         // leader (forwarded to a leader that died) or may still commit: its
-                        // client is told so now, not at its timeout.
-                        g.in_doubt.retain(|&proposal, &mut (t, _)| {
-                            if t < term {
-                                events.push(Event::ProposalFailed {
-                                    proposal,
-                                    error: ProposeError::LeaderChanged(range),
-                                });
-                            }
-                            t >= term
-                        });
+                        // client is told so now, not at its timeout; a change a little later.
                         let answer_at = self.ticks
                             + CHANGE_DOUBT_ELECTIONS * self.settings.election_ticks as u64;
-                        for (t, _, at) in g.changes_in_doubt.values_mut() {
-                            if *t < term && at.is_none() {
-                                *at = Some(answer_at);
+                        g.in_doubt.retain(|&proposal, d| {
+                            if d.term >= term {
+                                return true;
                             }
-                        }
+                            if d.change {
+                                d.answer_at.get_or_insert(answer_at);
+                                return true;
+                            }
+                            events.push(Event::ProposalFailed {
+                                proposal,
+                                error: ProposeError::LeaderChanged(range),
+                            });
+                            false
+                        });
                     }
                 }
             }
@@ -2384,17 +2398,6 @@ impl MultiRaft {
                     }
                 }
             }
-            g.changes_in_doubt.retain(|&proposal, &mut (_, since, at)| {
-                let lost = at.is_some_and(|at| ticks >= at);
-                if lost {
-                    self.events.push(Event::ProposalFailed {
-                        proposal,
-                        error: ProposeError::LeaderChanged(*range),
-                    });
-                }
-                // One that a leader refused (and dropped) has long timed out at the Store.
-                !lost && ticks - since < READ_GIVE_UP_TICKS
-            });
             for p in g.reads_in_flight.iter_mut() {
                 if self.ticks - p.issued_tick >= READ_RETRY_TICKS {
                     g.new_reads.append(&mut p.reads);
@@ -2403,9 +2406,18 @@ impl MultiRaft {
             }
             g.reads_in_flight
                 .retain(|p| !p.reads.is_empty() || p.renews.is_some());
-            // A write lost without a leader change has long timed out at the Store.
-            g.in_doubt
-                .retain(|_, &mut (_, tick)| ticks - tick < READ_GIVE_UP_TICKS);
+            g.in_doubt.retain(|&proposal, d| {
+                let lost = d.answer_at.is_some_and(|at| ticks >= at);
+                if lost {
+                    self.events.push(Event::ProposalFailed {
+                        proposal,
+                        error: ProposeError::LeaderChanged(*range),
+                    });
+                }
+                // One lost without a leader change (or a change a leader refused and dropped)
+                // has long timed out at the Store.
+                !lost && ticks - d.tick < READ_GIVE_UP_TICKS
+            });
             let mut expired = Vec::new();
             g.new_reads.retain(|&(read, first)| {
                 let keep = self.ticks - first < READ_GIVE_UP_TICKS;
@@ -2635,7 +2647,6 @@ fn hand_over(
         let proposal = ProposalId::from_context(&e.context);
         if let Some(p) = &proposal {
             g.in_doubt.remove(p);
-            g.changes_in_doubt.remove(p);
         }
         if e.get_entry_type() == EntryType::EntryNormal {
             let command = if e.data.is_empty() {

@@ -193,6 +193,13 @@ impl Cluster {
         panic!("leadership of {range} never moved to n{to}");
     }
 
+    /// Moves the leadership of every range to `to`.
+    async fn transfer_all(&self, to: u64) {
+        for range in 1..=RANGES {
+            self.transfer(RangeId(range), to).await;
+        }
+    }
+
     /// Stops node `id` and waits until it has released its data directory.
     async fn stop_node(&mut self, id: u64) {
         let node = self.nodes.remove(&id).expect("a running node");
@@ -836,9 +843,7 @@ fn the_ranges_of_a_dead_leader_node_elect_their_chosen_voter_in_one_election() {
         let mut cluster =
             Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], StoreSettings::default());
         cluster.await_leaders(1).await;
-        for range in 1..=RANGES {
-            cluster.transfer(RangeId(range), 1).await;
-        }
+        cluster.transfer_all(1).await;
         await_quiescence(&cluster, &[1, 2, 3]).await;
         let before: BTreeMap<RangeId, u64> = cluster
             .status(2)
@@ -1297,9 +1302,7 @@ fn a_replica_lags(writes: usize, together: bool, tune: impl Fn(&mut RaftSettings
             .max()
             .unwrap();
         // Node 2 leads every range when node 3 comes back, as in a rolling restart.
-        for range in 1..=RANGES {
-            cluster.transfer(RangeId(range), 2).await;
-        }
+        cluster.transfer_all(2).await;
 
         let read_before = cluster.node(2).engine.entries_read();
         let metrics = cluster.node(2).metrics.clone();
@@ -1391,9 +1394,7 @@ fn over_their_budget_entry_caches_keep_nothing_for_a_stopped_node() {
 async fn led_by_node_1(dir: &std::path::Path, settings: StoreSettings) -> Cluster {
     let cluster = Cluster::start_with(dir, &[1, 2, 3], &[1, 2, 3], settings);
     cluster.await_leaders(1).await;
-    for range in 1..=RANGES {
-        cluster.transfer(RangeId(range), 1).await;
-    }
+    cluster.transfer_all(1).await;
     cluster
 }
 
@@ -1677,9 +1678,7 @@ fn admin_requests_to_a_leader_cut_off_are_answered_once_another_is_elected() {
         };
         let cluster = Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], settings);
         cluster.await_leaders(1).await;
-        for range in 1..=RANGES {
-            cluster.transfer(RangeId(range), 2).await;
-        }
+        cluster.transfer_all(2).await;
         await_quiescence(&cluster, &[1, 2, 3]).await;
         cluster.net.partition(&[NodeId(2)], &[NodeId(1), NodeId(3)]);
         let store = &cluster.node(1).store;
