@@ -11,7 +11,7 @@ use flotilla_actors::command::{
 use flotilla_actors::messages::{GetStoreStatus, Read, StoreError, Write};
 use flotilla_actors::multiraft::{MultiRaft, RaftMetrics};
 use flotilla_actors::storage::Engine;
-use flotilla_actors::store::{Store, WriteApplied};
+use flotilla_actors::store::{HandOverApplied, HandedOver, Store};
 use flotilla_actors::value::{Clock, Value};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -59,16 +59,24 @@ async fn count_keys(shared: Arc<Shared>) -> Result<(usize, usize), String> {
         .acquire()
         .await
         .map_err(|e| format!("ERR counting keys failed: {e}"))?;
-    // Every write answered before is in sled, not only in the Store's memory.
-    shared
+    // Every write answered before is in sled, not only in the Store's memory (the Store does
+    // not wait for it: a `FLUSHDB`'s deletion may take seconds); the ranges this node holds,
+    // not those whose replica here is removed and whose keys are being deleted.
+    let failed = |e: &dyn std::fmt::Display| format!("ERR counting keys failed: {e}");
+    let HandedOver { ranges, written } = shared
         .store
-        .send(WriteApplied)
+        .send(HandOverApplied)
         .await
-        .map_err(|e| format!("ERR counting keys failed: {e}"))?;
+        .map_err(|e| failed(&e))?;
     let engine = shared.engine.clone();
-    tokio::task::spawn_blocking(move || engine.count_user_keys())
-        .await
-        .map_err(|e| format!("ERR counting keys failed: {e}"))
+    tokio::task::spawn_blocking(move || {
+        if let Some(written) = written {
+            written.recv().map_err(|e| failed(&e))?;
+        }
+        engine.count_user_keys(&ranges).map_err(|e| failed(&e))
+    })
+    .await
+    .map_err(|e| failed(&e))?
 }
 
 /// A reply, and whether the connection closes after it.

@@ -753,13 +753,47 @@ fn a_transaction_is_applied_whole_or_not_at_all() {
     assert_eq!(got, clients * each);
 }
 
-/// `FLUSHDB` (and `FLUSHALL`) deletes every key of every range of the node, those written a
-/// moment before and not yet in sled among them, and the deletion outlives a `kill -9`.
+/// Sets `n` keys `{prefix}{i}` of range r1 (before f), and waits until sled holds them
+/// (`DBSIZE` counts once what was applied is written): more than one chunk of a `FLUSHDB`'s
+/// deletion.
+fn fill_in_sled(con: &mut redis::Connection, prefix: &str, n: usize) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.set(format!("{prefix}{i}"), i).ignore();
+    }
+    let () = pipe.query(con).unwrap();
+    let counted: usize = redis::cmd("DBSIZE").query(con).unwrap();
+    assert!(counted >= n);
+}
+
+/// Every key `SCAN` walks, from cursor 0 to its end.
+fn scan_all(con: &mut redis::Connection) -> Vec<String> {
+    let (mut cursor, mut all) = (0, Vec::new());
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query(con)
+            .unwrap();
+        all.extend(keys);
+        if next == 0 {
+            return all;
+        }
+        cursor = next;
+    }
+}
+
+/// `FLUSHDB` (and `FLUSHALL`) deletes every key of every range of the node: those in sled
+/// (more than its writer deletes in one batch) and those written a moment before and not yet
+/// in sled alike, none of them read again as soon as it answers (while the writer may still
+/// be deleting them), and the deletion outlives a `kill -9`, however far the writer got.
 #[test]
 fn flushdb_deletes_every_key_even_those_just_written() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_in(dir.path(), "");
     let mut con = server.client();
+    fill_in_sled(&mut con, "a-sled-", 25_000);
     // Keys of every range (the shipped config cuts at f, key:000000500000, m and t), some with
     // a deadline, pipelined just before the flush.
     let keys: Vec<String> = (0..2000)
@@ -776,6 +810,19 @@ fn flushdb_deletes_every_key_even_those_just_written() {
     pipe.cmd("FLUSHDB");
     let (flushed,): (String,) = pipe.query(&mut con).unwrap();
     assert_eq!(flushed, "OK");
+    let left = scan_all(&mut con);
+    assert!(
+        left.is_empty(),
+        "{} keys left, {:?} first",
+        left.len(),
+        left.first()
+    );
+    let sled_keys: Vec<String> = (0..25_000)
+        .step_by(999)
+        .map(|i| format!("a-sled-{i}"))
+        .collect();
+    let got: Vec<Option<String>> = redis::cmd("MGET").arg(&sled_keys).query(&mut con).unwrap();
+    assert!(got.iter().all(Option::is_none));
     let n: u64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
     assert_eq!(n, 0);
     let got: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut con).unwrap();
@@ -795,6 +842,7 @@ fn flushdb_deletes_every_key_even_those_just_written() {
         .arg(1)
         .query(&mut con)
         .unwrap();
+    fill_in_sled(&mut con, "a-sled-", 25_000);
     let _: () = redis::cmd("FLUSHALL").arg("ASYNC").query(&mut con).unwrap();
     let _: () = redis::cmd("SET")
         .arg("kept")

@@ -186,8 +186,8 @@ pub enum Command {
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// `FLUSHDB` and `FLUSHALL`, in one range: deletes every key of the range it is proposed
-    /// to. The Store lists the keys as it applies it (see `Store::flushed`): [`Command::apply`]
-    /// alone, which sees only keys it names, answers it and changes nothing.
+    /// to. The Store clears the range's span as it applies it (see `Store::flush`):
+    /// [`Command::apply`] alone, which sees only keys it names, answers it and changes nothing.
     Flush,
 }
 

@@ -835,15 +835,21 @@ impl Engine {
         Ok(self.tree.get(keys::user_key(key))?.map(|v| v.to_vec()))
     }
 
-    /// Counts the user keys on this node, and those of them with a deadline (those past it
+    /// Counts the user keys of `ranges`, and those of them with a deadline (those past it
     /// included, until they are reaped).
-    pub fn count_user_keys(&self) -> (usize, usize) {
+    pub fn count_user_keys(
+        &self,
+        ranges: &[RangeDescriptor],
+    ) -> Result<(usize, usize), StorageError> {
         let (mut keys, mut expiring) = (0, 0);
-        for (_, v) in self.tree.scan_prefix([b'k']).flatten() {
-            keys += 1;
-            expiring += crate::value::deadline(&v).is_some() as usize;
+        for d in ranges {
+            let (lo, hi) = keys::user_span(&d.start_key, &d.end_key);
+            for pair in self.tree.range(lo..hi) {
+                keys += 1;
+                expiring += crate::value::deadline(&pair?.1).is_some() as usize;
+            }
         }
-        (keys, expiring)
+        Ok((keys, expiring))
     }
 
     /// Every user key in `[start, end)`.
@@ -995,7 +1001,23 @@ impl Engine {
         };
         let (start, end): (Vec<u8>, Vec<u8>) =
             codec::decode(&record).map_err(|e| corrupt(format!("purge record of {range}"), e))?;
-        let (lo, hi) = keys::user_span(&start, &end);
+        if !self.delete_user_span(&start, &end, go_on)? {
+            return Ok(false);
+        }
+        self.tree.remove(keys::purge(range))?;
+        Ok(true)
+    }
+
+    /// Deletes the user keys in `[start, end)`, [`PURGE_CHUNK`] per sled batch, so that no
+    /// batch holds them all; stops between two chunks once `go_on` says so. Whether it
+    /// finished.
+    pub fn delete_user_span(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        go_on: &dyn Fn() -> bool,
+    ) -> Result<bool, StorageError> {
+        let (lo, hi) = keys::user_span(start, end);
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
@@ -1009,15 +1031,13 @@ impl Engine {
                 n += 1;
             }
             if n == 0 {
-                break;
+                return Ok(true);
             }
             self.tree.apply_batch(batch)?;
             if !go_on() {
                 return Ok(false);
             }
         }
-        self.tree.remove(keys::purge(range))?;
-        Ok(true)
     }
 
     /// The applied index and term of a range and the last command applied from each proposer
@@ -2107,7 +2127,7 @@ impl Storage for RangeStorage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
@@ -2134,7 +2154,7 @@ mod tests {
     /// Opens the engine in `dir`. sled's I/O threads may hold the database's lock a moment
     /// after an engine of the same directory was dropped (as in `actors/tests/cluster.rs` and
     /// the simulation): waits for them, up to 5 s.
-    fn open(dir: &Path) -> Result<Arc<Engine>, StorageError> {
+    pub(crate) fn open(dir: &Path) -> Result<Arc<Engine>, StorageError> {
         open_sized(dir, LOG_SIZES)
     }
 
@@ -2565,12 +2585,15 @@ mod tests {
             engine.write(batch, states).unwrap();
             // Stopped after its first chunk.
             assert!(!engine.purge(d.id, &|| false).unwrap());
-            assert_eq!(engine.count_user_keys().0, 5);
+            assert_eq!(
+                engine.count_user_keys(std::slice::from_ref(&d)).unwrap().0,
+                5
+            );
             engine.sync().unwrap();
         }
-        let engine = Engine::open(dir.path(), 1 << 20).unwrap();
+        let engine = open(dir.path()).unwrap();
         assert_eq!(engine.purges().unwrap(), vec![]);
-        assert_eq!(engine.count_user_keys().0, 0);
+        assert_eq!(engine.count_user_keys(&[d]).unwrap().0, 0);
     }
 
     #[test]

@@ -23,7 +23,7 @@
 
 use crate::cache::ValueCache;
 use crate::codec;
-use crate::command::{self, Command, CommandOutcome};
+use crate::command::{Command, CommandOutcome};
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft, RaftMetrics};
@@ -237,16 +237,43 @@ impl actix::dev::MessageResponse<Store, Write> for WriteResponse {
 /// every read not in the cache looks it up.
 type Values = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
 
+/// What a batch of applied entries did to the user keys, as reads see it until it is written
+/// to sled: the spans `FLUSHDB` cleared (their keys deleted, those in sled and in older layers
+/// alike: see [`Store::flush`]), then the values written after (`None`: deleted).
+#[derive(Default)]
+struct Layer {
+    cleared: Vec<RangeDescriptor>,
+    values: Values,
+}
+
+/// What a cleared key reads as.
+static GONE: Option<Vec<u8>> = None;
+
+impl Layer {
+    /// A key's value as of this layer, if this layer decides it (else sled or an older layer
+    /// does).
+    fn get(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.values
+            .get(key)
+            .or_else(|| self.clears(key).then_some(&GONE))
+    }
+
+    /// Whether this layer cleared `key`'s span.
+    fn clears(&self, key: &[u8]) -> bool {
+        self.cleared.iter().any(|d| d.contains(key))
+    }
+}
+
 /// A key's value among what was applied and is not yet known written to sled: `overlay`, then
 /// the batches in flight, newest first.
 fn unwritten_value<'a>(
-    overlay: &'a Values,
+    overlay: &'a Layer,
     in_flight: &'a VecDeque<InFlight>,
     key: &[u8],
 ) -> Option<&'a Option<Vec<u8>>> {
     overlay
         .get(key)
-        .or_else(|| in_flight.iter().rev().find_map(|f| f.values.get(key)))
+        .or_else(|| in_flight.iter().rev().find_map(|f| f.layer.get(key)))
 }
 
 /// The writer thread: writes the batches it is handed, in order, and tells the Store; stops at
@@ -254,11 +281,17 @@ fn unwritten_value<'a>(
 fn write_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<WriteJob>, store: &Addr<Store>) {
     for job in jobs {
         match job {
-            WriteJob::Batch { seq, batch, states } => {
+            WriteJob::Batch {
+                seq,
+                cleared,
+                batch,
+                states,
+            } => {
                 // `Engine::write` panics on a failure it cannot undo: the Store hears of it all
                 // the same (a node's process ends at the panic itself: `run::abort_on_panic`).
-                let written =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| engine.write(batch, states)));
+                let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    write_layer(engine, &cleared, batch, states)
+                }));
                 let result = match written {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
@@ -278,6 +311,26 @@ fn write_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<WriteJob>, st
             }
         }
     }
+}
+
+/// Writes a batch of applied entries to sled: deletes the user keys of the spans it cleared
+/// (in chunks: a `FLUSHDB` of millions of keys takes neither one sled batch that holds them
+/// all, nor the Store's thread), then writes the batch with its ranges' applied states. A
+/// crash between the two leaves sled with some keys deleted and its applied index before the
+/// `FLUSHDB`: the raft log still holds every entry since (it is compacted only as far as sled is
+/// written), and applying them again ends at the same state, as the `FLUSHDB` among them
+/// deletes the span again; what its keys held before it was answered already and is not
+/// readable until the node has applied it again (a read waits for its read index).
+fn write_layer(
+    engine: &Engine,
+    cleared: &[RangeDescriptor],
+    batch: sled::Batch,
+    states: AppliedStates,
+) -> Result<(), StorageError> {
+    for d in cleared {
+        engine.delete_user_span(&d.start_key, &d.end_key, &|| true)?;
+    }
+    engine.write(batch, states)
 }
 
 /// The purger thread: deletes the keys of the destroyed replicas it is handed, one after
@@ -561,7 +614,7 @@ impl SnapshotJob {
 /// written then (the ranges may have applied more since, which is not written yet).
 struct InFlight {
     seq: u64,
-    values: Values,
+    layer: Layer,
     written: Vec<(RangeId, u64)>,
 }
 
@@ -586,6 +639,7 @@ enum Writer {
 enum WriteJob {
     Batch {
         seq: u64,
+        cleared: Vec<RangeDescriptor>,
         batch: sled::Batch,
         states: AppliedStates,
     },
@@ -624,14 +678,16 @@ struct SnapshotBuilt {
 #[derive(Default)]
 struct Unwritten {
     batch: sled::Batch,
-    /// The user keys of `batch` and their new values (`None`: deleted), for reads.
-    values: Values,
+    /// The spans cleared before `batch` and its user keys with their new values, for reads.
+    layer: Layer,
     /// Ranges whose applied index has moved since the last write.
     ranges: BTreeSet<RangeId>,
     /// Events applied since the last write (entries, and the events that go with them).
     entries: usize,
     /// A write is scheduled.
     scheduled: bool,
+    /// Held back while the writer deletes a `FLUSHDB`'s keys: handed over once it is done.
+    held: bool,
 }
 
 /// How many applied entries may wait in memory to be written to sled (and for how long:
@@ -640,6 +696,10 @@ struct Unwritten {
 /// for sled. Their entries stay in the raft log until they are written: MultiRaft may compact
 /// a log only as far as the Store reported written.
 const WRITE_APPLIED_ENTRIES: usize = 1024;
+
+/// Applied entries that may wait in memory while the writer deletes a `FLUSHDB`'s keys (see
+/// [`Store::hand_over_unwritten`]): about 7 MB of `SET`s of 100 bytes.
+const HELD_BEHIND_FLUSH: usize = 64 * WRITE_APPLIED_ENTRIES;
 
 /// Sends MultiRaft the requests gathered so far; queued behind the messages already in the
 /// Store's mailbox, so that their requests go in the same message.
@@ -988,7 +1048,7 @@ impl Store {
 
     /// A user key's stored value (see [`crate::value`]) in the state this Store has applied.
     fn value(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        if let Some(value) = unwritten_value(&self.unwritten.values, &self.in_flight, key) {
+        if let Some(value) = unwritten_value(&self.unwritten.layer, &self.in_flight, key) {
             return Ok(value.clone());
         }
         if let Some(value) = self.cache.get(key) {
@@ -1262,26 +1322,29 @@ impl Store {
         Ok(())
     }
 
-    /// What applying [`Command::Flush`] to `range` does: deletes every key the range holds
-    /// as applied, those in sled and those applied and not yet written (`overlay`, and the
-    /// batches in flight) alike. The same keys on every replica, as every replica has applied
-    /// the same entries; deleting one that another layer already deleted changes nothing.
-    /// Index entries of deadlines are left stale, for reaps to drop.
-    fn flushed(&self, range: RangeId, overlay: &Values) -> Result<command::Applied, StorageError> {
-        let mut keys: BTreeSet<Vec<u8>> = BTreeSet::new();
-        if let Some(d) = self.ranges.get(&range).map(|r| &r.descriptor) {
-            keys.extend(self.engine.user_keys(&d.start_key, &d.end_key)?);
-            let unwritten = self.in_flight.iter().map(|f| &f.values).chain([overlay]);
-            let misses = self.settings.bugs.flush_misses_unwritten;
-            for values in unwritten.filter(|_| !misses) {
-                keys.extend(values.keys().filter(|k| d.contains(k)).cloned());
-            }
+    /// Applies [`Command::Flush`] to `range`: clears its span in `overlay`, so that no read
+    /// finds its keys, in sled or in the layers before (see [`unwritten_value`]); the values
+    /// written to it in `overlay` are dropped, from `batch` too (the writer deletes the span's
+    /// keys in sled before it writes `batch`: see [`write_layer`]). Nothing here is done per
+    /// key but for those, so the Store's thread and memory do not grow with the range. The
+    /// index of deadlines is left stale, for reaps to drop; a snapshot being built of the range
+    /// is spoiled, as the writer deletes from under it.
+    fn flush(&mut self, range: RangeId, overlay: &mut Layer, batch: &mut sled::Batch) {
+        let Some(d) = self.ranges.get(&range).map(|r| r.descriptor.clone()) else {
+            return;
+        };
+        if !self.settings.bugs.flush_misses_unwritten {
+            overlay.values.retain(|k, _| {
+                let keep = !d.contains(k);
+                if !keep {
+                    batch.remove(keys::user_key(k));
+                }
+                keep
+            });
         }
-        Ok(command::Applied {
-            writes: keys.into_iter().map(|k| (k, None)).collect(),
-            unindexed: Vec::new(),
-            outcome: CommandOutcome::Ok,
-        })
+        overlay.cleared.push(d);
+        self.cache.clear();
+        self.spoil_snapshot(range);
     }
 
     /// The snapshot being built of `range`, if any, can no longer be used.
@@ -1320,9 +1383,9 @@ impl Store {
         for f in self.in_flight.drain(..) {
             ranges.extend(f.written.into_iter().map(|(range, _)| range));
         }
-        let (batch, states, written) = self.take_unwritten();
+        let (layer, batch, states, written) = self.take_unwritten();
         if !written.is_empty() {
-            self.engine.write(batch, states)?;
+            write_layer(&self.engine, &layer.cleared, batch, states)?;
         }
         ranges.extend(written);
         Ok(ranges)
@@ -1337,19 +1400,38 @@ impl Store {
     }
 
     /// What was applied and not handed to the writer, with each of its ranges' applied state.
-    fn take_unwritten(&mut self) -> (sled::Batch, AppliedStates, BTreeSet<RangeId>) {
-        let Unwritten { batch, ranges, .. } = std::mem::take(&mut self.unwritten);
+    fn take_unwritten(&mut self) -> (Layer, sled::Batch, AppliedStates, BTreeSet<RangeId>) {
+        let Unwritten {
+            layer,
+            batch,
+            ranges,
+            ..
+        } = std::mem::take(&mut self.unwritten);
         let mut states = AppliedStates::default();
         for range in &ranges {
             if let Some(r) = self.ranges.get(range) {
                 states.put(*range, r.applied, &r.proposers);
             }
         }
-        (batch, states, ranges)
+        (layer, batch, states, ranges)
     }
 
-    /// Hands what was applied to the writer, keeping its values for reads until it is written.
+    /// Hands what was applied to the writer, keeping its values for reads until it is written;
+    /// unless the writer is deleting a `FLUSHDB`'s keys, which may take seconds: it then waits
+    /// here for the writer to be done (see [`Store::written`]), up to [`HELD_BEHIND_FLUSH`]
+    /// entries, rather than fill the writer's queue and have the Store's thread, and every
+    /// client of the node, wait for the writer.
     fn hand_over_unwritten(&mut self) {
+        let clearing = self.in_flight.iter().any(|f| !f.layer.cleared.is_empty());
+        if clearing && self.unwritten.entries < HELD_BEHIND_FLUSH {
+            self.unwritten.held = true;
+            return;
+        }
+        self.hand_over_now();
+    }
+
+    /// Hands what was applied to the writer now (see [`Store::hand_over_unwritten`]).
+    fn hand_over_now(&mut self) {
         if self.unwritten.ranges.is_empty() {
             // Nothing applied since a write that could not wait (only events that touch no
             // range were counted).
@@ -1359,27 +1441,33 @@ impl Store {
         if matches!(self.writer, Writer::None) {
             return self.write_or_stop();
         }
-        let values = std::mem::take(&mut self.unwritten.values);
-        let (batch, states, ranges) = self.take_unwritten();
+        let (layer, batch, states, ranges) = self.take_unwritten();
+        let cleared = layer.cleared.clone();
         let written = self.applied_indexes(&ranges);
         self.handed_writes += 1;
         let seq = self.handed_writes;
         self.in_flight.push_back(InFlight {
             seq,
-            values,
+            layer,
             written,
         });
         match &self.writer {
             Writer::None => unreachable!("written at once above"),
             Writer::Inline(store) => {
-                let result = self.engine.write(batch, states);
+                let result = write_layer(&self.engine, &cleared, batch, states);
                 store.do_send(Written {
                     seq,
                     result: result.map_err(|e| e.to_string()),
                 });
             }
             Writer::Thread(jobs) => {
-                if jobs.send(WriteJob::Batch { seq, batch, states }).is_err() {
+                let job = WriteJob::Batch {
+                    seq,
+                    cleared,
+                    batch,
+                    states,
+                };
+                if jobs.send(job).is_err() {
                     self.writer_stopped();
                 }
             }
@@ -1564,7 +1652,7 @@ impl Store {
         self.events_applied += events.len() as u64;
         self.unwritten.entries += events.len();
         let mut batch = std::mem::take(&mut self.unwritten.batch);
-        let mut overlay = std::mem::take(&mut self.unwritten.values);
+        let mut overlay = std::mem::take(&mut self.unwritten.layer);
         let mut touched = BTreeSet::new();
         let mut answers = Vec::new();
         let mut stale_boot = 0;
@@ -1617,23 +1705,26 @@ impl Store {
                         }
                         command => command,
                     };
-                    let (engine, in_flight) = (&self.engine, &self.in_flight);
-                    let mut read_error = None;
-                    let applied = match command {
-                        Command::Flush => self.flushed(range, &overlay)?,
-                        command => {
+                    let applied = if let Command::Flush = command {
+                        // Nothing to read: the span is cleared whole.
+                        self.flush(range, &mut overlay, &mut batch);
+                        command.apply(|_| None)
+                    } else {
+                        let (engine, in_flight) = (&self.engine, &self.in_flight);
+                        let mut read_error = None;
+                        let applied =
                             command.apply(|k| match unwritten_value(&overlay, in_flight, k) {
                                 Some(v) => v.clone(),
                                 None => engine.get_user(k).unwrap_or_else(|e| {
                                     read_error = Some(e);
                                     None
                                 }),
-                            })
+                            });
+                        if let Some(e) = read_error {
+                            return Err(e);
                         }
+                        applied
                     };
-                    if let Some(e) = read_error {
-                        return Err(e);
-                    }
                     for (deadline, k) in &applied.unindexed {
                         batch.remove(keys::expiry_key(range, *deadline, k));
                     }
@@ -1654,7 +1745,7 @@ impl Store {
                             None => batch.remove(stored),
                         }
                         self.cache.update(&k, &v);
-                        overlay.insert(k, v);
+                        overlay.values.insert(k, v);
                     }
                     self.applied_commands += 1;
                     // Under any boot: a write proposed before `raise_boot` still waits here
@@ -1748,7 +1839,7 @@ impl Store {
         }
 
         self.unwritten.batch = batch;
-        self.unwritten.values = overlay;
+        self.unwritten.layer = overlay;
         self.unwritten.ranges.extend(touched.iter().copied());
         if stale_boot >= self.boot {
             // Every command proposed under this boot would be refused the same way.
@@ -1960,6 +2051,9 @@ impl Store {
             written.extend(self.in_flight.pop_front().expect("checked").written);
         }
         written.retain(|(range, _)| self.ranges.contains_key(range));
+        if self.unwritten.held {
+            self.hand_over_unwritten();
+        }
         if !written.is_empty() {
             self.flush_requests();
             self.multiraft.do_send(Applied {
@@ -2008,6 +2102,38 @@ impl Handler<WriteApplied> for Store {
     type Result = ();
     fn handle(&mut self, _: WriteApplied, _: &mut Context<Self>) {
         self.write_or_stop();
+    }
+}
+
+/// Hands what the Store applied to its writer, without waiting for it to be written (before
+/// a count of sled's keys: `DBSIZE`, `INFO`): answers the descriptors of the Store's ranges,
+/// and what says when the writer has written everything handed to it (`None`: written
+/// already).
+#[derive(Debug, Message)]
+#[rtype(result = "HandedOver")]
+pub struct HandOverApplied;
+
+pub struct HandedOver {
+    pub ranges: Vec<RangeDescriptor>,
+    pub written: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Handler<HandOverApplied> for Store {
+    type Result = MessageResult<HandOverApplied>;
+    fn handle(&mut self, _: HandOverApplied, _: &mut Context<Self>) -> Self::Result {
+        self.hand_over_now();
+        let written = match &self.writer {
+            Writer::Thread(jobs) if !self.in_flight.is_empty() => {
+                let (done, wait) = std::sync::mpsc::channel();
+                if jobs.send(WriteJob::Barrier(done)).is_err() {
+                    self.writer_stopped();
+                }
+                Some(wait)
+            }
+            _ => None,
+        };
+        let ranges = self.ranges.values().map(|r| r.descriptor.clone()).collect();
+        MessageResult(HandedOver { ranges, written })
     }
 }
 
@@ -2164,13 +2290,27 @@ impl Store {
         let within = |k: &[u8]| k >= from && (end.is_empty() || k < end);
         // The unwritten keys of the span, each with whether it is live, the newest state last.
         let mut unwritten: BTreeMap<&[u8], bool> = BTreeMap::new();
-        let batches = self.in_flight.iter().map(|f| &f.values);
-        for values in batches.chain([&self.unwritten.values]) {
-            for (k, v) in values.iter().filter(|(k, _)| within(k)) {
+        // Whether a `FLUSHDB` not yet written cleared the span (it lies in one range): sled's
+        // keys of it are then gone, even those the writer has not deleted yet.
+        let mut cleared = false;
+        let covers = |d: &RangeDescriptor| {
+            d.contains(from)
+                && (d.end_key.is_empty() || (!end.is_empty() && end <= d.end_key.as_slice()))
+        };
+        let layers = self.in_flight.iter().map(|f| &f.layer);
+        for layer in layers.chain([&self.unwritten.layer]) {
+            if layer.cleared.iter().any(covers) {
+                unwritten.clear();
+                cleared = true;
+            }
+            for (k, v) in layer.values.iter().filter(|(k, _)| within(k)) {
                 unwritten.insert(k, v.as_ref().is_some_and(|v| value::live(v, now)));
             }
         }
-        let (lo, hi) = keys::user_span(from, end);
+        let (lo, hi) = match cleared {
+            false => keys::user_span(from, end),
+            true => (vec![b'k'], vec![b'k']),
+        };
         let mut stored_pairs = self.engine.tree().range(lo..hi);
         let mut next_stored = || -> Result<Option<(Vec<u8>, bool)>, StorageError> {
             let pair = stored_pairs.next().transpose()?;
@@ -2408,7 +2548,8 @@ mod tests {
         dir: &std::path::Path,
         splits: &[&[u8]],
     ) -> (Store, actix::dev::channel::AddressReceiver<MultiRaft>) {
-        let engine = Engine::open(dir, 16 << 20).unwrap();
+        // (waiting for sled's threads to let go of an engine of `dir` dropped a moment ago)
+        let engine = crate::storage::tests::open(dir).unwrap();
         if !engine.is_bootstrapped().unwrap() {
             let bounds: Vec<Vec<u8>> = std::iter::once(Vec::new())
                 .chain(splits.iter().map(|k| k.to_vec()))
@@ -2676,17 +2817,164 @@ mod tests {
         // not as far as it is applied now.
         assert_eq!(s.in_flight[0].written, vec![(RangeId(1), first + 2)]);
 
-        let Ok(WriteJob::Batch { seq, batch, states }) = held.try_recv() else {
+        write_held(&mut s, &held);
+        assert_eq!(counter(&s), b"2");
+        assert!(s.in_flight.is_empty());
+        assert_eq!(s.bytes(&key), vec![Some(b"3".to_vec())]);
+    }
+
+    /// Writes the next batch the writer holds, as the writer does, and tells the Store.
+    fn write_held(s: &mut Store, held: &std::sync::mpsc::Receiver<WriteJob>) {
+        let Ok(WriteJob::Batch {
+            seq,
+            cleared,
+            batch,
+            states,
+        }) = held.try_recv()
+        else {
             panic!("no batch handed to the writer");
         };
-        s.engine.write(batch, states).unwrap();
+        write_layer(&s.engine, &cleared, batch, states).unwrap();
         s.written(Written {
             seq,
             result: Ok(()),
         });
-        assert_eq!(counter(&s), b"2");
-        assert!(s.in_flight.is_empty());
-        assert_eq!(s.bytes(&key), vec![Some(b"3".to_vec())]);
+    }
+
+    /// `FLUSHDB` on a range whose keys are in sled (more than one chunk of the writer's
+    /// deletion), in a batch the writer holds, and applied but not handed over: at once none of
+    /// them is read or scanned, while a key written after it is; the writer deletes them
+    /// before it writes what came after, and the Store's memory holds no entry per key
+    /// deleted.
+    #[test]
+    fn a_flush_hides_every_key_of_its_range_at_once_and_the_writer_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
+        let many: Vec<Command> = (0..crate::storage::PURGE_CHUNK + 5)
+            .map(|i| set_command(format!("a{i:05}").as_bytes(), b"sled"))
+            .collect();
+        apply_commands(&mut s, many);
+        s.write_applied().unwrap();
+        let held = hold_writes(&mut s);
+        apply_commands(&mut s, vec![set_command(b"b", b"in flight")]);
+        s.hand_over_unwritten();
+        let n = s.ranges.len();
+        apply_commands(&mut s, vec![set_command(b"c", b"unwritten")]);
+        let z_range = s.route(b"z").unwrap();
+        s.apply_events(vec![Event::CommandCommitted {
+            range: z_range,
+            index: s.ranges[&z_range].applied.index + 1,
+            term: 6,
+            proposal: None,
+            command: Some(set_command(b"z", b"another range")),
+        }])
+        .unwrap();
+        apply_commands(&mut s, vec![Command::Flush, set_command(b"d", b"after")]);
+        assert_eq!(s.ranges.len(), n);
+
+        let keys: Vec<Vec<u8>> = [&b"a00000"[..], b"a10004", b"b", b"c", b"d", b"z"]
+            .iter()
+            .map(|k| k.to_vec())
+            .collect();
+        let expected = vec![
+            None,
+            None,
+            None,
+            None,
+            Some(b"after".to_vec()),
+            Some(b"another range".to_vec()),
+        ];
+        assert_eq!(s.bytes(&keys), expected);
+        let scanned = s.scan(b"", b"m", 100).unwrap();
+        assert_eq!(scanned.keys, vec![b"d".to_vec()]);
+        assert_eq!(s.unwritten.layer.values.len(), 2, "d, and z in its range");
+
+        s.hand_over_unwritten();
+        // While the writer deletes, what is applied waits here, not in the writer's queue.
+        apply_commands(&mut s, vec![set_command(b"e", b"held")]);
+        s.hand_over_unwritten();
+        assert_eq!((s.in_flight.len(), s.unwritten.held), (2, true));
+        write_held(&mut s, &held);
+        write_held(&mut s, &held);
+        assert_eq!(
+            s.in_flight.len(),
+            1,
+            "handed over once the deletion was written"
+        );
+        write_held(&mut s, &held);
+        let in_sled = s.engine.user_pairs(b"", b"").unwrap();
+        let in_sled: Vec<&[u8]> = in_sled.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(in_sled, vec![&b"d"[..], b"e", b"z"]);
+        assert_eq!(s.bytes(&keys), expected);
+        let counted = s
+            .engine
+            .count_user_keys(&[s.ranges[&RangeId(1)].descriptor.clone()]);
+        assert_eq!(counted.unwrap(), (2, 0));
+    }
+
+    /// A node that stops while its writer deletes a `FLUSHDB`'s keys, before it writes the
+    /// batch: sled is left with part of the keys and the applied index from before the
+    /// `FLUSHDB`, and applying the entries since again, as the raft log holds them, ends where
+    /// the first run would have.
+    #[test]
+    fn a_flush_cut_short_by_a_stop_ends_the_same_once_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = RangeId(1);
+        let entries = vec![
+            Command::IncrBy {
+                key: b"a00000".to_vec(),
+                delta: 1,
+            },
+            Command::Flush,
+            Command::IncrBy {
+                key: b"a00001".to_vec(),
+                delta: 1,
+            },
+            set_command(b"b", b"after"),
+        ];
+        let first = {
+            let (mut s, _reports) = store(dir.path());
+            let many: Vec<Command> = (0..crate::storage::PURGE_CHUNK + 5)
+                .map(|i| set_command(format!("a{i:05}").as_bytes(), b"5"))
+                .collect();
+            apply_commands(&mut s, many);
+            s.write_applied().unwrap();
+            let held = hold_writes(&mut s);
+            apply_commands(&mut s, entries.clone());
+            s.hand_over_unwritten();
+            let Ok(WriteJob::Batch { cleared, .. }) = held.try_recv() else {
+                panic!("no batch handed to the writer");
+            };
+            let d = &cleared[0];
+            // The writer's first chunk, then the stop.
+            assert!(!s
+                .engine
+                .delete_user_span(&d.start_key, &d.end_key, &|| false)
+                .unwrap());
+            s.engine.sync().unwrap();
+            s.ranges[&range].applied.index
+        };
+        let (mut s, _reports) = store(dir.path());
+        assert_eq!(s.ranges[&range].applied.index, first - entries.len() as u64);
+        assert_eq!(
+            s.engine
+                .count_user_keys(&[s.ranges[&range].descriptor.clone()])
+                .unwrap()
+                .0,
+            5
+        );
+        apply_commands(&mut s, entries);
+        s.write_applied().unwrap();
+        assert_eq!(s.ranges[&range].applied.index, first);
+        let pairs = s.engine.user_pairs(b"", b"").unwrap();
+        let stored = |v: &[u8]| value::stored(v, None);
+        assert_eq!(
+            pairs,
+            vec![
+                (b"a00001".to_vec(), stored(b"1")),
+                (b"b".to_vec(), stored(b"after"))
+            ]
+        );
     }
 
     #[test]
