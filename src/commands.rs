@@ -499,13 +499,20 @@ impl Session {
             "info" => self.info(a),
             "command" => command_command(a),
             "client" => self.client(a),
-            // Tools such as redis-benchmark read a few settings at start; flotilla has none of
-            // Redis's to report.
             "config" => match String::from_utf8_lossy(&a[0]).to_lowercase().as_str() {
                 "get" if a.len() < 2 => {
                     err("ERR wrong number of arguments for 'config|get' command")
                 }
-                "get" => now(|out| reply::array_header(out, 0)),
+                "get" => {
+                    let pairs = config_get(&self.shared, &a[1..]);
+                    now(move |out| {
+                        reply::array_header(out, 2 * pairs.len());
+                        for (name, value) in &pairs {
+                            reply::bulk(out, name.as_bytes());
+                            reply::bulk(out, value.as_bytes());
+                        }
+                    })
+                }
                 _ => err("ERR CONFIG only supports GET on flotilla"),
             },
             "flotilla" => self.admin(a),
@@ -804,9 +811,12 @@ impl Session {
                 .count();
             let m = &shared.metrics;
             let cached = shared.engine.entries_cached();
+            let rss = resident_bytes();
             let text = format!(
                 "# Server\r\nredis_version:{REDIS_VERSION}\r\nflotilla_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n\
                  # Clients\r\nconnected_clients:{}\r\n\r\n\
+                 # Memory\r\nused_memory:{rss}\r\nused_memory_rss:{rss}\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\r\n\
+                 # Persistence\r\nloading:0\r\naof_enabled:1\r\n\r\n\
                  # Replication\r\nrole:master\r\n\r\n\
                  # Flotilla\r\nnode_id:{}\r\nranges:{}\r\nranges_led:{}\r\napplied_commands:{}\r\nraft_rounds:{}\r\nraft_syncs:{}\r\nproposals_held:{}\r\nproposals_busy:{}\r\nevents_deferred:{}\r\nsnapshots_sent:{}\r\nsnapshots_installed:{}\r\nlog_compactions:{}\r\nraft_log_entries:{}\r\nraft_log_entries_read:{}\r\nraft_entries_cached:{}\r\nraft_entry_cache_bytes:{}\r\nlearners_promoted:{}\r\nranges_quiescent:{}\r\npeers_connected:{}\r\npeer_restarts:{}\r\nreads_leased:{}\r\n\r\n\
                  # Keyspace\r\ndb0:keys={},expires={},avg_ttl=0\r\n",
@@ -883,6 +893,46 @@ fn unknown_command(args: &[Bytes]) -> String {
         String::from_utf8_lossy(&args[0][..args[0].len().min(CUT)]),
         String::from_utf8_lossy(&shown)
     )
+}
+
+/// The bytes of memory this process holds (its resident set), or 0 where `/proc` cannot tell.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
+}
+
+/// `CONFIG GET pattern...`: the settings of Redis's that clients and tools read (memory and
+/// eviction, persistence, limits), as flotilla behaves, whose names match one of the patterns
+/// (Redis's globs, case-insensitive), each once. flotilla's own settings are in its config
+/// file; the password is not shown (Redis shows `requirepass`).
+fn config_get(shared: &Shared, patterns: &[Bytes]) -> Vec<(&'static str, String)> {
+    let config = &shared.config;
+    let settings: [(&str, String); 13] = [
+        ("bind", shared.client_addr.ip().to_string()),
+        ("port", shared.client_addr.port().to_string()),
+        ("databases", "1".into()),
+        ("maxclients", config.max_clients.to_string()),
+        // Never evicts: a write is refused or accepted, and kept.
+        ("maxmemory", "0".into()),
+        ("maxmemory-policy", "noeviction".into()),
+        // Every write is in a synced raft log on a quorum before it is answered.
+        ("appendonly", "yes".into()),
+        ("appendfsync", "always".into()),
+        ("save", String::new()),
+        ("timeout", "0".into()),
+        ("proto-max-bulk-len", config.max_value_bytes.to_string()),
+        ("notify-keyspace-events", String::new()),
+        ("cluster-enabled", "no".into()),
+    ];
+    let patterns: Vec<Vec<u8>> = patterns.iter().map(|p| p.to_ascii_lowercase()).collect();
+    settings
+        .into_iter()
+        .filter(|(name, _)| patterns.iter().any(|p| scan::glob(p, name.as_bytes())))
+        .collect()
 }
 
 /// The Redis version flotilla answers as, for clients that check it.

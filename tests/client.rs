@@ -80,6 +80,19 @@ fn every_command_answers_with_redis_reply_shapes() {
         &cmd(&[b"CONFIG", b"GET"]),
         b"-ERR wrong number of arguments for 'config|get' command\r\n",
     );
+    // The settings clients read, as flotilla behaves: never evicting, every write synced.
+    c.roundtrip(
+        &cmd(&[b"CONFIG", b"GET", b"maxmemory-policy"]),
+        b"*2\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n",
+    );
+    c.roundtrip(
+        &cmd(&[b"CONFIG", b"GET", b"SAVE", b"appendonly", b"app*", b"nosuch"]),
+        b"*6\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n$11\r\nappendfsync\r\n$6\r\nalways\r\n$4\r\nsave\r\n$0\r\n\r\n",
+    );
+    c.roundtrip(&cmd(&[b"CONFIG", b"GET", b"requirepass"]), b"*0\r\n");
+    let port = server.addr.port().to_string();
+    let port_reply = format!("*2\r\n$4\r\nport\r\n${}\r\n{port}\r\n", port.len());
+    c.roundtrip(&cmd(&[b"CONFIG", b"GET", b"port"]), port_reply.as_bytes());
     c.roundtrip(&cmd(&[b"INFO", b"nosuchsection"]), b"$0\r\n\r\n");
     c.roundtrip(
         &cmd(&[b"HELLO", b"3"]),
@@ -107,6 +120,12 @@ fn every_command_answers_with_redis_reply_shapes() {
             fields.insert(k.to_string(), v.to_string());
         }
     }
+    // What client libraries check: not loading, never evicting.
+    assert_eq!(fields.get("loading").map(String::as_str), Some("0"));
+    let policy = fields.get("maxmemory_policy").map(String::as_str);
+    assert_eq!(policy, Some("noeviction"));
+    let used: u64 = fields["used_memory"].parse().unwrap();
+    assert!(used > 1 << 20, "used_memory:{used}");
     // Counts a monitoring script reads.
     for field in [
         "raft_entries_cached",

@@ -275,7 +275,7 @@ fn tokens(p: &[u8]) -> Vec<Token> {
 /// Whether `s` matches the glob pattern `p`: greedy, going back to the last `*` on a
 /// mismatch, so linear in `s` for each `*`, whatever the pattern. As in Redis, the empty
 /// string matches only the empty pattern (`**` does not match it).
-fn glob(p: &[u8], s: &[u8]) -> bool {
+pub fn glob(p: &[u8], s: &[u8]) -> bool {
     if s.is_empty() {
         return p.is_empty();
     }
