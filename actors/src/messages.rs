@@ -243,11 +243,14 @@ pub enum Event {
         term: u64,
         leader: NodeId,
     },
-    /// Reads may be served once the range has applied `index`.
+    /// Reads may be served once the range has applied `index`; by `at`, the leader's time as
+    /// last heard from it, when the read index came from another node's leader (see
+    /// [`crate::value::Clock`]), else by this node's clock.
     ReadReady {
         range: RangeId,
         index: u64,
         reads: Vec<ReadId>,
+        at: Option<u64>,
     },
     /// A proposal could not be made.
     ProposalFailed {

@@ -888,6 +888,8 @@ pub struct MultiRaft {
     /// The node's clock (the Store's), whose time every batch carries, and which hears the
     /// time of every batch that comes (see [`Clock`]).
     clock: Clock,
+    /// The latest time each node's batches carried.
+    times: BTreeMap<NodeId, u64>,
     logger: slog::Logger,
     metrics: Arc<RaftMetrics>,
 }
@@ -947,6 +949,7 @@ impl MultiRaft {
             pings: BTreeSet::new(),
             bugs: store_settings.bugs,
             clock: store_settings.clock.clone(),
+            times: BTreeMap::new(),
             logger,
             metrics,
         };
@@ -1675,10 +1678,20 @@ impl MultiRaft {
                         }
                     }
                     if !p.reads.is_empty() {
+                        // Through a follower, the read decides expiry by the time its leader
+                        // answered at, which every later read anywhere is at or past; not by
+                        // this node's clock, which may have run ahead of what the leader heard
+                        // of it while the answer came.
+                        let leader = g.node.raft.leader_id;
+                        let at = match g.is_leader() || leader == 0 {
+                            true => None,
+                            false => self.times.get(&ReplicaId(leader).node()).copied(),
+                        };
                         events.push(Event::ReadReady {
                             range,
                             index: rs.index,
                             reads: p.reads.into_iter().map(|(r, _)| r).collect(),
+                            at,
                         });
                     }
                 }
@@ -2181,7 +2194,9 @@ impl MultiRaft {
     }
 
     /// A batch from `from` carried its sender's time (see [`Clock::observe`]).
-    fn heard_time(&self, from: NodeId, clock: u64) {
+    fn heard_time(&mut self, from: NodeId, clock: u64) {
+        let latest = self.times.entry(from).or_default();
+        *latest = (*latest).max(clock);
         let heard = self.clock.observe(clock);
         if heard.capped && heard.moved > 0 {
             log::error!(

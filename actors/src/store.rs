@@ -459,6 +459,9 @@ struct PendingRead {
     deadline: Instant,
     /// Known once MultiRaft answered; served when the range has applied it.
     index: Option<u64>,
+    /// The time it decides expiry by, if not the Store's clock's when it is served (see
+    /// [`Event::ReadReady`]).
+    at: Option<u64>,
 }
 
 /// The state machine of the node's ranges. See the module documentation.
@@ -1065,6 +1068,15 @@ impl Store {
     /// were read, and the cache, which may hold values from before it, is cleared first (a
     /// seqlock on `Engine::data_writes`).
     fn values(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Value>>, StoreError> {
+        self.values_at(keys, None)
+    }
+
+    /// [`Store::values`], live at `at` if given.
+    fn values_at(
+        &mut self,
+        keys: &[Vec<u8>],
+        at: Option<u64>,
+    ) -> Result<Vec<Option<Value>>, StoreError> {
         loop {
             let before = self.engine.data_writes();
             if before != self.data_writes_seen && !self.settings.bugs.cache_kept_over_snapshots {
@@ -1077,27 +1089,32 @@ impl Store {
                 std::thread::yield_now();
                 continue;
             }
-            let values = self.live_values(keys);
+            let values = self.live_values(keys, at);
             if self.engine.data_writes() == before {
                 return values.map_err(|e| StoreError::Internal(e.to_string()));
             }
         }
     }
 
-    /// The values of `keys` that are live by the Store's clock (read only for a value with
-    /// a deadline).
-    fn live_values(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Value>>, StorageError> {
+    /// The values of `keys` that are live at `at`, or else by the Store's clock (read only
+    /// for a value with a deadline).
+    fn live_values(
+        &mut self,
+        keys: &[Vec<u8>],
+        at: Option<u64>,
+    ) -> Result<Vec<Option<Value>>, StorageError> {
         let mut values = Vec::with_capacity(keys.len());
         for k in keys {
             let stored = self.value(k)?;
-            values.push(stored.and_then(|v| Value::at(v, || self.settings.clock.now_ms())));
+            let now = || at.unwrap_or_else(|| self.settings.clock.now_ms());
+            values.push(stored.and_then(|v| Value::at(v, now)));
         }
         Ok(values)
     }
 
     fn serve_read(&mut self, id: ReadId) {
         if let Some(read) = self.reads.remove(&id) {
-            let _ = read.reply.send(self.values(&read.keys));
+            let _ = read.reply.send(self.values_at(&read.keys, read.at));
         }
     }
 
@@ -1800,10 +1817,12 @@ impl Store {
                     range: _,
                     index,
                     reads,
+                    at,
                 } => {
                     for id in reads {
                         if let Some(r) = self.reads.get_mut(&id) {
                             r.index = Some(index);
+                            r.at = at;
                         }
                     }
                 }
@@ -2236,6 +2255,7 @@ impl Handler<Read> for Store {
                     reply: tx,
                     deadline: self.deadline(),
                     index: None,
+                    at: None,
                 },
             );
             self.request(RaftRequest::ReadIndex { range, read: id });
@@ -3205,6 +3225,7 @@ mod tests {
                 reply: tx,
                 deadline,
                 index: Some(index),
+                at: None,
             };
             s.reads.insert(ReadId(s.next_read), pending);
             rx

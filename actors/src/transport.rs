@@ -116,8 +116,14 @@ impl LocalNetwork {
 
     /// Restores every link, and delivers the messages held back, each link's in one batch.
     pub fn heal(&self) {
+        self.lock().cut.clear();
+        self.release_held();
+    }
+
+    /// Holds back no more messages, and delivers those held back, each link's in one batch;
+    /// links cut stay cut.
+    pub fn release_held(&self) {
         let mut s = self.lock();
-        s.cut.clear();
         s.hold = None;
         for ((from, to), messages) in std::mem::take(&mut s.held) {
             if let Some(recipient) = s.nodes.get(&to) {
@@ -141,6 +147,11 @@ impl LocalNetwork {
     /// Delays each batch by a random time up to `max` (which also reorders them).
     pub fn set_max_delay(&self, max: Duration) {
         self.lock().max_delay = max;
+    }
+
+    /// Messages held back now (see [`LocalNetwork::hold_messages`]).
+    pub fn held(&self) -> usize {
+        self.lock().held.values().map(Vec::len).sum()
     }
 
     /// Batches delivered and dropped so far.

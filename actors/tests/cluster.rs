@@ -1667,6 +1667,76 @@ fn a_value_expired_by_a_clock_ahead_stays_expired_through_nodes_whose_clocks_are
     });
 }
 
+/// A read through a follower decides expiry by its leader's time, not by its own clock, which
+/// may have run ahead of what the leader heard of it while the read index came back: node 1's
+/// clock jumps 10 s ahead (as one that heard of a fast clock would) while its read waits for
+/// the leader's answer, and nothing from node 1 reaches the others since. Found expired
+/// through node 1, the value would be found live again through the leader.
+#[test]
+fn a_follower_read_decides_expiry_by_its_leaders_time() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Clock::system().now_ms();
+        let clocks: BTreeMap<u64, Clock> =
+            (1..=3).map(|id| (id, Clock::starting_at(now))).collect();
+        let cluster = Cluster::start_each(
+            dir.path(),
+            &[1, 2, 3],
+            &[1, 2, 3],
+            |id| StoreSettings {
+                clock: clocks[&id].clone(),
+                ..StoreSettings::default()
+            },
+            |_| {},
+        );
+        cluster.await_leaders(1).await;
+        cluster.transfer(RangeId(1), 2).await;
+        let key = b"a-expiring".to_vec();
+        let outcome = cluster
+            .node(2)
+            .store
+            .send(Write {
+                command: Command::SetExpiring {
+                    key: key.clone(),
+                    value: b"5".to_vec(),
+                    condition: SetCondition::Always,
+                    get: false,
+                    expiry: SetExpiry::At(now + 5_000),
+                },
+            })
+            .await
+            .unwrap();
+        assert!(outcome.is_ok(), "{outcome:?}");
+        let read = |via: u64| cluster.node(via).store.send(Read::new(vec![key.clone()]));
+
+        // The leader's answer to node 1's read index waits on the way.
+        cluster.net.hold_messages(|from, to, _, m| {
+            (from, to) == (NodeId(2), NodeId(1)) && m.msg_type == MessageType::MsgReadIndexResp
+        });
+        let through_1 = read(1);
+        let mut held = false;
+        for _ in 0..250 {
+            held = cluster.net.held() > 0;
+            if held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(held, "no read index answer to node 1");
+        for other in [2, 3] {
+            cluster.net.cut_one_way(NodeId(1), NodeId(other));
+        }
+        clocks[&1].observe(now + 10_000);
+        cluster.net.release_held();
+        let through_1 = bytes(through_1.await.unwrap().unwrap());
+        assert_eq!(through_1, vec![Some(b"5".to_vec())], "through node 1");
+        let through_2 = bytes(read(2).await.unwrap().unwrap());
+        assert_eq!(through_2, vec![Some(b"5".to_vec())], "through the leader");
+        cluster.net.heal();
+        cluster.stop();
+    });
+}
+
 /// A membership change or a leadership move asked through a node whose leader is then cut off
 /// is answered once another leader is elected, not at the admin timeout (a minute by
 /// default): the change as in doubt (it was forwarded to the old leader, and may yet commit),
