@@ -106,6 +106,9 @@ pub enum StorageError {
     /// The data directory was written by a flotilla that kept the raft log in sled.
     #[error("storage: {0} was written by an older flotilla, which kept the raft log in sled; start this version on an empty data directory")]
     OldFormat(String),
+    /// The data directory was written by a later flotilla, in a layout this one does not know.
+    #[error("storage: {dir} was written by a newer flotilla (data format {found}; this one reads formats up to {FORMAT}); start that version or a later one on it")]
+    NewerFormat { dir: String, found: u64 },
     /// Stored bytes could not be decoded: the data directory is damaged.
     #[error("storage: corrupt {what}: {detail}")]
     Corrupt { what: String, detail: String },
@@ -241,6 +244,9 @@ pub mod keys {
         k
     }
 
+    /// The data format the directory was last opened with (8 bytes; see [`super::FORMAT`]).
+    pub const FORMAT: &[u8] = b"n-format";
+
     /// Marks a node whose stored values all have their tag (see `crate::value`).
     pub const VALUES_TAGGED: &[u8] = b"n-values-tagged";
     /// The last user key given its tag, while values are being tagged.
@@ -290,6 +296,14 @@ pub mod keys {
         (lo, hi)
     }
 }
+
+/// The version of the data directory's layout this build reads and writes, stored in it
+/// (`keys::FORMAT`). A build opening a directory of an older layout brings it up to date as it
+/// opens it (as `tag_values` does); one finding a newer layout refuses to start on it, rather
+/// than misread or damage what it does not know: a node downgraded past a change of layout.
+/// Raised with every change of layout an older build would misread; directories written
+/// before it was kept hold none and read as 0.
+pub const FORMAT: u64 = 1;
 
 /// User keys a purge deletes in one sled batch (see [`Engine::purge`]): about 50 ms of sled's
 /// work here.
@@ -485,7 +499,23 @@ impl Engine {
         if range_states(&tree)?.iter().any(|(k, _)| k[9] == b'h') {
             return Err(StorageError::OldFormat(dir.display().to_string()));
         }
+        let found = match tree.get(keys::FORMAT)? {
+            None => 0,
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("data format", format!("{v:?}")))?,
+            ),
+        };
+        if found > FORMAT {
+            let dir = dir.display().to_string();
+            return Err(StorageError::NewerFormat { dir, found });
+        }
         tag_values(&tree)?;
+        if found < FORMAT {
+            // Synced with the boot below.
+            tree.insert(keys::FORMAT, &FORMAT.to_be_bytes())?;
+        }
         let applied = AppliedLog::recover(&tree)?;
         let db_file = File::open(dir.join("db"))?;
         let log_dir = dir.join("raft");
@@ -2203,6 +2233,32 @@ pub(crate) mod tests {
         let wiped = tempfile::tempdir().unwrap();
         let fresh = open(wiped.path()).unwrap().boot();
         assert!(fresh > first, "{fresh} after {first}");
+    }
+
+    /// A node downgraded past a change of the data's layout refuses to start, saying why,
+    /// and leaves the directory as it was.
+    #[test]
+    fn a_data_directory_of_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = open(dir.path()).unwrap();
+            let stored = engine.tree().get(keys::FORMAT).unwrap();
+            assert_eq!(stored.as_deref(), Some(&FORMAT.to_be_bytes()[..]));
+            // As a later build would leave it.
+            let later = (FORMAT + 1).to_be_bytes();
+            engine.tree().insert(keys::FORMAT, &later).unwrap();
+            engine.sync().unwrap();
+        }
+        let err = open(dir.path()).unwrap_err();
+        let expected = format!(
+            "storage: {} was written by a newer flotilla (data format {}; this one reads \
+             formats up to {FORMAT}); start that version or a later one on it",
+            dir.path().display(),
+            FORMAT + 1
+        );
+        assert_eq!(err.to_string(), expected);
+        // Refused again: the format stays the later one.
+        assert_eq!(open(dir.path()).unwrap_err().to_string(), expected);
     }
 
     #[test]
