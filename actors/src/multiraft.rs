@@ -956,6 +956,9 @@ impl MultiRaft {
         for d in engine.descriptors()? {
             mr.open_group(d.id, None)?;
         }
+        // Replicas destroyed before a stop whose keys the Store has still to delete: no new
+        // replica of their ranges here until it has (`ReplicaDestroyed`).
+        mr.destroying.extend(engine.purges()?);
         Ok(mr)
     }
 

@@ -1220,6 +1220,17 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes what is left of the replicas destroyed before a stop (a purge the stop
+    /// interrupted), as any destroyed replica's keys are: on the purger thread, while the node
+    /// serves (MultiRaft refuses their ranges until then).
+    fn resume_purges(&mut self) -> Result<(), StorageError> {
+        for range in self.engine.purges()? {
+            log::info!("{}: deleting the rest of the keys of {range}", self.node);
+            self.purge(range)?;
+        }
+        Ok(())
+    }
+
     fn purged(&mut self, range: RangeId) {
         log::info!("{}: deleted the keys of {range}", self.node);
         self.flush_requests();
@@ -1969,6 +1980,13 @@ impl Actor for Store {
         self.myself = Some(ctx.address());
         if matches!(self.writer, Writer::None) {
             self.writer = Writer::Inline(ctx.address());
+        }
+        if let Err(e) = self.resume_purges() {
+            // As for applying: a storage error here means the disk is failing.
+            panic!(
+                "store: {}: cannot delete destroyed replicas' keys: {e}",
+                self.node
+            );
         }
         self.send_after(EXPIRE_EVERY, Due::Expire);
         self.send_after(REAP_EVERY, Due::Reap);
@@ -2995,6 +3013,43 @@ mod tests {
                 (b"b".to_vec(), stored(b"after"))
             ]
         );
+    }
+
+    /// A purge of a destroyed replica that a stop interrupted is finished by the Store once it
+    /// starts, and MultiRaft hears the range is destroyed (so it lets a replica of it in again).
+    #[test]
+    fn a_purge_a_stop_interrupted_is_finished_once_the_store_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, reports) = store_split(dir.path(), &[b"m"]);
+        let many: Vec<Command> = (0..crate::storage::PURGE_CHUNK + 5)
+            .map(|i| set_command(format!("a{i:05}").as_bytes(), b"v"))
+            .collect();
+        apply_commands(&mut s, many);
+        s.write_applied().unwrap();
+        // As `destroy` leaves it, stopped after the first chunk of the purge.
+        let d = s.ranges[&RangeId(1)].descriptor.clone();
+        let (mut batch, mut states) = (sled::Batch::default(), AppliedStates::default());
+        let span = Some((d.start_key.as_slice(), d.end_key.as_slice()));
+        let replica = ReplicaId::new(NodeId(1), 0);
+        s.engine
+            .stage_destroy(d.id, replica, span, &mut batch, &mut states)
+            .unwrap();
+        s.engine.write(batch, states).unwrap();
+        assert!(!s.engine.purge(d.id, &|| false).unwrap());
+        s.engine.sync().unwrap();
+        drop((s, reports));
+
+        use futures::{FutureExt, StreamExt};
+        let (mut s, mut reports) = store_split(dir.path(), &[b"m"]);
+        assert_eq!(s.engine.purges().unwrap(), vec![d.id]);
+        s.resume_purges().unwrap();
+        assert_eq!(s.engine.purges().unwrap(), vec![]);
+        assert_eq!(s.engine.user_pairs(b"", b"").unwrap(), vec![]);
+        let mut told = 0;
+        while let Some(Some(_)) = reports.next().now_or_never() {
+            told += 1;
+        }
+        assert!(told > 0, "MultiRaft was not told");
     }
 
     #[test]
