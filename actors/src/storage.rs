@@ -235,6 +235,11 @@ pub mod keys {
         k
     }
 
+    /// The bounds of a range's index of deadlines: `[range_key(EXPIRING), range_key(EXPIRING + 1))`.
+    pub fn deadlines(range: RangeId) -> (Vec<u8>, Vec<u8>) {
+        (range_key(range, EXPIRING), range_key(range, EXPIRING + 1))
+    }
+
     /// The entry of `key`'s `deadline` in its range's index of deadlines.
     pub fn expiry_key(range: RangeId, deadline: u64, key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(18 + key.len());
@@ -976,10 +981,11 @@ impl Engine {
         Ok(out)
     }
 
-    /// Stages the deletion of a replica's state (its index of deadlines with it) and a
-    /// tombstone, with a record of its span, whose user keys [`Engine::purge`] deletes after:
-    /// a range of a million keys takes seconds to delete, which is not done in one step on the
-    /// thread that serves the clients. A restart finishes a purge a stop interrupted.
+    /// Stages the deletion of a replica's state and a tombstone, with a record of its span,
+    /// whose user keys and index of deadlines (an entry per value with a deadline)
+    /// [`Engine::purge`] deletes after: a range of a million keys takes seconds to delete,
+    /// which is not done in one step on the thread that serves the clients. A restart finishes
+    /// a purge a stop interrupted.
     pub fn stage_destroy(
         &self,
         range: RangeId,
@@ -991,9 +997,23 @@ impl Engine {
         // Its applied state too: the removal is recorded, so that no older record of the
         // range counts after a restart.
         states.0.push((range, Vec::new()));
-        for item in self.tree.scan_prefix(keys::range_prefix(range)) {
-            let (k, _) = item?;
-            batch.remove(k);
+        let prefix = keys::range_prefix(range);
+        let (index, after_index) = keys::deadlines(range);
+        let state = self.tree.range(prefix.as_slice()..index.as_slice()).keys();
+        let after = self.tree.range(after_index.as_slice()..).keys();
+        let after = after.take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)));
+        for k in state.chain(after) {
+            batch.remove(k?);
+        }
+        if span.is_none() {
+            // No data here, nor index (a replica removed before its first snapshot).
+            for k in self
+                .tree
+                .range(index.as_slice()..after_index.as_slice())
+                .keys()
+            {
+                batch.remove(k?);
+            }
         }
         if let Some((start, end)) = span {
             batch.insert(keys::purge(range), codec::encode(&(start, end)));
@@ -1018,16 +1038,21 @@ impl Engine {
         Ok(out)
     }
 
-    /// Deletes the user keys of a destroyed replica's span (see [`Engine::stage_destroy`]),
-    /// [`PURGE_CHUNK`] at a time, then its record; stops between two chunks, the record kept,
-    /// once `go_on` says so. Whether it finished.
+    /// Deletes the user keys of a destroyed replica's span and its index of deadlines (see
+    /// [`Engine::stage_destroy`]), [`PURGE_CHUNK`] at a time, then its record; stops between
+    /// two chunks, the record kept, once `go_on` says so. Whether it finished.
     pub fn purge(&self, range: RangeId, go_on: &dyn Fn() -> bool) -> Result<bool, StorageError> {
         let Some(record) = self.tree.get(keys::purge(range))? else {
             return Ok(true);
         };
         let (start, end): (Vec<u8>, Vec<u8>) =
             codec::decode(&record).map_err(|e| corrupt(format!("purge record of {range}"), e))?;
-        if !self.delete_user_span(&start, &end, go_on)? {
+        let (lo, hi) = keys::user_span(&start, &end);
+        if !self.delete_keys(&lo, &hi, go_on)? {
+            return Ok(false);
+        }
+        let (lo, hi) = keys::deadlines(range);
+        if !self.delete_keys(&lo, &hi, go_on)? {
             return Ok(false);
         }
         self.tree.remove(keys::purge(range))?;
@@ -1044,15 +1069,20 @@ impl Engine {
         go_on: &dyn Fn() -> bool,
     ) -> Result<bool, StorageError> {
         let (lo, hi) = keys::user_span(start, end);
+        self.delete_keys(&lo, &hi, go_on)
+    }
+
+    /// Deletes the stored keys in `[lo, hi)` as [`Engine::delete_user_span`] does.
+    fn delete_keys(
+        &self,
+        lo: &[u8],
+        hi: &[u8],
+        go_on: &dyn Fn() -> bool,
+    ) -> Result<bool, StorageError> {
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
-            for k in self
-                .tree
-                .range(lo.as_slice()..hi.as_slice())
-                .keys()
-                .take(PURGE_CHUNK)
-            {
+            for k in self.tree.range(lo..hi).keys().take(PURGE_CHUNK) {
                 batch.remove(k?);
                 n += 1;
             }
@@ -2664,9 +2694,16 @@ pub(crate) mod tests {
         for k in [&b"b"[..], b"l", b"m", b"z"] {
             batch.data().insert(keys::user_key(k), b"v".as_slice());
         }
+        // Entries in both ranges' indexes of deadlines.
+        let d = descriptor();
+        let (mine, theirs) = (
+            keys::expiry_key(d.id, 5, b"l"),
+            keys::expiry_key(other.id, 5, b"z"),
+        );
+        batch.data().insert(mine.clone(), b"".as_slice());
+        batch.data().insert(theirs.clone(), b"".as_slice());
         engine.commit(batch).unwrap();
 
-        let d = descriptor();
         let replica = ReplicaId::new(NodeId(2), 0);
         let (mut batch, mut states) = (sled::Batch::default(), AppliedStates::default());
         engine
@@ -2685,24 +2722,26 @@ pub(crate) mod tests {
             engine.tombstones().unwrap().into_iter().collect::<Vec<_>>(),
             vec![(RangeId(7), replica)]
         );
-        // Of its state in sled, only the tombstone is left.
-        assert_eq!(
+        // Of its state in sled, the tombstone is left, and its index of deadlines, which goes
+        // with its user keys in a purge of their own.
+        let state = || {
             engine
                 .tree()
                 .scan_prefix(keys::range_prefix(d.id))
                 .keys()
                 .map(|k| k.unwrap().to_vec())
-                .collect::<Vec<_>>(),
-            vec![keys::range_key(d.id, keys::TOMBSTONE)]
-        );
-        // Its user keys go in a purge of their own.
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(state(), vec![mine, keys::range_key(d.id, keys::TOMBSTONE)]);
         assert_eq!(engine.get_user(b"b").unwrap(), Some(b"v".to_vec()));
         assert_eq!(engine.purges().unwrap(), vec![d.id]);
         assert!(engine.purge(d.id, &|| true).unwrap());
         assert_eq!(engine.purges().unwrap(), vec![]);
         assert_eq!(engine.get_user(b"b").unwrap(), None);
         assert_eq!(engine.get_user(b"l").unwrap(), None);
+        assert_eq!(state(), vec![keys::range_key(d.id, keys::TOMBSTONE)]);
         // The neighbour keeps its data and state.
+        assert!(engine.tree().contains_key(&theirs).unwrap());
         assert_eq!(engine.get_user(b"m").unwrap(), Some(b"v".to_vec()));
         assert_eq!(engine.get_user(b"z").unwrap(), Some(b"v".to_vec()));
         assert_eq!(engine.applied(RangeId(8)).unwrap().index, BOOTSTRAP_INDEX);
