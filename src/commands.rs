@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+pub mod clients;
 mod expiry;
 pub mod scan;
 mod transaction;
@@ -43,6 +44,8 @@ pub struct Shared {
     pub started: Instant,
     pub clients: AtomicUsize,
     pub next_client_id: AtomicU64,
+    /// Every client connection, for `CLIENT LIST` and `CLIENT KILL`.
+    pub connections: clients::Connections,
     /// `SCAN`'s cursors, of every connection.
     pub cursors: std::sync::Mutex<scan::Cursors>,
     /// The Store's clock, which turns a time to live into a deadline (see
@@ -204,9 +207,20 @@ const COMMANDS: &[Spec] = &[
 
 /// The command named `name`, in any case.
 fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    find(name).map(|(_, s)| s)
+}
+
+/// The command named `name` (any case), and its index in the table.
+fn find(name: &[u8]) -> Option<(usize, &'static Spec)> {
     COMMANDS
         .iter()
-        .find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+        .enumerate()
+        .find(|(_, s)| s.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The name of the command at `index` in the table.
+fn command_name(index: usize) -> Option<&'static str> {
+    COMMANDS.get(index).map(|s| s.name)
 }
 
 fn render_spec(out: &mut BytesMut, s: &Spec) {
@@ -225,10 +239,9 @@ fn render_spec(out: &mut BytesMut, s: &Spec) {
 /// One client connection's state.
 pub struct Session {
     shared: Arc<Shared>,
-    id: u64,
-    peer: SocketAddr,
+    /// Its id, peer and name, as `CLIENT LIST` shows them.
+    conn: Arc<clients::Connection>,
     authenticated: bool,
-    name: Option<Bytes>,
     order: Rc<Order>,
     /// The transaction `MULTI` opened, until `EXEC` or `DISCARD`.
     multi: Option<transaction::Transaction>,
@@ -259,16 +272,21 @@ impl Order {
     }
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.connections.close(self.conn.id);
+    }
+}
+
 impl Session {
     pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Session {
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
         let authenticated = shared.config.password.is_none();
+        let conn = shared.connections.open(id, peer);
         Session {
             shared,
-            id,
-            peer,
+            conn,
             authenticated,
-            name: None,
             order: Rc::new(Order::default()),
             multi: None,
             watched: transaction::Watches::default(),
@@ -276,12 +294,18 @@ impl Session {
         }
     }
 
+    /// What `CLIENT KILL` ends the connection by (see [`clients::Connection::killed`]).
+    pub fn connection(&self) -> Arc<clients::Connection> {
+        self.conn.clone()
+    }
+
     /// Runs one command. Replies come back in the order commands were given, whatever order
     /// they finish in: the connection awaits them in order.
     pub fn execute(&mut self, mut args: Vec<Bytes>) -> PendingReply {
-        let Some(spec) = lookup(&args[0]) else {
+        let Some((index, spec)) = find(&args[0]) else {
             return self.refused(None, unknown_command(&args));
         };
+        self.conn.touch(index, self.in_multi());
         let name = spec.name;
         let n = args.len() as i32;
         if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
@@ -626,7 +650,7 @@ impl Session {
         if self.collecting() {
             return self.collect_read(keys, render);
         }
-        let client = self.id;
+        let client = self.conn.id;
         self.sequenced(false, move |store| {
             let request = store.send(Read { keys, client });
             async move {
@@ -699,7 +723,7 @@ impl Session {
                     rest = &rest[3..];
                 }
                 ("setname", n) if n >= 2 => {
-                    self.name = Some(rest[1].clone());
+                    self.conn.set_name(Some(rest[1].clone()));
                     rest = &rest[2..];
                 }
                 _ => return err(format!("ERR Syntax error in HELLO option '{opt}'")),
@@ -708,7 +732,7 @@ impl Session {
         if !self.authenticated {
             return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
         }
-        let id = self.id;
+        let id = self.conn.id;
         now(move |out| {
             reply::array_header(out, 14);
             reply::bulk(out, b"server");
@@ -728,16 +752,53 @@ impl Session {
         })
     }
 
-    fn client_line(&self) -> String {
-        format!(
-            "id={} addr={} name={} db=0 cmd=client",
-            self.id,
-            self.peer,
-            self.name
-                .as_ref()
-                .map(|n| String::from_utf8_lossy(n).into_owned())
-                .unwrap_or_default()
-        )
+    /// `CLIENT LIST [TYPE t] [ID id ...]`: a line for each connection the filter picks.
+    fn client_list(&self, filter: &[Bytes]) -> PendingReply {
+        let filter = match clients::Filter::list(filter) {
+            Ok(f) => f,
+            Err(e) => return err(e),
+        };
+        let local = self.shared.client_addr;
+        let mut text = String::new();
+        for c in self.shared.connections.all() {
+            if filter.picks(&c, self.conn.id, local) {
+                text.push_str(&c.line(local, command_name));
+                text.push('\n');
+            }
+        }
+        now(move |out| reply::bulk(out, text.as_bytes()))
+    }
+
+    /// `CLIENT KILL addr:port` (`+OK`, or an error if none has that address), or `CLIENT KILL
+    /// <filter> <value> ...` (how many it ended): each connection picked reads nothing more
+    /// and closes once its replies are out; the asking one too with `SKIPME no`, after this
+    /// reply.
+    fn client_kill(&self, a: &[Bytes]) -> PendingReply {
+        let local = self.shared.client_addr;
+        let (filter, old_form) = match a {
+            [addr] => {
+                let addr = [Bytes::from_static(b"addr"), addr.clone()];
+                let mut f = clients::Filter::kill(&addr).expect("a pair");
+                f.skip_me = false;
+                (f, true)
+            }
+            _ => match clients::Filter::kill(a) {
+                Ok(f) => (f, false),
+                Err(e) => return err(e),
+            },
+        };
+        let mut killed = 0;
+        for c in self.shared.connections.all() {
+            if filter.picks(&c, self.conn.id, local) {
+                c.kill();
+                killed += 1;
+            }
+        }
+        match (old_form, killed) {
+            (true, 0) => err("ERR No such client"),
+            (true, _) => now(|out| reply::simple(out, "OK")),
+            (false, n) => now(move |out| reply::integer(out, n)),
+        }
     }
 
     fn client(&mut self, a: &[Bytes]) -> PendingReply {
@@ -749,24 +810,26 @@ impl Session {
                         "ERR Client names cannot contain spaces, newlines or special characters.",
                     );
                 }
-                self.name = (!a[1].is_empty()).then(|| a[1].clone());
+                self.conn.set_name((!a[1].is_empty()).then(|| a[1].clone()));
                 now(|out| reply::simple(out, "OK"))
             }
             ("getname", 1) => {
-                let name = self.name.clone();
+                let name = self.conn.name();
                 now(move |out| reply::optional_bulk(out, name.as_deref()))
             }
             ("id", 1) => {
-                let id = self.id as i64;
+                let id = self.conn.id as i64;
                 now(move |out| reply::integer(out, id))
             }
             ("setinfo", 3) | ("no-evict", 2) | ("no-touch", 2) => {
                 now(|out| reply::simple(out, "OK"))
             }
-            ("info", 1) | ("list", 1) => {
-                let line = format!("{}\n", self.client_line());
+            ("info", 1) => {
+                let line = self.conn.line(self.shared.client_addr, command_name) + "\n";
                 now(move |out| reply::bulk(out, line.as_bytes()))
             }
+            ("list", _) => self.client_list(&a[1..]),
+            ("kill", n) if n >= 2 => self.client_kill(&a[1..]),
             _ => err(format!(
                 "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CLIENT HELP."
             )),

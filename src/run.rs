@@ -132,6 +132,7 @@ pub async fn run(
         started: Instant::now(),
         clients: AtomicUsize::new(0),
         next_client_id: AtomicU64::new(0),
+        connections: Default::default(),
         cursors: Default::default(),
         clock,
     });

@@ -117,10 +117,18 @@ async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
     let mut parser = resp::RequestParser::default();
     // Closed by the node (a protocol error, `QUIT`), not by the client.
     let mut closing = false;
+    let conn = session.connection();
     'read: loop {
-        match rd.read_buf(&mut buf).await {
+        let read = tokio::select! {
+            biased;
+            // `CLIENT KILL`: nothing more is read, even what came with it; what was asked
+            // before is answered, then the connection closes.
+            () = conn.killed() => break,
+            read = rd.read_buf(&mut buf) => read,
+        };
+        match read {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Ok(_) => conn.active(),
         }
         loop {
             match parser.parse(&mut buf, &limits) {

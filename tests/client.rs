@@ -876,6 +876,100 @@ fn flushdb_deletes_every_key_even_those_just_written() {
     assert_eq!(left, ["kept"]);
 }
 
+/// `CLIENT LIST` shows every connection of the node, with its name, address and last command;
+/// `CLIENT KILL` ends the connections its filters pick (not the one asking, unless told), or
+/// the one at an address, and they leave the list.
+#[test]
+fn client_list_shows_every_connection_and_client_kill_ends_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), "");
+    let (mut a, mut b) = (server.client(), server.client());
+    let client = |con: &mut redis::Connection, args: &[&str]| -> redis::RedisResult<redis::Value> {
+        redis::cmd("CLIENT").arg(args).query(con)
+    };
+    client(&mut a, &["SETNAME", "worker-a"]).unwrap();
+    let id =
+        |con: &mut redis::Connection| -> u64 { redis::cmd("CLIENT").arg("ID").query(con).unwrap() };
+    let (a_id, b_id) = (id(&mut a), id(&mut b));
+    let list = |con: &mut redis::Connection, args: &[&str]| -> String {
+        redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg(args)
+            .query(con)
+            .unwrap()
+    };
+    let all = list(&mut b, &[]);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 2, "{all}");
+    let line_a = format!("id={a_id} ");
+    let line_a = lines
+        .iter()
+        .find(|l| l.starts_with(&line_a))
+        .expect("a listed");
+    for field in [
+        " name=worker-a ".to_string(),
+        " cmd=client ".to_string(),
+        format!(" laddr={} ", server.addr),
+        " flags=N db=0 ".to_string(),
+    ] {
+        assert!(line_a.contains(&field), "{field} in {line_a}");
+    }
+    assert_eq!(list(&mut b, &["ID", &a_id.to_string()]).lines().count(), 1);
+    assert_eq!(list(&mut b, &["TYPE", "pubsub"]), "");
+
+    // Not itself, by default; the other, by id.
+    let none: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(b_id)
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(none, 0);
+    let one: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(a_id)
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(one, 1);
+    assert!(
+        redis::cmd("PING").query::<String>(&mut a).is_err(),
+        "a still served"
+    );
+    let after = list(&mut b, &[]);
+    assert_eq!(after.lines().count(), 1, "{after}");
+
+    // By address, the old form.
+    let mut c = server.client();
+    let info: String = redis::cmd("CLIENT").arg("INFO").query(&mut c).unwrap();
+    let addr = info
+        .split(' ')
+        .find_map(|f| f.strip_prefix("addr="))
+        .expect("an address");
+    let ok: String = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg(addr)
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(ok, "OK");
+    assert!(
+        redis::cmd("PING").query::<String>(&mut c).is_err(),
+        "c still served"
+    );
+    let e = client(&mut b, &["KILL", "127.0.0.1:1"]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "An error was signalled by the server - ResponseError: No such client"
+    );
+    let e = client(&mut b, &["KILL", "ID", "1", "SKIPME"]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "An error was signalled by the server - ResponseError: syntax error"
+    );
+    let pong: String = redis::cmd("PING").query(&mut b).unwrap();
+    assert_eq!(pong, "PONG");
+}
+
 /// Commands, each with the reply it must get, byte for byte.
 type Script<'a> = &'a [(&'a [&'a [u8]], &'a [u8])];
 
