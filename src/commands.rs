@@ -218,6 +218,14 @@ fn find(name: &[u8]) -> Option<(usize, &'static Spec)> {
         .find(|(_, s)| s.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// Arguments of a command, as a connection hands them over (for the tests of the commands).
+#[cfg(test)]
+pub(crate) fn test_args(a: &[&str]) -> Vec<Bytes> {
+    a.iter()
+        .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+        .collect()
+}
+
 /// The name of the command at `index` in the table.
 fn command_name(index: usize) -> Option<&'static str> {
     COMMANDS.get(index).map(|s| s.name)

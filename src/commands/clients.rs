@@ -229,12 +229,7 @@ fn id(value: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<Bytes> {
-        a.iter()
-            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-            .collect()
-    }
+    use crate::commands::test_args as args;
 
     #[test]
     fn filters_pick_as_redis_documents() {

@@ -247,12 +247,7 @@ pub fn ttl(name: &str, value: Option<&Value>, now: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<Bytes> {
-        a.iter()
-            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-            .collect()
-    }
+    use crate::commands::test_args as args;
 
     #[test]
     fn set_takes_its_options_in_any_order_once_each() {
