@@ -242,8 +242,12 @@ type Values = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
 /// alike: see [`Store::flush`]), then the values written after (`None`: deleted).
 #[derive(Default)]
 struct Layer {
-    cleared: Vec<RangeDescriptor>,
+    /// By start key: ranges' spans do not overlap, so the one that may hold a key is the last
+    /// that starts at or before it (a `FLUSHALL` clears every range of the node: thousands).
+    cleared: BTreeMap<Vec<u8>, RangeDescriptor>,
     values: Values,
+    /// The bytes of the keys and values put in `values` (see [`HELD_BEHIND_FLUSH`]).
+    bytes: usize,
 }
 
 /// What a cleared key reads as.
@@ -260,7 +264,25 @@ impl Layer {
 
     /// Whether this layer cleared `key`'s span.
     fn clears(&self, key: &[u8]) -> bool {
-        self.cleared.iter().any(|d| d.contains(key))
+        self.cleared_span(key).is_some()
+    }
+
+    /// The span this layer cleared that holds `key`, if any.
+    fn cleared_span(&self, key: &[u8]) -> Option<&RangeDescriptor> {
+        let upto = (Bound::Unbounded, Bound::Included(key));
+        let (_, d) = self.cleared.range::<[u8], _>(upto).next_back()?;
+        d.contains(key).then_some(d)
+    }
+
+    /// A key's new value.
+    fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+        self.values.insert(key, value);
+    }
+
+    /// The spans cleared, for the writer.
+    fn spans(&self) -> Vec<RangeDescriptor> {
+        self.cleared.values().cloned().collect()
     }
 }
 
@@ -277,8 +299,15 @@ fn unwritten_value<'a>(
 }
 
 /// The writer thread: writes the batches it is handed, in order, and tells the Store; stops at
-/// the first that fails, or when the Store is gone.
-fn write_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<WriteJob>, store: &Addr<Store>) {
+/// the first that fails, or when the Store is gone: once it has written what it was handed, or
+/// between two chunks of a `FLUSHDB`'s deletion (a node stopping does not wait seconds for it:
+/// what is not written is applied again from the log at the next start, as after a crash).
+fn write_in_order(
+    engine: &Engine,
+    jobs: std::sync::mpsc::Receiver<WriteJob>,
+    store: &Addr<Store>,
+    alive: &std::sync::Weak<()>,
+) {
     for job in jobs {
         match job {
             WriteJob::Batch {
@@ -289,11 +318,13 @@ fn write_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<WriteJob>, st
             } => {
                 // `Engine::write` panics on a failure it cannot undo: the Store hears of it all
                 // the same (a node's process ends at the panic itself: `run::abort_on_panic`).
+                let go_on = || alive.strong_count() > 0;
                 let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    write_layer(engine, &cleared, batch, states)
+                    write_layer(engine, &cleared, batch, states, &go_on)
                 }));
                 let result = match written {
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(true)) => Ok(()),
+                    Ok(Ok(false)) => return,
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err("the write panicked".to_string()),
                 };
@@ -321,16 +352,22 @@ fn write_in_order(engine: &Engine, jobs: std::sync::mpsc::Receiver<WriteJob>, st
 /// written), and applying them again ends at the same state, as the `FLUSHDB` among them
 /// deletes the span again; what its keys held before it was answered already and is not
 /// readable until the node has applied it again (a read waits for its read index).
+///
+/// Whether it wrote the batch: not if `go_on` stopped the deletion.
 fn write_layer(
     engine: &Engine,
     cleared: &[RangeDescriptor],
     batch: sled::Batch,
     states: AppliedStates,
-) -> Result<(), StorageError> {
+    go_on: &dyn Fn() -> bool,
+) -> Result<bool, StorageError> {
     for d in cleared {
-        engine.delete_user_span(&d.start_key, &d.end_key, &|| true)?;
+        if !engine.delete_user_span(&d.start_key, &d.end_key, go_on)? {
+            return Ok(false);
+        }
     }
-    engine.write(batch, states)
+    engine.write(batch, states)?;
+    Ok(true)
 }
 
 /// The purger thread: deletes the keys of the destroyed replicas it is handed, one after
@@ -515,6 +552,10 @@ pub struct Store {
     alive: Arc<()>,
     /// Snapshots being built on the builder thread, by range.
     generating: BTreeMap<RangeId, Generation>,
+    /// Snapshots asked for while the writer deletes a `FLUSHDB`'s keys: built once it is done
+    /// (a build first has everything applied written, which would hold the Store's thread,
+    /// and every client of the node, until then).
+    after_clearing: BTreeSet<RangeId>,
     /// The number of the last snapshot build started on its thread.
     generations: u64,
     /// Requests handled since the Store last handed its thread back.
@@ -701,8 +742,10 @@ struct Unwritten {
 const WRITE_APPLIED_ENTRIES: usize = 1024;
 
 /// Applied entries that may wait in memory while the writer deletes a `FLUSHDB`'s keys (see
-/// [`Store::hand_over_unwritten`]): about 7 MB of `SET`s of 100 bytes.
+/// [`Store::hand_over_unwritten`]), and the bytes of their keys and values: whichever comes
+/// first (65,536 `SET`s of 100 bytes, or 512 of 128 KiB).
 const HELD_BEHIND_FLUSH: usize = 64 * WRITE_APPLIED_ENTRIES;
+const HELD_BEHIND_FLUSH_BYTES: usize = 64 << 20;
 
 /// Sends MultiRaft the requests gathered so far; queued behind the messages already in the
 /// Store's mailbox, so that their requests go in the same message.
@@ -749,6 +792,7 @@ impl Store {
             purger: None,
             alive: Arc::new(()),
             generating: BTreeMap::new(),
+            after_clearing: BTreeSet::new(),
             generations: 0,
             handled: 0,
             settings,
@@ -1243,6 +1287,10 @@ impl Store {
         if self.generating.contains_key(&range) {
             return Ok(());
         }
+        if self.clearing() {
+            self.after_clearing.insert(range);
+            return Ok(());
+        }
         self.write_applied()?;
         let Some(r) = self.ranges.get(&range) else {
             return Ok(());
@@ -1370,7 +1418,7 @@ impl Store {
                 keep
             });
         }
-        overlay.cleared.push(d);
+        overlay.cleared.insert(d.start_key.clone(), d);
         self.cache.clear();
         self.spoil_snapshot(range);
     }
@@ -1413,7 +1461,7 @@ impl Store {
         }
         let (layer, batch, states, written) = self.take_unwritten();
         if !written.is_empty() {
-            write_layer(&self.engine, &layer.cleared, batch, states)?;
+            write_layer(&self.engine, &layer.spans(), batch, states, &|| true)?;
         }
         ranges.extend(written);
         Ok(ranges)
@@ -1444,6 +1492,14 @@ impl Store {
         (layer, batch, states, ranges)
     }
 
+    /// Whether a `FLUSHDB`'s keys are to be deleted from sled, or being deleted.
+    fn clearing(&self) -> bool {
+        let layers = self.in_flight.iter().map(|f| &f.layer);
+        layers
+            .chain([&self.unwritten.layer])
+            .any(|l| !l.cleared.is_empty())
+    }
+
     /// Hands what was applied to the writer, keeping its values for reads until it is written;
     /// unless the writer is deleting a `FLUSHDB`'s keys, which may take seconds: it then waits
     /// here for the writer to be done (see [`Store::written`]), up to [`HELD_BEHIND_FLUSH`]
@@ -1451,7 +1507,11 @@ impl Store {
     /// client of the node, wait for the writer.
     fn hand_over_unwritten(&mut self) {
         let clearing = self.in_flight.iter().any(|f| !f.layer.cleared.is_empty());
-        if clearing && self.unwritten.entries < HELD_BEHIND_FLUSH {
+        let held = &self.unwritten;
+        if clearing
+            && held.entries < HELD_BEHIND_FLUSH
+            && held.layer.bytes < HELD_BEHIND_FLUSH_BYTES
+        {
             self.unwritten.held = true;
             return;
         }
@@ -1470,7 +1530,7 @@ impl Store {
             return self.write_or_stop();
         }
         let (layer, batch, states, ranges) = self.take_unwritten();
-        let cleared = layer.cleared.clone();
+        let cleared = layer.spans();
         let written = self.applied_indexes(&ranges);
         self.handed_writes += 1;
         let seq = self.handed_writes;
@@ -1482,10 +1542,10 @@ impl Store {
         match &self.writer {
             Writer::None => unreachable!("written at once above"),
             Writer::Inline(store) => {
-                let result = write_layer(&self.engine, &cleared, batch, states);
+                let result = write_layer(&self.engine, &cleared, batch, states, &|| true);
                 store.do_send(Written {
                     seq,
-                    result: result.map_err(|e| e.to_string()),
+                    result: result.map(|_| ()).map_err(|e| e.to_string()),
                 });
             }
             Writer::Thread(jobs) => {
@@ -1522,10 +1582,14 @@ impl Store {
             .spawn(move || purge_in_order(&engine, purge_jobs, &to, &alive))?;
         self.purger = Some(purges);
         let (jobs, receive) = std::sync::mpsc::sync_channel::<WriteJob>(WRITES_IN_FLIGHT);
-        let (engine, to) = (self.engine.clone(), store.clone());
+        let (engine, to, alive) = (
+            self.engine.clone(),
+            store.clone(),
+            Arc::downgrade(&self.alive),
+        );
         let writer = std::thread::Builder::new()
             .name(format!("store-writer-{}", self.node.0))
-            .spawn(move || write_in_order(&engine, receive, &to))?;
+            .spawn(move || write_in_order(&engine, receive, &to, &alive))?;
         self.writer = Writer::Thread(jobs);
         let (builds, receive) = std::sync::mpsc::channel::<BuildJob>();
         let (engine, delay) = (self.engine.clone(), self.settings.snapshot_build_delay);
@@ -1773,7 +1837,7 @@ impl Store {
                             None => batch.remove(stored),
                         }
                         self.cache.update(&k, &v);
-                        overlay.values.insert(k, v);
+                        overlay.insert(k, v);
                     }
                     self.applied_commands += 1;
                     // Under any boot: a write proposed before `raise_boot` still waits here
@@ -2091,6 +2155,13 @@ impl Store {
         if self.unwritten.held {
             self.hand_over_unwritten();
         }
+        if !self.after_clearing.is_empty() && !self.clearing() {
+            for range in std::mem::take(&mut self.after_clearing) {
+                if let Err(e) = self.generate_snapshot(range) {
+                    panic!("store: {}: {range}: snapshot: {e}", self.node);
+                }
+            }
+        }
         if !written.is_empty() {
             self.flush_requests();
             self.multiraft.do_send(Applied {
@@ -2337,7 +2408,7 @@ impl Store {
         };
         let layers = self.in_flight.iter().map(|f| &f.layer);
         for layer in layers.chain([&self.unwritten.layer]) {
-            if layer.cleared.iter().any(covers) {
+            if layer.cleared_span(from).is_some_and(covers) {
                 unwritten.clear();
                 cleared = true;
             }
@@ -2872,7 +2943,7 @@ mod tests {
         else {
             panic!("no batch handed to the writer");
         };
-        write_layer(&s.engine, &cleared, batch, states).unwrap();
+        assert!(write_layer(&s.engine, &cleared, batch, states, &|| true).unwrap());
         s.written(Written {
             seq,
             result: Ok(()),
@@ -2948,6 +3019,26 @@ mod tests {
             .engine
             .count_user_keys(&[s.ranges[&RangeId(1)].descriptor.clone()]);
         assert_eq!(counted.unwrap(), (2, 0));
+    }
+
+    /// A snapshot asked for while the writer deletes a `FLUSHDB`'s keys is built once it is
+    /// done, not at once: building has everything applied written first, which would hold the
+    /// Store's thread for the whole deletion.
+    #[test]
+    fn a_snapshot_asked_for_while_a_flush_is_deleted_is_built_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
+        let (builds, handed) = std::sync::mpsc::channel();
+        s.builder = Some(builds);
+        let held = hold_writes(&mut s);
+        apply_commands(&mut s, vec![set_command(b"a", b"1"), Command::Flush]);
+        s.hand_over_unwritten();
+        let other = s.route(b"z").unwrap();
+        s.generate_snapshot(other).unwrap();
+        assert!(handed.try_recv().is_err(), "built while the writer deletes");
+        write_held(&mut s, &held);
+        let BuildJob { range, .. } = handed.try_recv().expect("built once it was written");
+        assert_eq!(range, other);
     }
 
     /// A node that stops while its writer deletes a `FLUSHDB`'s keys, before it writes the
