@@ -58,10 +58,20 @@ fn line_end(
     }
 }
 
+/// A length as Redis's `string2ll` reads it: an optional `-`, then digits without a leading
+/// zero (`0` alone excepted), and nothing else: `+1`, `01`, `-0` and ` 1` are refused, as Redis
+/// refuses them.
 fn parse_len(line: &[u8], what: &str) -> Result<i64, ProtocolError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line.strip_prefix(b"-").unwrap_or(line);
+    let canonical = match digits {
+        [b'0'] => digits.len() == line.len(),
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
     std::str::from_utf8(line)
         .ok()
+        .filter(|_| canonical)
         .and_then(|s| s.parse::<i64>().ok())
         .ok_or_else(|| protocol(format!("invalid {what} length")))
 }
@@ -510,6 +520,23 @@ mod tests {
             parse(b"*x\r\n").unwrap_err(),
             protocol("invalid multibulk length")
         );
+        // Lengths as Redis reads them (redis-server 7.0.15 refuses each of these).
+        for bad in [
+            &b"*+1\r\n"[..],
+            b"*01\r\n",
+            b"*-0\r\n",
+            b"* 1\r\n",
+            b"*1 \r\n",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e, protocol("invalid multibulk length"), "{bad:?}");
+        }
+        for bad in [&b"*1\r\n$+4\r\n"[..], b"*1\r\n$04\r\n", b"*1\r\n$-0\r\n"] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.0.starts_with("invalid bulk length"), "{bad:?}: {e:?}");
+        }
+        assert_eq!(parse(b"*0\r\n").unwrap(), Some(vec![]));
+        assert_eq!(parse(b"*-1\r\n").unwrap(), Some(vec![]));
         assert_eq!(
             parse(b"*1\r\n$1\r\nab\r\n").unwrap_err(),
             protocol("bulk string not terminated by CRLF")
