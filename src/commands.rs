@@ -524,9 +524,10 @@ impl Session {
                 _ => err("ERR syntax error"),
             },
             "hello" => self.hello(a),
-            "select" => match a[0].as_ref() {
-                b"0" => now(|out| reply::simple(out, "OK")),
-                _ => err("ERR DB index is out of range"),
+            "select" => match parse_integer(&a[0]) {
+                Some(0) => now(|out| reply::simple(out, "OK")),
+                Some(_) => err("ERR DB index is out of range"),
+                None => err("ERR value is not an integer or out of range"),
             },
             "info" => self.info(a),
             "command" => command_command(a),
@@ -545,7 +546,11 @@ impl Session {
                         }
                     })
                 }
-                _ => err("ERR CONFIG only supports GET on flotilla"),
+                "set" | "resetstat" | "rewrite" => err(format!(
+                    "ERR CONFIG {} is not supported: flotilla's settings are in its config file",
+                    String::from_utf8_lossy(&a[0]).to_uppercase()
+                )),
+                _ => subcommand_error("config", a, &["get"]),
             },
             "flotilla" => self.admin(a),
             _ => unreachable!("every command in the table has a branch"),
@@ -706,13 +711,14 @@ impl Session {
             match parse_integer(v) {
                 Some(2) => {}
                 Some(3) => return err("NOPROTO this server speaks RESP2 only"),
-                _ => return err("NOPROTO unsupported protocol version"),
+                Some(_) => return err("NOPROTO unsupported protocol version"),
+                None => return err("ERR Protocol version is not an integer or out of range"),
             }
             rest = &rest[1..];
         }
         while !rest.is_empty() {
-            let opt = String::from_utf8_lossy(&rest[0]).to_lowercase();
-            match (opt.as_str(), rest.len()) {
+            let given = String::from_utf8_lossy(&rest[0]).into_owned();
+            match (given.to_lowercase().as_str(), rest.len()) {
                 ("auth", n) if n >= 3 => {
                     if rest[1].as_ref() != b"default" {
                         return err(
@@ -734,7 +740,7 @@ impl Session {
                     self.conn.set_name(Some(rest[1].clone()));
                     rest = &rest[2..];
                 }
-                _ => return err(format!("ERR Syntax error in HELLO option '{opt}'")),
+                _ => return err(format!("ERR Syntax error in HELLO option '{given}'")),
             }
         }
         if !self.authenticated {
@@ -838,9 +844,13 @@ impl Session {
             }
             ("list", _) => self.client_list(&a[1..]),
             ("kill", n) if n >= 2 => self.client_kill(&a[1..]),
-            _ => err(format!(
-                "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CLIENT HELP."
-            )),
+            _ => subcommand_error(
+                "client",
+                a,
+                &[
+                    "id", "info", "kill", "setname", "getname", "setinfo", "no-evict", "no-touch",
+                ],
+            ),
         }
     }
 
@@ -1021,7 +1031,7 @@ fn command_command(a: &[Bytes]) -> PendingReply {
                 render_spec(out, s);
             }
         }),
-        "count" => now(|out| reply::integer(out, COMMANDS.len() as i64)),
+        "count" if a.len() == 1 => now(|out| reply::integer(out, COMMANDS.len() as i64)),
         // redis-cli asks for the docs to show hints; it copes with none.
         "docs" => now(|out| reply::array_header(out, 0)),
         "list" => now(|out| {
@@ -1042,8 +1052,22 @@ fn command_command(a: &[Bytes]) -> PendingReply {
                 }
             })
         }
-        _ => err(format!(
-            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try COMMAND HELP."
+        _ => subcommand_error("command", a, &["count"]),
+    }
+}
+
+/// Redis's answer to subcommand `a[0]` of `command` that is not known, or, if it is among
+/// `known`, that was given the wrong number of arguments.
+fn subcommand_error(command: &str, a: &[Bytes], known: &[&str]) -> PendingReply {
+    let given = String::from_utf8_lossy(&a[0]);
+    let sub = given.to_lowercase();
+    match known.contains(&sub.as_str()) {
+        true => err(format!(
+            "ERR wrong number of arguments for '{command}|{sub}' command"
+        )),
+        false => err(format!(
+            "ERR unknown subcommand '{given}'. Try {} HELP.",
+            command.to_uppercase()
         )),
     }
 }

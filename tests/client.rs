@@ -94,6 +94,56 @@ fn every_command_answers_with_redis_reply_shapes() {
     let port_reply = format!("*2\r\n$4\r\nport\r\n${}\r\n{port}\r\n", port.len());
     c.roundtrip(&cmd(&[b"CONFIG", b"GET", b"port"]), port_reply.as_bytes());
     c.roundtrip(&cmd(&[b"INFO", b"nosuchsection"]), b"$0\r\n\r\n");
+    // Errors of the server commands, as redis-server 7.0.15 answers them.
+    for (request, answer) in [
+        (
+            &[&b"SELECT"[..], b"abc"][..],
+            &b"-ERR value is not an integer or out of range\r\n"[..],
+        ),
+        (
+            &[b"HELLO", b"abc"],
+            b"-ERR Protocol version is not an integer or out of range\r\n",
+        ),
+        (
+            &[b"HELLO", b"1"],
+            b"-NOPROTO unsupported protocol version\r\n",
+        ),
+        (
+            &[b"HELLO", b"2", b"AUTH"],
+            b"-ERR Syntax error in HELLO option 'AUTH'\r\n",
+        ),
+        (
+            &[b"CLIENT", b"NOSUCH"],
+            b"-ERR unknown subcommand 'NOSUCH'. Try CLIENT HELP.\r\n",
+        ),
+        (
+            &[b"CLIENT", b"SETNAME"],
+            b"-ERR wrong number of arguments for 'client|setname' command\r\n",
+        ),
+        (
+            &[b"CLIENT", b"ID", b"x"],
+            b"-ERR wrong number of arguments for 'client|id' command\r\n",
+        ),
+        (
+            &[b"CLIENT", b"KILL"],
+            b"-ERR wrong number of arguments for 'client|kill' command\r\n",
+        ),
+        (&[b"CLIENT", b"LIST", b"x"], b"-ERR syntax error\r\n"),
+        (
+            &[b"COMMAND", b"nosuch", b"x"],
+            b"-ERR unknown subcommand 'nosuch'. Try COMMAND HELP.\r\n",
+        ),
+        (
+            &[b"COMMAND", b"COUNT", b"x"],
+            b"-ERR wrong number of arguments for 'command|count' command\r\n",
+        ),
+        (
+            &[b"CONFIG", b"nosuch"],
+            b"-ERR unknown subcommand 'nosuch'. Try CONFIG HELP.\r\n",
+        ),
+    ] {
+        c.roundtrip(&cmd(request), answer);
+    }
     c.roundtrip(
         &cmd(&[b"HELLO", b"3"]),
         b"-NOPROTO this server speaks RESP2 only\r\n",
