@@ -287,10 +287,10 @@ impl Drop for Session {
 }
 
 impl Session {
-    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Session {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr, local: SocketAddr) -> Session {
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
         let authenticated = shared.config.password.is_none();
-        let conn = shared.connections.open(id, peer);
+        let conn = shared.connections.open(id, peer, local);
         Session {
             shared,
             conn,
@@ -309,11 +309,17 @@ impl Session {
 
     /// Runs one command. Replies come back in the order commands were given, whatever order
     /// they finish in: the connection awaits them in order.
-    pub fn execute(&mut self, mut args: Vec<Bytes>) -> PendingReply {
+    pub fn execute(&mut self, args: Vec<Bytes>) -> PendingReply {
+        let reply = self.run(args);
+        self.conn.set_multi(self.multi.as_ref().map(|t| t.len()));
+        reply
+    }
+
+    fn run(&mut self, mut args: Vec<Bytes>) -> PendingReply {
         let Some((index, spec)) = find(&args[0]) else {
             return self.refused(None, unknown_command(&args));
         };
-        self.conn.touch(index, self.in_multi());
+        self.conn.touch(index);
         let name = spec.name;
         let n = args.len() as i32;
         if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
@@ -772,11 +778,10 @@ impl Session {
             Ok(f) => f,
             Err(e) => return err(e),
         };
-        let local = self.shared.client_addr;
         let mut text = String::new();
         for c in self.shared.connections.all() {
-            if filter.picks(&c, self.conn.id, local) {
-                text.push_str(&c.line(local, command_name));
+            if filter.picks(&c, self.conn.id) {
+                text.push_str(&c.line(command_name));
                 text.push('\n');
             }
         }
@@ -788,7 +793,6 @@ impl Session {
     /// and closes once its replies are out; the asking one too with `SKIPME no`, after this
     /// reply.
     fn client_kill(&self, a: &[Bytes]) -> PendingReply {
-        let local = self.shared.client_addr;
         let (filter, old_form) = match a {
             [addr] => {
                 let addr = [Bytes::from_static(b"addr"), addr.clone()];
@@ -801,18 +805,30 @@ impl Session {
                 Err(e) => return err(e),
             },
         };
-        let mut killed = 0;
+        let (mut killed, mut myself) = (0, false);
         for c in self.shared.connections.all() {
-            if filter.picks(&c, self.conn.id, local) {
-                c.kill();
+            if filter.picks(&c, self.conn.id) {
+                match c.id == self.conn.id {
+                    // After this reply, as Redis closes a client that kills itself.
+                    true => myself = true,
+                    false => c.kill(),
+                }
                 killed += 1;
             }
         }
+        let mut out = BytesMut::new();
         match (old_form, killed) {
-            (true, 0) => err("ERR No such client"),
-            (true, _) => now(|out| reply::simple(out, "OK")),
-            (false, n) => now(move |out| reply::integer(out, n)),
+            (true, 0) => return err("ERR No such client"),
+            (true, _) => reply::simple(&mut out, "OK"),
+            (false, n) => reply::integer(&mut out, n),
         }
+        if myself {
+            self.conn.close_after_reply();
+        }
+        Box::pin(std::future::ready(Reply {
+            bytes: out,
+            close: myself,
+        }))
     }
 
     fn client(&mut self, a: &[Bytes]) -> PendingReply {
@@ -839,7 +855,7 @@ impl Session {
                 now(|out| reply::simple(out, "OK"))
             }
             ("info", 1) => {
-                let line = self.conn.line(self.shared.client_addr, command_name) + "\n";
+                let line = self.conn.line(command_name) + "\n";
                 now(move |out| reply::bulk(out, line.as_bytes()))
             }
             ("list", _) => self.client_list(&a[1..]),

@@ -64,7 +64,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, thread: actix::Ar
                         // Registered with the runtime of the thread that polls it.
                         match TcpStream::from_std(stream) {
                             Ok(stream) => {
-                                let session = Session::new(shared.clone(), peer);
+                                let local = stream.local_addr().unwrap_or(shared.client_addr);
+                                let session = Session::new(shared.clone(), peer, local);
                                 connection(stream, session, &shared).await;
                             }
                             Err(e) => log::warn!("a client connection from {peer}: {e}"),
@@ -93,22 +94,34 @@ async fn refuse(mut stream: TcpStream) -> Option<TcpStream> {
 async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<PendingReply>(MAX_IN_FLIGHT);
+    let conn = session.connection();
 
+    // Killed by another connection (`CLIENT KILL`), the writer stops at once, wherever it
+    // waits (for a reply, or for a client that does not read to take one): the replies due are
+    // dropped, and the commands among them not started yet never run.
+    let writing = conn.clone();
     let writer = actix_rt::spawn(async move {
         let mut out = BytesMut::new();
-        while let Some(pending) = rx.recv().await {
-            let Reply { bytes, close } = pending.await;
-            out.extend_from_slice(&bytes);
-            if close || out.len() >= WRITE_CHUNK || rx.is_empty() {
-                if wr.write_all(&out).await.is_err() {
+        let write = async {
+            while let Some(pending) = rx.recv().await {
+                let Reply { bytes, close } = pending.await;
+                out.extend_from_slice(&bytes);
+                if close || out.len() >= WRITE_CHUNK || rx.is_empty() {
+                    if wr.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+                if close {
+                    let _ = wr.shutdown().await;
                     return;
                 }
-                out.clear();
             }
-            if close {
-                let _ = wr.shutdown().await;
-                return;
-            }
+        };
+        tokio::select! {
+            biased;
+            () = writing.killed() => {}
+            () = write => {}
         }
     });
 
@@ -117,7 +130,6 @@ async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
     let mut parser = resp::RequestParser::default();
     // Closed by the node (a protocol error, `QUIT`), not by the client.
     let mut closing = false;
-    let conn = session.connection();
     'read: loop {
         let read = tokio::select! {
             biased;
@@ -135,13 +147,22 @@ async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
                 Ok(None) => break,
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
+                    if conn.stops_reading() {
+                        break 'read;
+                    }
                     // Nothing after `QUIT` runs, as in Redis: its reply closes the connection.
                     let quit = args[0].eq_ignore_ascii_case(b"quit");
                     let pending = session.execute(args);
-                    if tx.send(pending).await.is_err() {
+                    let sent = tokio::select! {
+                        biased;
+                        () = conn.killed() => break 'read,
+                        sent = tx.send(pending) => sent,
+                    };
+                    if sent.is_err() {
                         break 'read;
                     }
-                    if quit {
+                    // Nor after a `CLIENT KILL` of this connection.
+                    if quit || conn.stops_reading() {
                         closing = true;
                         break 'read;
                     }
@@ -166,7 +187,9 @@ async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
     }
     drop(tx);
     let _ = writer.await;
-    if closing {
+    // Out of `CLIENT LIST` while it lingers.
+    drop(session);
+    if closing && !conn.is_killed() {
         linger(&mut rd).await;
     }
 }

@@ -1020,6 +1020,83 @@ fn client_list_shows_every_connection_and_client_kill_ends_them() {
     assert_eq!(pong, "PONG");
 }
 
+/// A client that pipelines without reading its replies holds the node's writer of its
+/// connection, which is the one an operator most needs to kill: `CLIENT KILL` ends it at once,
+/// and what it queued behind is never run. A connection that kills itself runs nothing sent
+/// after the kill, even in the same write.
+#[test]
+fn client_kill_ends_a_client_that_does_not_read_and_runs_nothing_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), "");
+    let mut b = server.client();
+    let big = vec![b'v'; 1 << 20];
+    let () = redis::cmd("SET")
+        .arg("big")
+        .arg(&big)
+        .query(&mut b)
+        .unwrap();
+
+    let mut a = Raw::connect(server.addr);
+    a.send(&cmd(&[b"CLIENT", b"ID"]));
+    let a_id = a.line();
+    let a_id = a_id.trim_end().trim_start_matches(':').to_string();
+    // 64 MiB of replies it never reads, then writes that wait for them.
+    let mut pipeline = Vec::new();
+    for _ in 0..64 {
+        pipeline.extend(cmd(&[b"GET", b"big"]));
+    }
+    for _ in 0..1000 {
+        pipeline.extend(cmd(&[b"INCR", b"ctr"]));
+    }
+    let mut writer = a.try_clone();
+    let sending = std::thread::spawn(move || writer.send_all(&pipeline));
+    let listed = |b: &mut redis::Connection| -> bool {
+        let all: String = redis::cmd("CLIENT").arg("LIST").query(b).unwrap();
+        all.lines().any(|l| l.starts_with(&format!("id={a_id} ")))
+    };
+    assert!(listed(&mut b));
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&a_id)
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(killed, 1);
+    let mut gone = false;
+    for _ in 0..500 {
+        gone = !listed(&mut b);
+        if gone {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(gone, "the killed client is still listed");
+    a.drain_to_end();
+    let _ = sending.join();
+    let ctr: Option<i64> = redis::cmd("GET").arg("ctr").query(&mut b).unwrap();
+    assert!(ctr.unwrap_or(0) < 1000, "every INCR after the kill ran");
+
+    // Itself, with a command after the kill in the same write.
+    let mut c = Raw::connect(server.addr);
+    c.send(&cmd(&[b"CLIENT", b"ID"]));
+    let c_id = c.line();
+    let mut request = cmd(&[
+        b"CLIENT",
+        b"KILL",
+        b"ID",
+        &c_id.trim_end().as_bytes()[1..],
+        b"SKIPME",
+        b"no",
+    ]);
+    request.extend(cmd(&[b"SET", b"after-kill", b"ran"]));
+    request.extend(cmd(&[b"PING"]));
+    c.send(&request);
+    c.expect(b":1\r\n");
+    c.expect_closed();
+    let ran: Option<String> = redis::cmd("GET").arg("after-kill").query(&mut b).unwrap();
+    assert_eq!(ran, None);
+}
+
 /// Commands, each with the reply it must get, byte for byte.
 type Script<'a> = &'a [(&'a [&'a [u8]], &'a [u8])];
 

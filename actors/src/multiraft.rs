@@ -371,6 +371,10 @@ struct Group {
     /// Reads to ask a read index for in the next round, with the tick each was first asked.
     new_reads: Vec<(ReadId, u64)>,
     reads_in_flight: Vec<PendingRead>,
+    /// The time of the leader that answered each read index asked from here (by the read's
+    /// context), as its batches carried it, until the read state comes out of raft: what a
+    /// read through this follower decides expiry by (see `Event::ReadReady`).
+    answered_at: BTreeMap<Vec<u8>, u64>,
     /// Last index handed to the Store, last index it reported applied, and last index whose
     /// effects it reported written to sled.
     handed: u64,
@@ -1055,6 +1059,7 @@ impl MultiRaft {
                 held: VecDeque::new(),
                 new_reads: Vec::new(),
                 reads_in_flight: Vec::new(),
+                answered_at: BTreeMap::new(),
                 handed: applied,
                 applied,
                 written: applied,
@@ -1661,6 +1666,7 @@ impl MultiRaft {
                 g.node.mut_store().stage_hard_state(hs.clone(), &mut batch);
             }
             for rs in rd.take_read_states() {
+                let answered_at = g.answered_at.remove(&rs.request_ctx);
                 let context = read_context(&prefix, &rs.request_ctx);
                 if let Some(pos) = g
                     .reads_in_flight
@@ -1685,11 +1691,11 @@ impl MultiRaft {
                         // answered at, which every later read anywhere is at or past; not by
                         // this node's clock, which may have run ahead of what the leader heard
                         // of it while the answer came.
-                        let leader = g.node.raft.leader_id;
-                        let at = match g.is_leader() || leader == 0 {
-                            true => None,
-                            false => self.times.get(&ReplicaId(leader).node()).copied(),
-                        };
+                        // Not past this node's own clock, which follows a clock ahead of it only
+                        // so far (`MAX_AHEAD_MS`), as its commands are (a millisecond for the
+                        // one `Clock::observe` takes off).
+                        let own = self.clock.now_ms() + 1;
+                        let at = answered_at.map(|t| t.min(own));
                         events.push(Event::ReadReady {
                             range,
                             index: rs.index,
@@ -1698,6 +1704,10 @@ impl MultiRaft {
                         });
                     }
                 }
+            }
+            if g.reads_in_flight.is_empty() {
+                // Answers raft dropped (of an older term) leave nothing behind.
+                g.answered_at.clear();
             }
             readies.push((range, rd, snapshot_index));
         }
@@ -2088,6 +2098,14 @@ impl MultiRaft {
         }
         if kind == MessageType::MsgHeartbeatResponse && g.probe_answered(&m, self.ticks, election) {
             return;
+        }
+        if kind == MessageType::MsgReadIndexResp {
+            // The answer's time, by the read's context (see `Group::answered_at`).
+            if let (Some(e), Some(&t)) =
+                (m.entries.first(), self.times.get(&ReplicaId(from).node()))
+            {
+                g.answered_at.insert(e.data.to_vec(), t);
+            }
         }
         let leased = kind == MessageType::MsgReadIndex && g.holds_lease(Instant::now());
         if leased {

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -12,6 +12,8 @@ use tokio::sync::Notify;
 pub struct Connection {
     pub id: u64,
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     started: Instant,
     /// `CLIENT SETNAME`'s (or `HELLO ... SETNAME`'s).
     name: Mutex<Option<Bytes>>,
@@ -19,11 +21,16 @@ pub struct Connection {
     /// command table; `usize::MAX`: none yet).
     last_ms: AtomicU64,
     last_command: AtomicUsize,
-    /// In a transaction (`MULTI` given, `EXEC` or `DISCARD` not yet).
-    in_multi: AtomicBool,
-    /// Set by `CLIENT KILL`: the connection reads no more and closes once its replies are out.
+    /// The commands queued in its transaction (`MULTI` given, `EXEC` or `DISCARD` not yet);
+    /// -1 outside one.
+    multi: AtomicI64,
+    /// Set by another connection's `CLIENT KILL`: the connection reads and answers nothing
+    /// more, and closes.
     killed: AtomicBool,
     kill: Notify,
+    /// Set by its own `CLIENT KILL`: it reads nothing more, and closes once its replies,
+    /// that one's included, are out.
+    closing: AtomicBool,
 }
 
 impl Connection {
@@ -36,9 +43,14 @@ impl Connection {
     }
 
     /// A command (index `command` in the table) starts.
-    pub fn touch(&self, command: usize, in_multi: bool) {
+    pub fn touch(&self, command: usize) {
         self.last_command.store(command, Ordering::Relaxed);
-        self.in_multi.store(in_multi, Ordering::Relaxed);
+    }
+
+    /// The commands queued in its transaction, if one is open.
+    pub fn set_multi(&self, queued: Option<usize>) {
+        let queued = queued.map_or(-1, |n| n as i64);
+        self.multi.store(queued, Ordering::Relaxed);
     }
 
     /// The connection read what the client sent: it is not idle (once per read, not per
@@ -48,38 +60,59 @@ impl Connection {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Ends the connection: see [`Connection::killed`].
+    /// Ends the connection at once (another's `CLIENT KILL`): what it still has to answer is
+    /// dropped, and the commands among it not started yet never run. Both the reader and the
+    /// writer of the connection wait on it (see [`Connection::killed`]), so that one whose
+    /// client does not read its replies ends too.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
-        self.kill.notify_one();
+        self.kill.notify_waiters();
     }
 
     /// Resolves once the connection is killed (at once if it was already).
     pub async fn killed(&self) {
+        let notified = self.kill.notified();
         if !self.killed.load(Ordering::Relaxed) {
-            self.kill.notified().await;
+            notified.await;
         }
+    }
+
+    /// Ends the connection after the replies due (its own `CLIENT KILL`): nothing more it
+    /// sends runs.
+    pub fn close_after_reply(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether another connection killed it.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection is to run no more commands.
+    pub fn stops_reading(&self) -> bool {
+        self.killed.load(Ordering::Relaxed) || self.closing.load(Ordering::Relaxed)
     }
 
     /// Its line of `CLIENT LIST` and `CLIENT INFO`, with Redis's fields that apply (without
     /// the final newline); `local` is the address clients connect to, `command` names the
     /// command table's entries.
-    pub fn line(&self, local: SocketAddr, command: fn(usize) -> Option<&'static str>) -> String {
+    pub fn line(&self, command: fn(usize) -> Option<&'static str>) -> String {
         let age = self.started.elapsed();
         let last = self.last_ms.load(Ordering::Relaxed);
         let idle = (age.as_millis() as u64).saturating_sub(last) / 1000;
         let cmd = command(self.last_command.load(Ordering::Relaxed)).unwrap_or("NULL");
-        let in_multi = self.in_multi.load(Ordering::Relaxed);
+        let multi = self.multi.load(Ordering::Relaxed);
         let name = self.name().unwrap_or_default();
         format!(
-            "id={} addr={} laddr={local} fd=-1 name={} age={} idle={idle} flags={} db=0 sub=0 \
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle={idle} flags={} db=0 sub=0 \
              psub=0 ssub=0 multi={} cmd={cmd} user=default redir=-1 resp=2",
             self.id,
             self.peer,
+            self.local,
             String::from_utf8_lossy(&name),
             age.as_secs(),
-            if in_multi { "x" } else { "N" },
-            if in_multi { 0 } else { -1 },
+            if multi >= 0 { "x" } else { "N" },
+            multi,
         )
     }
 }
@@ -89,18 +122,20 @@ impl Connection {
 pub struct Connections(Mutex<BTreeMap<u64, Arc<Connection>>>);
 
 impl Connections {
-    /// Adds a connection from `peer`, with id `id`.
-    pub fn open(&self, id: u64, peer: SocketAddr) -> Arc<Connection> {
+    /// Adds a connection from `peer` to `local`, with id `id`.
+    pub fn open(&self, id: u64, peer: SocketAddr, local: SocketAddr) -> Arc<Connection> {
         let c = Arc::new(Connection {
             id,
             peer,
+            local,
             started: Instant::now(),
             name: Mutex::new(None),
             last_ms: AtomicU64::new(0),
             last_command: AtomicUsize::new(usize::MAX),
-            in_multi: AtomicBool::new(false),
+            multi: AtomicI64::new(-1),
             killed: AtomicBool::new(false),
             kill: Notify::new(),
+            closing: AtomicBool::new(false),
         });
         self.table().insert(id, c.clone());
         c
@@ -127,10 +162,8 @@ pub struct Filter {
     ids: Option<Vec<u64>>,
     addr: Option<String>,
     laddr: Option<String>,
-    /// `TYPE` other than `normal`, or `USER` other than `default`: no connection.
+    /// `TYPE` other than `normal`: no connection.
     none: bool,
-    /// Connections older than this many seconds.
-    max_age: Option<u64>,
     /// Leaves the connection asking out (`SKIPME yes`, `CLIENT KILL`'s default).
     pub skip_me: bool,
 }
@@ -148,11 +181,17 @@ impl Filter {
         for pair in a.chunks(2) {
             let value = String::from_utf8_lossy(&pair[1]).into_owned();
             match String::from_utf8_lossy(&pair[0]).to_lowercase().as_str() {
-                "id" => f.ids = Some(vec![id(&value)?]),
+                "id" => {
+                    let id = value.parse().ok().filter(|&id: &u64| id > 0);
+                    let id = id.ok_or("ERR client-id should be greater than 0")?;
+                    f.ids = Some(vec![id]);
+                }
                 "addr" => f.addr = Some(value),
                 "laddr" => f.laddr = Some(value),
                 "type" => f.kind(&value)?,
-                "user" => f.none |= value != "default",
+                // The only user.
+                "user" if value == "default" => {}
+                "user" => return Err(format!("ERR No such user '{value}'")),
                 "skipme" => {
                     f.skip_me = match value.to_lowercase().as_str() {
                         "yes" => true,
@@ -160,36 +199,31 @@ impl Filter {
                         _ => return Err("ERR syntax error".into()),
                     }
                 }
-                "maxage" => {
-                    let age = value.parse().map_err(|_| "ERR syntax error".to_string())?;
-                    f.max_age = Some(age);
-                }
                 _ => return Err("ERR syntax error".into()),
             }
         }
         Ok(f)
     }
 
-    /// `CLIENT LIST`'s filters: `TYPE t` and `ID id ...`.
+    /// `CLIENT LIST`'s filter: `TYPE t` or `ID id ...` (one of them, as Redis 7.0 takes it).
     pub fn list(a: &[Bytes]) -> Result<Filter, String> {
         let mut f = Filter::default();
-        let mut rest = a;
-        while let Some(first) = rest.first() {
-            match String::from_utf8_lossy(first).to_lowercase().as_str() {
-                "type" if rest.len() >= 2 => {
-                    f.kind(&String::from_utf8_lossy(&rest[1]))?;
-                    rest = &rest[2..];
-                }
-                "id" if rest.len() >= 2 => {
-                    let ids = rest[1..]
-                        .iter()
-                        .map(|v| id(&String::from_utf8_lossy(v)))
-                        .collect::<Result<_, _>>()?;
-                    f.ids = Some(ids);
-                    rest = &[];
-                }
-                _ => return Err("ERR syntax error".into()),
+        let Some(first) = a.first() else {
+            return Ok(f);
+        };
+        match (
+            String::from_utf8_lossy(first).to_lowercase().as_str(),
+            a.len(),
+        ) {
+            ("type", 2) => f.kind(&String::from_utf8_lossy(&a[1]))?,
+            ("id", n) if n >= 2 => {
+                let ids: Option<Vec<u64>> = a[1..]
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v).parse().ok())
+                    .collect();
+                f.ids = Some(ids.ok_or("ERR Invalid client ID")?);
             }
+            _ => return Err("ERR syntax error".into()),
         }
         Ok(f)
     }
@@ -203,27 +237,18 @@ impl Filter {
         Ok(())
     }
 
-    /// Whether connection `c` is picked; `me` is the asking connection's id, `local` the
-    /// address clients connect to.
-    pub fn picks(&self, c: &Connection, me: u64, local: SocketAddr) -> bool {
+    /// Whether connection `c` is picked; `me` is the asking connection's id.
+    pub fn picks(&self, c: &Connection, me: u64) -> bool {
         let me_skipped = self.skip_me && c.id == me;
         !self.none
             && !me_skipped
             && self.ids.as_ref().is_none_or(|ids| ids.contains(&c.id))
             && self.addr.as_ref().is_none_or(|a| *a == c.peer.to_string())
-            && self.laddr.as_ref().is_none_or(|a| *a == local.to_string())
             && self
-                .max_age
-                .is_none_or(|age| c.started.elapsed().as_secs() >= age)
+                .laddr
+                .as_ref()
+                .is_none_or(|a| *a == c.local.to_string())
     }
-}
-
-fn id(value: &str) -> Result<u64, String> {
-    value
-        .parse()
-        .ok()
-        .filter(|&id| id > 0)
-        .ok_or_else(|| format!("ERR client-id should be greater than 0 or invalid '{value}'"))
 }
 
 #[cfg(test)]
@@ -235,43 +260,40 @@ mod tests {
     fn filters_pick_as_redis_documents() {
         let table = Connections::default();
         let local: SocketAddr = "127.0.0.1:6380".parse().unwrap();
-        let a = table.open(1, "127.0.0.1:5001".parse().unwrap());
-        let b = table.open(2, "127.0.0.1:5002".parse().unwrap());
+        let a = table.open(1, "127.0.0.1:5001".parse().unwrap(), local);
+        let b = table.open(2, "127.0.0.1:5002".parse().unwrap(), local);
         let picked = |f: &Filter| -> Vec<u64> {
             let all = table.all();
-            all.iter()
-                .filter(|c| f.picks(c, 1, local))
-                .map(|c| c.id)
-                .collect()
+            all.iter().filter(|c| f.picks(c, 1)).map(|c| c.id).collect()
         };
         let kill = |a: &[&str]| Filter::kill(&args(a));
         assert_eq!(picked(&kill(&["ADDR", "127.0.0.1:5002"]).unwrap()), [2]);
         assert_eq!(picked(&kill(&["id", "1"]).unwrap()), Vec::<u64>::new());
         assert_eq!(picked(&kill(&["id", "1", "skipme", "no"]).unwrap()), [1]);
         assert_eq!(picked(&kill(&["laddr", "127.0.0.1:6380"]).unwrap()), [2]);
-        assert_eq!(
-            picked(&kill(&["type", "pubsub"]).unwrap()),
-            Vec::<u64>::new()
-        );
+        let none = Vec::<u64>::new();
+        assert_eq!(picked(&kill(&["type", "pubsub"]).unwrap()), none);
         assert_eq!(picked(&kill(&["user", "default"]).unwrap()), [2]);
-        assert_eq!(
-            picked(&kill(&["maxage", "3600"]).unwrap()),
-            Vec::<u64>::new()
-        );
-        assert_eq!(kill(&["id"]), Err("ERR syntax error".into()));
-        assert_eq!(kill(&["bogus", "1"]), Err("ERR syntax error".into()));
-        assert_eq!(
-            kill(&["id", "x"]),
-            Err("ERR client-id should be greater than 0 or invalid 'x'".into())
-        );
+        // Errors as redis-server 7.0.15 answers them.
+        let syntax = Err("ERR syntax error".to_string());
+        assert_eq!(kill(&["maxage", "3600"]), syntax);
+        assert_eq!(kill(&["id"]), syntax);
+        assert_eq!(kill(&["bogus", "1"]), syntax);
+        let positive = Err("ERR client-id should be greater than 0".to_string());
+        for bad in ["x", "0", "-1"] {
+            assert_eq!(kill(&["id", bad]), positive);
+        }
+        let nobody = Err("ERR No such user 'nobody'".to_string());
+        assert_eq!(kill(&["user", "nobody"]), nobody);
         let list = |a: &[&str]| Filter::list(&args(a));
         assert_eq!(picked(&list(&[]).unwrap()), [1, 2]);
         assert_eq!(picked(&list(&["ID", "2", "9"]).unwrap()), [2]);
+        assert_eq!(picked(&list(&["ID", "0"]).unwrap()), none);
+        assert_eq!(list(&["ID", "x"]), Err("ERR Invalid client ID".into()));
         assert_eq!(picked(&list(&["TYPE", "normal"]).unwrap()), [1, 2]);
-        assert_eq!(
-            list(&["TYPE", "x"]),
-            Err("ERR Unknown client type 'x'".into())
-        );
+        assert_eq!(list(&["TYPE", "normal", "ID", "1"]), syntax);
+        let unknown = Err("ERR Unknown client type 'x'".to_string());
+        assert_eq!(list(&["TYPE", "x"]), unknown);
         table.close(1);
         assert_eq!(picked(&list(&[]).unwrap()), [2]);
         drop((a, b));

@@ -36,6 +36,13 @@ pub(super) struct Transaction {
     failed: bool,
 }
 
+impl Transaction {
+    /// The commands queued.
+    pub(super) fn len(&self) -> usize {
+        self.queued.len()
+    }
+}
+
 /// What `WATCH` saw of a key: `None` until its read is answered (and for good if it failed),
 /// else the key as seen.
 type Seen = Rc<RefCell<Option<Watched>>>;

@@ -250,6 +250,30 @@ impl Raw {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// Another handle on the same connection (to send from one thread and read from another).
+    pub fn try_clone(&self) -> Raw {
+        Raw {
+            stream: self.stream.try_clone().unwrap(),
+        }
+    }
+
+    /// Sends `bytes`, as far as the server takes them: a server that closes the connection
+    /// meanwhile is not an error.
+    pub fn send_all(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Reads and drops everything until the server closes the connection (or resets it).
+    pub fn drain_to_end(&mut self) {
+        let mut scratch = vec![0u8; 1 << 16];
+        loop {
+            match self.stream.read(&mut scratch) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Asserts the server closed the connection (after any bytes already read).
     pub fn expect_closed(&mut self) {
         let mut rest = Vec::new();
