@@ -100,7 +100,8 @@ fn deciding_expiry_at_apply_is_caught() {
 }
 
 /// `FLUSHDB` must delete what a replica applied and has not written to sled yet too: one that
-/// lists only sled's keys leaves a replica with keys another deleted.
+/// leaves the values not yet handed to its writer leaves a replica with keys another deleted
+/// (each replica hands its batches over at times of its own).
 #[test]
 fn a_flush_that_misses_unwritten_keys_is_caught() {
     let bugs = flotilla_actors::store::PlantedBugs {

@@ -1690,10 +1690,9 @@ impl MultiRaft {
                         // Through a follower, the read decides expiry by the time its leader
                         // answered at, which every later read anywhere is at or past; not by
                         // this node's clock, which may have run ahead of what the leader heard
-                        // of it while the answer came.
-                        // Not past this node's own clock, which follows a clock ahead of it only
-                        // so far (`MAX_AHEAD_MS`), as its commands are (a millisecond for the
-                        // one `Clock::observe` takes off).
+                        // of it while the answer came. Yet not past this node's clock (and the
+                        // millisecond `Clock::observe` takes off), which follows a clock ahead
+                        // of it only so far (`MAX_AHEAD_MS`), as its commands do.
                         let own = self.clock.now_ms() + 1;
                         let at = answered_at.map(|t| t.min(own));
                         events.push(Event::ReadReady {

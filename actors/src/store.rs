@@ -99,7 +99,7 @@ pub struct PlantedBugs {
     /// Each replica decides whether a value has expired by its own clock when it applies a
     /// command, instead of by the time the command was proposed at.
     pub expiry_decided_at_apply: bool,
-    /// `FLUSHDB` deletes the keys sled holds only, not those applied and not yet written.
+    /// `FLUSHDB` leaves the values applied and not yet handed to the writer.
     pub flush_misses_unwritten: bool,
 }
 
@@ -2967,7 +2967,6 @@ mod tests {
         let held = hold_writes(&mut s);
         apply_commands(&mut s, vec![set_command(b"b", b"in flight")]);
         s.hand_over_unwritten();
-        let n = s.ranges.len();
         apply_commands(&mut s, vec![set_command(b"c", b"unwritten")]);
         let z_range = s.route(b"z").unwrap();
         s.apply_events(vec![Event::CommandCommitted {
@@ -2979,7 +2978,6 @@ mod tests {
         }])
         .unwrap();
         apply_commands(&mut s, vec![Command::Flush, set_command(b"d", b"after")]);
-        assert_eq!(s.ranges.len(), n);
 
         let keys: Vec<Vec<u8>> = [&b"a00000"[..], b"a10004", b"b", b"c", b"d", b"z"]
             .iter()
