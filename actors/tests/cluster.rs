@@ -1599,6 +1599,48 @@ fn a_leader_removing_itself_stays_until_the_voter_left_has_applied_it() {
     });
 }
 
+/// Three nodes, node N's clock `clocks[N]`, range 1 led by node 2, and `a-expiring` set through
+/// it to live until `now` + 5 s: the cluster and the key.
+async fn an_expiring_value(
+    dir: &std::path::Path,
+    clocks: &BTreeMap<u64, Clock>,
+    now: u64,
+) -> (Cluster, Vec<u8>) {
+    let cluster = Cluster::start_each(
+        dir,
+        &[1, 2, 3],
+        &[1, 2, 3],
+        |id| StoreSettings {
+            clock: clocks[&id].clone(),
+            ..StoreSettings::default()
+        },
+        |_| {},
+    );
+    cluster.await_leaders(1).await;
+    cluster.transfer(RangeId(1), 2).await;
+    let key = b"a-expiring".to_vec();
+    let command = Command::SetExpiring {
+        key: key.clone(),
+        value: b"5".to_vec(),
+        condition: SetCondition::Always,
+        get: false,
+        expiry: SetExpiry::At(now + 5_000),
+    };
+    let outcome = cluster.node(2).store.send(Write { command }).await.unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+    (cluster, key)
+}
+
+/// The value of `key` read through node `via`, its bytes only.
+async fn read_through(cluster: &Cluster, via: u64, key: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let got = cluster
+        .node(via)
+        .store
+        .send(Read::new(vec![key.to_vec()]))
+        .await;
+    bytes(got.unwrap().unwrap())
+}
+
 /// Node 1's clock runs 10 s ahead of nodes 2 and 3's. A value whose deadline is between them,
 /// found expired through node 1, must not be found live by a later read through node 2 (the
 /// leader) or node 3, nor counted on by a command applied after: each node's clock keeps up
@@ -1609,41 +1651,12 @@ fn a_value_expired_by_a_clock_ahead_stays_expired_through_nodes_whose_clocks_are
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let now = Clock::system().now_ms();
-        let cluster = Cluster::start_each(
-            dir.path(),
-            &[1, 2, 3],
-            &[1, 2, 3],
-            |id| StoreSettings {
-                clock: Clock::starting_at(if id == 1 { now + 10_000 } else { now }),
-                ..StoreSettings::default()
-            },
-            |_| {},
-        );
-        cluster.await_leaders(1).await;
-        cluster.transfer(RangeId(1), 2).await;
-        let key = b"a-expiring".to_vec();
-        let write = |via: u64, command: Command| cluster.node(via).store.send(Write { command });
-        let outcome = write(
-            2,
-            Command::SetExpiring {
-                key: key.clone(),
-                value: b"5".to_vec(),
-                condition: SetCondition::Always,
-                get: false,
-                expiry: SetExpiry::At(now + 5_000),
-            },
-        )
-        .await
-        .unwrap();
-        assert!(outcome.is_ok(), "{outcome:?}");
-        let read = |via: u64| {
-            let key = key.clone();
-            let cluster = &cluster;
-            async move {
-                let got = cluster.node(via).store.send(Read::new(vec![key])).await;
-                bytes(got.unwrap().unwrap())
-            }
-        };
+        let ahead = |id| if id == 1 { 10_000 } else { 0 };
+        let clocks = (1..=3)
+            .map(|id| (id, Clock::starting_at(now + ahead(id))))
+            .collect();
+        let (cluster, key) = an_expiring_value(dir.path(), &clocks, now).await;
+        let read = |via: u64| read_through(&cluster, via, &key);
         assert_eq!(read(1).await, vec![None], "expired by node 1's clock");
         assert_eq!(
             read(2).await,
@@ -1653,15 +1666,11 @@ fn a_value_expired_by_a_clock_ahead_stays_expired_through_nodes_whose_clocks_are
         assert_eq!(read(3).await, vec![None], "through node 3, after node 1");
         // Applied on every replica as of node 3's time, which is past the deadline: the
         // value is gone, and the counter starts from nothing.
-        let incr = write(
-            3,
-            Command::IncrBy {
-                key: key.clone(),
-                delta: 1,
-            },
-        )
-        .await
-        .unwrap();
+        let command = Command::IncrBy {
+            key: key.clone(),
+            delta: 1,
+        };
+        let incr = cluster.node(3).store.send(Write { command }).await.unwrap();
         assert_eq!(incr, Ok(CommandOutcome::Integer(1)));
         cluster.stop();
     });
@@ -1677,43 +1686,15 @@ fn a_follower_read_decides_expiry_by_its_leaders_time() {
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let now = Clock::system().now_ms();
-        let clocks: BTreeMap<u64, Clock> =
-            (1..=3).map(|id| (id, Clock::starting_at(now))).collect();
-        let cluster = Cluster::start_each(
-            dir.path(),
-            &[1, 2, 3],
-            &[1, 2, 3],
-            |id| StoreSettings {
-                clock: clocks[&id].clone(),
-                ..StoreSettings::default()
-            },
-            |_| {},
-        );
-        cluster.await_leaders(1).await;
-        cluster.transfer(RangeId(1), 2).await;
-        let key = b"a-expiring".to_vec();
-        let outcome = cluster
-            .node(2)
-            .store
-            .send(Write {
-                command: Command::SetExpiring {
-                    key: key.clone(),
-                    value: b"5".to_vec(),
-                    condition: SetCondition::Always,
-                    get: false,
-                    expiry: SetExpiry::At(now + 5_000),
-                },
-            })
-            .await
-            .unwrap();
-        assert!(outcome.is_ok(), "{outcome:?}");
-        let read = |via: u64| cluster.node(via).store.send(Read::new(vec![key.clone()]));
+        let clocks = (1..=3).map(|id| (id, Clock::starting_at(now))).collect();
+        let (cluster, key) = an_expiring_value(dir.path(), &clocks, now).await;
 
         // The leader's answer to node 1's read index waits on the way.
         cluster.net.hold_messages(|from, to, _, m| {
             (from, to) == (NodeId(2), NodeId(1)) && m.msg_type == MessageType::MsgReadIndexResp
         });
-        let through_1 = read(1);
+        // Sent now, answered below.
+        let through_1 = cluster.node(1).store.send(Read::new(vec![key.clone()]));
         let mut held = false;
         for _ in 0..250 {
             held = cluster.net.held() > 0;
@@ -1730,7 +1711,7 @@ fn a_follower_read_decides_expiry_by_its_leaders_time() {
         cluster.net.release_held();
         let through_1 = bytes(through_1.await.unwrap().unwrap());
         assert_eq!(through_1, vec![Some(b"5".to_vec())], "through node 1");
-        let through_2 = bytes(read(2).await.unwrap().unwrap());
+        let through_2 = read_through(&cluster, 2, &key).await;
         assert_eq!(through_2, vec![Some(b"5".to_vec())], "through the leader");
         cluster.net.heal();
         cluster.stop();
