@@ -261,8 +261,8 @@ async fn ranges(shared: &Shared) -> Reply {
 }
 
 async fn digest(shared: &Shared) -> Reply {
-    // Refused only while a snapshot is being installed: for a moment, so asked again (for up
-    // to a second).
+    // Refused while a snapshot is being installed (a moment) or a FLUSHDB's keys deleted
+    // (seconds): asked again for up to a second, then the refusal is the answer.
     let mut tries = 0;
     let answer = loop {
         let answer = shared.store.send(GetDigest).await;

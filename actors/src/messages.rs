@@ -362,8 +362,9 @@ pub enum StoreError {
     Invalid(String),
     #[error("ERR {0}")]
     Internal(String),
-    /// A digest asked while a snapshot was being installed (see [`GetDigest`]).
-    #[error("TRYAGAIN a snapshot is being installed; ask again")]
+    /// A digest asked while a snapshot was being installed, or a `FLUSHDB`'s keys deleted
+    /// (see [`GetDigest`]).
+    #[error("TRYAGAIN a snapshot is being installed or a FLUSHDB's keys deleted; ask again")]
     Unsettled,
 }
 
@@ -447,8 +448,9 @@ pub struct TransferLeader {
 /// Asks for a digest of every range's data on this node, as of each range's applied index, to
 /// compare replicas; refused while an event MultiRaft handed over is not applied yet (a
 /// snapshot installed in sled may be among them: MultiRaft counts the event before it writes),
-/// or when MultiRaft wrote to sled while the digest was taken: [`StoreError::Unsettled`], for
-/// a moment; `FLOTILLA DIGEST` asks again itself.
+/// or when MultiRaft wrote to sled while the digest was taken, for a moment, or while the
+/// Store's writer deletes a `FLUSHDB`'s keys, for seconds: [`StoreError::Unsettled`];
+/// `FLOTILLA DIGEST` asks again itself for a second.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<RangeDigest>, StoreError>")]
 pub struct GetDigest;

@@ -2597,7 +2597,10 @@ impl Store {
         // count changed once the digest is taken, that one began meanwhile.
         let before = self.engine.data_writes();
         let pending = self.events_applied < self.raft_metrics.events_handed.load(Ordering::Acquire);
-        if pending || before % 2 == 1 {
+        // Nor while the writer deletes a `FLUSHDB`'s keys: the digest writes everything
+        // applied first, which would hold the Store's thread, and every client of the node,
+        // for the whole deletion.
+        if pending || before % 2 == 1 || self.clearing() {
             return Err(StoreError::Unsettled);
         }
         let digests = self
@@ -3020,10 +3023,10 @@ mod tests {
     }
 
     /// A snapshot asked for while the writer deletes a `FLUSHDB`'s keys is built once it is
-    /// done, not at once: building has everything applied written first, which would hold the
-    /// Store's thread for the whole deletion.
+    /// done, not at once, and a digest is refused until then: both have everything applied
+    /// written first, which would hold the Store's thread for the whole deletion.
     #[test]
-    fn a_snapshot_asked_for_while_a_flush_is_deleted_is_built_after() {
+    fn a_snapshot_or_digest_asked_for_while_a_flush_is_deleted_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
         let (builds, handed) = std::sync::mpsc::channel();
@@ -3034,6 +3037,7 @@ mod tests {
         let other = s.route(b"z").unwrap();
         s.generate_snapshot(other).unwrap();
         assert!(handed.try_recv().is_err(), "built while the writer deletes");
+        assert!(matches!(s.digest(), Err(StoreError::Unsettled)));
         write_held(&mut s, &held);
         let BuildJob { range, .. } = handed.try_recv().expect("built once it was written");
         assert_eq!(range, other);
