@@ -883,16 +883,6 @@ impl Engine {
         Ok((keys, expiring))
     }
 
-    /// Every user key in `[start, end)`.
-    pub fn user_keys(&self, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
-        let (lo, hi) = keys::user_span(start, end);
-        let mut out = Vec::new();
-        for k in self.tree.range(lo..hi).keys() {
-            out.push(k?[1..].to_vec());
-        }
-        Ok(out)
-    }
-
     /// Every user key and stored value in `[start, end)`.
     pub fn user_pairs(&self, start: &[u8], end: &[u8]) -> Result<Vec<Pair>, StorageError> {
         let (lo, hi) = keys::user_span(start, end);
