@@ -449,7 +449,8 @@ pub struct TransferLeader {
 /// compare replicas; refused while an event MultiRaft handed over is not applied yet (a
 /// snapshot installed in sled may be among them: MultiRaft counts the event before it writes),
 /// or when MultiRaft wrote to sled while the digest was taken, for a moment, or while the
-/// Store's writer deletes a `FLUSHDB`'s keys, for seconds: [`StoreError::Unsettled`];
+/// Store's writer deletes a `FLUSHDB`'s keys, for seconds, or a stop cut such a deletion short
+/// and the Store has not applied that `FLUSHDB` again: [`StoreError::Unsettled`];
 /// `FLOTILLA DIGEST` asks again itself for a second.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<RangeDigest>, StoreError>")]

@@ -30,6 +30,7 @@
 //! | `'r' · range · 'a'` | applied state: applied index and term, then the last command applied from each proposer (bincode [`Proposers`], left out while empty); older than any record below |
 //! | `'r' · range · 'd'` | range descriptor (bincode) |
 //! | `'r' · range · 'x'` | tombstone: the replica removed from this node (8 bytes) |
+//! | `'r' · range · 'f'` | empty: a `FLUSHDB`'s deletion of the range's keys is under way; written before its first chunk, deleted with the applied state after it (see [`Engine::flushing`]) |
 //! | `'r' · range · 'e' · deadline · user key` | empty: the range's index of deadlines (8 bytes, milliseconds since the Unix epoch), which its leader reaps from; an entry may be stale (a plain `SET` replaced the value unread): a reap drops it |
 //! | `'k' · user key` | user value, stored as [`crate::value`] says: a tag byte, the deadline if it has one, the bytes |
 //! | `n-boot`, `n-values-tagged` | the node's last boot; the mark that every value has its tag (`n-values-tagged-up-to` while they are being given it) |
@@ -77,7 +78,7 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
 use raft_engine::env::{DefaultFileSystem as DefaultFs, FileSystem, Handle, Permission, WriteExt};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::ops::Bound;
@@ -214,6 +215,9 @@ pub mod keys {
     pub const APPLIED: u8 = b'a';
     pub const DESCRIPTOR: u8 = b'd';
     pub const TOMBSTONE: u8 = b'x';
+    /// `'r' · range · 'f'` (empty value): the writer is deleting the keys of a `FLUSHDB` of the
+    /// range, and sled holds part of them with the applied index from before it.
+    pub const FLUSHING: u8 = b'f';
     /// `'r' · range · 'e' · deadline · user key` (empty value): the range's index of
     /// deadlines, which its leader reaps from (see `Command::Reap`).
     pub const EXPIRING: u8 = b'e';
@@ -308,7 +312,11 @@ pub mod keys {
 /// than misread or damage what it does not know: a node downgraded past a change of layout.
 /// Raised with every change of layout an older build would misread; directories written
 /// before it was kept hold none and read as 0.
-pub const FORMAT: u64 = 1;
+///
+/// 1: the format is recorded. 2: a `FLUSHDB`'s deletion is recorded while under way
+/// ([`keys::FLUSHING`]); a build of format 1 would leave the record behind, and the range
+/// would then be taken as torn for ever.
+pub const FORMAT: u64 = 2;
 
 /// User keys a purge deletes in one sled batch (see [`Engine::purge`]): about 50 ms of sled's
 /// work here.
@@ -940,6 +948,29 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// The ranges whose keys a `FLUSHDB` was deleting when the node stopped (see
+    /// [`keys::FLUSHING`]): their data in sled is not that of their applied index (some keys
+    /// deleted, some not) until the node applies that `FLUSHDB` again.
+    pub fn flushing(&self) -> Result<BTreeSet<RangeId>, StorageError> {
+        let mut out = BTreeSet::new();
+        for (k, _) in range_states(&self.tree)? {
+            if k[9] == keys::FLUSHING {
+                let range: [u8; 8] = k[1..9].try_into().expect("8 bytes");
+                out.insert(RangeId(u64::from_be_bytes(range)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that a `FLUSHDB`'s deletion of `range`'s keys begins (see [`Engine::flushing`]);
+    /// the batch that writes the range's applied state after it deletes the record. sled
+    /// recovers a prefix of its writes, so any deletion after it implies it.
+    pub fn begin_flush(&self, range: RangeId) -> Result<(), StorageError> {
+        self.tree
+            .insert(keys::range_key(range, keys::FLUSHING), b"".as_slice())?;
+        Ok(())
     }
 
     /// The descriptor of a range, if this node has one.
@@ -1984,6 +2015,8 @@ impl RangeStorage {
                 }
             }
             put_descriptor(kv, d);
+            // A `FLUSHDB`'s deletion cut short by a stop is over: the data is the snapshot's.
+            kv.remove(keys::range_key(self.range, keys::FLUSHING));
         }
         batch.applied.put(self.range, at, &data.proposers);
         batch.clean_log(self.range);
@@ -2693,6 +2726,8 @@ pub(crate) mod tests {
         batch.data().insert(mine.clone(), b"".as_slice());
         batch.data().insert(theirs.clone(), b"".as_slice());
         engine.commit(batch).unwrap();
+        // Destroyed while a `FLUSHDB` of it was being deleted: its record goes with it.
+        engine.begin_flush(d.id).unwrap();
 
         let replica = ReplicaId::new(NodeId(2), 0);
         let (mut batch, mut states) = (sled::Batch::default(), AppliedStates::default());
@@ -3100,6 +3135,9 @@ pub(crate) mod tests {
         let stale = keys::expiry_key(RangeId(7), 5, b"b-stale");
         batch.data().insert(stale, b"".as_slice());
         engine.commit(batch).unwrap();
+        // A `FLUSHDB`'s deletion a stop cut short: the snapshot's data replaces what it left.
+        engine.begin_flush(RangeId(7)).unwrap();
+        assert_eq!(engine.flushing().unwrap(), BTreeSet::from([RangeId(7)]));
 
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 20;
@@ -3118,6 +3156,7 @@ pub(crate) mod tests {
         let mut batch = WriteBatch::default();
         let d = s.stage_snapshot(&snap, &mut batch).unwrap();
         engine.commit(batch).unwrap();
+        assert!(engine.flushing().unwrap().is_empty());
         // The index of deadlines is made again from the snapshot's values.
         let expired = |now| engine.expired(RangeId(7), now, 10, 1 << 20).unwrap();
         let past = expired(u64::MAX);

@@ -351,20 +351,25 @@ fn write_in_order(
 /// `FLUSHDB`: the raft log still holds every entry since (it is compacted only as far as sled is
 /// written), and applying them again ends at the same state, as the `FLUSHDB` among them
 /// deletes the span again; what its keys held before it was answered already and is not
-/// readable until the node has applied it again (a read waits for its read index).
+/// readable until the node has applied it again (a read waits for its read index). Nor is it
+/// digested or sent in a snapshot: a record of the deletion (`Engine::begin_flush`) stays
+/// until the batch is written, and a Store that starts with one holds the range as
+/// [`Store::torn`] until it applies the `FLUSHDB` again.
 ///
 /// Whether it wrote the batch: not if `go_on` stopped the deletion.
 fn write_layer(
     engine: &Engine,
     cleared: &[RangeDescriptor],
-    batch: sled::Batch,
+    mut batch: sled::Batch,
     states: AppliedStates,
     go_on: &dyn Fn() -> bool,
 ) -> Result<bool, StorageError> {
     for d in cleared {
+        engine.begin_flush(d.id)?;
         if !engine.delete_user_span(&d.start_key, &d.end_key, go_on)? {
             return Ok(false);
         }
+        batch.remove(keys::range_key(d.id, keys::FLUSHING));
     }
     engine.write(batch, states)?;
     Ok(true)
@@ -556,6 +561,11 @@ pub struct Store {
     /// (a build first has everything applied written, which would hold the Store's thread,
     /// and every client of the node, until then).
     after_clearing: BTreeSet<RangeId>,
+    /// Ranges whose keys a `FLUSHDB` was deleting when the node stopped (`Engine::flushing`):
+    /// sled holds part of them, with the applied index from before the `FLUSHDB`, a state the
+    /// range never had. Reads wait for their read index, past the `FLUSHDB`; a digest or a
+    /// snapshot waits until the Store applies it again, or a snapshot replaces the range.
+    torn: BTreeSet<RangeId>,
     /// The number of the last snapshot build started on its thread.
     generations: u64,
     /// Requests handled since the Store last handed its thread back.
@@ -793,6 +803,7 @@ impl Store {
             alive: Arc::new(()),
             generating: BTreeMap::new(),
             after_clearing: BTreeSet::new(),
+            torn: engine.flushing()?,
             generations: 0,
             handled: 0,
             settings,
@@ -1213,6 +1224,7 @@ impl Store {
         self.cache.clear();
         // A replica removed before its first snapshot has raft state but no data here.
         let removed = self.ranges.remove(&range);
+        self.torn.remove(&range);
         let span = removed.as_ref().map(|r| {
             (
                 r.descriptor.start_key.as_slice(),
@@ -1287,7 +1299,7 @@ impl Store {
         if self.generating.contains_key(&range) {
             return Ok(());
         }
-        if self.clearing() {
+        if self.clearing() || self.torn.contains(&range) {
             self.after_clearing.insert(range);
             return Ok(());
         }
@@ -1421,6 +1433,9 @@ impl Store {
         overlay.cleared.insert(d.start_key.clone(), d);
         self.cache.clear();
         self.spoil_snapshot(range);
+        // Applied again after a stop cut its deletion short: the span is cleared here, and
+        // `clearing` holds digests and snapshots until the writer is done with it.
+        self.torn.remove(&range);
     }
 
     /// The snapshot being built of `range`, if any, can no longer be used.
@@ -1736,6 +1751,7 @@ impl Store {
             // As for applying: a storage error here means the disk is failing.
             panic!("store: {}: cannot write applied entries: {e}", self.node);
         }
+        self.snapshots_after_clearing();
     }
 
     /// Applies one event batch. See the module documentation.
@@ -1924,6 +1940,9 @@ impl Store {
                     // the cache is cleared: see `values`).
                     let (_, proposers) = self.engine.applied_state(range)?;
                     self.put_range(descriptor, LogPosition { index, term }, proposers);
+                    if self.torn.remove(&range) {
+                        self.snapshots_after_clearing();
+                    }
                 }
                 Event::ReplicaRemoved { range, replica } => {
                     touched.remove(&range);
@@ -1973,6 +1992,8 @@ impl Store {
         for (range, replica) in destroyed {
             self.destroy(range, replica)?;
         }
+        // Those that waited for a range torn by a deletion cut short, applied again now.
+        self.snapshots_after_clearing();
         for range in snapshot_requests {
             self.generate_snapshot(range)?;
         }
@@ -2155,19 +2176,27 @@ impl Store {
         if self.unwritten.held {
             self.hand_over_unwritten();
         }
-        if !self.after_clearing.is_empty() && !self.clearing() {
-            for range in std::mem::take(&mut self.after_clearing) {
-                if let Err(e) = self.generate_snapshot(range) {
-                    panic!("store: {}: {range}: snapshot: {e}", self.node);
-                }
-            }
-        }
+        self.snapshots_after_clearing();
         if !written.is_empty() {
             self.flush_requests();
             self.multiraft.do_send(Applied {
                 ranges: written,
                 written: true,
             });
+        }
+    }
+}
+
+impl Store {
+    /// Builds the snapshots asked for while a `FLUSHDB`'s keys were deleted, if they are no
+    /// longer (those of a range still [`Store::torn`] wait on).
+    fn snapshots_after_clearing(&mut self) {
+        if !self.after_clearing.is_empty() && !self.clearing() {
+            for range in std::mem::take(&mut self.after_clearing) {
+                if let Err(e) = self.generate_snapshot(range) {
+                    panic!("store: {}: {range}: snapshot: {e}", self.node);
+                }
+            }
         }
     }
 }
@@ -2600,7 +2629,8 @@ impl Store {
         // Nor while the writer deletes a `FLUSHDB`'s keys: the digest writes everything
         // applied first, which would hold the Store's thread, and every client of the node,
         // for the whole deletion.
-        if pending || before % 2 == 1 || self.clearing() {
+        // Nor while a range's data is torn by a deletion a stop cut short.
+        if pending || before % 2 == 1 || self.clearing() || !self.torn.is_empty() {
             return Err(StoreError::Unsettled);
         }
         let digests = self
@@ -3073,20 +3103,29 @@ mod tests {
             let held = hold_writes(&mut s);
             apply_commands(&mut s, entries.clone());
             s.hand_over_unwritten();
-            let Ok(WriteJob::Batch { cleared, .. }) = held.try_recv() else {
+            let Ok(WriteJob::Batch {
+                cleared,
+                batch,
+                states,
+                ..
+            }) = held.try_recv()
+            else {
                 panic!("no batch handed to the writer");
             };
-            let d = &cleared[0];
             // The writer's first chunk, then the stop.
-            assert!(!s
-                .engine
-                .delete_user_span(&d.start_key, &d.end_key, &|| false)
-                .unwrap());
+            assert!(!write_layer(&s.engine, &cleared, batch, states, &|| false).unwrap());
             s.engine.sync().unwrap();
             s.ranges[&range].applied.index
         };
         let (mut s, _reports) = store(dir.path());
         assert_eq!(s.ranges[&range].applied.index, first - entries.len() as u64);
+        // A state the range never had: neither digested nor sent as a snapshot.
+        assert_eq!(s.torn, BTreeSet::from([range]));
+        assert!(matches!(s.digest(), Err(StoreError::Unsettled)));
+        let (builds, handed) = std::sync::mpsc::channel();
+        s.builder = Some(builds);
+        s.generate_snapshot(range).unwrap();
+        assert!(handed.try_recv().is_err(), "built from a torn range");
         assert_eq!(
             s.engine
                 .count_user_keys(&[s.ranges[&range].descriptor.clone()])
@@ -3095,8 +3134,13 @@ mod tests {
             5
         );
         apply_commands(&mut s, entries);
-        s.write_applied().unwrap();
+        assert!(s.torn.is_empty(), "the flush applied again");
+        s.hand_over_unwritten();
         assert_eq!(s.ranges[&range].applied.index, first);
+        assert!(s.digest().is_ok());
+        let BuildJob { range: built, .. } = handed.try_recv().expect("built once written");
+        assert_eq!(built, range);
+        assert!(s.engine.flushing().unwrap().is_empty(), "the record stayed");
         let pairs = s.engine.user_pairs(b"", b"").unwrap();
         let stored = |v: &[u8]| value::stored(v, None);
         assert_eq!(
