@@ -11,7 +11,7 @@ use flotilla_actors::command::{
 use flotilla_actors::messages::{GetStoreStatus, Read, StoreError, Write};
 use flotilla_actors::multiraft::{MultiRaft, RaftMetrics};
 use flotilla_actors::storage::Engine;
-use flotilla_actors::store::{HandOverApplied, HandedOver, Store};
+use flotilla_actors::store::{HandOverApplied, HandOverSettled, HandedOver, Store};
 use flotilla_actors::value::{Clock, Value};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -55,7 +55,10 @@ pub struct Shared {
 
 /// The number of keys on this node, and of those with a deadline: a scan of every key, on a
 /// blocking thread so that neither the Store nor the clients sharing its thread wait for it.
-async fn count_keys(shared: Arc<Shared>) -> Result<(usize, usize), String> {
+/// `settled` (`DBSIZE`): once every range has applied a read index taken now, so that the
+/// count has every write answered before, through any node (a `FLUSHALL` through another
+/// node included); else (`INFO`) as this node has applied them.
+async fn count_keys(shared: Arc<Shared>, settled: bool) -> Result<(usize, usize), String> {
     // One scan at a time, whatever the number of clients asking.
     let _turn = shared
         .counting
@@ -66,11 +69,15 @@ async fn count_keys(shared: Arc<Shared>) -> Result<(usize, usize), String> {
     // not wait for it: a `FLUSHDB`'s deletion may take seconds); the ranges this node holds,
     // not those whose replica here is removed and whose keys are being deleted.
     let failed = |e: &dyn std::fmt::Display| format!("ERR counting keys failed: {e}");
-    let HandedOver { ranges, written } = shared
-        .store
-        .send(HandOverApplied)
-        .await
-        .map_err(|e| failed(&e))?;
+    let handed = match settled {
+        true => shared
+            .store
+            .send(HandOverSettled)
+            .await
+            .map(|h| h.map_err(|e| e.to_string())),
+        false => shared.store.send(HandOverApplied).await.map(Ok),
+    };
+    let HandedOver { ranges, written } = handed.map_err(|e| failed(&e))??;
     let engine = shared.engine.clone();
     tokio::task::spawn_blocking(move || {
         if let Some(written) = written {
@@ -486,7 +493,7 @@ impl Session {
                 let shared = self.shared.clone();
                 self.in_turn(async move {
                     let mut out = BytesMut::new();
-                    match count_keys(shared).await {
+                    match count_keys(shared, true).await {
                         Ok((n, _)) => reply::integer(&mut out, n as i64),
                         Err(e) => reply::error(&mut out, &e),
                     }
@@ -898,7 +905,7 @@ impl Session {
             };
             // A count that fails shows as 0 here; DBSIZE reports the error.
             let (keys, expiring) = match wanted("keyspace") {
-                true => count_keys(shared.clone()).await.unwrap_or((0, 0)),
+                true => count_keys(shared.clone(), false).await.unwrap_or((0, 0)),
                 false => (0, 0),
             };
             let leading = status

@@ -2258,6 +2258,36 @@ pub struct HandedOver {
 impl Handler<HandOverApplied> for Store {
     type Result = MessageResult<HandOverApplied>;
     fn handle(&mut self, _: HandOverApplied, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.handed_over())
+    }
+}
+
+/// [`HandOverApplied`] once every range of the node has applied a read index taken now (a read
+/// of each range, as `GET` waits for one): a count of sled's keys then (`DBSIZE`) has every
+/// write answered before it was asked, through any node, as a read would.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<HandedOver, StoreError>")]
+pub struct HandOverSettled;
+
+impl Handler<HandOverSettled> for Store {
+    type Result = ResponseActFuture<Self, Result<HandedOver, StoreError>>;
+    fn handle(&mut self, _: HandOverSettled, ctx: &mut Context<Self>) -> Self::Result {
+        let starts = self.ranges.values();
+        let starts = starts.map(|r| r.descriptor.start_key.clone()).collect();
+        let read = ctx.address().send(Read::new(starts));
+        Box::pin(
+            actix::fut::wrap_future(read).map(|read, store: &mut Store, _| match read {
+                Ok(Ok(_)) => Ok(store.handed_over()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(StoreError::Internal(e.to_string())),
+            }),
+        )
+    }
+}
+
+impl Store {
+    /// See [`HandOverApplied`].
+    fn handed_over(&mut self) -> HandedOver {
         self.hand_over_now();
         let written = match &self.writer {
             Writer::Thread(jobs) if !self.in_flight.is_empty() => {
@@ -2270,7 +2300,7 @@ impl Handler<HandOverApplied> for Store {
             _ => None,
         };
         let ranges = self.ranges.values().map(|r| r.descriptor.clone()).collect();
-        MessageResult(HandedOver { ranges, written })
+        HandedOver { ranges, written }
     }
 }
 

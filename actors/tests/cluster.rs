@@ -12,7 +12,9 @@ use flotilla_actors::ids::{NodeId, ProposalId, RangeId};
 use flotilla_actors::messages::*;
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
-use flotilla_actors::store::{PlantedBugs, StoreSettings, WriteApplied};
+use flotilla_actors::store::{
+    HandOverApplied, HandOverSettled, HandedOver, PlantedBugs, StoreSettings, WriteApplied,
+};
 use flotilla_actors::transport::LocalNetwork;
 use flotilla_actors::value::{Clock, Value};
 use raft::prelude::{EntryType, MessageType};
@@ -1761,6 +1763,55 @@ fn admin_requests_to_a_leader_cut_off_are_answered_once_another_is_elected() {
             assert_eq!(moved.await.unwrap(), Ok(()), "range {range}");
         }
         cluster.net.heal();
+        cluster.stop();
+    });
+}
+
+/// `DBSIZE` through a follower counts every write answered before it was asked, through any
+/// node: node 1 gets none of the leader's appends while a write is answered through the
+/// leader, so it has not applied it when asked; its count waits for a read index of every
+/// range, as a read would, and has the write once the appends arrive. A count of what node 1
+/// had applied then (`HandOverApplied`) misses it.
+#[test]
+fn a_count_of_the_keys_through_a_follower_has_every_write_answered_before() {
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster =
+            Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], StoreSettings::default());
+        cluster.await_leaders(1).await;
+        cluster.transfer_all(2).await;
+        cluster.net.hold_messages(|from, to, _, m| {
+            (from, to) == (NodeId(2), NodeId(1)) && m.msg_type == MessageType::MsgAppend
+        });
+        let command = Command::Set {
+            key: b"a-counted".to_vec(),
+            value: b"v".to_vec(),
+            condition: SetCondition::Always,
+        };
+        let outcome = cluster.node(2).store.send(Write { command }).await.unwrap();
+        assert!(outcome.is_ok(), "{outcome:?}");
+        let node = cluster.node(1);
+        let count = |h: HandedOver| {
+            if let Some(written) = h.written {
+                written.recv().unwrap();
+            }
+            node.engine.count_user_keys(&h.ranges).unwrap().0
+        };
+        let applied = node.store.send(HandOverApplied).await.unwrap();
+        assert_eq!(count(applied), 0, "node 1 has applied the write already");
+        let settled = node.store.send(HandOverSettled);
+        let mut held = false;
+        for _ in 0..250 {
+            held = cluster.net.held() > 0;
+            if held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(held, "no append to node 1 held");
+        cluster.net.release_held();
+        let settled = settled.await.unwrap().expect("settled");
+        assert_eq!(count(settled), 1);
         cluster.stop();
     });
 }
