@@ -1633,6 +1633,17 @@ async fn an_expiring_value(
     (cluster, key)
 }
 
+/// Waits up to 5 s for the network to hold a message back (`LocalNetwork::hold_messages`).
+async fn await_held(cluster: &Cluster, what: &str) {
+    for _ in 0..250 {
+        if cluster.net.held() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}");
+}
+
 /// The value of `key` read through node `via`, its bytes only.
 async fn read_through(cluster: &Cluster, via: u64, key: &[u8]) -> Vec<Option<Vec<u8>>> {
     let got = cluster
@@ -1697,15 +1708,7 @@ fn a_follower_read_decides_expiry_by_its_leaders_time() {
         });
         // Sent now, answered below.
         let through_1 = cluster.node(1).store.send(Read::new(vec![key.clone()]));
-        let mut held = false;
-        for _ in 0..250 {
-            held = cluster.net.held() > 0;
-            if held {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(held, "no read index answer to node 1");
+        await_held(&cluster, "no read index answer to node 1").await;
         for other in [2, 3] {
             cluster.net.cut_one_way(NodeId(1), NodeId(other));
         }
@@ -1800,15 +1803,7 @@ fn a_count_of_the_keys_through_a_follower_has_every_write_answered_before() {
         let applied = node.store.send(HandOverApplied).await.unwrap();
         assert_eq!(count(applied), 0, "node 1 has applied the write already");
         let settled = node.store.send(HandOverSettled);
-        let mut held = false;
-        for _ in 0..250 {
-            held = cluster.net.held() > 0;
-            if held {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(held, "no append to node 1 held");
+        await_held(&cluster, "no append to node 1 held").await;
         cluster.net.release_held();
         let settled = settled.await.unwrap().expect("settled");
         assert_eq!(count(settled), 1);
