@@ -59,16 +59,11 @@ pub struct Shared {
 /// count has every write answered before, through any node (a `FLUSHALL` through another
 /// node included); else (`INFO`) as this node has applied them.
 async fn count_keys(shared: Arc<Shared>, settled: bool) -> Result<(usize, usize), String> {
-    // One scan at a time, whatever the number of clients asking.
-    let _turn = shared
-        .counting
-        .acquire()
-        .await
-        .map_err(|e| format!("ERR counting keys failed: {e}"))?;
+    let failed = |e: &dyn std::fmt::Display| format!("ERR counting keys failed: {e}");
     // Every write answered before is in sled, not only in the Store's memory (the Store does
     // not wait for it: a `FLUSHDB`'s deletion may take seconds); the ranges this node holds,
-    // not those whose replica here is removed and whose keys are being deleted.
-    let failed = |e: &dyn std::fmt::Display| format!("ERR counting keys failed: {e}");
+    // not those whose replica here is removed and whose keys are being deleted. The read
+    // indexes first, together for every client asking: the turn below is for the scan only.
     let handed = match settled {
         true => shared
             .store
@@ -78,6 +73,8 @@ async fn count_keys(shared: Arc<Shared>, settled: bool) -> Result<(usize, usize)
         false => shared.store.send(HandOverApplied).await.map(Ok),
     };
     let HandedOver { ranges, written } = handed.map_err(|e| failed(&e))??;
+    // One scan at a time, whatever the number of clients asking.
+    let _turn = shared.counting.acquire().await.map_err(|e| failed(&e))?;
     let engine = shared.engine.clone();
     tokio::task::spawn_blocking(move || {
         if let Some(written) = written {

@@ -1080,20 +1080,20 @@ impl Engine {
         Ok(true)
     }
 
-    /// Deletes the user keys in `[start, end)`, [`PURGE_CHUNK`] per sled batch, so that no
-    /// batch holds them all; stops between two chunks once `go_on` says so. Whether it
-    /// finished.
-    pub fn delete_user_span(
+    /// Deletes at most `max` of the user keys in `[start, end)`, in one sled batch; whether
+    /// none is left.
+    pub fn delete_user_chunk(
         &self,
         start: &[u8],
         end: &[u8],
-        go_on: &dyn Fn() -> bool,
+        max: usize,
     ) -> Result<bool, StorageError> {
         let (lo, hi) = keys::user_span(start, end);
-        self.delete_keys(&lo, &hi, go_on)
+        self.delete_chunk(&lo, &hi, max)
     }
 
-    /// Deletes the stored keys in `[lo, hi)` as [`Engine::delete_user_span`] does.
+    /// Deletes the stored keys in `[lo, hi)`, [`PURGE_CHUNK`] per sled batch, so that no batch
+    /// holds them all; stops between two chunks once `go_on` says so. Whether it finished.
     fn delete_keys(
         &self,
         lo: &[u8],
@@ -1101,20 +1101,28 @@ impl Engine {
         go_on: &dyn Fn() -> bool,
     ) -> Result<bool, StorageError> {
         loop {
-            let mut batch = sled::Batch::default();
-            let mut n = 0;
-            for k in self.tree.range(lo..hi).keys().take(PURGE_CHUNK) {
-                batch.remove(k?);
-                n += 1;
-            }
-            if n == 0 {
+            if self.delete_chunk(lo, hi, PURGE_CHUNK)? {
                 return Ok(true);
             }
-            self.tree.apply_batch(batch)?;
             if !go_on() {
                 return Ok(false);
             }
         }
+    }
+
+    /// Deletes at most `max` of the stored keys in `[lo, hi)`, in one sled batch; whether none
+    /// is left.
+    fn delete_chunk(&self, lo: &[u8], hi: &[u8], max: usize) -> Result<bool, StorageError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for k in self.tree.range(lo..hi).keys().take(max) {
+            batch.remove(k?);
+            n += 1;
+        }
+        if n > 0 {
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(n < max)
     }
 
     /// The applied index and term of a range and the last command applied from each proposer

@@ -310,18 +310,12 @@ fn write_in_order(
 ) {
     for job in jobs {
         match job {
-            WriteJob::Batch {
-                seq,
-                cleared,
-                batch,
-                states,
-            } => {
+            WriteJob::Batch { seq, write } => {
                 // `Engine::write` panics on a failure it cannot undo: the Store hears of it all
                 // the same (a node's process ends at the panic itself: `run::abort_on_panic`).
                 let go_on = || alive.strong_count() > 0;
-                let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    write_layer(engine, &cleared, batch, states, &go_on)
-                }));
+                let written =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| write.write(engine, &go_on)));
                 let result = match written {
                     Ok(Ok(true)) => Ok(()),
                     Ok(Ok(false)) => return,
@@ -344,35 +338,66 @@ fn write_in_order(
     }
 }
 
-/// Writes a batch of applied entries to sled: deletes the user keys of the spans it cleared
-/// (in chunks: a `FLUSHDB` of millions of keys takes neither one sled batch that holds them
-/// all, nor the Store's thread), then writes the batch with its ranges' applied states. A
-/// crash between the two leaves sled with some keys deleted and its applied index before the
-/// `FLUSHDB`: the raft log still holds every entry since (it is compacted only as far as sled is
-/// written), and applying them again ends at the same state, as the `FLUSHDB` among them
-/// deletes the span again; what its keys held before it was answered already and is not
-/// readable until the node has applied it again (a read waits for its read index). Nor is it
-/// digested or sent in a snapshot: a record of the deletion (`Engine::begin_flush`) stays
-/// until the batch is written, and a Store that starts with one holds the range as
-/// [`Store::torn`] until it applies the `FLUSHDB` again.
-///
-/// Whether it wrote the batch: not if `go_on` stopped the deletion.
-fn write_layer(
-    engine: &Engine,
-    cleared: &[RangeDescriptor],
-    mut batch: sled::Batch,
+/// A batch of applied entries to write to sled (see [`LayerWrite::step`]).
+struct LayerWrite {
+    /// The spans its `FLUSHDB`s cleared whose keys are still to delete, in order.
+    cleared: Vec<RangeDescriptor>,
+    batch: sled::Batch,
     states: AppliedStates,
-    go_on: &dyn Fn() -> bool,
-) -> Result<bool, StorageError> {
-    for d in cleared {
-        engine.begin_flush(d.id)?;
-        if !engine.delete_user_span(&d.start_key, &d.end_key, go_on)? {
-            return Ok(false);
+    /// Whether the deletion of the first span is recorded.
+    recorded: bool,
+}
+
+impl LayerWrite {
+    fn new(cleared: Vec<RangeDescriptor>, batch: sled::Batch, states: AppliedStates) -> Self {
+        LayerWrite {
+            cleared,
+            batch,
+            states,
+            recorded: false,
         }
-        batch.remove(keys::range_key(d.id, keys::FLUSHING));
     }
-    engine.write(batch, states)?;
-    Ok(true)
+
+    /// Writes the batch to sled, one step at a time: deletes up to `chunk` user keys of the
+    /// spans it cleared (a `FLUSHDB` of millions of keys takes neither one sled batch that holds
+    /// them all, nor the Store's thread), and once none is left, writes the batch with its
+    /// ranges' applied states; whether that is done. A crash between two steps leaves sled
+    /// with some keys deleted and its applied index before the `FLUSHDB`: the raft log still
+    /// holds every entry since (it is compacted only as far as sled is written), and applying
+    /// them again ends at the same state, as the `FLUSHDB` among them deletes the span again;
+    /// what its keys held before it was answered already and is not readable until the node
+    /// has applied it again (a read waits for its read index). Nor is it digested or sent in a
+    /// snapshot: a record of the deletion (`Engine::begin_flush`) stays until the batch is
+    /// written, and a Store that starts with one holds the range as [`Store::torn`] until it
+    /// applies the `FLUSHDB` again.
+    fn step(&mut self, engine: &Engine, chunk: usize) -> Result<bool, StorageError> {
+        let Some(d) = self.cleared.first() else {
+            let batch = std::mem::take(&mut self.batch);
+            engine.write(batch, std::mem::take(&mut self.states))?;
+            return Ok(true);
+        };
+        if !self.recorded {
+            engine.begin_flush(d.id)?;
+            self.recorded = true;
+        }
+        if engine.delete_user_chunk(&d.start_key, &d.end_key, chunk)? {
+            self.batch.remove(keys::range_key(d.id, keys::FLUSHING));
+            self.cleared.remove(0);
+            self.recorded = false;
+        }
+        Ok(false)
+    }
+
+    /// Writes it whole ([`LayerWrite::step`]), [`crate::storage::PURGE_CHUNK`] keys a step; stops between two
+    /// steps once `go_on` says so. Whether it wrote the batch.
+    fn write(mut self, engine: &Engine, go_on: &dyn Fn() -> bool) -> Result<bool, StorageError> {
+        while !self.step(engine, crate::storage::PURGE_CHUNK)? {
+            if !go_on() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// The purger thread: deletes the keys of the destroyed replicas it is handed, one after
@@ -566,6 +591,9 @@ pub struct Store {
     /// range never had. Reads wait for their read index, past the `FLUSHDB`; a digest or a
     /// snapshot waits until the Store applies it again, or a snapshot replaces the range.
     torn: BTreeSet<RangeId>,
+    /// The batches the inline writer has yet to write, with their numbers (see
+    /// [`Store::write_inline`]).
+    inline: VecDeque<(u64, LayerWrite)>,
     /// The number of the last snapshot build started on its thread.
     generations: u64,
     /// Requests handled since the Store last handed its thread back.
@@ -693,9 +721,7 @@ enum Writer {
 enum WriteJob {
     Batch {
         seq: u64,
-        cleared: Vec<RangeDescriptor>,
-        batch: sled::Batch,
-        states: AppliedStates,
+        write: LayerWrite,
     },
     /// Answered once every batch before it is written.
     Barrier(std::sync::mpsc::Sender<()>),
@@ -804,6 +830,7 @@ impl Store {
             generating: BTreeMap::new(),
             after_clearing: BTreeSet::new(),
             torn: engine.flushing()?,
+            inline: VecDeque::new(),
             generations: 0,
             handled: 0,
             settings,
@@ -811,6 +838,12 @@ impl Store {
         for d in engine.descriptors()? {
             let (applied, proposers) = engine.applied_state(d.id)?;
             store.put_range(d, applied, proposers);
+        }
+        for range in &store.torn {
+            log::info!(
+                "{node}: {range}: a FLUSHDB's deletion was cut short by a stop; no digest nor \
+                 snapshot of the range until it is applied again"
+            );
         }
         Ok(store)
     }
@@ -1413,7 +1446,7 @@ impl Store {
     /// Applies [`Command::Flush`] to `range`: clears its span in `overlay`, so that no read
     /// finds its keys, in sled or in the layers before (see [`unwritten_value`]); the values
     /// written to it in `overlay` are dropped, from `batch` too (the writer deletes the span's
-    /// keys in sled before it writes `batch`: see [`write_layer`]). Nothing here is done per
+    /// keys in sled before it writes `batch`: see [`LayerWrite::step`]). Nothing here is done per
     /// key but for those, so the Store's thread and memory do not grow with the range. The
     /// index of deadlines is left stale, for reaps to drop; a snapshot being built of the range
     /// is spoiled, as the writer deletes from under it.
@@ -1462,6 +1495,7 @@ impl Store {
     /// The writing half of [`Store::write_applied`]: waits for the writer, then writes what is
     /// left here; the ranges written, to report.
     fn write_all(&mut self) -> Result<BTreeSet<RangeId>, StorageError> {
+        self.finish_inline()?;
         if let (Writer::Thread(jobs), false) = (&self.writer, self.in_flight.is_empty()) {
             let (done, wait) = std::sync::mpsc::channel();
             if jobs.send(WriteJob::Barrier(done)).is_err() || wait.recv().is_err() {
@@ -1476,7 +1510,7 @@ impl Store {
         }
         let (layer, batch, states, written) = self.take_unwritten();
         if !written.is_empty() {
-            write_layer(&self.engine, &layer.spans(), batch, states, &|| true)?;
+            LayerWrite::new(layer.spans(), batch, states).write(&self.engine, &|| true)?;
         }
         ranges.extend(written);
         Ok(ranges)
@@ -1556,25 +1590,61 @@ impl Store {
         });
         match &self.writer {
             Writer::None => unreachable!("written at once above"),
-            Writer::Inline(store) => {
-                let result = write_layer(&self.engine, &cleared, batch, states, &|| true);
-                store.do_send(Written {
-                    seq,
-                    result: result.map(|_| ()).map_err(|e| e.to_string()),
-                });
+            Writer::Inline(_) => {
+                let write = LayerWrite::new(cleared, batch, states);
+                self.inline.push_back((seq, write));
+                if self.inline.len() == 1 {
+                    self.write_inline();
+                }
             }
             Writer::Thread(jobs) => {
                 let job = WriteJob::Batch {
                     seq,
-                    cleared,
-                    batch,
-                    states,
+                    write: LayerWrite::new(cleared, batch, states),
                 };
                 if jobs.send(job).is_err() {
                     self.writer_stopped();
                 }
             }
         }
+    }
+
+    /// Writes the batches handed to the inline writer (a simulation's), in order, and tells
+    /// the Store through its mailbox, as the writer thread does; a `FLUSHDB`'s deletion
+    /// [`INLINE_CHUNK`] keys every [`INLINE_STEP`], so that a crash or a power failure can come
+    /// in the middle of one, as on a node (the batches handed over meanwhile wait their turn).
+    fn write_inline(&mut self) {
+        let Writer::Inline(store) = &self.writer else {
+            return;
+        };
+        while let Some((seq, write)) = self.inline.front_mut() {
+            let seq = *seq;
+            let result = match write.step(&self.engine, INLINE_CHUNK) {
+                Ok(false) => {
+                    self.send_after(INLINE_STEP, Due::WriteInline);
+                    return;
+                }
+                Ok(true) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            self.inline.pop_front();
+            store.do_send(Written { seq, result });
+        }
+    }
+
+    /// Writes what the inline writer holds now, whole (see [`Store::write_inline`]).
+    fn finish_inline(&mut self) -> Result<(), StorageError> {
+        let Writer::Inline(store) = &self.writer else {
+            return Ok(());
+        };
+        for (seq, write) in self.inline.drain(..) {
+            write.write(&self.engine, &|| true)?;
+            store.do_send(Written {
+                seq,
+                result: Ok(()),
+            });
+        }
+        Ok(())
     }
 
     /// Gives the Store a thread of its own to write its applied batches (see [`Writer`]), one
@@ -1940,9 +2010,10 @@ impl Store {
                     // the cache is cleared: see `values`).
                     let (_, proposers) = self.engine.applied_state(range)?;
                     self.put_range(descriptor, LogPosition { index, term }, proposers);
-                    if self.torn.remove(&range) {
-                        self.snapshots_after_clearing();
-                    }
+                    // Its snapshots asked for meanwhile are built after this batch, as it is
+                    // put back (`snapshots_after_clearing` below): here its layer is out of
+                    // `unwritten`, where `clearing` would not see a `FLUSHDB` in it.
+                    self.torn.remove(&range);
                 }
                 Event::ReplicaRemoved { range, replica } => {
                     touched.remove(&range);
@@ -2078,6 +2149,11 @@ impl Actor for Store {
     }
 }
 
+/// The user keys of a `FLUSHDB` the inline writer (a simulation's) deletes a step, and the
+/// time between two steps (see [`Store::write_inline`]).
+const INLINE_CHUNK: usize = 1;
+const INLINE_STEP: Duration = Duration::from_millis(2);
+
 /// How often a Store reaps the expired values of the ranges it leads.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
@@ -2103,6 +2179,8 @@ enum Due {
     HandOver,
     /// Reap the expired values of the ranges led here; sent every [`REAP_EVERY`].
     Reap,
+    /// The inline writer's next step (see [`Store::write_inline`]).
+    WriteInline,
 }
 
 impl Handler<Due> for Store {
@@ -2116,6 +2194,7 @@ impl Handler<Due> for Store {
                 self.send_after(EXPIRE_EVERY, Due::Expire);
             }
             Due::HandOver => self.hand_over_unwritten(),
+            Due::WriteInline => self.write_inline(),
             Due::Reap => {
                 if let Err(e) = self.reap(ctx) {
                     log::error!("{}: reaping expired values: {e}", self.node);
@@ -2289,6 +2368,9 @@ impl Store {
     /// See [`HandOverApplied`].
     fn handed_over(&mut self) -> HandedOver {
         self.hand_over_now();
+        if let Err(e) = self.finish_inline() {
+            panic!("store: {}: cannot write applied entries: {e}", self.node);
+        }
         let written = match &self.writer {
             Writer::Thread(jobs) if !self.in_flight.is_empty() => {
                 let (done, wait) = std::sync::mpsc::channel();
@@ -2997,16 +3079,10 @@ mod tests {
 
     /// Writes the next batch the writer holds, as the writer does, and tells the Store.
     fn write_held(s: &mut Store, held: &std::sync::mpsc::Receiver<WriteJob>) {
-        let Ok(WriteJob::Batch {
-            seq,
-            cleared,
-            batch,
-            states,
-        }) = held.try_recv()
-        else {
+        let Ok(WriteJob::Batch { seq, write }) = held.try_recv() else {
             panic!("no batch handed to the writer");
         };
-        assert!(write_layer(&s.engine, &cleared, batch, states, &|| true).unwrap());
+        assert!(write.write(&s.engine, &|| true).unwrap());
         s.written(Written {
             seq,
             result: Ok(()),
@@ -3103,6 +3179,61 @@ mod tests {
         assert_eq!(range, other);
     }
 
+    /// A snapshot asked for while its range is torn (a `FLUSHDB`'s deletion cut short by a stop)
+    /// waits until that `FLUSHDB`, applied again, is written, even when another torn range's
+    /// snapshot is installed in between. (That install built the waiting snapshot in the middle
+    /// of its batch, where the `FLUSHDB` applied before was out of sight: it wrote the range's
+    /// applied index past the `FLUSHDB` with none of its keys deleted, and sent sled's keys as
+    /// the snapshot. Found by review.)
+    #[test]
+    fn a_snapshot_of_a_torn_range_waits_for_its_flush_to_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (RangeId(1), RangeId(2));
+        {
+            let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
+            apply_commands(&mut s, vec![set_command(b"a", b"1")]);
+            let index = s.ranges[&two].applied.index + 1;
+            let event = Event::CommandCommitted {
+                range: two,
+                index,
+                term: 6,
+                proposal: None,
+                command: Some(set_command(b"z", b"1")),
+            };
+            s.apply_events(vec![event]).unwrap();
+            s.write_applied().unwrap();
+            // As a stop in the middle of a FLUSHALL's deletion leaves them.
+            s.engine.begin_flush(one).unwrap();
+            s.engine.begin_flush(two).unwrap();
+            s.engine.sync().unwrap();
+        }
+        let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
+        assert_eq!(s.torn, BTreeSet::from([one, two]));
+        let (builds, handed) = std::sync::mpsc::channel();
+        s.builder = Some(builds);
+        s.generate_snapshot(one).unwrap();
+        let before = s.engine.applied_state(one).unwrap().0;
+        apply_commands(&mut s, vec![Command::Flush]);
+        assert_eq!(s.torn, BTreeSet::from([two]));
+        let installed = Event::SnapshotInstalled {
+            range: two,
+            index: s.ranges[&two].applied.index,
+            term: 6,
+            descriptor: s.ranges[&two].descriptor.clone(),
+        };
+        s.apply_events(vec![installed]).unwrap();
+        assert!(s.torn.is_empty());
+        assert!(
+            handed.try_recv().is_err(),
+            "built before its FLUSHDB was written"
+        );
+        assert_eq!(s.engine.applied_state(one).unwrap().0, before);
+        s.hand_over_unwritten();
+        let BuildJob { range, .. } = handed.try_recv().expect("built once written");
+        assert_eq!(range, one);
+        assert_eq!(s.engine.get_user(b"a").unwrap(), None);
+    }
+
     /// A node that stops while its writer deletes a `FLUSHDB`'s keys, before it writes the
     /// batch: sled is left with part of the keys and the applied index from before the
     /// `FLUSHDB`, and applying the entries since again, as the raft log holds them, ends where
@@ -3133,17 +3264,11 @@ mod tests {
             let held = hold_writes(&mut s);
             apply_commands(&mut s, entries.clone());
             s.hand_over_unwritten();
-            let Ok(WriteJob::Batch {
-                cleared,
-                batch,
-                states,
-                ..
-            }) = held.try_recv()
-            else {
+            let Ok(WriteJob::Batch { write, .. }) = held.try_recv() else {
                 panic!("no batch handed to the writer");
             };
             // The writer's first chunk, then the stop.
-            assert!(!write_layer(&s.engine, &cleared, batch, states, &|| false).unwrap());
+            assert!(!write.write(&s.engine, &|| false).unwrap());
             s.engine.sync().unwrap();
             s.ranges[&range].applied.index
         };
