@@ -104,13 +104,14 @@ fn now(f: impl FnOnce(&mut BytesMut)) -> PendingReply {
     }))
 }
 
-fn err(msg: impl Into<String>) -> PendingReply {
+/// An error reply; `msg` may hold a client's bytes as they came (see [`reply::error`]).
+fn err(msg: impl Into<Vec<u8>>) -> PendingReply {
     let msg = msg.into();
     now(move |out| reply::error(out, &msg))
 }
 
 fn store_failure(out: &mut BytesMut, e: StoreError) {
-    reply::error(out, &e.to_string());
+    reply::error(out, e.to_string());
 }
 
 fn mailbox_failure(out: &mut BytesMut, _: MailboxError) {
@@ -536,17 +537,18 @@ impl Session {
             "hello" => self.hello(a),
             "select" => match parse_integer(&a[0]) {
                 Some(0) => now(|out| reply::simple(out, "OK")),
+                Some(n) if i32::try_from(n).is_err() => {
+                    err("ERR value is out of range, value must between -2147483648 and 2147483647")
+                }
                 Some(_) => err("ERR DB index is out of range"),
                 None => err("ERR value is not an integer or out of range"),
             },
             "info" => self.info(a),
             "command" => command_command(a),
             "client" => self.client(a),
-            "config" => match String::from_utf8_lossy(&a[0]).to_lowercase().as_str() {
-                "get" if a.len() < 2 => {
-                    err("ERR wrong number of arguments for 'config|get' command")
-                }
-                "get" => {
+            "config" => match bad_subcommand("config", a) {
+                Some(e) => err(e),
+                None if a[0].eq_ignore_ascii_case(b"get") => {
                     let pairs = config_get(&self.shared, &a[1..]);
                     now(move |out| {
                         reply::array_header(out, 2 * pairs.len());
@@ -556,11 +558,10 @@ impl Session {
                         }
                     })
                 }
-                "set" | "resetstat" | "rewrite" => err(format!(
+                None => err(format!(
                     "ERR CONFIG {} is not supported: flotilla's settings are in its config file",
-                    String::from_utf8_lossy(&a[0]).to_uppercase()
+                    String::from_utf8_lossy(&a[0]).to_ascii_uppercase()
                 )),
-                _ => subcommand_error("config", a, &["get"]),
             },
             "flotilla" => self.admin(a),
             _ => unreachable!("every command in the table has a branch"),
@@ -697,7 +698,7 @@ impl Session {
         })
     }
 
-    fn write_parsed(&self, command: Result<Command, String>) -> PendingReply {
+    fn write_parsed(&self, command: Result<Command, impl Into<Vec<u8>>>) -> PendingReply {
         match command {
             Ok(command) => self.write(command),
             Err(e) => err(e),
@@ -726,35 +727,46 @@ impl Session {
             }
             rest = &rest[1..];
         }
-        while !rest.is_empty() {
-            let given = String::from_utf8_lossy(&rest[0]).into_owned();
-            match (given.to_lowercase().as_str(), rest.len()) {
-                ("auth", n) if n >= 3 => {
-                    if rest[1].as_ref() != b"default" {
-                        return err(
-                            "WRONGPASS invalid username-password pair or user is disabled.",
-                        );
-                    }
-                    match &self.shared.config.password {
-                        Some(p) if p.as_bytes() == rest[2].as_ref() => self.authenticated = true,
-                        None => {}
-                        Some(_) => {
-                            return err(
-                                "WRONGPASS invalid username-password pair or user is disabled.",
-                            )
-                        }
-                    }
+        // Redis's order: the options (a name checked as it is read), then the password, then
+        // the name.
+        let (mut auth, mut name) = (None, None);
+        while let Some(option) = rest.first() {
+            match (option.to_ascii_lowercase().as_slice(), rest.len()) {
+                (b"auth", n) if n >= 3 => {
+                    auth = Some((&rest[1], &rest[2]));
                     rest = &rest[3..];
                 }
-                ("setname", n) if n >= 2 => {
-                    self.conn.set_name(Some(rest[1].clone()));
+                (b"setname", n) if n >= 2 => {
+                    if let Err(e) = valid_client_name(&rest[1]) {
+                        return err(e);
+                    }
+                    name = Some(&rest[1]);
                     rest = &rest[2..];
                 }
-                _ => return err(format!("ERR Syntax error in HELLO option '{given}'")),
+                _ => {
+                    let mut msg = b"ERR Syntax error in HELLO option '".to_vec();
+                    msg.extend_from_slice(option);
+                    msg.push(b'\'');
+                    return err(msg);
+                }
             }
         }
-        if !self.authenticated {
+        if !self.authenticated && auth.is_none() {
             return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        if let Some((user, pass)) = auth {
+            let wrong = "WRONGPASS invalid username-password pair or user is disabled.";
+            if user.as_ref() != b"default" {
+                return err(wrong);
+            }
+            match &self.shared.config.password {
+                Some(p) if p.as_bytes() == pass.as_ref() => self.authenticated = true,
+                None => {}
+                Some(_) => return err(wrong),
+            }
+        }
+        if let Some(name) = name {
+            self.conn.set_name((!name.is_empty()).then(|| name.clone()));
         }
         let id = self.conn.id;
         now(move |out| {
@@ -836,13 +848,11 @@ impl Session {
     }
 
     fn client(&mut self, a: &[Bytes]) -> PendingReply {
-        let sub = String::from_utf8_lossy(&a[0]).to_lowercase();
+        let sub = String::from_utf8_lossy(&a[0]).to_ascii_lowercase();
         match (sub.as_str(), a.len()) {
             ("setname", 2) => {
-                if a[1].iter().any(|b| *b <= b' ' || *b > b'~') {
-                    return err(
-                        "ERR Client names cannot contain spaces, newlines or special characters.",
-                    );
+                if let Err(e) = valid_client_name(&a[1]) {
+                    return err(e);
                 }
                 self.conn.set_name((!a[1].is_empty()).then(|| a[1].clone()));
                 now(|out| reply::simple(out, "OK"))
@@ -855,7 +865,30 @@ impl Session {
                 let id = self.conn.id as i64;
                 now(move |out| reply::integer(out, id))
             }
-            ("setinfo", 3) | ("no-evict", 2) | ("no-touch", 2) => {
+            ("no-evict", 2) | ("no-touch", 2) => {
+                match [&b"on"[..], b"off"]
+                    .iter()
+                    .any(|v| a[1].eq_ignore_ascii_case(v))
+                {
+                    true => now(|out| reply::simple(out, "OK")),
+                    false => err("ERR syntax error"),
+                }
+            }
+            // Redis 7.2's: the client library's name and version, which flotilla does not show.
+            ("setinfo", 3) => {
+                let attribute = a[1].to_ascii_lowercase();
+                if attribute != b"lib-name" && attribute != b"lib-ver" {
+                    let mut msg = b"ERR Unrecognized option '".to_vec();
+                    msg.extend_from_slice(&a[1]);
+                    msg.push(b'\'');
+                    return err(msg);
+                }
+                if a[2].iter().any(|b| *b < b'!' || *b > b'~') {
+                    return err(format!(
+                        "ERR {} cannot contain spaces, newlines or special characters.",
+                        String::from_utf8_lossy(&attribute)
+                    ));
+                }
                 now(|out| reply::simple(out, "OK"))
             }
             ("info", 1) => {
@@ -881,7 +914,7 @@ impl Session {
         let shared = self.shared.clone();
         let named: Vec<String> = a
             .iter()
-            .map(|s| String::from_utf8_lossy(s).to_lowercase())
+            .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
             .collect();
         let all = named.is_empty()
             || named
@@ -955,7 +988,7 @@ impl Session {
                 .map(|section| section.trim_end_matches("\r\n"))
                 .filter(|section| {
                     let name = section.lines().next().unwrap_or_default();
-                    wanted(&name.trim_start_matches("# ").to_lowercase())
+                    wanted(&name.trim_start_matches("# ").to_ascii_lowercase())
                 })
                 .collect();
             let mut text = sections.join("\r\n\r\n");
@@ -978,8 +1011,7 @@ impl Session {
 
 /// Redis's answer to an unknown command: its name and its first arguments, cut to 128 bytes
 /// each and all (a command of a megabyte gets no megabyte back).
-fn unknown_command(args: &[Bytes]) -> String {
-    const CUT: usize = 128;
+fn unknown_command(args: &[Bytes]) -> Vec<u8> {
     let mut shown = Vec::new();
     for a in &args[1..] {
         if shown.len() >= CUT {
@@ -989,11 +1021,28 @@ fn unknown_command(args: &[Bytes]) -> String {
         shown.extend_from_slice(&a[..a.len().min(CUT - (shown.len() - 1))]);
         shown.extend_from_slice(b"' ");
     }
-    format!(
-        "ERR unknown command '{}', with args beginning with: {}",
-        String::from_utf8_lossy(&args[0][..args[0].len().min(CUT)]),
-        String::from_utf8_lossy(&shown)
-    )
+    let mut msg = b"ERR unknown command '".to_vec();
+    msg.extend_from_slice(cut(&args[0]));
+    msg.extend_from_slice(b"', with args beginning with: ");
+    msg.extend_from_slice(&shown);
+    msg
+}
+
+/// A client's name (`CLIENT SETNAME`, `HELLO ... SETNAME`) as Redis takes it: printable ASCII
+/// without spaces (it is a field of `CLIENT LIST`'s lines), or empty for none.
+fn valid_client_name(name: &[u8]) -> Result<(), &'static str> {
+    match name.iter().any(|b| *b <= b' ' || *b > b'~') {
+        true => Err("ERR Client names cannot contain spaces, newlines or special characters."),
+        false => Ok(()),
+    }
+}
+
+/// The most bytes of a client's argument an error shows (Redis's `%.128s`).
+const CUT: usize = 128;
+
+/// `arg`, cut to [`CUT`] bytes.
+fn cut(arg: &[u8]) -> &[u8] {
+    &arg[..arg.len().min(CUT)]
 }
 
 /// The bytes of memory this process holds (its resident set), or 0 where `/proc` cannot tell.
@@ -1040,27 +1089,30 @@ fn config_get(shared: &Shared, patterns: &[Bytes]) -> Vec<(&'static str, String)
 const REDIS_VERSION: &str = "7.2.0";
 
 fn command_command(a: &[Bytes]) -> PendingReply {
+    if let Some(e) = bad_subcommand("command", a) {
+        return err(e);
+    }
     let sub = a
         .first()
-        .map(|s| String::from_utf8_lossy(s).to_lowercase())
+        .map(|s| s.to_ascii_lowercase())
         .unwrap_or_default();
-    match sub.as_str() {
-        "" => now(|out| {
+    match sub.as_slice() {
+        b"" => now(|out| {
             reply::array_header(out, COMMANDS.len());
             for s in COMMANDS {
                 render_spec(out, s);
             }
         }),
-        "count" if a.len() == 1 => now(|out| reply::integer(out, COMMANDS.len() as i64)),
+        b"count" => now(|out| reply::integer(out, COMMANDS.len() as i64)),
         // redis-cli asks for the docs to show hints; it copes with none.
-        "docs" => now(|out| reply::array_header(out, 0)),
-        "list" => now(|out| {
+        b"docs" => now(|out| reply::array_header(out, 0)),
+        b"list" => now(|out| {
             reply::array_header(out, COMMANDS.len());
             for s in COMMANDS {
                 reply::bulk(out, s.name.as_bytes());
             }
         }),
-        "info" => {
+        b"info" => {
             let names = a[1..].to_vec();
             now(move |out| {
                 reply::array_header(out, names.len());
@@ -1072,23 +1124,45 @@ fn command_command(a: &[Bytes]) -> PendingReply {
                 }
             })
         }
-        _ => subcommand_error("command", a, &["count"]),
+        _ => unreachable!("refused by bad_subcommand"),
     }
 }
 
 /// Redis's answer to subcommand `a[0]` of `command` that is not known, or, if it is among
 /// `known`, that was given the wrong number of arguments.
 fn subcommand_error(command: &str, a: &[Bytes], known: &[&str]) -> PendingReply {
-    let given = String::from_utf8_lossy(&a[0]);
-    let sub = given.to_lowercase();
-    match known.contains(&sub.as_str()) {
-        true => err(format!(
-            "ERR wrong number of arguments for '{command}|{sub}' command"
-        )),
-        false => err(format!(
-            "ERR unknown subcommand '{given}'. Try {} HELP.",
-            command.to_uppercase()
-        )),
+    err(subcommand_refusal(command, &a[0], known))
+}
+
+/// The error of [`subcommand_error`].
+fn subcommand_refusal(command: &str, given: &[u8], known: &[&str]) -> Vec<u8> {
+    let sub = given.to_ascii_lowercase();
+    match known.iter().find(|k| k.as_bytes() == sub) {
+        Some(k) => format!("ERR wrong number of arguments for '{command}|{k}' command").into(),
+        None => {
+            let mut msg = b"ERR unknown subcommand '".to_vec();
+            msg.extend_from_slice(cut(given));
+            let help = format!("'. Try {} HELP.", command.to_ascii_uppercase());
+            msg.extend_from_slice(help.as_bytes());
+            msg
+        }
+    }
+}
+
+/// The error Redis gives, as it queues a command in `MULTI` and as it runs it, for a
+/// subcommand of `CONFIG` or `COMMAND` that it does not know or that has the wrong number of
+/// arguments (`a`: the arguments after the command's name).
+pub(crate) fn bad_subcommand(name: &str, a: &[Bytes]) -> Option<Vec<u8>> {
+    let sub = a.first().map(|s| s.to_ascii_lowercase());
+    match (name, sub.as_deref(), a.len()) {
+        ("config", Some(b"get"), 1) => Some(subcommand_refusal("config", &a[0], &["get"])),
+        ("config", Some(b"get" | b"set" | b"resetstat" | b"rewrite"), _) => None,
+        ("config", _, _) => Some(subcommand_refusal("config", &a[0], &[])),
+        ("command", None, _) => None,
+        ("command", Some(b"count"), 1) => None,
+        ("command", Some(b"docs" | b"list" | b"info"), _) => None,
+        ("command", Some(_), _) => Some(subcommand_refusal("command", &a[0], &["count"])),
+        _ => None,
     }
 }
 

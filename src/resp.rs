@@ -174,7 +174,10 @@ fn bulk_at(
         return Ok(None);
     };
     let len = parse_len(&buf[pos + 1..eol], "bulk")?;
-    if len < 0 || len as u64 > limits.max_bulk_bytes as u64 {
+    if len < 0 {
+        return Err(protocol("invalid bulk length"));
+    }
+    if len as u64 > limits.max_bulk_bytes as u64 {
         return Err(protocol(format!(
             "invalid bulk length {len} (the limit, max_value_bytes, is {})",
             limits.max_bulk_bytes
@@ -329,11 +332,25 @@ pub mod reply {
         out.put_slice(b"\r\n");
     }
 
-    /// An error; `msg` starts with its prefix (`ERR`, `WRONGTYPE`, ...). Line breaks are
-    /// replaced, since an error is one line.
-    pub fn error(out: &mut BytesMut, msg: &str) {
+    /// An error; `msg` starts with its prefix (`ERR`, `WRONGTYPE`, ...) and may hold a client's
+    /// bytes. An error is one line: as Redis does, line breaks at either end are dropped and
+    /// those within are spaces. Unlike Redis, bytes that are not UTF-8 are sent as U+FFFD:
+    /// clients that read an error as text (the `redis` crate) lose their connection's place
+    /// otherwise, and answer every later command with a parse error.
+    pub fn error(out: &mut BytesMut, msg: impl AsRef<[u8]>) {
+        let msg = String::from_utf8_lossy(msg.as_ref());
+        let msg = msg.as_bytes();
+        let is_break = |b: &u8| matches!(b, b'\r' | b'\n');
+        let start = msg.iter().position(|b| !is_break(b)).unwrap_or(msg.len());
+        let end = msg
+            .iter()
+            .rposition(|b| !is_break(b))
+            .map_or(start, |i| i + 1);
+        out.reserve(end - start + 3);
         out.put_u8(b'-');
-        out.put_slice(msg.replace(['\r', '\n'], " ").as_bytes());
+        for &b in &msg[start..end] {
+            out.put_u8(if is_break(&b) { b' ' } else { b });
+        }
         out.put_slice(b"\r\n");
     }
 
@@ -506,7 +523,7 @@ mod tests {
         );
         assert_eq!(
             parse(b"*1\r\n$-5\r\n").unwrap_err().0,
-            "invalid bulk length -5 (the limit, max_value_bytes, is 16)"
+            "invalid bulk length"
         );
     }
 

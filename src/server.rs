@@ -169,7 +169,7 @@ async fn connection(stream: TcpStream, mut session: Session, shared: &Shared) {
                 }
                 Err(e) => {
                     let mut out = BytesMut::new();
-                    reply::error(&mut out, &format!("ERR {e}"));
+                    reply::error(&mut out, format!("ERR {e}"));
                     let refusal: PendingReply = Box::pin(std::future::ready(Reply {
                         bytes: out,
                         close: true,

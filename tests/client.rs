@@ -141,9 +141,62 @@ fn every_command_answers_with_redis_reply_shapes() {
             &[b"CONFIG", b"nosuch"],
             b"-ERR unknown subcommand 'nosuch'. Try CONFIG HELP.\r\n",
         ),
+        (
+            &[b"COMMAND", b""],
+            b"-ERR unknown subcommand ''. Try COMMAND HELP.\r\n",
+        ),
+        // A client's bytes come back cut to 128, line breaks at the ends dropped and those
+        // within made spaces, as from Redis; but bytes that are not UTF-8 as U+FFFD (Redis
+        // sends them as they came, and a client reading errors as text chokes on them).
+        (
+            &[b"COMMAND", b"\xff"],
+            "-ERR unknown subcommand '\u{fffd}'. Try COMMAND HELP.\r\n".as_bytes(),
+        ),
+        (
+            &[b"CONFIG", &[b'x'; 200]],
+            &[
+                &b"-ERR unknown subcommand '"[..],
+                &[b'x'; 128],
+                b"'. Try CONFIG HELP.\r\n",
+            ]
+            .concat(),
+        ),
+        (
+            &[b"EXPIRE", b"k", b"1", b"\r\nx\r\n"],
+            b"-ERR Unsupported option   x\r\n",
+        ),
+        // Names and options match in ASCII only: not the Kelvin sign for K.
+        (
+            &[b"CLIENT", "\u{212a}ILL".as_bytes(), b"ID", b"1"],
+            "-ERR unknown subcommand '\u{212a}ILL'. Try CLIENT HELP.\r\n".as_bytes(),
+        ),
+        (
+            &[b"SELECT", b"4294967296"],
+            b"-ERR value is out of range, value must between -2147483648 and 2147483647\r\n",
+        ),
+        (&[b"SELECT", b"-1"], b"-ERR DB index is out of range\r\n"),
+        (
+            &[b"CLIENT", b"NO-EVICT", b"maybe"],
+            b"-ERR syntax error\r\n",
+        ),
+        (&[b"CLIENT", b"NO-EVICT", b"ON"], b"+OK\r\n"),
+        (
+            &[b"HELLO", b"2", b"SETNAME", b"a b", b"JUNK"],
+            b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
+        ),
+        (
+            &[b"HELLO", b"2", b"JUNK", b"SETNAME", b"a b"],
+            b"-ERR Syntax error in HELLO option 'JUNK'\r\n",
+        ),
     ] {
         c.roundtrip(&cmd(request), answer);
     }
+    // HELLO's empty name clears the name, as CLIENT SETNAME's does.
+    c.roundtrip(&cmd(&[b"CLIENT", b"SETNAME", b"x"]), b"+OK\r\n");
+    c.send(&cmd(&[b"HELLO", b"2", b"SETNAME", b""]));
+    assert_eq!(c.line(), "*14\r\n");
+    (0..25).for_each(|_| drop(c.line()));
+    c.roundtrip(&cmd(&[b"CLIENT", b"GETNAME"]), b"$-1\r\n");
     c.roundtrip(
         &cmd(&[b"HELLO", b"3"]),
         b"-NOPROTO this server speaks RESP2 only\r\n",
@@ -426,6 +479,12 @@ fn expiry_commands_answer_as_redis_does() {
         (&[b"TTL", b"s"], b":-1\r\n"),
         (&[b"GETEX", b"s", b"EX", b"100"], b"$1\r\nv\r\n"),
         (&[b"TTL", b"s"], b":100\r\n"),
+        // Options match in ASCII only: "PERſIST" (a long s) is not PERSIST.
+        (
+            &[b"GETEX", b"s", "PER\u{17f}IST".as_bytes()],
+            b"-ERR syntax error\r\n",
+        ),
+        (&[b"TTL", b"s"], b":100\r\n"),
         (
             &[b"GETEX", b"s", b"EX", b"0"],
             b"-ERR invalid expire time in 'getex' command\r\n",
@@ -677,6 +736,24 @@ fn transactions_answer_as_redis_does() {
         (&[b"touch", b"t", b"t", b"none"], b":2\r\n"),
         (&[b"unlink", b"t", b"t"], b":1\r\n"),
         (&[b"touch", b"t"], b":0\r\n"),
+        // A subcommand unknown, or with the wrong number of arguments, is refused as it is
+        // queued, and dooms the transaction.
+        (&[b"multi"], b"+OK\r\n"),
+        (
+            &[b"config", b"bogus"],
+            b"-ERR unknown subcommand 'bogus'. Try CONFIG HELP.\r\n",
+        ),
+        (
+            &[b"command", b"count", b"x"],
+            b"-ERR wrong number of arguments for 'command|count' command\r\n",
+        ),
+        (&[b"config", b"get", b"maxmemory"], b"+QUEUED\r\n"),
+        (&[b"set", b"never", b"1"], b"+QUEUED\r\n"),
+        (
+            &[b"exec"],
+            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+        ),
+        (&[b"get", b"never"], b"$-1\r\n"),
     ];
     answers_each(script, "split_keys = []");
 }

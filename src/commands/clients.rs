@@ -180,7 +180,10 @@ impl Filter {
         }
         for pair in a.chunks(2) {
             let value = String::from_utf8_lossy(&pair[1]).into_owned();
-            match String::from_utf8_lossy(&pair[0]).to_lowercase().as_str() {
+            match String::from_utf8_lossy(&pair[0])
+                .to_ascii_lowercase()
+                .as_str()
+            {
                 "id" => {
                     let id = value.parse().ok().filter(|&id: &u64| id > 0);
                     let id = id.ok_or("ERR client-id should be greater than 0")?;
@@ -193,7 +196,7 @@ impl Filter {
                 "user" if value == "default" => {}
                 "user" => return Err(format!("ERR No such user '{value}'")),
                 "skipme" => {
-                    f.skip_me = match value.to_lowercase().as_str() {
+                    f.skip_me = match value.to_ascii_lowercase().as_str() {
                         "yes" => true,
                         "no" => false,
                         _ => return Err("ERR syntax error".into()),
@@ -212,7 +215,7 @@ impl Filter {
             return Ok(f);
         };
         match (
-            String::from_utf8_lossy(first).to_lowercase().as_str(),
+            String::from_utf8_lossy(first).to_ascii_lowercase().as_str(),
             a.len(),
         ) {
             ("type", 2) => f.kind(&String::from_utf8_lossy(&a[1]))?,
@@ -229,7 +232,7 @@ impl Filter {
     }
 
     fn kind(&mut self, kind: &str) -> Result<(), String> {
-        match kind.to_lowercase().as_str() {
+        match kind.to_ascii_lowercase().as_str() {
             "normal" => {}
             "master" | "replica" | "slave" | "pubsub" => self.none = true,
             _ => return Err(format!("ERR Unknown client type '{kind}'")),

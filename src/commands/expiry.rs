@@ -61,7 +61,7 @@ impl Deadline {
 }
 
 fn upper(b: &Bytes) -> String {
-    String::from_utf8_lossy(b).to_uppercase()
+    String::from_utf8_lossy(b).to_ascii_uppercase()
 }
 
 /// The options of `SET` and `GETEX`, as Redis's `parseExtendedStringArgumentsOrReply` takes
@@ -175,8 +175,12 @@ pub fn parse_getex(
 
 /// `EXPIRE key seconds [NX|XX|GT|LT]`, `PEXPIRE`, `EXPIREAT` and `PEXPIREAT`, checked as
 /// Redis's `expireGenericCommand` does: the options, then the number, which may be negative
-/// (a deadline already past deletes the key).
-pub fn parse_expire(name: &str, a: &[Bytes], now: impl FnOnce() -> u64) -> Result<Command, String> {
+/// (a deadline already past deletes the key). The error may hold the client's bytes.
+pub fn parse_expire(
+    name: &str,
+    a: &[Bytes],
+    now: impl FnOnce() -> u64,
+) -> Result<Command, Vec<u8>> {
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for o in &a[2..] {
         match upper(o).as_str() {
@@ -184,12 +188,7 @@ pub fn parse_expire(name: &str, a: &[Bytes], now: impl FnOnce() -> u64) -> Resul
             "XX" => xx = true,
             "GT" => gt = true,
             "LT" => lt = true,
-            _ => {
-                return Err(format!(
-                    "ERR Unsupported option {}",
-                    String::from_utf8_lossy(o)
-                ))
-            }
+            _ => return Err([&b"ERR Unsupported option "[..], o].concat()),
         }
     }
     if nx && (xx || gt || lt) {
@@ -201,7 +200,7 @@ pub fn parse_expire(name: &str, a: &[Bytes], now: impl FnOnce() -> u64) -> Resul
     let mut when = parse_integer(&a[1]).ok_or(NOT_AN_INTEGER)?;
     if matches!(name, "expire" | "expireat") {
         if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
-            return Err(invalid(name));
+            return Err(invalid(name).into());
         }
         when *= 1000;
     }
@@ -305,7 +304,9 @@ mod tests {
 
     #[test]
     fn expire_checks_options_then_the_number() {
-        let expire = |name, a: &[&str]| parse_expire(name, &args(a), || 10_000);
+        let expire = |name, a: &[&str]| {
+            parse_expire(name, &args(a), || 10_000).map_err(|e| String::from_utf8(e).unwrap())
+        };
         assert!(matches!(
             expire("expire", &["k", "5", "xx", "lt"]),
             Ok(Command::Expire {

@@ -82,7 +82,10 @@ fn parse_scan(a: &[Bytes]) -> Result<ScanArgs, String> {
     };
     let mut rest = &a[1..];
     while let [option, value, more @ ..] = rest {
-        match String::from_utf8_lossy(option).to_uppercase().as_str() {
+        match String::from_utf8_lossy(option)
+            .to_ascii_uppercase()
+            .as_str()
+        {
             "MATCH" => args.pattern = Some(value.to_vec()),
             "COUNT" => match parse_integer(value) {
                 Some(n) if n >= 1 => args.count = usize::try_from(n).unwrap_or(usize::MAX),

@@ -89,12 +89,19 @@ impl Session {
     /// A command refused before it ran (unknown, with the wrong number of arguments, or before
     /// `AUTH`): inside `MULTI` it dooms the transaction, as in Redis; a refused `EXEC` discards
     /// the transaction (if any) and the keys watched at once.
-    pub(super) fn refused(&mut self, name: Option<&str>, msg: String) -> super::PendingReply {
+    pub(super) fn refused(
+        &mut self,
+        name: Option<&str>,
+        msg: impl Into<Vec<u8>>,
+    ) -> super::PendingReply {
+        let msg = msg.into();
         if name == Some("exec") {
             self.multi = None;
             self.watched = Watches::default();
-            let why = msg.strip_prefix("ERR ").unwrap_or(&msg);
-            return err(format!("EXECABORT Transaction discarded because of: {why}"));
+            let why = msg.strip_prefix(b"ERR ").unwrap_or(&msg);
+            let mut abort = b"EXECABORT Transaction discarded because of: ".to_vec();
+            abort.extend_from_slice(why);
+            return err(abort);
         }
         if let Some(tx) = &mut self.multi {
             tx.failed = true;
@@ -142,6 +149,11 @@ impl Session {
                 if spec.first_key == 0 && !QUEUEABLE.contains(&name) {
                     tx.failed = true;
                     return Some(err("ERR Command not allowed inside a transaction"));
+                }
+                // Refused as it is queued, as an unknown command is.
+                if let Some(e) = super::bad_subcommand(name, &args[1..]) {
+                    tx.failed = true;
+                    return Some(err(e));
                 }
                 let bytes = args.iter().map(|a| a.len() + 16).sum::<usize>();
                 if watched + tx.bytes + bytes > limit {
@@ -257,7 +269,7 @@ impl Session {
                     Ok(Ok(CommandOutcome::Error(e))) => reply::error(&mut out, &e),
                     Ok(Ok(other)) => reply::error(
                         &mut out,
-                        &format!("ERR a transaction was answered {other:?}"),
+                        format!("ERR a transaction was answered {other:?}"),
                     ),
                     Ok(Err(e)) => super::store_failure(&mut out, e),
                     Err(e) => super::mailbox_failure(&mut out, e),
