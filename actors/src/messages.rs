@@ -346,6 +346,9 @@ pub enum StoreError {
     Refused(#[from] ProposeError),
     #[error("TRYAGAIN request timed out; the write may or may not have been applied")]
     Timeout,
+    /// A read not served in time (its read index not answered, or not applied).
+    #[error("TRYAGAIN read timed out: the range's leader did not answer in time")]
+    ReadTimeout,
     #[error("TRYAGAIN {0} was removed from this node; a write in flight may or may not have been applied")]
     Removed(RangeId),
     #[error("ERR no range holds key on this node")]

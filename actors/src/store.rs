@@ -1238,7 +1238,7 @@ impl Store {
             w.reply.send(Err(StoreError::Timeout));
         }
         for r in take_where(&mut self.reads, |r| r.deadline <= now) {
-            let _ = r.reply.send(Err(StoreError::Timeout));
+            let _ = r.reply.send(Err(StoreError::ReadTimeout));
         }
         let (late, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.conditions)
             .into_iter()
@@ -3587,7 +3587,7 @@ mod tests {
         assert!(second.try_recv().is_err(), "served before an earlier read");
         s.expire();
         s.serve_ready_reads();
-        assert!(matches!(first.try_recv(), Ok(Err(StoreError::Timeout))));
+        assert!(matches!(first.try_recv(), Ok(Err(StoreError::ReadTimeout))));
         let got = second
             .try_recv()
             .expect("served once the earlier read is answered");
