@@ -43,6 +43,8 @@ pub struct Shared {
     pub client_addr: SocketAddr,
     pub started: Instant,
     pub clients: AtomicUsize,
+    /// Clients refused whose connections are still open (see `server::MAX_REFUSED`).
+    pub refusing: AtomicUsize,
     pub next_client_id: AtomicU64,
     /// Every client connection, for `CLIENT LIST` and `CLIENT KILL`.
     pub connections: clients::Connections,

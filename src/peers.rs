@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -234,6 +234,37 @@ pub enum FrameError {
 /// The largest first frame (a hello) accepted before a peer has proven who it is, and the
 /// largest answer to one.
 const MAX_HELLO_BYTES: usize = 4 << 10;
+
+/// Raft connections open at once that have not said hello yet: past that, the oldest of them
+/// is closed. Each holds a file descriptor (see `run::RESERVED_FILES`): without a bound,
+/// sockets opened to the raft port and left silent took every descriptor the node had. A peer
+/// says hello as it connects, so a new connection is not turned away for them.
+pub const MAX_HELLOS: usize = 64;
+
+/// How long a raft connection may take to say hello before it is closed.
+const HELLO_WAIT: Duration = Duration::from_secs(10);
+
+/// The raft connections that have not said hello yet, oldest first, each with its task.
+#[derive(Default)]
+struct Unproven {
+    next: u64,
+    waiting: VecDeque<(u64, tokio::task::AbortHandle)>,
+}
+
+/// One connection among the [`Unproven`], until it says hello or ends.
+struct AwaitingHello {
+    id: u64,
+    unproven: Arc<Mutex<Unproven>>,
+}
+
+impl Drop for AwaitingHello {
+    fn drop(&mut self) {
+        let mut u = self.unproven.lock().expect("unproven");
+        if let Some(at) = u.waiting.iter().position(|(id, _)| *id == self.id) {
+            u.waiting.remove(at);
+        }
+    }
+}
 
 /// How long a connecting node waits for the answer to its hello before trying again: long, as
 /// hellos are answered on the peer's MultiRaft thread, which a slow sync or a large snapshot can
@@ -459,6 +490,8 @@ pub async fn listen(
     credentials: Credentials,
     multiraft: Recipient<RaftBatch>,
 ) {
+    let unproven = Arc::new(Mutex::new(Unproven::default()));
+    let mut closed = 0u64;
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -469,10 +502,30 @@ pub async fn listen(
                 continue;
             }
         };
+        let oldest = {
+            let mut u = unproven.lock().expect("unproven");
+            u.next += 1;
+            (u.waiting.len() >= MAX_HELLOS).then(|| u.waiting.pop_front())
+        };
+        if let Some((_, task)) = oldest.flatten() {
+            task.abort();
+            closed += 1;
+            if closed % 1000 == 1 {
+                log::warn!(
+                    "a raft connection closed: {MAX_HELLOS} had not said hello yet ({closed} \
+                     closed so since start)"
+                );
+            }
+        }
+        let hello = AwaitingHello {
+            id: unproven.lock().expect("unproven").next,
+            unproven: unproven.clone(),
+        };
+        let id = hello.id;
         let _ = stream.set_nodelay(true);
         let (credentials, multiraft) = (credentials.clone(), multiraft.clone());
-        actix_rt::spawn(async move {
-            if let Err(e) = inbound(stream, me, &credentials, &multiraft).await {
+        let task = actix_rt::spawn(async move {
+            if let Err(e) = inbound(stream, me, &credentials, &multiraft, hello).await {
                 match e {
                     FrameError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
                         log::info!("raft connection from {addr} closed")
@@ -481,6 +534,9 @@ pub async fn listen(
                 }
             }
         });
+        // Its task has not run yet (this thread runs it, after this): it is waiting.
+        let waiting = &mut unproven.lock().expect("unproven").waiting;
+        waiting.push_back((id, task.abort_handle()));
     }
 }
 
@@ -489,8 +545,14 @@ async fn inbound(
     me: NodeId,
     credentials: &Credentials,
     multiraft: &Recipient<RaftBatch>,
+    awaiting: AwaitingHello,
 ) -> Result<(), FrameError> {
-    let from = match read_frame(&mut stream, MAX_HELLO_BYTES).await? {
+    let first = tokio::time::timeout(HELLO_WAIT, read_frame(&mut stream, MAX_HELLO_BYTES));
+    let first = first.await.map_err(|_| {
+        let waited = HELLO_WAIT.as_secs();
+        FrameError::Refused(format!("no hello within {waited} s"))
+    })??;
+    let from = match first {
         Frame::Hello {
             version,
             cluster_id,
@@ -519,6 +581,7 @@ async fn inbound(
             ))
         }
     };
+    drop(awaiting);
     stream.write_all(&encode_frame(&Frame::Welcome)).await?;
     // Snapshots being received, per range, and their bytes in all.
     let mut partial: HashMap<u64, Vec<u8>> = HashMap::new();
@@ -594,7 +657,6 @@ async fn inbound(
 mod tests {
     use super::*;
     use actix::prelude::*;
-    use std::sync::Mutex;
 
     fn append(range: u64, bytes: usize) -> (RangeId, RaftMessage) {
         let mut m = RaftMessage::default();
@@ -723,6 +785,16 @@ mod tests {
         }
     }
 
+    /// Node 2's listener, on a port the OS assigns, delivering to what it answers.
+    async fn listening() -> (SocketAddr, Arc<Mutex<Vec<RaftBatch>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink(got.clone()).start();
+        actix_rt::spawn(listen(listener, NodeId(2), credentials(), sink.recipient()));
+        (addr, got)
+    }
+
     fn credentials() -> Credentials {
         Credentials {
             cluster_id: "test".into(),
@@ -762,11 +834,7 @@ mod tests {
     #[test]
     fn a_snapshot_in_chunks_does_not_hold_back_other_ranges() {
         System::new().block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let got = Arc::new(Mutex::new(Vec::new()));
-            let sink = Sink(got.clone()).start();
-            actix_rt::spawn(listen(listener, NodeId(2), credentials(), sink.recipient()));
+            let (addr, got) = listening().await;
             let transport = transport_to(addr);
 
             let size = 8 * CHUNK_BYTES + 123;
@@ -795,6 +863,45 @@ mod tests {
             assert_eq!(*range, RangeId(1));
             assert_eq!(m.get_snapshot().data.len(), size);
             assert_eq!(m, &snapshot(1, size).1, "the snapshot arrived whole");
+        });
+    }
+
+    /// Sockets opened to the raft port and left silent do not take every file descriptor of
+    /// the node, nor keep a peer out: past [`MAX_HELLOS`] of them, the oldest is closed, and a
+    /// peer that connects then is served.
+    #[test]
+    fn silent_connections_on_the_raft_port_make_way_for_a_peer() {
+        System::new().block_on(async {
+            let (addr, got) = listening().await;
+            let mut silent = Vec::new();
+            for _ in 0..MAX_HELLOS + 10 {
+                silent.push(TcpStream::connect(addr).await.unwrap());
+            }
+            let transport = transport_to(addr);
+            let mut batch = RaftBatch::new(NodeId(1), NodeId(2));
+            batch.heartbeats.push(heartbeat(3));
+            let start = std::time::Instant::now();
+            while transport.send(batch.clone()).is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "the peer was kept out"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            while got.lock().unwrap().is_empty() {
+                assert!(start.elapsed() < Duration::from_secs(5), "not delivered");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The oldest silent ones were closed, the newest are still waiting.
+            let mut byte = [0u8; 1];
+            assert_eq!(
+                silent[0].read(&mut byte).await.unwrap(),
+                0,
+                "the oldest open"
+            );
+            let newest = silent.last_mut().unwrap();
+            let read = tokio::time::timeout(Duration::from_millis(100), newest.read(&mut byte));
+            assert!(read.await.is_err(), "the newest closed");
         });
     }
 }

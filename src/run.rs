@@ -32,6 +32,8 @@ pub enum StartError {
     },
     #[error("the raft socket passed by the service manager: {0}")]
     RaftSocket(String),
+    #[error("the process may open {0} files (ulimit -n), and a node needs {RESERVED_FILES} for its data and peers and one per client")]
+    Files(u64),
     #[error("cannot open the data directory {dir}: {source}")]
     Storage {
         dir: String,
@@ -53,13 +55,62 @@ pub fn abort_on_panic() {
     }));
 }
 
+/// Files a node keeps open for other than its clients, at most: its data (sled's files, the raft
+/// log's), its peers' connections and those that have not said hello yet
+/// ([`crate::peers::MAX_HELLOS`]), clients refused and not yet closed
+/// ([`crate::server::MAX_REFUSED`]), its listeners, its standard streams. About 30 at rest.
+pub const RESERVED_FILES: u64 = 256;
+
+/// Raises the process's limit of open files to what `max_clients` clients and the node need, as
+/// far as its hard limit allows (as Redis does), and answers how many clients fit in it, which
+/// may be fewer (logged). Past the limit, a client's connection would take the descriptor the
+/// node's data or a peer needed: a flood of clients made the node fail to open its raft log's
+/// next file, and stop.
+fn fit_clients(max_clients: usize) -> Result<usize, StartError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Ok(max_clients);
+    }
+    let wanted = (max_clients as u64).saturating_add(RESERVED_FILES);
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted.min(limit.rlim_max),
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given, nothing else.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = raised.rlim_cur;
+        }
+    }
+    let fit = limit.rlim_cur.saturating_sub(RESERVED_FILES);
+    if fit == 0 {
+        return Err(StartError::Files(limit.rlim_cur));
+    }
+    let fit = fit.min(max_clients as u64) as usize;
+    if fit < max_clients {
+        log::warn!(
+            "max_clients lowered from {max_clients} to {fit}: the process may open {} files \
+             (ulimit -n; hard limit {}), of which {RESERVED_FILES} are kept for the node's \
+             data and peers",
+            limit.rlim_cur,
+            limit.rlim_max
+        );
+    }
+    Ok(fit)
+}
+
 /// Runs a node until SIGINT or SIGTERM, its raft connections on `passed_raft` if a service
 /// manager passed that socket (see [`passed_raft_socket`]). Must be called inside an actix
 /// system.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     passed_raft: Option<std::net::TcpListener>,
 ) -> Result<(), StartError> {
+    config.max_clients = fit_clients(config.max_clients)?;
     let listener = TcpListener::bind(config.client_addr)
         .await
         .map_err(|source| StartError::Listen {
@@ -131,6 +182,7 @@ pub async fn run(
         client_addr,
         started: Instant::now(),
         clients: AtomicUsize::new(0),
+        refusing: AtomicUsize::new(0),
         next_client_id: AtomicU64::new(0),
         connections: Default::default(),
         cursors: Default::default(),

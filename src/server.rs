@@ -22,6 +22,11 @@ use tokio::sync::mpsc;
 /// Requests of one connection under way at once.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
+/// Clients refused (over `max_clients`) whose connections are open at once, while the node
+/// writes them the refusal and lingers; past that, one is closed at once. Each holds a file
+/// descriptor (see `run::RESERVED_FILES`).
+pub const MAX_REFUSED: usize = 64;
+
 /// Replies are written once this much is buffered, or when no more are ready.
 const WRITE_CHUNK: usize = 64 << 10;
 
@@ -39,14 +44,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, thread: actix::Ar
                 // Counted and refused here, so that only admitted clients wait for the thread.
                 let clients = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
                 if clients > shared.config.max_clients {
+                    shared.clients.fetch_sub(1, Ordering::Relaxed);
+                    if shared.refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSED {
+                        shared.refusing.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let shared = shared.clone();
                     actix_rt::spawn(async move {
-                        let refused = refuse(stream).await;
-                        // Not counted while it lingers: it holds no room a client could use.
-                        shared.clients.fetch_sub(1, Ordering::Relaxed);
-                        if let Some(mut stream) = refused {
+                        if let Some(mut stream) = refuse(stream).await {
                             linger(&mut stream).await;
                         }
+                        shared.refusing.fetch_sub(1, Ordering::Relaxed);
                     });
                     continue;
                 }

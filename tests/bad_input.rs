@@ -294,3 +294,59 @@ fn a_client_over_max_clients_reads_its_refusal_and_one_leaving_makes_room() {
     }
     ping(&mut a);
 }
+
+/// A flood of clients past what the process may open (`ulimit -n`) is refused, and harms
+/// nothing: the node lowers `max_clients` to what fits beside the files its data and peers
+/// need (as Redis does), answers every connection past it with Redis's refusal (or closes it,
+/// when many are being refused at once), and goes on storing. Before, it admitted clients
+/// until the process ran out of descriptors and stopped, unable to open its raft log's next
+/// file.
+#[test]
+fn a_flood_of_clients_past_the_open_files_limit_is_refused_and_harms_nothing() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    // 400 files, of which flotilla keeps 256 for itself.
+    let server = Server::start_with_open_files(dir.path(), "", 400);
+    let mut con = server.client();
+    let max: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxclients")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(max, ["maxclients", "144"]);
+    let mut flood: Vec<std::net::TcpStream> = (0..600)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    let (mut served, mut refused, mut closed) = (0, 0, 0);
+    for c in &mut flood {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let _ = c.write_all(b"PING\r\n");
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    reply.extend_from_slice(&buf[..n]);
+                    if reply.ends_with(b"\r\n") {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("a connection neither served nor refused: {e}"),
+            }
+        }
+        match reply.as_slice() {
+            b"+PONG\r\n" => served += 1,
+            b"-ERR max number of clients reached\r\n" => refused += 1,
+            b"" => closed += 1,
+            other => panic!("{:?}", String::from_utf8_lossy(other)),
+        }
+    }
+    assert_eq!(served, 143, "{refused} refused, {closed} closed");
+    assert!(refused > 0);
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
+    let got: String = redis::cmd("GET").arg("k").query(&mut con).unwrap();
+    assert_eq!(got, "v");
+}

@@ -11,6 +11,40 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 
+/// Writes `config/single-node.toml` with its address (port 0: the OS assigns one) and data
+/// directory (in `dir`) replaced, and the `key = value` lines of `extra` replacing or adding to
+/// its keys; the file's path.
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/single-node.toml"
+    ))
+    .unwrap();
+    let overridden: Vec<&str> = extra
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let mut text = String::new();
+    for line in shipped.lines() {
+        let key = line.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
+        if overridden.contains(&key) {
+            continue;
+        }
+        if line.starts_with("client_addr") {
+            text.push_str("client_addr = \"127.0.0.1:0\"\n");
+        } else if line.starts_with("data_dir") {
+            text.push_str(&format!("data_dir = {:?}\n", dir.join("data")));
+        } else {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text.push_str(extra);
+    let config = dir.join("node.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 /// A running `flotilla` process.
 pub struct Server {
     child: Child,
@@ -22,34 +56,20 @@ impl Server {
     /// Starts a node from `config/single-node.toml` with its address and data directory
     /// replaced, and the `key = value` lines of `extra` replacing or adding to its keys.
     pub fn start_in(dir: &Path, extra: &str) -> Server {
-        let shipped = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/single-node.toml"
-        ))
-        .unwrap();
-        let overridden: Vec<&str> = extra
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
-            .collect();
-        let mut text = String::new();
-        for line in shipped.lines() {
-            let key = line.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
-            if overridden.contains(&key) {
-                continue;
-            }
-            if line.starts_with("client_addr") {
-                text.push_str("client_addr = \"127.0.0.1:0\"\n");
-            } else if line.starts_with("data_dir") {
-                text.push_str(&format!("data_dir = {:?}\n", dir.join("data")));
-            } else {
-                text.push_str(line);
-                text.push('\n');
-            }
-        }
-        text.push_str(extra);
-        let config = dir.join("node.toml");
-        std::fs::write(&config, text).unwrap();
-        Server::start_with_config(&config)
+        Server::start_with_config(&write_config(dir, extra))
+    }
+
+    /// As [`Server::start_in`], the process allowed to open at most `files` files (`ulimit
+    /// -n`, soft and hard).
+    pub fn start_with_open_files(dir: &Path, extra: &str, files: u64) -> Server {
+        let config = write_config(dir, extra);
+        let mut command = Command::new("bash");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {files} && exec \"$0\" --config \"$1\""))
+            .arg(BIN)
+            .arg(&config);
+        Server::spawn(command, &config)
     }
 
     /// Starts a node from a config file, waiting until it serves clients.
