@@ -888,7 +888,7 @@ impl Session {
                 if a[2].iter().any(|b| *b < b'!' || *b > b'~') {
                     return err(format!(
                         "ERR {} cannot contain spaces, newlines or special characters.",
-                        String::from_utf8_lossy(&attribute)
+                        String::from_utf8_lossy(&a[1])
                     ));
                 }
                 now(|out| reply::simple(out, "OK"))
@@ -1157,7 +1157,14 @@ fn subcommand_refusal(command: &str, given: &[u8], known: &[&str]) -> Vec<u8> {
 pub(crate) fn bad_subcommand(name: &str, a: &[Bytes]) -> Option<Vec<u8>> {
     let sub = a.first().map(|s| s.to_ascii_lowercase());
     match (name, sub.as_deref(), a.len()) {
-        ("config", Some(b"get"), 1) => Some(subcommand_refusal("config", &a[0], &["get"])),
+        ("config", Some(b"get"), 1) | ("config", Some(b"set"), 1 | 2) => {
+            Some(subcommand_refusal("config", &a[0], &["get", "set"]))
+        }
+        ("config", Some(b"resetstat" | b"rewrite"), 2..) => Some(subcommand_refusal(
+            "config",
+            &a[0],
+            &["resetstat", "rewrite"],
+        )),
         ("config", Some(b"get" | b"set" | b"resetstat" | b"rewrite"), _) => None,
         ("config", _, _) => Some(subcommand_refusal("config", &a[0], &[])),
         ("command", None, _) => None,

@@ -236,10 +236,15 @@ pub enum FrameError {
 const MAX_HELLO_BYTES: usize = 4 << 10;
 
 /// Raft connections open at once that have not said hello yet: past that, the oldest of them
-/// is closed. Each holds a file descriptor (see `run::RESERVED_FILES`): without a bound,
-/// sockets opened to the raft port and left silent took every descriptor the node had. A peer
-/// says hello as it connects, so a new connection is not turned away for them.
+/// is closed if it has waited [`HELLO_GRACE`], else the new one. Each holds a file descriptor
+/// (see `run::RESERVED_FILES`): without a bound, sockets opened to the raft port and left
+/// silent took every descriptor the node had. A peer says hello as it connects, so sockets
+/// left silent there keep it out for a moment at most (it connects again within a second).
 pub const MAX_HELLOS: usize = 64;
+
+/// How long a connection that has not said hello yet is safe from being closed for a newer one:
+/// a peer's hello may still be on its way, or not yet read.
+const HELLO_GRACE: Duration = Duration::from_millis(500);
 
 /// How long a raft connection may take to say hello before it is closed.
 const HELLO_WAIT: Duration = Duration::from_secs(10);
@@ -248,7 +253,7 @@ const HELLO_WAIT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Unproven {
     next: u64,
-    waiting: VecDeque<(u64, tokio::task::AbortHandle)>,
+    waiting: VecDeque<(u64, std::time::Instant, tokio::task::AbortHandle)>,
 }
 
 /// One connection among the [`Unproven`], until it says hello or ends.
@@ -260,7 +265,7 @@ struct AwaitingHello {
 impl Drop for AwaitingHello {
     fn drop(&mut self) {
         let mut u = self.unproven.lock().expect("unproven");
-        if let Some(at) = u.waiting.iter().position(|(id, _)| *id == self.id) {
+        if let Some(at) = u.waiting.iter().position(|(id, ..)| *id == self.id) {
             u.waiting.remove(at);
         }
     }
@@ -502,20 +507,31 @@ pub async fn listen(
                 continue;
             }
         };
-        let oldest = {
+        // Room for it: the oldest closed if it has had its grace, else this one.
+        let (evicted, refused) = {
             let mut u = unproven.lock().expect("unproven");
             u.next += 1;
-            (u.waiting.len() >= MAX_HELLOS).then(|| u.waiting.pop_front())
+            let full = u.waiting.len() >= MAX_HELLOS;
+            let graced = |w: &&(_, std::time::Instant, _)| w.1.elapsed() >= HELLO_GRACE;
+            match full && u.waiting.front().filter(graced).is_some() {
+                true => (u.waiting.pop_front(), false),
+                false => (None, full),
+            }
         };
-        if let Some((_, task)) = oldest.flatten() {
+        if let Some((_, _, task)) = &evicted {
             task.abort();
+        }
+        if evicted.is_some() || refused {
             closed += 1;
             if closed % 1000 == 1 {
                 log::warn!(
                     "a raft connection closed: {MAX_HELLOS} had not said hello yet ({closed} \
-                     closed so since start)"
+                     closed since start)"
                 );
             }
+        }
+        if refused {
+            continue;
         }
         let hello = AwaitingHello {
             id: unproven.lock().expect("unproven").next,
@@ -535,8 +551,11 @@ pub async fn listen(
             }
         });
         // Its task has not run yet (this thread runs it, after this): it is waiting.
-        let waiting = &mut unproven.lock().expect("unproven").waiting;
-        waiting.push_back((id, task.abort_handle()));
+        let since = std::time::Instant::now();
+        (unproven.lock().expect("unproven").waiting).push_back((id, since, task.abort_handle()));
+        // Let the connections accepted read their hellos before more are accepted: tokio
+        // accepts up to 128 in a row otherwise, and the first would be taken as silent.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -867,16 +886,25 @@ mod tests {
     }
 
     /// Sockets opened to the raft port and left silent do not take every file descriptor of
-    /// the node, nor keep a peer out: past [`MAX_HELLOS`] of them, the oldest is closed, and a
-    /// peer that connects then is served.
+    /// the node, nor keep a peer out for long: past [`MAX_HELLOS`] of them, a new one is
+    /// closed while they are within their grace, and the oldest once it is past, so a peer
+    /// that connects then is served.
     #[test]
     fn silent_connections_on_the_raft_port_make_way_for_a_peer() {
         System::new().block_on(async {
             let (addr, got) = listening().await;
             let mut silent = Vec::new();
-            for _ in 0..MAX_HELLOS + 10 {
+            for _ in 0..MAX_HELLOS {
                 silent.push(TcpStream::connect(addr).await.unwrap());
             }
+            let mut byte = [0u8; 1];
+            let mut one_more = TcpStream::connect(addr).await.unwrap();
+            assert_eq!(
+                one_more.read(&mut byte).await.unwrap(),
+                0,
+                "one more let in"
+            );
+            tokio::time::sleep(HELLO_GRACE).await;
             let transport = transport_to(addr);
             let mut batch = RaftBatch::new(NodeId(1), NodeId(2));
             batch.heartbeats.push(heartbeat(3));
@@ -892,8 +920,7 @@ mod tests {
                 assert!(start.elapsed() < Duration::from_secs(5), "not delivered");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            // The oldest silent ones were closed, the newest are still waiting.
-            let mut byte = [0u8; 1];
+            // The oldest silent one made way, the newest still waits.
             assert_eq!(
                 silent[0].read(&mut byte).await.unwrap(),
                 0,

@@ -32,7 +32,7 @@ pub enum StartError {
     },
     #[error("the raft socket passed by the service manager: {0}")]
     RaftSocket(String),
-    #[error("the process may open {0} files (ulimit -n), and a node needs {RESERVED_FILES} for its data and peers and one per client")]
+    #[error("the process may open {0} files (ulimit -n): too few for a node")]
     Files(u64),
     #[error("cannot open the data directory {dir}: {source}")]
     Storage {
@@ -62,10 +62,13 @@ pub fn abort_on_panic() {
 pub const RESERVED_FILES: u64 = 256;
 
 /// Raises the process's limit of open files to what `max_clients` clients and the node need, as
-/// far as its hard limit allows (as Redis does), and answers how many clients fit in it, which
-/// may be fewer (logged). Past the limit, a client's connection would take the descriptor the
-/// node's data or a peer needed: a flood of clients made the node fail to open its raft log's
-/// next file, and stop.
+/// far as the system lets it (stepping down from there, as Redis does), and answers how many
+/// clients fit in it, which may be fewer (logged). Past the limit, a client's connection would
+/// take the descriptor the node's data or a peer needed: a flood of clients made the node fail
+/// to open its raft log's next file, and stop. Under a low limit the node keeps half of it for
+/// itself.
+// `rlim_t` is 32 bits on some targets.
+#[allow(clippy::unnecessary_cast)]
 fn fit_clients(max_clients: usize) -> Result<usize, StartError> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -75,29 +78,35 @@ fn fit_clients(max_clients: usize) -> Result<usize, StartError> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Ok(max_clients);
     }
-    let wanted = (max_clients as u64).saturating_add(RESERVED_FILES);
-    if limit.rlim_cur < wanted {
+    let (mut current, hard) = (limit.rlim_cur as u64, limit.rlim_max as u64);
+    let wanted = (max_clients as u64)
+        .saturating_add(RESERVED_FILES)
+        .min(hard);
+    // The system may refuse more than it allows a process (Linux's fs.nr_open, macOS's
+    // kern.maxfilesperproc) whatever the hard limit says: step down until it takes one.
+    let mut trying = wanted;
+    while trying > current {
         let raised = libc::rlimit {
-            rlim_cur: wanted.min(limit.rlim_max),
+            rlim_cur: trying as libc::rlim_t,
             rlim_max: limit.rlim_max,
         };
         // SAFETY: setrlimit reads the struct it is given, nothing else.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit.rlim_cur = raised.rlim_cur;
+            current = trying;
+            break;
         }
+        trying = trying.saturating_sub(16);
     }
-    let fit = limit.rlim_cur.saturating_sub(RESERVED_FILES);
+    let fit = current - RESERVED_FILES.min(current / 2);
     if fit == 0 {
-        return Err(StartError::Files(limit.rlim_cur));
+        return Err(StartError::Files(current));
     }
     let fit = fit.min(max_clients as u64) as usize;
     if fit < max_clients {
         log::warn!(
-            "max_clients lowered from {max_clients} to {fit}: the process may open {} files \
-             (ulimit -n; hard limit {}), of which {RESERVED_FILES} are kept for the node's \
-             data and peers",
-            limit.rlim_cur,
-            limit.rlim_max
+            "max_clients lowered from {max_clients} to {fit}: the process may open {current} \
+             files (ulimit -n; hard limit {hard}), and the node keeps {} for its data and peers",
+            current as usize - fit
         );
     }
     Ok(fit)

@@ -747,6 +747,14 @@ fn transactions_answer_as_redis_does() {
             &[b"command", b"count", b"x"],
             b"-ERR wrong number of arguments for 'command|count' command\r\n",
         ),
+        (
+            &[b"config", b"set", b"x"],
+            b"-ERR wrong number of arguments for 'config|set' command\r\n",
+        ),
+        (
+            &[b"config", b"resetstat", b"x"],
+            b"-ERR wrong number of arguments for 'config|resetstat' command\r\n",
+        ),
         (&[b"config", b"get", b"maxmemory"], b"+QUEUED\r\n"),
         (&[b"set", b"never", b"1"], b"+QUEUED\r\n"),
         (

@@ -63,7 +63,7 @@ impl Server {
     /// -n`, soft and hard).
     pub fn start_with_open_files(dir: &Path, extra: &str, files: u64) -> Server {
         let config = write_config(dir, extra);
-        let mut command = Command::new("bash");
+        let mut command = Command::new("sh");
         command
             .arg("-c")
             .arg(format!("ulimit -n {files} && exec \"$0\" --config \"$1\""))
