@@ -17,22 +17,17 @@ work=$(mktemp -d)
 . scripts/lib/ranges-cluster.sh
 trap 'kill -9 "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-cpu_ticks() { local n; for n in 1 2 3; do node_ticks "$n"; done | awk '{s += $1} END {print s}'; }
-quiescent() {
-  until [ "$(info 1 ranges_quiescent)" = "$RANGES" ] && [ "$(info 2 ranges_quiescent)" = "$RANGES" ] \
-    && [ "$(info 3 ranges_quiescent)" = "$RANGES" ]; do sleep 0.5; done
-}
 
 start "$RANGES"
 until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.5; done
-quiescent
+await_quiescent "$RANGES"
 a=$(cpu_ticks); sleep 10; b=$(cpu_ticks)
 echo "$RANGES ranges, idle 10 s: $((b - a)) clock ticks of the three nodes ($(getconf CLK_TCK) a second)"
 for n in 1 2 1 2 1 2; do
   t0=$(now_ms); keys=$(cli "$n" dbsize); t1=$(now_ms)
   echo "DBSIZE through node $n: $keys, in $((t1 - t0)) ms"
 done
-quiescent
+await_quiescent "$RANGES"
 a=$(cpu_ticks); t0=$(now_ms)
 for _ in $(seq 10); do cli 2 dbsize > /dev/null; sleep 1; done
 b=$(cpu_ticks); t1=$(now_ms)

@@ -37,8 +37,6 @@ work=$(mktemp -d)
 . scripts/lib/ranges-cluster.sh
 trap 'kill -9 "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-cpu_ticks() { local n; for n in 1 2 3; do node_ticks "$n"; done | awk '{s += $1} END {print s}'; }
-
 rss() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/${pids[$1]}/status"; }
 
 # ROLLING_ONLY=1 runs step 6 alone (about a minute).
@@ -48,8 +46,7 @@ if [ -z "${ROLLING_ONLY:-}" ]; then
   start "$RANGES"
   until [ "$(count_ranges 1 'leader=n[0-9]')" = "$RANGES" ]; do sleep 0.5; done
   t_leaders=$(( $(now_ms) - t0 ))
-  until [ "$(info 1 ranges_quiescent)" = "$RANGES" ] && [ "$(info 2 ranges_quiescent)" = "$RANGES" ] \
-    && [ "$(info 3 ranges_quiescent)" = "$RANGES" ]; do sleep 0.5; done
+  await_quiescent "$RANGES"
   t_quiet=$(( $(now_ms) - t0 ))
   echo "$RANGES ranges: every range led after $t_leaders ms, all quiescent after $t_quiet ms"
 

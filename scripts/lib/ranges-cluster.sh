@@ -56,3 +56,12 @@ stop_all() {
 
 # CPU time (clock ticks, user and system) of node $1 (1-3).
 node_ticks() { awk '{print $14 + $15}' "/proc/${pids[$(($1 - 1))]}/stat"; }
+
+# Waits until every replica of the $1 ranges is quiescent on the three nodes.
+await_quiescent() {
+  until [ "$(info 1 ranges_quiescent)" = "$1" ] && [ "$(info 2 ranges_quiescent)" = "$1" ] \
+    && [ "$(info 3 ranges_quiescent)" = "$1" ]; do sleep 0.5; done
+}
+
+# CPU time (clock ticks) of the three nodes together.
+cpu_ticks() { local n; for n in 1 2 3; do node_ticks "$n"; done | awk '{s += $1} END {print s}'; }
