@@ -349,6 +349,9 @@ pub enum StoreError {
     /// A read not served in time (its read index not answered, or not applied).
     #[error("TRYAGAIN read timed out: the range's leader did not answer in time")]
     ReadTimeout,
+    /// A read whose range's replica was removed from this node while it waited.
+    #[error("TRYAGAIN {0} was removed from this node; ask again")]
+    ReadRemoved(RangeId),
     #[error("TRYAGAIN {0} was removed from this node; a write in flight may or may not have been applied")]
     Removed(RangeId),
     #[error("ERR no range holds key on this node")]

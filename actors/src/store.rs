@@ -1287,7 +1287,7 @@ impl Store {
             }
         }
         for r in take_where(&mut self.reads, |r| r.range == range) {
-            let _ = r.reply.send(Err(StoreError::Removed(range)));
+            let _ = r.reply.send(Err(StoreError::ReadRemoved(range)));
         }
         self.purge(range)
     }
