@@ -508,14 +508,14 @@ pub async fn listen(
             }
         };
         // Room for it: the oldest closed if it has had its grace, else this one.
-        let (evicted, refused) = {
+        let (id, evicted, refused) = {
             let mut u = unproven.lock().expect("unproven");
             u.next += 1;
             let full = u.waiting.len() >= MAX_HELLOS;
             let graced = |w: &&(_, std::time::Instant, _)| w.1.elapsed() >= HELLO_GRACE;
             match full && u.waiting.front().filter(graced).is_some() {
-                true => (u.waiting.pop_front(), false),
-                false => (None, full),
+                true => (u.next, u.waiting.pop_front(), false),
+                false => (u.next, None, full),
             }
         };
         if let Some((_, _, task)) = &evicted {
@@ -534,10 +534,9 @@ pub async fn listen(
             continue;
         }
         let hello = AwaitingHello {
-            id: unproven.lock().expect("unproven").next,
+            id,
             unproven: unproven.clone(),
         };
-        let id = hello.id;
         let _ = stream.set_nodelay(true);
         let (credentials, multiraft) = (credentials.clone(), multiraft.clone());
         let task = actix_rt::spawn(async move {
