@@ -5,6 +5,8 @@
 //!   promoted; answered once it votes;
 //! - `FLOTILLA REMOVEREPLICA <range|all> <node>`: leadership moves first if the node leads;
 //! - `FLOTILLA TRANSFERLEADER <range|all> <node>`;
+//! - `FLOTILLA SPLIT <key>`: cuts the range holding the key in two at it; answered with the
+//!   new range (the keys from `key` on, the same replicas) once this node applied the split;
 //! - `FLOTILLA DIGEST`: each range's applied index, key count and hash of its data here, to
 //!   compare replicas.
 //!
@@ -18,12 +20,12 @@ use crate::resp::reply;
 use bytes::{Bytes, BytesMut};
 use flotilla_actors::ids::{NodeId, RangeId, MAX_NODE_ID};
 use flotilla_actors::messages::{
-    AddReplica, GetDigest, GetRaftStatus, GetStoreStatus, RemoveReplica, StoreError, StoreStatus,
-    TransferLeader,
+    AddReplica, GetDigest, GetRaftStatus, GetStoreStatus, RemoveReplica, SplitRange, StoreError,
+    StoreStatus, TransferLeader,
 };
 use std::sync::Arc;
 
-const USAGE: &str = "ERR unknown FLOTILLA subcommand or wrong number of arguments; try RANGES, DIGEST, ADDREPLICA <range|all> <node>, REMOVEREPLICA <range|all> <node>, TRANSFERLEADER <range|all> <node>";
+const USAGE: &str = "ERR unknown FLOTILLA subcommand or wrong number of arguments; try RANGES, DIGEST, ADDREPLICA <range|all> <node>, REMOVEREPLICA <range|all> <node>, TRANSFERLEADER <range|all> <node>, SPLIT <key>";
 
 #[derive(Clone, Copy)]
 enum Change {
@@ -43,6 +45,7 @@ enum Admin {
     Ranges,
     Digest,
     Change(Change, Target, NodeId),
+    Split(Vec<u8>),
 }
 
 fn parse_number(arg: &[u8], prefix: u8, max: u64) -> Option<u64> {
@@ -60,6 +63,7 @@ fn parse(a: &[Bytes]) -> Result<Admin, String> {
     let change = match (sub.as_str(), a.len()) {
         ("ranges", 1) => return Ok(Admin::Ranges),
         ("digest", 1) => return Ok(Admin::Digest),
+        ("split", 2) => return Ok(Admin::Split(a[1].to_vec())),
         ("addreplica", 3) => Change::Add,
         ("removereplica", 3) => Change::Remove,
         ("transferleader", 3) => Change::Transfer,
@@ -68,9 +72,10 @@ fn parse(a: &[Bytes]) -> Result<Admin, String> {
     let target = if a[1].eq_ignore_ascii_case(b"all") {
         Target::All
     } else {
-        let r = parse_number(&a[1], b'r', u64::MAX)
-            .ok_or_else(|| format!("ERR invalid range '{}'", String::from_utf8_lossy(&a[1])))?;
-        Target::One(RangeId(r))
+        let r = std::str::from_utf8(&a[1]).ok().and_then(RangeId::parse);
+        let r =
+            r.ok_or_else(|| format!("ERR invalid range '{}'", String::from_utf8_lossy(&a[1])))?;
+        Target::One(r)
     };
     let node = parse_number(&a[2], b'n', MAX_NODE_ID)
         .ok_or_else(|| format!("ERR invalid node id '{}'", String::from_utf8_lossy(&a[2])))?;
@@ -98,6 +103,15 @@ pub async fn run(shared: Arc<Shared>, a: Vec<Bytes>) -> Reply {
         Err(e) => failed(&e),
         Ok(Admin::Ranges) => ranges(&shared).await,
         Ok(Admin::Digest) => digest(&shared).await,
+        Ok(Admin::Split(key)) => match shared.store.send(SplitRange { key }).await {
+            Ok(Ok(right)) => {
+                let mut out = BytesMut::new();
+                reply::simple(&mut out, &right.to_string());
+                done(out)
+            }
+            Ok(Err(e)) => failed(&e.to_string()),
+            Err(_) => failed(SHUTTING_DOWN),
+        },
         Ok(Admin::Change(change, target, node)) => {
             // A replica on a node no one can reach would be a learner forever: it keeps its
             // range awake (never quiescent) and the request waits out the admin timeout.
@@ -334,7 +348,29 @@ mod tests {
             "ERR invalid node id '4294967296'"
         );
         assert_eq!(parse(&args("ranges 1")).err().unwrap(), USAGE);
-        assert_eq!(parse(&args("split 1")).err().unwrap(), USAGE);
+        assert_eq!(parse(&args("split")).err().unwrap(), USAGE);
+        assert_eq!(parse(&args("split a b")).err().unwrap(), USAGE);
+        assert!(matches!(parse(&args("SPLIT key:5")), Ok(Admin::Split(k)) if k == b"key:5"));
+        assert!(matches!(
+            parse(&args("transferleader r2.1 3")),
+            Ok(Admin::Change(Change::Transfer, Target::One(r), NodeId(3)))
+                if r == RangeId::of_split(NodeId(2), 1)
+        ));
+        for bad in [
+            "r2.",
+            "r.1",
+            "r2.0",
+            "r0",
+            "r2.1.1",
+            "r4294967296.1",
+            "r+1",
+            "r2.+1",
+        ] {
+            assert_eq!(
+                parse(&args(&format!("addreplica {bad} 4"))).err().unwrap(),
+                format!("ERR invalid range '{bad}'")
+            );
+        }
     }
 
     #[test]

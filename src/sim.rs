@@ -23,11 +23,11 @@ use flotilla_actors::command::{
 use flotilla_actors::ids::{NodeId, RangeId};
 use flotilla_actors::messages::{
     AddReplica, CompactLog, GetDigest, GetRaftStatus, GetStoreStatus, ProposeError, Read,
-    RemoveReplica, StoreError, StoreStatus, TransferLeader, Write,
+    RemoveReplica, SplitRange, StoreError, StoreStatus, TransferLeader, Write,
 };
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
-use flotilla_actors::storage::{keys, Engine};
+use flotilla_actors::storage::{keys, Engine, RangeDescriptor};
 use flotilla_actors::store::{data_hash, PlantedBugs, StoreSettings, WriteApplied};
 use flotilla_actors::transport::LocalNetwork;
 use flotilla_actors::value::{self, stored, Clock, Value};
@@ -564,8 +564,11 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         let (world, history, stop) = (world.clone(), history.clone(), stop.clone());
         let mut rng = StdRng::seed_from_u64(seed ^ 0xF1F1);
         clients.push(actix_rt::spawn(async move {
-            let ranges = |s: &StoreStatus| -> Vec<RangeId> {
-                s.ranges.iter().map(|r| r.descriptor.id).collect()
+            // The keys of the ranges the node holds (ranges split, the keys stay).
+            let covered = |s: &StoreStatus| -> Vec<usize> {
+                (0..KEYS)
+                    .filter(|&i| s.ranges.iter().any(|r| r.descriptor.contains(&key(i))))
+                    .collect()
             };
             while !stop.get() {
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..3000))).await;
@@ -586,7 +589,7 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
                     _ => None,
                 };
                 let after = store.send(GetStoreStatus).await;
-                let done = done.filter(|_| after.is_ok_and(|a| ranges(&a) == ranges(&before)));
+                let done = done.filter(|_| after.is_ok_and(|a| covered(&a) == covered(&before)));
                 for i in 0..KEYS {
                     let k = key(i);
                     if !before.ranges.iter().any(|r| r.descriptor.contains(&k)) {
@@ -788,30 +791,30 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
 
     // Every replica of every range holds exactly the data the final reads returned (and
     // those, checked below, are what the history allows).
-    let mut model: BTreeMap<RangeId, Vec<flotilla_actors::storage::Pair>> = BTreeMap::new();
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for op in history.borrow().iter().filter(|o| o.client == CLIENTS + 1) {
-        let i: usize = String::from_utf8_lossy(&op.key)
-            .parse()
-            .expect("a simulation key");
-        let pairs = model.entry(RangeId(1 + (i / 3) as u64)).or_default();
         if let Outcome::Value(Some(v)) = &op.result {
-            pairs.push((op.key.clone(), stored(&v.bytes, v.deadline)));
+            model.insert(op.key.clone(), stored(&v.bytes, v.deadline));
         }
     }
-    let expected: BTreeMap<RangeId, (u64, u64)> = (1..=(KEYS / 3) as u64)
-        .map(|r| {
-            let pairs = model.remove(&RangeId(r)).unwrap_or_default();
-            (RangeId(r), (pairs.len() as u64, data_hash(&pairs)))
-        })
-        .collect();
+    // What a range's digest must be: that of the final reads of its span's keys.
+    let expected = |d: &RangeDescriptor| {
+        let pairs: Vec<flotilla_actors::storage::Pair> = (model.iter())
+            .filter(|(k, _)| d.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        (pairs.len() as u64, data_hash(&pairs))
+    };
     let mut differing = Vec::new();
     for _ in 0..60 {
         differing.clear();
         for (id, store) in stores(&world) {
-            match store.send(GetDigest).await {
-                Ok(Ok(digests)) => {
+            let status = store.send(GetStoreStatus).await;
+            match (status, store.send(GetDigest).await) {
+                (Ok(status), Ok(Ok(digests))) => {
                     for d in digests {
-                        if expected.get(&d.range) != Some(&(d.keys, d.hash)) {
+                        let span = status.ranges.iter().find(|r| r.descriptor.id == d.range);
+                        if span.map(|r| expected(&r.descriptor)) != Some((d.keys, d.hash)) {
                             differing.push(format!("{} on n{id}", d.range));
                         }
                     }
@@ -949,7 +952,7 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
         )
     };
     let any = |rng: &mut StdRng| 1 + rng.gen_range(0..count);
-    match rng.gen_range(0..13) {
+    match rng.gen_range(0..14) {
         0 => {
             let mut side: Vec<NodeId> = Vec::new();
             let mut rest: Vec<NodeId> = Vec::new();
@@ -1013,11 +1016,25 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
             }
             None => "restart",
         },
+        13 => {
+            // A range cut in two at a key (not the first: it starts the key space), through
+            // any node; it may or may not happen (the key may start a range already).
+            let at = key(rng.gen_range(1..KEYS));
+            let via = up[rng.gen_range(0..up.len())];
+            let store = world.borrow().nodes[&via].store.clone();
+            world.borrow_mut().detail = format!("at {} via n{via}", String::from_utf8_lossy(&at));
+            actix_rt::spawn(async move {
+                let _ = store.send(SplitRange { key: at }).await;
+            });
+            "split"
+        }
         11 | 12 => {
             // A replica added to, or removed from, a range (as this node sees it); the request
             // runs on while the simulation goes on, and may or may not succeed.
-            let range = RangeId(1 + rng.gen_range(0..(KEYS / 3) as u64));
             let via = up[rng.gen_range(0..up.len())];
+            let Some(range) = any_range(world, via, rng).await else {
+                return "membership change";
+            };
             let store = world.borrow().nodes[&via].store.clone();
             let node = NodeId(any(rng));
             let Ok(status) = store.send(GetStoreStatus).await else {
@@ -1052,9 +1069,11 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
             }
         }
         9 => {
-            let range = RangeId(1 + rng.gen_range(0..(KEYS / 3) as u64));
             let to = NodeId(any(rng));
             let via = up[rng.gen_range(0..up.len())];
+            let Some(range) = any_range(world, via, rng).await else {
+                return "leadership transfer";
+            };
             let store = world.borrow().nodes[&via].store.clone();
             // The answer is not awaited: the transfer may or may not happen.
             actix_rt::spawn(async move {
@@ -1063,7 +1082,10 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
             "leadership transfer"
         }
         _ => {
-            let range = RangeId(1 + rng.gen_range(0..(KEYS / 3) as u64));
+            let via = up[rng.gen_range(0..up.len())];
+            let Some(range) = any_range(world, via, rng).await else {
+                return "log compaction";
+            };
             // A log is compacted as far as its Store wrote what it applied: written first.
             let nodes: Vec<_> = world
                 .borrow()
@@ -1078,6 +1100,14 @@ async fn inject(world: &Rc<RefCell<World>>, rng: &mut StdRng) -> &'static str {
             "log compaction"
         }
     }
+}
+
+/// One of the ranges node `via` holds, chosen by `rng` (none if it stopped meanwhile).
+async fn any_range(world: &Rc<RefCell<World>>, via: u64, rng: &mut StdRng) -> Option<RangeId> {
+    let store = world.borrow().nodes.get(&via)?.store.clone();
+    let status = store.send(GetStoreStatus).await.ok()?;
+    let ranges: Vec<RangeId> = status.ranges.iter().map(|r| r.descriptor.id).collect();
+    (!ranges.is_empty()).then(|| ranges[rng.gen_range(0..ranges.len())])
 }
 
 /// The ranges whose replica here was removed (a tombstone, no descriptor) and still hold

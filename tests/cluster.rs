@@ -4,6 +4,7 @@
 mod common;
 
 use common::Server;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -680,4 +681,75 @@ fn a_leader_cut_off_from_its_quorum_steps_down_and_writes_are_refused() {
         err.to_string().contains("has no leader at the moment"),
         "{err}"
     );
+}
+
+/// `FLOTILLA SPLIT` through two nodes while a client writes through a third: each answers the
+/// new range's id, every node lists the same seven ranges, every write answered `OK` is read
+/// back through every node, the replicas hold the same data, and a node killed and started
+/// again still has the ranges and the data.
+#[test]
+fn ranges_split_while_a_client_writes_keep_every_write_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = configs(dir.path(), 3, "");
+    let mut servers: Vec<Option<Server>> = nodes.start_all().into_iter().map(Some).collect();
+    await_leaders(node(&servers, 0));
+    let writer = Writer::start(node(&servers, 1).client());
+    eventually(Duration::from_secs(10), "writes", || writer.acked() > 200);
+    assert_eq!(admin(node(&servers, 0), &["SPLIT", "a-5"]).unwrap(), "r1.1");
+    assert_eq!(admin(node(&servers, 2), &["SPLIT", "g-5"]).unwrap(), "r3.1");
+    let err = admin(node(&servers, 0), &["SPLIT", "a-5"]).unwrap_err();
+    assert!(
+        err.to_string().contains("starts at that key already"),
+        "{err}"
+    );
+    let acked = writer.acked();
+    eventually(Duration::from_secs(10), "writes after", || {
+        writer.acked() > acked + 200
+    });
+    let written = writer.stop();
+    let spans = |s: &Server| -> Vec<String> {
+        ranges(s)
+            .iter()
+            .map(|l| l.split(" replicas").next().unwrap().to_string())
+            .collect()
+    };
+    let expected = spans(node(&servers, 0));
+    assert_eq!(expected.len(), 7, "{expected:?}");
+    assert!(
+        expected.contains(&"r1 [\"\", \"a-5\")".to_string()),
+        "{expected:?}"
+    );
+    assert!(
+        expected.contains(&"r1.1 [\"a-5\", \"f\")".to_string()),
+        "{expected:?}"
+    );
+    assert!(expected.contains(&"r3.1 [\"g-5\", \"key:000000500000\")".to_string()));
+    let keys: Vec<String> = written.iter().map(|(k, _)| k.clone()).collect();
+    let last: BTreeMap<&String, &String> = written.iter().map(|(k, v)| (k, v)).collect();
+    for i in 0..3 {
+        eventually(Duration::from_secs(10), "the same ranges", || {
+            spans(node(&servers, i)) == expected
+        });
+        let values = mget(node(&servers, i), &keys);
+        for (k, v) in keys.iter().zip(values) {
+            assert_eq!(
+                v.as_deref(),
+                Some(last[k].as_str()),
+                "{k} through node {}",
+                i + 1
+            );
+        }
+    }
+    eventually(Duration::from_secs(30), "replicas alike", || {
+        let d = digest(node(&servers, 0));
+        d.is_some() && (1..3).all(|i| digest(node(&servers, i)) == d)
+    });
+    servers[1].take().unwrap().kill();
+    servers[1] = Some(nodes.start(1));
+    assert_eq!(spans(node(&servers, 1)), expected);
+    let values = mget(node(&servers, 1), &keys);
+    assert!(keys
+        .iter()
+        .zip(values)
+        .all(|(k, v)| v.as_deref() == Some(last[k].as_str())));
 }

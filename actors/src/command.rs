@@ -4,6 +4,7 @@
 //! range before proposing. Applying is a pure function of the command and the values it reads,
 //! so every replica computes the same result from the same log.
 
+use crate::ids::RangeId;
 use crate::storage::Deadline;
 use crate::value;
 use serde::{Deserialize, Serialize};
@@ -189,6 +190,22 @@ pub enum Command {
     /// to. The Store clears the range's span as it applies it (see `Store::flush`):
     /// [`Command::apply`] alone, which sees only keys it names, answers it and changes nothing.
     Flush,
+    /// Cuts the range at `key` (inside it, not its start): from the entry on, the range covers
+    /// the keys below `key`, and a new range `right`, with the same replicas, those from it
+    /// on. Applied by the Store.
+    Split {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        right: RangeId,
+    },
+    /// [`Command::Flush`] as proposed to a range whose span was `[start, end)`: should the
+    /// range have split since, the origin flushes the ranges of the rest of that span too.
+    FlushSpan {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        end: Vec<u8>,
+    },
 }
 
 /// A key a transaction watched, and the SHA-256 digest of its stored value then (`None`: it
@@ -296,9 +313,19 @@ impl Command {
                 pairs.iter().map(|(k, _)| k.as_slice()).collect()
             }
             Command::Rename { from, to, .. } => vec![from, to],
-            Command::Flush => vec![],
+            Command::Flush | Command::FlushSpan { .. } => vec![],
+            Command::Split { key, .. } => vec![key],
             Command::Reap { entries } => entries.iter().map(|(_, k)| k.as_slice()).collect(),
             Command::Clocked { command, .. } => command.keys(),
+        }
+    }
+
+    /// Whether every key the command touches is one `within` takes (a flush touches none).
+    pub fn keys_within(&self, within: impl Fn(&[u8]) -> bool) -> bool {
+        match self {
+            Command::Set { key, .. } | Command::SetExpiring { key, .. } => within(key),
+            Command::Clocked { command, .. } => command.keys_within(within),
+            command => command.keys().into_iter().all(within),
         }
     }
 
@@ -313,6 +340,8 @@ impl Command {
             }
             | Command::MSet { .. }
             | Command::Flush
+            | Command::FlushSpan { .. }
+            | Command::Split { .. }
             | Command::Clocked { .. } => self,
             command => Command::Clocked {
                 now: now(),
@@ -551,7 +580,10 @@ impl Command {
                     CommandOutcome::Integer(1),
                 )
             }
-            Command::Flush => Applied::answer(CommandOutcome::Ok),
+            // Applied by the Store, which sees the ranges.
+            Command::Flush | Command::FlushSpan { .. } | Command::Split { .. } => {
+                Applied::answer(CommandOutcome::Ok)
+            }
             Command::Read { keys } => Applied::answer(CommandOutcome::Values(
                 keys.iter()
                     .map(|k| read(k).filter(|s| value::live(s, now)))

@@ -62,9 +62,38 @@ pub struct ProposalId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ReadId(pub u64);
 
+impl RangeId {
+    /// The id of the `seq`-th range a split proposed from `node` made (see
+    /// `Engine::new_range_id`): shown `r<node>.<seq>`. The config's ranges have ids below 2^32.
+    pub fn of_split(node: NodeId, seq: u64) -> RangeId {
+        debug_assert!(node.0 <= MAX_NODE_ID && (1..=MAX_NODE_ID).contains(&seq));
+        RangeId(node.0 << 32 | seq)
+    }
+
+    /// A range id as shown (`r7`, `r2.1`), the `r` optional; `None` if it is not one.
+    pub fn parse(text: &str) -> Option<RangeId> {
+        let text = text.strip_prefix(['r', 'R']).unwrap_or(text);
+        let number = |t: &str| {
+            let n: u64 = t.parse().ok()?;
+            (t.bytes().all(|b| b.is_ascii_digit()) && n >= 1).then_some(n)
+        };
+        match text.split_once('.') {
+            None => number(text).map(RangeId),
+            Some((node, seq)) => {
+                let (node, seq) = (number(node)?, number(seq)?);
+                (node <= MAX_NODE_ID && seq <= MAX_NODE_ID)
+                    .then(|| RangeId::of_split(NodeId(node), seq))
+            }
+        }
+    }
+}
+
 impl fmt::Display for RangeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "r{}", self.0)
+        match self.0 >> 32 {
+            0 => write!(f, "r{}", self.0),
+            node => write!(f, "r{node}.{}", self.0 & MAX_NODE_ID),
+        }
     }
 }
 
@@ -130,5 +159,25 @@ mod tests {
         assert!(again > r);
         assert_eq!(again.to_string(), "n7.2");
         assert_eq!(r.to_string(), "n7");
+    }
+
+    #[test]
+    fn a_range_id_is_shown_as_it_is_parsed() {
+        for (id, shown) in [
+            (RangeId(7), "r7"),
+            (RangeId::of_split(NodeId(2), 1), "r2.1"),
+            (
+                RangeId::of_split(NodeId(MAX_NODE_ID), MAX_NODE_ID),
+                "r4294967295.4294967295",
+            ),
+        ] {
+            assert_eq!(id.to_string(), shown);
+            assert_eq!(RangeId::parse(shown), Some(id));
+            assert_eq!(RangeId::parse(&shown[1..]), Some(id));
+        }
+        assert_ne!(
+            RangeId::of_split(NodeId(1), 1),
+            RangeId::of_split(NodeId(2), 1)
+        );
     }
 }

@@ -38,6 +38,13 @@ pub enum RaftRequest {
     /// Asks for a read index for a range. Reads of one range in one round share a single raft
     /// `read_index` call; the answer is [`Event::ReadReady`].
     ReadIndex { range: RangeId, read: ReadId },
+    /// The Store applied a split of `left` (its descriptor now) and wrote it: see
+    /// `MultiRaft::split`.
+    Split {
+        left: RangeDescriptor,
+        right: RangeDescriptor,
+        created: bool,
+    },
 }
 
 /// The requests the Store gathered while handling the messages queued for it: one message to
@@ -441,6 +448,14 @@ pub struct AddReplica {
 pub struct RemoveReplica {
     pub range: RangeId,
     pub node: NodeId,
+}
+
+/// Cuts the range holding `key` in two at it (see [`crate::command::Command::Split`]);
+/// answered with the new range, holding the keys from `key` on, once this node applied it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<RangeId, StoreError>")]
+pub struct SplitRange {
+    pub key: Vec<u8>,
 }
 
 /// Moves a range's leadership to the replica on a node; answered once this node sees it there.

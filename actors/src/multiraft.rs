@@ -134,7 +134,9 @@
 use crate::codec;
 use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
-use crate::storage::{Engine, RangeStorage, SnapshotData, StorageError, WriteBatch};
+use crate::storage::{
+    Engine, RangeDescriptor, RangeStorage, SnapshotData, Span, StorageError, WriteBatch,
+};
 use crate::store::{PlantedBugs, StoreSettings};
 use crate::transport::Transport;
 use crate::value::{Clock, MAX_AHEAD_MS};
@@ -872,6 +874,10 @@ pub struct MultiRaft {
     tombstones: BTreeMap<RangeId, ReplicaId>,
     /// Removed ranges whose data the Store has not yet deleted: nothing of them is created.
     destroying: BTreeSet<RangeId>,
+    /// The span of each range with data here (its replicas', and those being destroyed until
+    /// their keys are deleted): a snapshot that overlaps another's is refused (see
+    /// [`MultiRaft::overlapping`]).
+    spans: BTreeMap<RangeId, Span>,
     /// Removal notices to send with the next round, per node.
     notices: BTreeMap<NodeId, Vec<(RangeId, ReplicaId)>>,
     /// Compaction indexes to send with the next round, per node and range (see
@@ -944,6 +950,7 @@ impl MultiRaft {
             next_read_context: 1,
             tombstones: engine.tombstones()?,
             destroying: BTreeSet::new(),
+            spans: BTreeMap::new(),
             notices: BTreeMap::new(),
             hints: BTreeMap::new(),
             last_heard: BTreeMap::new(),
@@ -962,7 +969,12 @@ impl MultiRaft {
         }
         // Replicas destroyed before a stop whose keys the Store has still to delete: no new
         // replica of their ranges here until it has (`ReplicaDestroyed`).
-        mr.destroying.extend(engine.purges()?);
+        for range in engine.purges()? {
+            mr.destroying.insert(range);
+            if let Some(span) = engine.purge_span(range)? {
+                mr.spans.insert(range, span);
+            }
+        }
         Ok(mr)
     }
 
@@ -996,11 +1008,13 @@ impl MultiRaft {
         }
         let mut storage = RangeStorage::load(self.engine.clone(), range)?;
         let stored = members(storage.conf_state()).find(|&id| ReplicaId(id).node() == self.node);
-        let removed: BTreeSet<u64> = self
-            .engine
-            .descriptor(range)?
+        let descriptor = self.engine.descriptor(range)?;
+        let removed: BTreeSet<u64> = (descriptor.as_ref())
             .map(|d| d.removed.iter().map(|r| r.0).collect())
             .unwrap_or_default();
+        if let Some(d) = descriptor {
+            self.spans.insert(range, (d.start_key, d.end_key));
+        }
         let Some(replica) = new_replica.or(stored.map(ReplicaId)) else {
             // Removed from the range, and a crash came before its data was deleted.
             let replica = removed
@@ -1082,6 +1096,56 @@ impl MultiRaft {
             },
         );
         Ok(())
+    }
+
+    /// Another range here with keys in `[start, end)`, if any.
+    fn overlapping(&self, range: RangeId, start: &[u8], end: &[u8]) -> Option<RangeId> {
+        let below = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
+        (self.spans.iter())
+            .find(|(&id, (s, e))| id != range && below(start, e) && below(s, end))
+            .map(|(&id, _)| id)
+    }
+
+    /// The Store applied a split of `left` (whose span is now the left part) and wrote it: the
+    /// right range's group is created from what the Store wrote (an empty replica of it that
+    /// messages made here meanwhile is replaced, its term and vote kept), unless its replica
+    /// here was removed before (`!created`): the Store then deletes its keys, as a destroyed
+    /// replica's. If this node leads the left range, its new replica campaigns at once, as
+    /// CockroachDB's does, rather than the range waiting an election timeout for a leader.
+    fn split(&mut self, left: RangeDescriptor, right: RangeDescriptor, created: bool) {
+        self.spans
+            .insert(left.id, (left.start_key.clone(), left.end_key.clone()));
+        self.spans
+            .insert(right.id, (right.start_key.clone(), right.end_key.clone()));
+        if !created {
+            self.destroying.insert(right.id);
+            return;
+        }
+        if let Some(g) = self.groups.get(&right.id) {
+            if g.node.store().conf_state() != &ConfState::default() {
+                return;
+            }
+            // Empty, and nothing of it is in flight between rounds: what raft holds and has
+            // not written (a vote not yet answered) is dropped, as if its message were.
+            log::info!(
+                "{}: {}: the empty replica made by its messages takes the split's state",
+                self.node,
+                right.id
+            );
+            self.groups.remove(&right.id);
+            self.awake.remove(&right.id);
+            self.dirty.remove(&right.id);
+        }
+        if let Err(e) = self.open_group(right.id, None) {
+            panic!("multiraft: {}: cannot create {}: {e}", self.node, right.id);
+        }
+        let leads_left = self.groups.get(&left.id).is_some_and(|g| g.is_leader());
+        if let Some(g) = self.groups.get_mut(&right.id) {
+            if leads_left {
+                let _ = g.node.campaign();
+            }
+        }
+        self.dirty.insert(right.id);
     }
 
     /// Drops the group of a range whose replica here was removed; the Store deletes its data
@@ -1624,6 +1688,8 @@ impl MultiRaft {
                 match g.node.mut_store().stage_snapshot(&snap, &mut batch) {
                     Ok(descriptor) => {
                         g.removed = descriptor.removed.iter().map(|r| r.0).collect();
+                        let span = (descriptor.start_key.clone(), descriptor.end_key.clone());
+                        self.spans.insert(range, span);
                         let m = snap.get_metadata();
                         g.handed = m.index;
                         g.applied = m.index;
@@ -2044,9 +2110,22 @@ impl MultiRaft {
         }
         // A snapshot that cannot be installed is refused here, before raft accepts it.
         if m.get_msg_type() == MessageType::MsgSnapshot {
-            if let Err(e) = codec::decode::<SnapshotData>(&m.get_snapshot().data) {
-                log::warn!(
-                    "{}: {range}: dropping an undecodable snapshot: {e}",
+            let d = match codec::decode::<SnapshotData>(&m.get_snapshot().data) {
+                Ok(data) => data.descriptor,
+                Err(e) => {
+                    log::warn!(
+                        "{}: {range}: dropping an undecodable snapshot: {e}",
+                        self.node
+                    );
+                    return;
+                }
+            };
+            if let Some(other) = self.overlapping(range, &d.start_key, &d.end_key) {
+                // A range here still holds keys of the snapshot's span: the range it split
+                // from, which has yet to apply the split here (it then creates this range),
+                // or a range being destroyed. The leader sends the snapshot again later.
+                log::info!(
+                    "{}: {range}: refusing a snapshot that overlaps {other}",
                     self.node
                 );
                 return;
@@ -2779,6 +2858,13 @@ impl Handler<Requests> for MultiRaft {
                     }
                     self.dirty.insert(range);
                 }
+                RaftRequest::Split {
+                    left,
+                    right,
+                    created,
+                } => {
+                    self.split(left, right, created);
+                }
                 RaftRequest::ReadIndex { range, read } => match self.groups.get_mut(&range) {
                     Some(g) => {
                         g.quiescent = false;
@@ -3088,6 +3174,7 @@ impl Handler<ReplicaDestroyed> for MultiRaft {
             panic!("multiraft: {}: storage failed: {e}", self.node);
         }
         self.destroying.remove(&msg.range);
+        self.spans.remove(&msg.range);
     }
 }
 

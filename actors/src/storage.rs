@@ -125,6 +125,9 @@ fn corrupt(what: impl Into<String>, detail: impl ToString) -> StorageError {
 /// A user key and its value.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
+/// The keys `[start, end)` (`end` empty: to the end of the key space).
+pub type Span = (Vec<u8>, Vec<u8>);
+
 /// What a range covers and who replicates it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeDescriptor {
@@ -263,6 +266,10 @@ pub mod keys {
 
     /// The node's last boot (8 bytes).
     pub const BOOT: &[u8] = b"n-boot";
+
+    /// The last sequence number of a range id this node gave a split (see
+    /// [`super::Engine::new_range_id`]; 8 bytes).
+    pub const RANGE_SEQ: &[u8] = b"n-range-seq";
 
     /// The prefix of the records of destroyed replicas' user keys still to delete.
     pub const PURGES: &[u8] = b"n-purge-";
@@ -852,14 +859,7 @@ impl Engine {
     /// old proposals were made under), and at least `at_least`. Each open of the engine takes
     /// one.
     pub fn raise_boot(&self, at_least: u64) -> Result<u64, StorageError> {
-        let last = match self.tree.get(keys::BOOT)? {
-            Some(v) => u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("boot", format!("{} bytes", v.len())))?,
-            ),
-            None => 0,
-        };
+        let last = self.stored_u64(keys::BOOT, "boot")?.unwrap_or(0);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
@@ -867,6 +867,113 @@ impl Engine {
         self.tree.insert(keys::BOOT, &boot.to_be_bytes())?;
         self.sync()?;
         Ok(boot)
+    }
+
+    /// A range id no other range of the cluster has, for the right half of a split proposed
+    /// from this node ([`RangeId::of_split`]), its sequence number stored durably before it is
+    /// used, so that no crash hands it out twice.
+    pub fn new_range_id(&self, node: NodeId) -> Result<RangeId, StorageError> {
+        let seq = self
+            .stored_u64(keys::RANGE_SEQ, "range sequence")?
+            .unwrap_or(0)
+            + 1;
+        if seq > crate::ids::MAX_NODE_ID {
+            return Err(corrupt(
+                "range sequence",
+                "every range id of this node is used",
+            ));
+        }
+        self.tree.insert(keys::RANGE_SEQ, &seq.to_be_bytes())?;
+        self.sync()?;
+        Ok(RangeId::of_split(node, seq))
+    }
+
+    /// Stages the state a range born of a split starts with, in the left range's batch: its
+    /// descriptor, conf state and applied state at [`BOOTSTRAP_INDEX`], as a bootstrapped
+    /// range's; raft's hard state and truncated index follow from them when its group is
+    /// opened (`RangeStorage::load`), keeping the term and vote of a replica of it that was
+    /// already here, empty. The left range's index of deadlines moves its entries of the
+    /// right range's keys over, and the descriptors are both written.
+    pub fn stage_split(
+        &self,
+        left: &RangeDescriptor,
+        right: &RangeDescriptor,
+        proposers: &Proposers,
+        batch: &mut sled::Batch,
+        states: &mut AppliedStates,
+    ) -> Result<(), StorageError> {
+        let cs = ConfState::from((
+            right.voters.iter().map(|r| r.0),
+            right.learners.iter().map(|r| r.0),
+        ));
+        batch.insert(
+            keys::range_key(right.id, keys::CONF_STATE),
+            conf_state_value(BOOTSTRAP_INDEX, &cs),
+        );
+        let start = LogPosition {
+            index: BOOTSTRAP_INDEX,
+            term: BOOTSTRAP_TERM,
+        };
+        states.put(right.id, start, proposers);
+        self.move_deadlines(left.id, right, batch)?;
+        put_descriptor(batch, left);
+        put_descriptor(batch, right);
+        Ok(())
+    }
+
+    /// Moves the entries of `from`'s index of deadlines whose keys `to` covers to `to`'s.
+    fn move_deadlines(
+        &self,
+        from: RangeId,
+        to: &RangeDescriptor,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StorageError> {
+        let (lo, hi) = keys::deadlines(from);
+        let prefix = lo.len();
+        for k in self.tree.range(lo.as_slice()..hi.as_slice()).keys() {
+            let k = k?;
+            let Some((deadline, key)) = k.get(prefix..).filter(|r| r.len() >= 8).map(|r| {
+                let (d, key) = r.split_at(8);
+                (u64::from_be_bytes(d.try_into().expect("8 bytes")), key)
+            }) else {
+                return Err(corrupt("index of deadlines", format!("{k:?}")));
+            };
+            if to.contains(key) {
+                batch.remove(k.as_ref());
+                batch.insert(keys::expiry_key(to.id, deadline, key), b"".as_slice());
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages what a split does where the right range's replica of this node was removed
+    /// before this node applied the split: no state of it, and its keys deleted as a
+    /// destroyed replica's are (see [`Engine::stage_destroy`]; `purge` follows).
+    pub fn stage_split_away(
+        &self,
+        left: &RangeDescriptor,
+        right: &RangeDescriptor,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StorageError> {
+        self.move_deadlines(left.id, right, batch)?;
+        put_descriptor(batch, left);
+        batch.insert(
+            keys::purge(right.id),
+            codec::encode(&(right.start_key.as_slice(), right.end_key.as_slice())),
+        );
+        Ok(())
+    }
+
+    /// The span of the keys a destroyed replica's purge has yet to delete.
+    pub fn purge_span(&self, range: RangeId) -> Result<Option<Span>, StorageError> {
+        match self.tree.get(keys::purge(range))? {
+            Some(record) => {
+                Ok(Some(codec::decode(&record).map_err(|e| {
+                    corrupt(format!("purge record of {range}"), e)
+                })?))
+            }
+            None => Ok(None),
+        }
     }
 
     /// A user key's stored value (its tag and deadline first: see [`crate::value`]).
@@ -983,6 +1090,22 @@ impl Engine {
         }
     }
 
+    /// The replica of `range` removed from this node, if one was.
+    pub fn tombstone(&self, range: RangeId) -> Result<Option<ReplicaId>, StorageError> {
+        let key = keys::range_key(range, keys::TOMBSTONE);
+        Ok(self.stored_u64(&key, "tombstone")?.map(ReplicaId))
+    }
+
+    /// The 8-byte big-endian number stored at `key`, if any.
+    fn stored_u64(&self, key: &[u8], what: &str) -> Result<Option<u64>, StorageError> {
+        let Some(v) = self.tree.get(key)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] =
+            (v.as_ref().try_into()).map_err(|_| corrupt(what, format!("{} bytes", v.len())))?;
+        Ok(Some(u64::from_be_bytes(bytes)))
+    }
+
     /// Every range a replica was removed from, with the removed replica.
     pub fn tombstones(&self) -> Result<BTreeMap<RangeId, ReplicaId>, StorageError> {
         let mut out = BTreeMap::new();
@@ -1066,7 +1189,7 @@ impl Engine {
         let Some(record) = self.tree.get(keys::purge(range))? else {
             return Ok(true);
         };
-        let (start, end): (Vec<u8>, Vec<u8>) =
+        let (start, end): Span =
             codec::decode(&record).map_err(|e| corrupt(format!("purge record of {range}"), e))?;
         let (lo, hi) = keys::user_span(&start, &end);
         if !self.delete_keys(&lo, &hi, go_on)? {
@@ -1840,11 +1963,17 @@ impl RangeStorage {
                 None
             };
             if term != Some(applied.term) {
-                log::warn!(
-                    "storage: {range}: the log does not continue the applied index {}: \
-                     it restarts after it",
-                    applied.index
-                );
+                if last_index == 0 {
+                    // A range born of a split (`Engine::stage_split`): its raft state starts
+                    // here, with the hard state of an empty replica that was here before.
+                    log::debug!("storage: {range}: the log starts at {}", applied.index);
+                } else {
+                    log::warn!(
+                        "storage: {range}: the log does not continue the applied index {}: \
+                         it restarts after it",
+                        applied.index
+                    );
+                }
                 hard_state.commit = hard_state.commit.max(applied.index);
                 hard_state.term = hard_state.term.max(applied.term);
                 let mut batch = WriteBatch::default();
@@ -2004,12 +2133,18 @@ impl RangeStorage {
             term: meta.term,
         };
         {
+            // Whatever this node held of the span before is replaced; and of the range's span
+            // here, if it was wider (the range split since): no other range here has keys of
+            // it (MultiRaft refuses a snapshot that overlaps another range).
+            let old = self.engine.descriptor(self.range)?;
             let kv = batch.data();
-            // Whatever this node held of the span before is replaced.
-            let (lo, hi) = keys::user_span(&d.start_key, &d.end_key);
-            for item in self.engine.tree().range(lo..hi) {
-                let (k, _) = item?;
-                kv.remove(k);
+            let spans = std::iter::once(d).chain(old.as_ref());
+            for d in spans {
+                let (lo, hi) = keys::user_span(&d.start_key, &d.end_key);
+                for item in self.engine.tree().range(lo..hi) {
+                    let (k, _) = item?;
+                    kv.remove(k);
+                }
             }
             // And its index of deadlines, made again from the values.
             let index = keys::range_key(self.range, keys::EXPIRING);

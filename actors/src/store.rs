@@ -29,7 +29,7 @@ use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft, RaftMetrics};
 use crate::storage::{
     keys, put_descriptor, AppliedStates, Engine, Expired, LogPosition, Pair, Proposers,
-    RangeDescriptor, SnapshotData, StorageError,
+    RangeDescriptor, SnapshotData, StorageError, BOOTSTRAP_INDEX, BOOTSTRAP_TERM,
 };
 use crate::value::{self, Clock, Value};
 use actix::prelude::*;
@@ -128,7 +128,7 @@ struct RangeState {
 }
 
 type WriteReply = oneshot::Sender<Result<CommandOutcome, StoreError>>;
-type ReadReply = oneshot::Sender<Result<Vec<Option<Value>>, StoreError>>;
+type ReadReply = oneshot::Sender<ReadResult>;
 type ChangeReply = oneshot::Sender<Result<(), StoreError>>;
 
 enum Waiter {
@@ -1023,8 +1023,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Splits a command into one command per range.
-    fn split(&self, command: Command) -> Result<Vec<(RangeId, Command)>, StoreError> {
+    /// Cuts a command into one command per range.
+    fn parts(&self, command: Command) -> Result<Vec<(RangeId, Command)>, StoreError> {
         let route = |k: &[u8]| self.route(k).ok_or(StoreError::NoRange);
         // The range of a command that must be applied whole: every key's.
         let one_range = |command: &Command| {
@@ -1062,8 +1062,11 @@ impl Store {
             Command::Rename { .. } | Command::MSetNx { .. } => {
                 vec![(one_range(&command)?, command)]
             }
-            // Every range of this node.
-            Command::Flush => self.ranges.keys().map(|r| (*r, Command::Flush)).collect(),
+            // Every range of this node, each with its span.
+            Command::Flush => self.flush_parts(&[], &[]),
+            // The ranges of that span here now (see `Command::FlushSpan`).
+            Command::FlushSpan { start, end } => self.flush_parts(&start, &end),
+            Command::Split { ref key, .. } => vec![(route(key)?, command)],
             Command::Multi { ref commands, .. } => {
                 let nested = |c: &Command| {
                     matches!(
@@ -1072,6 +1075,8 @@ impl Store {
                             | Command::Reap { .. }
                             | Command::Multi { .. }
                             | Command::Flush
+                            | Command::FlushSpan { .. }
+                            | Command::Split { .. }
                     )
                 };
                 if commands.iter().any(nested) {
@@ -1102,6 +1107,57 @@ impl Store {
                     .collect()
             }
         })
+    }
+
+    /// A [`Command::FlushSpan`] for each range here with keys in `[start, end)` (`end` empty:
+    /// unbounded).
+    fn flush_parts(&self, start: &[u8], end: &[u8]) -> Vec<(RangeId, Command)> {
+        let below = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
+        (self.ranges.iter())
+            .map(|(id, r)| (id, &r.descriptor))
+            .filter(|(_, d)| below(start, &d.end_key) && below(&d.start_key, end))
+            .map(|(id, d)| {
+                let (start, end) = (d.start_key.clone(), d.end_key.clone());
+                (*id, Command::FlushSpan { start, end })
+            })
+            .collect()
+    }
+
+    /// Proposes a command again, through the ranges that hold its keys now: it was proposed
+    /// to a range that split before applying it, which applied nothing of it. Its clock, if
+    /// any, stays the one it was proposed with.
+    fn reroute(&mut self, command: Command, reply: Waiter) {
+        let (now, command) = match command {
+            Command::Clocked { now, command } => (Some(now), *command),
+            command => (None, command),
+        };
+        let parts = match self.parts(command) {
+            Ok(parts) => parts,
+            Err(e) => return reply.send(Err(e)),
+        };
+        let deadline = self.deadline();
+        let propose = |s: &mut Self, range, command: Command, reply| {
+            let command = match now {
+                Some(now) => Command::Clocked {
+                    now,
+                    command: Box::new(command),
+                },
+                None => command,
+            };
+            let payload = ProposalPayload::Command(codec::encode(&command));
+            s.propose(range, payload, reply, deadline);
+        };
+        if let [_] = parts.as_slice() {
+            let (range, command) = parts.into_iter().next().expect("one part");
+            return propose(self, range, command, reply);
+        }
+        let mut replies = Vec::with_capacity(parts.len());
+        for (range, command) in parts {
+            let (tx, rx) = oneshot::channel();
+            propose(self, range, command, Waiter::Write(WriteSlot::with(tx)));
+            replies.push(rx);
+        }
+        actix_rt::spawn(async move { reply.send(combine(replies).await) });
     }
 
     fn answer(&mut self, proposal: ProposalId, result: Result<CommandOutcome, StoreError>) {
@@ -1201,9 +1257,69 @@ impl Store {
     }
 
     fn serve_read(&mut self, id: ReadId) {
-        if let Some(read) = self.reads.remove(&id) {
-            let _ = read.reply.send(self.values_at(&read.keys, read.at));
+        let Some(read) = self.reads.remove(&id) else {
+            return;
+        };
+        let range = self.ranges.get(&read.range);
+        if range.is_some_and(|r| !read.keys.iter().all(|k| r.descriptor.contains(k))) {
+            // The range split since the read was asked: a write of the keys it no longer
+            // holds may have been answered by the range that does, and not be applied here
+            // yet. The read is asked again of the ranges that hold them now.
+            let parts = match self.read_parts(&read.keys) {
+                Ok(parts) => parts,
+                Err(e) => {
+                    let _ = read.reply.send(Err(e));
+                    return;
+                }
+            };
+            let n = read.keys.len();
+            let replies = self.ask_reads(&read.keys, parts, read.client);
+            actix_rt::spawn(async move {
+                let _ = read.reply.send(gather(n, replies).await);
+            });
+            return;
         }
+        let _ = read.reply.send(self.values_at(&read.keys, read.at));
+    }
+
+    /// The positions of `keys` by the range that holds each.
+    fn read_parts(&self, keys: &[Vec<u8>]) -> Result<BTreeMap<RangeId, Vec<usize>>, StoreError> {
+        let mut parts: BTreeMap<RangeId, Vec<usize>> = BTreeMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            let range = self.route(k).ok_or(StoreError::NoRange)?;
+            parts.entry(range).or_default().push(i);
+        }
+        Ok(parts)
+    }
+
+    /// Asks a read index of each range for its keys, and gives where each answer goes.
+    fn ask_reads(
+        &mut self,
+        keys: &[Vec<u8>],
+        parts: BTreeMap<RangeId, Vec<usize>>,
+        client: u64,
+    ) -> Vec<(Vec<usize>, oneshot::Receiver<ReadResult>)> {
+        let mut replies = Vec::with_capacity(parts.len());
+        for (range, positions) in parts {
+            self.next_read += 1;
+            let id = ReadId(self.next_read);
+            let (tx, rx) = oneshot::channel();
+            self.reads.insert(
+                id,
+                PendingRead {
+                    range,
+                    client,
+                    keys: positions.iter().map(|&i| keys[i].clone()).collect(),
+                    reply: tx,
+                    deadline: self.deadline(),
+                    index: None,
+                    at: None,
+                },
+            );
+            self.request(RaftRequest::ReadIndex { range, read: id });
+            replies.push((positions, rx));
+        }
+        replies
     }
 
     /// Serves the reads whose range has applied their read index, each connection's in the
@@ -1826,7 +1942,28 @@ impl Store {
 
     /// Applies one event batch. See the module documentation.
     #[doc(hidden)] // public for `benches/apply.rs` only
-    pub fn apply_events(&mut self, events: Vec<Event>) -> Result<(), StorageError> {
+    pub fn apply_events(&mut self, mut events: Vec<Event>) -> Result<(), StorageError> {
+        let is_split = |e: &Event| {
+            matches!(
+                e,
+                Event::CommandCommitted {
+                    command: Some(Command::Split { .. }),
+                    ..
+                }
+            )
+        };
+        if let Some(at) = events.iter().position(is_split) {
+            let rest = events.split_off(at + 1);
+            let split = events.pop().expect("the split");
+            self.apply_run(events)?;
+            self.apply_split(split)?;
+            return self.apply_events(rest);
+        }
+        self.apply_run(events)
+    }
+
+    /// Applies a run of events with no split among them.
+    fn apply_run(&mut self, events: Vec<Event>) -> Result<(), StorageError> {
         self.events_applied += events.len() as u64;
         self.unwritten.entries += events.len();
         let mut batch = std::mem::take(&mut self.unwritten.batch);
@@ -1837,6 +1974,7 @@ impl Store {
         let mut callbacks = Vec::new();
         let mut snapshot_requests = Vec::new();
         let mut destroyed = Vec::new();
+        let mut reroutes = Vec::new();
 
         for event in events {
             match event {
@@ -1883,7 +2021,27 @@ impl Store {
                         }
                         command => command,
                     };
-                    let applied = if let Command::Flush = command {
+                    // Proposed before the range split, with keys it no longer holds: nothing
+                    // of it is applied, and its proposer sends it again where they are now.
+                    // A flush clears what the range holds now, and the rest of the span it
+                    // was proposed for is flushed through the ranges that hold it now.
+                    let d = &r.descriptor;
+                    if !command.keys_within(|k| d.contains(k)) {
+                        if let Some(p) = proposal.filter(|p| p.node == self.node) {
+                            reroutes.push((p, command));
+                        }
+                        continue;
+                    }
+                    let rest = match &command {
+                        Command::FlushSpan { end, .. } if *end != d.end_key => {
+                            Some(Command::FlushSpan {
+                                start: d.end_key.clone(),
+                                end: end.clone(),
+                            })
+                        }
+                        _ => None,
+                    };
+                    let applied = if let Command::Flush | Command::FlushSpan { .. } = command {
                         // Nothing to read: the span is cleared whole.
                         self.flush(range, &mut overlay, &mut batch);
                         command.apply(|_| None)
@@ -1929,7 +2087,10 @@ impl Store {
                     // Under any boot: a write proposed before `raise_boot` still waits here
                     // (`PendingWrites` matches the boot, so a past process's never does).
                     if let Some(p) = proposal.filter(|p| p.node == self.node) {
-                        answers.push((p, Ok(applied.outcome)));
+                        match rest {
+                            Some(rest) => reroutes.push((p, rest)),
+                            None => answers.push((p, Ok(applied.outcome))),
+                        }
                     }
                 }
                 Event::MembershipChangeCommitted {
@@ -2039,6 +2200,11 @@ impl Store {
         for (proposal, result) in answers {
             self.answer(proposal, result);
         }
+        for (proposal, command) in reroutes {
+            if let Some(w) = self.writes.remove(self.node, proposal) {
+                self.reroute(command, w.reply);
+            }
+        }
         // A change's callback leads MultiRaft to store the new conf state: the descriptor and
         // applied index that go with it are written first, so that sled never holds a conf
         // state ahead of its applied index.
@@ -2070,6 +2236,134 @@ impl Store {
         }
         self.serve_ready_reads();
         self.check_conditions();
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Applies a [`Command::Split`]: the range's span ends at the key, and a new range with
+    /// the same replicas starts there, at [`BOOTSTRAP_INDEX`] with the left range's record of
+    /// proposers. Everything applied before it is written first, then the split, at once (it
+    /// moves the left range's index of deadlines in sled); MultiRaft hears of it only then, so
+    /// that it never accepts a snapshot of the right range while sled may yet come back with
+    /// the left range over its keys. Where this node's replica of the right range was removed
+    /// before (an empty replica that messages of the right range made here, while this node
+    /// lagged), the right range is not created here and its keys are deleted.
+    fn apply_split(&mut self, event: Event) -> Result<(), StorageError> {
+        self.events_applied += 1;
+        let Event::CommandCommitted {
+            range,
+            index,
+            term,
+            proposal,
+            command: Some(Command::Split { key, right }),
+        } = event
+        else {
+            unreachable!("apply_split takes a split");
+        };
+        let node = self.node;
+        let Some(r) = self.ranges.get_mut(&range) else {
+            return Ok(());
+        };
+        if index <= r.applied.index {
+            return Ok(());
+        }
+        r.applied = LogPosition { index, term };
+        let mine = proposal.filter(|p| p.node == node);
+        if let Some(p) = proposal {
+            let last = r.proposers.entry(p.node).or_default();
+            if (p.boot, p.seq) <= *last {
+                self.unwritten.ranges.insert(range);
+                return Ok(());
+            }
+            *last = (p.boot, p.seq);
+        }
+        let d = &r.descriptor;
+        let refused = if !d.contains(&key) || key == d.start_key {
+            Some(format!(
+                "{range} no longer holds the key or starts at it (split already?)"
+            ))
+        } else if self.ranges.contains_key(&right) {
+            Some(format!("{right} exists already"))
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            self.unwritten.ranges.insert(range);
+            if let Some(p) = mine {
+                self.answer(p, Err(StoreError::Invalid(why)));
+            }
+            self.flush_requests();
+            self.report_applied(&BTreeSet::from([range]), false);
+            return Ok(());
+        }
+        let mut written = self.write_all()?;
+        let r = self.ranges.get_mut(&range).expect("checked above");
+        let mut left = r.descriptor.clone();
+        let right_d = RangeDescriptor {
+            id: right,
+            start_key: key.clone(),
+            end_key: std::mem::replace(&mut left.end_key, key.clone()),
+            voters: left.voters.clone(),
+            learners: left.learners.clone(),
+            removed: left.removed.clone(),
+        };
+        r.descriptor = left.clone();
+        let (applied, proposers) = (r.applied, r.proposers.clone());
+        let mut batch = sled::Batch::default();
+        let mut states = AppliedStates::default();
+        states.put(range, applied, &proposers);
+        let created = match (right_d.replica_of(node), self.engine.tombstone(right)?) {
+            (Some(replica), Some(removed)) => replica > removed,
+            _ => true,
+        };
+        let torn = created && self.torn.contains(&range);
+        if created {
+            (self.engine).stage_split(&left, &right_d, &proposers, &mut batch, &mut states)?;
+            if torn {
+                batch.insert(keys::range_key(right, keys::FLUSHING), b"".as_slice());
+            }
+        } else {
+            self.engine.stage_split_away(&left, &right_d, &mut batch)?;
+        }
+        self.engine.write(batch, states)?;
+        self.spoil_snapshot(range);
+        self.expiring.insert(range);
+        if created {
+            let start = LogPosition {
+                index: BOOTSTRAP_INDEX,
+                term: BOOTSTRAP_TERM,
+            };
+            self.put_range(right_d.clone(), start, proposers);
+            if torn {
+                self.torn.insert(right);
+            }
+        }
+        log::info!(
+            "{node}: {range} split at {:?}: {right} holds the keys from there{}",
+            String::from_utf8_lossy(&key),
+            if created {
+                ""
+            } else {
+                " (its replica here was removed: its keys go)"
+            }
+        );
+        if let Some(p) = mine {
+            self.answer(p, Ok(CommandOutcome::Ok));
+        }
+        self.request(RaftRequest::Split {
+            left,
+            right: right_d,
+            created,
+        });
+        self.flush_requests();
+        written.insert(range);
+        self.report_applied(&BTreeSet::from([range]), false);
+        self.report_applied(&written, true);
+        if !created {
+            self.purge(right)?;
+        }
+        self.serve_ready_reads();
         Ok(())
     }
 }
@@ -2402,7 +2696,7 @@ impl Handler<Write> for Store {
         self.took_turn(ctx);
         let premature =
             self.settings.bugs.answer_before_commit && matches!(msg.command, Command::Set { .. });
-        let mut parts = match self.split(msg.command) {
+        let mut parts = match self.parts(msg.command) {
             Ok(p) => p,
             Err(e) => return WriteResponse(Answer::Now(Err(e))),
         };
@@ -2427,22 +2721,28 @@ impl Handler<Write> for Store {
         if premature {
             return WriteResponse(Answer::Now(Ok(CommandOutcome::Ok)));
         }
-        WriteResponse(Answer::Parts(Box::pin(async move {
-            let mut total: Option<CommandOutcome> = None;
-            for rx in replies {
-                let outcome = rx
-                    .await
-                    .map_err(|_| StoreError::Internal("store stopped".into()))??;
-                total = Some(match (total, outcome) {
-                    (Some(CommandOutcome::Integer(a)), CommandOutcome::Integer(b)) => {
-                        CommandOutcome::Integer(a + b)
-                    }
-                    (_, o) => o,
-                });
-            }
-            Ok(total.unwrap_or(CommandOutcome::Ok))
-        })))
+        WriteResponse(Answer::Parts(Box::pin(combine(replies))))
     }
+}
+
+/// The outcome of a command cut into parts, one per range, from theirs: the sum of their
+/// counts, or else the last one's; the first error.
+async fn combine(
+    replies: Vec<oneshot::Receiver<Result<CommandOutcome, StoreError>>>,
+) -> Result<CommandOutcome, StoreError> {
+    let mut total: Option<CommandOutcome> = None;
+    for rx in replies {
+        let outcome = rx
+            .await
+            .map_err(|_| StoreError::Internal("store stopped".into()))??;
+        total = Some(match (total, outcome) {
+            (Some(CommandOutcome::Integer(a)), CommandOutcome::Integer(b)) => {
+                CommandOutcome::Integer(a + b)
+            }
+            (_, o) => o,
+        });
+    }
+    Ok(total.unwrap_or(CommandOutcome::Ok))
 }
 
 impl Handler<Read> for Store {
@@ -2460,50 +2760,32 @@ impl Handler<Read> for Store {
                 return Response::reply(self.values(&msg.keys));
             }
         }
-        let mut parts: BTreeMap<RangeId, Vec<usize>> = BTreeMap::new();
-        for (i, k) in msg.keys.iter().enumerate() {
-            match self.route(k) {
-                Some(r) => parts.entry(r).or_default().push(i),
-                None => return Response::reply(Err(StoreError::NoRange)),
-            }
-        }
+        let parts = match self.read_parts(&msg.keys) {
+            Ok(parts) => parts,
+            Err(e) => return Response::reply(Err(e)),
+        };
         if !self.reading(msg.client) && self.reads_locally(parts.keys().copied()) {
             return Response::reply(self.values(&msg.keys));
         }
-        let n = msg.keys.len();
-        let mut replies = Vec::with_capacity(parts.len());
-        for (range, positions) in parts {
-            self.next_read += 1;
-            let id = ReadId(self.next_read);
-            let (tx, rx) = oneshot::channel();
-            self.reads.insert(
-                id,
-                PendingRead {
-                    range,
-                    client: msg.client,
-                    keys: positions.iter().map(|&i| msg.keys[i].clone()).collect(),
-                    reply: tx,
-                    deadline: self.deadline(),
-                    index: None,
-                    at: None,
-                },
-            );
-            self.request(RaftRequest::ReadIndex { range, read: id });
-            replies.push((positions, rx));
-        }
-        Response::fut(async move {
-            let mut values = vec![None; n];
-            for (positions, rx) in replies {
-                let got = rx
-                    .await
-                    .map_err(|_| StoreError::Internal("store stopped".into()))??;
-                for (pos, v) in positions.into_iter().zip(got) {
-                    values[pos] = v;
-                }
-            }
-            Ok(values)
-        })
+        let replies = self.ask_reads(&msg.keys, parts, msg.client);
+        Response::fut(gather(msg.keys.len(), replies))
     }
+}
+
+type ReadResult = Result<Vec<Option<Value>>, StoreError>;
+
+/// The values of `n` keys read in parts, one per range: each part's positions and answer.
+async fn gather(n: usize, replies: Vec<(Vec<usize>, oneshot::Receiver<ReadResult>)>) -> ReadResult {
+    let mut values = vec![None; n];
+    for (positions, rx) in replies {
+        let got = rx
+            .await
+            .map_err(|_| StoreError::Internal("store stopped".into()))??;
+        for (pos, v) in positions.into_iter().zip(got) {
+            values[pos] = v;
+        }
+    }
+    Ok(values)
 }
 
 /// The most keys one [`Scan`] returns: it runs on the Store's thread, which every read and
@@ -2691,6 +2973,36 @@ impl Handler<RemoveReplica> for Store {
             msg.node == self.node,
         );
         Box::pin(outcome(removed))
+    }
+}
+
+impl Handler<SplitRange> for Store {
+    type Result = ResponseFuture<Result<RangeId, StoreError>>;
+
+    fn handle(&mut self, msg: SplitRange, ctx: &mut Context<Self>) -> Self::Result {
+        self.took_turn(ctx);
+        let checked = match self.route(&msg.key) {
+            None => Err(StoreError::NoRange),
+            Some(range) if self.ranges[&range].descriptor.start_key == msg.key => Err(
+                StoreError::Invalid(format!("{range} starts at that key already")),
+            ),
+            Some(range) => (self.engine.new_range_id(self.node))
+                .map(|right| (range, right))
+                .map_err(|e| StoreError::Internal(e.to_string())),
+        };
+        let (range, right) = match checked {
+            Ok(c) => c,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let (tx, rx) = oneshot::channel();
+        let command = Command::Split {
+            key: msg.key,
+            right,
+        };
+        let payload = ProposalPayload::Command(codec::encode(&command));
+        let deadline = Instant::now() + self.settings.admin_timeout;
+        self.propose(range, payload, Waiter::Write(WriteSlot::with(tx)), deadline);
+        Box::pin(async move { outcome(rx).await.map(|_| right) })
     }
 }
 

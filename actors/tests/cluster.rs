@@ -1814,3 +1814,189 @@ fn a_count_of_the_keys_through_a_follower_has_every_write_answered_before() {
         cluster.stop();
     });
 }
+
+/// The digest of `range` on node `id`, once the node has settled (asked again while a
+/// snapshot is being installed).
+async fn digest_of(cluster: &Cluster, id: u64, range: RangeId) -> Option<RangeDigest> {
+    for _ in 0..250 {
+        if let Ok(digests) = cluster.node(id).store.send(GetDigest).await.unwrap() {
+            return digests.into_iter().find(|d| d.range == range);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("n{id} never settled for a digest");
+}
+
+/// Waits (bounded) until node `id` holds `range` at `applied` or past it.
+async fn await_applied(cluster: &Cluster, id: u64, range: RangeId, applied: u64) {
+    for _ in 0..500 {
+        if digest_of(cluster, id, range)
+            .await
+            .is_some_and(|d| d.applied_index >= applied)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("n{id} never applied {range} to {applied}");
+}
+
+/// A range split while a node is cut off: the other two go on writing to both halves, and
+/// the node, once back, applies the split from the left range's log and catches up on the
+/// right range as its replica (refusing the right range's snapshot until then: it overlaps
+/// the left range it has yet to split). Every write is read back through every node, the
+/// replicas hold the same data, and all of it survives a restart.
+#[test]
+fn a_range_split_while_a_node_is_cut_off_is_caught_up_on_and_keeps_every_write() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster =
+            Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], StoreSettings::default());
+        cluster.await_leaders(1).await;
+        cluster.transfer_all(1).await;
+        for i in 0..10 {
+            write_eventually(&cluster, 2, format!("a{i}").as_bytes(), b"before").await;
+        }
+        cluster.net.partition(&[NodeId(3)], &[NodeId(1), NodeId(2)]);
+        let split = SplitRange {
+            key: b"a5".to_vec(),
+        };
+        let right = cluster.node(2).store.send(split).await.unwrap().unwrap();
+        assert!(right.0 > RANGES, "{right}");
+        // The halves are written through a follower: node 2 forwards to the leaders.
+        for i in 0..10 {
+            write_eventually(&cluster, 2, format!("a{i}").as_bytes(), b"after").await;
+        }
+        let again = SplitRange {
+            key: b"a5".to_vec(),
+        };
+        let refused = cluster.node(1).store.send(again).await.unwrap();
+        assert!(
+            matches!(&refused, Err(StoreError::Invalid(e)) if e.contains("starts at that key")),
+            "{refused:?}"
+        );
+        let status = cluster.node(1).store.send(GetStoreStatus).await.unwrap();
+        let span = |id: RangeId| {
+            let r = status
+                .ranges
+                .iter()
+                .find(|r| r.descriptor.id == id)
+                .unwrap();
+            (r.descriptor.start_key.clone(), r.descriptor.end_key.clone())
+        };
+        assert_eq!(span(RangeId(1)), (b"".to_vec(), b"a5".to_vec()));
+        assert_eq!(span(right), (b"a5".to_vec(), b"g".to_vec()));
+
+        cluster.net.heal();
+        let right_applied = digest_of(&cluster, 1, right).await.unwrap().applied_index;
+        await_applied(&cluster, 3, right, right_applied).await;
+        for id in [1, 2, 3] {
+            for i in 0..10 {
+                let key = format!("a{i}");
+                let got = read_eventually(&cluster, id, key.as_bytes()).await;
+                assert_eq!(got.as_deref(), Some(&b"after"[..]), "{key} through n{id}");
+            }
+        }
+        let leader = digest_of(&cluster, 1, right).await.unwrap();
+        let left = digest_of(&cluster, 1, RangeId(1)).await.unwrap();
+        assert_eq!((leader.keys, left.keys), (5, 5));
+        for id in [2, 3] {
+            await_applied(&cluster, id, right, leader.applied_index).await;
+            await_applied(&cluster, id, RangeId(1), left.applied_index).await;
+            let (r, l) = (
+                digest_of(&cluster, id, right).await.unwrap(),
+                digest_of(&cluster, id, RangeId(1)).await.unwrap(),
+            );
+            assert_eq!(
+                (r.keys, r.hash),
+                (leader.keys, leader.hash),
+                "{right} on n{id}"
+            );
+            assert_eq!((l.keys, l.hash), (left.keys, left.hash), "r1 on n{id}");
+        }
+
+        cluster
+            .restart(3, &[1, 2, 3], StoreSettings::default())
+            .await;
+        let status = cluster.node(3).store.send(GetStoreStatus).await.unwrap();
+        assert_eq!(status.ranges.len() as u64, RANGES + 1);
+        for i in 0..10 {
+            let key = format!("a{i}");
+            let got = read_eventually(&cluster, 3, key.as_bytes()).await;
+            assert_eq!(got.as_deref(), Some(&b"after"[..]), "{key} after a restart");
+        }
+        cluster.stop();
+    });
+}
+
+/// A node whose left range lags gets messages of the right range first, which make an empty
+/// replica of it there; that replica is removed before the node applies the split. The split
+/// then creates nothing there, and the keys of the right range's span go from that node.
+#[test]
+fn a_split_applied_after_the_new_ranges_replica_was_removed_leaves_no_keys_of_it() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster =
+            Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], StoreSettings::default());
+        cluster.await_leaders(1).await;
+        cluster.transfer_all(1).await;
+        for i in 0..10 {
+            write_eventually(&cluster, 1, format!("a{i}").as_bytes(), b"v").await;
+        }
+        let left_applied = digest_of(&cluster, 1, RangeId(1))
+            .await
+            .unwrap()
+            .applied_index;
+        await_applied(&cluster, 3, RangeId(1), left_applied).await;
+        // Node 3's replica of range 1 gets none of its appends.
+        cluster.net.hold_messages(|_, to, range, m| {
+            to == NodeId(3) && range == RangeId(1) && m.msg_type == MessageType::MsgAppend
+        });
+        let split = SplitRange {
+            key: b"a5".to_vec(),
+        };
+        let right = cluster.node(1).store.send(split).await.unwrap().unwrap();
+        cluster.change(right, 3, false).await;
+        // The removal reaches node 3's empty replica of the right range.
+        for _ in 0..250 {
+            if cluster.node(3).engine.tombstone(right).unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(cluster.node(3).engine.tombstone(right).unwrap().is_some());
+        assert_eq!(
+            cluster
+                .node(3)
+                .engine
+                .user_pairs(b"a5", b"g")
+                .unwrap()
+                .len(),
+            5,
+            "node 3 has not applied the split yet"
+        );
+        cluster.net.release_held();
+        await_applied(&cluster, 3, RangeId(1), left_applied + 1).await;
+        for _ in 0..250 {
+            if cluster.node(3).engine.purges().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let engine = &cluster.node(3).engine;
+        assert_eq!(engine.user_pairs(b"a5", b"g").unwrap(), vec![]);
+        assert_eq!(engine.user_pairs(b"", b"a5").unwrap().len(), 5);
+        assert!(engine.descriptor(right).unwrap().is_none());
+        let d = engine.descriptor(RangeId(1)).unwrap().unwrap();
+        assert_eq!(d.end_key, b"a5".to_vec());
+        // Nodes 1 and 2 serve the right range on.
+        write_eventually(&cluster, 2, b"a7", b"w").await;
+        assert_eq!(
+            read_eventually(&cluster, 1, b"a7").await.as_deref(),
+            Some(&b"w"[..])
+        );
+        cluster.stop();
+    });
+}
