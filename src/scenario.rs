@@ -11,7 +11,7 @@ use flotilla_actors::command::{Command, CommandOutcome, SetCondition};
 use flotilla_actors::ids::{NodeId, RangeId};
 use flotilla_actors::messages::{
     AddReplica, CompactLog, GetDigest, GetRaftStatus, GetReleasedProposals, GetStoreStatus,
-    RangeDigest, Read, RemoveReplica, StoreError, TransferLeader, Write,
+    RangeDigest, Read, RemoveReplica, SplitRange, StoreError, TransferLeader, Write,
 };
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::{Node, NodeSettings};
@@ -62,12 +62,12 @@ fn default_request_timeout_ms() -> u64 {
     1000
 }
 
-/// A range, or every range of the node the request goes through.
+/// A range (`1`, `"r1.1"`), or every range of the node the request goes through (`"all"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Ranges {
     One(u64),
-    All(String),
+    Named(String),
 }
 
 /// The arguments of a replica change or leadership transfer.
@@ -113,6 +113,9 @@ pub struct Step {
     pub add_replica: Option<Change>,
     pub remove_replica: Option<Change>,
     pub transfer_leader: Option<Change>,
+    /// Cuts the range holding this key in two at it, through `via`; `expect` the new range
+    /// (`r1.1`).
+    pub split: Option<String>,
     // Network.
     pub partition: Option<Vec<Vec<u64>>>,
     pub cut: Option<[u64; 2]>,
@@ -137,7 +140,7 @@ impl Step {
         let via = format!("via n{}", self.via.unwrap_or(1));
         let change = |c: &Change| match &c.range {
             Ranges::One(r) => format!("r{r} n{} {via}", c.node),
-            Ranges::All(a) => format!("{a} n{} {via}", c.node),
+            Ranges::Named(a) => format!("{a} n{} {via}", c.node),
         };
         let nodes = |ids: &[u64]| {
             ids.iter()
@@ -164,6 +167,7 @@ impl Step {
             self.transfer_leader
                 .as_ref()
                 .map(|c| format!("transferleader {}", change(c))),
+            self.split.as_ref().map(|k| format!("split at {k} {via}")),
             self.partition.as_ref().map(|sides| {
                 let sides: Vec<String> = sides.iter().map(|s| nodes(s)).collect();
                 format!("partition {}", sides.join(" | "))
@@ -383,7 +387,7 @@ impl Cluster {
     async fn ranges_of(&self, via: u64, sel: &Ranges) -> Result<Vec<RangeId>, String> {
         Ok(match sel {
             Ranges::One(r) => vec![RangeId(*r)],
-            Ranges::All(s) if s == "all" => {
+            Ranges::Named(s) if s == "all" => {
                 let status = self
                     .node(via)?
                     .store
@@ -392,7 +396,10 @@ impl Cluster {
                     .map_err(|e| e.to_string())?;
                 status.ranges.iter().map(|r| r.descriptor.id).collect()
             }
-            Ranges::All(s) => return Err(format!("range {s:?} is neither a number nor \"all\"")),
+            Ranges::Named(s) => match RangeId::parse(s) {
+                Some(r) => vec![r],
+                None => return Err(format!("range {s:?} is neither a range nor \"all\"")),
+            },
         })
     }
 }
@@ -505,6 +512,17 @@ async fn run_step(c: &mut Cluster, step: &Step) -> Result<String, String> {
             Err(failures.join("; "))
         };
         return judge(step, reply);
+    }
+    if let Some(key) = &step.split {
+        let store = c.node(via)?.store.clone();
+        let split = SplitRange {
+            key: key.as_bytes().to_vec(),
+        };
+        let reply = store.send(split).await.map_err(|e| e.to_string())?;
+        return judge(
+            step,
+            reply.map(|r| r.to_string()).map_err(|e| e.to_string()),
+        );
     }
     if let Some(sides) = &step.partition {
         let ids = |s: &[u64]| s.iter().map(|&n| NodeId(n)).collect::<Vec<_>>();
