@@ -2262,24 +2262,21 @@ impl Store {
             unreachable!("apply_split takes a split");
         };
         let node = self.node;
-        let Some(r) = self.ranges.get_mut(&range) else {
+        let Some(r) = self.ranges.get(&range) else {
             return Ok(());
         };
         if index <= r.applied.index {
             return Ok(());
         }
-        r.applied = LogPosition { index, term };
+        let at = LogPosition { index, term };
         let mine = proposal.filter(|p| p.node == node);
-        if let Some(p) = proposal {
-            let last = r.proposers.entry(p.node).or_default();
-            if (p.boot, p.seq) <= *last {
-                self.unwritten.ranges.insert(range);
-                return Ok(());
-            }
-            *last = (p.boot, p.seq);
-        }
+        let repeated = proposal.is_some_and(|p| {
+            (p.boot, p.seq) <= r.proposers.get(&p.node).copied().unwrap_or_default()
+        });
         let d = &r.descriptor;
-        let refused = if !d.contains(&key) || key == d.start_key {
+        let refused = if repeated {
+            None
+        } else if !d.contains(&key) || key == d.start_key {
             Some(format!(
                 "{range} no longer holds the key or starts at it (split already?)"
             ))
@@ -2288,16 +2285,28 @@ impl Store {
         } else {
             None
         };
-        if let Some(why) = refused {
+        // Recorded as applied with what this batch writes: see below for a split.
+        let applied = |s: &mut Self| {
+            let r = s.ranges.get_mut(&range).expect("checked above");
+            r.applied = at;
+            if let Some(p) = proposal.filter(|_| !repeated) {
+                r.proposers.insert(p.node, (p.boot, p.seq));
+            }
+        };
+        if repeated || refused.is_some() {
+            applied(self);
             self.unwritten.ranges.insert(range);
-            if let Some(p) = mine {
+            if let (Some(p), Some(why)) = (mine, refused) {
                 self.answer(p, Err(StoreError::Invalid(why)));
             }
             self.flush_requests();
             self.report_applied(&BTreeSet::from([range]), false);
             return Ok(());
         }
+        // What was applied before, written first and apart: its batch must not record the
+        // split as applied (a crash between the two writes would skip it for good).
         let mut written = self.write_all()?;
+        applied(self);
         let r = self.ranges.get_mut(&range).expect("checked above");
         let mut left = r.descriptor.clone();
         let right_d = RangeDescriptor {
