@@ -47,8 +47,9 @@ use tokio::sync::mpsc;
 /// that says so. 3: `SET ... GET`, `GETDEL` and `APPEND`, which a node of version 2 cannot
 /// apply. 4: key expiry, whose commands and stored values (a tag byte before each, in
 /// snapshots too) a node of version 3 cannot read. 5: transactions (`Command::Multi`). 6: a
-/// batch carries its sender's clock.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// batch carries its sender's clock. 7: range splits (`Command::Split`, `Command::FlushSpan`,
+/// and a batch's start keys of ranges appended to from their log's beginning).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The largest frame accepted.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -95,6 +96,9 @@ pub enum Frame {
         removed: Vec<(RangeId, ReplicaId)>,
         /// A leader's compaction hints (see [`RaftBatch`]).
         compact: Vec<(RangeId, u64)>,
+        /// Start keys of ranges appended to from their log's beginning (see [`RaftBatch`]).
+        #[serde(with = "flotilla_actors::codec::numbered_bytes")]
+        starts: Vec<(u64, Vec<u8>)>,
     },
     /// Part of a range's snapshot. The last chunk carries the `MsgSnapshot` itself (protobuf,
     /// with empty data), whose data is the chunks joined in order.
@@ -154,11 +158,15 @@ pub fn frames_of(
     let mut heartbeats = batch.heartbeats;
     let mut removed = batch.removed;
     let mut compact = batch.compact;
+    let mut starts: Vec<(u64, Vec<u8>)> =
+        (batch.starts.into_iter()).map(|(r, k)| (r.0, k)).collect();
     size += heartbeats.len() * FRAME_OVERHEAD
         + heartbeats.iter().map(|h| h.context.len()).sum::<usize>()
+        + starts.iter().map(|(_, k)| k.len() + 16).sum::<usize>()
         + (removed.len() + compact.len()) * 16;
-    // The heartbeats, notices and hints go with the first frame.
-    let mut extras = !heartbeats.is_empty() || !removed.is_empty() || !compact.is_empty();
+    // The heartbeats, notices, hints and start keys go with the first frame.
+    let mut extras =
+        !heartbeats.is_empty() || !removed.is_empty() || !compact.is_empty() || !starts.is_empty();
     let mut flush = |messages: &mut Vec<(u64, Vec<u8>)>, frames: &mut Vec<Vec<u8>>| {
         frames.push(encode_frame(&Frame::Batch {
             from,
@@ -169,6 +177,7 @@ pub fn frames_of(
             heartbeats: std::mem::take(&mut heartbeats),
             removed: std::mem::take(&mut removed),
             compact: std::mem::take(&mut compact),
+            starts: std::mem::take(&mut starts),
         }));
     };
     for (range, mut m) in batch.messages {
@@ -615,6 +624,7 @@ async fn inbound(
                 heartbeats,
                 removed,
                 compact,
+                starts,
             } => {
                 if f != from || to != me.0 {
                     return Err(FrameError::Refused(format!(
@@ -632,6 +642,7 @@ async fn inbound(
                 batch.heartbeats = heartbeats;
                 batch.removed = removed;
                 batch.compact = compact;
+                batch.starts = starts.into_iter().map(|(r, k)| (RangeId(r), k)).collect();
                 multiraft.do_send(batch);
             }
             Frame::SnapshotChunk {
@@ -726,6 +737,7 @@ mod tests {
         batch.heartbeats = vec![heartbeat(12)];
         batch.removed = vec![(RangeId(13), ReplicaId(2))];
         batch.compact = vec![(RangeId(14), 77)];
+        batch.starts = vec![(RangeId(15), b"k".to_vec())];
         let (frames, snapshots) = frames_of(batch, 10_000, 1000);
         let chunks: Vec<Vec<u8>> = snapshots.into_iter().flatten().collect();
 
@@ -734,6 +746,7 @@ mod tests {
         let mut heartbeats = Vec::new();
         let mut removed = Vec::new();
         let mut compact = Vec::new();
+        let mut starts = Vec::new();
         for f in &frames {
             assert!(f.len() <= 10_000, "a frame of {} bytes", f.len());
             match decode_frame(f) {
@@ -746,11 +759,13 @@ mod tests {
                     heartbeats: h,
                     removed: r,
                     compact: c,
+                    starts: s,
                 } => {
                     messages.extend(m);
                     heartbeats.extend(h);
                     removed.extend(r);
                     compact.extend(c);
+                    starts.extend(s);
                 }
                 other => panic!("unexpected frame {other:?}"),
             }
@@ -763,6 +778,7 @@ mod tests {
         assert_eq!(heartbeats, vec![heartbeat(12)]);
         assert_eq!(removed, vec![(RangeId(13), ReplicaId(2))]);
         assert_eq!(compact, vec![(RangeId(14), 77)]);
+        assert_eq!(starts, vec![(15, b"k".to_vec())]);
 
         // The snapshot: three chunks, the last with the message.
         let mut data = Vec::new();

@@ -122,6 +122,10 @@ pub struct RaftBatch {
     /// From a leader: for each range, the log index every replica has, as the leader saw at
     /// its last compaction pass. The receiver, a follower, may compact its log that far.
     pub compact: Vec<(RangeId, u64)>,
+    /// The start key of each range whose appends in this batch continue its log from its very
+    /// beginning ([`crate::storage::BOOTSTRAP_INDEX`]): the first appends of a range born of a
+    /// split, which a node whose range it split from has yet to apply the split puts off.
+    pub starts: Vec<(RangeId, Vec<u8>)>,
 }
 
 impl RaftBatch {
@@ -136,6 +140,7 @@ impl RaftBatch {
             heartbeats: Vec::new(),
             removed: Vec::new(),
             compact: Vec::new(),
+            starts: Vec::new(),
         }
     }
 
@@ -144,6 +149,7 @@ impl RaftBatch {
             && self.heartbeats.is_empty()
             && self.removed.is_empty()
             && self.compact.is_empty()
+            && self.starts.is_empty()
     }
 }
 

@@ -136,6 +136,7 @@ use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::storage::{
     Engine, RangeDescriptor, RangeStorage, SnapshotData, Span, StorageError, WriteBatch,
+    BOOTSTRAP_INDEX,
 };
 use crate::store::{PlantedBugs, StoreSettings};
 use crate::transport::Transport;
@@ -326,6 +327,12 @@ enum Held {
     Forwarded(raft::prelude::Message),
 }
 
+/// Election timeouts for which a range born of a split holds this node's proposals until it
+/// knows its first leader: its replicas are created as their nodes apply the split, and the
+/// left range's leader's campaigns at once (see `MultiRaft::split`), so a leader comes within
+/// a round trip or two, and the writes the split sends on to it would otherwise be refused.
+const SPLIT_ELECTIONS: u64 = 2;
+
 /// Election timeouts a follower has to acknowledge a snapshot, plus one tick per
 /// [`SNAPSHOT_BYTES_PER_TICK`] of it, before the snapshot counts as lost and raft sends another.
 const SNAPSHOT_ELECTIONS: u64 = 10;
@@ -368,8 +375,12 @@ struct Group {
     removed: BTreeSet<u64>,
     /// Index of a conf change handed to the Store whose callback has not come back.
     awaiting_callback: Option<u64>,
-    /// Proposals that arrived while awaiting the callback, in arrival order.
+    /// Proposals that arrived while awaiting the callback, or before a range born of a split
+    /// knew its first leader (see `electing_until`), in arrival order.
     held: VecDeque<Held>,
+    /// For a range born of a split here: the tick until which this node's proposals wait for
+    /// its first leader instead of being refused at once for want of one (0: not waiting).
+    electing_until: u64,
     /// Reads to ask a read index for in the next round, with the tick each was first asked.
     new_reads: Vec<(ReadId, u64)>,
     reads_in_flight: Vec<PendingRead>,
@@ -878,6 +889,11 @@ pub struct MultiRaft {
     /// their keys are deleted): a snapshot that overlaps another's is refused (see
     /// [`MultiRaft::overlapping`]).
     spans: BTreeMap<RangeId, Span>,
+    /// The ranges born of a split here that wait for their first leader (see
+    /// [`SPLIT_ELECTIONS`]).
+    electing: BTreeSet<RangeId>,
+    /// Those of them that learnt their first leader in the round under way.
+    first_leaders: Vec<RangeId>,
     /// Removal notices to send with the next round, per node.
     notices: BTreeMap<NodeId, Vec<(RangeId, ReplicaId)>>,
     /// Compaction indexes to send with the next round, per node and range (see
@@ -951,6 +967,8 @@ impl MultiRaft {
             tombstones: engine.tombstones()?,
             destroying: BTreeSet::new(),
             spans: BTreeMap::new(),
+            electing: BTreeSet::new(),
+            first_leaders: Vec::new(),
             notices: BTreeMap::new(),
             hints: BTreeMap::new(),
             last_heard: BTreeMap::new(),
@@ -1093,6 +1111,7 @@ impl MultiRaft {
                 compact_hint: 0,
                 hinted: 0,
                 counted: 0,
+                electing_until: 0,
             },
         );
         Ok(())
@@ -1103,6 +1122,15 @@ impl MultiRaft {
         let below = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
         (self.spans.iter())
             .find(|(&id, (s, e))| id != range && below(start, e) && below(s, end))
+            .map(|(&id, _)| id)
+    }
+
+    /// Another range here whose span holds `key`, if any.
+    fn holding(&self, range: RangeId, key: &[u8]) -> Option<RangeId> {
+        (self.spans.iter())
+            .find(|(&id, (s, e))| {
+                id != range && s.as_slice() <= key && (e.is_empty() || key < e.as_slice())
+            })
             .map(|(&id, _)| id)
     }
 
@@ -1140,12 +1168,36 @@ impl MultiRaft {
             panic!("multiraft: {}: cannot create {}: {e}", self.node, right.id);
         }
         let leads_left = self.groups.get(&left.id).is_some_and(|g| g.is_leader());
+        let election = self.settings.election_ticks as u64;
         if let Some(g) = self.groups.get_mut(&right.id) {
             if leads_left {
                 let _ = g.node.campaign();
             }
+            g.electing_until = self.ticks + SPLIT_ELECTIONS * election;
+            self.electing.insert(right.id);
         }
         self.dirty.insert(right.id);
+    }
+
+    /// Proposes what a range born of a split held until it knew its first leader (see
+    /// [`SPLIT_ELECTIONS`]): now it does, or it waited long enough (they are then refused, as
+    /// any proposal to a range without a leader is).
+    fn release_for_first_leader(&mut self, range: RangeId) {
+        self.electing.remove(&range);
+        let Some(g) = self.groups.get_mut(&range) else {
+            return;
+        };
+        g.electing_until = 0;
+        if g.awaiting_callback.is_some() {
+            return;
+        }
+        for h in std::mem::take(&mut g.held) {
+            match h {
+                Held::Local(proposal, payload) => self.propose(range, proposal, payload),
+                Held::Forwarded(m) => self.step_forwarded(range, m),
+            }
+        }
+        self.dirty.insert(range);
     }
 
     /// Drops the group of a range whose replica here was removed; the Store deletes its data
@@ -1360,10 +1412,15 @@ impl MultiRaft {
         let mut chunks: Vec<(Vec<ProposalId>, Vec<Entry>, u64)> = Vec::new();
         for (proposal, data) in commands {
             let held = Held::Local(proposal, ProposalPayload::Command(data));
-            let Some(Held::Local(proposal, ProposalPayload::Command(data))) =
-                hold(g, held, &self.bugs, &self.metrics)
-            else {
+            let Some(held) = hold(g, held, &self.bugs, &self.metrics) else {
                 continue;
+            };
+            if g.node.raft.leader_id == 0 && self.ticks < g.electing_until {
+                g.held.push_back(held);
+                continue;
+            }
+            let Held::Local(proposal, ProposalPayload::Command(data)) = held else {
+                unreachable!("a command held as it came");
             };
             let e = Entry {
                 data: data.into(),
@@ -1523,6 +1580,14 @@ impl MultiRaft {
                     // count.
                     continue;
                 }
+                if m.get_msg_type() == MessageType::MsgAppend && m.index == BOOTSTRAP_INDEX {
+                    // From the start of the range's log: see `starts` of `RaftBatch`.
+                    if let Some((start, _)) = self.spans.get(&range) {
+                        if batch.starts.last().is_none_or(|(r, _)| *r != range) {
+                            batch.starts.push((range, start.clone()));
+                        }
+                    }
+                }
                 match Heartbeat::of(range, &m, quiescent) {
                     Some(h) => batch.heartbeats.push(h),
                     None => batch.messages.push((range, m)),
@@ -1598,6 +1663,7 @@ impl MultiRaft {
         let prefix = read_prefix(self.node, self.boot);
         let election_ticks = self.settings.election_ticks as u64;
 
+        let mut first_leaders = Vec::new();
         for range in std::mem::take(&mut self.dirty) {
             let Some(g) = self.groups.get_mut(&range) else {
                 continue;
@@ -1654,6 +1720,9 @@ impl MultiRaft {
                     }
                     g.leader = ss.leader_id;
                     if ss.leader_id != 0 {
+                        if g.electing_until != 0 {
+                            first_leaders.push(range);
+                        }
                         let term = g.node.raft.term;
                         events.push(Event::LeaderElected {
                             range,
@@ -1777,6 +1846,9 @@ impl MultiRaft {
             readies.push((range, rd, snapshot_index));
         }
 
+        // Proposed once raft has advanced past this round's `Ready` (see `finish_round`).
+        self.first_leaders.extend(first_leaders);
+
         // The leader's messages leave before its own write: followers persist the entries
         // while it does (raft's Ready allows it; etcd's section 10.2.1 of the Raft thesis).
         // The events go first (see `RaftMetrics::events_handed`): entries committed in this
@@ -1885,6 +1957,9 @@ impl MultiRaft {
             if g.node.has_ready() {
                 self.dirty.insert(range);
             }
+        }
+        for range in std::mem::take(&mut self.first_leaders) {
+            self.release_for_first_leader(range);
         }
         // The events before the messages: see `RaftMetrics::events_handed`.
         events.append(&mut self.events);
@@ -2092,7 +2167,7 @@ impl MultiRaft {
             let Some((range, m)) = self.answers.pop_front() else {
                 break;
             };
-            self.step_received(range, false, m);
+            self.step_received(range, false, m, None);
             stepped += 1;
         }
         if !self.answers.is_empty() {
@@ -2101,9 +2176,31 @@ impl MultiRaft {
     }
 
     /// Steps one raft message received for `range` (`quiesce`: a quiescing heartbeat).
-    fn step_received(&mut self, range: RangeId, quiesce: bool, m: raft::prelude::Message) {
+    fn step_received(
+        &mut self,
+        range: RangeId,
+        quiesce: bool,
+        m: raft::prelude::Message,
+        start: Option<&Vec<u8>>,
+    ) {
         if ReplicaId(m.to).node() != self.node || self.destroying.contains(&range) {
             return;
+        }
+        if let Some(start) = start.filter(|_| m.get_msg_type() == MessageType::MsgAppend) {
+            let empty = (self.groups.get(&range))
+                .is_none_or(|g| g.node.store().conf_state() == &ConfState::default());
+            if let Some(left) = self.holding(range, start).filter(|_| empty) {
+                // The first append of a range born of a split, to a node whose range it split
+                // from has yet to apply the split (CockroachDB's `maybeDropMsgApp`): an empty
+                // replica here would refuse it, and its leader would send a snapshot, which
+                // would be refused in turn (it overlaps that range). Once the split is applied
+                // here, the replica starts where the append continues.
+                log::debug!(
+                    "{}: {range}: append held off until {left} splits",
+                    self.node
+                );
+                return;
+            }
         }
         if self.tombstones.get(&range).is_some_and(|t| m.to <= t.0) {
             return;
@@ -2374,6 +2471,14 @@ impl MultiRaft {
                     self.compact_for_purge(ranges);
                 }
             }
+        }
+        let ticks = self.ticks;
+        let waited: Vec<RangeId> = (self.electing.iter())
+            .filter(|r| (self.groups.get(r)).is_none_or(|g| ticks >= g.electing_until))
+            .copied()
+            .collect();
+        for range in waited {
+            self.release_for_first_leader(range);
         }
         let mut moved = Vec::new();
         let mut unqueued = Vec::new();
@@ -3118,6 +3223,7 @@ impl Handler<RaftBatch> for MultiRaft {
             .into_iter()
             .map(|h| (h.range, h.quiesce, h.into_message()));
         let messages = batch.messages.into_iter().map(|(r, m)| (r, false, m));
+        let starts: BTreeMap<RangeId, Vec<u8>> = batch.starts.into_iter().collect();
         for (range, quiesce, m) in messages.chain(heartbeats) {
             match m.get_msg_type() {
                 MessageType::MsgAppendResponse => {
@@ -3128,7 +3234,7 @@ impl Handler<RaftBatch> for MultiRaft {
                     }
                     self.answers.push_back((range, m));
                 }
-                _ => self.step_received(range, quiesce, m),
+                _ => self.step_received(range, quiesce, m, starts.get(&range)),
             }
         }
         self.schedule_round(ctx);

@@ -1843,8 +1843,8 @@ async fn await_applied(cluster: &Cluster, id: u64, range: RangeId, applied: u64)
 
 /// A range split while a node is cut off: the other two go on writing to both halves, and
 /// the node, once back, applies the split from the left range's log and catches up on the
-/// right range as its replica (refusing the right range's snapshot until then: it overlaps
-/// the left range it has yet to split). Every write is read back through every node, the
+/// right range from its log, with no snapshot (the right range's first appends wait until
+/// the node has applied the split). Every write is read back through every node, the
 /// replicas hold the same data, and all of it survives a restart.
 #[test]
 fn a_range_split_while_a_node_is_cut_off_is_caught_up_on_and_keeps_every_write() {
@@ -1888,9 +1888,35 @@ fn a_range_split_while_a_node_is_cut_off_is_caught_up_on_and_keeps_every_write()
         assert_eq!(span(RangeId(1)), (b"".to_vec(), b"a5".to_vec()));
         assert_eq!(span(right), (b"a5".to_vec(), b"g".to_vec()));
 
+        // Back, node 3 hears from the right range before its replica of range 1 gets the
+        // split: the right range's messages make an empty replica of it there, which puts its
+        // appends off (its leader tries again each heartbeat) instead of refusing them, which
+        // would have its leader send a snapshot.
         cluster.net.heal();
+        let appends = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = appends.clone();
+        cluster.net.hold_messages(move |_, to, range, m| {
+            let append = to == NodeId(3) && m.msg_type == MessageType::MsgAppend;
+            if append && range == right {
+                seen.fetch_add(1, Ordering::Relaxed);
+            }
+            append && range == RangeId(1)
+        });
+        for _ in 0..250 {
+            if appends.load(Ordering::Relaxed) >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            appends.load(Ordering::Relaxed) >= 3,
+            "the right range's appends stopped"
+        );
+        cluster.net.release_held();
         let right_applied = digest_of(&cluster, 1, right).await.unwrap().applied_index;
         await_applied(&cluster, 3, right, right_applied).await;
+        let metrics = &cluster.node(3).metrics;
+        assert_eq!(metrics.snapshots_installed.load(Ordering::Relaxed), 0);
         for id in [1, 2, 3] {
             for i in 0..10 {
                 let key = format!("a{i}");
@@ -1958,6 +1984,13 @@ fn a_split_applied_after_the_new_ranges_replica_was_removed_leaves_no_keys_of_it
             key: b"a5".to_vec(),
         };
         let right = cluster.node(1).store.send(split).await.unwrap().unwrap();
+        for _ in 0..250 {
+            if cluster.status(3).await.iter().any(|s| s.range == right) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(cluster.status(3).await.iter().any(|s| s.range == right));
         cluster.change(right, 3, false).await;
         // The removal reaches node 3's empty replica of the right range.
         for _ in 0..250 {
@@ -1997,6 +2030,61 @@ fn a_split_applied_after_the_new_ranges_replica_was_removed_leaves_no_keys_of_it
             read_eventually(&cluster, 1, b"a7").await.as_deref(),
             Some(&b"w"[..])
         );
+        cluster.stop();
+    });
+}
+
+/// Writes proposed to a range before its split is applied, and applied after it, with keys
+/// the range no longer holds: applied nowhere there, and proposed again by their node through
+/// the new range, once: the `INCR` counts 1, and each answer is the write's own.
+#[test]
+fn writes_proposed_before_a_split_and_applied_after_it_go_to_the_new_range_once() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster =
+            Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], StoreSettings::default());
+        cluster.await_leaders(1).await;
+        cluster.transfer_all(1).await;
+        write_eventually(&cluster, 1, b"a1", b"v").await;
+        // Range 1 commits nothing until the held appends go.
+        cluster.net.hold_messages(|_, _, range, m| {
+            range == RangeId(1) && m.msg_type == MessageType::MsgAppend
+        });
+        let store = cluster.node(1).store.clone();
+        let split = store.send(SplitRange {
+            key: b"a5".to_vec(),
+        });
+        let incr = store.send(Write {
+            command: Command::IncrBy {
+                key: b"a8".to_vec(),
+                delta: 1,
+            },
+        });
+        let mset = store.send(Write {
+            command: Command::MSet {
+                pairs: vec![
+                    (b"a2".to_vec(), b"left".to_vec()),
+                    (b"a9".to_vec(), b"right".to_vec()),
+                ],
+            },
+        });
+        await_held(&cluster, "no append of range 1 held").await;
+        cluster.net.release_held();
+        let right = split.await.unwrap().unwrap();
+        assert_eq!(incr.await.unwrap(), Ok(CommandOutcome::Integer(1)));
+        assert_eq!(mset.await.unwrap(), Ok(CommandOutcome::Ok));
+        for id in [1, 2, 3] {
+            for (key, want) in [(&b"a8"[..], &b"1"[..]), (b"a2", b"left"), (b"a9", b"right")] {
+                let got = read_eventually(&cluster, id, key).await;
+                assert_eq!(got.as_deref(), Some(want), "{key:?} through n{id}");
+            }
+        }
+        let (left, new) = (
+            digest_of(&cluster, 1, RangeId(1)).await.unwrap(),
+            digest_of(&cluster, 1, right).await.unwrap(),
+        );
+        assert_eq!((left.keys, new.keys), (2, 2));
         cluster.stop();
     });
 }
