@@ -235,7 +235,10 @@ async fn ranges(shared: &Shared) -> Reply {
     let raft: std::collections::HashMap<_, _> = raft.iter().map(|s| (s.range, s)).collect();
     let mut out = BytesMut::new();
     reply::array_header(&mut out, store.ranges.len());
-    for r in &store.ranges {
+    // In key order: ranges born of splits have ids out of it.
+    let mut ranges: Vec<_> = store.ranges.iter().collect();
+    ranges.sort_by(|a, b| a.descriptor.start_key.cmp(&b.descriptor.start_key));
+    for r in ranges {
         let d = &r.descriptor;
         let rs = raft.get(&d.id);
         let names = |ns: &[flotilla_actors::ids::ReplicaId]| {
