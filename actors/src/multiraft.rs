@@ -381,6 +381,10 @@ struct Group {
     /// For a range born of a split here: the tick until which this node's proposals wait for
     /// its first leader instead of being refused at once for want of one (0: not waiting).
     electing_until: u64,
+    /// No vote before this tick: the group replaced an empty replica of its range, which may
+    /// have answered a leader's heartbeats (counted towards that leader's lease) and would
+    /// otherwise vote at once, raft's memory of its leader gone (see `MultiRaft::split`).
+    no_votes_until: u64,
     /// Reads to ask a read index for in the next round, with the tick each was first asked.
     new_reads: Vec<(ReadId, u64)>,
     reads_in_flight: Vec<PendingRead>,
@@ -889,6 +893,8 @@ pub struct MultiRaft {
     /// their keys are deleted): a snapshot that overlaps another's is refused (see
     /// [`MultiRaft::overlapping`]).
     spans: BTreeMap<RangeId, Span>,
+    /// The spans of the snapshots raft took and has yet to install (see `overlapping`).
+    incoming: BTreeMap<RangeId, Span>,
     /// The ranges born of a split here that wait for their first leader (see
     /// [`SPLIT_ELECTIONS`]).
     electing: BTreeSet<RangeId>,
@@ -968,6 +974,7 @@ impl MultiRaft {
             destroying: BTreeSet::new(),
             spans: BTreeMap::new(),
             electing: BTreeSet::new(),
+            incoming: BTreeMap::new(),
             first_leaders: Vec::new(),
             notices: BTreeMap::new(),
             hints: BTreeMap::new(),
@@ -1020,9 +1027,10 @@ impl MultiRaft {
         new_replica: Option<ReplicaId>,
     ) -> Result<(), StorageError> {
         if new_replica.is_some() && self.engine.has_log(range) {
-            // Left by a replica removed before, whose deletion a crash interrupted: the new
-            // replica starts empty.
-            self.engine.clean_log(range)?;
+            // Left by a replica removed before, whose deletion a crash interrupted, or by an
+            // empty one before a restart: the new replica starts empty, but for its term and
+            // vote.
+            self.engine.clean_log_keeping_vote(range)?;
         }
         let mut storage = RangeStorage::load(self.engine.clone(), range)?;
         let stored = members(storage.conf_state()).find(|&id| ReplicaId(id).node() == self.node);
@@ -1112,6 +1120,7 @@ impl MultiRaft {
                 hinted: 0,
                 counted: 0,
                 electing_until: 0,
+                no_votes_until: 0,
             },
         );
         Ok(())
@@ -1120,7 +1129,7 @@ impl MultiRaft {
     /// Another range here with keys in `[start, end)`, if any.
     fn overlapping(&self, range: RangeId, start: &[u8], end: &[u8]) -> Option<RangeId> {
         let below = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
-        (self.spans.iter())
+        (self.spans.iter().chain(&self.incoming))
             .find(|(&id, (s, e))| id != range && below(start, e) && below(s, end))
             .map(|(&id, _)| id)
     }
@@ -1145,14 +1154,26 @@ impl MultiRaft {
             .insert(left.id, (left.start_key.clone(), left.end_key.clone()));
         self.spans
             .insert(right.id, (right.start_key.clone(), right.end_key.clone()));
+        if let Some(g) = self.groups.get_mut(&left.id) {
+            // Built over the wider span: no follower could take it any more.
+            g.node.mut_store().drop_snapshot();
+        }
         if !created {
             self.destroying.insert(right.id);
             return;
         }
+        let mine = right.replica_of(self.node);
+        let removed = self.tombstones.get(&right.id);
+        if self.destroying.contains(&right.id) || removed.is_some_and(|&t| mine <= Some(t)) {
+            // Removed here since the Store looked: its removal reaches the Store next.
+            return;
+        }
+        let mut replaced = false;
         if let Some(g) = self.groups.get(&right.id) {
             if g.node.store().conf_state() != &ConfState::default() {
                 return;
             }
+            replaced = true;
             // Empty, and nothing of it is in flight between rounds: what raft holds and has
             // not written (a vote not yet answered) is dropped, as if its message were.
             log::info!(
@@ -1174,6 +1195,9 @@ impl MultiRaft {
                 let _ = g.node.campaign();
             }
             g.electing_until = self.ticks + SPLIT_ELECTIONS * election;
+            if replaced {
+                g.no_votes_until = self.ticks + election;
+            }
             self.electing.insert(right.id);
         }
         self.dirty.insert(right.id);
@@ -1205,6 +1229,7 @@ impl MultiRaft {
     /// [`ReplicaDestroyed`].
     fn remove_replica(&mut self, range: RangeId) {
         self.leaving.remove(&range);
+        self.incoming.remove(&range);
         let Some(g) = self.groups.remove(&range) else {
             return;
         };
@@ -1759,6 +1784,7 @@ impl MultiRaft {
                         g.removed = descriptor.removed.iter().map(|r| r.0).collect();
                         let span = (descriptor.start_key.clone(), descriptor.end_key.clone());
                         self.spans.insert(range, span);
+                        self.incoming.remove(&range);
                         let m = snap.get_metadata();
                         g.handed = m.index;
                         g.applied = m.index;
@@ -2206,6 +2232,7 @@ impl MultiRaft {
             return;
         }
         // A snapshot that cannot be installed is refused here, before raft accepts it.
+        let mut incoming = None;
         if m.get_msg_type() == MessageType::MsgSnapshot {
             let d = match codec::decode::<SnapshotData>(&m.get_snapshot().data) {
                 Ok(data) => data.descriptor,
@@ -2227,6 +2254,7 @@ impl MultiRaft {
                 );
                 return;
             }
+            incoming = Some((d.start_key, d.end_key));
         }
         match self.groups.get(&range) {
             // A message for a newer replica of this node: the one here was removed.
@@ -2237,10 +2265,17 @@ impl MultiRaft {
             Some(g) if m.to < g.replica.0 => return,
             Some(_) => {}
             None => {
-                // A replica added to this node: created empty, filled by a snapshot.
+                // A replica added to this node: created empty, filled by a snapshot; or one of a
+                // range born of a split this node has not applied (it may never: it may catch
+                // up on the range it split from by a snapshot from after the split), which
+                // votes empty so that the range can elect a leader (TiKV's peers do the same).
                 if !matches!(
                     m.get_msg_type(),
-                    MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+                    MessageType::MsgAppend
+                        | MessageType::MsgHeartbeat
+                        | MessageType::MsgSnapshot
+                        | MessageType::MsgRequestVote
+                        | MessageType::MsgRequestPreVote
                 ) {
                     return;
                 }
@@ -2265,7 +2300,7 @@ impl MultiRaft {
         if matches!(
             kind,
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-        ) && self.ticks < election
+        ) && (self.ticks < election || self.ticks < g.no_votes_until)
         {
             // Not before an election timeout since this node started: a replica here may
             // have acknowledged a leader's lease before a restart (see "Leases").
@@ -2301,6 +2336,13 @@ impl MultiRaft {
             log::debug!("{}: {range}: step: {e}", self.node);
         }
         g.node.raft.max_msg_size = max_size;
+        if let Some(span) = incoming {
+            // Taken by raft, to install: no other snapshot over its span until it is.
+            if g.node.raft.raft_log.unstable_snapshot().is_some() {
+                self.incoming.insert(range, span);
+            }
+        }
+        let g = self.groups.get_mut(&range).expect("group just stepped");
         if kind == MessageType::MsgReadIndex && g.is_leader() {
             g.renew_lease = true;
             if from != g.replica.0 {

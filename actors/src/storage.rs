@@ -86,6 +86,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// 2026-01-01T00:00:00Z, in seconds since the Unix epoch: the floor of the sequence numbers of
+/// range ids counts from it (see [`Engine::new_range_id`]).
+pub const RANGE_SEQ_EPOCH_S: u64 = 1_767_225_600;
+
 /// The log index and term at which every range is bootstrapped. Starting above zero means a
 /// replica created empty (index 0) can never be filled from the log alone: it gets a snapshot,
 /// which carries the range's data and descriptor. TiKV does the same.
@@ -771,6 +775,27 @@ impl Engine {
         self.commit(batch)
     }
 
+    /// Deletes what the raft log holds of a range but its term and vote, which a new replica
+    /// of it here keeps: a replica here, of an earlier generation or an empty one made by
+    /// messages before a restart, may have voted in that term, and raft must not vote twice.
+    pub fn clean_log_keeping_vote(&self, range: RangeId) -> Result<(), StorageError> {
+        let hs: HardState = self
+            .log
+            .get_message(range.0, keys::HARD_STATE)?
+            .unwrap_or_default();
+        let mut batch = WriteBatch::default();
+        batch.clean_log(range);
+        let kept = HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: 0,
+            ..Default::default()
+        };
+        batch.put_hard_state(range, &kept);
+        batch.data_sync = true;
+        self.commit(batch)
+    }
+
     /// Whether the raft log holds anything of a range.
     pub fn has_log(&self, range: RangeId) -> bool {
         self.log.get(range.0, keys::HARD_STATE).is_some() || self.log.first_index(range.0).is_some()
@@ -870,13 +895,18 @@ impl Engine {
     }
 
     /// A range id no other range of the cluster has, for the right half of a split proposed
-    /// from this node ([`RangeId::of_split`]), its sequence number stored durably before it is
-    /// used, so that no crash hands it out twice.
-    pub fn new_range_id(&self, node: NodeId) -> Result<RangeId, StorageError> {
-        let seq = self
+    /// from this node ([`RangeId::of_split`]): its sequence number is stored durably before it
+    /// is used, so that no crash hands it out twice, and is never below the seconds since
+    /// [`RANGE_SEQ_EPOCH_S`], so that a node whose data directory was wiped does not hand out
+    /// again the ids it gave before (unless it gave them faster than one a second for longer
+    /// than it was away), as its boots do (see [`Engine::raise_boot`]). `now_ms` is the node's
+    /// clock (a simulation's runs from its own epoch).
+    pub fn new_range_id(&self, node: NodeId, now_ms: u64) -> Result<RangeId, StorageError> {
+        let last = self
             .stored_u64(keys::RANGE_SEQ, "range sequence")?
-            .unwrap_or(0)
-            + 1;
+            .unwrap_or(0);
+        let since = (now_ms / 1000).saturating_sub(RANGE_SEQ_EPOCH_S);
+        let seq = (last + 1).max(since);
         if seq > crate::ids::MAX_NODE_ID {
             return Err(corrupt(
                 "range sequence",
@@ -2212,6 +2242,12 @@ impl RangeStorage {
         self.snapshot = Some(snapshot);
     }
 
+    /// Drops the snapshot held: the range split since it was built, and it holds the keys of
+    /// the wider span (a follower would refuse it, and raft would send it again and again).
+    pub fn drop_snapshot(&mut self) {
+        self.snapshot = None;
+    }
+
     fn read_entry(&self, index: u64) -> raft::Result<Entry> {
         if let Some(mut e) = self.cached(index, index + 1) {
             return Ok(e.next().expect("one cached entry").clone());
@@ -2410,6 +2446,56 @@ pub(crate) mod tests {
 
     fn ctx() -> GetEntriesContext {
         GetEntriesContext::empty(false)
+    }
+
+    #[test]
+    fn a_log_cleaned_for_a_new_replica_keeps_its_term_and_vote() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, mut s) = bootstrapped(dir.path());
+        append(&engine, &mut s, vec![entry(6, 7), entry(7, 7)]);
+        let mut batch = WriteBatch::default();
+        let hs = HardState {
+            term: 7,
+            vote: 3,
+            commit: 7,
+            ..Default::default()
+        };
+        s.stage_hard_state(hs, &mut batch);
+        engine.commit(batch).unwrap();
+        engine.clean_log_keeping_vote(RangeId(7)).unwrap();
+        let hs: HardState = engine
+            .log
+            .get_message(7, keys::HARD_STATE)
+            .unwrap()
+            .unwrap();
+        assert_eq!((hs.term, hs.vote, hs.commit), (7, 3, 0));
+        assert_eq!(engine.log.first_index(7), None, "no entry left");
+    }
+
+    #[test]
+    fn range_ids_never_repeat_across_a_restart_or_a_wiped_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeId(2);
+        let t = |s: u64| (RANGE_SEQ_EPOCH_S + s) * 1000;
+        let engine = open(dir.path()).unwrap();
+        let first = engine.new_range_id(node, t(1000)).unwrap();
+        assert_eq!(first, RangeId::of_split(node, 1000));
+        // Faster than the clock: one after the other.
+        let second = engine.new_range_id(node, t(1000)).unwrap();
+        assert_eq!(second, RangeId::of_split(node, 1001));
+        drop(engine);
+        let engine = open(dir.path()).unwrap();
+        let third = engine.new_range_id(node, t(900)).unwrap();
+        assert_eq!(
+            third,
+            RangeId::of_split(node, 1002),
+            "a clock behind goes on from there"
+        );
+        assert_ne!(engine.new_range_id(NodeId(3), t(1000)).unwrap(), first);
+        // A wiped data directory starts from the clock, past them.
+        let wiped = tempfile::tempdir().unwrap();
+        let fresh = open(wiped.path()).unwrap().new_range_id(node, t(1005));
+        assert_eq!(fresh.unwrap(), RangeId::of_split(node, 1005));
     }
 
     #[test]

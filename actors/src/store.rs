@@ -2280,8 +2280,6 @@ impl Store {
             Some(format!(
                 "{range} no longer holds the key or starts at it (split already?)"
             ))
-        } else if self.ranges.contains_key(&right) {
-            Some(format!("{right} exists already"))
         } else {
             None
         };
@@ -2326,8 +2324,17 @@ impl Store {
             (Some(replica), Some(removed)) => replica > removed,
             _ => true,
         };
+        // Range ids are unique (`Engine::new_range_id`): a range of that id here already is
+        // a bug, or a node's data directory wiped and its ids given again. Whatever it holds
+        // is left as it is; the left range shrinks all the same, as on every replica.
+        let exists = self.ranges.contains_key(&right);
+        if exists {
+            log::error!("{node}: {range} splits off {right}, which this node holds already");
+        }
         let torn = created && self.torn.contains(&range);
-        if created {
+        if exists {
+            put_descriptor(&mut batch, &left);
+        } else if created {
             (self.engine).stage_split(&left, &right_d, &proposers, &mut batch, &mut states)?;
             if torn {
                 batch.insert(keys::range_key(right, keys::FLUSHING), b"".as_slice());
@@ -2338,7 +2345,7 @@ impl Store {
         self.engine.write(batch, states)?;
         self.spoil_snapshot(range);
         self.expiring.insert(range);
-        if created {
+        if created && !exists {
             let start = LogPosition {
                 index: BOOTSTRAP_INDEX,
                 term: BOOTSTRAP_TERM,
@@ -2363,13 +2370,13 @@ impl Store {
         self.request(RaftRequest::Split {
             left,
             right: right_d,
-            created,
+            created: created || exists,
         });
         self.flush_requests();
         written.insert(range);
         self.report_applied(&BTreeSet::from([range]), false);
         self.report_applied(&written, true);
-        if !created {
+        if !created && !exists {
             self.purge(right)?;
         }
         self.serve_ready_reads();
@@ -2985,17 +2992,26 @@ impl Handler<RemoveReplica> for Store {
     }
 }
 
+/// The longest key a range may be split at: a range's bounds go into its descriptor, every
+/// snapshot of it and every line of `FLOTILLA RANGES`.
+pub const MAX_SPLIT_KEY_BYTES: usize = 4096;
+
 impl Handler<SplitRange> for Store {
     type Result = ResponseFuture<Result<RangeId, StoreError>>;
 
     fn handle(&mut self, msg: SplitRange, ctx: &mut Context<Self>) -> Self::Result {
         self.took_turn(ctx);
         let checked = match self.route(&msg.key) {
+            _ if msg.key.len() > MAX_SPLIT_KEY_BYTES => Err(StoreError::Invalid(format!(
+                "a split key is at most {MAX_SPLIT_KEY_BYTES} bytes (a prefix of the key \
+                 splits as well)"
+            ))),
             None => Err(StoreError::NoRange),
             Some(range) if self.ranges[&range].descriptor.start_key == msg.key => Err(
                 StoreError::Invalid(format!("{range} starts at that key already")),
             ),
-            Some(range) => (self.engine.new_range_id(self.node))
+            Some(range) => (self.engine)
+                .new_range_id(self.node, self.settings.clock.now_ms())
                 .map(|right| (range, right))
                 .map_err(|e| StoreError::Internal(e.to_string())),
         };

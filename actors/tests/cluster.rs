@@ -2088,3 +2088,119 @@ fn writes_proposed_before_a_split_and_applied_after_it_go_to_the_new_range_once(
         cluster.stop();
     });
 }
+
+/// A node cut off through a split catches up on the range it split from by a snapshot taken
+/// after it, so it never applies the split, yet it is one of the two voters the new range has
+/// left (the third was removed), which lost its leader meanwhile. The new range elects one all
+/// the same: a vote request makes an empty replica of it there, which votes.
+#[test]
+fn a_new_range_whose_voter_never_applied_the_split_still_elects_a_leader() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster =
+            Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], StoreSettings::default());
+        cluster.await_leaders(1).await;
+        cluster.transfer_all(1).await;
+        write_eventually(&cluster, 1, b"a1", b"before").await;
+        cluster.net.partition(&[NodeId(3)], &[NodeId(1), NodeId(2)]);
+        let split = SplitRange {
+            key: b"a5".to_vec(),
+        };
+        let right = cluster.node(1).store.send(split).await.unwrap().unwrap();
+        write_eventually(&cluster, 2, b"a7", b"right").await;
+        cluster.change(right, 1, false).await;
+        write_eventually(&cluster, 1, b"a1", b"after").await;
+        for n in [1, 2] {
+            // Node 3 can only catch up on range 1 from a snapshot, past the split.
+            cluster.node(n).store.send(WriteApplied).await.unwrap();
+            let compact = CompactLog { range: RangeId(1) };
+            cluster.node(n).multiraft.send(compact).await.unwrap();
+        }
+        // Range 1's voters left on the majority side, nodes 2 and 3, cannot keep a leader.
+        for _ in 0..250 {
+            let status = cluster.status(2).await;
+            if status
+                .iter()
+                .any(|s| s.range == right && s.leader.is_none())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cluster.net.heal();
+        let seen = read_eventually(&cluster, 3, b"a1").await;
+        assert_eq!(seen.as_deref(), Some(&b"after"[..]));
+        let elected = tokio::time::timeout(Duration::from_secs(20), async {
+            let through_2 = read_eventually(&cluster, 2, b"a7").await;
+            (through_2, read_eventually(&cluster, 3, b"a7").await)
+        });
+        let (through_2, through_3) = elected.await.expect("the new range elected no leader");
+        assert_eq!(through_2.as_deref(), Some(&b"right"[..]));
+        assert_eq!(through_3.as_deref(), Some(&b"right"[..]));
+        cluster.stop();
+    });
+}
+
+/// A snapshot of a range built before it split holds the keys of its wider span: a node that
+/// holds the new range refuses it. The range's leader drops it at the split and sends one built
+/// after: the replica being added to the range before the split catches up on both halves.
+#[test]
+fn a_snapshot_built_before_a_split_is_not_sent_after_it() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::start(dir.path(), &[1, 2, 3], StoreSettings::default());
+        cluster.await_leaders(1).await;
+        cluster.transfer_all(1).await;
+        for i in 0..10 {
+            write_eventually(&cluster, 1, format!("a{i}").as_bytes(), b"v").await;
+        }
+        // Node 3 is added to range 1, and sent a snapshot it does not get yet.
+        cluster.net.hold_messages(|_, to, range, m| {
+            to == NodeId(3) && range == RangeId(1) && m.msg_type == MessageType::MsgSnapshot
+        });
+        let store = cluster.node(1).store.clone();
+        let added = store.send(AddReplica {
+            range: RangeId(1),
+            node: NodeId(3),
+        });
+        let sent = || {
+            cluster
+                .node(1)
+                .metrics
+                .snapshots_sent
+                .load(Ordering::Relaxed)
+        };
+        let added = actix_rt::spawn(added);
+        for _ in 0..250 {
+            if sent() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(sent() > 0, "no snapshot for node 3");
+        let split = SplitRange {
+            key: b"a5".to_vec(),
+        };
+        let right = cluster.node(1).store.send(split).await.unwrap().unwrap();
+        // Node 3 gets the new range's snapshot, then that one, which it refuses.
+        let new_range = read_eventually(&cluster, 3, b"a7").await;
+        assert_eq!(new_range.as_deref(), Some(&b"v"[..]));
+        cluster.net.release_held();
+        let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
+            let left = read_eventually(&cluster, 3, b"a1").await;
+            (left, read_eventually(&cluster, 3, b"a7").await)
+        });
+        let (left, new) = caught_up.await.expect("node 3 never caught up on range 1");
+        assert_eq!(
+            (left.as_deref(), new.as_deref()),
+            (Some(&b"v"[..]), Some(&b"v"[..]))
+        );
+        assert!(added.await.unwrap().unwrap().is_ok());
+        let voters = cluster.voters(RangeId(1)).await;
+        assert!(voters.contains(&NodeId(3)), "{voters:?}");
+        let _ = right;
+        cluster.stop();
+    });
+}
