@@ -327,11 +327,14 @@ enum Held {
     Forwarded(raft::prelude::Message),
 }
 
+/// The most ranges whose last held-off append (see `MultiRaft::held_off`) is kept at once.
+const HELD_OFF_MAX: usize = 1024;
+
 /// Election timeouts for which a range born of a split holds this node's proposals until it
 /// knows its first leader: its replicas are created as their nodes apply the split, and the
 /// left range's leader's campaigns at once (see `MultiRaft::split`), so a leader comes within
 /// a round trip or two, and the writes the split sends on to it would otherwise be refused.
-const SPLIT_ELECTIONS: u64 = 2;
+const SPLIT_ELECTIONS: u64 = 5;
 
 /// Election timeouts a follower has to acknowledge a snapshot, plus one tick per
 /// [`SNAPSHOT_BYTES_PER_TICK`] of it, before the snapshot counts as lost and raft sends another.
@@ -893,6 +896,9 @@ pub struct MultiRaft {
     /// their keys are deleted): a snapshot that overlaps another's is refused (see
     /// [`MultiRaft::overlapping`]).
     spans: BTreeMap<RangeId, Span>,
+    /// The last append held off for each range born of a split that the range it split from
+    /// here has yet to apply (see `step_received`), stepped once it has.
+    held_off: BTreeMap<RangeId, raft::prelude::Message>,
     /// The spans of the snapshots raft took and has yet to install (see `overlapping`).
     incoming: BTreeMap<RangeId, Span>,
     /// The ranges born of a split here that wait for their first leader (see
@@ -975,6 +981,7 @@ impl MultiRaft {
             spans: BTreeMap::new(),
             electing: BTreeSet::new(),
             incoming: BTreeMap::new(),
+            held_off: BTreeMap::new(),
             first_leaders: Vec::new(),
             notices: BTreeMap::new(),
             hints: BTreeMap::new(),
@@ -1032,9 +1039,19 @@ impl MultiRaft {
             // vote.
             self.engine.clean_log_keeping_vote(range)?;
         }
-        let mut storage = RangeStorage::load(self.engine.clone(), range)?;
+        // A new replica starts from nothing but its raft log's term and vote, whatever sled
+        // holds of the range: a split the Store is writing on its own thread at this moment,
+        // of which a load could read part (a conf state not yet there, an applied index
+        // already): `split` gives it that state once written.
+        let mut storage = match new_replica {
+            Some(_) => RangeStorage::empty(self.engine.clone(), range)?,
+            None => RangeStorage::load(self.engine.clone(), range)?,
+        };
         let stored = members(storage.conf_state()).find(|&id| ReplicaId(id).node() == self.node);
-        let descriptor = self.engine.descriptor(range)?;
+        let descriptor = match new_replica {
+            Some(_) => None,
+            None => self.engine.descriptor(range)?,
+        };
         let removed: BTreeSet<u64> = (descriptor.as_ref())
             .map(|d| d.removed.iter().map(|r| r.0).collect())
             .unwrap_or_default();
@@ -1052,7 +1069,10 @@ impl MultiRaft {
             self.finish_removal(range, replica);
             return Ok(());
         };
-        let applied = self.engine.applied(range)?.index;
+        let applied = match new_replica {
+            Some(_) => 0,
+            None => self.engine.applied(range)?.index,
+        };
         // The commit index is persisted lazily (LightReady); applied entries were committed.
         if storage.hard_state().commit < applied {
             let mut batch = WriteBatch::default();
@@ -1154,6 +1174,7 @@ impl MultiRaft {
             .insert(left.id, (left.start_key.clone(), left.end_key.clone()));
         self.spans
             .insert(right.id, (right.start_key.clone(), right.end_key.clone()));
+        let held_off = self.held_off.remove(&right.id);
         if let Some(g) = self.groups.get_mut(&left.id) {
             // Built over the wider span: no follower could take it any more.
             g.node.mut_store().drop_snapshot();
@@ -1188,7 +1209,8 @@ impl MultiRaft {
         if let Err(e) = self.open_group(right.id, None) {
             panic!("multiraft: {}: cannot create {}: {e}", self.node, right.id);
         }
-        let leads_left = self.groups.get(&left.id).is_some_and(|g| g.is_leader());
+        // A replica here before means the range has a leader elsewhere, which sent it messages.
+        let leads_left = !replaced && self.groups.get(&left.id).is_some_and(|g| g.is_leader());
         let election = self.settings.election_ticks as u64;
         if let Some(g) = self.groups.get_mut(&right.id) {
             if leads_left {
@@ -1201,6 +1223,9 @@ impl MultiRaft {
             self.electing.insert(right.id);
         }
         self.dirty.insert(right.id);
+        if let Some(m) = held_off {
+            self.step_received(right.id, false, m, None);
+        }
     }
 
     /// Proposes what a range born of a split held until it knew its first leader (see
@@ -1230,6 +1255,7 @@ impl MultiRaft {
     fn remove_replica(&mut self, range: RangeId) {
         self.leaving.remove(&range);
         self.incoming.remove(&range);
+        self.held_off.remove(&range);
         let Some(g) = self.groups.remove(&range) else {
             return;
         };
@@ -2220,11 +2246,16 @@ impl MultiRaft {
                 // from has yet to apply the split (CockroachDB's `maybeDropMsgApp`): an empty
                 // replica here would refuse it, and its leader would send a snapshot, which
                 // would be refused in turn (it overlaps that range). Once the split is applied
-                // here, the replica starts where the append continues.
+                // here, the replica starts where the append continues, and is given the last
+                // one held off: its leader, which sends an append again only an election
+                // timeout after one went unanswered (`Group::probe_answered`), hears at once.
                 log::debug!(
                     "{}: {range}: append held off until {left} splits",
                     self.node
                 );
+                if self.held_off.len() < HELD_OFF_MAX || self.held_off.contains_key(&range) {
+                    self.held_off.insert(range, m);
+                }
                 return;
             }
         }

@@ -2032,6 +2032,27 @@ impl RangeStorage {
         })
     }
 
+    /// An empty replica's storage: its hard state from the raft log (a term and vote it kept),
+    /// nothing else, whatever sled holds of the range (see `MultiRaft::open_group`).
+    pub fn empty(engine: Arc<Engine>, range: RangeId) -> Result<RangeStorage, StorageError> {
+        let hard_state: HardState = engine
+            .log
+            .get_message(range.0, keys::HARD_STATE)?
+            .unwrap_or_default();
+        Ok(RangeStorage {
+            cache: EntryCache::new(engine.clone()),
+            engine,
+            range,
+            hard_state,
+            conf_state: ConfState::default(),
+            conf_index: 0,
+            truncated: LogPosition::default(),
+            last_index: 0,
+            snapshot: None,
+            snapshot_wanted: AtomicBool::new(false),
+        })
+    }
+
     /// Forgets the cached entries before `index` (which must be applied: see
     /// `Group::cache_from`). What raft asks for later is read back from the files.
     pub fn forget_cached_before(&mut self, index: u64) {
