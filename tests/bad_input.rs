@@ -248,6 +248,26 @@ fn random_commands_never_end_the_node() {
         before,
         "an admin request changed the ranges"
     );
+    // A split at a range's start is refused; one at a key of any bytes is made.
+    for key in [&b""[..], b"f"] {
+        let refused = redis::cmd("FLOTILLA")
+            .arg("SPLIT")
+            .arg(key)
+            .query::<String>(&mut con)
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("starts at that key already"),
+            "{refused}"
+        );
+    }
+    assert_eq!(ranges(&mut con), before);
+    let made: String = redis::cmd("FLOTILLA")
+        .arg("SPLIT")
+        .arg(b"\xff\x00\r\n")
+        .query(&mut con)
+        .unwrap();
+    assert!(made.starts_with("r1."), "{made}");
+    assert_eq!(ranges(&mut con).lines().count(), before.lines().count() + 1);
     assert!(server.running(), "the node ended");
     let mut other = server.client();
     let _: () = redis::cmd("SET")

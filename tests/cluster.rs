@@ -704,6 +704,9 @@ fn ranges_split_while_a_client_writes_keep_every_write_on_every_node() {
         err.to_string().contains("starts at that key already"),
         "{err}"
     );
+    let long = "a".repeat(4097);
+    let err = admin(node(&servers, 0), &["SPLIT", &long]).unwrap_err();
+    assert!(err.to_string().contains("at most 4096 bytes"), "{err}");
     let acked = writer.acked();
     eventually(Duration::from_secs(10), "writes after", || {
         writer.acked() > acked + 200
