@@ -2504,8 +2504,19 @@ impl MultiRaft {
         if !self.live.insert(from) {
             return;
         }
+        let mut removed = Vec::new();
         for (range, g) in self.groups.iter_mut() {
-            if !g.is_leader() || g.replica_on(from).is_none() {
+            if !g.is_leader() {
+                continue;
+            }
+            if g.replica_on(from).is_none() {
+                // A replica of it there removed while the node was down or cut off is told
+                // so now: a learner sends nothing, and a range quiescent here does not tell
+                // its removed replicas again (see `on_tick`), so it would stay for ever.
+                let there = g.removed.iter().filter(|&&id| ReplicaId(id).node() == from);
+                if let Some(&id) = there.max() {
+                    removed.push((*range, ReplicaId(id)));
+                }
                 continue;
             }
             if g.quiescent {
@@ -2517,6 +2528,9 @@ impl MultiRaft {
             // restart: sent again with the range's next pass.
             g.hinted = 0;
             self.logs_grown.insert(*range);
+        }
+        for (range, replica) in removed {
+            self.notify_removed(range, replica);
         }
     }
 

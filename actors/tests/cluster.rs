@@ -2237,3 +2237,79 @@ fn a_snapshot_built_before_a_split_is_not_sent_after_it() {
         cluster.stop();
     });
 }
+
+/// A learner removed while its node is down never sends anything, and its range, quiescent,
+/// tells its removed replicas nothing again: its leader tells it when its node comes back, and
+/// it goes, keys and all.
+#[test]
+fn a_learner_removed_while_its_node_was_down_goes_when_the_node_is_back() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    actix_rt::System::new().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster::start(dir.path(), &[1, 2, 3], StoreSettings::default());
+        cluster.await_leaders(1).await;
+        cluster.transfer_all(1).await;
+        write_eventually(&cluster, 1, b"a1", b"v").await;
+        // Node 3 gets range 1's snapshot, and its leader never hears it has: a learner it
+        // stays.
+        cluster.net.hold_messages(|from, _, range, m| {
+            let took = m.msg_type == MessageType::MsgAppendResponse && !m.reject;
+            from == NodeId(3) && range == RangeId(1) && took
+        });
+        let store = cluster.node(1).store.clone();
+        let adding = actix_rt::spawn(store.send(AddReplica {
+            range: RangeId(1),
+            node: NodeId(3),
+        }));
+        let holds = |c: &Cluster| c.node(3).engine.descriptor(RangeId(1)).unwrap().is_some();
+        for _ in 0..250 {
+            if holds(&cluster) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(holds(&cluster), "node 3 never got range 1's snapshot");
+        let learners = cluster.status(1).await;
+        let r1 = learners.iter().find(|s| s.range == RangeId(1)).unwrap();
+        assert!(
+            !r1.voters.contains(&NodeId(3)),
+            "node 3 was promoted: {r1:?}"
+        );
+        cluster.stop_node(3).await;
+        cluster.net.release_held();
+        cluster.change(RangeId(1), 3, false).await;
+        // Its answer would wait for node 3 to vote, which it never will.
+        adding.abort();
+        await_quiescence(&cluster, &[1, 2]).await;
+        cluster
+            .start_node(3, &[1, 2], StoreSettings::default())
+            .await;
+        for _ in 0..250 {
+            if !holds(&cluster) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !holds(&cluster),
+            "node 3 still holds its removed replica of range 1"
+        );
+        for _ in 0..250 {
+            if cluster
+                .node(3)
+                .engine
+                .user_pairs(b"", b"g")
+                .unwrap()
+                .is_empty()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            cluster.node(3).engine.user_pairs(b"", b"g").unwrap(),
+            vec![]
+        );
+        cluster.stop();
+    });
+}
