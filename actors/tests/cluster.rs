@@ -1815,6 +1815,26 @@ fn a_count_of_the_keys_through_a_follower_has_every_write_answered_before() {
     });
 }
 
+/// Waits (bounded: 5 s) until `done` says so, or fails with `what`.
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..250 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}");
+}
+
+/// Waits (bounded) until node `id` has a group of `range`, an empty one at least.
+async fn await_group(cluster: &Cluster, id: u64, range: RangeId) {
+    let what = format!("n{id} has no replica of {range}");
+    until(&what, async || {
+        cluster.status(id).await.iter().any(|s| s.range == range)
+    })
+    .await;
+}
+
 /// The digest of `range` on node `id`, once the node has settled (asked again while a
 /// snapshot is being installed).
 async fn digest_of(cluster: &Cluster, id: u64, range: RangeId) -> Option<RangeDigest> {
@@ -1851,10 +1871,7 @@ fn a_range_split_while_a_node_is_cut_off_is_caught_up_on_and_keeps_every_write()
     let _ = env_logger::builder().is_test(true).try_init();
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let mut cluster =
-            Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], StoreSettings::default());
-        cluster.await_leaders(1).await;
-        cluster.transfer_all(1).await;
+        let mut cluster = led_by_node_1(dir.path(), StoreSettings::default()).await;
         for i in 0..10 {
             write_eventually(&cluster, 2, format!("a{i}").as_bytes(), b"before").await;
         }
@@ -1902,16 +1919,8 @@ fn a_range_split_while_a_node_is_cut_off_is_caught_up_on_and_keeps_every_write()
             }
             append && range == RangeId(1)
         });
-        for _ in 0..250 {
-            if appends.load(Ordering::Relaxed) >= 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            appends.load(Ordering::Relaxed) >= 3,
-            "the right range's appends stopped"
-        );
+        let what = "the right range's appends stopped";
+        until(what, async || appends.load(Ordering::Relaxed) >= 3).await;
         cluster.net.release_held();
         let right_applied = digest_of(&cluster, 1, right).await.unwrap().applied_index;
         await_applied(&cluster, 3, right, right_applied).await;
@@ -1964,10 +1973,7 @@ fn a_split_applied_after_the_new_ranges_replica_was_removed_leaves_no_keys_of_it
     let _ = env_logger::builder().is_test(true).try_init();
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let cluster =
-            Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], StoreSettings::default());
-        cluster.await_leaders(1).await;
-        cluster.transfer_all(1).await;
+        let cluster = led_by_node_1(dir.path(), StoreSettings::default()).await;
         for i in 0..10 {
             write_eventually(&cluster, 1, format!("a{i}").as_bytes(), b"v").await;
         }
@@ -1984,22 +1990,12 @@ fn a_split_applied_after_the_new_ranges_replica_was_removed_leaves_no_keys_of_it
             key: b"a5".to_vec(),
         };
         let right = cluster.node(1).store.send(split).await.unwrap().unwrap();
-        for _ in 0..250 {
-            if cluster.status(3).await.iter().any(|s| s.range == right) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(cluster.status(3).await.iter().any(|s| s.range == right));
+        await_group(&cluster, 3, right).await;
         cluster.change(right, 3, false).await;
         // The removal reaches node 3's empty replica of the right range.
-        for _ in 0..250 {
-            if cluster.node(3).engine.tombstone(right).unwrap().is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(cluster.node(3).engine.tombstone(right).unwrap().is_some());
+        let engine = cluster.node(3).engine.clone();
+        let what = "node 3 kept its removed replica";
+        until(what, async || engine.tombstone(right).unwrap().is_some()).await;
         assert_eq!(
             cluster
                 .node(3)
@@ -2012,13 +2008,8 @@ fn a_split_applied_after_the_new_ranges_replica_was_removed_leaves_no_keys_of_it
         );
         cluster.net.release_held();
         await_applied(&cluster, 3, RangeId(1), left_applied + 1).await;
-        for _ in 0..250 {
-            if cluster.node(3).engine.purges().unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let engine = &cluster.node(3).engine;
+        let what = "node 3 never purged";
+        until(what, async || engine.purges().unwrap().is_empty()).await;
         assert_eq!(engine.user_pairs(b"a5", b"g").unwrap(), vec![]);
         assert_eq!(engine.user_pairs(b"", b"a5").unwrap().len(), 5);
         assert!(engine.descriptor(right).unwrap().is_none());
@@ -2061,10 +2052,7 @@ fn writes_proposed_before_a_split_and_applied_after_it_go_to_the_new_range_once(
     let _ = env_logger::builder().is_test(true).try_init();
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let cluster =
-            Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], StoreSettings::default());
-        cluster.await_leaders(1).await;
-        cluster.transfer_all(1).await;
+        let cluster = led_by_node_1(dir.path(), StoreSettings::default()).await;
         write_eventually(&cluster, 1, b"a1", b"v").await;
         // Range 1 commits nothing until the held appends go.
         cluster.net.hold_messages(|_, _, range, m| {
@@ -2131,10 +2119,7 @@ fn a_new_range_whose_voter_never_applied_the_split_still_elects_a_leader() {
     let _ = env_logger::builder().is_test(true).try_init();
     actix_rt::System::new().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let cluster =
-            Cluster::start_with(dir.path(), &[1, 2, 3], &[1, 2, 3], StoreSettings::default());
-        cluster.await_leaders(1).await;
-        cluster.transfer_all(1).await;
+        let cluster = led_by_node_1(dir.path(), StoreSettings::default()).await;
         write_eventually(&cluster, 1, b"a1", b"before").await;
         cluster.net.partition(&[NodeId(3)], &[NodeId(1), NodeId(2)]);
         let split = SplitRange {
@@ -2151,16 +2136,14 @@ fn a_new_range_whose_voter_never_applied_the_split_still_elects_a_leader() {
             cluster.node(n).multiraft.send(compact).await.unwrap();
         }
         // Range 1's voters left on the majority side, nodes 2 and 3, cannot keep a leader.
-        for _ in 0..250 {
+        let what = "the new range kept its leader";
+        let leaderless = async || {
             let status = cluster.status(2).await;
-            if status
+            status
                 .iter()
                 .any(|s| s.range == right && s.leader.is_none())
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        until(what, leaderless).await;
         cluster.net.heal();
         let seen = read_eventually(&cluster, 3, b"a1").await;
         assert_eq!(seen.as_deref(), Some(&b"after"[..]));
@@ -2206,13 +2189,7 @@ fn a_snapshot_built_before_a_split_is_not_sent_after_it() {
                 .load(Ordering::Relaxed)
         };
         let added = actix_rt::spawn(added);
-        for _ in 0..250 {
-            if sent() > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(sent() > 0, "no snapshot for node 3");
+        until("no snapshot for node 3", async || sent() > 0).await;
         let split = SplitRange {
             key: b"a5".to_vec(),
         };
@@ -2262,13 +2239,8 @@ fn a_learner_removed_while_its_node_was_down_goes_when_the_node_is_back() {
             node: NodeId(3),
         }));
         let holds = |c: &Cluster| c.node(3).engine.descriptor(RangeId(1)).unwrap().is_some();
-        for _ in 0..250 {
-            if holds(&cluster) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(holds(&cluster), "node 3 never got range 1's snapshot");
+        let what = "node 3 never got range 1's snapshot";
+        until(what, async || holds(&cluster)).await;
         let learners = cluster.status(1).await;
         let r1 = learners.iter().find(|s| s.range == RangeId(1)).unwrap();
         assert!(
@@ -2284,32 +2256,14 @@ fn a_learner_removed_while_its_node_was_down_goes_when_the_node_is_back() {
         cluster
             .start_node(3, &[1, 2], StoreSettings::default())
             .await;
-        for _ in 0..250 {
-            if !holds(&cluster) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            !holds(&cluster),
-            "node 3 still holds its removed replica of range 1"
-        );
-        for _ in 0..250 {
-            if cluster
-                .node(3)
-                .engine
-                .user_pairs(b"", b"g")
-                .unwrap()
-                .is_empty()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(
-            cluster.node(3).engine.user_pairs(b"", b"g").unwrap(),
-            vec![]
-        );
+        let what = "node 3 still holds its removed replica of range 1";
+        until(what, async || !holds(&cluster)).await;
+        let engine = cluster.node(3).engine.clone();
+        let what = "node 3 still holds keys of range 1";
+        until(what, async || {
+            engine.user_pairs(b"", b"g").unwrap().is_empty()
+        })
+        .await;
         cluster.stop();
     });
 }
