@@ -1043,15 +1043,15 @@ impl MultiRaft {
         // holds of the range: a split the Store is writing on its own thread at this moment,
         // of which a load could read part (a conf state not yet there, an applied index
         // already): `split` gives it that state once written.
-        let mut storage = match new_replica {
-            Some(_) => RangeStorage::empty(self.engine.clone(), range)?,
-            None => RangeStorage::load(self.engine.clone(), range)?,
+        let (mut storage, descriptor, applied) = match new_replica {
+            Some(_) => (RangeStorage::empty(self.engine.clone(), range)?, None, 0),
+            None => (
+                RangeStorage::load(self.engine.clone(), range)?,
+                self.engine.descriptor(range)?,
+                self.engine.applied(range)?.index,
+            ),
         };
         let stored = members(storage.conf_state()).find(|&id| ReplicaId(id).node() == self.node);
-        let descriptor = match new_replica {
-            Some(_) => None,
-            None => self.engine.descriptor(range)?,
-        };
         let removed: BTreeSet<u64> = (descriptor.as_ref())
             .map(|d| d.removed.iter().map(|r| r.0).collect())
             .unwrap_or_default();
@@ -1068,10 +1068,6 @@ impl MultiRaft {
                 .unwrap_or(ReplicaId::new(self.node, 0));
             self.finish_removal(range, replica);
             return Ok(());
-        };
-        let applied = match new_replica {
-            Some(_) => 0,
-            None => self.engine.applied(range)?.index,
         };
         // The commit index is persisted lazily (LightReady); applied entries were committed.
         if storage.hard_state().commit < applied {
@@ -1148,18 +1144,8 @@ impl MultiRaft {
 
     /// Another range here with keys in `[start, end)`, if any.
     fn overlapping(&self, range: RangeId, start: &[u8], end: &[u8]) -> Option<RangeId> {
-        let below = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
         (self.spans.iter().chain(&self.incoming))
-            .find(|(&id, (s, e))| id != range && below(start, e) && below(s, end))
-            .map(|(&id, _)| id)
-    }
-
-    /// Another range here whose span holds `key`, if any.
-    fn holding(&self, range: RangeId, key: &[u8]) -> Option<RangeId> {
-        (self.spans.iter())
-            .find(|(&id, (s, e))| {
-                id != range && s.as_slice() <= key && (e.is_empty() || key < e.as_slice())
-            })
+            .find(|(&id, (s, e))| id != range && crate::storage::overlap(start, end, s, e))
             .map(|(&id, _)| id)
     }
 
@@ -1241,12 +1227,17 @@ impl MultiRaft {
             return;
         }
         for h in std::mem::take(&mut g.held) {
-            match h {
-                Held::Local(proposal, payload) => self.propose(range, proposal, payload),
-                Held::Forwarded(m) => self.step_forwarded(range, m),
-            }
+            self.propose_held(range, h);
         }
         self.dirty.insert(range);
+    }
+
+    /// Proposes a proposal that was held, as it would have been when it came.
+    fn propose_held(&mut self, range: RangeId, h: Held) {
+        match h {
+            Held::Local(proposal, payload) => self.propose(range, proposal, payload),
+            Held::Forwarded(m) => self.step_forwarded(range, m),
+        }
     }
 
     /// Drops the group of a range whose replica here was removed; the Store deletes its data
@@ -2241,7 +2232,9 @@ impl MultiRaft {
         if let Some(start) = start.filter(|_| m.get_msg_type() == MessageType::MsgAppend) {
             let empty = (self.groups.get(&range))
                 .is_none_or(|g| g.node.store().conf_state() == &ConfState::default());
-            if let Some(left) = self.holding(range, start).filter(|_| empty) {
+            // The span of that one key: `[start, start · 0)`.
+            let just = [start.as_slice(), &[0]].concat();
+            if let Some(left) = self.overlapping(range, start, &just).filter(|_| empty) {
                 // The first append of a range born of a split, to a node whose range it split
                 // from has yet to apply the split (CockroachDB's `maybeDropMsgApp`): an empty
                 // replica here would refuse it, and its leader would send a snapshot, which
@@ -3236,10 +3229,7 @@ impl Handler<ChangeApplied> for MultiRaft {
                     proposal,
                 });
             }
-            match h {
-                Held::Local(proposal, payload) => self.propose(msg.range, proposal, payload),
-                Held::Forwarded(m) => self.step_forwarded(msg.range, m),
-            }
+            self.propose_held(msg.range, h);
         }
         self.mark_dirty(msg.range, ctx);
     }

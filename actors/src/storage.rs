@@ -132,6 +132,13 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 /// The keys `[start, end)` (`end` empty: to the end of the key space).
 pub type Span = (Vec<u8>, Vec<u8>);
 
+/// Whether the spans `[a_start, a_end)` and `[b_start, b_end)` share a key (an empty end:
+/// unbounded).
+pub fn overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bool {
+    let below = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
+    below(a_start, b_end) && below(b_start, a_end)
+}
+
 /// What a range covers and who replicates it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeDescriptor {

@@ -28,7 +28,7 @@ use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft, RaftMetrics};
 use crate::storage::{
-    keys, put_descriptor, AppliedStates, Engine, Expired, LogPosition, Pair, Proposers,
+    keys, overlap, put_descriptor, AppliedStates, Engine, Expired, LogPosition, Pair, Proposers,
     RangeDescriptor, SnapshotData, StorageError, BOOTSTRAP_INDEX, BOOTSTRAP_TERM,
 };
 use crate::value::{self, Clock, Value};
@@ -1112,10 +1112,9 @@ impl Store {
     /// A [`Command::FlushSpan`] for each range here with keys in `[start, end)` (`end` empty:
     /// unbounded).
     fn flush_parts(&self, start: &[u8], end: &[u8]) -> Vec<(RangeId, Command)> {
-        let below = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
         (self.ranges.iter())
             .map(|(id, r)| (id, &r.descriptor))
-            .filter(|(_, d)| below(start, &d.end_key) && below(&d.start_key, end))
+            .filter(|(_, d)| overlap(start, end, &d.start_key, &d.end_key))
             .map(|(id, d)| {
                 let (start, end) = (d.start_key.clone(), d.end_key.clone());
                 (*id, Command::FlushSpan { start, end })
