@@ -19,6 +19,12 @@ use std::time::Duration;
 /// (64 MiB) with room to spare.
 pub const MAX_VALUE_BYTES_LIMIT: usize = 16 << 20;
 
+/// The bounds of `range_max_bytes`. A range goes past it by what is written while it is
+/// measured and split, and a snapshot of a range, which carries all its data, cannot be over 1
+/// GiB: so half of that at most.
+pub const MIN_RANGE_MAX_BYTES: u64 = 4096;
+pub const MAX_RANGE_MAX_BYTES: u64 = 512 << 20;
+
 /// A node's configuration. Every key is documented in `config/single-node.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +34,7 @@ pub struct Config {
     pub client_addr: SocketAddr,
     pub password: Option<String>,
     pub split_keys: Vec<String>,
+    pub range_max_bytes: u64,
     pub max_value_bytes: usize,
     pub max_clients: usize,
     pub tick_interval_ms: u64,
@@ -55,6 +62,7 @@ impl Default for Config {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            range_max_bytes: 64 << 20,
             max_value_bytes: 1 << 20,
             max_clients: 10_000,
             tick_interval_ms: 100,
@@ -153,6 +161,12 @@ impl Config {
         }
         if self.split_keys.iter().any(String::is_empty) {
             return Err(("split_keys", "must not contain an empty key".into()));
+        }
+        if !(MIN_RANGE_MAX_BYTES..=MAX_RANGE_MAX_BYTES).contains(&self.range_max_bytes) {
+            return Err((
+                "range_max_bytes",
+                format!("must be between {MIN_RANGE_MAX_BYTES} and {MAX_RANGE_MAX_BYTES}"),
+            ));
         }
         if self.max_value_bytes == 0 || self.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
             return Err((
@@ -285,6 +299,7 @@ impl Config {
             store: StoreSettings {
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
                 value_cache_bytes: (self.cache_mb << 18) as usize,
+                range_max_bytes: self.range_max_bytes,
                 ..StoreSettings::default()
             },
         }
@@ -346,7 +361,7 @@ mod tests {
     fn errors_name_the_file_line_and_key() {
         assert_eq!(
             err("node_id = 2\nbogus = 1\n"),
-            "test.toml:2: key `bogus`: unknown field `bogus`, expected one of `node_id`, `data_dir`, `client_addr`, `password`, `split_keys`, `max_value_bytes`, `max_clients`, `tick_interval_ms`, `election_ticks`, `heartbeat_ticks`, `request_timeout_ms`, `max_unapplied_entries`, `log_compaction_entries`, `cache_mb`, `raft_addr`, `cluster_id`, `cluster_secret`, `initial_members`, `peers`"
+            "test.toml:2: key `bogus`: unknown field `bogus`, expected one of `node_id`, `data_dir`, `client_addr`, `password`, `split_keys`, `range_max_bytes`, `max_value_bytes`, `max_clients`, `tick_interval_ms`, `election_ticks`, `heartbeat_ticks`, `request_timeout_ms`, `max_unapplied_entries`, `log_compaction_entries`, `cache_mb`, `raft_addr`, `cluster_id`, `cluster_secret`, `initial_members`, `peers`"
         );
         assert_eq!(
             err("tick_interval_ms = \"fast\"\n"),
@@ -376,5 +391,9 @@ mod tests {
             "test.toml:1: key `node_id`: must be between 1 and 4294967295"
         );
         assert!(err("max_value_bytes = 0").contains("key `max_value_bytes`"));
+        let bound = "key `range_max_bytes`: must be between 4096 and 536870912";
+        assert!(err("range_max_bytes = 4095").contains(bound));
+        assert!(err("range_max_bytes = 536870913").contains(bound));
+        assert!(Config::parse("x", "range_max_bytes = 4096").is_ok());
     }
 }

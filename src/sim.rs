@@ -180,6 +180,13 @@ impl World {
                 // A snapshot's build reads its range 25-200 ms after it was asked for and
                 // finishes as long again later, while writes go on (see `generate_snapshot`).
                 snapshot_build_delay: Duration::from_millis(25 * (1 + self.seed % 8)),
+                // A quarter of the seeds with ranges bound to 12-27 bytes: they split as they
+                // are written, until most hold a key or two.
+                range_max_bytes: if self.seed % 4 == 3 {
+                    12 + self.seed % 16
+                } else {
+                    StoreSettings::default().range_max_bytes
+                },
                 ..StoreSettings::default()
             },
         }

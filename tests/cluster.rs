@@ -712,12 +712,6 @@ fn ranges_split_while_a_client_writes_keep_every_write_on_every_node() {
         writer.acked() > acked + 200
     });
     let written = writer.stop();
-    let spans = |s: &Server| -> Vec<String> {
-        ranges(s)
-            .iter()
-            .map(|l| l.split(" replicas").next().unwrap().to_string())
-            .collect()
-    };
     let expected = spans(node(&servers, 0));
     assert_eq!(
         expected,
@@ -732,32 +726,93 @@ fn ranges_split_while_a_client_writes_keep_every_write_on_every_node() {
         ],
         "every range, in key order"
     );
-    let keys: Vec<String> = written.iter().map(|(k, _)| k.clone()).collect();
-    let last: BTreeMap<&String, &String> = written.iter().map(|(k, v)| (k, v)).collect();
+    let last: BTreeMap<String, String> = written.into_iter().collect();
+    kept_on_every_node_and_over_a_restart(&nodes, &mut servers, &expected, &last);
+}
+
+/// `FLOTILLA RANGES`'s spans through `server`: `r1 ["", "a-5")`, ...
+fn spans(server: &Server) -> Vec<String> {
+    ranges(server)
+        .iter()
+        .map(|l| l.split(" replicas").next().unwrap().to_string())
+        .collect()
+}
+
+/// Every node lists the ranges `expected` and reads `values` back, the replicas come to hold
+/// the same data, and node 2, killed and started again, still lists them and reads them.
+fn kept_on_every_node_and_over_a_restart(
+    nodes: &Nodes,
+    servers: &mut [Option<Server>],
+    expected: &[String],
+    values: &BTreeMap<String, String>,
+) {
+    let keys: Vec<String> = values.keys().cloned().collect();
+    let reads_back = |s: &Server| {
+        let got = mget(s, &keys);
+        let wrong = keys
+            .iter()
+            .zip(got)
+            .find(|(k, v)| v.as_ref() != Some(&values[*k]));
+        assert_eq!(wrong, None, "through {}", s.addr);
+    };
     for i in 0..3 {
         eventually(Duration::from_secs(10), "the same ranges", || {
-            spans(node(&servers, i)) == expected
+            spans(node(servers, i)) == expected
         });
-        let values = mget(node(&servers, i), &keys);
-        for (k, v) in keys.iter().zip(values) {
-            assert_eq!(
-                v.as_deref(),
-                Some(last[k].as_str()),
-                "{k} through node {}",
-                i + 1
-            );
-        }
+        reads_back(node(servers, i));
     }
     eventually(Duration::from_secs(30), "replicas alike", || {
-        let d = digest(node(&servers, 0));
-        d.is_some() && (1..3).all(|i| digest(node(&servers, i)) == d)
+        let d = digest(node(servers, 0));
+        d.is_some() && (1..3).all(|i| digest(node(servers, i)) == d)
     });
     servers[1].take().unwrap().kill();
     servers[1] = Some(nodes.start(1));
-    assert_eq!(spans(node(&servers, 1)), expected);
-    let values = mget(node(&servers, 1), &keys);
-    assert!(keys
-        .iter()
-        .zip(values)
-        .all(|(k, v)| v.as_deref() == Some(last[k].as_str())));
+    assert_eq!(spans(node(servers, 1)), expected);
+    reads_back(node(servers, 1));
+}
+
+/// Three nodes started with `range_max_bytes = 65536`, written four times that in one range:
+/// the range is split, by whichever node leads it, until every piece is within the bound;
+/// every node lists the same pieces, every key reads back through every node, the replicas
+/// hold the same data, and a node killed and started again keeps the pieces and the data.
+#[test]
+fn a_range_written_past_range_max_bytes_is_split_on_every_node() {
+    const MAX: usize = 65536;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = configs(dir.path(), 3, &format!("range_max_bytes = {MAX}\n"));
+    let mut servers: Vec<Option<Server>> = nodes.start_all().into_iter().map(Some).collect();
+    await_leaders(node(&servers, 0));
+    // 256 keys of 1,025 bytes stored (a tag byte before each value), all in ["", "f").
+    let keys: Vec<String> = (0..256).map(|i| format!("a{i:03}")).collect();
+    let value = "v".repeat(1020);
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.set(k, &value).ignore();
+    }
+    pipe.query::<()>(&mut node(&servers, 1).client()).unwrap();
+    // A span's start and end: `r1 ["", "a033")`, `r5 ["t", end)`.
+    let bounds = |span: &String| -> (String, Option<String>) {
+        let parts: Vec<&str> = span.split('"').collect();
+        (parts[1].to_string(), parts.get(3).map(|e| e.to_string()))
+    };
+    let held = |span: &String| {
+        let (start, end) = bounds(span);
+        let within = |k: &&String| **k >= start && end.as_ref().is_none_or(|e| *k < e);
+        keys.iter().filter(within).count()
+    };
+    eventually(Duration::from_secs(30), "pieces within the bound", || {
+        spans(node(&servers, 0))
+            .iter()
+            .all(|s| held(s) * 1025 <= MAX)
+    });
+    let expected = spans(node(&servers, 0));
+    let pieces = expected.iter().filter(|s| held(s) > 0).count();
+    assert!(pieces >= 4, "{expected:?}");
+    assert_eq!(
+        expected.len() - pieces,
+        4,
+        "the other ranges whole: {expected:?}"
+    );
+    let values = keys.iter().map(|k| (k.clone(), value.clone())).collect();
+    kept_on_every_node_and_over_a_restart(&nodes, &mut servers, &expected, &values);
 }

@@ -139,6 +139,13 @@ pub fn overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bo
     below(a_start, b_end) && below(b_start, a_end)
 }
 
+/// The shortest prefix of `key` that is after `before` (which must be before `key`): the
+/// bytes they share and the first that differs, or one more than all of `before`.
+pub fn separator(before: &[u8], key: &[u8]) -> Vec<u8> {
+    let shared = before.iter().zip(key).take_while(|(a, b)| a == b).count();
+    key[..(shared + 1).min(key.len())].to_vec()
+}
+
 /// What a range covers and who replicates it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeDescriptor {
@@ -1044,6 +1051,39 @@ impl Engine {
             out.push((k[1..].to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// The bytes the user keys in `[start, end)` and their stored values take, and where to
+    /// split them if that is more than `max_bytes`: at a key with at least half of `max_bytes`
+    /// before it, the shortest that still falls after the key before it (between
+    /// `key:000000499999` and `key:000000500000`, `key:0000005`), of at most `max_key` bytes.
+    /// Reads no further than it must: once past `max_bytes` with the key found it stops, so
+    /// a range of gigabytes costs no more to look at than one just over (and the bytes it
+    /// answers are then those it read). No key for a span within `max_bytes`, or one that
+    /// cannot be split (a single key).
+    pub fn split_point(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        max_bytes: u64,
+        max_key: usize,
+    ) -> Result<(u64, Option<Vec<u8>>), StorageError> {
+        let (lo, hi) = keys::user_span(start, end);
+        let (mut bytes, mut before, mut at) = (0u64, None::<sled::IVec>, None);
+        for item in self.tree.range(lo..hi) {
+            let (k, v) = item?;
+            if let (None, Some(b)) = (&at, &before) {
+                if bytes >= max_bytes / 2 {
+                    at = Some(separator(&b[1..], &k[1..])).filter(|s| s.len() <= max_key);
+                }
+            }
+            bytes += (k.len() - 1 + v.len()) as u64;
+            if bytes > max_bytes && at.is_some() {
+                return Ok((bytes, at));
+            }
+            before = Some(k);
+        }
+        Ok((bytes, None))
     }
 
     /// The entries of a range's index of deadlines that are past at `now`, earliest first, up
@@ -2524,6 +2564,48 @@ pub(crate) mod tests {
         let wiped = tempfile::tempdir().unwrap();
         let fresh = open(wiped.path()).unwrap().new_range_id(node, t(1005));
         assert_eq!(fresh.unwrap(), RangeId::of_split(node, 1005));
+    }
+
+    #[test]
+    fn a_range_past_its_bound_is_split_with_half_its_bytes_before_at_a_short_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path()).unwrap();
+        let put = |k: &[u8], v: &[u8]| engine.tree().insert(keys::user_key(k), v).unwrap();
+        // 100 keys of 20 bytes with their values, and one large value after them.
+        for i in 0..100 {
+            put(format!("key:{i:03}:tail").as_bytes(), b"vvvvvvvv");
+        }
+        put(b"z", &[b'x'; 5000]);
+        put(b"zz1", b"v");
+        put(b"zz2", b"v");
+        let point = |start: &[u8], end: &[u8], max: u64, max_key: usize| {
+            engine.split_point(start, end, max, max_key).unwrap().1
+        };
+        let bytes = |start: &[u8], end: &[u8], max: u64| {
+            engine.split_point(start, end, max, 100).unwrap().0
+        };
+        // 2,000 bytes: within 2,000 and 4,000, past 1,000 (and what lies outside the span
+        // does not count).
+        assert_eq!(point(b"key:", b"y", 4000, 100), None);
+        assert_eq!(point(b"key:", b"y", 2000, 100), None);
+        assert_eq!(bytes(b"key:", b"y", 2000), 2000);
+        // Read no further than a key past the bound once the split key is found.
+        assert_eq!(bytes(b"", b"y", 1000), 1020);
+        assert_eq!(bytes(b"y", b"za", 100), 5001);
+        // Half of 1,000 before it: 25 keys; the shortest key after key:024:tail that is not
+        // after key:025:tail.
+        assert_eq!(point(b"", b"y", 1000, 100), Some(b"key:025".to_vec()));
+        assert_eq!(point(b"key:050", b"", 1000, 100), Some(b"key:075".to_vec()));
+        // No split key longer than allowed is taken.
+        assert_eq!(point(b"key:050", b"y", 1000, 6), None);
+        // One key alone cannot be split, however large.
+        assert_eq!(point(b"y", b"za", 100, 100), None);
+        // A large key in the first half: the split comes after it.
+        assert_eq!(point(b"key:099", b"", 1000, 100), Some(b"zz".to_vec()));
+        assert_eq!(separator(b"ab", b"abc"), b"abc");
+        assert_eq!(separator(b"ab", b"ab\0"), b"ab\0");
+        assert_eq!(separator(b"abx", b"ac"), b"ac");
+        assert_eq!(separator(b"", b"q"), b"q");
     }
 
     #[test]

@@ -48,6 +48,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+mod sizes;
+use sizes::{size_in_order, SizeJob, SIZE_EVERY};
+
 /// How the Store runs.
 #[derive(Clone, Debug)]
 pub struct StoreSettings {
@@ -70,6 +73,8 @@ pub struct StoreSettings {
     pub admin_timeout: Duration,
     /// The clock that decides when values expire (see [`crate::value`]).
     pub clock: Clock,
+    /// A range whose keys and values take more than this is split in two (see `sizes`).
+    pub range_max_bytes: u64,
     /// Bugs planted on purpose (in the Store and in MultiRaft), to show that the checks catch
     /// them. Never set outside tests.
     pub bugs: PlantedBugs,
@@ -114,6 +119,7 @@ impl Default for StoreSettings {
             write_applied_after: Duration::from_millis(10),
             admin_timeout: Duration::from_secs(60),
             clock: Clock::system(),
+            range_max_bytes: 64 << 20,
             bugs: PlantedBugs::default(),
         }
     }
@@ -125,6 +131,13 @@ struct RangeState {
     proposers: Proposers,
     leader: Option<NodeId>,
     term: u64,
+    /// What the range's keys and values took when last measured here, if they were since this
+    /// node started (see `sizes`); more than the range holds once it has split since.
+    size: Option<u64>,
+    /// Bytes of keys and values applied since.
+    grown: u64,
+    /// When the range was last measured.
+    measured_at: Option<Instant>,
 }
 
 type WriteReply = oneshot::Sender<Result<CommandOutcome, StoreError>>;
@@ -576,6 +589,12 @@ pub struct Store {
     /// The purger thread (see [`Store::purge`]); without one, a destroyed replica's keys are
     /// deleted at once.
     purger: Option<std::sync::mpsc::Sender<RangeId>>,
+    /// The sizer thread (see `sizes`); without one, ranges are measured on the Store's.
+    sizer: Option<std::sync::mpsc::Sender<SizeJob>>,
+    /// The ranges that may have grown past `range_max_bytes`, to measure where led here.
+    to_size: BTreeSet<RangeId>,
+    /// The ranges being measured, or split after a measure.
+    sizing: BTreeSet<RangeId>,
     /// Held while this Store exists: once it is gone (its node stopping), the builder drops
     /// the builds still queued instead of making snapshots nobody will send, and the purger
     /// the purges (a restart finishes them).
@@ -826,6 +845,9 @@ impl Store {
             writer: Writer::None,
             builder: None,
             purger: None,
+            sizer: None,
+            to_size: BTreeSet::new(),
+            sizing: BTreeSet::new(),
             alive: Arc::new(()),
             generating: BTreeMap::new(),
             after_clearing: BTreeSet::new(),
@@ -871,6 +893,9 @@ impl Store {
                 proposers,
                 leader,
                 term,
+                size: None,
+                grown: 0,
+                measured_at: None,
             },
         );
     }
@@ -1772,35 +1797,45 @@ impl Store {
         store: Addr<Store>,
     ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
         let (purges, purge_jobs) = std::sync::mpsc::channel::<RangeId>();
-        let (engine, to, alive) = (
-            self.engine.clone(),
-            store.clone(),
-            Arc::downgrade(&self.alive),
-        );
-        let purger = std::thread::Builder::new()
-            .name(format!("purge-{}", self.node.0))
-            .spawn(move || purge_in_order(&engine, purge_jobs, &to, &alive))?;
+        let purger = self.spawn("purge", &store, move |engine, to, alive| {
+            purge_in_order(engine, purge_jobs, to, alive)
+        })?;
         self.purger = Some(purges);
         let (jobs, receive) = std::sync::mpsc::sync_channel::<WriteJob>(WRITES_IN_FLIGHT);
+        let writer = self.spawn("store-writer", &store, move |engine, to, alive| {
+            write_in_order(engine, receive, to, alive)
+        })?;
+        self.writer = Writer::Thread(jobs);
+        let (sizes, receive) = std::sync::mpsc::channel::<SizeJob>();
+        let sizer = self.spawn("sizes", &store, move |engine, to, alive| {
+            size_in_order(engine, receive, to, alive)
+        })?;
+        self.sizer = Some(sizes);
+        let (builds, receive) = std::sync::mpsc::channel::<BuildJob>();
+        let delay = self.settings.snapshot_build_delay;
+        let builder = self.spawn("snapshots", &store, move |engine, to, alive| {
+            build_in_order(engine, receive, to, alive, delay);
+        })?;
+        self.builder = Some(builds);
+        Ok(vec![writer, builder, purger, sizer])
+    }
+
+    /// Starts a thread of this Store's, `<name>-<node>`, running `work` with the engine, the
+    /// Store's address and a token that is gone once the Store is.
+    fn spawn(
+        &self,
+        name: &str,
+        store: &Addr<Store>,
+        work: impl FnOnce(&Engine, &Addr<Store>, &std::sync::Weak<()>) + Send + 'static,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let (engine, to, alive) = (
             self.engine.clone(),
             store.clone(),
             Arc::downgrade(&self.alive),
         );
-        let writer = std::thread::Builder::new()
-            .name(format!("store-writer-{}", self.node.0))
-            .spawn(move || write_in_order(&engine, receive, &to, &alive))?;
-        self.writer = Writer::Thread(jobs);
-        let (builds, receive) = std::sync::mpsc::channel::<BuildJob>();
-        let (engine, delay) = (self.engine.clone(), self.settings.snapshot_build_delay);
-        let alive = Arc::downgrade(&self.alive);
-        let builder = std::thread::Builder::new()
-            .name(format!("snapshots-{}", self.node.0))
-            .spawn(move || {
-                build_in_order(&engine, receive, &store, &alive, delay);
-            })?;
-        self.builder = Some(builds);
-        Ok(vec![writer, builder, purger])
+        std::thread::Builder::new()
+            .name(format!("{name}-{}", self.node.0))
+            .spawn(move || work(&engine, &to, &alive))
     }
 
     /// How far each of `ranges` that is still here has applied.
@@ -2063,7 +2098,9 @@ impl Store {
                     for (deadline, k) in &applied.unindexed {
                         batch.remove(keys::expiry_key(range, *deadline, k));
                     }
+                    let mut grown = 0;
                     for (k, v) in applied.writes {
+                        grown += (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
                         self.keep_for_snapshot(range, &k)?;
                         let stored = keys::user_key(&k);
                         match &v {
@@ -2082,6 +2119,7 @@ impl Store {
                         self.cache.update(&k, &v);
                         overlay.insert(k, v);
                     }
+                    self.grew(range, grown);
                     self.applied_commands += 1;
                     // Under any boot: a write proposed before `raise_boot` still waits here
                     // (`PendingWrites` matches the boot, so a past process's never does).
@@ -2350,6 +2388,8 @@ impl Store {
                 term: BOOTSTRAP_TERM,
             };
             self.put_range(right_d.clone(), start, proposers);
+            // What a split leaves right of the key may be past the bound still.
+            self.to_size.insert(right);
             if torn {
                 self.torn.insert(right);
             }
@@ -2455,6 +2495,7 @@ impl Actor for Store {
         }
         self.send_after(EXPIRE_EVERY, Due::Expire);
         self.send_after(REAP_EVERY, Due::Reap);
+        self.send_after(SIZE_EVERY, Due::Measure);
     }
 }
 
@@ -2488,6 +2529,8 @@ enum Due {
     HandOver,
     /// Reap the expired values of the ranges led here; sent every [`REAP_EVERY`].
     Reap,
+    /// Measure the ranges that may have grown too large; sent every `SIZE_EVERY`.
+    Measure,
     /// The inline writer's next step (see [`Store::write_inline`]).
     WriteInline,
 }
@@ -2509,6 +2552,10 @@ impl Handler<Due> for Store {
                     log::error!("{}: reaping expired values: {e}", self.node);
                 }
                 self.send_after(REAP_EVERY, Due::Reap);
+            }
+            Due::Measure => {
+                self.measure(ctx);
+                self.send_after(SIZE_EVERY, Due::Measure);
             }
         }
     }
@@ -3009,24 +3056,37 @@ impl Handler<SplitRange> for Store {
             Some(range) if self.ranges[&range].descriptor.start_key == msg.key => Err(
                 StoreError::Invalid(format!("{range} starts at that key already")),
             ),
-            Some(range) => (self.engine)
-                .new_range_id(self.node, self.settings.clock.now_ms())
-                .map(|right| (range, right))
-                .map_err(|e| StoreError::Internal(e.to_string())),
+            Some(range) => self.propose_split(range, msg.key),
         };
-        let (range, right) = match checked {
-            Ok(c) => c,
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
+        match checked {
+            Ok((right, rx)) => Box::pin(async move { outcome(rx).await.map(|_| right) }),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+}
+
+impl Store {
+    /// Proposes to split `range` at `key`, under a new range id: the id, and the answer to come.
+    fn propose_split(
+        &mut self,
+        range: RangeId,
+        key: Vec<u8>,
+    ) -> Result<
+        (
+            RangeId,
+            oneshot::Receiver<Result<CommandOutcome, StoreError>>,
+        ),
+        StoreError,
+    > {
+        let right = (self.engine)
+            .new_range_id(self.node, self.settings.clock.now_ms())
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
-        let command = Command::Split {
-            key: msg.key,
-            right,
-        };
+        let command = Command::Split { key, right };
         let payload = ProposalPayload::Command(codec::encode(&command));
         let deadline = Instant::now() + self.settings.admin_timeout;
         self.propose(range, payload, Waiter::Write(WriteSlot::with(tx)), deadline);
-        Box::pin(async move { outcome(rx).await.map(|_| right) })
+        Ok((right, rx))
     }
 }
 

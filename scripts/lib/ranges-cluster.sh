@@ -13,7 +13,9 @@ count_ranges() { cli "$1" flotilla ranges | grep -c "$2" || true; }
 info() { cli "$1" info | tr -d '\r' | grep "^$2:" | cut -d: -f2; }
 
 # Writes the three nodes' configs for $1 ranges, cutting "key:000000000000".."key:000000999999"
-# (redis-benchmark's and `flotilla bench`'s keys) evenly.
+# (redis-benchmark's and `flotilla bench`'s keys) evenly. Ranges are bound to 512 MiB rather
+# than 64, so that the loads with 1 KiB values (128 MiB a range over 8 ranges) compare the
+# number of ranges asked for.
 configure() {
   local splits n
   splits=$(awk -v n="$1" 'BEGIN { for (i = 1; i < n; i++) {
@@ -28,6 +30,7 @@ cluster_id = "scale"
 cluster_secret = "scale"
 initial_members = [1, 2, 3]
 split_keys = [$splits]
+range_max_bytes = 536870912
 [peers]
 1 = "127.0.0.1:$((BASE + 100))1"
 2 = "127.0.0.1:$((BASE + 100))2"
