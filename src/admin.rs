@@ -11,8 +11,9 @@
 //!   compare replicas.
 //!
 //! `all` means every range this node holds (for REMOVEREPLICA and TRANSFERLEADER, those the
-//! node in question holds too). The changes to several ranges run side by side; the answer is
-//! `+OK` once all succeeded, or an error naming each range that failed.
+//! node in question holds too), and then the ranges split off them while the command ran. The
+//! changes to several ranges run side by side; the answer is `+OK` once all succeeded, or an
+//! error naming each range that failed.
 
 use crate::commands::{Reply, Shared};
 use crate::config::Config;
@@ -23,6 +24,7 @@ use flotilla_actors::messages::{
     AddReplica, GetDigest, GetRaftStatus, GetStoreStatus, RemoveReplica, SplitRange, StoreError,
     StoreStatus, TransferLeader,
 };
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 const USAGE: &str = "ERR unknown FLOTILLA subcommand or wrong number of arguments; try RANGES, DIGEST, ADDREPLICA <range|all> <node>, REMOVEREPLICA <range|all> <node>, TRANSFERLEADER <range|all> <node>, SPLIT <key>";
@@ -142,7 +144,7 @@ pub async fn run(shared: Arc<Shared>, a: Vec<Bytes>) -> Reply {
                      starting; try again in a few seconds, or through another node"
                 ));
             }
-            let runs = ranges.iter().map(|&range| {
+            let one = |range| {
                 let store = shared.store.clone();
                 async move {
                     let result = match change {
@@ -150,25 +152,64 @@ pub async fn run(shared: Arc<Shared>, a: Vec<Bytes>) -> Reply {
                         Change::Remove => store.send(RemoveReplica { range, node }).await,
                         Change::Transfer => store.send(TransferLeader { range, to: node }).await,
                     };
-                    (range, result)
+                    result.ok()
                 }
-            });
-            let mut failures = Vec::new();
-            for (range, result) in futures::future::join_all(runs).await {
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => failures.push((range, e)),
-                    Err(_) => return failed(SHUTTING_DOWN),
-                }
-            }
+            };
+            let list = || async {
+                let status = shared.store.send(GetStoreStatus).await.ok()?;
+                Some(targets(&status, change, node))
+            };
+            let again = matches!(target, Target::All);
+            let Some((total, failures)) = over_ranges(ranges, again, one, list).await else {
+                return failed(SHUTTING_DOWN);
+            };
             if failures.is_empty() {
                 let mut out = BytesMut::new();
                 reply::simple(&mut out, "OK");
                 return done(out);
             }
-            failed(&describe_failures(ranges.len(), &failures))
+            failed(&describe_failures(total, &failures))
         }
     }
+}
+
+/// The most passes of a command with `all` over the ranges split off while it ran.
+const ALL_PASSES: usize = 16;
+
+type Failures = Vec<(RangeId, StoreError)>;
+
+/// Runs `one` on each of `ranges` at once; then, if `again` (for `all`), on those of what `list`
+/// names afterwards that it has not run on, and so on: a range split while the command ran gave
+/// the new range the same replicas, and it is one of the ranges `all` stands for now. How many
+/// ranges it ran on, and those that failed; `None` once the node is shutting down.
+async fn over_ranges<F, L>(
+    mut ranges: Vec<RangeId>,
+    again: bool,
+    one: impl Fn(RangeId) -> F,
+    list: impl Fn() -> L,
+) -> Option<(usize, Failures)>
+where
+    F: std::future::Future<Output = Option<Result<(), StoreError>>>,
+    L: std::future::Future<Output = Option<Vec<RangeId>>>,
+{
+    let (mut ran, mut failures) = (BTreeSet::new(), Vec::new());
+    for _ in 0..ALL_PASSES {
+        ranges.retain(|r| ran.insert(*r));
+        if ranges.is_empty() {
+            break;
+        }
+        let results = futures::future::join_all(ranges.iter().map(|&r| one(r))).await;
+        for (range, result) in ranges.iter().zip(results) {
+            if let Err(e) = result? {
+                failures.push((*range, e));
+            }
+        }
+        if !again {
+            break;
+        }
+        ranges = list().await?;
+    }
+    Some((ran.len(), failures))
 }
 
 /// Whether `node` is this node or one of its configured peers.
@@ -313,6 +354,37 @@ mod tests {
 
     fn args(s: &str) -> Vec<Bytes> {
         s.split(' ').map(|w| Bytes::from(w.to_string())).collect()
+    }
+
+    /// `all` goes on to the ranges split off while it ran, once each, and no further.
+    #[test]
+    fn all_covers_the_ranges_split_while_it_ran() {
+        use std::cell::RefCell;
+        let (r1, r2, r3) = (RangeId(1), RangeId(2), RangeId(3));
+        let run = |again: bool| {
+            let (ran, listed) = (RefCell::new(Vec::new()), RefCell::new(vec![r1, r2]));
+            let one = |r| {
+                ran.borrow_mut().push(r);
+                // r1 splits, r3 taking the keys from its split key on, as the command runs.
+                if r == r1 {
+                    listed.borrow_mut().push(r3);
+                }
+                let result = match r == r2 {
+                    true => Err(StoreError::Invalid("refused".into())),
+                    false => Ok(()),
+                };
+                async move { Some(result) }
+            };
+            let list = || async { Some(listed.borrow().clone()) };
+            let outcome = futures::executor::block_on(over_ranges(vec![r1, r2], again, one, list));
+            let (total, failures) = outcome.unwrap();
+            let failed: Vec<RangeId> = failures.iter().map(|(r, _)| *r).collect();
+            (ran.into_inner(), total, failed)
+        };
+        assert_eq!(run(true), (vec![r1, r2, r3], 3, vec![r2]));
+        assert_eq!(run(false), (vec![r1, r2], 2, vec![r2]));
+        let stopping = over_ranges(vec![r1], true, |_| async { None }, || async { None });
+        assert_eq!(futures::executor::block_on(stopping).map(|o| o.0), None);
     }
 
     #[test]
