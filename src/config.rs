@@ -19,9 +19,9 @@ use std::time::Duration;
 /// (64 MiB) with room to spare.
 pub const MAX_VALUE_BYTES_LIMIT: usize = 16 << 20;
 
-/// The bounds of `range_max_bytes`. A range goes past it by what is written while it is
-/// measured and split, and a snapshot of a range, which carries all its data, cannot be over 1
-/// GiB: so half of that at most.
+/// The bounds of `range_max_bytes`. A range goes past it by what is written before it is
+/// measured and split (at least a sixteenth of it, often more), and a snapshot of a range,
+/// which carries all its data, cannot be over 1 GiB: so half of that at most.
 pub const MIN_RANGE_MAX_BYTES: u64 = 4096;
 pub const MAX_RANGE_MAX_BYTES: u64 = 512 << 20;
 

@@ -64,7 +64,7 @@ pub struct ReadId(pub u64);
 
 impl RangeId {
     /// The id of the `seq`-th range a split proposed from `node` made (see
-    /// `Engine::new_range_id`): shown `r<node>.<seq>`. The config's ranges have ids below 2^32.
+    /// `Engine::new_range_ids`): shown `r<node>.<seq>`. The config's ranges have ids below 2^32.
     pub fn of_split(node: NodeId, seq: u64) -> RangeId {
         debug_assert!(node.0 <= MAX_NODE_ID && (1..=MAX_NODE_ID).contains(&seq));
         RangeId(node.0 << 32 | seq)

@@ -87,7 +87,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// 2026-01-01T00:00:00Z, in seconds since the Unix epoch: the floor of the sequence numbers of
-/// range ids counts from it (see [`Engine::new_range_id`]).
+/// range ids counts from it (see [`Engine::new_range_ids`]).
 pub const RANGE_SEQ_EPOCH_S: u64 = 1_767_225_600;
 
 /// The log index and term at which every range is bootstrapped. Starting above zero means a
@@ -138,6 +138,10 @@ pub fn overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bo
     let below = |key: &[u8], end: &[u8]| end.is_empty() || key < end;
     below(a_start, b_end) && below(b_start, a_end)
 }
+
+/// How many times `range_max_bytes` a measure of a range reads at most (see
+/// [`Engine::split_points`]): a range written faster than that a second outgrows its measures.
+pub const MEASURE_READS: u64 = 4;
 
 /// The shortest prefix of `key` that is after `before` (which must be before `key`): the
 /// bytes they share and the first that differs, or one more than all of `before`.
@@ -286,7 +290,7 @@ pub mod keys {
     pub const BOOT: &[u8] = b"n-boot";
 
     /// The last sequence number of a range id this node gave a split (see
-    /// [`super::Engine::new_range_id`]; 8 bytes).
+    /// [`super::Engine::new_range_ids`]; 8 bytes).
     pub const RANGE_SEQ: &[u8] = b"n-range-seq";
 
     /// The prefix of the records of destroyed replicas' user keys still to delete.
@@ -908,28 +912,37 @@ impl Engine {
         Ok(boot)
     }
 
-    /// A range id no other range of the cluster has, for the right half of a split proposed
-    /// from this node ([`RangeId::of_split`]): its sequence number is stored durably before it
-    /// is used, so that no crash hands it out twice, and is never below the seconds since
-    /// [`RANGE_SEQ_EPOCH_S`], so that a node whose data directory was wiped does not hand out
-    /// again the ids it gave before (unless it gave them faster than one a second for longer
-    /// than it was away), as its boots do (see [`Engine::raise_boot`]). `now_ms` is the node's
-    /// clock (a simulation's runs from its own epoch).
-    pub fn new_range_id(&self, node: NodeId, now_ms: u64) -> Result<RangeId, StorageError> {
+    /// `n` range ids no other range of the cluster has, for the right halves of splits proposed
+    /// from this node ([`RangeId::of_split`]): their sequence numbers are stored durably before
+    /// they are used (one sync for all), so that no crash hands them out twice, and are never
+    /// below the seconds since [`RANGE_SEQ_EPOCH_S`], so that a node whose data directory was
+    /// wiped does not hand out again the ids it gave before (unless it gave them faster than one
+    /// a second for longer than it was away), as its boots do (see [`Engine::raise_boot`]).
+    /// `now_ms` is the node's clock (a simulation's runs from its own epoch).
+    pub fn new_range_ids(
+        &self,
+        node: NodeId,
+        now_ms: u64,
+        n: u64,
+    ) -> Result<Vec<RangeId>, StorageError> {
         let last = self
             .stored_u64(keys::RANGE_SEQ, "range sequence")?
             .unwrap_or(0);
         let since = (now_ms / 1000).saturating_sub(RANGE_SEQ_EPOCH_S);
-        let seq = (last + 1).max(since);
-        if seq > crate::ids::MAX_NODE_ID {
+        let first = (last + 1).max(since);
+        let end = first + n;
+        if end - 1 > crate::ids::MAX_NODE_ID {
             return Err(corrupt(
                 "range sequence",
                 "every range id of this node is used",
             ));
         }
-        self.tree.insert(keys::RANGE_SEQ, &seq.to_be_bytes())?;
+        self.tree
+            .insert(keys::RANGE_SEQ, &(end - 1).to_be_bytes())?;
         self.sync()?;
-        Ok(RangeId::of_split(node, seq))
+        Ok((first..end)
+            .map(|seq| RangeId::of_split(node, seq))
+            .collect())
     }
 
     /// Stages the state a range born of a split starts with, in the left range's batch: its
@@ -1053,37 +1066,58 @@ impl Engine {
         Ok(out)
     }
 
-    /// The bytes the user keys in `[start, end)` and their stored values take, and where to
-    /// split them if that is more than `max_bytes`: at a key with at least half of `max_bytes`
-    /// before it, the shortest that still falls after the key before it (between
+    /// Where to cut the user keys in `[start, end)` if they and their stored values take more
+    /// than `max_bytes`, and the bytes read to tell. Each piece takes at least half of
+    /// `max_bytes`, or is a single key of that size at least (which is thus a piece of its own);
+    /// a cut is the shortest key that still falls after the key before it (between
     /// `key:000000499999` and `key:000000500000`, `key:0000005`), of at most `max_key` bytes.
-    /// Reads no further than it must: once past `max_bytes` with the key found it stops, so
-    /// a range of gigabytes costs no more to look at than one just over (and the bytes it
-    /// answers are then those it read). No key for a span within `max_bytes`, or one that
-    /// cannot be split (a single key).
-    pub fn split_point(
+    /// Reads no more than [`MEASURE_READS`] times `max_bytes` (and one key), and no more than
+    /// `max_bytes` past where a cut fell due that no key could make: a range of gigabytes costs
+    /// no more to look at than one a few times the bound, and one with no place to cut (keys
+    /// sharing a prefix longer than `max_key`) no more than one at it. What lies past the
+    /// last cut of a range not read to its end may be cut when that piece is measured.
+    pub fn split_points(
         &self,
         start: &[u8],
         end: &[u8],
         max_bytes: u64,
         max_key: usize,
-    ) -> Result<(u64, Option<Vec<u8>>), StorageError> {
+    ) -> Result<(u64, Vec<Vec<u8>>), StorageError> {
         let (lo, hi) = keys::user_span(start, end);
-        let (mut bytes, mut before, mut at) = (0u64, None::<sled::IVec>, None);
+        let (half, budget) = (max_bytes / 2, max_bytes.saturating_mul(MEASURE_READS));
+        let (mut bytes, mut piece, mut cuts) = (0u64, 0u64, Vec::new());
+        let mut before = None::<sled::IVec>;
+        // Bytes read since a cut fell due that no key could make.
+        let mut uncut = 0;
+        let mut whole = true;
         for item in self.tree.range(lo..hi) {
+            if bytes >= budget || uncut > max_bytes {
+                whole = false;
+                break;
+            }
             let (k, v) = item?;
-            if let (None, Some(b)) = (&at, &before) {
-                if bytes >= max_bytes / 2 {
-                    at = Some(separator(&b[1..], &k[1..])).filter(|s| s.len() <= max_key);
+            let size = (k.len() - 1 + v.len()) as u64;
+            if let Some(b) = before.as_ref().filter(|_| piece >= half || size >= half) {
+                let cut = separator(&b[1..], &k[1..]);
+                if cut.len() <= max_key {
+                    cuts.push(cut);
+                    (piece, uncut) = (0, 0);
+                } else {
+                    uncut += size;
                 }
             }
-            bytes += (k.len() - 1 + v.len()) as u64;
-            if bytes > max_bytes && at.is_some() {
-                return Ok((bytes, at));
-            }
+            (bytes, piece) = (bytes + size, piece + size);
             before = Some(k);
         }
-        Ok((bytes, None))
+        if whole {
+            if bytes <= max_bytes {
+                cuts.clear();
+            } else if piece < half {
+                // The last piece would be small: it goes with the one before it.
+                cuts.pop();
+            }
+        }
+        Ok((bytes, cuts))
     }
 
     /// The entries of a range's index of deadlines that are past at `now`, earliest first, up
@@ -2545,63 +2579,77 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let node = NodeId(2);
         let t = |s: u64| (RANGE_SEQ_EPOCH_S + s) * 1000;
+        let ids = |engine: &Engine, node, at, n| engine.new_range_ids(node, t(at), n).unwrap();
+        let seqs = |from: u64, n: u64| -> Vec<RangeId> {
+            (from..from + n)
+                .map(|s| RangeId::of_split(node, s))
+                .collect()
+        };
         let engine = open(dir.path()).unwrap();
-        let first = engine.new_range_id(node, t(1000)).unwrap();
-        assert_eq!(first, RangeId::of_split(node, 1000));
-        // Faster than the clock: one after the other.
-        let second = engine.new_range_id(node, t(1000)).unwrap();
-        assert_eq!(second, RangeId::of_split(node, 1001));
+        assert_eq!(ids(&engine, node, 1000, 1), seqs(1000, 1));
+        // Faster than the clock: one after the other, several at once too.
+        assert_eq!(ids(&engine, node, 1000, 3), seqs(1001, 3));
         drop(engine);
         let engine = open(dir.path()).unwrap();
-        let third = engine.new_range_id(node, t(900)).unwrap();
-        assert_eq!(
-            third,
-            RangeId::of_split(node, 1002),
-            "a clock behind goes on from there"
-        );
-        assert_ne!(engine.new_range_id(NodeId(3), t(1000)).unwrap(), first);
+        let behind = ids(&engine, node, 900, 1);
+        assert_eq!(behind, seqs(1004, 1), "a clock behind goes on from there");
+        assert_ne!(ids(&engine, NodeId(3), 1000, 1), seqs(1000, 1));
         // A wiped data directory starts from the clock, past them.
         let wiped = tempfile::tempdir().unwrap();
-        let fresh = open(wiped.path()).unwrap().new_range_id(node, t(1005));
-        assert_eq!(fresh.unwrap(), RangeId::of_split(node, 1005));
+        assert_eq!(
+            ids(&open(wiped.path()).unwrap(), node, 1005, 1),
+            seqs(1005, 1)
+        );
     }
 
     #[test]
-    fn a_range_past_its_bound_is_split_with_half_its_bytes_before_at_a_short_key() {
+    fn a_range_past_its_bound_is_cut_in_pieces_of_half_of_it_at_short_keys() {
         let dir = tempfile::tempdir().unwrap();
         let engine = open(dir.path()).unwrap();
         let put = |k: &[u8], v: &[u8]| engine.tree().insert(keys::user_key(k), v).unwrap();
-        // 100 keys of 20 bytes with their values, and one large value after them.
+        // 100 keys of 20 bytes with their values, a large value, and two small ones.
         for i in 0..100 {
             put(format!("key:{i:03}:tail").as_bytes(), b"vvvvvvvv");
         }
         put(b"z", &[b'x'; 5000]);
         put(b"zz1", b"v");
         put(b"zz2", b"v");
-        let point = |start: &[u8], end: &[u8], max: u64, max_key: usize| {
-            engine.split_point(start, end, max, max_key).unwrap().1
+        let measure = |start: &[u8], end: &[u8], max: u64, max_key: usize| {
+            let (bytes, cuts) = engine.split_points(start, end, max, max_key).unwrap();
+            let cuts: Vec<String> = (cuts.iter())
+                .map(|c| String::from_utf8(c.clone()).unwrap())
+                .collect();
+            (bytes, cuts)
         };
-        let bytes = |start: &[u8], end: &[u8], max: u64| {
-            engine.split_point(start, end, max, 100).unwrap().0
-        };
-        // 2,000 bytes: within 2,000 and 4,000, past 1,000 (and what lies outside the span
-        // does not count).
-        assert_eq!(point(b"key:", b"y", 4000, 100), None);
-        assert_eq!(point(b"key:", b"y", 2000, 100), None);
-        assert_eq!(bytes(b"key:", b"y", 2000), 2000);
-        // Read no further than a key past the bound once the split key is found.
-        assert_eq!(bytes(b"", b"y", 1000), 1020);
-        assert_eq!(bytes(b"y", b"za", 100), 5001);
-        // Half of 1,000 before it: 25 keys; the shortest key after key:024:tail that is not
-        // after key:025:tail.
-        assert_eq!(point(b"", b"y", 1000, 100), Some(b"key:025".to_vec()));
-        assert_eq!(point(b"key:050", b"", 1000, 100), Some(b"key:075".to_vec()));
-        // No split key longer than allowed is taken.
-        assert_eq!(point(b"key:050", b"y", 1000, 6), None);
-        // One key alone cannot be split, however large.
-        assert_eq!(point(b"y", b"za", 100, 100), None);
-        // A large key in the first half: the split comes after it.
-        assert_eq!(point(b"key:099", b"", 1000, 100), Some(b"zz".to_vec()));
+        let none = Vec::<String>::new();
+        // 2,000 bytes: within 4,000 and 2,000 (what lies outside the span does not count).
+        assert_eq!(measure(b"key:", b"y", 4000, 100), (2000, none.clone()));
+        assert_eq!(measure(b"key:", b"y", 2000, 100), (2000, none.clone()));
+        // Pieces of half the bound, each cut the shortest key after the key before it.
+        assert_eq!(
+            measure(b"", b"y", 1000, 100),
+            (
+                2000,
+                vec!["key:025".into(), "key:05".into(), "key:075".into()]
+            )
+        );
+        // A last piece under half the bound goes with the one before.
+        assert_eq!(
+            measure(b"", b"y", 1200, 100),
+            (2000, vec!["key:03".into(), "key:06".into()])
+        );
+        // At most four times the bound read: the rest is cut when its piece is measured.
+        let (bytes, cuts) = measure(b"", b"y", 400, 100);
+        assert_eq!((bytes, cuts.len(), &cuts[6][..]), (1600, 7, "key:07"));
+        // A key of half the bound or more starts a piece (and the budget ends the read).
+        assert_eq!(
+            measure(b"key:098", b"", 1000, 100),
+            (5041, vec!["z".into()])
+        );
+        // No cut shorter than allowed: read no further than the bound past where one fell due.
+        assert_eq!(measure(b"", b"y", 600, 5), (920, none.clone()));
+        // One key alone cannot be cut, however large.
+        assert_eq!(measure(b"y", b"za", 100, 100), (5001, none));
         assert_eq!(separator(b"ab", b"abc"), b"abc");
         assert_eq!(separator(b"ab", b"ab\0"), b"ab\0");
         assert_eq!(separator(b"abx", b"ac"), b"ac");

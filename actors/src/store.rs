@@ -138,9 +138,12 @@ struct RangeState {
     grown: u64,
     /// When the range was last measured.
     measured_at: Option<Instant>,
+    /// Whether that measure found the range past the bound with no place to cut it.
+    indivisible: bool,
 }
 
 type WriteReply = oneshot::Sender<Result<CommandOutcome, StoreError>>;
+type WriteAnswer = oneshot::Receiver<Result<CommandOutcome, StoreError>>;
 type ReadReply = oneshot::Sender<ReadResult>;
 type ChangeReply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -896,6 +899,7 @@ impl Store {
                 size: None,
                 grown: 0,
                 measured_at: None,
+                indivisible: false,
             },
         );
     }
@@ -2361,7 +2365,7 @@ impl Store {
             (Some(replica), Some(removed)) => replica > removed,
             _ => true,
         };
-        // Range ids are unique (`Engine::new_range_id`): a range of that id here already is
+        // Range ids are unique (`Engine::new_range_ids`): a range of that id here already is
         // a bug, or a node's data directory wiped and its ids given again. Whatever it holds
         // is left as it is; the left range shrinks all the same, as on every replica.
         let exists = self.ranges.contains_key(&right);
@@ -3056,9 +3060,9 @@ impl Handler<SplitRange> for Store {
             Some(range) if self.ranges[&range].descriptor.start_key == msg.key => Err(
                 StoreError::Invalid(format!("{range} starts at that key already")),
             ),
-            Some(range) => self.propose_split(range, msg.key),
+            Some(range) => self.propose_splits(range, vec![msg.key]),
         };
-        match checked {
+        match checked.map(|mut s| s.pop().expect("one split")) {
             Ok((right, rx)) => Box::pin(async move { outcome(rx).await.map(|_| right) }),
             Err(e) => Box::pin(async move { Err(e) }),
         }
@@ -3066,27 +3070,30 @@ impl Handler<SplitRange> for Store {
 }
 
 impl Store {
-    /// Proposes to split `range` at `key`, under a new range id: the id, and the answer to come.
-    fn propose_split(
+    /// Proposes to split `range` at each of `keys`, in key order, each under a new range id:
+    /// the ids and the answers to come, in the same order. They are proposed from the last key
+    /// to the first, so that each is still in `range` when it is applied.
+    fn propose_splits(
         &mut self,
         range: RangeId,
-        key: Vec<u8>,
-    ) -> Result<
-        (
-            RangeId,
-            oneshot::Receiver<Result<CommandOutcome, StoreError>>,
-        ),
-        StoreError,
-    > {
-        let right = (self.engine)
-            .new_range_id(self.node, self.settings.clock.now_ms())
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<(RangeId, WriteAnswer)>, StoreError> {
+        let now = self.settings.clock.now_ms();
+        let ids = (self.engine)
+            .new_range_ids(self.node, now, keys.len() as u64)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        let command = Command::Split { key, right };
-        let payload = ProposalPayload::Command(codec::encode(&command));
         let deadline = Instant::now() + self.settings.admin_timeout;
-        self.propose(range, payload, Waiter::Write(WriteSlot::with(tx)), deadline);
-        Ok((right, rx))
+        let mut proposed: Vec<_> = (keys.into_iter().zip(ids).rev())
+            .map(|(key, right)| {
+                let (tx, rx) = oneshot::channel();
+                let command = Command::Split { key, right };
+                let payload = ProposalPayload::Command(codec::encode(&command));
+                self.propose(range, payload, Waiter::Write(WriteSlot::with(tx)), deadline);
+                (right, rx)
+            })
+            .collect();
+        proposed.reverse();
+        Ok(proposed)
     }
 }
 

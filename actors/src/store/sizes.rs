@@ -6,22 +6,30 @@
 //! with the same `Command::Split` as `FLOTILLA SPLIT`.
 //!
 //! sled cannot tell what a span of keys takes without reading it, so a range is measured by
-//! reading it ([`Engine::split_point`], on a thread of its own, and no further than the bound
-//! whatever the range's size), and only when it may be past the bound. Every replica counts
-//! the bytes of keys and values applied to each range (`RangeState::grown`: an overwrite or a
-//! delete counts as growth, so this is more than the range grew). The leader's node measures:
+//! reading it ([`Engine::split_points`], on a thread of its own), and only when it may be past
+//! the bound. Every replica counts the bytes of keys and values applied to each range
+//! (`RangeState::grown`: an overwrite or a delete counts as growth, so this is more than the
+//! range grew). The leader's node measures:
 //!
 //! - a range whose last measure plus that count passes the bound, the count being at least a
 //!   sixteenth of it (a split leaves the left half's measure as it was, more than it holds);
-//! - a range not measured since the node started, when it is written;
-//! - a range split off, at once: so a range far past the bound (its data loaded under a
-//!   higher one) is split again and again, its right half measured each time, until every
-//!   piece is within it.
+//! - a range this node has not measured since it started, when it is written: a range past
+//!   the bound that nobody writes is not looked at;
+//! - a range split off, at once.
+//!
+//! A measure reads no more than four times the bound, and cuts what it read into pieces of
+//! half the bound or more, a key of half the bound or more starting a piece of its own; the
+//! splits are proposed together, from the last key to the first. What lies past the last cut
+//! of a range not read to its end is measured as soon as it is split off, so a range far past
+//! the bound is cut up four bounds' worth a second until every piece is within it (a range
+//! written faster than that outgrows its measures).
 //!
 //! A range is measured at most once every [`MEASURE_AT_MOST_EVERY`], unless its last measure
-//! and the count since reach twice the bound: one hovering at the bound under a load that
-//! overwrites its keys costs at most its size read that often, or a byte read per byte
-//! written.
+//! and the count since reach twice the bound and it could be cut then. So a range that
+//! hovers at the bound under a load that overwrites its keys, or that cannot be cut (a single
+//! key, or keys sharing a prefix longer than `MAX_SPLIT_KEY_BYTES`: a measure then reads no
+//! more than the bound past where a cut fell due), costs at most one read of it, up to the
+//! bound and a half, every 10 s, or a byte read per byte written.
 
 use super::*;
 
@@ -40,15 +48,15 @@ pub(super) struct SizeJob {
 }
 
 impl SizeJob {
-    fn run(&self, engine: &Engine) -> Result<(u64, Option<Vec<u8>>), String> {
+    fn run(&self, engine: &Engine) -> Result<(u64, Vec<Vec<u8>>), String> {
         let (start, end) = (&self.start, &self.end);
-        (engine.split_point(start, end, self.max_bytes, MAX_SPLIT_KEY_BYTES))
+        (engine.split_points(start, end, self.max_bytes, MAX_SPLIT_KEY_BYTES))
             .map_err(|e| e.to_string())
     }
 }
 
 /// What the sizer thread found: the bytes a range takes (as far as it read), and where to
-/// split it, if anywhere.
+/// cut it, if anywhere.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct Sized {
@@ -56,7 +64,7 @@ pub(super) struct Sized {
     /// The span measured.
     start: Vec<u8>,
     end: Vec<u8>,
-    measured: Result<(u64, Option<Vec<u8>>), String>,
+    measured: Result<(u64, Vec<Vec<u8>>), String>,
 }
 
 /// The sizer thread: measures ranges one at a time, in the order asked.
@@ -106,7 +114,7 @@ impl Store {
             let recent = r
                 .measured_at
                 .is_some_and(|at| now < at + MEASURE_AT_MOST_EVERY);
-            let twice = r.size.is_some_and(|size| size + r.grown >= 2 * max);
+            let twice = !r.indivisible && r.size.is_some_and(|size| size + r.grown >= 2 * max);
             if r.leader.is_none() || (recent && !twice) || self.sizing.contains(&range) {
                 self.to_size.insert(range);
                 continue;
@@ -145,7 +153,7 @@ impl Store {
         }
     }
 
-    /// Records a measure, and proposes the split it found if the range still has the span
+    /// Records a measure, and proposes the splits it found if the range still has the span
     /// measured and is led here.
     fn sized(&mut self, msg: Sized, ctx: &mut Context<Self>) {
         let Sized {
@@ -160,24 +168,34 @@ impl Store {
             return;
         };
         let same = r.descriptor.start_key == start && r.descriptor.end_key == end;
-        let split = match measured {
-            Ok((bytes, split)) if same => {
-                let at = split.as_deref().map(String::from_utf8_lossy);
-                log::debug!("{node}: {range} measured: {bytes} bytes, split at {at:?}");
+        let cuts = match measured {
+            Ok((bytes, cuts)) if same => {
+                log::debug!(
+                    "{node}: {range} measured: {bytes} bytes, {} cuts",
+                    cuts.len()
+                );
                 (r.size, r.grown) = (Some(bytes), 0);
-                split.filter(|_| r.leader == Some(node))
+                r.indivisible = bytes > max && cuts.is_empty();
+                if r.leader == Some(node) {
+                    cuts
+                } else {
+                    Vec::new()
+                }
             }
-            Ok(_) => None,
+            Ok(_) => Vec::new(),
             Err(e) => {
                 log::error!("{node}: {range}: measuring its data: {e}");
-                None
+                Vec::new()
             }
         };
-        let Some(key) = split else {
+        if cuts.is_empty() {
             self.sizing.remove(&range);
             return;
-        };
-        let (right, rx) = match self.propose_split(range, key.clone()) {
+        }
+        let keys: Vec<String> = (cuts.iter())
+            .map(|k| format!("{:?}", String::from_utf8_lossy(k)))
+            .collect();
+        let proposed = match self.propose_splits(range, cuts) {
             Ok(p) => p,
             Err(e) => {
                 log::warn!("{node}: {range} not split: {e}");
@@ -185,14 +203,25 @@ impl Store {
                 return;
             }
         };
+        let ids: Vec<String> = proposed.iter().map(|(id, _)| id.to_string()).collect();
         log::info!(
-            "{node}: {range} holds more than {max} bytes: splitting it at {:?} ({right})",
-            String::from_utf8_lossy(&key),
+            "{node}: {range} holds more than {max} bytes: splitting it at {} ({})",
+            keys.join(", "),
+            ids.join(", "),
         );
-        ctx.spawn(outcome(rx).into_actor(self).map(move |done, s, _| {
+        let answers = async move {
+            let mut failed = None;
+            for (_, rx) in proposed {
+                if let Err(e) = outcome(rx).await {
+                    failed.get_or_insert(e);
+                }
+            }
+            failed
+        };
+        ctx.spawn(answers.into_actor(self).map(move |failed, s, _| {
             s.sizing.remove(&range);
-            if let Err(e) = done {
-                log::warn!("{}: {range}: the split at {right} failed: {e}", s.node);
+            if let Some(e) = failed {
+                log::warn!("{}: {range}: a split failed: {e}", s.node);
                 s.to_size.insert(range);
             }
         }));
