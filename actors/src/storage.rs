@@ -143,6 +143,16 @@ pub fn overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bo
 /// [`Engine::split_points`]): a range written faster than that a second outgrows its measures.
 pub const MEASURE_READS: u64 = 4;
 
+/// The least key after every key that starts with `prefix`, if there is one.
+pub fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while next.last() == Some(&u8::MAX) {
+        next.pop();
+    }
+    *next.last_mut()? += 1;
+    Some(next)
+}
+
 /// The shortest prefix of `key` that is after `before` (which must be before `key`): the
 /// bytes they share and the first that differs, or one more than all of `before`.
 pub fn separator(before: &[u8], key: &[u8]) -> Vec<u8> {
@@ -1068,14 +1078,14 @@ impl Engine {
 
     /// Where to cut the user keys in `[start, end)` if they and their stored values take more
     /// than `max_bytes`, and the bytes read to tell. Each piece takes at least half of
-    /// `max_bytes`, or is a single key of that size at least (which is thus a piece of its own);
-    /// a cut is the shortest key that still falls after the key before it (between
+    /// `max_bytes` (but the one before a key of that size, which starts a piece of its own); a
+    /// cut is the shortest key that still falls after the key before it (between
     /// `key:000000499999` and `key:000000500000`, `key:0000005`), of at most `max_key` bytes.
-    /// Reads no more than [`MEASURE_READS`] times `max_bytes` (and one key), and no more than
-    /// `max_bytes` past where a cut fell due that no key could make: a range of gigabytes costs
-    /// no more to look at than one a few times the bound, and one with no place to cut (keys
-    /// sharing a prefix longer than `max_key`) no more than one at it. What lies past the
-    /// last cut of a range not read to its end may be cut when that piece is measured.
+    /// No cut can fall among keys sharing their first `max_key` bytes: where one is due among
+    /// such keys, they are passed over unread, to the first key after them. Reads no more than
+    /// [`MEASURE_READS`] times `max_bytes` (and one key): a range of gigabytes costs no more to
+    /// look at than one a few times the bound, and what lies past the last cut of a range not
+    /// read to its end may be cut when that piece is measured.
     pub fn split_points(
         &self,
         start: &[u8],
@@ -1086,33 +1096,41 @@ impl Engine {
         let (lo, hi) = keys::user_span(start, end);
         let (half, budget) = (max_bytes / 2, max_bytes.saturating_mul(MEASURE_READS));
         let (mut bytes, mut piece, mut cuts) = (0u64, 0u64, Vec::new());
+        // Whether the piece before the last cut is one key of half the bound or more.
+        let (mut keys_in_piece, mut one_large_before) = (0, false);
         let mut before = None::<sled::IVec>;
-        // Bytes read since a cut fell due that no key could make.
-        let mut uncut = 0;
-        let mut whole = true;
-        for item in self.tree.range(lo..hi) {
-            if bytes >= budget || uncut > max_bytes {
-                whole = false;
-                break;
+        let mut items = self.tree.range(lo..hi.clone());
+        let whole = loop {
+            if bytes >= budget {
+                break false;
             }
+            let Some(item) = items.next() else {
+                break true;
+            };
             let (k, v) = item?;
             let size = (k.len() - 1 + v.len()) as u64;
             if let Some(b) = before.as_ref().filter(|_| piece >= half || size >= half) {
                 let cut = separator(&b[1..], &k[1..]);
                 if cut.len() <= max_key {
                     cuts.push(cut);
-                    (piece, uncut) = (0, 0);
+                    one_large_before = keys_in_piece == 1 && piece >= half;
+                    (piece, keys_in_piece) = (0, 0);
                 } else {
-                    uncut += size;
+                    // `k` and the key before share their first `max_key` bytes, as may the
+                    // keys after it: on to the first that does not (its cut is then due).
+                    let Some(past) = successor(&k[1..1 + max_key]) else {
+                        break true;
+                    };
+                    items = self.tree.range(keys::user_key(&past)..hi.clone());
                 }
             }
-            (bytes, piece) = (bytes + size, piece + size);
+            (bytes, piece, keys_in_piece) = (bytes + size, piece + size, keys_in_piece + 1);
             before = Some(k);
-        }
+        };
         if whole {
             if bytes <= max_bytes {
                 cuts.clear();
-            } else if piece < half {
+            } else if piece < half && !one_large_before {
                 // The last piece would be small: it goes with the one before it.
                 cuts.pop();
             }
@@ -2646,10 +2664,17 @@ pub(crate) mod tests {
             measure(b"key:098", b"", 1000, 100),
             (5041, vec!["z".into()])
         );
-        // No cut shorter than allowed: read no further than the bound past where one fell due.
-        assert_eq!(measure(b"", b"y", 600, 5), (920, none.clone()));
-        // One key alone cannot be cut, however large.
+        // No cut allowed among keys sharing their first 5 bytes: passed over unread, to the
+        // first key after them, which is cut before.
+        assert_eq!(measure(b"", b"y", 600, 5), (320, none.clone()));
+        assert_eq!(measure(b"", b"", 600, 5), (5321, vec!["z".into()]));
+        // One key alone cannot be cut, however large; the keys after a large one are cut from
+        // it, however few.
         assert_eq!(measure(b"y", b"za", 100, 100), (5001, none));
+        assert_eq!(measure(b"y", b"", 2000, 100), (5009, vec!["zz".into()]));
+        assert_eq!(successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(successor(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(successor(b"\xff"), None);
         assert_eq!(separator(b"ab", b"abc"), b"abc");
         assert_eq!(separator(b"ab", b"ab\0"), b"ab\0");
         assert_eq!(separator(b"abx", b"ac"), b"ac");

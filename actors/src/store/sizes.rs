@@ -21,15 +21,13 @@
 //! half the bound or more, a key of half the bound or more starting a piece of its own; the
 //! splits are proposed together, from the last key to the first. What lies past the last cut
 //! of a range not read to its end is measured as soon as it is split off, so a range far past
-//! the bound is cut up four bounds' worth a second until every piece is within it (a range
-//! written faster than that outgrows its measures).
+//! the bound is cut up about three and a half bounds' worth a second until every piece is
+//! within it (a range written faster than that outgrows its measures).
 //!
 //! A range is measured at most once every [`MEASURE_AT_MOST_EVERY`], unless its last measure
 //! and the count since reach twice the bound and it could be cut then. So a range that
 //! hovers at the bound under a load that overwrites its keys, or that cannot be cut (a single
-//! key, or keys sharing a prefix longer than `MAX_SPLIT_KEY_BYTES`: a measure then reads no
-//! more than the bound past where a cut fell due), costs at most one read of it, up to the
-//! bound and a half, every 10 s, or a byte read per byte written.
+//! key), costs at most one read of it every 10 s, or a byte read per byte written.
 
 use super::*;
 
@@ -60,10 +58,7 @@ impl SizeJob {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct Sized {
-    range: RangeId,
-    /// The span measured.
-    start: Vec<u8>,
-    end: Vec<u8>,
+    job: SizeJob,
     measured: Result<(u64, Vec<Vec<u8>>), String>,
 }
 
@@ -81,12 +76,7 @@ pub(super) fn size_in_order(
         let began = std::time::Instant::now();
         let measured = job.run(engine);
         log::debug!("{}: measured in {:?}", job.range, began.elapsed());
-        store.do_send(Sized {
-            range: job.range,
-            start: job.start,
-            end: job.end,
-            measured,
-        });
+        store.do_send(Sized { job, measured });
     }
 }
 
@@ -138,16 +128,7 @@ impl Store {
                 }
                 None => {
                     let measured = job.run(&self.engine);
-                    let (start, end) = (job.start, job.end);
-                    self.sized(
-                        Sized {
-                            range,
-                            start,
-                            end,
-                            measured,
-                        },
-                        ctx,
-                    );
+                    self.sized(Sized { job, measured }, ctx);
                 }
             }
         }
@@ -156,12 +137,10 @@ impl Store {
     /// Records a measure, and proposes the splits it found if the range still has the span
     /// measured and is led here.
     fn sized(&mut self, msg: Sized, ctx: &mut Context<Self>) {
-        let Sized {
-            range,
-            start,
-            end,
-            measured,
-        } = msg;
+        let Sized { job, measured } = msg;
+        let SizeJob {
+            range, start, end, ..
+        } = job;
         let (node, max) = (self.node, self.settings.range_max_bytes);
         let Some(r) = self.ranges.get_mut(&range) else {
             self.sizing.remove(&range);
