@@ -142,8 +142,8 @@ impl Store {
             range, start, end, ..
         } = job;
         let (node, max) = (self.node, self.settings.range_max_bytes);
+        self.sizing.remove(&range);
         let Some(r) = self.ranges.get_mut(&range) else {
-            self.sizing.remove(&range);
             return;
         };
         let same = r.descriptor.start_key == start && r.descriptor.end_key == end;
@@ -168,7 +168,6 @@ impl Store {
             }
         };
         if cuts.is_empty() {
-            self.sizing.remove(&range);
             return;
         }
         let keys: Vec<String> = (cuts.iter())
@@ -178,10 +177,11 @@ impl Store {
             Ok(p) => p,
             Err(e) => {
                 log::warn!("{node}: {range} not split: {e}");
-                self.sizing.remove(&range);
                 return;
             }
         };
+        // Until the splits are answered.
+        self.sizing.insert(range);
         let ids: Vec<String> = proposed.iter().map(|(id, _)| id.to_string()).collect();
         log::info!(
             "{node}: {range} holds more than {max} bytes: splitting it at {} ({})",
