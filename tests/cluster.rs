@@ -808,6 +808,7 @@ fn a_range_written_past_range_max_bytes_is_split_on_every_node() {
     let expected = spans(node(&servers, 0));
     let pieces = expected.iter().filter(|s| held(s) > 0).count();
     assert!(pieces >= 4, "{expected:?}");
+    assert_eq!(info(node(&servers, 0), "ranges_split") as usize, pieces - 1);
     assert_eq!(
         expected.len() - pieces,
         4,

@@ -504,6 +504,9 @@ pub struct StoreStatus {
     pub node: NodeId,
     pub ranges: Vec<RangeStatus>,
     pub applied_commands: u64,
+    /// Splits this node applied since it started (`FLOTILLA SPLIT`, and ranges past their
+    /// bound).
+    pub ranges_split: u64,
 }
 
 /// One range as the Store sees it.

@@ -565,6 +565,8 @@ pub struct Store {
     reads: BTreeMap<ReadId, PendingRead>,
     conditions: Vec<PendingCondition>,
     applied_commands: u64,
+    /// Splits applied since the Store started.
+    ranges_split: u64,
     /// Requests for MultiRaft gathered since the last [`FlushRequests`].
     outgoing: Vec<RaftRequest>,
     myself: Option<Addr<Store>>,
@@ -834,6 +836,7 @@ impl Store {
             reads: BTreeMap::new(),
             conditions: Vec::new(),
             applied_commands: 0,
+            ranges_split: 0,
             outgoing: Vec::new(),
             myself: None,
             raft_metrics,
@@ -2384,6 +2387,7 @@ impl Store {
             self.engine.stage_split_away(&left, &right_d, &mut batch)?;
         }
         self.engine.write(batch, states)?;
+        self.ranges_split += 1;
         self.spoil_snapshot(range);
         self.expiring.insert(range);
         if created && !exists {
@@ -3176,6 +3180,7 @@ impl Handler<GetStoreStatus> for Store {
                 })
                 .collect(),
             applied_commands: self.applied_commands,
+            ranges_split: self.ranges_split,
         })
     }
 }
