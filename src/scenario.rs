@@ -48,6 +48,9 @@ pub struct Scenario {
     pub store_mailbox: Option<usize>,
     #[serde(default)]
     pub log_compaction_entries: Option<u64>,
+    /// A range past this many bytes is split (see `StoreSettings::range_max_bytes`).
+    #[serde(default)]
+    pub range_max_bytes: Option<u64>,
     /// Seeds the network's random drops and delays.
     #[serde(default)]
     pub seed: u64,
@@ -692,6 +695,9 @@ pub fn run(path: &Path) -> Result<(), String> {
             .store_mailbox
             .unwrap_or(StoreSettings::default().mailbox_capacity),
         admin_timeout: Duration::from_secs(20),
+        range_max_bytes: scenario
+            .range_max_bytes
+            .unwrap_or(StoreSettings::default().range_max_bytes),
         ..StoreSettings::default()
     };
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
