@@ -21,9 +21,9 @@ pub const MAX_VALUE_BYTES_LIMIT: usize = 16 << 20;
 
 /// The bounds of `range_max_bytes`. A range goes past it by what is written before it is
 /// measured and split (at least a sixteenth of it, often more), and a snapshot of a range,
-/// which carries all its data, cannot be over 1 GiB: so half of that at most.
+/// which carries all its data, cannot be over `MAX_SNAPSHOT_BYTES`: so half of that at most.
 pub const MIN_RANGE_MAX_BYTES: u64 = 4096;
-pub const MAX_RANGE_MAX_BYTES: u64 = 512 << 20;
+pub const MAX_RANGE_MAX_BYTES: u64 = crate::peers::MAX_SNAPSHOT_BYTES as u64 / 2;
 
 /// A node's configuration. Every key is documented in `config/single-node.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -62,7 +62,7 @@ impl Default for Config {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
-            range_max_bytes: 64 << 20,
+            range_max_bytes: StoreSettings::default().range_max_bytes,
             max_value_bytes: 1 << 20,
             max_clients: 10_000,
             tick_interval_ms: 100,

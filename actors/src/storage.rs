@@ -141,10 +141,10 @@ pub fn overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bo
 
 /// How many times `range_max_bytes` a measure of a range reads at most (see
 /// [`Engine::split_points`]): a range written faster than that a second outgrows its measures.
-pub const MEASURE_READS: u64 = 4;
+const MEASURE_READS: u64 = 4;
 
 /// The least key after every key that starts with `prefix`, if there is one.
-pub fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut next = prefix.to_vec();
     while next.last() == Some(&u8::MAX) {
         next.pop();
@@ -155,7 +155,7 @@ pub fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// The shortest prefix of `key` that is after `before` (which must be before `key`): the
 /// bytes they share and the first that differs, or one more than all of `before`.
-pub fn separator(before: &[u8], key: &[u8]) -> Vec<u8> {
+fn separator(before: &[u8], key: &[u8]) -> Vec<u8> {
     let shared = before.iter().zip(key).take_while(|(a, b)| a == b).count();
     key[..(shared + 1).min(key.len())].to_vec()
 }
