@@ -7,6 +7,7 @@
 use flotilla_actors::ids::{NodeId, MAX_NODE_ID};
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::NodeSettings;
+use flotilla_actors::storage::{hash_tag, parts_hash_tag};
 use flotilla_actors::store::StoreSettings;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -146,22 +147,7 @@ impl Config {
                 "must not be empty (leave the key out for no password)".into(),
             ));
         }
-        for (i, w) in self.split_keys.windows(2).enumerate() {
-            if w[0] >= w[1] {
-                return Err((
-                    "split_keys",
-                    format!(
-                        "must be in strictly increasing order; {:?} (entry {}) is not before {:?}",
-                        w[0],
-                        i + 1,
-                        w[1]
-                    ),
-                ));
-            }
-        }
-        if self.split_keys.iter().any(String::is_empty) {
-            return Err(("split_keys", "must not contain an empty key".into()));
-        }
+        check_split_keys(&self.split_keys).map_err(|e| ("split_keys", e))?;
         if !(MIN_RANGE_MAX_BYTES..=MAX_RANGE_MAX_BYTES).contains(&self.range_max_bytes) {
             return Err((
                 "range_max_bytes",
@@ -335,6 +321,32 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+/// Checks the keys at which the key space is cut into ranges on a new data directory (the
+/// config's and a scenario's `split_keys`).
+pub fn check_split_keys(keys: &[String]) -> Result<(), String> {
+    for (i, w) in keys.windows(2).enumerate() {
+        if w[0] >= w[1] {
+            return Err(format!(
+                "must be in strictly increasing order; {:?} (entry {}) is not before {:?}",
+                w[0],
+                i + 1,
+                w[1]
+            ));
+        }
+    }
+    if keys.iter().any(String::is_empty) {
+        return Err("must not contain an empty key".into());
+    }
+    if let Some(k) = keys.iter().find(|k| parts_hash_tag(k.as_bytes())) {
+        let tag = String::from_utf8_lossy(hash_tag(k.as_bytes()).expect("a tag"));
+        return Err(format!(
+            "{k:?} falls among the keys of hash tag {tag:?}, which stay in one range (cut at \
+             {tag:?} instead)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +402,11 @@ mod tests {
             err("node_id = 0"),
             "test.toml:1: key `node_id`: must be between 1 and 4294967295"
         );
+        assert_eq!(
+            err("split_keys = [\"m\", \"u{1}:a\"]\n"),
+            "test.toml:1: key `split_keys`: \"u{1}:a\" falls among the keys of hash tag \"u{1}\", which stay in one range (cut at \"u{1}\" instead)"
+        );
+        assert!(Config::parse("x", "split_keys = [\"u{\", \"u{1}\", \"v{}x\"]").is_ok());
         assert!(err("max_value_bytes = 0").contains("key `max_value_bytes`"));
         let bound = "key `range_max_bytes`: must be between 4096 and 536870912";
         assert!(err("range_max_bytes = 4095").contains(bound));

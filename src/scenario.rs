@@ -244,6 +244,8 @@ pub fn load(path: &Path) -> Result<Scenario, String> {
             s.nodes
         ));
     }
+    crate::config::check_split_keys(&s.split_keys)
+        .map_err(|e| format!("{}: split_keys {e}", path.display()))?;
     for (i, step) in s.step.iter().enumerate() {
         step.describe()
             .map_err(|e| format!("{}: step {}: {e}", path.display(), i + 1))?;

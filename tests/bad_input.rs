@@ -260,6 +260,18 @@ fn random_commands_never_end_the_node() {
             "{refused}"
         );
     }
+    // So is one among the keys of a hash tag, which stay in one range.
+    let refused = redis::cmd("FLOTILLA")
+        .arg("SPLIT")
+        .arg("user:{42}:")
+        .query::<String>(&mut con)
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains(r#"among the keys of hash tag "user:{42}""#),
+        "{refused}"
+    );
     assert_eq!(ranges(&mut con), before);
     let made: String = redis::cmd("FLOTILLA")
         .arg("SPLIT")

@@ -772,9 +772,10 @@ fn kept_on_every_node_and_over_a_restart(
 }
 
 /// Three nodes started with `range_max_bytes = 65536`, written four times that in one range:
-/// the range is split, by whichever node leads it, until every piece is within the bound;
-/// every node lists the same pieces, every key reads back through every node, the replicas
-/// hold the same data, and a node killed and started again keeps the pieces and the data.
+/// the range is split, by whichever node leads it, until every piece is within the bound,
+/// never among keys sharing a hash tag, so a transaction over those keys still runs; every
+/// node lists the same pieces, every key reads back through every node, the replicas hold the
+/// same data, and a node killed and started again keeps the pieces and the data.
 #[test]
 fn a_range_written_past_range_max_bytes_is_split_on_every_node() {
     const MAX: usize = 65536;
@@ -782,9 +783,13 @@ fn a_range_written_past_range_max_bytes_is_split_on_every_node() {
     let nodes = configs(dir.path(), 3, &format!("range_max_bytes = {MAX}\n"));
     let mut servers: Vec<Option<Server>> = nodes.start_all().into_iter().map(Some).collect();
     await_leaders(node(&servers, 0));
-    // 256 keys of 1,025 bytes stored (a tag byte before each value), all in ["", "f").
-    let keys: Vec<String> = (0..256).map(|i| format!("a{i:03}")).collect();
-    let value = "v".repeat(1020);
+    // 52 hash tags of five keys, each key and value 1,025 bytes stored (a tag byte before each
+    // value), all in ["", "f"). A piece is due every 32 keys, never a tag's end.
+    let tags: Vec<Vec<String>> = (0..52)
+        .map(|t| (0..5).map(|i| format!("a{{{t:03}}}:{i}")).collect())
+        .collect();
+    let keys: Vec<String> = tags.concat();
+    let value = "v".repeat(1016);
     let mut pipe = redis::pipe();
     for k in &keys {
         pipe.set(k, &value).ignore();
@@ -808,6 +813,16 @@ fn a_range_written_past_range_max_bytes_is_split_on_every_node() {
     let expected = spans(node(&servers, 0));
     let pieces = expected.iter().filter(|s| held(s) > 0).count();
     assert!(pieces >= 4, "{expected:?}");
+    let mut client = node(&servers, 2).client();
+    for tag in &tags {
+        let (read,): (Vec<String>,) = redis::pipe()
+            .atomic()
+            .cmd("MGET")
+            .arg(tag)
+            .query(&mut client)
+            .unwrap_or_else(|e| panic!("a transaction over {tag:?}: {e}; {expected:?}"));
+        assert_eq!(read, vec![value.clone(); 5]);
+    }
     assert_eq!(info(node(&servers, 0), "ranges_split") as usize, pieces - 1);
     assert_eq!(
         expected.len() - pieces,

@@ -91,6 +91,10 @@ fn a_malformed_scenario_is_refused_before_anything_runs() {
             "description = \"x\"\nnodes = 2\ninitial_members = [3]\nstep = []\n",
             "initial_members must be among 1..=2",
         ),
+        (
+            "description = \"x\"\nnodes = 1\ninitial_members = [1]\nsplit_keys = [\"m\", \"c\"]\nstep = []\n",
+            "split_keys must be in strictly increasing order",
+        ),
     ] {
         std::fs::write(&file, text).unwrap();
         let out = script(&file);

@@ -153,6 +153,32 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
     Some(next)
 }
 
+/// The hash tag of `key`, as in Redis Cluster: the key through the first `}` after its first
+/// `{`, if the braces hold at least one byte (`user:{42}` of `user:{42}:name`), else `None`.
+/// Keys sharing a hash tag sort next to each other (they are the keys that start with it), and
+/// no range is ever cut among them: they stay in one range, so one transaction may use them
+/// all.
+pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+    let open = key.iter().position(|&b| b == b'{')?;
+    let close = open + 1 + key[open + 1..].iter().position(|&b| b == b'}')?;
+    (close > open + 1).then(|| &key[..=close])
+}
+
+/// Whether a range cut at `key` would part keys sharing a hash tag (see [`hash_tag`]): `key`
+/// has one and goes on past it.
+pub fn parts_hash_tag(key: &[u8]) -> bool {
+    hash_tag(key).is_some_and(|tag| tag.len() < key.len())
+}
+
+/// The prefix of `key` that no cut may fall among the keys sharing: its hash tag, or its first
+/// `max_key` bytes (a range's bounds are at most that long), whichever is shorter.
+fn indivisible(key: &[u8], max_key: usize) -> &[u8] {
+    match hash_tag(key) {
+        Some(tag) if tag.len() <= max_key => tag,
+        _ => &key[..key.len().min(max_key)],
+    }
+}
+
 /// The shortest prefix of `key` that is after `before` (which must be before `key`): the
 /// bytes they share and the first that differs, or one more than all of `before`.
 fn separator(before: &[u8], key: &[u8]) -> Vec<u8> {
@@ -1081,8 +1107,9 @@ impl Engine {
     /// `max_bytes` (but the one before a key of that size, which starts a piece of its own); a
     /// cut is the shortest key that still falls after the key before it (between
     /// `key:000000499999` and `key:000000500000`, `key:0000005`), of at most `max_key` bytes.
-    /// No cut can fall among keys sharing their first `max_key` bytes: where one is due among
-    /// such keys, they are passed over unread, to the first key after them. Reads no more than
+    /// No cut can fall among keys sharing a hash tag ([`hash_tag`]) or their first `max_key`
+    /// bytes: where one is due among such keys, they are passed over unread, to the first key
+    /// after them. Reads no more than
     /// [`MEASURE_READS`] times `max_bytes` (and one key): a range of gigabytes costs no more to
     /// look at than one a few times the bound, and what lies past the last cut of a range not
     /// read to its end may be cut when that piece is measured.
@@ -1110,15 +1137,18 @@ impl Engine {
             let (k, v) = item?;
             let size = (k.len() - 1 + v.len()) as u64;
             if let Some(b) = before.as_ref().filter(|_| piece >= half || size >= half) {
-                let cut = separator(&b[1..], &k[1..]);
-                if cut.len() <= max_key {
-                    cuts.push(cut);
+                let group = indivisible(&k[1..], max_key);
+                if !b[1..].starts_with(group) {
+                    // The separator is a prefix of `group`, so parts no keys sharing a prefix
+                    // that may not be parted.
+                    cuts.push(separator(&b[1..], &k[1..]));
                     one_large_before = keys_in_piece == 1 && piece >= half;
                     (piece, keys_in_piece) = (0, 0);
                 } else {
-                    // `k` and the key before share their first `max_key` bytes, as may the
-                    // keys after it: on to the first that does not (its cut is then due).
-                    let Some(past) = successor(&k[1..1 + max_key]) else {
+                    // `k` and the key before share a hash tag or their first `max_key` bytes,
+                    // as may the keys after it: on to the first that does not (its cut is
+                    // then due).
+                    let Some(past) = successor(group) else {
                         break true;
                     };
                     items = self.tree.range(keys::user_key(&past)..hi.clone());
@@ -2679,6 +2709,54 @@ pub(crate) mod tests {
         assert_eq!(separator(b"ab", b"ab\0"), b"ab\0");
         assert_eq!(separator(b"abx", b"ac"), b"ac");
         assert_eq!(separator(b"", b"q"), b"q");
+    }
+
+    #[test]
+    fn keys_sharing_a_hash_tag_are_never_cut_apart() {
+        assert_eq!(hash_tag(b"user:{42}:name"), Some(&b"user:{42}"[..]));
+        assert_eq!(hash_tag(b"{42}"), Some(&b"{42}"[..]));
+        assert_eq!(hash_tag(b"a}{b}{c}"), Some(&b"a}{b}"[..]));
+        assert_eq!(
+            hash_tag(b"x{}{y}"),
+            None,
+            "empty braces are no tag, as in Redis"
+        );
+        assert_eq!(hash_tag(b"x{y"), None);
+        assert!(parts_hash_tag(b"user:{42}:") && !parts_hash_tag(b"user:{42}"));
+        assert!(!parts_hash_tag(b"user:{4") && !parts_hash_tag(b"user:"));
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path()).unwrap();
+        let put = |k: &str| {
+            engine
+                .tree()
+                .insert(keys::user_key(k.as_bytes()), b"vvvvvv")
+        };
+        // Three tags of 50 keys (1,000 bytes each), then 50 keys whose braces are empty.
+        for tag in ["a", "b", "c"] {
+            (0..50).for_each(|i| drop(put(&format!("user:{{{tag}}}:{i:03}")).unwrap()));
+        }
+        (0..50).for_each(|i| drop(put(&format!("user:{{}}:{i:03}")).unwrap()));
+        let measure = |start: &[u8], end: &[u8], max: u64| {
+            let (bytes, cuts) = engine.split_points(start, end, max, 100).unwrap();
+            let cuts: Vec<String> = (cuts.iter())
+                .map(|c| String::from_utf8(c.clone()).unwrap())
+                .collect();
+            (bytes, cuts)
+        };
+        // Cuts due after 17 keys fall where each tag ends; its other keys are passed over.
+        assert_eq!(
+            measure(b"user:{", b"user:{c}:~", 600),
+            (972, vec!["user:{b".into(), "user:{c".into()])
+        );
+        // Past the tags, a cut before the first key without one, then every 18 keys (the
+        // last 14 going with the piece before them).
+        let (_, cuts) = measure(b"user:{c}", b"", 600);
+        assert_eq!(cuts, ["user:{}", "user:{}:018"]);
+        // A tag over the bound cannot be cut.
+        assert_eq!(
+            measure(b"user:{b}", b"user:{c}", 100).1,
+            Vec::<String>::new()
+        );
     }
 
     #[test]

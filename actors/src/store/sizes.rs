@@ -18,8 +18,9 @@
 //! - a range split off, at once.
 //!
 //! A measure reads no more than four times the bound, and cuts what it read into pieces of
-//! half the bound or more, a key of half the bound or more starting a piece of its own; the
-//! splits are proposed together, from the last key to the first. What lies past the last cut
+//! half the bound or more, a key of half the bound or more starting a piece of its own, and
+//! keys sharing a hash tag ([`crate::storage::hash_tag`]) never parted; the splits are
+//! proposed together, from the last key to the first. What lies past the last cut
 //! of a range not read to its end is measured as soon as it is split off, so a range far past
 //! the bound is cut up about three and a half bounds' worth a second until every piece is
 //! within it (a range written faster than that outgrows its measures).
