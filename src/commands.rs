@@ -550,6 +550,7 @@ impl Session {
             "client" => self.client(a),
             "config" => match bad_subcommand("config", a) {
                 Some(e) => err(e),
+                None if a[0].eq_ignore_ascii_case(b"help") => help(CONFIG_HELP),
                 None if a[0].eq_ignore_ascii_case(b"get") => {
                     let pairs = config_get(&self.shared, &a[1..]);
                     now(move |out| {
@@ -899,11 +900,13 @@ impl Session {
             }
             ("list", _) => self.client_list(&a[1..]),
             ("kill", n) if n >= 2 => self.client_kill(&a[1..]),
+            ("help", 1) => help(CLIENT_HELP),
             _ => subcommand_error(
                 "client",
                 a,
                 &[
                     "id", "info", "kill", "setname", "getname", "setinfo", "no-evict", "no-touch",
+                    "help",
                 ],
             ),
         }
@@ -1088,6 +1091,68 @@ fn config_get(shared: &Shared, patterns: &[Bytes]) -> Vec<(&'static str, String)
         .collect()
 }
 
+/// The answer to `COMMAND HELP`, `CONFIG HELP` and `CLIENT HELP`: one status line each, as
+/// Redis answers them, naming what flotilla takes.
+fn help(lines: &'static [&'static str]) -> PendingReply {
+    now(move |out| {
+        reply::array_header(out, lines.len());
+        for line in lines {
+            reply::simple(out, line);
+        }
+    })
+}
+
+const COMMAND_HELP: &[&str] = &[
+    "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "(no subcommand)",
+    "    Return details about all commands flotilla serves.",
+    "COUNT",
+    "    Return the number of commands flotilla serves.",
+    "LIST",
+    "    Return the names of the commands flotilla serves.",
+    "INFO [<command-name> ...]",
+    "    Return details about the named commands (null for one flotilla does not serve).",
+    "DOCS [<command-name> ...]",
+    "    Return the commands' documentation: flotilla has none to give (an empty array).",
+    "HELP",
+    "    Print this help.",
+];
+
+const CONFIG_HELP: &[&str] = &[
+    "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GET <pattern> [<pattern> ...]",
+    "    Return the settings matching the glob-like patterns, as flotilla behaves.",
+    "SET, RESETSTAT, REWRITE",
+    "    Refused: flotilla's settings are in its config file, read when it starts.",
+    "HELP",
+    "    Print this help.",
+];
+
+const CLIENT_HELP: &[&str] = &[
+    "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "ID",
+    "    Return the ID of the current connection.",
+    "INFO",
+    "    Return information about the current connection.",
+    "LIST [TYPE <type>] [ID <id> [<id> ...]]",
+    "    Return information about the connections to this node.",
+    "KILL <ip:port>",
+    "    Kill the connection from <ip:port>.",
+    "KILL <option> <value> [<option> <value> [...]]",
+    "    Kill the connections matching all of: ID <id>, ADDR <ip:port>, LADDR <ip:port>,",
+    "    USER <username>, TYPE <type>, SKIPME (YES|NO).",
+    "SETNAME <name>",
+    "    Name the current connection.",
+    "GETNAME",
+    "    Return the name of the current connection.",
+    "SETINFO <LIB-NAME|LIB-VER> <value>",
+    "    Accepted, as clients send it; not shown.",
+    "NO-EVICT (ON|OFF), NO-TOUCH (ON|OFF)",
+    "    Accepted, as clients send them; flotilla never evicts.",
+    "HELP",
+    "    Print this help.",
+];
+
 /// The Redis version flotilla answers as, for clients that check it.
 const REDIS_VERSION: &str = "7.2.0";
 
@@ -1107,6 +1172,7 @@ fn command_command(a: &[Bytes]) -> PendingReply {
             }
         }),
         b"count" => now(|out| reply::integer(out, COMMANDS.len() as i64)),
+        b"help" => help(COMMAND_HELP),
         // redis-cli asks for the docs to show hints; it copes with none.
         b"docs" => now(|out| reply::array_header(out, 0)),
         b"list" => now(|out| {
@@ -1158,6 +1224,7 @@ fn subcommand_refusal(command: &str, given: &[u8], known: &[&str]) -> Vec<u8> {
 pub(crate) fn bad_subcommand(name: &str, a: &[Bytes]) -> Option<Vec<u8>> {
     let sub = a.first().map(|s| s.to_ascii_lowercase());
     match (name, sub.as_deref(), a.len()) {
+        ("config" | "command", Some(b"help"), 1) => None,
         ("config", Some(b"get"), 1) | ("config", Some(b"set"), 1 | 2) => {
             Some(subcommand_refusal("config", &a[0], &["get", "set"]))
         }
@@ -1167,11 +1234,11 @@ pub(crate) fn bad_subcommand(name: &str, a: &[Bytes]) -> Option<Vec<u8>> {
             &["resetstat", "rewrite"],
         )),
         ("config", Some(b"get" | b"set" | b"resetstat" | b"rewrite"), _) => None,
-        ("config", _, _) => Some(subcommand_refusal("config", &a[0], &[])),
+        ("config", _, _) => Some(subcommand_refusal("config", &a[0], &["help"])),
         ("command", None, _) => None,
         ("command", Some(b"count"), 1) => None,
         ("command", Some(b"docs" | b"list" | b"info"), _) => None,
-        ("command", Some(_), _) => Some(subcommand_refusal("command", &a[0], &["count"])),
+        ("command", Some(_), _) => Some(subcommand_refusal("command", &a[0], &["count", "help"])),
         _ => None,
     }
 }

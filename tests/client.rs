@@ -191,6 +191,40 @@ fn every_command_answers_with_redis_reply_shapes() {
     ] {
         c.roundtrip(&cmd(request), answer);
     }
+    // The HELP those errors point to: status lines naming the subcommands, each of them one
+    // the node takes (not an unknown subcommand); HELP takes no argument.
+    let mut con = server.client();
+    for command in ["COMMAND", "CONFIG", "CLIENT"] {
+        let lines: Vec<String> = redis::cmd(command).arg("HELP").query(&mut con).unwrap();
+        assert!(
+            lines[0].starts_with(&format!("{command} <subcommand>")),
+            "{lines:?}"
+        );
+        let named: Vec<&str> = (lines[1..].iter())
+            .filter(|l| !l.starts_with(' ') && !l.starts_with('('))
+            .flat_map(|l| l.split(", "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        assert!(named.len() >= 3 && named.contains(&"HELP"), "{named:?}");
+        for sub in named {
+            let answer = redis::cmd(command).arg(sub).query::<redis::Value>(&mut con);
+            if let Err(e) = answer {
+                assert!(
+                    !e.to_string().contains("unknown subcommand"),
+                    "{command} {sub}: {e}"
+                );
+            }
+        }
+        let mut extra = redis::cmd(command);
+        let refused = (extra.arg("HELP").arg("x"))
+            .query::<redis::Value>(&mut con)
+            .unwrap_err();
+        let expected = format!(
+            "wrong number of arguments for '{}|help'",
+            command.to_lowercase()
+        );
+        assert!(refused.to_string().contains(&expected), "{refused}");
+    }
     // HELLO's empty name clears the name, as CLIENT SETNAME's does.
     c.roundtrip(&cmd(&[b"CLIENT", b"SETNAME", b"x"]), b"+OK\r\n");
     c.send(&cmd(&[b"HELLO", b"2", b"SETNAME", b""]));
