@@ -1,7 +1,8 @@
 //! `flotilla sim`: a deterministic simulation of a whole cluster, checked for linearizability.
 //!
 //! One seed drives everything: the cluster's shape (3 to 5 nodes, 8 ranges), concurrent
-//! clients (`GET SET GETSET APPEND INCR DEL MGET` over keys of every range) and faults (message loss, delay,
+//! clients (`GET SET GETSET APPEND INCR DEL MGET` over keys of every range, transactions, and
+//! transfers between keys sharing a hash tag, audited: `Bank`) and faults (message loss, delay,
 //! reordering and duplication, symmetric and one-way partitions, node crashes (half of them
 //! power failures, which lose the node's sled writes since its last sync) and restarts,
 //! leadership transfers, log compactions that force snapshots, built while writes go on, as on
@@ -46,6 +47,103 @@ const CLIENTS: usize = 4;
 /// A client gives up on a request after this long (its outcome is then unknown).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Keys sharing a hash tag, so always in one range (ranges split among the simulation's own
+/// keys, and as they grow): three balances and a log of the transfers between them, each a
+/// transaction over all four (`Bank`).
+const BANK: [&[u8]; 4] = [b"{bank}:a", b"{bank}:b", b"{bank}:c", b"{bank}:log"];
+
+/// The transfers between the [`BANK`] balances, proposed as transactions, and what reads of
+/// all four keys in one transaction must show: every transfer logged at most once, and the
+/// balances what the transfers logged made them (each starts at none, zero).
+#[derive(Default)]
+struct Bank {
+    /// Each transfer by its number: from which balance, to which, how much.
+    transfers: HashMap<u64, (usize, usize, i64)>,
+    /// Transfers answered, and audits made.
+    answered: u64,
+    audits: u64,
+    /// What came of each, for the history.
+    lines: String,
+}
+
+impl Bank {
+    /// Transfer `n` of `amount` from balance `from` to `to`, logged as `n,`.
+    fn transfer(&mut self, n: u64, from: usize, to: usize, amount: i64) -> Command {
+        self.transfers.insert(n, (from, to, amount));
+        let incr = |i: usize, delta| Command::IncrBy {
+            key: BANK[i].to_vec(),
+            delta,
+        };
+        Command::Multi {
+            watched: vec![],
+            commands: vec![
+                incr(from, -amount),
+                incr(to, amount),
+                Command::Append {
+                    key: BANK[3].to_vec(),
+                    value: format!("{n},").into_bytes(),
+                    limit: 1 << 20,
+                },
+            ],
+        }
+    }
+
+    /// What is wrong with the stored values of the four keys, read together.
+    fn audit(&mut self, stored: &[Option<Vec<u8>>]) -> Result<(), String> {
+        let text = |i: usize| {
+            let bytes = stored[i].as_deref().map(value::bytes).unwrap_or(b"");
+            String::from_utf8_lossy(bytes).into_owned()
+        };
+        self.audits += 1;
+        let mut expected = [0i64; 3];
+        let mut seen = BTreeSet::new();
+        for token in text(3).split(',').filter(|t| !t.is_empty()) {
+            let n: u64 = token.parse().map_err(|_| format!("log entry {token:?}"))?;
+            let &(from, to, amount) = (self.transfers.get(&n))
+                .ok_or_else(|| format!("transfer {n} logged, never asked"))?;
+            if !seen.insert(n) {
+                return Err(format!("transfer {n} logged twice: {}", text(3)));
+            }
+            expected[from] -= amount;
+            expected[to] += amount;
+        }
+        let balances: Vec<i64> = (0..3)
+            .map(|i| {
+                text(i)
+                    .parse()
+                    .unwrap_or(if stored[i].is_none() { 0 } else { i64::MIN })
+            })
+            .collect();
+        if balances != expected {
+            return Err(format!(
+                "balances {balances:?}, but the {} transfers logged make {expected:?}",
+                seen.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the [`BANK`] keys through `via` in one transaction: their stored values, or `None` if
+/// the read did not come back.
+async fn read_bank(world: &Rc<RefCell<World>>, via: u64) -> Option<Vec<Option<Vec<u8>>>> {
+    let store = world.borrow().nodes.get(&via)?.store.clone();
+    let command = Command::Multi {
+        watched: vec![],
+        commands: vec![Command::Read {
+            keys: BANK.iter().map(|k| k.to_vec()).collect(),
+        }],
+    };
+    let r = tokio::time::timeout(CLIENT_TIMEOUT, store.send(Write { command })).await;
+    match r {
+        Ok(Ok(Ok(CommandOutcome::Transaction(Some(mut outcomes))))) => match outcomes.pop() {
+            Some(CommandOutcome::Values(values)) => Some(values),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// What one seed's run found.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -55,6 +153,8 @@ pub struct Report {
     pub operations: usize,
     pub unknown: usize,
     pub faults: BTreeMap<&'static str, u64>,
+    /// Transfers of the bank answered, and audits of it (see `Bank`).
+    pub bank: (u64, u64),
     pub violations: Vec<String>,
     /// Keys whose history had too many interleavings to check within the search budget.
     pub inconclusive: Vec<String>,
@@ -278,11 +378,14 @@ pub fn run_many(first: u64, count: u64, duration: Duration) -> std::process::Exi
         };
         inconclusive += r.inconclusive.len();
         let line = format!(
-            "[{}/{count}] seed {seed}: {} nodes, {} operations ({} unknown), {} faults, {verdict}",
+            "[{}/{count}] seed {seed}: {} nodes, {} operations ({} unknown), {} transfers and {} \
+             audits, {} faults, {verdict}",
             i + 1,
             r.nodes,
             r.operations,
             r.unknown,
+            r.bank.0,
+            r.bank.1,
             r.faults.values().sum::<u64>(),
         );
         if terminal {
@@ -659,6 +762,68 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         }));
     }
 
+    // Transfers between keys sharing a hash tag, and audits of them, each a transaction over
+    // all of them: every audit must find the balances those logged make, each logged once. A
+    // transaction over one tag is never refused for keys in two ranges.
+    let bank = Rc::new(RefCell::new(Bank::default()));
+    {
+        let (world, stop, violations) = (world.clone(), stop.clone(), violations.clone());
+        let bank = bank.clone();
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xBA4C);
+        clients.push(actix_rt::spawn(async move {
+            let mut n = 0u64;
+            while !stop.get() {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(5..60))).await;
+                let up: Vec<u64> = world.borrow().nodes.keys().copied().collect();
+                let via = up[rng.gen_range(0..up.len())];
+                if rng.gen_bool(0.3) {
+                    if let Some(stored) = read_bank(&world, via).await {
+                        let at = t0.elapsed().as_secs_f64();
+                        let log = stored[3].as_deref().map_or(0, |v| value::bytes(v).len());
+                        let mut bank = bank.borrow_mut();
+                        bank.lines += &format!("{at:.3} bank audit via n{via}: {log} log bytes\n");
+                        if let Err(e) = bank.audit(&stored) {
+                            violations.borrow_mut().push(format!("bank: {e}"));
+                        }
+                    }
+                    continue;
+                }
+                n += 1;
+                let from = rng.gen_range(0..3);
+                let to = (from + rng.gen_range(1..3)) % 3;
+                let command = bank
+                    .borrow_mut()
+                    .transfer(n, from, to, rng.gen_range(1..100));
+                let store = world.borrow().nodes[&via].store.clone();
+                let r = tokio::time::timeout(CLIENT_TIMEOUT, store.send(Write { command })).await;
+                let at = t0.elapsed().as_secs_f64();
+                let answer = match &r {
+                    Ok(Ok(answer)) => format!("{answer:?}"),
+                    _ => "unknown".to_string(),
+                };
+                let mut b = bank.borrow_mut();
+                b.answered += u64::from(matches!(r, Ok(Ok(Ok(_)))));
+                b.lines += &format!("{at:.3} bank transfer {n} via n{via}: {answer}\n");
+                drop(b);
+                match r {
+                    Ok(Ok(Err(StoreError::CrossRange))) => violations
+                        .borrow_mut()
+                        .push(format!("bank: transfer {n} refused as over two ranges")),
+                    Ok(Ok(Ok(CommandOutcome::Transaction(Some(outcomes)))))
+                        if outcomes
+                            .iter()
+                            .any(|o| matches!(o, CommandOutcome::Error(_))) =>
+                    {
+                        violations
+                            .borrow_mut()
+                            .push(format!("bank: transfer {n} answered {outcomes:?}"))
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
+
     // Invariants, sampled every 50 ms: one leader per term per range, applied <= committed, and
     // no proposal reached raft while its range awaited a membership callback (contract 4);
     // every 100 ms, that replicas of a range at the same applied index, whenever each got
@@ -796,9 +961,34 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
         }
     }
 
+    // The bank's keys, read together once more; they join the model below.
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut banked = None;
+    for attempt in 0..20u64 {
+        banked = read_bank(&world, 1 + attempt % count).await;
+        if banked.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    match banked {
+        Some(stored) => {
+            if let Err(e) = bank.borrow_mut().audit(&stored) {
+                violations
+                    .borrow_mut()
+                    .push(format!("bank, after healing: {e}"));
+            }
+            for (k, v) in BANK.iter().zip(stored) {
+                if let Some(v) = v {
+                    model.insert(k.to_vec(), v);
+                }
+            }
+        }
+        None => (violations.borrow_mut()).push("the bank could not be read after healing".into()),
+    }
+
     // Every replica of every range holds exactly the data the final reads returned (and
     // those, checked below, are what the history allows).
-    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for op in history.borrow().iter().filter(|o| o.client == CLIENTS + 1) {
         if let Outcome::Value(Some(v)) = &op.result {
             model.insert(op.key.clone(), stored(&v.bytes, v.deadline));
@@ -854,6 +1044,9 @@ async fn simulate(seed: u64, duration: Duration, bugs: PlantedBugs) -> Report {
     report.operations = history.len();
     report.unknown = history.iter().filter(|o| o.end.is_none()).count();
     report.history = timeline.concat() + &history.iter().map(Op::line).collect::<String>();
+    let bank = std::mem::take(&mut *bank.borrow_mut());
+    report.history += &bank.lines;
+    report.bank = (bank.answered, bank.audits);
     report.faults = faults;
     let mut found = std::mem::take(&mut *violations.borrow_mut());
     let (not_linearizable, inconclusive) = check_linearizable(&history);
@@ -1290,6 +1483,28 @@ fn linearizable(ops: &[&Op]) -> Result<Verdict, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An audit finds the balances the logged transfers make, and catches a transfer applied
+    /// in part, twice, or never asked.
+    #[test]
+    fn a_bank_audit_catches_a_transfer_applied_in_part_or_twice() {
+        let mut bank = Bank::default();
+        bank.transfer(1, 0, 1, 5);
+        bank.transfer(2, 1, 2, 7);
+        let at = |a: &str, b: &str, c: &str, log: &str| -> Vec<Option<Vec<u8>>> {
+            let v = |s: &str| (!s.is_empty()).then(|| stored(s.as_bytes(), None));
+            vec![v(a), v(b), v(c), v(log)]
+        };
+        assert_eq!(bank.audit(&at("", "", "", "")), Ok(()));
+        assert_eq!(bank.audit(&at("-5", "-2", "7", "1,2,")), Ok(()));
+        assert_eq!(bank.audit(&at("-5", "5", "", "1,")), Ok(()));
+        let err = |r: Result<(), String>| r.unwrap_err();
+        assert!(err(bank.audit(&at("-5", "5", "", ""))).contains("balances [-5, 5, 0]"));
+        assert!(err(bank.audit(&at("-5", "-2", "", "1,2,"))).contains("make [-5, -2, 7]"));
+        assert!(err(bank.audit(&at("-10", "10", "", "1,1,"))).contains("logged twice"));
+        assert!(err(bank.audit(&at("", "", "", "3,"))).contains("never asked"));
+        assert_eq!(bank.audits, 7);
+    }
 
     fn op(start: u64, end: Option<u64>, kind: Kind, result: Outcome) -> Op {
         Op {
