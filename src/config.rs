@@ -7,8 +7,9 @@
 use flotilla_actors::ids::{NodeId, MAX_NODE_ID};
 use flotilla_actors::multiraft::RaftSettings;
 use flotilla_actors::node::NodeSettings;
-use flotilla_actors::storage::{hash_tag, parts_hash_tag};
+use flotilla_actors::storage::hash_tag_refusal;
 use flotilla_actors::store::StoreSettings;
+use flotilla_actors::store::MAX_SPLIT_KEY_BYTES;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -337,14 +338,15 @@ pub fn check_split_keys(keys: &[String]) -> Result<(), String> {
     if keys.iter().any(String::is_empty) {
         return Err("must not contain an empty key".into());
     }
-    if let Some(k) = keys.iter().find(|k| parts_hash_tag(k.as_bytes())) {
-        let tag = String::from_utf8_lossy(hash_tag(k.as_bytes()).expect("a tag"));
+    if let Some(k) = keys.iter().find(|k| k.len() > MAX_SPLIT_KEY_BYTES) {
         return Err(format!(
-            "{k:?} falls among the keys of hash tag {tag:?}, which stay in one range (cut at \
-             {tag:?} instead)"
+            "a key of {} bytes; a range's bounds are at most {MAX_SPLIT_KEY_BYTES} bytes",
+            k.len()
         ));
     }
-    Ok(())
+    keys.iter()
+        .find_map(|k| hash_tag_refusal(k.as_bytes()))
+        .map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -404,7 +406,11 @@ mod tests {
         );
         assert_eq!(
             err("split_keys = [\"m\", \"u{1}:a\"]\n"),
-            "test.toml:1: key `split_keys`: \"u{1}:a\" falls among the keys of hash tag \"u{1}\", which stay in one range (cut at \"u{1}\" instead)"
+            "test.toml:1: key `split_keys`: \"u{1}:a\" falls among the keys of hash tag \"u{1}\", which stay in one range; cut at the tag instead"
+        );
+        let long = format!("split_keys = [\"{}\"]", "k".repeat(4097));
+        assert!(
+            err(&long).ends_with("a key of 4097 bytes; a range's bounds are at most 4096 bytes")
         );
         assert!(Config::parse("x", "split_keys = [\"u{\", \"u{1}\", \"v{}x\"]").is_ok());
         assert!(err("max_value_bytes = 0").contains("key `max_value_bytes`"));

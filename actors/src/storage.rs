@@ -164,10 +164,23 @@ pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
     (close > open + 1).then(|| &key[..=close])
 }
 
-/// Whether a range cut at `key` would part keys sharing a hash tag (see [`hash_tag`]): `key`
-/// has one and goes on past it.
-pub fn parts_hash_tag(key: &[u8]) -> bool {
-    hash_tag(key).is_some_and(|tag| tag.len() < key.len())
+/// Why a range may not be cut at `key`, if it falls among the keys of a hash tag (it has one
+/// and goes on past it): the error
+/// `FLOTILLA SPLIT` and a config's `split_keys` give. Key and tag are shown as `redis-cli`
+/// takes them back between double quotes, cut to 128 bytes.
+pub fn hash_tag_refusal(key: &[u8]) -> Option<String> {
+    let tag = hash_tag(key).filter(|tag| tag.len() < key.len())?;
+    let show = |b: &[u8]| {
+        let cut = &b[..b.len().min(128)];
+        let more = if cut.len() < b.len() { "..." } else { "" };
+        format!("\"{}{more}\"", cut.escape_ascii())
+    };
+    Some(format!(
+        "{} falls among the keys of hash tag {}, which stay in one range; cut at the tag \
+         instead",
+        show(key),
+        show(tag)
+    ))
 }
 
 /// The prefix of `key` that no cut may fall among the keys sharing: its hash tag, or its first
@@ -2722,8 +2735,17 @@ pub(crate) mod tests {
             "empty braces are no tag, as in Redis"
         );
         assert_eq!(hash_tag(b"x{y"), None);
-        assert!(parts_hash_tag(b"user:{42}:") && !parts_hash_tag(b"user:{42}"));
-        assert!(!parts_hash_tag(b"user:{4") && !parts_hash_tag(b"user:"));
+        assert_eq!(
+            hash_tag_refusal(b"\xff{\x00}x").unwrap(),
+            r#""\xff{\x00}x" falls among the keys of hash tag "\xff{\x00}", which stay in one range; cut at the tag instead"#
+        );
+        let long = [&b"{t}"[..], &[b'k'; 200]].concat();
+        assert!(hash_tag_refusal(&long)
+            .unwrap()
+            .starts_with(&format!("\"{{t}}{}...\" falls", "k".repeat(125))));
+        for fine in [&b"user:{42}"[..], b"user:{4", b"user:", b"x{}y"] {
+            assert_eq!(hash_tag_refusal(fine), None);
+        }
         let dir = tempfile::tempdir().unwrap();
         let engine = open(dir.path()).unwrap();
         let put = |k: &str| {

@@ -28,9 +28,8 @@ use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft, RaftMetrics};
 use crate::storage::{
-    hash_tag, keys, overlap, parts_hash_tag, put_descriptor, AppliedStates, Engine, Expired,
-    LogPosition, Pair, Proposers, RangeDescriptor, SnapshotData, StorageError, BOOTSTRAP_INDEX,
-    BOOTSTRAP_TERM,
+    hash_tag_refusal, keys, overlap, put_descriptor, AppliedStates, Engine, Expired, LogPosition,
+    Pair, Proposers, RangeDescriptor, SnapshotData, StorageError, BOOTSTRAP_INDEX, BOOTSTRAP_TERM,
 };
 use crate::value::{self, Clock, Value};
 use actix::prelude::*;
@@ -3061,12 +3060,9 @@ impl Handler<SplitRange> for Store {
                 "a split key is at most {MAX_SPLIT_KEY_BYTES} bytes (a prefix of the key \
                  splits as well)"
             ))),
-            _ if parts_hash_tag(&msg.key) => Err(StoreError::Invalid(format!(
-                "{:?} falls among the keys of hash tag {:?}, which stay in one range \
-                 (split at the tag itself to put them all on the right)",
-                String::from_utf8_lossy(&msg.key),
-                String::from_utf8_lossy(hash_tag(&msg.key).expect("a tag")),
-            ))),
+            _ if hash_tag_refusal(&msg.key).is_some() => Err(StoreError::Invalid(
+                hash_tag_refusal(&msg.key).expect("just seen"),
+            )),
             None => Err(StoreError::NoRange),
             Some(range) if self.ranges[&range].descriptor.start_key == msg.key => Err(
                 StoreError::Invalid(format!("{range} starts at that key already")),
