@@ -3,7 +3,7 @@
 //! It routes client requests to ranges, proposes writes through MultiRaft, applies what
 //! MultiRaft reports committed (in log order), answers the waiting clients after applying, and
 //! confirms membership changes with their callback. What it applied goes to sled a little later
-//! (after 10 ms or 1,024 entries), in one atomic batch with each range's applied index (contract
+//! (after 30 ms or 1,024 entries), in one atomic batch with each range's applied index (contract
 //! 5), written in order by a thread of the node's own (see [`Writer`]); until then reads find it
 //! in memory, and MultiRaft keeps its entries in the raft log (`Applied` reports both how far
 //! the Store applied and how far that is written).
@@ -116,7 +116,7 @@ impl Default for StoreSettings {
             snapshot_build_delay: Duration::ZERO,
             mailbox_capacity: 1024,
             value_cache_bytes: 16 << 20,
-            write_applied_after: Duration::from_millis(10),
+            write_applied_after: Duration::from_millis(30),
             admin_timeout: Duration::from_secs(60),
             clock: Clock::system(),
             range_max_bytes: 64 << 20,
