@@ -29,7 +29,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Tool {
     /// Run a scenario file (config/scenarios/*.toml): a whole cluster in this process, its
-    /// steps in order, one line each; exits 1 at the first unmet expectation.
+    /// steps in order, one line each; exits 1 at the first unmet expectation, 2 if the file
+    /// is malformed.
     Script {
         #[arg(value_name = "FILE")]
         file: PathBuf,
@@ -76,7 +77,14 @@ fn main() -> ExitCode {
     }
     if let Some(Tool::Script { file }) = &cli.command {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
-        return match flotilla::scenario::run(file) {
+        let scenario = match flotilla::scenario::load(file) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("flotilla: scenario file error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        return match flotilla::scenario::run(file, scenario) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("flotilla: scenario failed: {e}");

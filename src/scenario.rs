@@ -679,9 +679,8 @@ async fn run_step(c: &mut Cluster, step: &Step) -> Result<String, String> {
     Err("a step needs an action".into())
 }
 
-/// Runs a scenario, printing a line per step; `Err` says what went wrong.
-pub fn run(path: &Path) -> Result<(), String> {
-    let scenario = load(path)?;
+/// Runs a scenario loaded from `path`, printing a line per step; `Err` says what went wrong.
+pub fn run(path: &Path, scenario: Scenario) -> Result<(), String> {
     println!("{}: {}", path.display(), scenario.description.trim());
     let raft = RaftSettings {
         tick_interval: Duration::from_millis(scenario.tick_ms),

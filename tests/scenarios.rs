@@ -98,9 +98,9 @@ fn a_malformed_scenario_is_refused_before_anything_runs() {
     ] {
         std::fs::write(&file, text).unwrap();
         let out = script(&file);
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(2), "as for a malformed config file");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(message), "{stderr}");
+        assert!(stderr.contains("scenario file error") && stderr.contains(message), "{stderr}");
         assert!(out.stdout.is_empty(), "nothing ran");
     }
 }
