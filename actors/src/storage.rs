@@ -165,9 +165,8 @@ pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
 }
 
 /// Why a range may not be cut at `key`, if it falls among the keys of a hash tag (it has one
-/// and goes on past it): the error
-/// `FLOTILLA SPLIT` and a config's `split_keys` give. Key and tag are shown as `redis-cli`
-/// takes them back between double quotes, cut to 128 bytes.
+/// and goes on past it): the error `FLOTILLA SPLIT` and a config's `split_keys` give. Key and
+/// tag are shown as `redis-cli` takes them back between double quotes, cut to 128 bytes.
 pub fn hash_tag_refusal(key: &[u8]) -> Option<String> {
     let tag = hash_tag(key).filter(|tag| tag.len() < key.len())?;
     let show = |b: &[u8]| {

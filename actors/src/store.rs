@@ -3055,14 +3055,13 @@ impl Handler<SplitRange> for Store {
 
     fn handle(&mut self, msg: SplitRange, ctx: &mut Context<Self>) -> Self::Result {
         self.took_turn(ctx);
+        let inside_tag = hash_tag_refusal(&msg.key);
         let checked = match self.route(&msg.key) {
+            _ if inside_tag.is_some() => Err(StoreError::Invalid(inside_tag.expect("a tag"))),
             _ if msg.key.len() > MAX_SPLIT_KEY_BYTES => Err(StoreError::Invalid(format!(
                 "a split key is at most {MAX_SPLIT_KEY_BYTES} bytes (a prefix of the key \
                  splits as well)"
             ))),
-            _ if hash_tag_refusal(&msg.key).is_some() => Err(StoreError::Invalid(
-                hash_tag_refusal(&msg.key).expect("just seen"),
-            )),
             None => Err(StoreError::NoRange),
             Some(range) if self.ranges[&range].descriptor.start_key == msg.key => Err(
                 StoreError::Invalid(format!("{range} starts at that key already")),
