@@ -196,6 +196,7 @@ const COMMANDS: &[Spec] = &[
     spec("flushall", -1, WRITE, NO_KEYS),
     spec("ping", -1, FAST, NO_KEYS),
     spec("echo", 2, FAST, NO_KEYS),
+    spec("time", 1, FAST, NO_KEYS),
     spec("quit", -1, FAST, NO_KEYS),
     spec("auth", -2, FAST, NO_KEYS),
     spec("hello", -1, FAST, NO_KEYS),
@@ -511,6 +512,16 @@ impl Session {
                 }
                 Some(_) => err("ERR wrong number of arguments for 'ping' command"),
             },
+            // The node's clock (which keeps up with the fastest of the cluster's, see
+            // `Clock`), to the millisecond: seconds and microseconds, as Redis answers.
+            "time" => {
+                let ms = self.shared.clock.now_ms();
+                now(move |out| {
+                    reply::array_header(out, 2);
+                    reply::bulk(out, (ms / 1000).to_string().as_bytes());
+                    reply::bulk(out, (ms % 1000 * 1000).to_string().as_bytes());
+                })
+            }
             "echo" => {
                 let m = a[0].clone();
                 now(move |out| reply::bulk(out, &m))

@@ -65,7 +65,7 @@ fn every_command_answers_with_redis_reply_shapes() {
         b"+OK\r\n",
     );
     c.roundtrip(&cmd(&[b"COMMAND", b"DOCS"]), b"*0\r\n");
-    c.roundtrip(&cmd(&[b"COMMAND", b"COUNT"]), b":56\r\n");
+    c.roundtrip(&cmd(&[b"COMMAND", b"COUNT"]), b":57\r\n");
     c.roundtrip(
         &cmd(&[b"COMMAND", b"INFO", b"get"]),
         b"*1\r\n*6\r\n$3\r\nget\r\n:2\r\n*1\r\n+readonly\r\n:1\r\n:1\r\n:1\r\n",
@@ -225,6 +225,19 @@ fn every_command_answers_with_redis_reply_shapes() {
         );
         assert!(refused.to_string().contains(&expected), "{refused}");
     }
+    // TIME: the node's clock (here the system's), seconds and microseconds; in a transaction
+    // too.
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut con).unwrap();
+    let system = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        secs.abs_diff(system) <= 5 && micros < 1_000_000,
+        "{secs} {micros}"
+    );
+    let ((later, _),): ((u64, u64),) = redis::pipe().atomic().cmd("TIME").query(&mut con).unwrap();
+    assert!(later >= secs, "{later} after {secs}");
     // HELLO's empty name clears the name, as CLIENT SETNAME's does.
     c.roundtrip(&cmd(&[b"CLIENT", b"SETNAME", b"x"]), b"+OK\r\n");
     c.send(&cmd(&[b"HELLO", b"2", b"SETNAME", b""]));

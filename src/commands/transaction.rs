@@ -78,7 +78,9 @@ enum Part {
 }
 
 /// Commands that may be queued besides those with keys: they answer from the connection alone.
-const QUEUEABLE: &[&str] = &["ping", "echo", "select", "command", "config", "unwatch"];
+const QUEUEABLE: &[&str] = &[
+    "ping", "echo", "time", "select", "command", "config", "unwatch",
+];
 
 impl Session {
     /// Whether a transaction is open (its commands are queued).
