@@ -303,12 +303,15 @@ async fn ranges(shared: &Shared) -> Reply {
             line.push_str(&format!(" learners={}", names(&d.learners)));
         }
         line.push_str(&format!(
-            " leader={} term={} applied={}",
+            " leader={} term={} applied={} size={}",
             rs.and_then(|s| s.leader)
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "none".into()),
             rs.map(|s| s.term).unwrap_or(r.term),
             r.applied_index,
+            r.size
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "unknown".into()),
         ));
         if rs.is_some_and(|s| s.quiescent) {
             line.push_str(" quiescent");

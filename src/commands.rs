@@ -968,7 +968,7 @@ impl Session {
                  # Memory\r\nused_memory:{rss}\r\nused_memory_rss:{rss}\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\r\n\
                  # Persistence\r\nloading:0\r\naof_enabled:1\r\n\r\n\
                  # Replication\r\nrole:master\r\n\r\n\
-                 # Flotilla\r\nnode_id:{}\r\nranges:{}\r\nranges_led:{}\r\napplied_commands:{}\r\nraft_rounds:{}\r\nraft_syncs:{}\r\nproposals_held:{}\r\nproposals_busy:{}\r\nevents_deferred:{}\r\nsnapshots_sent:{}\r\nsnapshots_installed:{}\r\nlog_compactions:{}\r\nraft_log_entries:{}\r\nraft_log_entries_read:{}\r\nraft_entries_cached:{}\r\nraft_entry_cache_bytes:{}\r\nlearners_promoted:{}\r\nranges_split:{}\r\nranges_quiescent:{}\r\npeers_connected:{}\r\npeer_restarts:{}\r\nreads_leased:{}\r\n\r\n\
+                 # Flotilla\r\nnode_id:{}\r\nranges:{}\r\nranges_led:{}\r\napplied_commands:{}\r\nraft_rounds:{}\r\nraft_syncs:{}\r\nproposals_held:{}\r\nproposals_busy:{}\r\nevents_deferred:{}\r\nsnapshots_sent:{}\r\nsnapshots_installed:{}\r\nlog_compactions:{}\r\nraft_log_entries:{}\r\nraft_log_entries_read:{}\r\nraft_entries_cached:{}\r\nraft_entry_cache_bytes:{}\r\nlearners_promoted:{}\r\nranges_split:{}\r\nranges_measured:{}\r\nranges_quiescent:{}\r\npeers_connected:{}\r\npeer_restarts:{}\r\nreads_leased:{}\r\n\r\n\
                  # Keyspace\r\ndb0:keys={},expires={},avg_ttl=0\r\n",
                 env!("CARGO_PKG_VERSION"),
                 std::process::id(),
@@ -993,6 +993,7 @@ impl Session {
                 cached.1,
                 m.learners_promoted.load(Ordering::Relaxed),
                 status.ranges_split,
+                status.ranges_measured,
                 m.ranges_quiescent.load(Ordering::Relaxed),
                 shared.peers.count(),
                 m.peer_restarts.load(Ordering::Relaxed),

@@ -48,8 +48,9 @@ use tokio::sync::mpsc;
 /// apply. 4: key expiry, whose commands and stored values (a tag byte before each, in
 /// snapshots too) a node of version 3 cannot read. 5: transactions (`Command::Multi`). 6: a
 /// batch carries its sender's clock. 7: range splits (`Command::Split`, `Command::FlushSpan`,
-/// and a batch's start keys of ranges appended to from their log's beginning).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// and a batch's start keys of ranges appended to from their log's beginning). 8: a range's
+/// size in its log (`Command::Measured`).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The largest frame accepted.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;

@@ -738,6 +738,152 @@ fn spans(server: &Server) -> Vec<String> {
         .collect()
 }
 
+/// A span's start and end: `r1 ["", "a033")`, `r5 ["t", end)`.
+fn bounds(span: &str) -> (String, Option<String>) {
+    let parts: Vec<&str> = span.split('"').collect();
+    (parts[1].to_string(), parts.get(3).map(|e| e.to_string()))
+}
+
+/// Each range's size as `FLOTILLA RANGES` through `server` shows it, by span.
+fn sizes(server: &Server) -> BTreeMap<String, String> {
+    ranges(server)
+        .iter()
+        .map(|l| {
+            let span = l.split(" replicas").next().unwrap().to_string();
+            let size = l.split(" size=").nth(1).unwrap().split(' ').next().unwrap();
+            (span, size.to_string())
+        })
+        .collect()
+}
+
+/// What `sizes` should show through `server` once every range is measured: the bytes of the
+/// keys and stored values (a tag byte before each value) of `written` in each span.
+fn exact_sizes(server: &Server, written: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    spans(server)
+        .into_iter()
+        .map(|span| {
+            let (start, end) = bounds(&span);
+            let within = |k: &String| *k >= start && end.as_ref().is_none_or(|e| k < e);
+            let bytes: usize = (written.iter())
+                .filter(|(k, _)| within(k))
+                .map(|(k, v)| k.len() + 1 + v.len())
+                .sum();
+            (span, bytes.to_string())
+        })
+        .collect()
+}
+
+/// Waits until every range is split and measured (more than `before` ranges): `leader` shows
+/// each range's exact size, as `written` makes it, and the other nodes up the same sizes. The
+/// number of ranges then.
+fn settled(
+    servers: &[Option<Server>],
+    leader: usize,
+    written: &BTreeMap<String, String>,
+    before: usize,
+) -> usize {
+    eventually(Duration::from_secs(30), "exact sizes", || {
+        let want = exact_sizes(node(servers, leader), written);
+        want.len() > before && sizes(node(servers, leader)) == want
+    });
+    let want = sizes(node(servers, leader));
+    for (i, s) in servers.iter().enumerate() {
+        if s.is_some() {
+            eventually(Duration::from_secs(10), "sizes alike", || {
+                sizes(node(servers, i)) == want
+            });
+        }
+    }
+    want.len()
+}
+
+/// The ranges measured by the nodes running since they started.
+fn measures(servers: &[Option<Server>]) -> u64 {
+    servers
+        .iter()
+        .flatten()
+        .map(|s| info(s, "ranges_measured"))
+        .sum()
+}
+
+/// Three nodes started with `range_max_bytes = max`, once every range has a leader.
+fn bounded_cluster(dir: &Path, max: usize) -> (Nodes, Vec<Option<Server>>) {
+    let nodes = configs(dir, 3, &format!("range_max_bytes = {max}\n"));
+    let servers: Vec<Option<Server>> = nodes.start_all().into_iter().map(Some).collect();
+    await_leaders(node(&servers, 0));
+    (nodes, servers)
+}
+
+/// Three nodes with `range_max_bytes = 65536`: every replica knows each range's size without
+/// reading it. New keys count as written, and a range past the bound is measured by its
+/// leader, split, and each piece measured, the measures going into the log. So a node that
+/// becomes the leader, or one killed and started again, shows every range's exact size at
+/// once and measures nothing until a range grows past the bound again.
+#[test]
+fn range_sizes_are_replicated_and_kept_so_a_new_leader_or_a_restart_reads_nothing() {
+    const MAX: usize = 65536;
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, mut servers) = bounded_cluster(dir.path(), MAX);
+    let mut written = BTreeMap::new();
+    let mut write = |server: &Server, pairs: Vec<(String, String)>| {
+        let mut pipe = redis::pipe();
+        for (k, v) in &pairs {
+            pipe.set(k, v).ignore();
+        }
+        pipe.query::<()>(&mut server.client()).unwrap();
+        written.extend(pairs);
+        written.clone()
+    };
+    let one_each = |round: &str| -> Vec<(String, String)> {
+        (PREFIXES.iter())
+            .map(|p| (format!("{p}-{round}"), "v".to_string()))
+            .collect()
+    };
+    // 100 keys of 1,022 bytes stored in the range of `prefix`: 1.6 times the bound.
+    let past_the_bound = |prefix: &str| -> Vec<(String, String)> {
+        (0..100)
+            .map(|i| (format!("{prefix}-{i:03}"), "v".repeat(1016)))
+            .collect()
+    };
+    let lead = |servers: &[Option<Server>], i: usize| {
+        let n = (i + 1).to_string();
+        let led = format!(" leader=n{n} ");
+        eventually(Duration::from_secs(30), "leading every range", || {
+            admin(node(servers, i), &["TRANSFERLEADER", "all", &n]).is_ok()
+                && ranges(node(servers, i)).iter().all(|l| l.contains(&led))
+        });
+    };
+
+    // New ranges take nothing; new keys count as written.
+    let w = write(node(&servers, 0), one_each("new"));
+    assert_eq!(settled(&servers, 0, &w, 0), 5);
+    // Through node `i + 1`, which leads every range there were `before`: a key written to
+    // each range, one range written past the bound, and a key written to each again. The
+    // range is measured and split, and each piece split off measured: one measure more than
+    // splits, and no other. The number of ranges then.
+    let mut grow = |servers: &[Option<Server>], i: usize, prefix: &str, before: usize| {
+        let measured = measures(servers) as usize;
+        write(node(servers, i), one_each(&format!("{prefix}1")));
+        write(node(servers, i), past_the_bound(prefix));
+        let w = write(node(servers, i), one_each(&format!("{prefix}2")));
+        let pieces = settled(servers, i, &w, before);
+        assert_eq!(measures(servers) as usize, measured + pieces - before + 1);
+        (pieces, w)
+    };
+
+    // Whichever node leads the first range measures it.
+    let (pieces, _) = grow(&servers, 0, "a", 5);
+    // Node 1 killed, node 2 leads every range: it knows every size.
+    servers[0].take().unwrap().kill();
+    lead(&servers, 1);
+    let (pieces, w) = grow(&servers, 1, "n", pieces);
+    // Node 1 started again knows every size, and so it does when it leads again.
+    servers[0] = Some(nodes.start(0));
+    settled(&servers, 1, &w, pieces - 1);
+    lead(&servers, 0);
+    grow(&servers, 0, "x", pieces);
+}
+
 /// Every node lists the ranges `expected` and reads `values` back, the replicas come to hold
 /// the same data, and node 2, killed and started again, still lists them and reads them.
 fn kept_on_every_node_and_over_a_restart(
@@ -780,9 +926,7 @@ fn kept_on_every_node_and_over_a_restart(
 fn a_range_written_past_range_max_bytes_is_split_on_every_node() {
     const MAX: usize = 65536;
     let dir = tempfile::tempdir().unwrap();
-    let nodes = configs(dir.path(), 3, &format!("range_max_bytes = {MAX}\n"));
-    let mut servers: Vec<Option<Server>> = nodes.start_all().into_iter().map(Some).collect();
-    await_leaders(node(&servers, 0));
+    let (nodes, mut servers) = bounded_cluster(dir.path(), MAX);
     // 52 hash tags of five keys, each key and value 1,025 bytes stored (a tag byte before each
     // value), all in ["", "f"). A piece is due every 32 keys, never a tag's end.
     let tags: Vec<Vec<String>> = (0..52)
@@ -795,11 +939,6 @@ fn a_range_written_past_range_max_bytes_is_split_on_every_node() {
         pipe.set(k, &value).ignore();
     }
     pipe.query::<()>(&mut node(&servers, 1).client()).unwrap();
-    // A span's start and end: `r1 ["", "a033")`, `r5 ["t", end)`.
-    let bounds = |span: &String| -> (String, Option<String>) {
-        let parts: Vec<&str> = span.split('"').collect();
-        (parts[1].to_string(), parts.get(3).map(|e| e.to_string()))
-    };
     let held = |span: &String| {
         let (start, end) = bounds(span);
         let within = |k: &&String| **k >= start && end.as_ref().is_none_or(|e| *k < e);

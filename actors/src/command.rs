@@ -206,6 +206,15 @@ pub enum Command {
         #[serde(with = "serde_bytes")]
         end: Vec<u8>,
     },
+    /// The leader's measure of the range it is proposed to: its keys below `end` (its end
+    /// then, or the first cut of the splits proposed before it) took `bytes`. Every replica
+    /// takes it as the range's size (`RangeSize`), unless the range ends past `end` by then
+    /// (the splits failed). Applied by the Store.
+    Measured {
+        #[serde(with = "serde_bytes")]
+        end: Vec<u8>,
+        bytes: u64,
+    },
 }
 
 /// A key a transaction watched, and the SHA-256 digest of its stored value then (`None`: it
@@ -313,7 +322,7 @@ impl Command {
                 pairs.iter().map(|(k, _)| k.as_slice()).collect()
             }
             Command::Rename { from, to, .. } => vec![from, to],
-            Command::Flush | Command::FlushSpan { .. } => vec![],
+            Command::Flush | Command::FlushSpan { .. } | Command::Measured { .. } => vec![],
             Command::Split { key, .. } => vec![key],
             Command::Reap { entries } => entries.iter().map(|(_, k)| k.as_slice()).collect(),
             Command::Clocked { command, .. } => command.keys(),
@@ -342,6 +351,7 @@ impl Command {
             | Command::Flush
             | Command::FlushSpan { .. }
             | Command::Split { .. }
+            | Command::Measured { .. }
             | Command::Clocked { .. } => self,
             command => Command::Clocked {
                 now: now(),
@@ -581,9 +591,10 @@ impl Command {
                 )
             }
             // Applied by the Store, which sees the ranges.
-            Command::Flush | Command::FlushSpan { .. } | Command::Split { .. } => {
-                Applied::answer(CommandOutcome::Ok)
-            }
+            Command::Flush
+            | Command::FlushSpan { .. }
+            | Command::Split { .. }
+            | Command::Measured { .. } => Applied::answer(CommandOutcome::Ok),
             Command::Read { keys } => Applied::answer(CommandOutcome::Values(
                 keys.iter()
                     .map(|k| read(k).filter(|s| value::live(s, now)))

@@ -507,6 +507,8 @@ pub struct StoreStatus {
     /// Splits this node applied since it started (`FLOTILLA SPLIT`, and ranges past their
     /// bound).
     pub ranges_split: u64,
+    /// Ranges this node measured since it started (see [`RangeStatus::size`]).
+    pub ranges_measured: u64,
 }
 
 /// One range as the Store sees it.
@@ -516,6 +518,9 @@ pub struct RangeStatus {
     pub leader: Option<NodeId>,
     pub term: u64,
     pub applied_index: u64,
+    /// What its keys and values take, as this replica reckons it (its leader's last measure,
+    /// and the bytes written since), if known.
+    pub size: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `'r' · range · 'c'` | index of the change that made it, conf state (protobuf) |
-//! | `'r' · range · 'a'` | applied state: applied index and term, then the last command applied from each proposer (bincode [`Proposers`], left out while empty); older than any record below |
+//! | `'r' · range · 'a'` | applied state: applied index and term; `0xff` and the range's size (bytes measured, and grown since: [`RangeSize`]) if known; then the last command applied from each proposer (bincode [`Proposers`], left out while empty); older than any record below |
 //! | `'r' · range · 'd'` | range descriptor (bincode) |
 //! | `'r' · range · 'x'` | tombstone: the replica removed from this node (8 bytes) |
 //! | `'r' · range · 'f'` | empty: a `FLUSHDB`'s deletion of the range's keys is under way; written before its first chunk, deleted with the applied state after it (see [`Engine::flushing`]) |
@@ -392,8 +392,10 @@ pub mod keys {
 ///
 /// 1: the format is recorded. 2: a `FLUSHDB`'s deletion is recorded while under way
 /// ([`keys::FLUSHING`]); a build of format 1 would leave the record behind, and the range
-/// would then be taken as torn for ever.
-pub const FORMAT: u64 = 2;
+/// would then be taken as torn for ever. 3: an applied state may hold the range's size
+/// ([`RangeSize`]), which a build of format 2 would take for corrupt proposers; a state of
+/// format 2 reads as one of unknown size.
+pub const FORMAT: u64 = 3;
 
 /// User keys a purge deletes in one sled batch (see [`Engine::purge`]): about 50 ms of sled's
 /// work here.
@@ -995,7 +997,7 @@ impl Engine {
 
     /// Stages the state a range born of a split starts with, in the left range's batch: its
     /// descriptor, conf state and applied state at [`BOOTSTRAP_INDEX`], as a bootstrapped
-    /// range's; raft's hard state and truncated index follow from them when its group is
+    /// range's (but of a size not known: see [`RangeSize`]); raft's hard state and truncated index follow from them when its group is
     /// opened (`RangeStorage::load`), keeping the term and vote of a replica of it that was
     /// already here, empty. The left range's index of deadlines moves its entries of the
     /// right range's keys over, and the descriptors are both written.
@@ -1019,7 +1021,7 @@ impl Engine {
             index: BOOTSTRAP_INDEX,
             term: BOOTSTRAP_TERM,
         };
-        states.put(right.id, start, proposers);
+        states.put(right.id, start, proposers, None);
         self.move_deadlines(left.id, right, batch)?;
         put_descriptor(batch, left);
         put_descriptor(batch, right);
@@ -1115,26 +1117,28 @@ impl Engine {
     }
 
     /// Where to cut the user keys in `[start, end)` if they and their stored values take more
-    /// than `max_bytes`, and the bytes read to tell. Each piece takes at least half of
-    /// `max_bytes` (but the one before a key of that size, which starts a piece of its own); a
-    /// cut is the shortest key that still falls after the key before it (between
-    /// `key:000000499999` and `key:000000500000`, `key:0000005`), of at most `max_key` bytes.
-    /// No cut can fall among keys sharing a hash tag ([`hash_tag`]) or their first `max_key`
-    /// bytes: where one is due among such keys, they are passed over unread, to the first key
-    /// after them. Reads no more than
-    /// [`MEASURE_READS`] times `max_bytes` (and one key): a range of gigabytes costs no more to
-    /// look at than one a few times the bound, and what lies past the last cut of a range not
-    /// read to its end may be cut when that piece is measured.
+    /// than `max_bytes`, and the bytes read to tell, in all and before the first cut. Each
+    /// piece takes at least half of `max_bytes` (but the one before a key of that size, which
+    /// starts a piece of its own); a cut is the shortest key that still falls after the key
+    /// before it (between `key:000000499999` and `key:000000500000`, `key:0000005`), of at most
+    /// `max_key` bytes. No cut can fall among keys sharing a hash tag ([`hash_tag`]) or their
+    /// first `max_key` bytes: where one is due among such keys, they are passed over unread
+    /// (and uncounted), to the first key after them. Reads no more than [`MEASURE_READS`]
+    /// times `max_bytes` (and one key): a range of gigabytes costs no more to look at than one
+    /// a few times the bound, and what lies past the last cut of a range not read to its end
+    /// may be cut when that piece is measured.
     pub fn split_points(
         &self,
         start: &[u8],
         end: &[u8],
         max_bytes: u64,
         max_key: usize,
-    ) -> Result<(u64, Vec<Vec<u8>>), StorageError> {
+    ) -> Result<Measure, StorageError> {
         let (lo, hi) = keys::user_span(start, end);
         let (half, budget) = (max_bytes / 2, max_bytes.saturating_mul(MEASURE_READS));
         let (mut bytes, mut piece, mut cuts) = (0u64, 0u64, Vec::new());
+        // The bytes read before each cut.
+        let mut before_cuts = Vec::new();
         // Whether the piece before the last cut is one key of half the bound or more.
         let (mut keys_in_piece, mut one_large_before) = (0, false);
         let mut before = None::<sled::IVec>;
@@ -1154,6 +1158,7 @@ impl Engine {
                     // The separator is a prefix of `group`, so parts no keys sharing a prefix
                     // that may not be parted.
                     cuts.push(separator(&b[1..], &k[1..]));
+                    before_cuts.push(bytes);
                     one_large_before = keys_in_piece == 1 && piece >= half;
                     (piece, keys_in_piece) = (0, 0);
                 } else {
@@ -1177,7 +1182,12 @@ impl Engine {
                 cuts.pop();
             }
         }
-        Ok((bytes, cuts))
+        let first = before_cuts.first().filter(|_| !cuts.is_empty());
+        Ok(Measure {
+            first: first.copied().unwrap_or(bytes),
+            bytes,
+            cuts,
+        })
     }
 
     /// The entries of a range's index of deadlines that are past at `now`, earliest first, up
@@ -1419,10 +1429,9 @@ impl Engine {
         Ok(n < max)
     }
 
-    /// The applied index and term of a range and the last command applied from each proposer
-    /// (zero and none when nothing was applied): in the newest record that has them, else in
-    /// the range's key.
-    pub fn applied_state(&self, range: RangeId) -> Result<(LogPosition, Proposers), StorageError> {
+    /// The applied state of a range (zero, none and an unknown size when nothing was applied):
+    /// in the newest record that has it, else in the range's key.
+    pub fn applied_state(&self, range: RangeId) -> Result<AppliedState, StorageError> {
         let log = self.applied.lock().expect("applied log");
         if let Some((_, v)) = log.newest.get(&range) {
             return decode_applied(v);
@@ -1435,7 +1444,7 @@ impl Engine {
 
     /// The applied index and term of a range (zero when nothing was applied).
     pub fn applied(&self, range: RangeId) -> Result<LogPosition, StorageError> {
-        Ok(self.applied_state(range)?.0)
+        Ok(self.applied_state(range)?.position)
     }
 
     /// Every log entry stored for a range, in index order (for inspection and tests).
@@ -1500,17 +1509,73 @@ impl Engine {
         // A new range: no record has a state of it.
         data.insert(
             keys::range_key(range, keys::APPLIED),
-            applied_value(start, &Proposers::new()),
+            applied_value(start, &Proposers::new(), Some(RangeSize::of(0))),
         );
         put_descriptor(data, descriptor);
         Ok(())
     }
 }
 
-/// A range's applied state as stored: applied index and term, then the last command applied
-/// from each proposer (left out while there is none).
-fn applied_value(applied: LogPosition, proposers: &Proposers) -> Vec<u8> {
+/// What a range's keys and values take, as a replica reckons it (see `store/sizes.rs`): the
+/// last measure its leader put in the log (or what the snapshot it installed held, or zero
+/// for a new range), and the bytes of keys and values applied since (an overwrite or a
+/// deletion counts as written, so this is more than the range grew).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RangeSize {
+    pub measured: u64,
+    pub grown: u64,
+}
+
+impl RangeSize {
+    /// A range known to take `bytes`.
+    pub fn of(bytes: u64) -> RangeSize {
+        RangeSize {
+            measured: bytes,
+            grown: 0,
+        }
+    }
+
+    /// The bytes the range takes at most, short of a measure that passed over keys (see
+    /// [`Engine::split_points`]).
+    pub fn bytes(&self) -> u64 {
+        self.measured.saturating_add(self.grown)
+    }
+}
+
+/// What [`Engine::split_points`] found: the bytes of keys and values it read, where to cut,
+/// and the bytes before the first cut (all of them if none).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Measure {
+    pub bytes: u64,
+    pub cuts: Vec<Vec<u8>>,
+    pub first: u64,
+}
+
+/// A range's applied state: the position of the last entry applied, the last command applied
+/// from each proposer, and its size if known (not for a range of a data directory of format
+/// 2 not measured since).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppliedState {
+    pub position: LogPosition,
+    pub proposers: Proposers,
+    pub size: Option<RangeSize>,
+}
+
+/// Marks a size in an applied state as stored: never the first byte of encoded proposers
+/// (bincode's varint lengths start with 0 to 254), so a state of format 2, without a size,
+/// reads as one of unknown size.
+const SIZED: u8 = 0xff;
+
+/// A range's applied state as stored: applied index and term; [`SIZED`] and the size (bytes
+/// measured, and grown since) if known; then the last command applied from each proposer
+/// (left out while there is none).
+fn applied_value(applied: LogPosition, proposers: &Proposers, size: Option<RangeSize>) -> Vec<u8> {
     let mut v = applied.encode().to_vec();
+    if let Some(size) = size {
+        v.push(SIZED);
+        v.extend_from_slice(&size.measured.to_be_bytes());
+        v.extend_from_slice(&size.grown.to_be_bytes());
+    }
     if !proposers.is_empty() {
         v.extend_from_slice(&codec::encode(proposers));
     }
@@ -1518,29 +1583,54 @@ fn applied_value(applied: LogPosition, proposers: &Proposers) -> Vec<u8> {
 }
 
 /// Decodes [`applied_value`]; empty (nothing applied, or the range removed): zero and none.
-fn decode_applied(v: &[u8]) -> Result<(LogPosition, Proposers), StorageError> {
+fn decode_applied(v: &[u8]) -> Result<AppliedState, StorageError> {
     if v.is_empty() {
-        return Ok((LogPosition::default(), Proposers::new()));
+        return Ok(AppliedState::default());
     }
-    let applied = LogPosition::decode("applied state", v.get(..16).unwrap_or(v))?;
-    let proposers = match v.get(16..) {
-        Some(rest) if !rest.is_empty() => {
-            codec::decode(rest).map_err(|e| corrupt("proposers", e))?
-        }
-        _ => Proposers::new(),
+    let position = LogPosition::decode("applied state", v.get(..16).unwrap_or(v))?;
+    let mut rest = v.get(16..).unwrap_or_default();
+    let mut size = None;
+    if let Some((&SIZED, sized)) = rest.split_first() {
+        let number = |at: usize| -> Result<u64, StorageError> {
+            let bytes = sized
+                .get(at..at + 8)
+                .ok_or_else(|| corrupt("range size", "short"))?;
+            Ok(u64::from_be_bytes(bytes.try_into().expect("8 bytes")))
+        };
+        size = Some(RangeSize {
+            measured: number(0)?,
+            grown: number(8)?,
+        });
+        rest = &sized[16..];
+    }
+    let proposers = if rest.is_empty() {
+        Proposers::new()
+    } else {
+        codec::decode(rest).map_err(|e| corrupt("proposers", e))?
     };
-    Ok((applied, proposers))
+    Ok(AppliedState {
+        position,
+        proposers,
+        size,
+    })
 }
 
-/// Applied states to write with a batch: each range's applied position and the last command
-/// applied from each proposer (see "Applied states").
+/// Applied states to write with a batch: each range's applied position, the last command
+/// applied from each proposer, and its size (see "Applied states").
 #[derive(Debug, Default)]
 pub struct AppliedStates(Vec<(RangeId, Vec<u8>)>);
 
 impl AppliedStates {
     /// Adds a range's applied state.
-    pub fn put(&mut self, range: RangeId, applied: LogPosition, proposers: &Proposers) {
-        self.0.push((range, applied_value(applied, proposers)));
+    pub fn put(
+        &mut self,
+        range: RangeId,
+        applied: LogPosition,
+        proposers: &Proposers,
+        size: Option<RangeSize>,
+    ) {
+        self.0
+            .push((range, applied_value(applied, proposers, size)));
     }
 }
 
@@ -2353,7 +2443,11 @@ impl RangeStorage {
             // A `FLUSHDB`'s deletion cut short by a stop is over: the data is the snapshot's.
             kv.remove(keys::range_key(self.range, keys::FLUSHING));
         }
-        batch.applied.put(self.range, at, &data.proposers);
+        let bytes = data.pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64);
+        let size = RangeSize::of(bytes.sum());
+        batch
+            .applied
+            .put(self.range, at, &data.proposers, Some(size));
         batch.clean_log(self.range);
         batch.put_truncated(self.range, at);
         self.truncated = at;
@@ -2674,46 +2768,58 @@ pub(crate) mod tests {
         put(b"z", &[b'x'; 5000]);
         put(b"zz1", b"v");
         put(b"zz2", b"v");
+        // The bytes read, before the first cut, and the cuts.
         let measure = |start: &[u8], end: &[u8], max: u64, max_key: usize| {
-            let (bytes, cuts) = engine.split_points(start, end, max, max_key).unwrap();
-            let cuts: Vec<String> = (cuts.iter())
+            let m = engine.split_points(start, end, max, max_key).unwrap();
+            let cuts: Vec<String> = (m.cuts.iter())
                 .map(|c| String::from_utf8(c.clone()).unwrap())
                 .collect();
-            (bytes, cuts)
+            (m.bytes, m.first, cuts)
         };
         let none = Vec::<String>::new();
         // 2,000 bytes: within 4,000 and 2,000 (what lies outside the span does not count).
-        assert_eq!(measure(b"key:", b"y", 4000, 100), (2000, none.clone()));
-        assert_eq!(measure(b"key:", b"y", 2000, 100), (2000, none.clone()));
+        assert_eq!(
+            measure(b"key:", b"y", 4000, 100),
+            (2000, 2000, none.clone())
+        );
+        assert_eq!(
+            measure(b"key:", b"y", 2000, 100),
+            (2000, 2000, none.clone())
+        );
         // Pieces of half the bound, each cut the shortest key after the key before it.
         assert_eq!(
             measure(b"", b"y", 1000, 100),
             (
                 2000,
+                500,
                 vec!["key:025".into(), "key:05".into(), "key:075".into()]
             )
         );
         // A last piece under half the bound goes with the one before.
         assert_eq!(
             measure(b"", b"y", 1200, 100),
-            (2000, vec!["key:03".into(), "key:06".into()])
+            (2000, 600, vec!["key:03".into(), "key:06".into()])
         );
         // At most four times the bound read: the rest is cut when its piece is measured.
-        let (bytes, cuts) = measure(b"", b"y", 400, 100);
-        assert_eq!((bytes, cuts.len(), &cuts[6][..]), (1600, 7, "key:07"));
+        let (bytes, first, cuts) = measure(b"", b"y", 400, 100);
+        assert_eq!((bytes, first), (1600, 200));
+        assert_eq!((cuts.len(), &cuts[6][..]), (7, "key:07"));
         // A key of half the bound or more starts a piece (and the budget ends the read).
         assert_eq!(
             measure(b"key:098", b"", 1000, 100),
-            (5041, vec!["z".into()])
+            (5041, 40, vec!["z".into()])
         );
         // No cut allowed among keys sharing their first 5 bytes: passed over unread, to the
         // first key after them, which is cut before.
-        assert_eq!(measure(b"", b"y", 600, 5), (320, none.clone()));
-        assert_eq!(measure(b"", b"", 600, 5), (5321, vec!["z".into()]));
+        assert_eq!(measure(b"", b"y", 600, 5), (320, 320, none.clone()));
+        assert_eq!(measure(b"", b"", 600, 5), (5321, 320, vec!["z".into()]));
         // One key alone cannot be cut, however large; the keys after a large one are cut from
         // it, however few.
-        assert_eq!(measure(b"y", b"za", 100, 100), (5001, none));
-        assert_eq!(measure(b"y", b"", 2000, 100), (5009, vec!["zz".into()]));
+        assert_eq!(measure(b"y", b"za", 100, 100), (5001, 5001, none));
+        assert_eq!(
+            measure(b"y", b"", 2000, 100),
+            (5009, 5001, vec!["zz".into()])
+        );
         assert_eq!(successor(b"ab"), Some(b"ac".to_vec()));
         assert_eq!(successor(b"a\xff\xff"), Some(b"b".to_vec()));
         assert_eq!(successor(b"\xff"), None);
@@ -2758,7 +2864,7 @@ pub(crate) mod tests {
         }
         (0..50).for_each(|i| drop(put(&format!("user:{{}}:{i:03}")).unwrap()));
         let measure = |start: &[u8], end: &[u8], max: u64| {
-            let (bytes, cuts) = engine.split_points(start, end, max, 100).unwrap();
+            let Measure { bytes, cuts, .. } = engine.split_points(start, end, max, 100).unwrap();
             let cuts: Vec<String> = (cuts.iter())
                 .map(|c| String::from_utf8(c.clone()).unwrap())
                 .collect();
@@ -3552,7 +3658,7 @@ pub(crate) mod tests {
                     term: 6,
                 };
                 for d in &ranges {
-                    states.put(d.id, at, &Proposers::new());
+                    states.put(d.id, at, &Proposers::new(), None);
                 }
                 engine.write(sled::Batch::default(), states).unwrap();
                 engine.sync().unwrap();
@@ -3683,10 +3789,15 @@ pub(crate) mod tests {
         assert!(engine.log_entries(RangeId(7)).unwrap().is_empty());
         assert_eq!(engine.get_user(b"c").unwrap(), Some(b"3".to_vec()));
         assert_eq!(engine.get_user(b"b-stale").unwrap(), None);
-        // The proposers' last commands come with the data: duplicates stay recognised.
+        // The proposers' last commands come with the data: duplicates stay recognised. The
+        // range's size is what the snapshot held: keys and stored values.
         assert_eq!(
-            engine.applied_state(RangeId(7)).unwrap().1,
-            Proposers::from([(NodeId(2), (9, 41))])
+            engine.applied_state(RangeId(7)).unwrap(),
+            AppliedState {
+                position: LogPosition { index: 20, term: 8 },
+                proposers: Proposers::from([(NodeId(2), (9, 41))]),
+                size: Some(RangeSize::of(1 + 1 + 1 + 10)),
+            }
         );
         assert_eq!(
             engine.get_user(b"z-other-range").unwrap(),
@@ -3844,6 +3955,7 @@ pub(crate) mod tests {
                 RangeId(7),
                 LogPosition { index: 20, term: 6 },
                 &Proposers::new(),
+                None,
             );
             engine.write(sled::Batch::default(), states).unwrap();
             engine.sync().unwrap();
@@ -3857,10 +3969,22 @@ pub(crate) mod tests {
     fn write_applied(engine: &Engine, ranges: &[u64], index: u64) {
         let mut states = AppliedStates::default();
         for &r in ranges {
-            let proposers = Proposers::from([(NodeId(2), (1, index))]);
-            states.put(RangeId(r), LogPosition { index, term: 6 }, &proposers);
+            let state = applied_state(r, index);
+            states.put(RangeId(r), state.position, &state.proposers, state.size);
         }
         engine.write(sled::Batch::default(), states).unwrap();
+    }
+
+    /// The applied state `write_applied` writes: a size for even ranges only.
+    fn applied_state(range: u64, index: u64) -> AppliedState {
+        AppliedState {
+            position: LogPosition { index, term: 6 },
+            proposers: Proposers::from([(NodeId(2), (1, index))]),
+            size: range.is_multiple_of(2).then_some(RangeSize {
+                measured: range << 40,
+                grown: index,
+            }),
+        }
     }
 
     fn records(engine: &Engine) -> usize {
@@ -3900,10 +4024,7 @@ pub(crate) mod tests {
         for (range, index) in expected {
             assert_eq!(
                 engine.applied_state(RangeId(range)).unwrap(),
-                (
-                    LogPosition { index, term: 6 },
-                    Proposers::from([(NodeId(2), (1, index))])
-                ),
+                applied_state(range, index),
                 "range {range}"
             );
         }
@@ -3912,6 +4033,44 @@ pub(crate) mod tests {
         write_applied(&engine, &[2], 11 + n);
         assert_eq!(engine.applied(RangeId(2)).unwrap().index, 11 + n);
         assert_eq!(records(&engine), APPLIED_RECORDS);
+    }
+
+    #[test]
+    fn an_applied_state_of_format_2_reads_as_one_of_unknown_size() {
+        let position = LogPosition { index: 9, term: 2 };
+        for proposers in [
+            Proposers::new(),
+            Proposers::from([(NodeId(2), (1, 7))]),
+            (1..=300).map(|n| (NodeId(n), (n, n))).collect(),
+        ] {
+            // Format 2: the position, then the proposers if any.
+            let mut old = position.encode().to_vec();
+            if !proposers.is_empty() {
+                old.extend_from_slice(&codec::encode(&proposers));
+            }
+            assert_eq!(old, applied_value(position, &proposers, None));
+            let state = AppliedState {
+                position,
+                proposers,
+                size: None,
+            };
+            assert_eq!(decode_applied(&old).unwrap(), state);
+            let size = Some(RangeSize {
+                measured: u64::MAX,
+                grown: 3,
+            });
+            let sized = applied_value(position, &state.proposers, size);
+            assert_eq!(
+                decode_applied(&sized).unwrap(),
+                AppliedState { size, ..state }
+            );
+            assert!(decode_applied(&sized[..20]).is_err());
+        }
+        // A new range takes nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, _) = bootstrapped(dir.path());
+        let size = engine.applied_state(RangeId(7)).unwrap().size;
+        assert_eq!(size, Some(RangeSize::of(0)));
     }
 
     #[test]

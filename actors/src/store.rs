@@ -28,8 +28,9 @@ use crate::ids::{NodeId, ProposalId, RangeId, ReadId, ReplicaId};
 use crate::messages::*;
 use crate::multiraft::{snapshot_of, MultiRaft, RaftMetrics};
 use crate::storage::{
-    hash_tag_refusal, keys, overlap, put_descriptor, AppliedStates, Engine, Expired, LogPosition,
-    Pair, Proposers, RangeDescriptor, SnapshotData, StorageError, BOOTSTRAP_INDEX, BOOTSTRAP_TERM,
+    hash_tag_refusal, keys, overlap, put_descriptor, AppliedState, AppliedStates, Engine, Expired,
+    LogPosition, Pair, Proposers, RangeDescriptor, RangeSize, SnapshotData, StorageError,
+    BOOTSTRAP_INDEX, BOOTSTRAP_TERM,
 };
 use crate::value::{self, Clock, Value};
 use actix::prelude::*;
@@ -131,12 +132,9 @@ struct RangeState {
     proposers: Proposers,
     leader: Option<NodeId>,
     term: u64,
-    /// What the range's keys and values took when last measured here, if they were since this
-    /// node started (see `sizes`); more than the range holds once it has split since.
-    size: Option<u64>,
-    /// Bytes of keys and values applied since.
-    grown: u64,
-    /// When the range was last measured.
+    /// What the range's keys and values take, if known (see `sizes`).
+    size: Option<RangeSize>,
+    /// When the range was last measured here.
     measured_at: Option<Instant>,
     /// Whether that measure found the range past the bound with no place to cut it.
     indivisible: bool,
@@ -567,6 +565,8 @@ pub struct Store {
     applied_commands: u64,
     /// Splits applied since the Store started.
     ranges_split: u64,
+    /// Ranges measured since it started (see `sizes`).
+    ranges_measured: u64,
     /// Requests for MultiRaft gathered since the last [`FlushRequests`].
     outgoing: Vec<RaftRequest>,
     myself: Option<Addr<Store>>,
@@ -837,6 +837,7 @@ impl Store {
             conditions: Vec::new(),
             applied_commands: 0,
             ranges_split: 0,
+            ranges_measured: 0,
             outgoing: Vec::new(),
             myself: None,
             raft_metrics,
@@ -864,8 +865,8 @@ impl Store {
             settings,
         };
         for d in engine.descriptors()? {
-            let (applied, proposers) = engine.applied_state(d.id)?;
-            store.put_range(d, applied, proposers);
+            let state = engine.applied_state(d.id)?;
+            store.put_range(d, state);
         }
         for range in &store.torn {
             log::info!(
@@ -876,12 +877,7 @@ impl Store {
         Ok(store)
     }
 
-    fn put_range(
-        &mut self,
-        descriptor: RangeDescriptor,
-        applied: LogPosition,
-        proposers: Proposers,
-    ) {
+    fn put_range(&mut self, descriptor: RangeDescriptor, state: AppliedState) {
         self.routing
             .insert(descriptor.start_key.clone(), descriptor.id);
         // Stored or installed, its data may have values with a deadline.
@@ -895,12 +891,11 @@ impl Store {
             descriptor.id,
             RangeState {
                 descriptor,
-                applied,
-                proposers,
+                applied: state.position,
+                proposers: state.proposers,
                 leader,
                 term,
-                size: None,
-                grown: 0,
+                size: state.size,
                 measured_at: None,
                 indivisible: false,
             },
@@ -1084,10 +1079,13 @@ impl Store {
                 let range = route(command.keys()[0])?;
                 vec![(range, command)]
             }
-            Command::Clocked { .. } | Command::Reap { .. } | Command::Read { .. } => {
+            Command::Clocked { .. }
+            | Command::Reap { .. }
+            | Command::Measured { .. }
+            | Command::Read { .. } => {
                 return Err(StoreError::Internal(
-                    "only the Store proposes clocked commands and reaps, and reads go in a \
-                     transaction"
+                    "only the Store proposes clocked commands, reaps and measures, and reads \
+                     go in a transaction"
                         .into(),
                 ))
             }
@@ -1109,6 +1107,7 @@ impl Store {
                             | Command::Flush
                             | Command::FlushSpan { .. }
                             | Command::Split { .. }
+                            | Command::Measured { .. }
                     )
                 };
                 if commands.iter().any(nested) {
@@ -1682,7 +1681,7 @@ impl Store {
         let mut states = AppliedStates::default();
         for range in &ranges {
             if let Some(r) = self.ranges.get(range) {
-                states.put(*range, r.applied, &r.proposers);
+                states.put(*range, r.applied, &r.proposers, r.size);
             }
         }
         (layer, batch, states, ranges)
@@ -2085,6 +2084,10 @@ impl Store {
                     let applied = if let Command::Flush | Command::FlushSpan { .. } = command {
                         // Nothing to read: the span is cleared whole.
                         self.flush(range, &mut overlay, &mut batch);
+                        self.measured(range, &[], 0);
+                        command.apply(|_| None)
+                    } else if let Command::Measured { end, bytes } = &command {
+                        self.measured(range, end, *bytes);
                         command.apply(|_| None)
                     } else {
                         let (engine, in_flight) = (&self.engine, &self.in_flight);
@@ -2213,8 +2216,9 @@ impl Store {
                     self.spoil_snapshot(range);
                     // MultiRaft wrote the snapshot's state before handing this event over (and
                     // the cache is cleared: see `values`).
-                    let (_, proposers) = self.engine.applied_state(range)?;
-                    self.put_range(descriptor, LogPosition { index, term }, proposers);
+                    let state = self.engine.applied_state(range)?;
+                    debug_assert_eq!(state.position, LogPosition { index, term });
+                    self.put_range(descriptor, state);
                     // Its snapshots asked for meanwhile are built after this batch, as it is
                     // put back (`snapshots_after_clearing` below): here its layer is out of
                     // `unwritten`, where `clearing` would not see a `FLUSHDB` in it.
@@ -2360,10 +2364,10 @@ impl Store {
             removed: left.removed.clone(),
         };
         r.descriptor = left.clone();
-        let (applied, proposers) = (r.applied, r.proposers.clone());
+        let (applied, proposers, size) = (r.applied, r.proposers.clone(), r.size);
         let mut batch = sled::Batch::default();
         let mut states = AppliedStates::default();
-        states.put(range, applied, &proposers);
+        states.put(range, applied, &proposers, size);
         let created = match (right_d.replica_of(node), self.engine.tombstone(right)?) {
             (Some(replica), Some(removed)) => replica > removed,
             _ => true,
@@ -2379,6 +2383,8 @@ impl Store {
         if exists {
             put_descriptor(&mut batch, &left);
         } else if created {
+            // The right range's size is not known until it is measured (at once, below, where
+            // led).
             (self.engine).stage_split(&left, &right_d, &proposers, &mut batch, &mut states)?;
             if torn {
                 batch.insert(keys::range_key(right, keys::FLUSHING), b"".as_slice());
@@ -2391,11 +2397,16 @@ impl Store {
         self.spoil_snapshot(range);
         self.expiring.insert(range);
         if created && !exists {
-            let start = LogPosition {
+            let position = LogPosition {
                 index: BOOTSTRAP_INDEX,
                 term: BOOTSTRAP_TERM,
             };
-            self.put_range(right_d.clone(), start, proposers);
+            let state = AppliedState {
+                position,
+                proposers,
+                size: None,
+            };
+            self.put_range(right_d.clone(), state);
             // What a split leaves right of the key may be past the bound still.
             self.to_size.insert(right);
             if torn {
@@ -2731,11 +2742,19 @@ impl Handler<HandOverSettled> for Store {
 impl Store {
     /// See [`HandOverApplied`].
     fn handed_over(&mut self) -> HandedOver {
+        let written = self.hand_over_all();
+        let ranges = self.ranges.values().map(|r| r.descriptor.clone()).collect();
+        HandedOver { ranges, written }
+    }
+
+    /// Hands everything applied to the writer; what says when the writer has written it
+    /// (`None`: written already).
+    pub(super) fn hand_over_all(&mut self) -> Option<std::sync::mpsc::Receiver<()>> {
         self.hand_over_now();
         if let Err(e) = self.finish_inline() {
             panic!("store: {}: cannot write applied entries: {e}", self.node);
         }
-        let written = match &self.writer {
+        match &self.writer {
             Writer::Thread(jobs) if !self.in_flight.is_empty() => {
                 let (done, wait) = std::sync::mpsc::channel();
                 if jobs.send(WriteJob::Barrier(done)).is_err() {
@@ -2744,9 +2763,7 @@ impl Store {
                 Some(wait)
             }
             _ => None,
-        };
-        let ranges = self.ranges.values().map(|r| r.descriptor.clone()).collect();
-        HandedOver { ranges, written }
+        }
     }
 }
 
@@ -3179,10 +3196,12 @@ impl Handler<GetStoreStatus> for Store {
                     leader: r.leader,
                     term: r.term,
                     applied_index: r.applied.index,
+                    size: r.size.as_ref().map(RangeSize::bytes),
                 })
                 .collect(),
             applied_commands: self.applied_commands,
             ranges_split: self.ranges_split,
+            ranges_measured: self.ranges_measured,
         })
     }
 }
@@ -3622,7 +3641,7 @@ mod tests {
         let (builds, handed) = std::sync::mpsc::channel();
         s.builder = Some(builds);
         s.generate_snapshot(one).unwrap();
-        let before = s.engine.applied_state(one).unwrap().0;
+        let before = s.engine.applied_state(one).unwrap().position;
         apply_commands(&mut s, vec![Command::Flush]);
         assert_eq!(s.torn, BTreeSet::from([two]));
         let installed = Event::SnapshotInstalled {
@@ -3637,7 +3656,7 @@ mod tests {
             handed.try_recv().is_err(),
             "built before its FLUSHDB was written"
         );
-        assert_eq!(s.engine.applied_state(one).unwrap().0, before);
+        assert_eq!(s.engine.applied_state(one).unwrap().position, before);
         s.hand_over_unwritten();
         let BuildJob { range, .. } = handed.try_recv().expect("built once written");
         assert_eq!(range, one);

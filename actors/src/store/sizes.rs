@@ -7,15 +7,28 @@
 //!
 //! sled cannot tell what a span of keys takes without reading it, so a range is measured by
 //! reading it ([`Engine::split_points`], on a thread of its own), and only when it may be past
-//! the bound. Every replica counts the bytes of keys and values applied to each range
-//! (`RangeState::grown`: an overwrite or a delete counts as growth, so this is more than the
-//! range grew). The leader's node measures:
+//! the bound. Each range's size is part of its applied state ([`RangeSize`], stored with its
+//! applied index): the last measure, which its leader proposes as a [`Command::Measured`] for
+//! every replica to take, and the bytes of keys and values applied since (an overwrite or a
+//! delete counts as growth, so this is more than the range grew). A new range takes 0 bytes,
+//! a `FLUSHDB` leaves 0, a snapshot installed what it held, and the size of a range split off
+//! is not known until it is measured. So a node that starts again, or
+//! that becomes a range's leader, knows its size without reading it (CockroachDB keeps its
+//! ranges' `MVCCStats` the same way). The leader's node measures:
 //!
-//! - a range whose last measure plus that count passes the bound, the count being at least a
-//!   sixteenth of it (a split leaves the left half's measure as it was, more than it holds);
-//! - a range this node has not measured since it started, when it is written: a range past
-//!   the bound that nobody writes is not looked at;
-//! - a range split off, at once.
+//! - a range whose size passes the bound, the bytes applied since its last measure being at
+//!   least a sixteenth of it;
+//! - a range split off, at once;
+//! - a range whose size is not known (split off and not measured before its leader changed,
+//!   or of a data directory of format 2), when it is written: a range past the bound that
+//!   nobody writes is not looked at.
+//!
+//! A measure that finds where to cut proposes the splits, then the size of what stays left of
+//! the first cut (taken only if the range ends there by then: see [`Command::Measured`]).
+//! A measure reads sled once everything the Store had applied when it was asked for is
+//! written there; what is applied after that and before the measure's entry is not counted (a
+//! range written without pause is undercounted by what is written in about the time a measure
+//! takes), nor are the keys of a hash tag a measure passed over unread.
 //!
 //! A measure reads no more than four times the bound, and cuts what it read into pieces of
 //! half the bound or more, a key of half the bound or more starting a piece of its own, and
@@ -31,6 +44,7 @@
 //! key), costs at most one read of it every 10 s, or a byte read per byte written.
 
 use super::*;
+use crate::storage::Measure;
 
 /// How often a Store looks for the ranges to measure.
 pub(super) const SIZE_EVERY: Duration = Duration::from_secs(1);
@@ -44,10 +58,16 @@ pub(super) struct SizeJob {
     start: Vec<u8>,
     end: Vec<u8>,
     max_bytes: u64,
+    /// Says when everything the Store had applied when it asked is in sled (`None`: it was).
+    written: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 impl SizeJob {
-    fn run(&self, engine: &Engine) -> Result<(u64, Vec<Vec<u8>>), String> {
+    fn run(&self, engine: &Engine) -> Result<Measure, String> {
+        if let Some(written) = &self.written {
+            // Closed if the writer stopped, which stops the Store.
+            let _ = written.recv();
+        }
         let (start, end) = (&self.start, &self.end);
         (engine.split_points(start, end, self.max_bytes, MAX_SPLIT_KEY_BYTES))
             .map_err(|e| e.to_string())
@@ -60,7 +80,7 @@ impl SizeJob {
 #[rtype(result = "()")]
 pub(super) struct Sized {
     job: SizeJob,
-    measured: Result<(u64, Vec<Vec<u8>>), String>,
+    measured: Result<Measure, String>,
 }
 
 /// The sizer thread: measures ranges one at a time, in the order asked.
@@ -81,16 +101,36 @@ pub(super) fn size_in_order(
     }
 }
 
+/// Whether a range of size `size` is to be measured, with a bound of `max` bytes: a range
+/// whose size is not known, or past the bound with at least a sixteenth of it applied since
+/// its last measure.
+fn due(size: Option<RangeSize>, max: u64) -> bool {
+    size.is_none_or(|s| s.bytes() > max && s.grown >= max / 16)
+}
+
 impl Store {
     /// Counts `bytes` applied to `range`, which then may be due a measure if led here.
     pub(super) fn grew(&mut self, range: RangeId, bytes: u64) {
         let max = self.settings.range_max_bytes;
         if let Some(r) = self.ranges.get_mut(&range) {
-            r.grown += bytes;
-            let past = |size| size + r.grown > max && r.grown >= max / 16;
-            if r.leader == Some(self.node) && r.size.is_none_or(past) {
+            if let Some(size) = &mut r.size {
+                size.grown += bytes;
+            }
+            if r.leader == Some(self.node) && due(r.size, max) {
                 self.to_size.insert(range);
             }
+        }
+    }
+
+    /// Applies a [`Command::Measured`] to `range`.
+    pub(super) fn measured(&mut self, range: RangeId, end: &[u8], bytes: u64) {
+        let Some(r) = self.ranges.get_mut(&range) else {
+            return;
+        };
+        // Measured as far as `end`: taken if the range ends there or before (split since).
+        let range_end = &r.descriptor.end_key;
+        if end.is_empty() || (!range_end.is_empty() && range_end.as_slice() <= end) {
+            r.size = Some(RangeSize::of(bytes));
         }
     }
 
@@ -98,14 +138,20 @@ impl Store {
     /// the others measures them, and one with no leader yet waits for one.
     pub(super) fn measure(&mut self, ctx: &mut Context<Self>) {
         let (now, max) = (Instant::now(), self.settings.range_max_bytes);
+        // The first measure of this pass reads sled once everything applied so far is in it.
+        let mut handed_over = false;
         for range in std::mem::take(&mut self.to_size) {
             let Some(r) = self.ranges.get_mut(&range) else {
                 continue;
             };
+            if !due(r.size, max) {
+                // Measured since it was due.
+                continue;
+            }
             let recent = r
                 .measured_at
                 .is_some_and(|at| now < at + MEASURE_AT_MOST_EVERY);
-            let twice = !r.indivisible && r.size.is_some_and(|size| size + r.grown >= 2 * max);
+            let twice = !r.indivisible && r.size.is_some_and(|s| s.bytes() >= 2 * max);
             if r.leader.is_none() || (recent && !twice) || self.sizing.contains(&range) {
                 self.to_size.insert(range);
                 continue;
@@ -114,12 +160,20 @@ impl Store {
                 continue;
             }
             r.measured_at = Some(now);
+            let (start, end) = (r.descriptor.start_key.clone(), r.descriptor.end_key.clone());
             self.sizing.insert(range);
+            let written = if handed_over {
+                None
+            } else {
+                handed_over = true;
+                self.hand_over_all()
+            };
             let job = SizeJob {
                 range,
-                start: r.descriptor.start_key.clone(),
-                end: r.descriptor.end_key.clone(),
+                start,
+                end,
                 max_bytes: max,
+                written,
             };
             match &self.sizer {
                 Some(sizer) => {
@@ -148,27 +202,29 @@ impl Store {
             return;
         };
         let same = r.descriptor.start_key == start && r.descriptor.end_key == end;
-        let cuts = match measured {
-            Ok((bytes, cuts)) if same => {
-                log::debug!(
-                    "{node}: {range} measured: {bytes} bytes, {} cuts",
-                    cuts.len()
-                );
-                (r.size, r.grown) = (Some(bytes), 0);
-                r.indivisible = bytes > max && cuts.is_empty();
-                if r.leader == Some(node) {
-                    cuts
-                } else {
-                    Vec::new()
-                }
-            }
-            Ok(_) => Vec::new(),
+        let measure = match measured {
+            Ok(m) if same => m,
+            Ok(_) => return,
             Err(e) => {
                 log::error!("{node}: {range}: measuring its data: {e}");
-                Vec::new()
+                return;
             }
         };
+        let Measure { bytes, cuts, first } = measure;
+        log::debug!(
+            "{node}: {range} measured: {bytes} bytes, {} cuts",
+            cuts.len()
+        );
+        self.ranges_measured += 1;
+        r.indivisible = bytes > max && cuts.is_empty();
+        if r.leader != Some(node) {
+            return;
+        }
+        // After the splits, if any: the size of what they leave the range.
+        let end = cuts.first().cloned().unwrap_or(end);
+        let size = Command::Measured { end, bytes: first };
         if cuts.is_empty() {
+            self.propose_measured(range, size);
             return;
         }
         let keys: Vec<String> = (cuts.iter())
@@ -181,6 +237,7 @@ impl Store {
                 return;
             }
         };
+        self.propose_measured(range, size);
         // Until the splits are answered.
         self.sizing.insert(range);
         let ids: Vec<String> = proposed.iter().map(|(id, _)| id.to_string()).collect();
@@ -202,9 +259,21 @@ impl Store {
             s.sizing.remove(&range);
             if let Some(e) = failed {
                 log::warn!("{}: {range}: a split failed: {e}", s.node);
+                // Its measure was not taken: measured again when due.
+                if let Some(r) = s.ranges.get_mut(&range) {
+                    r.size = None;
+                }
                 s.to_size.insert(range);
             }
         }));
+    }
+
+    /// Proposes a [`Command::Measured`]; nobody waits for its answer.
+    fn propose_measured(&mut self, range: RangeId, measured: Command) {
+        let (tx, _) = oneshot::channel();
+        let payload = ProposalPayload::Command(codec::encode(&measured));
+        let deadline = Instant::now() + self.settings.admin_timeout;
+        self.propose(range, payload, Waiter::Write(WriteSlot::with(tx)), deadline);
     }
 }
 
