@@ -1,5 +1,6 @@
 //! A node's raft log stays bounded on disk however much is written through it, and what its
-//! purges keep brings the node back with every value.
+//! purges keep brings the node back with every value. A node knows its ranges' sizes from its
+//! data directory.
 
 mod common;
 
@@ -71,4 +72,55 @@ fn the_raft_log_stays_bounded_on_disk_and_a_restart_after_its_purges_keeps_every
         assert!(got == value(key, ROUNDS - 1), "{name}: not its last value");
     }
     assert!(raft_log_bytes(&data) <= BOUND);
+}
+
+/// `FLOTILLA RANGES` through `server`: (span, size) of each range.
+fn range_sizes(server: &Server) -> Vec<(String, String)> {
+    let lines: Vec<String> = redis::cmd("FLOTILLA")
+        .arg("RANGES")
+        .query(&mut server.client())
+        .unwrap();
+    (lines.iter())
+        .map(|l| {
+            let span = l.split(" replicas").next().unwrap().to_string();
+            let size = l.split(" size=").nth(1).unwrap().split(' ').next().unwrap();
+            (span, size.to_string())
+        })
+        .collect()
+}
+
+/// A node started again with a lower `range_max_bytes` splits the ranges past it, though
+/// nobody writes them: it kept their sizes.
+#[test]
+fn a_node_started_with_a_lower_bound_splits_the_ranges_past_it_unwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), "");
+    // 100 keys of 1,022 bytes stored (a tag byte before each value) in the first range.
+    let mut pipe = redis::pipe();
+    for i in 0..100 {
+        pipe.set(format!("a-{i:03}"), "v".repeat(1016)).ignore();
+    }
+    pipe.query::<()>(&mut server.client()).unwrap();
+    let sizes = range_sizes(&server);
+    assert_eq!(sizes.len(), 5);
+    assert_eq!(sizes[0].1, "102200", "{sizes:?}");
+    // Once `DBSIZE` answers, everything applied is written to sled, which a stop syncs: the
+    // node started again has no entry to apply, and no write makes it measure a range.
+    let keys: u64 = redis::cmd("DBSIZE").query(&mut server.client()).unwrap();
+    assert_eq!(keys, 100);
+    server.stop();
+    let server = Server::start_in(dir.path(), "range_max_bytes = 65536\n");
+    let start = Instant::now();
+    let sizes = loop {
+        let sizes = range_sizes(&server);
+        let measured = sizes.iter().all(|(_, s)| s != "unknown");
+        if sizes.len() > 5 && measured {
+            break sizes;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{sizes:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let bytes: Vec<u64> = sizes.iter().map(|(_, s)| s.parse().unwrap()).collect();
+    assert!(bytes.iter().all(|&b| b <= 65536), "{sizes:?}");
+    assert_eq!(bytes.iter().sum::<u64>(), 102200, "{sizes:?}");
 }

@@ -2171,6 +2171,9 @@ impl Store {
                         r.leader = Some(leader);
                         r.term = term;
                     }
+                    if leader == self.node {
+                        self.leading(range);
+                    }
                     // A leadership move under way goes on with the new leader (the one asked
                     // may have stopped before it moved anything).
                     for c in &self.conditions {

@@ -138,6 +138,14 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stops the node as a service manager does, with SIGTERM, and waits for it to exit.
+    pub fn stop(mut self) {
+        // SAFETY: `kill` takes any pid and signal number; the child is not reaped yet, so its
+        // pid is still its own.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Server {

@@ -19,6 +19,9 @@
 //! - a range whose size passes the bound, the bytes applied since its last measure being at
 //!   least a sixteenth of it;
 //! - a range split off, at once;
+//! - a range whose size is past the bound when this node becomes its leader (or starts), if
+//!   this node has not measured it since it started: so a range past a bound lowered since
+//!   is split though nobody writes it;
 //! - a range whose size is not known (split off and not measured before its leader changed,
 //!   or of a data directory of format 2), when it is written: a range past the bound that
 //!   nobody writes is not looked at.
@@ -101,11 +104,12 @@ pub(super) fn size_in_order(
     }
 }
 
-/// Whether a range of size `size` is to be measured, with a bound of `max` bytes: a range
-/// whose size is not known, or past the bound with at least a sixteenth of it applied since
-/// its last measure.
-fn due(size: Option<RangeSize>, max: u64) -> bool {
-    size.is_none_or(|s| s.bytes() > max && s.grown >= max / 16)
+/// Whether `r` is to be measured, with a bound of `max` bytes: a range whose size is not
+/// known, or past the bound, with at least a sixteenth of it applied since its last measure
+/// unless it was never measured here.
+fn due(r: &RangeState, max: u64) -> bool {
+    let unmeasured = r.measured_at.is_none();
+    (r.size).is_none_or(|s| s.bytes() > max && (unmeasured || s.grown >= max / 16))
 }
 
 impl Store {
@@ -116,7 +120,19 @@ impl Store {
             if let Some(size) = &mut r.size {
                 size.grown += bytes;
             }
-            if r.leader == Some(self.node) && due(r.size, max) {
+            if r.leader == Some(self.node) && due(r, max) {
+                self.to_size.insert(range);
+            }
+        }
+    }
+
+    /// Notes that this node now leads `range`: measured if its size is known to be past the
+    /// bound (a bound lowered since it was measured, or a range that cannot be cut), even if
+    /// nobody writes it.
+    pub(super) fn leading(&mut self, range: RangeId) {
+        let max = self.settings.range_max_bytes;
+        if let Some(r) = self.ranges.get(&range) {
+            if r.size.is_some_and(|s| s.bytes() > max) && due(r, max) {
                 self.to_size.insert(range);
             }
         }
@@ -144,7 +160,7 @@ impl Store {
             let Some(r) = self.ranges.get_mut(&range) else {
                 continue;
             };
-            if !due(r.size, max) {
+            if !due(r, max) {
                 // Measured since it was due.
                 continue;
             }
