@@ -211,6 +211,8 @@ const COMMANDS: &[Spec] = &[
     spec("discard", 1, FAST, NO_KEYS),
     spec("watch", -2, READ, (1, -1, 1)),
     spec("unwatch", 1, FAST, NO_KEYS),
+    spec("memory", -2, READ, (2, 2, 1)),
+    spec("object", -2, READ, (2, 2, 1)),
 ];
 
 /// The command named `name`, in any case.
@@ -578,6 +580,8 @@ impl Session {
                 )),
             },
             "flotilla" => self.admin(a),
+            "memory" => self.memory(a),
+            "object" => self.object(a),
             _ => unreachable!("every command in the table has a branch"),
         }
     }
@@ -1025,6 +1029,63 @@ impl Session {
     fn admin(&self, a: &[Bytes]) -> PendingReply {
         self.in_turn(crate::admin::run(self.shared.clone(), a.to_vec()))
     }
+
+    /// `MEMORY USAGE key [SAMPLES count]`: the bytes of the key and its stored value (a tag
+    /// byte, the deadline's 8 if it has one, the value), as a range's size counts them
+    /// (`SAMPLES` is taken and changes nothing: every value is one string); `MEMORY HELP`.
+    fn memory(&mut self, a: &[Bytes]) -> PendingReply {
+        if let Some(e) = bad_subcommand("memory", a) {
+            return err(e);
+        }
+        if a[0].eq_ignore_ascii_case(b"help") {
+            return help(MEMORY_HELP);
+        }
+        match a {
+            [_, _] => {}
+            [_, _, option, count] if option.eq_ignore_ascii_case(b"samples") => {
+                match parse_integer(count) {
+                    Some(n) if n >= 0 => {}
+                    Some(_) => return err("ERR syntax error"),
+                    None => return err("ERR value is not an integer or out of range"),
+                }
+            }
+            _ => return err("ERR syntax error"),
+        }
+        let key = a[1].len();
+        self.read(vec![a[1].to_vec()], move |out, v| match &v[0] {
+            Some(v) => reply::integer(out, (key + v.stored_len()) as i64),
+            None => reply::null(out),
+        })
+    }
+
+    /// `OBJECT ENCODING|REFCOUNT|FREQ|IDLETIME key` and `OBJECT HELP`: reads, as linearizable
+    /// as `GET`, answering nil for a key that does not exist, as Redis does.
+    fn object(&mut self, a: &[Bytes]) -> PendingReply {
+        if let Some(e) = bad_subcommand("object", a) {
+            return err(e);
+        }
+        let sub = a[0].to_ascii_lowercase();
+        if sub == b"help" {
+            return help(OBJECT_HELP);
+        }
+        self.read(vec![a[1].to_vec()], move |out, v| {
+            let Some(v) = &v[0] else {
+                return reply::null(out);
+            };
+            match sub.as_slice() {
+                b"encoding" => reply::bulk(out, redis_encoding(&v.bytes).as_bytes()),
+                b"refcount" => reply::integer(out, 1),
+                // As Redis answers under its `noeviction` policy, which flotilla's is.
+                b"freq" => reply::error(
+                    out,
+                    "ERR An LFU maxmemory policy is not selected, access frequency not \
+                     tracked. Please note that when switching between policies at runtime LRU \
+                     and LFU data will take some time to adjust.",
+                ),
+                _ => reply::error(out, "ERR flotilla does not track when keys were last used"),
+            }
+        })
+    }
 }
 
 /// Redis's answer to an unknown command: its name and its first arguments, cut to 128 bytes
@@ -1165,6 +1226,50 @@ const CLIENT_HELP: &[&str] = &[
     "    Print this help.",
 ];
 
+const MEMORY_HELP: &[&str] = &[
+    "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "USAGE <key> [SAMPLES <count>]",
+    "    Return the bytes the key and its value take in storage, as ranges' sizes count them.",
+    "HELP",
+    "    Print this help.",
+];
+
+/// `OBJECT`'s subcommands (`HELP` apart), each taking a key.
+const OBJECT_SUBCOMMANDS: &[&str] = &["encoding", "refcount", "freq", "idletime", "help"];
+
+const OBJECT_HELP: &[&str] = &[
+    "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "ENCODING <key>",
+    "    Return the encoding Redis would give the value: int, embstr or raw.",
+    "REFCOUNT <key>",
+    "    Return 1: flotilla shares no values.",
+    "FREQ <key>, IDLETIME <key>",
+    "    Refused for a key that exists: flotilla tracks neither.",
+    "HELP",
+    "    Print this help.",
+];
+
+/// The encoding Redis gives a string value as `SET` stores it: `int` for a 64-bit integer
+/// written as `string2ll` reads it back (no sign but `-`, no leading zero), `embstr` up to 44
+/// bytes, `raw` past that.
+fn redis_encoding(value: &[u8]) -> &'static str {
+    let integer = match value {
+        [b'-', digits @ ..] | digits @ [b'1'..=b'9', ..] => {
+            !digits.is_empty() && digits[0] != b'0' && digits.iter().all(u8::is_ascii_digit)
+        }
+        b"0" => true,
+        _ => false,
+    };
+    let fits = || std::str::from_utf8(value).is_ok_and(|s| s.parse::<i64>().is_ok());
+    if value.len() <= 20 && integer && fits() {
+        "int"
+    } else if value.len() <= 44 {
+        "embstr"
+    } else {
+        "raw"
+    }
+}
+
 /// The Redis version flotilla answers as, for clients that check it.
 const REDIS_VERSION: &str = "7.2.0";
 
@@ -1251,6 +1356,11 @@ pub(crate) fn bad_subcommand(name: &str, a: &[Bytes]) -> Option<Vec<u8>> {
         ("command", Some(b"count"), 1) => None,
         ("command", Some(b"docs" | b"list" | b"info"), _) => None,
         ("command", Some(_), _) => Some(subcommand_refusal("command", &a[0], &["count", "help"])),
+        ("memory" | "object", Some(b"help"), 1) => None,
+        ("memory", Some(b"usage"), 2..) => None,
+        ("memory", _, _) => Some(subcommand_refusal("memory", &a[0], &["usage", "help"])),
+        ("object", Some(b"encoding" | b"refcount" | b"freq" | b"idletime"), 2) => None,
+        ("object", _, _) => Some(subcommand_refusal("object", &a[0], OBJECT_SUBCOMMANDS)),
         _ => None,
     }
 }
@@ -1288,6 +1398,27 @@ fn substring(value: &[u8], start: i64, end: i64) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_have_the_encoding_redis_gives_them_as_set_stores_them() {
+        for (value, encoding) in [
+            (&b"0"[..], "int"),
+            (b"-1", "int"),
+            (b"9223372036854775807", "int"),
+            (b"-9223372036854775808", "int"),
+            (b"9223372036854775808", "embstr"),
+            (b"01", "embstr"),
+            (b"-0", "embstr"),
+            (b"+1", "embstr"),
+            (b" 1", "embstr"),
+            (b"-", "embstr"),
+            (b"", "embstr"),
+            (&[b'x'; 44], "embstr"),
+            (&[b'1'; 45], "raw"),
+        ] {
+            assert_eq!(redis_encoding(value), encoding, "{value:?}");
+        }
+    }
 
     /// Redis's `GETRANGE` on "This is a string", as its documentation shows it, and the
     /// edges: an empty value, a range past either end.

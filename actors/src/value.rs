@@ -72,6 +72,16 @@ pub struct Value {
 }
 
 impl Value {
+    /// The bytes its stored form takes (see [`stored`]).
+    pub fn stored_len(&self) -> usize {
+        let header = if self.deadline.is_some() {
+            EXPIRING_HEADER
+        } else {
+            1
+        };
+        header + self.bytes.len()
+    }
+
     /// The value stored as `stored`, if it is live at the time `now` gives (asked only of a
     /// value with a deadline), its bytes moved down in place.
     pub fn at(mut stored: Vec<u8>, now: impl FnOnce() -> u64) -> Option<Value> {
