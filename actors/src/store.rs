@@ -3269,6 +3269,79 @@ mod tests {
         (store, reports)
     }
 
+    /// A range's size follows its log on every replica: new keys count as written, the leader's
+    /// measure replaces it (unless the range ends past what was measured: splits that failed),
+    /// a `FLUSHDB` empties it, and it is kept with the applied index. A node that comes to lead
+    /// a range measures it though nobody writes it if its size is past the bound or not known.
+    #[test]
+    fn a_range_size_follows_its_log_is_kept_and_its_new_leader_measures_it_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (RangeId(1), RangeId(2));
+        let size = |s: &Store, range| s.ranges[&range].size;
+        let apply = |s: &mut Store, range: RangeId, command: Command| {
+            let index = s.ranges[&range].applied.index + 1;
+            let command = Some(command);
+            let (proposal, term) = (None, 6);
+            let event = Event::CommandCommitted {
+                range,
+                index,
+                term,
+                proposal,
+                command,
+            };
+            s.apply_events(vec![event]).unwrap();
+        };
+        let measured = |end: &[u8], bytes| Command::Measured {
+            end: end.to_vec(),
+            bytes,
+        };
+        let grown = |measured, grown| Some(RangeSize { measured, grown });
+        {
+            let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
+            assert_eq!(size(&s, one), grown(0, 0));
+            apply(&mut s, one, set_command(b"a", b"12345"));
+            // The key, and the value with its tag byte.
+            assert_eq!(size(&s, one), grown(0, 7));
+            apply(&mut s, one, measured(b"m", 100));
+            assert_eq!(size(&s, one), grown(100, 0));
+            // Measured to a key before the range's end: the splits before it failed.
+            apply(&mut s, one, measured(b"c", 5));
+            assert_eq!(size(&s, one), grown(100, 0));
+            // Measured past it: the range split since.
+            apply(&mut s, one, measured(b"z", 60));
+            apply(&mut s, one, set_command(b"b", b"1"));
+            assert_eq!(size(&s, one), grown(60, 3));
+            apply(&mut s, two, measured(b"x", 5));
+            assert_eq!(size(&s, two), grown(0, 0));
+            apply(&mut s, two, measured(b"", 70));
+            apply(&mut s, two, Command::Flush);
+            assert_eq!(size(&s, two), grown(0, 0));
+            s.write_applied().unwrap();
+            s.engine.sync().unwrap();
+        }
+        let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
+        assert_eq!(size(&s, one), grown(60, 3));
+        // Led from here: neither is due a measure, within the bound (64 MiB).
+        let elected = |s: &mut Store, range| {
+            let (term, leader) = (7, NodeId(1));
+            let event = Event::LeaderElected {
+                range,
+                term,
+                leader,
+            };
+            s.apply_events(vec![event]).unwrap();
+        };
+        elected(&mut s, one);
+        elected(&mut s, two);
+        assert!(s.to_size.is_empty());
+        // Past the bound (as if it were lowered), or of unknown size: due at once.
+        s.ranges.get_mut(&one).unwrap().size = grown(65 << 20, 0);
+        s.ranges.get_mut(&two).unwrap().size = None;
+        elected(&mut s, one);
+        elected(&mut s, two);
+        assert_eq!(s.to_size, BTreeSet::from([one, two]));
+    }
+
     /// Hands over `INCR counter` proposed by (node, boot, seq) at the range's next index, and
     /// writes it to sled.
     fn incr(store: &mut Store, node: u64, boot: u64, seq: u64) {

@@ -19,12 +19,10 @@
 //! - a range whose size passes the bound, the bytes applied since its last measure being at
 //!   least a sixteenth of it;
 //! - a range split off, at once;
-//! - a range whose size is past the bound when this node becomes its leader (or starts), if
-//!   this node has not measured it since it started: so a range past a bound lowered since
-//!   is split though nobody writes it;
-//! - a range whose size is not known (split off and not measured before its leader changed,
-//!   or of a data directory of format 2), when it is written: a range past the bound that
-//!   nobody writes is not looked at.
+//! - a range whose size is past the bound or not known (split off and not measured before its
+//!   leader changed, or of a data directory of format 2) when this node becomes its leader (or
+//!   starts), if this node has not measured it since it started: so a range past a bound
+//!   lowered since is split though nobody writes it.
 //!
 //! A measure that finds where to cut proposes the splits, then the size of what stays left of
 //! the first cut (taken only if the range ends there by then: see [`Command::Measured`]).
@@ -126,13 +124,14 @@ impl Store {
         }
     }
 
-    /// Notes that this node now leads `range`: measured if its size is known to be past the
-    /// bound (a bound lowered since it was measured, or a range that cannot be cut), even if
-    /// nobody writes it.
+    /// Notes that this node now leads `range`: measured, even if nobody writes it, if its size
+    /// is past the bound (a bound lowered since it was measured, or a range that cannot be
+    /// cut) or not known (split off and not measured before its leader changed, or of a data
+    /// directory of format 2), and this node has not measured it since it started.
     pub(super) fn leading(&mut self, range: RangeId) {
         let max = self.settings.range_max_bytes;
         if let Some(r) = self.ranges.get(&range) {
-            if r.size.is_some_and(|s| s.bytes() > max) && due(r, max) {
+            if r.size.is_none_or(|s| s.bytes() > max) && due(r, max) {
                 self.to_size.insert(range);
             }
         }
