@@ -207,13 +207,16 @@ pub enum Command {
         end: Vec<u8>,
     },
     /// The leader's measure of the range it is proposed to: its keys below `end` (its end
-    /// then, or the first cut of the splits proposed before it) took `bytes`. Every replica
-    /// takes it as the range's size (`RangeSize`), unless the range ends past `end` by then
-    /// (the splits failed). Applied by the Store.
+    /// then, or the first cut of the splits proposed before it) took `bytes`, read once
+    /// everything applied was written when the range had `grown` bytes applied since its last
+    /// measure. Every replica takes it as the range's size (`RangeSize`), with what it applied
+    /// past `grown` as grown since, unless the range ends past `end` by then (the splits
+    /// failed). Applied by the Store.
     Measured {
         #[serde(with = "serde_bytes")]
         end: Vec<u8>,
         bytes: u64,
+        grown: u64,
     },
 }
 

@@ -600,6 +600,8 @@ pub struct Store {
     to_size: BTreeSet<RangeId>,
     /// The ranges being measured, or split after a measure.
     sizing: BTreeSet<RangeId>,
+    /// Measures waiting for the writer to write the batch of each sequence number, in order.
+    measures_after: VecDeque<(u64, SizeJob)>,
     /// Held while this Store exists: once it is gone (its node stopping), the builder drops
     /// the builds still queued instead of making snapshots nobody will send, and the purger
     /// the purges (a restart finishes them).
@@ -855,6 +857,7 @@ impl Store {
             sizer: None,
             to_size: BTreeSet::new(),
             sizing: BTreeSet::new(),
+            measures_after: VecDeque::new(),
             alive: Arc::new(()),
             generating: BTreeMap::new(),
             after_clearing: BTreeSet::new(),
@@ -2084,10 +2087,10 @@ impl Store {
                     let applied = if let Command::Flush | Command::FlushSpan { .. } = command {
                         // Nothing to read: the span is cleared whole.
                         self.flush(range, &mut overlay, &mut batch);
-                        self.measured(range, &[], 0);
+                        self.measured(range, &[], 0, u64::MAX);
                         command.apply(|_| None)
-                    } else if let Command::Measured { end, bytes } = &command {
-                        self.measured(range, end, *bytes);
+                    } else if let Command::Measured { end, bytes, grown } = &command {
+                        self.measured(range, end, *bytes, *grown);
                         command.apply(|_| None)
                     } else {
                         let (engine, in_flight) = (&self.engine, &self.in_flight);
@@ -2612,8 +2615,10 @@ impl Handler<Purged> for Store {
 
 impl Handler<Written> for Store {
     type Result = ();
-    fn handle(&mut self, msg: Written, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Written, ctx: &mut Context<Self>) {
+        let seq = msg.seq;
         self.written(msg);
+        self.written_for_measures(seq, ctx);
     }
 }
 
@@ -2745,19 +2750,11 @@ impl Handler<HandOverSettled> for Store {
 impl Store {
     /// See [`HandOverApplied`].
     fn handed_over(&mut self) -> HandedOver {
-        let written = self.hand_over_all();
-        let ranges = self.ranges.values().map(|r| r.descriptor.clone()).collect();
-        HandedOver { ranges, written }
-    }
-
-    /// Hands everything applied to the writer; what says when the writer has written it
-    /// (`None`: written already).
-    pub(super) fn hand_over_all(&mut self) -> Option<std::sync::mpsc::Receiver<()>> {
         self.hand_over_now();
         if let Err(e) = self.finish_inline() {
             panic!("store: {}: cannot write applied entries: {e}", self.node);
         }
-        match &self.writer {
+        let written = match &self.writer {
             Writer::Thread(jobs) if !self.in_flight.is_empty() => {
                 let (done, wait) = std::sync::mpsc::channel();
                 if jobs.send(WriteJob::Barrier(done)).is_err() {
@@ -2766,7 +2763,9 @@ impl Store {
                 Some(wait)
             }
             _ => None,
-        }
+        };
+        let ranges = self.ranges.values().map(|r| r.descriptor.clone()).collect();
+        HandedOver { ranges, written }
     }
 }
 
@@ -3291,9 +3290,10 @@ mod tests {
             };
             s.apply_events(vec![event]).unwrap();
         };
-        let measured = |end: &[u8], bytes| Command::Measured {
+        let measured = |end: &[u8], bytes, grown| Command::Measured {
             end: end.to_vec(),
             bytes,
+            grown,
         };
         let grown = |measured, grown| Some(RangeSize { measured, grown });
         {
@@ -3302,18 +3302,19 @@ mod tests {
             apply(&mut s, one, set_command(b"a", b"12345"));
             // The key, and the value with its tag byte.
             assert_eq!(size(&s, one), grown(0, 7));
-            apply(&mut s, one, measured(b"m", 100));
-            assert_eq!(size(&s, one), grown(100, 0));
+            // Asked for when 3 bytes had been applied: the 4 applied after still count.
+            apply(&mut s, one, measured(b"m", 100, 3));
+            assert_eq!(size(&s, one), grown(100, 4));
             // Measured to a key before the range's end: the splits before it failed.
-            apply(&mut s, one, measured(b"c", 5));
-            assert_eq!(size(&s, one), grown(100, 0));
+            apply(&mut s, one, measured(b"c", 5, 0));
+            assert_eq!(size(&s, one), grown(100, 4));
             // Measured past it: the range split since.
-            apply(&mut s, one, measured(b"z", 60));
+            apply(&mut s, one, measured(b"z", 60, 4));
             apply(&mut s, one, set_command(b"b", b"1"));
             assert_eq!(size(&s, one), grown(60, 3));
-            apply(&mut s, two, measured(b"x", 5));
+            apply(&mut s, two, measured(b"x", 5, 0));
             assert_eq!(size(&s, two), grown(0, 0));
-            apply(&mut s, two, measured(b"", 70));
+            apply(&mut s, two, measured(b"", 70, 0));
             apply(&mut s, two, Command::Flush);
             assert_eq!(size(&s, two), grown(0, 0));
             s.write_applied().unwrap();
@@ -3340,6 +3341,66 @@ mod tests {
         elected(&mut s, one);
         elected(&mut s, two);
         assert_eq!(s.to_size, BTreeSet::from([one, two]));
+    }
+
+    /// A measure reads sled only once everything applied when it was asked for is written:
+    /// it waits for the writer without holding the Store's thread, and is not asked for at all
+    /// while the writer deletes a `FLUSHDB`'s keys (which takes seconds), nor does it hand the
+    /// writer more meanwhile. (A measure that waited for the writer on the Store's thread
+    /// froze the node during a deletion for 6-8 s: found by review.)
+    #[test]
+    fn a_measure_waits_for_the_writer_and_for_a_flush_without_holding_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
+        let mut ctx = Context::<Store>::new();
+        s.settings.range_max_bytes = 4096;
+        let (one, two) = (RangeId(1), RangeId(2));
+        for range in [one, two] {
+            let (term, leader) = (7, NodeId(1));
+            let event = Event::LeaderElected {
+                range,
+                term,
+                leader,
+            };
+            s.apply_events(vec![event]).unwrap();
+        }
+        let (sizes, asked) = std::sync::mpsc::channel();
+        s.sizer = Some(sizes);
+        let held = hold_writes(&mut s);
+        apply_commands(&mut s, vec![set_command(b"a", b"1"), Command::Flush]);
+        s.hand_over_unwritten();
+        let past = s.ranges[&two].applied.index + 1;
+        let event = Event::CommandCommitted {
+            range: two,
+            index: past,
+            term: 6,
+            proposal: None,
+            command: Some(set_command(b"x", &[b'v'; 5000])),
+        };
+        s.apply_events(vec![event]).unwrap();
+        assert_eq!(s.to_size, BTreeSet::from([two]));
+        // The writer deletes: nothing is measured, nor handed to it.
+        s.measure(&mut ctx);
+        assert!(asked.try_recv().is_err());
+        assert_eq!((s.in_flight.len(), s.to_size.len()), (1, 1));
+        let written = |s: &mut Store, ctx: &mut Context<Store>| {
+            let Ok(WriteJob::Batch { seq, write }) = held.try_recv() else {
+                panic!("no batch handed to the writer");
+            };
+            assert!(write.write(&s.engine, &|| true).unwrap());
+            let result = Ok(());
+            s.handle(Written { seq, result }, ctx);
+        };
+        written(&mut s, &mut ctx);
+        // Once it is done: the range's write goes to the writer, and the measure waits for it.
+        s.measure(&mut ctx);
+        assert!(s.to_size.is_empty());
+        assert!(asked.try_recv().is_err(), "measured before it was written");
+        written(&mut s, &mut ctx);
+        let job = asked.try_recv().expect("measured once written");
+        assert_eq!(job.range, two);
+        let measure = job.run(&s.engine).unwrap();
+        assert_eq!(measure.bytes, 1 + 5001);
     }
 
     /// Hands over `INCR counter` proposed by (node, boot, seq) at the range's next index, and

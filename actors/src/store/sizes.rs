@@ -27,9 +27,9 @@
 //! A measure that finds where to cut proposes the splits, then the size of what stays left of
 //! the first cut (taken only if the range ends there by then: see [`Command::Measured`]).
 //! A measure reads sled once everything the Store had applied when it was asked for is
-//! written there; what is applied after that and before the measure's entry is not counted (a
-//! range written without pause is undercounted by what is written in about the time a measure
-//! takes), nor are the keys of a hash tag a measure passed over unread.
+//! written there (not while a `FLUSHDB`'s keys are being deleted), and what is applied after
+//! that counts as grown since (some of it may have been read too: counted twice, more than
+//! the range holds). The keys of a hash tag a measure passes over unread are not counted.
 //!
 //! A measure reads no more than four times the bound, and cuts what it read into pieces of
 //! half the bound or more, a key of half the bound or more starting a piece of its own, and
@@ -55,20 +55,17 @@ const MEASURE_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 
 /// A range to measure, on the sizer thread.
 pub(super) struct SizeJob {
-    range: RangeId,
+    pub(super) range: RangeId,
     start: Vec<u8>,
     end: Vec<u8>,
     max_bytes: u64,
-    /// Says when everything the Store had applied when it asked is in sled (`None`: it was).
-    written: Option<std::sync::mpsc::Receiver<()>>,
+    /// The range's bytes applied since its last measure when this one was asked for (see
+    /// [`Command::Measured`]).
+    grown: u64,
 }
 
 impl SizeJob {
-    fn run(&self, engine: &Engine) -> Result<Measure, String> {
-        if let Some(written) = &self.written {
-            // Closed if the writer stopped, which stops the Store.
-            let _ = written.recv();
-        }
+    pub(super) fn run(&self, engine: &Engine) -> Result<Measure, String> {
         let (start, end) = (&self.start, &self.end);
         (engine.split_points(start, end, self.max_bytes, MAX_SPLIT_KEY_BYTES))
             .map_err(|e| e.to_string())
@@ -137,24 +134,35 @@ impl Store {
         }
     }
 
-    /// Applies a [`Command::Measured`] to `range`.
-    pub(super) fn measured(&mut self, range: RangeId, end: &[u8], bytes: u64) {
+    /// Applies a [`Command::Measured`] to `range`: its size becomes `bytes`, and what was
+    /// applied to it since the measure was asked for past `grown`, unless the range ends past
+    /// `end`.
+    pub(super) fn measured(&mut self, range: RangeId, end: &[u8], bytes: u64, grown: u64) {
         let Some(r) = self.ranges.get_mut(&range) else {
             return;
         };
         // Measured as far as `end`: taken if the range ends there or before (split since).
         let range_end = &r.descriptor.end_key;
         if end.is_empty() || (!range_end.is_empty() && range_end.as_slice() <= end) {
-            r.size = Some(RangeSize::of(bytes));
+            let since = r.size.map_or(0, |s| s.grown.saturating_sub(grown));
+            r.size = Some(RangeSize {
+                measured: bytes,
+                grown: since,
+            });
         }
     }
 
     /// Measures the ranges that may be past `range_max_bytes` and are led here; the leader of
-    /// the others measures them, and one with no leader yet waits for one.
+    /// the others measures them, and one with no leader yet waits for one. Not while a
+    /// `FLUSHDB`'s keys are being deleted: a measure reads sled once everything applied when
+    /// it was asked for is written, which would wait for the deletion, and the Store does not
+    /// hand the writer more meanwhile (see [`Store::hand_over_unwritten`]).
     pub(super) fn measure(&mut self, ctx: &mut Context<Self>) {
+        if self.clearing() {
+            return;
+        }
         let (now, max) = (Instant::now(), self.settings.range_max_bytes);
-        // The first measure of this pass reads sled once everything applied so far is in it.
-        let mut handed_over = false;
+        let mut jobs = Vec::new();
         for range in std::mem::take(&mut self.to_size) {
             let Some(r) = self.ranges.get_mut(&range) else {
                 continue;
@@ -175,31 +183,51 @@ impl Store {
                 continue;
             }
             r.measured_at = Some(now);
-            let (start, end) = (r.descriptor.start_key.clone(), r.descriptor.end_key.clone());
             self.sizing.insert(range);
-            let written = if handed_over {
-                None
-            } else {
-                handed_over = true;
-                self.hand_over_all()
-            };
-            let job = SizeJob {
+            jobs.push(SizeJob {
                 range,
-                start,
-                end,
+                start: r.descriptor.start_key.clone(),
+                end: r.descriptor.end_key.clone(),
                 max_bytes: max,
-                written,
-            };
-            match &self.sizer {
-                Some(sizer) => {
-                    if sizer.send(job).is_err() {
-                        self.sizing.remove(&range);
-                    }
+                grown: r.size.map_or(0, |s| s.grown),
+            });
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        // Read once everything applied so far is in sled: at once, or once the writer has
+        // written the batches it holds (see `measures_after`).
+        self.hand_over_now();
+        if self.in_flight.is_empty() {
+            jobs.into_iter()
+                .for_each(|job| self.start_measure(job, ctx));
+        } else {
+            let seq = self.handed_writes;
+            self.measures_after
+                .extend(jobs.into_iter().map(|job| (seq, job)));
+        }
+    }
+
+    /// Starts the measures that waited for the writer to write batch `seq` (see `measure`).
+    pub(super) fn written_for_measures(&mut self, seq: u64, ctx: &mut Context<Self>) {
+        while self.measures_after.front().is_some_and(|(s, _)| *s <= seq) {
+            let (_, job) = self.measures_after.pop_front().expect("just seen");
+            self.start_measure(job, ctx);
+        }
+    }
+
+    /// Measures a range, on the sizer thread if there is one.
+    fn start_measure(&mut self, job: SizeJob, ctx: &mut Context<Self>) {
+        match &self.sizer {
+            Some(sizer) => {
+                let range = job.range;
+                if sizer.send(job).is_err() {
+                    self.sizing.remove(&range);
                 }
-                None => {
-                    let measured = job.run(&self.engine);
-                    self.sized(Sized { job, measured }, ctx);
-                }
+            }
+            None => {
+                let measured = job.run(&self.engine);
+                self.sized(Sized { job, measured }, ctx);
             }
         }
     }
@@ -209,7 +237,11 @@ impl Store {
     fn sized(&mut self, msg: Sized, ctx: &mut Context<Self>) {
         let Sized { job, measured } = msg;
         let SizeJob {
-            range, start, end, ..
+            range,
+            start,
+            end,
+            grown,
+            ..
         } = job;
         let (node, max) = (self.node, self.settings.range_max_bytes);
         self.sizing.remove(&range);
@@ -237,7 +269,11 @@ impl Store {
         }
         // After the splits, if any: the size of what they leave the range.
         let end = cuts.first().cloned().unwrap_or(end);
-        let size = Command::Measured { end, bytes: first };
+        let size = Command::Measured {
+            end,
+            bytes: first,
+            grown,
+        };
         if cuts.is_empty() {
             self.propose_measured(range, size);
             return;
@@ -274,9 +310,9 @@ impl Store {
             s.sizing.remove(&range);
             if let Some(e) = failed {
                 log::warn!("{}: {range}: a split failed: {e}", s.node);
-                // Its measure was not taken: measured again when due.
+                // Its measure is not taken where the first split failed: measured again.
                 if let Some(r) = s.ranges.get_mut(&range) {
-                    r.size = None;
+                    r.measured_at = None;
                 }
                 s.to_size.insert(range);
             }
