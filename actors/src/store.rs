@@ -3268,6 +3268,17 @@ mod tests {
         (store, reports)
     }
 
+    /// Node 1, the Store's, elected leader of `range` in term 7.
+    fn elected(s: &mut Store, range: RangeId) {
+        let (term, leader) = (7, NodeId(1));
+        let event = Event::LeaderElected {
+            range,
+            term,
+            leader,
+        };
+        s.apply_events(vec![event]).unwrap();
+    }
+
     /// A range's size follows its log on every replica: new keys count as written, the leader's
     /// measure replaces it (unless the range ends past what was measured: splits that failed),
     /// a `FLUSHDB` empties it, and it is kept with the applied index. A node that comes to lead
@@ -3323,15 +3334,6 @@ mod tests {
         let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
         assert_eq!(size(&s, one), grown(60, 3));
         // Led from here: neither is due a measure, within the bound (64 MiB).
-        let elected = |s: &mut Store, range| {
-            let (term, leader) = (7, NodeId(1));
-            let event = Event::LeaderElected {
-                range,
-                term,
-                leader,
-            };
-            s.apply_events(vec![event]).unwrap();
-        };
         elected(&mut s, one);
         elected(&mut s, two);
         assert!(s.to_size.is_empty());
@@ -3355,15 +3357,8 @@ mod tests {
         let mut ctx = Context::<Store>::new();
         s.settings.range_max_bytes = 4096;
         let (one, two) = (RangeId(1), RangeId(2));
-        for range in [one, two] {
-            let (term, leader) = (7, NodeId(1));
-            let event = Event::LeaderElected {
-                range,
-                term,
-                leader,
-            };
-            s.apply_events(vec![event]).unwrap();
-        }
+        elected(&mut s, one);
+        elected(&mut s, two);
         let (sizes, asked) = std::sync::mpsc::channel();
         s.sizer = Some(sizes);
         let held = hold_writes(&mut s);
