@@ -2223,8 +2223,8 @@ impl Store {
                     // MultiRaft wrote the snapshot's state before handing this event over (and
                     // the cache is cleared: see `values`).
                     let state = self.engine.applied_state(range)?;
-                    debug_assert_eq!(state.position, LogPosition { index, term });
-                    self.put_range(descriptor, state);
+                    let position = LogPosition { index, term };
+                    self.put_range(descriptor, AppliedState { position, ..state });
                     // Its snapshots asked for meanwhile are built after this batch, as it is
                     // put back (`snapshots_after_clearing` below): here its layer is out of
                     // `unwritten`, where `clearing` would not see a `FLUSHDB` in it.

@@ -12,9 +12,9 @@
 //! every replica to take, and the bytes of keys and values applied since (an overwrite or a
 //! delete counts as growth, so this is more than the range grew). A new range takes 0 bytes,
 //! a `FLUSHDB` leaves 0, a snapshot installed what it held, and the size of a range split off
-//! is not known until it is measured. So a node that starts again, or
-//! that becomes a range's leader, knows its size without reading it (CockroachDB keeps its
-//! ranges' `MVCCStats` the same way). The leader's node measures:
+//! is not known until it is measured. So a node that starts again, or that becomes a range's
+//! leader, knows its size without reading it (CockroachDB keeps its ranges' `MVCCStats` the
+//! same way). The leader's node measures:
 //!
 //! - a range whose size passes the bound, the bytes applied since its last measure being at
 //!   least a sixteenth of it;
