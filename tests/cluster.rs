@@ -746,14 +746,7 @@ fn bounds(span: &str) -> (String, Option<String>) {
 
 /// Each range's size as `FLOTILLA RANGES` through `server` shows it, by span.
 fn sizes(server: &Server) -> BTreeMap<String, String> {
-    ranges(server)
-        .iter()
-        .map(|l| {
-            let span = l.split(" replicas").next().unwrap().to_string();
-            let size = l.split(" size=").nth(1).unwrap().split(' ').next().unwrap();
-            (span, size.to_string())
-        })
-        .collect()
+    server.range_sizes().into_iter().collect()
 }
 
 /// What `sizes` should show through `server` once every range is measured: the bytes of the

@@ -74,21 +74,6 @@ fn the_raft_log_stays_bounded_on_disk_and_a_restart_after_its_purges_keeps_every
     assert!(raft_log_bytes(&data) <= BOUND);
 }
 
-/// `FLOTILLA RANGES` through `server`: (span, size) of each range.
-fn range_sizes(server: &Server) -> Vec<(String, String)> {
-    let lines: Vec<String> = redis::cmd("FLOTILLA")
-        .arg("RANGES")
-        .query(&mut server.client())
-        .unwrap();
-    (lines.iter())
-        .map(|l| {
-            let span = l.split(" replicas").next().unwrap().to_string();
-            let size = l.split(" size=").nth(1).unwrap().split(' ').next().unwrap();
-            (span, size.to_string())
-        })
-        .collect()
-}
-
 /// A node started again with a lower `range_max_bytes` splits the ranges past it, though
 /// nobody writes them: it kept their sizes.
 #[test]
@@ -101,7 +86,7 @@ fn a_node_started_with_a_lower_bound_splits_the_ranges_past_it_unwritten() {
         pipe.set(format!("a-{i:03}"), "v".repeat(1016)).ignore();
     }
     pipe.query::<()>(&mut server.client()).unwrap();
-    let sizes = range_sizes(&server);
+    let sizes = server.range_sizes();
     assert_eq!(sizes.len(), 5);
     assert_eq!(sizes[0].1, "102200", "{sizes:?}");
     // Once `DBSIZE` answers, everything applied is written to sled, which a stop syncs: the
@@ -112,7 +97,7 @@ fn a_node_started_with_a_lower_bound_splits_the_ranges_past_it_unwritten() {
     let server = Server::start_in(dir.path(), "range_max_bytes = 65536\n");
     let start = Instant::now();
     let sizes = loop {
-        let sizes = range_sizes(&server);
+        let sizes = server.range_sizes();
         let measured = sizes.iter().all(|(_, s)| s != "unknown");
         if sizes.len() > 5 && measured {
             break sizes;

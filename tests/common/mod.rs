@@ -139,6 +139,22 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// `FLOTILLA RANGES`: each range's span (`r1 ["", "f")`) and its size (`size=`), in key
+    /// order.
+    pub fn range_sizes(&self) -> Vec<(String, String)> {
+        let lines: Vec<String> = redis::cmd("FLOTILLA")
+            .arg("RANGES")
+            .query(&mut self.client())
+            .unwrap();
+        (lines.iter())
+            .map(|l| {
+                let span = l.split(" replicas").next().unwrap().to_string();
+                let size = l.split(" size=").nth(1).unwrap().split(' ').next().unwrap();
+                (span, size.to_string())
+            })
+            .collect()
+    }
+
     /// Stops the node as a service manager does, with SIGTERM, and waits for it to exit.
     pub fn stop(mut self) {
         // SAFETY: `kill` takes any pid and signal number; the child is not reaped yet, so its
