@@ -27,7 +27,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `'r' · range · 'c'` | index of the change that made it, conf state (protobuf) |
-//! | `'r' · range · 'a'` | applied state: applied index and term; `0xff` and the range's size (bytes measured, and grown since: [`RangeSize`]) if known; then the last command applied from each proposer (bincode [`Proposers`], left out while empty); older than any record below |
+//! | `'r' · range · 'a'` | applied state: applied index and term; `0xff` and the range's size (bytes measured, `u64::MAX` if not known, and grown since: [`RangeSize`]); then the last command applied from each proposer (bincode [`Proposers`], left out while empty); older than any record below |
 //! | `'r' · range · 'd'` | range descriptor (bincode) |
 //! | `'r' · range · 'x'` | tombstone: the replica removed from this node (8 bytes) |
 //! | `'r' · range · 'f'` | empty: a `FLUSHDB`'s deletion of the range's keys is under way; written before its first chunk, deleted with the applied state after it (see [`Engine::flushing`]) |
@@ -392,9 +392,9 @@ pub mod keys {
 ///
 /// 1: the format is recorded. 2: a `FLUSHDB`'s deletion is recorded while under way
 /// ([`keys::FLUSHING`]); a build of format 1 would leave the record behind, and the range
-/// would then be taken as torn for ever. 3: an applied state may hold the range's size
+/// would then be taken as torn for ever. 3: an applied state holds the range's size
 /// ([`RangeSize`]), which a build of format 2 would take for corrupt proposers; a state of
-/// format 2 reads as one of unknown size.
+/// format 2 reads as one of a size not measured.
 pub const FORMAT: u64 = 3;
 
 /// User keys a purge deletes in one sled batch (see [`Engine::purge`]): about 50 ms of sled's
@@ -997,7 +997,7 @@ impl Engine {
 
     /// Stages the state a range born of a split starts with, in the left range's batch: its
     /// descriptor, conf state and applied state at [`BOOTSTRAP_INDEX`], as a bootstrapped
-    /// range's (but of a size not known: see [`RangeSize`]); raft's hard state and truncated index follow from them when its group is
+    /// range's (but of a size not measured: see [`RangeSize`]); raft's hard state and truncated index follow from them when its group is
     /// opened (`RangeStorage::load`), keeping the term and vote of a replica of it that was
     /// already here, empty. The left range's index of deadlines moves its entries of the
     /// right range's keys over, and the descriptors are both written.
@@ -1021,7 +1021,7 @@ impl Engine {
             index: BOOTSTRAP_INDEX,
             term: BOOTSTRAP_TERM,
         };
-        states.put(right.id, start, proposers, None);
+        states.put(right.id, start, proposers, RangeSize::default());
         self.move_deadlines(left.id, right, batch)?;
         put_descriptor(batch, left);
         put_descriptor(batch, right);
@@ -1509,7 +1509,7 @@ impl Engine {
         // A new range: no record has a state of it.
         data.insert(
             keys::range_key(range, keys::APPLIED),
-            applied_value(start, &Proposers::new(), Some(RangeSize::of(0))),
+            applied_value(start, &Proposers::new(), RangeSize::of(0)),
         );
         put_descriptor(data, descriptor);
         Ok(())
@@ -1518,11 +1518,12 @@ impl Engine {
 
 /// What a range's keys and values take, as a replica reckons it (see `store/sizes.rs`): the
 /// last measure its leader put in the log (or what the snapshot it installed held, or zero
-/// for a new range), and the bytes of keys and values applied since (an overwrite or a
-/// deletion counts as written, so this is more than the range grew).
+/// for a new range; not known for a range split off, or of a data directory of format 2,
+/// until it is measured), and the bytes of keys and values applied since, counted all the
+/// same (an overwrite or a deletion counts as written, so this is more than the range grew).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RangeSize {
-    pub measured: u64,
+    pub measured: Option<u64>,
     pub grown: u64,
 }
 
@@ -1530,15 +1531,15 @@ impl RangeSize {
     /// A range known to take `bytes`.
     pub fn of(bytes: u64) -> RangeSize {
         RangeSize {
-            measured: bytes,
+            measured: Some(bytes),
             grown: 0,
         }
     }
 
-    /// The bytes the range takes at most, short of a measure that passed over keys (see
-    /// [`Engine::split_points`]).
-    pub fn bytes(&self) -> u64 {
-        self.measured.saturating_add(self.grown)
+    /// The bytes the range takes at most, if known, short of a measure that passed over keys
+    /// (see [`Engine::split_points`]).
+    pub fn bytes(&self) -> Option<u64> {
+        self.measured.map(|m| m.saturating_add(self.grown))
     }
 }
 
@@ -1552,30 +1553,30 @@ pub struct Measure {
 }
 
 /// A range's applied state: the position of the last entry applied, the last command applied
-/// from each proposer, and its size if known (not for a range of a data directory of format
-/// 2 not measured since).
+/// from each proposer, and its size.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppliedState {
     pub position: LogPosition,
     pub proposers: Proposers,
-    pub size: Option<RangeSize>,
+    pub size: RangeSize,
 }
 
 /// Marks a size in an applied state as stored: never the first byte of encoded proposers
 /// (bincode's varint lengths start with 0 to 254), so a state of format 2, without a size,
-/// reads as one of unknown size.
+/// reads as one of a size neither measured nor counted.
 const SIZED: u8 = 0xff;
 
+/// A range's measure as stored when it is not known.
+const NOT_MEASURED: u64 = u64::MAX;
+
 /// A range's applied state as stored: applied index and term; [`SIZED`] and the size (bytes
-/// measured, and grown since) if known; then the last command applied from each proposer
-/// (left out while there is none).
-fn applied_value(applied: LogPosition, proposers: &Proposers, size: Option<RangeSize>) -> Vec<u8> {
+/// measured, [`NOT_MEASURED`] if not known, and grown since); then the last command applied
+/// from each proposer (left out while there is none).
+fn applied_value(applied: LogPosition, proposers: &Proposers, size: RangeSize) -> Vec<u8> {
     let mut v = applied.encode().to_vec();
-    if let Some(size) = size {
-        v.push(SIZED);
-        v.extend_from_slice(&size.measured.to_be_bytes());
-        v.extend_from_slice(&size.grown.to_be_bytes());
-    }
+    v.push(SIZED);
+    v.extend_from_slice(&size.measured.unwrap_or(NOT_MEASURED).to_be_bytes());
+    v.extend_from_slice(&size.grown.to_be_bytes());
     if !proposers.is_empty() {
         v.extend_from_slice(&codec::encode(proposers));
     }
@@ -1589,7 +1590,7 @@ fn decode_applied(v: &[u8]) -> Result<AppliedState, StorageError> {
     }
     let position = LogPosition::decode("applied state", v.get(..16).unwrap_or(v))?;
     let mut rest = v.get(16..).unwrap_or_default();
-    let mut size = None;
+    let mut size = RangeSize::default();
     if let Some((&SIZED, sized)) = rest.split_first() {
         let number = |at: usize| -> Result<u64, StorageError> {
             let bytes = sized
@@ -1597,10 +1598,11 @@ fn decode_applied(v: &[u8]) -> Result<AppliedState, StorageError> {
                 .ok_or_else(|| corrupt("range size", "short"))?;
             Ok(u64::from_be_bytes(bytes.try_into().expect("8 bytes")))
         };
-        size = Some(RangeSize {
-            measured: number(0)?,
+        let measured = number(0)?;
+        size = RangeSize {
+            measured: (measured != NOT_MEASURED).then_some(measured),
             grown: number(8)?,
-        });
+        };
         rest = &sized[16..];
     }
     let proposers = if rest.is_empty() {
@@ -1627,7 +1629,7 @@ impl AppliedStates {
         range: RangeId,
         applied: LogPosition,
         proposers: &Proposers,
-        size: Option<RangeSize>,
+        size: RangeSize,
     ) {
         self.0
             .push((range, applied_value(applied, proposers, size)));
@@ -2445,9 +2447,7 @@ impl RangeStorage {
         }
         let bytes = data.pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64);
         let size = RangeSize::of(bytes.sum());
-        batch
-            .applied
-            .put(self.range, at, &data.proposers, Some(size));
+        batch.applied.put(self.range, at, &data.proposers, size);
         batch.clean_log(self.range);
         batch.put_truncated(self.range, at);
         self.truncated = at;
@@ -3658,7 +3658,7 @@ pub(crate) mod tests {
                     term: 6,
                 };
                 for d in &ranges {
-                    states.put(d.id, at, &Proposers::new(), None);
+                    states.put(d.id, at, &Proposers::new(), RangeSize::default());
                 }
                 engine.write(sled::Batch::default(), states).unwrap();
                 engine.sync().unwrap();
@@ -3796,7 +3796,7 @@ pub(crate) mod tests {
             AppliedState {
                 position: LogPosition { index: 20, term: 8 },
                 proposers: Proposers::from([(NodeId(2), (9, 41))]),
-                size: Some(RangeSize::of(1 + 1 + 1 + 10)),
+                size: RangeSize::of(1 + 1 + 1 + 10),
             }
         );
         assert_eq!(
@@ -3955,7 +3955,7 @@ pub(crate) mod tests {
                 RangeId(7),
                 LogPosition { index: 20, term: 6 },
                 &Proposers::new(),
-                None,
+                RangeSize::default(),
             );
             engine.write(sled::Batch::default(), states).unwrap();
             engine.sync().unwrap();
@@ -3980,10 +3980,10 @@ pub(crate) mod tests {
         AppliedState {
             position: LogPosition { index, term: 6 },
             proposers: Proposers::from([(NodeId(2), (1, index))]),
-            size: range.is_multiple_of(2).then_some(RangeSize {
-                measured: range << 40,
+            size: RangeSize {
+                measured: range.is_multiple_of(2).then_some(range << 40),
                 grown: index,
-            }),
+            },
         }
     }
 
@@ -4048,29 +4048,28 @@ pub(crate) mod tests {
             if !proposers.is_empty() {
                 old.extend_from_slice(&codec::encode(&proposers));
             }
-            assert_eq!(old, applied_value(position, &proposers, None));
             let state = AppliedState {
                 position,
                 proposers,
-                size: None,
+                size: RangeSize::default(),
             };
             assert_eq!(decode_applied(&old).unwrap(), state);
-            let size = Some(RangeSize {
-                measured: u64::MAX,
-                grown: 3,
-            });
-            let sized = applied_value(position, &state.proposers, size);
-            assert_eq!(
-                decode_applied(&sized).unwrap(),
-                AppliedState { size, ..state }
-            );
-            assert!(decode_applied(&sized[..20]).is_err());
+            for measured in [None, Some(0), Some(u64::MAX - 1)] {
+                let size = RangeSize { measured, grown: 3 };
+                let sized = applied_value(position, &state.proposers, size);
+                let state = AppliedState {
+                    size,
+                    ..state.clone()
+                };
+                assert_eq!(decode_applied(&sized).unwrap(), state);
+                assert!(decode_applied(&sized[..20]).is_err());
+            }
         }
         // A new range takes nothing.
         let dir = tempfile::tempdir().unwrap();
         let (engine, _) = bootstrapped(dir.path());
         let size = engine.applied_state(RangeId(7)).unwrap().size;
-        assert_eq!(size, Some(RangeSize::of(0)));
+        assert_eq!(size, RangeSize::of(0));
     }
 
     #[test]

@@ -132,8 +132,8 @@ struct RangeState {
     proposers: Proposers,
     leader: Option<NodeId>,
     term: u64,
-    /// What the range's keys and values take, if known (see `sizes`).
-    size: Option<RangeSize>,
+    /// What the range's keys and values take (see `sizes`).
+    size: RangeSize,
     /// When the range was last measured here.
     measured_at: Option<Instant>,
     /// Whether that measure found the range past the bound with no place to cut it.
@@ -2390,7 +2390,7 @@ impl Store {
             put_descriptor(&mut batch, &left);
         } else if created {
             // The right range's size is not known until it is measured (at once, below, where
-            // led).
+            // led); what is applied to it meanwhile counts.
             (self.engine).stage_split(&left, &right_d, &proposers, &mut batch, &mut states)?;
             if torn {
                 batch.insert(keys::range_key(right, keys::FLUSHING), b"".as_slice());
@@ -2410,7 +2410,7 @@ impl Store {
             let state = AppliedState {
                 position,
                 proposers,
-                size: None,
+                size: RangeSize::default(),
             };
             self.put_range(right_d.clone(), state);
             // What a split leaves right of the key may be past the bound still.
@@ -3198,7 +3198,7 @@ impl Handler<GetStoreStatus> for Store {
                     leader: r.leader,
                     term: r.term,
                     applied_index: r.applied.index,
-                    size: r.size.as_ref().map(RangeSize::bytes),
+                    size: r.size.bytes(),
                 })
                 .collect(),
             applied_commands: self.applied_commands,
@@ -3306,7 +3306,10 @@ mod tests {
             bytes,
             grown,
         };
-        let grown = |measured, grown| Some(RangeSize { measured, grown });
+        let grown = |measured, grown| RangeSize {
+            measured: Some(measured),
+            grown,
+        };
         {
             let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
             assert_eq!(size(&s, one), grown(0, 0));
@@ -3339,10 +3342,20 @@ mod tests {
         assert!(s.to_size.is_empty());
         // Past the bound (as if it were lowered), or of unknown size: due at once.
         s.ranges.get_mut(&one).unwrap().size = grown(65 << 20, 0);
-        s.ranges.get_mut(&two).unwrap().size = None;
+        s.ranges.get_mut(&two).unwrap().size = RangeSize::default();
         elected(&mut s, one);
         elected(&mut s, two);
         assert_eq!(s.to_size, BTreeSet::from([one, two]));
+        // Not known (as a range split off), it counts what is applied all the same, so a
+        // measure asked for before a write keeps it.
+        apply(&mut s, two, set_command(b"x", b"1"));
+        let unknown = RangeSize {
+            measured: None,
+            grown: 3,
+        };
+        assert_eq!(size(&s, two), unknown);
+        apply(&mut s, two, measured(b"", 40, 0));
+        assert_eq!(size(&s, two), grown(40, 3));
     }
 
     /// A measure reads sled only once everything applied when it was asked for is written:

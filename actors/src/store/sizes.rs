@@ -12,9 +12,10 @@
 //! every replica to take, and the bytes of keys and values applied since (an overwrite or a
 //! delete counts as growth, so this is more than the range grew). A new range takes 0 bytes,
 //! a `FLUSHDB` leaves 0, a snapshot installed what it held, and the size of a range split off
-//! is not known until it is measured. So a node that starts again, or that becomes a range's
-//! leader, knows its size without reading it (CockroachDB keeps its ranges' `MVCCStats` the
-//! same way). The leader's node measures:
+//! is not known until it is measured (what is applied to it meanwhile counts all the same, as
+//! grown since: its measure may be taken while it is written). So a node that starts again,
+//! or that becomes a range's leader, knows its size without reading it (CockroachDB keeps its
+//! ranges' `MVCCStats` the same way). The leader's node measures:
 //!
 //! - a range whose size passes the bound, the bytes applied since its last measure being at
 //!   least a sixteenth of it;
@@ -104,7 +105,8 @@ pub(super) fn size_in_order(
 /// unless it was never measured here.
 fn due(r: &RangeState, max: u64) -> bool {
     let unmeasured = r.measured_at.is_none();
-    (r.size).is_none_or(|s| s.bytes() > max && (unmeasured || s.grown >= max / 16))
+    let grown = r.size.grown >= max / 16;
+    (r.size.bytes()).is_none_or(|bytes| bytes > max && (unmeasured || grown))
 }
 
 impl Store {
@@ -112,9 +114,7 @@ impl Store {
     pub(super) fn grew(&mut self, range: RangeId, bytes: u64) {
         let max = self.settings.range_max_bytes;
         if let Some(r) = self.ranges.get_mut(&range) {
-            if let Some(size) = &mut r.size {
-                size.grown += bytes;
-            }
+            r.size.grown += bytes;
             if r.leader == Some(self.node) && due(r, max) {
                 self.to_size.insert(range);
             }
@@ -128,7 +128,7 @@ impl Store {
     pub(super) fn leading(&mut self, range: RangeId) {
         let max = self.settings.range_max_bytes;
         if let Some(r) = self.ranges.get(&range) {
-            if r.size.is_none_or(|s| s.bytes() > max) && due(r, max) {
+            if r.size.bytes().is_none_or(|bytes| bytes > max) && due(r, max) {
                 self.to_size.insert(range);
             }
         }
@@ -144,11 +144,10 @@ impl Store {
         // Measured as far as `end`: taken if the range ends there or before (split since).
         let range_end = &r.descriptor.end_key;
         if end.is_empty() || (!range_end.is_empty() && range_end.as_slice() <= end) {
-            let since = r.size.map_or(0, |s| s.grown.saturating_sub(grown));
-            r.size = Some(RangeSize {
-                measured: bytes,
-                grown: since,
-            });
+            r.size = RangeSize {
+                measured: Some(bytes),
+                grown: r.size.grown.saturating_sub(grown),
+            };
         }
     }
 
@@ -174,7 +173,7 @@ impl Store {
             let recent = r
                 .measured_at
                 .is_some_and(|at| now < at + MEASURE_AT_MOST_EVERY);
-            let twice = !r.indivisible && r.size.is_some_and(|s| s.bytes() >= 2 * max);
+            let twice = !r.indivisible && r.size.bytes().is_some_and(|b| b >= 2 * max);
             if r.leader.is_none() || (recent && !twice) || self.sizing.contains(&range) {
                 self.to_size.insert(range);
                 continue;
@@ -189,7 +188,7 @@ impl Store {
                 start: r.descriptor.start_key.clone(),
                 end: r.descriptor.end_key.clone(),
                 max_bytes: max,
-                grown: r.size.map_or(0, |s| s.grown),
+                grown: r.size.grown,
             });
         }
         if jobs.is_empty() {
