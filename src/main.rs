@@ -93,6 +93,7 @@ fn main() -> ExitCode {
         };
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,raft=warn"))
+        .format_timestamp_millis()
         .init();
     let config = match &cli.config {
         Some(path) => match Config::load(path) {

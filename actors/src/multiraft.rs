@@ -1622,8 +1622,15 @@ impl MultiRaft {
                     // count.
                     continue;
                 }
-                if m.get_msg_type() == MessageType::MsgAppend && m.index == BOOTSTRAP_INDEX {
-                    // From the start of the range's log: see `starts` of `RaftBatch`.
+                let from_start = matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgAppend
+                        | MessageType::MsgRequestVote
+                        | MessageType::MsgRequestPreVote
+                );
+                if from_start && m.index == BOOTSTRAP_INDEX {
+                    // From the start of the range's log, or a campaign on it: see `starts` of
+                    // `RaftBatch`.
                     if let Some((start, _)) = self.spans.get(&range) {
                         if batch.starts.last().is_none_or(|(r, _)| *r != range) {
                             batch.starts.push((range, start.clone()));
@@ -2229,21 +2236,33 @@ impl MultiRaft {
         if ReplicaId(m.to).node() != self.node || self.destroying.contains(&range) {
             return;
         }
-        if let Some(start) = start.filter(|_| m.get_msg_type() == MessageType::MsgAppend) {
+        let kind = m.get_msg_type();
+        let held_kinds = [
+            MessageType::MsgAppend,
+            MessageType::MsgRequestVote,
+            MessageType::MsgRequestPreVote,
+        ];
+        if let Some(start) = start.filter(|_| held_kinds.contains(&kind)) {
             let empty = (self.groups.get(&range))
                 .is_none_or(|g| g.node.store().conf_state() == &ConfState::default());
             // The span of that one key: `[start, start · 0)`.
             let just = [start.as_slice(), &[0]].concat();
             if let Some(left) = self.overlapping(range, start, &just).filter(|_| empty) {
-                // The first append of a range born of a split, to a node whose range it split
-                // from has yet to apply the split (CockroachDB's `maybeDropMsgApp`): an empty
-                // replica here would refuse it, and its leader would send a snapshot, which
-                // would be refused in turn (it overlaps that range). Once the split is applied
-                // here, the replica starts where the append continues, and is given the last
-                // one held off: its leader, which sends an append again only an election
-                // timeout after one went unanswered (`Group::probe_answered`), hears at once.
+                // The first append of a range born of a split, or its first leader's
+                // campaign, to a node whose range it split from has yet to apply the split
+                // (CockroachDB's `maybeDropMsgApp`). An empty replica here would refuse the
+                // append, and its leader would send a snapshot, which would be refused in
+                // turn (it overlaps that range). It would grant the vote, but its answer is
+                // lost if the split comes before this node's next round (the split's replica
+                // takes the empty one's place, unwritten vote dropped, and votes for no one for
+                // an election timeout), and the range then waits one or two election timeouts
+                // for a leader, the writes to it held. Once the split is applied here, the
+                // replica starts where the append continues, and is given the last message
+                // held off: its leader (which sends an append again only an election timeout
+                // after one went unanswered, `Group::probe_answered`) or candidate hears at
+                // once.
                 log::debug!(
-                    "{}: {range}: append held off until {left} splits",
+                    "{}: {range}: {kind:?} held off until {left} splits",
                     self.node
                 );
                 if self.held_off.len() < HELD_OFF_MAX || self.held_off.contains_key(&range) {
@@ -2319,7 +2338,7 @@ impl MultiRaft {
             self.step_forwarded(range, m);
             return;
         }
-        let (from, term, commit, kind) = (m.from, m.term, m.commit, m.get_msg_type());
+        let (from, term, commit) = (m.from, m.term, m.commit);
         let election = self.settings.election_ticks as u64;
         if matches!(
             kind,
