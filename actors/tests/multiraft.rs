@@ -21,31 +21,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Stands in for the Store: keeps the batches it is given, and takes none by itself.
-struct Sink(Arc<Mutex<Vec<Events>>>);
+/// Stands in for an actor MultiRaft sends to (the Store, a peer node): keeps the messages it
+/// is given, and does nothing with them by itself.
+struct Keep<M>(Arc<Mutex<Vec<M>>>);
 
-impl Actor for Sink {
+impl<M: Unpin + 'static> Actor for Keep<M> {
     type Context = Context<Self>;
 }
 
-impl Handler<Events> for Sink {
+impl<M: Message<Result = ()> + Unpin + Send + 'static> Handler<M> for Keep<M> {
     type Result = ();
-    fn handle(&mut self, events: Events, _: &mut Context<Self>) {
-        self.0.lock().unwrap().push(events);
-    }
-}
-
-/// Stands in for a peer node: keeps the raft batches sent to it.
-struct Peer(Arc<Mutex<Vec<RaftBatch>>>);
-
-impl Actor for Peer {
-    type Context = Context<Self>;
-}
-
-impl Handler<RaftBatch> for Peer {
-    type Result = ();
-    fn handle(&mut self, batch: RaftBatch, _: &mut Context<Self>) {
-        self.0.lock().unwrap().push(batch);
+    fn handle(&mut self, message: M, _: &mut Context<Self>) {
+        self.0.lock().unwrap().push(message);
     }
 }
 
@@ -111,7 +98,7 @@ fn a_batch_held_behind_one_not_taken_goes_as_soon_as_the_store_takes_that_one() 
         engine.commit(batch).unwrap();
         let metrics = Arc::new(RaftMetrics::default());
         let given = Arc::new(Mutex::new(Vec::new()));
-        let sink = Sink(given.clone()).start();
+        let sink = Keep(given.clone()).start();
         // No tick within the test (a range alone elects itself at once): only the Store's
         // word can let a held batch go.
         let settings = RaftSettings {
@@ -203,10 +190,10 @@ fn a_split_ranges_first_vote_request_that_comes_before_the_split_is_answered_aft
         let mut batch = WriteBatch::default();
         engine.bootstrap_range(&whole, &mut batch).unwrap();
         engine.commit(batch).unwrap();
-        let sink = Sink(Arc::new(Mutex::new(Vec::new()))).start();
+        let sink = Keep::<Events>(Arc::new(Mutex::new(Vec::new()))).start();
         let to_node_1 = Arc::new(Mutex::new(Vec::new()));
         let net = LocalNetwork::new(1);
-        net.register(NodeId(1), Peer(to_node_1.clone()).start().recipient());
+        net.register(NodeId(1), Keep(to_node_1.clone()).start().recipient());
         let settings = RaftSettings {
             tick_interval: Duration::from_millis(5),
             ..RaftSettings::default()
