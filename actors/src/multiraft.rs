@@ -330,11 +330,22 @@ enum Held {
 /// The most ranges whose last held-off append (see `MultiRaft::held_off`) is kept at once.
 const HELD_OFF_MAX: usize = 1024;
 
-/// Election timeouts for which a range born of a split holds this node's proposals until it
-/// knows its first leader: its replicas are created as their nodes apply the split, and the
-/// left range's leader's campaigns at once (see `MultiRaft::split`), so a leader comes within
-/// a round trip or two, and the writes the split sends on to it would otherwise be refused.
-const SPLIT_ELECTIONS: u64 = 5;
+/// How long a range holds this node's proposals while it knows no leader, rather than refuse
+/// them at once for want of one (see [`MultiRaft::leader_wait`]): a range born of a split, until
+/// its first leader (its replicas are created as their nodes apply the split, and the left
+/// range's leader campaigns at once, see `MultiRaft::split`, so a leader comes within a round
+/// trip or two); a range whose replica here lost its leader (its election timer fired, it heard
+/// of a newer term, or a proposal forwarded to the leader could not be sent), until the next, so
+/// that a failover costs the writes through this node time, not errors. As long as the Store
+/// waits for an answer (`StoreSettings::request_timeout`), less an election timeout: a range
+/// with no leader longer (a node cut off from a quorum) has them refused before the Store's
+/// timeout would leave their clients in doubt. At least an election timeout.
+fn leader_wait_ticks(settings: &RaftSettings, request_timeout: Duration) -> u64 {
+    let election = settings.election_ticks as u64;
+    let tick = settings.tick_interval.as_micros().max(1);
+    let timeout = (request_timeout.as_micros() / tick) as u64;
+    timeout.saturating_sub(election).max(election)
+}
 
 /// Election timeouts a follower has to acknowledge a snapshot, plus one tick per
 /// [`SNAPSHOT_BYTES_PER_TICK`] of it, before the snapshot counts as lost and raft sends another.
@@ -378,11 +389,12 @@ struct Group {
     removed: BTreeSet<u64>,
     /// Index of a conf change handed to the Store whose callback has not come back.
     awaiting_callback: Option<u64>,
-    /// Proposals that arrived while awaiting the callback, or before a range born of a split
-    /// knew its first leader (see `electing_until`), in arrival order.
+    /// Proposals that arrived while awaiting the callback, or while the range waited for a
+    /// leader (see `electing_until`), in arrival order.
     held: VecDeque<Held>,
-    /// For a range born of a split here: the tick until which this node's proposals wait for
-    /// its first leader instead of being refused at once for want of one (0: not waiting).
+    /// The tick until which this node's proposals wait for a leader instead of being refused
+    /// at once for want of one (0: not waiting; see [`leader_wait_ticks`]). Kept past once
+    /// waited out, until a leader is known: meanwhile proposals are refused at once.
     electing_until: u64,
     /// No vote before this tick: the group replaced an empty replica of its range, which may
     /// have answered a leader's heartbeats (counted towards that leader's lease) and would
@@ -850,6 +862,9 @@ pub struct MultiRaft {
     boot: u64,
     engine: Arc<Engine>,
     settings: RaftSettings,
+    /// Ticks a range holds this node's proposals while it knows no leader (see
+    /// [`leader_wait_ticks`]).
+    leader_wait: u64,
     /// Looked up for every message and every round of every range: a hash map, as a B-tree of
     /// 10,000 ranges costs a cache miss per level. No loop over the groups depends on their
     /// order; the hasher's seed is fixed all the same, so that runs of a seed stay alike.
@@ -901,11 +916,10 @@ pub struct MultiRaft {
     held_off: BTreeMap<RangeId, raft::prelude::Message>,
     /// The spans of the snapshots raft took and has yet to install (see `overlapping`).
     incoming: BTreeMap<RangeId, Span>,
-    /// The ranges born of a split here that wait for their first leader (see
-    /// [`SPLIT_ELECTIONS`]).
+    /// The ranges whose proposals here wait for a leader (see `Group::electing_until`).
     electing: BTreeSet<RangeId>,
-    /// Those of them that learnt their first leader in the round under way.
-    first_leaders: Vec<RangeId>,
+    /// Those of them that learnt their leader in the round under way.
+    leaders_found: Vec<RangeId>,
     /// Removal notices to send with the next round, per node.
     notices: BTreeMap<NodeId, Vec<(RangeId, ReplicaId)>>,
     /// Compaction indexes to send with the next round, per node and range (see
@@ -954,6 +968,7 @@ impl MultiRaft {
             node,
             boot: engine.boot(),
             engine: engine.clone(),
+            leader_wait: leader_wait_ticks(&settings, store_settings.request_timeout),
             settings,
             groups: HashMap::default(),
             dirty: BTreeSet::new(),
@@ -982,7 +997,7 @@ impl MultiRaft {
             electing: BTreeSet::new(),
             incoming: BTreeMap::new(),
             held_off: BTreeMap::new(),
-            first_leaders: Vec::new(),
+            leaders_found: Vec::new(),
             notices: BTreeMap::new(),
             hints: BTreeMap::new(),
             last_heard: BTreeMap::new(),
@@ -1202,7 +1217,7 @@ impl MultiRaft {
             if leads_left {
                 let _ = g.node.campaign();
             }
-            g.electing_until = self.ticks + SPLIT_ELECTIONS * election;
+            g.electing_until = self.ticks + self.leader_wait;
             if replaced {
                 g.no_votes_until = self.ticks + election;
             }
@@ -1214,15 +1229,18 @@ impl MultiRaft {
         }
     }
 
-    /// Proposes what a range born of a split held until it knew its first leader (see
-    /// [`SPLIT_ELECTIONS`]): now it does, or it waited long enough (they are then refused, as
-    /// any proposal to a range without a leader is).
-    fn release_for_first_leader(&mut self, range: RangeId) {
+    /// Proposes what a range held until it knew a leader (see `Group::electing_until`): now it
+    /// does (`found`), or it waited long enough. Those then go as any proposal to a range
+    /// without a leader does (refused), and so do the next ones until it knows one, unless
+    /// nothing was left waiting.
+    fn release_for_leader(&mut self, range: RangeId, found: bool) {
         self.electing.remove(&range);
         let Some(g) = self.groups.get_mut(&range) else {
             return;
         };
-        g.electing_until = 0;
+        if found || g.held.is_empty() {
+            g.electing_until = 0;
+        }
         if g.awaiting_callback.is_some() {
             return;
         }
@@ -1230,6 +1248,28 @@ impl MultiRaft {
             self.propose_held(range, h);
         }
         self.dirty.insert(range);
+    }
+
+    /// A proposal of this node's forwarded to a leader that could not be reached: a command
+    /// (its bytes) is held until the range knows its next leader, unless it waited for one
+    /// long enough already; a membership change is refused (its proposer tries again).
+    fn forward_failed(&mut self, range: RangeId, proposal: ProposalId, command: Option<Vec<u8>>) {
+        if let (Some(g), Some(data)) = (self.groups.get_mut(&range), command) {
+            if g.electing_until == 0 {
+                g.electing_until = self.ticks + self.leader_wait;
+            }
+            if self.ticks < g.electing_until {
+                g.in_doubt.remove(&proposal);
+                g.held
+                    .push_back(Held::Local(proposal, ProposalPayload::Command(data)));
+                self.electing.insert(range);
+                return;
+            }
+        }
+        self.events.push(Event::ProposalFailed {
+            proposal,
+            error: ProposeError::NoLeader(range),
+        });
     }
 
     /// Proposes a proposal that was held, as it would have been when it came.
@@ -1457,7 +1497,9 @@ impl MultiRaft {
             let Some(held) = hold(g, held, &self.bugs, &self.metrics) else {
                 continue;
             };
-            if g.node.raft.leader_id == 0 && self.ticks < g.electing_until {
+            // Behind those held before it, in order.
+            let waits = g.node.raft.leader_id == 0 || !g.held.is_empty();
+            if waits && self.ticks < g.electing_until {
                 g.held.push_back(held);
                 continue;
             }
@@ -1642,13 +1684,17 @@ impl MultiRaft {
                     None => batch.messages.push((range, m)),
                 }
             }
-            let proposals: Vec<(RangeId, ProposalId)> = batch
+            let proposals: Vec<(RangeId, ProposalId, Option<Vec<u8>>)> = batch
                 .messages
                 .iter()
                 .filter(|(_, m)| m.get_msg_type() == MessageType::MsgPropose)
                 .flat_map(|(r, m)| m.get_entries().iter().map(move |e| (*r, e)))
-                .filter_map(|(r, e)| ProposalId::from_context(&e.context).map(|p| (r, p)))
-                .filter(|(_, p)| p.node == self.node)
+                .filter_map(|(r, e)| {
+                    let p = ProposalId::from_context(&e.context)?;
+                    // A command's bytes, to propose again; a membership change is refused.
+                    let command = e.get_entry_type() == EntryType::EntryNormal;
+                    (p.node == self.node).then(|| (r, p, command.then(|| e.data.to_vec())))
+                })
                 .collect();
             let sent = self.transport.send(batch).is_ok();
             if !sent && self.live.contains(&to) {
@@ -1658,12 +1704,11 @@ impl MultiRaft {
             }
             if !sent {
                 // A proposal forwarded to a leader that cannot be reached never left this
-                // node: the client may retry at once instead of waiting for its timeout.
-                for (range, proposal) in proposals {
-                    self.events.push(Event::ProposalFailed {
-                        proposal,
-                        error: ProposeError::NoLeader(range),
-                    });
+                // node. It waits for the next leader, as where the range has none (see
+                // `leader_wait_ticks`): this one is likely gone (killed: its connection
+                // closed). Then it is refused, and its client may retry at once.
+                for (range, proposal, data) in proposals {
+                    self.forward_failed(range, proposal, data);
                 }
                 for (range, peer) in ranges {
                     if let Some(g) = self.groups.get_mut(&range) {
@@ -1712,7 +1757,7 @@ impl MultiRaft {
         let prefix = read_prefix(self.node, self.boot);
         let election_ticks = self.settings.election_ticks as u64;
 
-        let mut first_leaders = Vec::new();
+        let (mut leaders_found, mut leaderless) = (Vec::new(), Vec::new());
         for range in std::mem::take(&mut self.dirty) {
             let Some(g) = self.groups.get_mut(&range) else {
                 continue;
@@ -1767,10 +1812,14 @@ impl MultiRaft {
                     if g.lease.take().is_some() {
                         self.metrics.leases.lock().expect("leases").remove(&range);
                     }
+                    if ss.leader_id == 0 && g.leader != 0 && g.electing_until == 0 {
+                        g.electing_until = self.ticks + self.leader_wait;
+                        leaderless.push(range);
+                    }
                     g.leader = ss.leader_id;
                     if ss.leader_id != 0 {
                         if g.electing_until != 0 {
-                            first_leaders.push(range);
+                            leaders_found.push(range);
                         }
                         let term = g.node.raft.term;
                         events.push(Event::LeaderElected {
@@ -1897,7 +1946,8 @@ impl MultiRaft {
         }
 
         // Proposed once raft has advanced past this round's `Ready` (see `finish_round`).
-        self.first_leaders.extend(first_leaders);
+        self.leaders_found.extend(leaders_found);
+        self.electing.extend(leaderless);
 
         // The leader's messages leave before its own write: followers persist the entries
         // while it does (raft's Ready allows it; etcd's section 10.2.1 of the Raft thesis).
@@ -2008,8 +2058,8 @@ impl MultiRaft {
                 self.dirty.insert(range);
             }
         }
-        for range in std::mem::take(&mut self.first_leaders) {
-            self.release_for_first_leader(range);
+        for range in std::mem::take(&mut self.leaders_found) {
+            self.release_for_leader(range, true);
         }
         // The events before the messages: see `RaftMetrics::events_handed`.
         events.append(&mut self.events);
@@ -2577,7 +2627,26 @@ impl MultiRaft {
             .copied()
             .collect();
         for range in waited {
-            self.release_for_first_leader(range);
+            self.release_for_leader(range, false);
+        }
+        // What could not be sent on to a leader is sent again each tick, in order, while the
+        // range waits: its leader may have been busy (its queue full) rather than gone.
+        let retry: Vec<RangeId> = (self.electing.iter())
+            .filter(|r| {
+                (self.groups.get(r)).is_some_and(|g| {
+                    g.node.raft.leader_id != 0
+                        && g.awaiting_callback.is_none()
+                        && !g.held.is_empty()
+                })
+            })
+            .copied()
+            .collect();
+        for range in retry {
+            let g = self.groups.get_mut(&range).expect("just seen");
+            for h in std::mem::take(&mut g.held) {
+                self.propose_held(range, h);
+            }
+            self.dirty.insert(range);
         }
         let mut moved = Vec::new();
         let mut unqueued = Vec::new();
