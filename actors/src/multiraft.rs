@@ -331,15 +331,16 @@ enum Held {
 const HELD_OFF_MAX: usize = 1024;
 
 /// How long a range holds this node's proposals while it knows no leader, rather than refuse
-/// them at once for want of one (see [`MultiRaft::leader_wait`]): a range born of a split, until
-/// its first leader (its replicas are created as their nodes apply the split, and the left
-/// range's leader campaigns at once, see `MultiRaft::split`, so a leader comes within a round
-/// trip or two); a range whose replica here lost its leader (its election timer fired, it heard
-/// of a newer term, or a proposal forwarded to the leader could not be sent), until the next, so
-/// that a failover costs the writes through this node time, not errors. As long as the Store
-/// waits for an answer (`StoreSettings::request_timeout`), less an election timeout: a range
-/// with no leader longer (a node cut off from a quorum) has them refused before the Store's
-/// timeout would leave their clients in doubt. At least an election timeout.
+/// them at once for want of one (see [`MultiRaft::leader_wait`]), counted from the first held:
+/// a range born of a split, until its first leader (its replicas are created as their nodes
+/// apply the split, and the left range's leader campaigns at once, see `MultiRaft::split`, so a
+/// leader comes within a round trip or two); a range whose replica here knows no leader (an
+/// election under way, a node just started), whose leader here hands its leadership over, or
+/// whose leader a proposal could not be sent on to (its node killed), until the next one. So a
+/// failover or a leadership transfer costs the writes through this node time, not errors. As
+/// long as the Store waits for an answer (`StoreSettings::request_timeout`), less an election
+/// timeout: a range with no leader longer (a node cut off from a quorum) has them refused
+/// before the Store's timeout would leave their clients in doubt. At least an election timeout.
 fn leader_wait_ticks(settings: &RaftSettings, request_timeout: Duration) -> u64 {
     let election = settings.election_ticks as u64;
     let tick = settings.tick_interval.as_micros().max(1);
@@ -1490,6 +1491,14 @@ impl MultiRaft {
             return;
         };
         g.quiescent = false;
+        // Where the range knows no leader, or its leader here hands its leadership over (raft
+        // then takes no proposal), proposals wait for the next leader.
+        let handing_over = g.is_leader() && g.node.raft.lead_transferee.is_some();
+        let leaderless = g.node.raft.leader_id == 0;
+        if (leaderless || handing_over) && g.electing_until == 0 {
+            g.electing_until = self.ticks + self.leader_wait;
+            self.electing.insert(range);
+        }
         let limit = self.settings.max_size_per_msg;
         let mut chunks: Vec<(Vec<ProposalId>, Vec<Entry>, u64)> = Vec::new();
         for (proposal, data) in commands {
@@ -1498,7 +1507,7 @@ impl MultiRaft {
                 continue;
             };
             // Behind those held before it, in order.
-            let waits = g.node.raft.leader_id == 0 || !g.held.is_empty();
+            let waits = leaderless || handing_over || !g.held.is_empty();
             if waits && self.ticks < g.electing_until {
                 g.held.push_back(held);
                 continue;
@@ -1757,7 +1766,7 @@ impl MultiRaft {
         let prefix = read_prefix(self.node, self.boot);
         let election_ticks = self.settings.election_ticks as u64;
 
-        let (mut leaders_found, mut leaderless) = (Vec::new(), Vec::new());
+        let mut leaders_found = Vec::new();
         for range in std::mem::take(&mut self.dirty) {
             let Some(g) = self.groups.get_mut(&range) else {
                 continue;
@@ -1811,10 +1820,6 @@ impl MultiRaft {
                 if ss.leader_id != g.leader {
                     if g.lease.take().is_some() {
                         self.metrics.leases.lock().expect("leases").remove(&range);
-                    }
-                    if ss.leader_id == 0 && g.leader != 0 && g.electing_until == 0 {
-                        g.electing_until = self.ticks + self.leader_wait;
-                        leaderless.push(range);
                     }
                     g.leader = ss.leader_id;
                     if ss.leader_id != 0 {
@@ -1947,7 +1952,6 @@ impl MultiRaft {
 
         // Proposed once raft has advanced past this round's `Ready` (see `finish_round`).
         self.leaders_found.extend(leaders_found);
-        self.electing.extend(leaderless);
 
         // The leader's messages leave before its own write: followers persist the entries
         // while it does (raft's Ready allows it; etcd's section 10.2.1 of the Raft thesis).
