@@ -687,10 +687,10 @@ fn a_leader_cut_off_from_its_quorum_steps_down_and_writes_are_refused() {
 
 /// Leadership moved back and forth between nodes 1 and 2 while a client pipelines writes
 /// through node 1: what node 1 takes while its ranges hand their leadership over, or elect the
-/// next leader, waits for that leader. None is refused for want of one (before, thousands of a
-/// pipelined load's writes were, each time). A write node 1 sent on to node 2 as node 2 handed
-/// its leadership over may be answered `-TRYAGAIN the leader of rN changed` (node 2's raft
-/// dropped it: its outcome unknown to node 1), and every write answered `OK` is there after.
+/// next leader, waits for that leader, and so does what node 2 is sent on as it hands its
+/// leadership over. None is refused for want of a leader (before, thousands of a pipelined
+/// load's writes were, each time), none is answered in doubt (hundreds were: raft dropped
+/// them), and every one is there after.
 #[test]
 fn writes_wait_for_the_next_leader_while_leadership_moves() {
     let dir = tempfile::tempdir().unwrap();
@@ -724,12 +724,11 @@ fn writes_wait_for_the_next_leader_while_leadership_moves() {
     }
     stop.store(true, Ordering::Relaxed);
     let (acked, errors) = writer.join().unwrap();
-    let refused: Vec<&String> = errors.iter().filter(|e| !e.contains("changed")).collect();
     assert!(
-        refused.is_empty(),
-        "{} refused: {:?}",
-        refused.len(),
-        refused.first()
+        errors.is_empty(),
+        "{} failed: {:?}",
+        errors.len(),
+        errors.first()
     );
     assert!(!acked.is_empty());
     let values = mget(&servers[2], &acked);

@@ -154,10 +154,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Election timeouts after a new leader is elected at which a membership change proposed
-/// under an earlier term and not yet committed is answered as in doubt (see
-/// `Doubt`).
-const CHANGE_DOUBT_ELECTIONS: u64 = 2;
+/// Election timeouts after a new leader is elected at which a membership change, or any
+/// proposal where a leadership transfer elected it, made under an earlier term and not yet
+/// committed is answered as in doubt (see `Doubt`).
+const DOUBT_ELECTIONS: u64 = 2;
 
 /// A peer's clock this far ahead of this node's, or further, is logged once heard.
 const CLOCK_NOTED_MS: u64 = 1_000;
@@ -168,11 +168,13 @@ struct Doubt {
     /// The term and the tick it was proposed in.
     term: u64,
     tick: u64,
-    /// A membership change: answered `CHANGE_DOUBT_ELECTIONS` after a new leader is elected
-    /// if still not committed, not at once as a write is, since a leader that removes itself
-    /// hands leadership over first and then sends the change on to the new leader.
+    /// A membership change: answered `DOUBT_ELECTIONS` after a new leader is elected if still
+    /// not committed, not at once as a write is, since a leader that removes itself hands
+    /// leadership over first and then sends the change on to the new leader. So is a write
+    /// where a leadership transfer elected the new leader: the leader that handed over sends
+    /// on what was forwarded to it meanwhile (see `step_forwarded`).
     change: bool,
-    /// The tick a change is answered at, once a leader of a later term is elected.
+    /// The tick it is answered at, once a leader of a later term is elected.
     answer_at: Option<u64>,
 }
 
@@ -401,6 +403,9 @@ struct Group {
     /// have answered a leader's heartbeats (counted towards that leader's lease) and would
     /// otherwise vote at once, raft's memory of its leader gone (see `MultiRaft::split`).
     no_votes_until: u64,
+    /// The term of the last election a leadership transfer started, as seen here (the
+    /// `MsgTimeoutNow` that started it, or its vote request).
+    transfer_term: u64,
     /// Reads to ask a read index for in the next round, with the tick each was first asked.
     new_reads: Vec<(ReadId, u64)>,
     reads_in_flight: Vec<PendingRead>,
@@ -1153,6 +1158,7 @@ impl MultiRaft {
                 counted: 0,
                 electing_until: 0,
                 no_votes_until: 0,
+                transfer_term: 0,
             },
         );
         Ok(())
@@ -1347,7 +1353,21 @@ impl MultiRaft {
             return;
         };
         let m = match forwarded_change(&m) {
-            None => m,
+            None => {
+                // Commands sent on to a leader handing its leadership over, which raft would
+                // drop, wait for the next leader and go on to it (their proposer waits: see
+                // `Doubt`); later ones wait behind them.
+                let handing_over = g.is_leader() && g.node.raft.lead_transferee.is_some();
+                if handing_over && g.electing_until == 0 {
+                    g.electing_until = self.ticks + self.leader_wait;
+                }
+                if (handing_over || !g.held.is_empty()) && self.ticks < g.electing_until {
+                    g.held.push_back(Held::Forwarded(m));
+                    self.electing.insert(range);
+                    return;
+                }
+                m
+            }
             Some(cc) => match g.admit_change(range, &cc, Held::Forwarded(m), self.ticks) {
                 Admission::Now(Held::Forwarded(m)) => m,
                 Admission::Now(Held::Local(..)) => unreachable!("admitted as it came"),
@@ -1834,14 +1854,15 @@ impl MultiRaft {
                         });
                         // A write proposed under an earlier term may have been lost with that
                         // leader (forwarded to a leader that died) or may still commit: its
-                        // client is told so now, not at its timeout; a change a little later.
-                        let answer_at = self.ticks
-                            + CHANGE_DOUBT_ELECTIONS * self.settings.election_ticks as u64;
+                        // client is told so now, not at its timeout; a change a little later,
+                        // and a write too where the old leader handed over to this one.
+                        let answer_at = self.ticks + DOUBT_ELECTIONS * election_ticks;
+                        let handed_over = g.transfer_term == term;
                         g.in_doubt.retain(|&proposal, d| {
                             if d.term >= term {
                                 return true;
                             }
-                            if d.change {
+                            if d.change || handed_over {
                                 d.answer_at.get_or_insert(answer_at);
                                 return true;
                             }
@@ -2394,6 +2415,11 @@ impl MultiRaft {
         }
         let (from, term, commit) = (m.from, m.term, m.commit);
         let election = self.settings.election_ticks as u64;
+        if kind == MessageType::MsgTimeoutNow {
+            g.transfer_term = g.node.raft.term + 1;
+        } else if kind == MessageType::MsgRequestVote && m.context == raft::CAMPAIGN_TRANSFER {
+            g.transfer_term = term;
+        }
         if matches!(
             kind,
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
