@@ -1337,10 +1337,11 @@ impl MultiRaft {
     }
 
     /// Steps a proposal a follower forwarded (`MsgPropose`): held while the group awaits a
-    /// membership callback; a membership change is checked as a local one would be (refused
-    /// while another is pending or when it re-adds a removed replica; removing this leader
-    /// waits for leadership to move). A refused change is dropped: the follower's client gets
-    /// its timeout.
+    /// membership callback; a command held while this leader hands its leadership over, then
+    /// sent on to the next leader; a membership change is checked as a local one would be
+    /// (refused while another is pending or when it re-adds a removed replica; removing this
+    /// leader waits for leadership to move). A refused change is dropped: the follower's
+    /// client gets its timeout.
     fn step_forwarded(&mut self, range: RangeId, m: raft::prelude::Message) {
         let Some(g) = self.groups.get_mut(&range) else {
             return;
