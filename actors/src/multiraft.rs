@@ -1260,15 +1260,15 @@ impl MultiRaft {
     /// A proposal of this node's forwarded to a leader that could not be reached: a command
     /// (its bytes) is held until the range knows its next leader, unless it waited for one
     /// long enough already; a membership change is refused (its proposer tries again).
-    fn forward_failed(&mut self, range: RangeId, proposal: ProposalId, command: Option<Vec<u8>>) {
+    fn forward_failed(&mut self, range: RangeId, proposal: ProposalId, command: Option<&[u8]>) {
         if let (Some(g), Some(data)) = (self.groups.get_mut(&range), command) {
             if g.electing_until == 0 {
                 g.electing_until = self.ticks + self.leader_wait;
             }
             if self.ticks < g.electing_until {
                 g.in_doubt.remove(&proposal);
-                g.held
-                    .push_back(Held::Local(proposal, ProposalPayload::Command(data)));
+                let command = ProposalPayload::Command(data.to_vec());
+                g.held.push_back(Held::Local(proposal, command));
                 self.electing.insert(range);
                 return;
             }
@@ -1355,14 +1355,17 @@ impl MultiRaft {
         };
         let m = match forwarded_change(&m) {
             None => {
-                // Commands sent on to a leader handing its leadership over, which raft would
-                // drop, wait for the next leader and go on to it (their proposer waits: see
-                // `Doubt`); later ones wait behind them.
+                // Commands sent on to a leader handing its leadership over, or to a replica
+                // that knows no leader (it just stepped down), which raft would drop, wait for
+                // the next leader and go on to it (their proposer waits: see `Doubt`); later
+                // ones wait behind them.
                 let handing_over = g.is_leader() && g.node.raft.lead_transferee.is_some();
-                if handing_over && g.electing_until == 0 {
+                let leaderless = g.node.raft.leader_id == 0;
+                if (handing_over || leaderless) && g.electing_until == 0 {
                     g.electing_until = self.ticks + self.leader_wait;
                 }
-                if (handing_over || !g.held.is_empty()) && self.ticks < g.electing_until {
+                let waits = handing_over || leaderless || !g.held.is_empty();
+                if waits && self.ticks < g.electing_until {
                     g.held.push_back(Held::Forwarded(m));
                     self.electing.insert(range);
                     return;
@@ -1714,7 +1717,8 @@ impl MultiRaft {
                     None => batch.messages.push((range, m)),
                 }
             }
-            let proposals: Vec<(RangeId, ProposalId, Option<Vec<u8>>)> = batch
+            // A command's bytes are shared, not copied: needed only if the send fails.
+            let proposals: Vec<_> = batch
                 .messages
                 .iter()
                 .filter(|(_, m)| m.get_msg_type() == MessageType::MsgPropose)
@@ -1723,7 +1727,7 @@ impl MultiRaft {
                     let p = ProposalId::from_context(&e.context)?;
                     // A command's bytes, to propose again; a membership change is refused.
                     let command = e.get_entry_type() == EntryType::EntryNormal;
-                    (p.node == self.node).then(|| (r, p, command.then(|| e.data.to_vec())))
+                    (p.node == self.node).then(|| (r, p, command.then(|| e.data.clone())))
                 })
                 .collect();
             let sent = self.transport.send(batch).is_ok();
@@ -1738,7 +1742,7 @@ impl MultiRaft {
                 // `leader_wait_ticks`): this one is likely gone (killed: its connection
                 // closed). Then it is refused, and its client may retry at once.
                 for (range, proposal, data) in proposals {
-                    self.forward_failed(range, proposal, data);
+                    self.forward_failed(range, proposal, data.as_deref());
                 }
                 for (range, peer) in ranges {
                     if let Some(g) = self.groups.get_mut(&range) {
