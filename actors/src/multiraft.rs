@@ -556,6 +556,31 @@ impl Group {
         self.members().find(|&id| ReplicaId(id).node() == node)
     }
 
+    /// Whether raft would take no proposal here: the range knows no leader, or its leader
+    /// here hands its leadership over.
+    fn takes_no_proposal(&self) -> bool {
+        self.node.raft.leader_id == 0
+            || (self.is_leader() && self.node.raft.lead_transferee.is_some())
+    }
+
+    /// Whether a proposal waits for a leader rather than go to raft now (see `electing_until`):
+    /// where `cause` holds (raft would take none, or one could not be sent on to the leader),
+    /// or others wait before it, until the wait is over. The first starts the wait, and adds
+    /// `range` to those `electing`.
+    fn waits_for_leader(
+        &mut self,
+        range: RangeId,
+        cause: bool,
+        (ticks, wait): (u64, u64),
+        electing: &mut BTreeSet<RangeId>,
+    ) -> bool {
+        if cause && self.electing_until == 0 {
+            self.electing_until = ticks + wait;
+            electing.insert(range);
+        }
+        (cause || !self.held.is_empty()) && ticks < self.electing_until
+    }
+
     fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
     }
@@ -1262,14 +1287,11 @@ impl MultiRaft {
     /// long enough already; a membership change is refused (its proposer tries again).
     fn forward_failed(&mut self, range: RangeId, proposal: ProposalId, command: Option<&[u8]>) {
         if let (Some(g), Some(data)) = (self.groups.get_mut(&range), command) {
-            if g.electing_until == 0 {
-                g.electing_until = self.ticks + self.leader_wait;
-            }
-            if self.ticks < g.electing_until {
+            let wait = (self.ticks, self.leader_wait);
+            if g.waits_for_leader(range, true, wait, &mut self.electing) {
                 g.in_doubt.remove(&proposal);
                 let command = ProposalPayload::Command(data.to_vec());
                 g.held.push_back(Held::Local(proposal, command));
-                self.electing.insert(range);
                 return;
             }
         }
@@ -1359,15 +1381,9 @@ impl MultiRaft {
                 // that knows no leader (it just stepped down), which raft would drop, wait for
                 // the next leader and go on to it (their proposer waits: see `Doubt`); later
                 // ones wait behind them.
-                let handing_over = g.is_leader() && g.node.raft.lead_transferee.is_some();
-                let leaderless = g.node.raft.leader_id == 0;
-                if (handing_over || leaderless) && g.electing_until == 0 {
-                    g.electing_until = self.ticks + self.leader_wait;
-                }
-                let waits = handing_over || leaderless || !g.held.is_empty();
-                if waits && self.ticks < g.electing_until {
+                let (cause, wait) = (g.takes_no_proposal(), (self.ticks, self.leader_wait));
+                if g.waits_for_leader(range, cause, wait, &mut self.electing) {
                     g.held.push_back(Held::Forwarded(m));
-                    self.electing.insert(range);
                     return;
                 }
                 m
@@ -1516,13 +1532,8 @@ impl MultiRaft {
         };
         g.quiescent = false;
         // Where the range knows no leader, or its leader here hands its leadership over (raft
-        // then takes no proposal), proposals wait for the next leader.
-        let handing_over = g.is_leader() && g.node.raft.lead_transferee.is_some();
-        let leaderless = g.node.raft.leader_id == 0;
-        if (leaderless || handing_over) && g.electing_until == 0 {
-            g.electing_until = self.ticks + self.leader_wait;
-            self.electing.insert(range);
-        }
+        // then takes no proposal), proposals wait for the next leader; later ones behind them.
+        let (cause, wait) = (g.takes_no_proposal(), (self.ticks, self.leader_wait));
         let limit = self.settings.max_size_per_msg;
         let mut chunks: Vec<(Vec<ProposalId>, Vec<Entry>, u64)> = Vec::new();
         for (proposal, data) in commands {
@@ -1530,9 +1541,7 @@ impl MultiRaft {
             let Some(held) = hold(g, held, &self.bugs, &self.metrics) else {
                 continue;
             };
-            // Behind those held before it, in order.
-            let waits = leaderless || handing_over || !g.held.is_empty();
-            if waits && self.ticks < g.electing_until {
+            if g.waits_for_leader(range, cause, wait, &mut self.electing) {
                 g.held.push_back(held);
                 continue;
             }
