@@ -329,6 +329,18 @@ enum Held {
     Forwarded(raft::prelude::Message),
 }
 
+impl Held {
+    /// The proposals it carries (a forwarded message may carry several).
+    fn proposals(&self) -> Vec<ProposalId> {
+        match self {
+            Held::Local(p, _) => vec![*p],
+            Held::Forwarded(m) => (m.get_entries().iter())
+                .filter_map(|e| ProposalId::from_context(&e.context))
+                .collect(),
+        }
+    }
+}
+
 /// The most ranges whose last held-off append (see `MultiRaft::held_off`) is kept at once.
 const HELD_OFF_MAX: usize = 1024;
 
@@ -395,6 +407,9 @@ struct Group {
     /// Proposals that arrived while awaiting the callback, or while the range waited for a
     /// leader (see `electing_until`), in arrival order.
     held: VecDeque<Held>,
+    /// The proposals among `held` that came while awaiting the callback (contract 4), as
+    /// [`GetReleasedProposals`] reports them once released.
+    held_for_change: Vec<ProposalId>,
     /// The tick until which this node's proposals wait for a leader instead of being refused
     /// at once for want of one (0: not waiting; see [`leader_wait_ticks`]). Kept past once
     /// waited out, until a leader is known: meanwhile proposals are refused at once.
@@ -846,6 +861,7 @@ fn hold(g: &mut Group, h: Held, bugs: &PlantedBugs, metrics: &RaftMetrics) -> Op
         metrics.proposals_not_held.fetch_add(1, Ordering::Relaxed);
         return Some(h);
     }
+    g.held_for_change.extend(h.proposals());
     g.held.push_back(h);
     metrics.proposals_held.fetch_add(1, Ordering::Relaxed);
     None
@@ -1159,6 +1175,7 @@ impl MultiRaft {
                 appends_sent: Vec::new(),
                 awaiting_callback: None,
                 held: VecDeque::new(),
+                held_for_change: Vec::new(),
                 new_reads: Vec::new(),
                 reads_in_flight: Vec::new(),
                 answered_at: BTreeMap::new(),
@@ -3341,26 +3358,19 @@ impl Handler<ChangeApplied> for MultiRaft {
         let Some(g) = self.groups.get_mut(&msg.range) else {
             return;
         };
-        let held = std::mem::take(&mut g.held);
-        for h in held {
-            let proposals: Vec<ProposalId> = match &h {
-                Held::Local(p, _) => vec![*p],
-                Held::Forwarded(m) => m
-                    .get_entries()
-                    .iter()
-                    .filter_map(|e| ProposalId::from_context(&e.context))
-                    .collect(),
-            };
-            for proposal in proposals {
-                if self.released.len() == RELEASED_KEPT {
-                    self.released.pop_front();
-                }
-                self.released.push_back(ReleasedProposal {
-                    range: msg.range,
-                    change_index: msg.index,
-                    proposal,
-                });
+        // Only what the change held is reported released after it: proposals waiting for a
+        // leader may be held with them, from before the change.
+        for proposal in std::mem::take(&mut g.held_for_change) {
+            if self.released.len() == RELEASED_KEPT {
+                self.released.pop_front();
             }
+            self.released.push_back(ReleasedProposal {
+                range: msg.range,
+                change_index: msg.index,
+                proposal,
+            });
+        }
+        for h in std::mem::take(&mut g.held) {
             self.propose_held(msg.range, h);
         }
         self.mark_dirty(msg.range, ctx);
