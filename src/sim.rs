@@ -1095,8 +1095,9 @@ async fn request(
                     op.last = Some(event());
                     op.result = Outcome::Written(outcome);
                 }
-                // Refused before reaching the log: it had no effect, and is left out.
-                Ok(Ok(Err(StoreError::NoRange)))
+                // Refused before reaching the log, or skipped in it: it had no effect, and is
+                // left out.
+                Ok(Ok(Err(StoreError::NoRange | StoreError::Overtaken(_))))
                 | Ok(Ok(Err(StoreError::Refused(
                     ProposeError::Busy
                     | ProposeError::NoLeader(_)

@@ -685,12 +685,14 @@ fn a_leader_cut_off_from_its_quorum_steps_down_and_writes_are_refused() {
     );
 }
 
-/// Leadership moved back and forth between nodes 1 and 2 while a client pipelines writes
+/// Leadership moved back and forth between nodes 1 and 2 while four clients pipeline writes
 /// through node 1: what node 1 takes while its ranges hand their leadership over, or elect the
 /// next leader, waits for that leader, and so does what node 2 is sent on as it hands its
 /// leadership over. None is refused for want of a leader (before, thousands of a pipelined
 /// load's writes were, each time), none is answered in doubt (hundreds were: raft dropped
-/// them), and every one is there after.
+/// them), none is overtaken by a later one of node 1's (where node 1 takes the leadership,
+/// those node 2 sends on to it come after its own later ones: they were skipped, and their
+/// clients waited for their timeout), and every one is there after.
 #[test]
 fn writes_wait_for_the_next_leader_while_leadership_moves() {
     let dir = tempfile::tempdir().unwrap();
@@ -698,24 +700,28 @@ fn writes_wait_for_the_next_leader_while_leadership_moves() {
     let servers = nodes.start_all();
     await_leaders(&servers[0]);
     let stop = Arc::new(AtomicBool::new(false));
-    let (s, mut con) = (stop.clone(), servers[0].client());
-    let writer = std::thread::spawn(move || {
-        let (mut acked, mut errors) = (Vec::new(), Vec::new());
-        let mut i = 0;
-        while !s.load(Ordering::Relaxed) {
-            let keys: Vec<String> = (i..i + 50).map(|n| format!("k{n}")).collect();
-            i += 50;
-            let mut pipe = redis::pipe();
-            for k in &keys {
-                pipe.cmd("SET").arg(k).arg(k).ignore();
-            }
-            match pipe.query::<()>(&mut con) {
-                Ok(()) => acked.extend(keys),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        (acked, errors)
-    });
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (s, mut con) = (stop.clone(), servers[0].client());
+            std::thread::spawn(move || {
+                let (mut acked, mut errors) = (Vec::new(), Vec::new());
+                let mut i = 0;
+                while !s.load(Ordering::Relaxed) {
+                    let keys: Vec<String> = (i..i + 50).map(|n| format!("k{w}-{n}")).collect();
+                    i += 50;
+                    let mut pipe = redis::pipe();
+                    for k in &keys {
+                        pipe.cmd("SET").arg(k).arg(k).ignore();
+                    }
+                    match pipe.query::<()>(&mut con) {
+                        Ok(()) => acked.extend(keys),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                (acked, errors)
+            })
+        })
+        .collect();
     for to in [2, 1].repeat(10) {
         assert_eq!(
             admin(&servers[0], &["TRANSFERLEADER", "all", &to.to_string()]).unwrap(),
@@ -723,7 +729,12 @@ fn writes_wait_for_the_next_leader_while_leadership_moves() {
         );
     }
     stop.store(true, Ordering::Relaxed);
-    let (acked, errors) = writer.join().unwrap();
+    let (mut acked, mut errors) = (Vec::new(), Vec::new());
+    for w in writers {
+        let (a, e) = w.join().unwrap();
+        acked.extend(a);
+        errors.extend(e);
+    }
     assert!(
         errors.is_empty(),
         "{} failed: {:?}",

@@ -377,6 +377,11 @@ pub enum StoreError {
     CrossRange,
     #[error("TRYAGAIN this node restarted with a boot below one its range recorded (a wiped data directory and a clock behind?); the write was not applied")]
     StaleBoot,
+    /// A write of this node's that reached its range's log after a later one of this node's
+    /// (sent on by a leader that handed over, or forwarded again): skipped on every replica, so
+    /// as not to apply a connection's writes out of order (see `storage::Proposers`).
+    #[error("TRYAGAIN {0}: a later write of this node reached the range's log first, after its leader changed; this one was not applied")]
+    Overtaken(RangeId),
     #[error("ERR {0}")]
     Invalid(String),
     #[error("ERR {0}")]

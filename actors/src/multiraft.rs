@@ -412,7 +412,8 @@ struct Group {
     held_for_change: Vec<ProposalId>,
     /// The tick until which this node's proposals wait for a leader instead of being refused
     /// at once for want of one (0: not waiting; see [`leader_wait_ticks`]). Kept past once
-    /// waited out, until a leader is known: meanwhile proposals are refused at once.
+    /// waited out with proposals left, until a leader is known again or one of this node's
+    /// proposals commits: meanwhile proposals are refused at once.
     electing_until: u64,
     /// No vote before this tick: the group replaced an empty replica of its range, which may
     /// have answered a leader's heartbeats (counted towards that leader's lease) and would
@@ -581,11 +582,13 @@ impl Group {
     /// Whether a proposal waits for a leader rather than go to raft now (see `electing_until`):
     /// where `cause` holds (raft would take none, or one could not be sent on to the leader),
     /// or others wait before it, until the wait is over. The first starts the wait, and adds
-    /// `range` to those `electing`.
+    /// `range` to those `electing`. One a follower sent on here (`forwarded`) waits only behind
+    /// those sent on too, which keeps each node's in order: this node's own may wait for it
+    /// (one of its writes may come back here, see `awaits_handed_over`).
     fn waits_for_leader(
         &mut self,
         range: RangeId,
-        cause: bool,
+        (cause, forwarded): (bool, bool),
         (ticks, wait): (u64, u64),
         electing: &mut BTreeSet<RangeId>,
     ) -> bool {
@@ -593,7 +596,23 @@ impl Group {
             self.electing_until = ticks + wait;
             electing.insert(range);
         }
-        (cause || !self.held.is_empty()) && ticks < self.electing_until
+        let behind = match forwarded {
+            true => self.held.iter().any(|h| matches!(h, Held::Forwarded(_))),
+            false => !self.held.is_empty(),
+        };
+        (cause || behind) && ticks < self.electing_until
+    }
+
+    /// Whether writes of this node's, forwarded to a leader that then handed its leadership
+    /// over, may yet be sent on by it to the new one (see [`Doubt`]). This node's later writes
+    /// wait for them: arriving first, a later one would have them skipped on every replica
+    /// (`storage::Proposers` keeps a node's writes to a range in order). In doubt are this
+    /// node's proposals in the order made, so those of earlier terms come first.
+    fn awaits_handed_over(&self) -> bool {
+        let term = self.node.raft.term;
+        (self.in_doubt.values())
+            .take_while(|d| d.term < term)
+            .any(|d| !d.change && d.answer_at.is_some())
     }
 
     fn is_leader(&self) -> bool {
@@ -965,7 +984,8 @@ pub struct MultiRaft {
     incoming: BTreeMap<RangeId, Span>,
     /// The ranges whose proposals here wait for a leader (see `Group::electing_until`).
     electing: BTreeSet<RangeId>,
-    /// Those of them that learnt their leader in the round under way.
+    /// Those of them that learnt their leader in the round under way, or whose writes a leader
+    /// handed over (see `Group::awaits_handed_over`) came.
     leaders_found: Vec<RangeId>,
     /// Removal notices to send with the next round, per node.
     notices: BTreeMap<NodeId, Vec<(RangeId, ReplicaId)>>,
@@ -1305,7 +1325,7 @@ impl MultiRaft {
     fn forward_failed(&mut self, range: RangeId, proposal: ProposalId, command: Option<&[u8]>) {
         if let (Some(g), Some(data)) = (self.groups.get_mut(&range), command) {
             let wait = (self.ticks, self.leader_wait);
-            if g.waits_for_leader(range, true, wait, &mut self.electing) {
+            if g.waits_for_leader(range, (true, false), wait, &mut self.electing) {
                 g.in_doubt.remove(&proposal);
                 let command = ProposalPayload::Command(data.to_vec());
                 g.held.push_back(Held::Local(proposal, command));
@@ -1399,7 +1419,7 @@ impl MultiRaft {
                 // the next leader and go on to it (their proposer waits: see `Doubt`); later
                 // ones wait behind them.
                 let (cause, wait) = (g.takes_no_proposal(), (self.ticks, self.leader_wait));
-                if g.waits_for_leader(range, cause, wait, &mut self.electing) {
+                if g.waits_for_leader(range, (cause, true), wait, &mut self.electing) {
                     g.held.push_back(Held::Forwarded(m));
                     return;
                 }
@@ -1550,7 +1570,9 @@ impl MultiRaft {
         g.quiescent = false;
         // Where the range knows no leader, or its leader here hands its leadership over (raft
         // then takes no proposal), proposals wait for the next leader; later ones behind them.
-        let (cause, wait) = (g.takes_no_proposal(), (self.ticks, self.leader_wait));
+        // So they do while the last leader may still send on earlier ones of this node's.
+        let cause = g.takes_no_proposal() || g.awaits_handed_over();
+        let wait = (self.ticks, self.leader_wait);
         let limit = self.settings.max_size_per_msg;
         let mut chunks: Vec<(Vec<ProposalId>, Vec<Entry>, u64)> = Vec::new();
         for (proposal, data) in commands {
@@ -1558,7 +1580,7 @@ impl MultiRaft {
             let Some(held) = hold(g, held, &self.bugs, &self.metrics) else {
                 continue;
             };
-            if g.waits_for_leader(range, cause, wait, &mut self.electing) {
+            if g.waits_for_leader(range, (cause, false), wait, &mut self.electing) {
                 g.held.push_back(held);
                 continue;
             }
@@ -1935,14 +1957,17 @@ impl MultiRaft {
                 }
             }
             let committed = rd.take_committed_entries();
-            hand_over(
+            if hand_over(
                 range,
                 g,
                 committed,
                 &mut events,
                 &mut self.unapplied,
                 &myself,
-            );
+                self.ticks,
+            ) {
+                leaders_found.push(range);
+            }
             if !rd.entries().is_empty() {
                 g.node.mut_store().stage_entries(rd.entries(), &mut batch);
                 must_write = true;
@@ -2102,14 +2127,17 @@ impl MultiRaft {
                     .push((range, m));
             }
             let committed = light.take_committed_entries();
-            hand_over(
+            if hand_over(
                 range,
                 g,
                 committed,
                 &mut events,
                 &mut self.unapplied,
                 &myself,
-            );
+                self.ticks,
+            ) {
+                self.leaders_found.push(range);
+            }
             if g.node.has_ready() {
                 self.dirty.insert(range);
             }
@@ -2691,7 +2719,8 @@ impl MultiRaft {
             self.release_for_leader(range, false);
         }
         // What could not be sent on to a leader is sent again each tick, in order, while the
-        // range waits: its leader may have been busy (its queue full) rather than gone.
+        // range waits: its leader may have been busy (its queue full) rather than gone. So is
+        // what waited for writes a leader handed over, once those were answered as in doubt.
         let retry: Vec<RangeId> = (self.electing.iter())
             .filter(|r| {
                 (self.groups.get(r)).is_some_and(|g| {
@@ -3077,7 +3106,8 @@ fn first_to_campaign(
     (n > 0).then(|| voters[(range.0 % n) as usize])
 }
 
-/// Turns committed entries into events for the Store.
+/// Turns committed entries into events for the Store; whether this node's proposals held
+/// behind writes a leader handed over (see [`Group::awaits_handed_over`]) may go now.
 fn hand_over(
     range: RangeId,
     g: &mut Group,
@@ -3085,7 +3115,9 @@ fn hand_over(
     events: &mut Vec<Event>,
     unapplied: &mut u64,
     myself: &Recipient<ChangeApplied>,
-) {
+    ticks: u64,
+) -> bool {
+    let mut handed_over = false;
     for e in entries {
         if e.index <= g.handed {
             continue;
@@ -3093,8 +3125,14 @@ fn hand_over(
         *unapplied += e.index - g.handed;
         g.handed = e.index;
         let proposal = ProposalId::from_context(&e.context);
-        if let Some(p) = &proposal {
-            g.in_doubt.remove(p);
+        if let Some(d) = proposal.and_then(|p| g.in_doubt.remove(&p)) {
+            handed_over |= !d.change && d.answer_at.is_some();
+            // A wait for a leader that ran out with proposals left is kept, so that the next
+            // ones are refused at once (see `electing_until`), until a leader is known again or
+            // one of this node's proposals commits: a later cause then waits anew.
+            if g.electing_until != 0 && ticks >= g.electing_until && g.held.is_empty() {
+                g.electing_until = 0;
+            }
         }
         if e.get_entry_type() == EntryType::EntryNormal {
             let command = if e.data.is_empty() {
@@ -3138,6 +3176,7 @@ fn hand_over(
             callback: ChangeCallback::new(range, e.index, change, myself.clone()),
         });
     }
+    handed_over && !g.held.is_empty() && !g.awaits_handed_over()
 }
 
 impl Actor for MultiRaft {

@@ -2050,6 +2050,11 @@ impl Store {
                                 // never to apply, here or on any replica (see `Proposers`).
                                 stale_boot = stale_boot.max(last.0);
                                 answers.push((p, Err(StoreError::StaleBoot)));
+                            } else if p.node == self.node && (p.boot, p.seq) < *last {
+                                // Overtaken by a later one of this node's: never to apply
+                                // either, so its client hears so now rather than at its
+                                // timeout (a repeat of the last one was answered with it).
+                                answers.push((p, Err(StoreError::Overtaken(range))));
                             }
                             continue;
                         }
@@ -4282,24 +4287,51 @@ mod tests {
         assert!(matches!(*slot.state(), SlotState::Done));
     }
 
-    #[test]
-    fn a_write_proposed_before_the_boot_was_raised_is_still_answered() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
+    /// `SET x value` proposed to `range` by `s`: its proposal, command and answer to come.
+    fn propose_set(
+        s: &mut Store,
+        range: RangeId,
+        value: &[u8],
+    ) -> (
+        ProposalId,
+        Command,
+        oneshot::Receiver<Result<(), StoreError>>,
+    ) {
         let set = Command::Set {
             key: b"x".to_vec(),
-            value: b"1".to_vec(),
+            value: value.to_vec(),
             condition: crate::command::SetCondition::Always,
         };
-        let (tx, mut answer) = oneshot::channel();
+        let (tx, answer) = oneshot::channel();
         let deadline = Instant::now() + Duration::from_secs(3600);
         let payload = ProposalPayload::Command(codec::encode(&set));
-        s.propose(RangeId(2), payload, Waiter::Change(tx, false), deadline);
+        s.propose(range, payload, Waiter::Change(tx, false), deadline);
         let proposal = ProposalId {
             node: NodeId(1),
             boot: s.boot,
             seq: s.next_seq,
         };
+        (proposal, set, answer)
+    }
+
+    /// Applies `command` as `range`'s next entry, proposed as `proposal`.
+    fn apply_next(s: &mut Store, range: RangeId, proposal: ProposalId, command: Command) {
+        let index = s.ranges[&range].applied.index + 1;
+        (s.apply_events(vec![Event::CommandCommitted {
+            range,
+            index,
+            term: 6,
+            proposal: Some(proposal),
+            command: Some(command),
+        }]))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_write_proposed_before_the_boot_was_raised_is_still_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store_split(dir.path(), &[b"m"]);
+        let (proposal, set, mut answer) = propose_set(&mut s, RangeId(2), b"1");
         // Range 1 recorded a later boot of this node, and refuses a command of this boot: the
         // boot moves above it.
         let (own, later) = (s.boot, s.boot + 1_000_000);
@@ -4307,19 +4339,33 @@ mod tests {
         incr(&mut s, 1, own, 99);
         assert!(s.boot > later);
         // Range 2, which never saw that boot, applies the write proposed before.
-        let index = s.ranges[&RangeId(2)].applied.index + 1;
-        (s.apply_events(vec![Event::CommandCommitted {
-            range: RangeId(2),
-            index,
-            term: 6,
-            proposal: Some(proposal),
-            command: Some(set),
-        }]))
-        .unwrap();
+        apply_next(&mut s, RangeId(2), proposal, set);
         assert_eq!(s.bytes(&[b"x".to_vec()]), vec![Some(b"1".to_vec())]);
         assert!(
             matches!(answer.try_recv(), Ok(Ok(()))),
             "applied, so answered, not left to time out"
+        );
+    }
+
+    /// A write of this node's that reaches the log after a later one of this node's (a leader
+    /// that handed over sent it on late) is skipped, so as not to apply a node's writes out of
+    /// order, and its client is told at once that it was not applied.
+    #[test]
+    fn a_write_overtaken_by_a_later_one_of_its_node_is_answered_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _reports) = store(dir.path());
+        let mut first = propose_set(&mut s, RangeId(1), b"1");
+        let mut second = propose_set(&mut s, RangeId(1), b"2");
+        apply_next(&mut s, RangeId(1), second.0, second.1);
+        apply_next(&mut s, RangeId(1), first.0, first.1);
+        assert_eq!(s.bytes(&[b"x".to_vec()]), vec![Some(b"2".to_vec())]);
+        assert!(matches!(second.2.try_recv(), Ok(Ok(()))));
+        assert!(
+            matches!(
+                first.2.try_recv(),
+                Ok(Err(StoreError::Overtaken(RangeId(1))))
+            ),
+            "answered as not applied, not left to time out"
         );
     }
 
