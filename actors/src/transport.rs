@@ -172,6 +172,11 @@ pub struct LocalTransport {
 impl Transport for LocalTransport {
     fn send(&self, mut batch: RaftBatch) -> Result<(), Unreachable> {
         let mut s = self.net.lock();
+        // Checked first: a batch reported unreachable must not also be held back and
+        // delivered later (its forwarded writes are refused as never sent).
+        let Some(to) = s.nodes.get(&batch.to).cloned() else {
+            return Err(Unreachable);
+        };
         let state = &mut *s;
         if let Some(hold) = &state.hold {
             let (from, to) = (batch.from, batch.to);
@@ -181,9 +186,6 @@ impl Transport for LocalTransport {
             batch.messages = sent;
             state.held.entry((from, to)).or_default().extend(held);
         }
-        let Some(to) = s.nodes.get(&batch.to).cloned() else {
-            return Err(Unreachable);
-        };
         let p = s.drop_probability;
         if s.cut.contains(&(batch.from, batch.to)) || (p > 0.0 && s.rng.gen_bool(p)) {
             s.dropped += 1;
