@@ -380,7 +380,7 @@ pub enum StoreError {
     /// A write of this node's that reached its range's log after a later one of this node's
     /// (sent on by a leader that handed over, or forwarded again): skipped on every replica, so
     /// as not to apply a connection's writes out of order (see `storage::Proposers`).
-    #[error("TRYAGAIN {0}: a later write of this node reached the range's log first, after its leader changed; this one was not applied")]
+    #[error("TRYAGAIN {0}: a later write of this node reached the range's log first, after its leader changed; this write was not applied there")]
     Overtaken(RangeId),
     #[error("ERR {0}")]
     Invalid(String),

@@ -612,7 +612,15 @@ impl Group {
         let term = self.node.raft.term;
         (self.in_doubt.values())
             .take_while(|d| d.term < term)
-            .any(|d| !d.change && d.answer_at.is_some())
+            .any(|d| self.handed_over(d))
+    }
+
+    /// Whether `d` is a write this node forwarded to a leader that handed its leadership over
+    /// to the current one, which may yet send it on: from when raft knows the new term (its
+    /// `answer_at` is set with the round that sees the leader).
+    fn handed_over(&self, d: &Doubt) -> bool {
+        let term = self.node.raft.term;
+        !d.change && d.term < term && (d.answer_at.is_some() || self.transfer_term == term)
     }
 
     fn is_leader(&self) -> bool {
@@ -1313,9 +1321,8 @@ impl MultiRaft {
         if g.awaiting_callback.is_some() {
             return;
         }
-        for h in std::mem::take(&mut g.held) {
-            self.propose_held(range, h);
-        }
+        let held = std::mem::take(&mut g.held);
+        self.propose_held(range, held);
         self.dirty.insert(range);
     }
 
@@ -1328,7 +1335,12 @@ impl MultiRaft {
             if g.waits_for_leader(range, (true, false), wait, &mut self.electing) {
                 g.in_doubt.remove(&proposal);
                 let command = ProposalPayload::Command(data.to_vec());
-                g.held.push_back(Held::Local(proposal, command));
+                // Before any later one of this node's held meanwhile (while a vote request
+                // left the range without a leader before the send): they go in the order made.
+                let at = (g.held.iter())
+                    .position(|h| matches!(h, Held::Local(p, _) if *p > proposal))
+                    .unwrap_or(g.held.len());
+                g.held.insert(at, Held::Local(proposal, command));
                 return;
             }
         }
@@ -1338,12 +1350,27 @@ impl MultiRaft {
         });
     }
 
-    /// Proposes a proposal that was held, as it would have been when it came.
-    fn propose_held(&mut self, range: RangeId, h: Held) {
-        match h {
-            Held::Local(proposal, payload) => self.propose(range, proposal, payload),
-            Held::Forwarded(m) => self.step_forwarded(range, m),
+    /// Proposes what `range` held, in order, as it would have been when it came: this node's
+    /// commands in a row together (in as few messages as they fit), as they come from the Store.
+    fn propose_held(&mut self, range: RangeId, held: VecDeque<Held>) {
+        let mut commands = Vec::new();
+        for h in held {
+            match h {
+                Held::Local(proposal, ProposalPayload::Command(data)) => {
+                    commands.push((proposal, data));
+                    continue;
+                }
+                Held::Local(proposal, payload) => {
+                    self.propose_commands(range, std::mem::take(&mut commands));
+                    self.propose(range, proposal, payload);
+                }
+                Held::Forwarded(m) => {
+                    self.propose_commands(range, std::mem::take(&mut commands));
+                    self.step_forwarded(range, m);
+                }
+            }
         }
+        self.propose_commands(range, commands);
     }
 
     /// Drops the group of a range whose replica here was removed; the Store deletes its data
@@ -1558,6 +1585,9 @@ impl MultiRaft {
     /// (each one append to each follower, or one message forwarding them to the leader, instead
     /// of one per command); or holds them while the group awaits a membership callback.
     fn propose_commands(&mut self, range: RangeId, commands: Vec<(ProposalId, Vec<u8>)>) {
+        if commands.is_empty() {
+            return;
+        }
         let Some(g) = self.groups.get_mut(&range) else {
             for (proposal, _) in commands {
                 self.events.push(Event::ProposalFailed {
@@ -2733,9 +2763,8 @@ impl MultiRaft {
             .collect();
         for range in retry {
             let g = self.groups.get_mut(&range).expect("just seen");
-            for h in std::mem::take(&mut g.held) {
-                self.propose_held(range, h);
-            }
+            let held = std::mem::take(&mut g.held);
+            self.propose_held(range, held);
             self.dirty.insert(range);
         }
         let mut moved = Vec::new();
@@ -3126,7 +3155,7 @@ fn hand_over(
         g.handed = e.index;
         let proposal = ProposalId::from_context(&e.context);
         if let Some(d) = proposal.and_then(|p| g.in_doubt.remove(&p)) {
-            handed_over |= !d.change && d.answer_at.is_some();
+            handed_over |= g.handed_over(&d);
             // A wait for a leader that ran out with proposals left is kept, so that the next
             // ones are refused at once (see `electing_until`), until a leader is known again or
             // one of this node's proposals commits: a later cause then waits anew.
@@ -3409,9 +3438,8 @@ impl Handler<ChangeApplied> for MultiRaft {
                 proposal,
             });
         }
-        for h in std::mem::take(&mut g.held) {
-            self.propose_held(msg.range, h);
-        }
+        let held = std::mem::take(&mut g.held);
+        self.propose_held(msg.range, held);
         self.mark_dirty(msg.range, ctx);
     }
 }
