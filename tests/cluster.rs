@@ -749,6 +749,64 @@ fn writes_wait_for_the_next_leader_while_leadership_moves() {
         .all(|(k, v)| v.as_ref() == Some(k)));
 }
 
+/// A connection's writes apply in the order sent while ranges split under them: a client
+/// pipelines `APPEND`s of increasing numbers to 50 keys through node 1 while node 2 splits the
+/// range holding them again and again, each time moving the keys to a new range. A write in
+/// flight to the range that split is sent again to the new one once applied there; the later
+/// writes sent to the new range directly went before it (before, most keys' numbers came out
+/// of order). Now they wait for it, and every key holds its numbers in order, each once.
+#[test]
+fn a_connections_writes_apply_in_order_while_their_range_splits() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = configs(dir.path(), 3, "");
+    let servers = nodes.start_all();
+    await_leaders(&servers[0]);
+    let keys: Vec<String> = (0..50).map(|j| format!("x{j:02}z")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let splitter = {
+        let (stop, mut con) = (stop.clone(), servers[1].client());
+        std::thread::spawn(move || {
+            for j in 0..50 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let split: redis::RedisResult<String> = redis::cmd("FLOTILLA")
+                    .arg("SPLIT")
+                    .arg(format!("x{j:02}m"))
+                    .query(&mut con);
+                split.unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let mut con = servers[0].client();
+    let mut sent: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    let mut n = 0u64;
+    while !splitter.is_finished() {
+        let mut pipe = redis::pipe();
+        for _ in 0..200 {
+            n += 1;
+            let key = &keys[(n * 7 % 50) as usize];
+            pipe.cmd("APPEND").arg(key).arg(format!("{n},")).ignore();
+            sent.entry(key).or_default().push(n);
+        }
+        pipe.query::<()>(&mut con).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    splitter.join().unwrap();
+    assert!(ranges(&servers[0]).len() > 40, "the splits did not happen");
+    for (key, numbers) in sent {
+        let value: String = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+        let applied: Vec<u64> = (value.split(',').filter(|n| !n.is_empty()))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(
+            applied, numbers,
+            "{key}: applied in another order than sent"
+        );
+    }
+}
+
 /// `FLOTILLA SPLIT` through two nodes while a client writes through a third: each answers the
 /// new range's id, every node lists the same seven ranges, every write answered `OK` is read
 /// back through every node, the replicas hold the same data, and a node killed and started

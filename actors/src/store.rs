@@ -479,6 +479,17 @@ struct PendingWrite {
     deadline: Instant,
 }
 
+/// A range split off another while this node had writes in flight to that one (see
+/// [`Store::fence`]).
+struct Fence {
+    /// The range it split from, and the last sequence number this node proposed before the
+    /// split was applied here.
+    left: RangeId,
+    before: u64,
+    /// The proposals to the fenced range since, in the order they came.
+    queued: Vec<(ProposalPayload, Waiter, Instant)>,
+}
+
 /// The writes proposed from here that wait for their answer, by their proposal's sequence
 /// number, unique over the Store's life whatever its boot. A hash map, not a B-tree: every
 /// write inserts one and removes one, and a B-tree's were 9% of the Store's thread under SETs
@@ -560,6 +571,9 @@ pub struct Store {
     // The order requests are answered in must not depend on a hash seed (a simulation replays
     // a seed exactly): ordered maps, and `PendingWrites` takes several in sequence order.
     writes: PendingWrites,
+    /// Ranges whose proposals from here wait for writes in flight to the range they split
+    /// from (see [`Store::fence`]).
+    fences: BTreeMap<RangeId, Fence>,
     reads: BTreeMap<ReadId, PendingRead>,
     conditions: Vec<PendingCondition>,
     applied_commands: u64,
@@ -835,6 +849,7 @@ impl Store {
             next_seq: 0,
             next_read: 0,
             writes: PendingWrites::default(),
+            fences: BTreeMap::new(),
             reads: BTreeMap::new(),
             conditions: Vec::new(),
             applied_commands: 0,
@@ -986,6 +1001,22 @@ impl Store {
     /// Proposes to a range; `reply` is answered when this node applies the entry, when the
     /// proposal is refused, or at `deadline`.
     fn propose(
+        &mut self,
+        range: RangeId,
+        payload: ProposalPayload,
+        reply: Waiter,
+        deadline: Instant,
+    ) {
+        if let Some(f) = self.fences.get_mut(&range) {
+            f.queued.push((payload, reply, deadline));
+            return;
+        }
+        self.propose_now(range, payload, reply, deadline);
+    }
+
+    /// Proposes to `range` now, whether or not it is fenced: a write sent again where its keys
+    /// went after a split goes before those that came after it (see [`Store::fence`]).
+    fn propose_now(
         &mut self,
         range: RangeId,
         payload: ProposalPayload,
@@ -1178,7 +1209,7 @@ impl Store {
                 None => command,
             };
             let payload = ProposalPayload::Command(codec::encode(&command));
-            s.propose(range, payload, reply, deadline);
+            s.propose_now(range, payload, reply, deadline);
         };
         if let [_] = parts.as_slice() {
             let (range, command) = parts.into_iter().next().expect("one part");
@@ -2002,7 +2033,51 @@ impl Store {
             self.apply_split(split)?;
             return self.apply_events(rest);
         }
-        self.apply_run(events)
+        self.apply_run(events)?;
+        self.lift_fences();
+        Ok(())
+    }
+
+    /// Fences `right`, split off `left`, if this node has writes in flight to `left`: those
+    /// with keys now in `right` are sent there again once `left` applies them, and a later
+    /// write sent to `right` directly would go before them (a connection's `APPEND`s applied
+    /// out of order). So this node's proposals to `right` wait until none of those writes is
+    /// in flight any more (answered, or sent again), then go in the order they came.
+    fn fence(&mut self, left: RangeId, right: RangeId) {
+        let in_flight =
+            self.fences.contains_key(&left) || (self.writes.0.values()).any(|w| w.range == left);
+        if in_flight {
+            let before = self.next_seq;
+            let fence = Fence {
+                left,
+                before,
+                queued: Vec::new(),
+            };
+            self.fences.insert(right, fence);
+        }
+    }
+
+    /// Proposes what fenced ranges held, for those whose earlier writes are no longer in
+    /// flight (see [`Store::fence`]).
+    fn lift_fences(&mut self) {
+        loop {
+            let clear = |f: &Fence| {
+                !self.fences.contains_key(&f.left)
+                    && !(self.writes.0.iter()).any(|(&seq, w)| w.range == f.left && seq <= f.before)
+            };
+            let Some((&range, _)) = self.fences.iter().find(|(_, f)| clear(f)) else {
+                return;
+            };
+            let fence = self.fences.remove(&range).expect("just found");
+            for (payload, reply, deadline) in fence.queued {
+                self.propose_now(range, payload, reply, deadline);
+            }
+            // A range split off this one meanwhile waits for these too.
+            let next_seq = self.next_seq;
+            for f in self.fences.values_mut().filter(|f| f.left == range) {
+                f.before = next_seq;
+            }
+        }
     }
 
     /// Applies a run of events with no split among them.
@@ -2436,6 +2511,9 @@ impl Store {
         if let Some(p) = mine {
             self.answer(p, Ok(CommandOutcome::Ok));
         }
+        if created && !exists {
+            self.fence(range, right);
+        }
         self.request(RaftRequest::Split {
             left,
             right: right_d,
@@ -2571,6 +2649,7 @@ impl Handler<Due> for Store {
         match due {
             Due::Expire => {
                 self.expire();
+                self.lift_fences();
                 // A read that waited behind one of its connection's that timed out may be due.
                 self.serve_ready_reads();
                 self.send_after(EXPIRE_EVERY, Due::Expire);
