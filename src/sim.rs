@@ -1097,7 +1097,9 @@ async fn request(
                 }
                 // Refused before reaching the log, or skipped in it: it had no effect, and is
                 // left out.
-                Ok(Ok(Err(StoreError::NoRange | StoreError::Overtaken(_))))
+                Ok(Ok(Err(
+                    StoreError::NoRange | StoreError::Overtaken(_) | StoreError::Unsent,
+                )))
                 | Ok(Ok(Err(StoreError::Refused(
                     ProposeError::Busy
                     | ProposeError::NoLeader(_)

@@ -382,6 +382,10 @@ pub enum StoreError {
     /// as not to apply a connection's writes out of order (see `storage::Proposers`).
     #[error("TRYAGAIN {0}: a later write of this node reached the range's log first, after its leader changed; this write was not applied there")]
     Overtaken(RangeId),
+    /// A write that waited for this node's writes in flight to a range that split, past its
+    /// deadline: never sent (see `Store::fence`).
+    #[error("TRYAGAIN request timed out waiting for this node's writes in flight to a range that split; the write was not applied")]
+    Unsent,
     #[error("ERR {0}")]
     Invalid(String),
     #[error("ERR {0}")]
