@@ -1098,7 +1098,7 @@ async fn request(
                 // Refused before reaching the log, or skipped in it: it had no effect, and is
                 // left out.
                 Ok(Ok(Err(
-                    StoreError::NoRange | StoreError::Overtaken(_) | StoreError::Unsent,
+                    StoreError::NoRange | StoreError::Overtaken(_) | StoreError::Unsent(_),
                 )))
                 | Ok(Ok(Err(StoreError::Refused(
                     ProposeError::Busy

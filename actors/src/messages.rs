@@ -384,8 +384,8 @@ pub enum StoreError {
     Overtaken(RangeId),
     /// A write that waited for this node's writes in flight to a range that split, past its
     /// deadline: never sent (see `Store::fence`).
-    #[error("TRYAGAIN request timed out waiting for this node's writes in flight to a range that split; the write was not applied")]
-    Unsent,
+    #[error("TRYAGAIN {0}: request timed out waiting for this node's writes in flight before a split; the write was not applied there")]
+    Unsent(RangeId),
     #[error("ERR {0}")]
     Invalid(String),
     #[error("ERR {0}")]

@@ -484,12 +484,23 @@ struct PendingWrite {
 
 /// A range whose proposals from here wait for this node's writes in flight to a range that
 /// split (see [`Store::fence`]).
+#[derive(Default)]
 struct Fence {
     /// The ranges that split (this one, or the one it split from), each with the last sequence
     /// number this node had proposed when the split was applied here.
     waits: Vec<(RangeId, u64)>,
     /// The proposals to the fenced range since, in the order they came.
     queued: Vec<(ProposalPayload, Waiter, Instant)>,
+}
+
+impl Fence {
+    /// Waits for `range`'s writes up to `before` too (once per range: the later bound).
+    fn wait_for(&mut self, (range, before): (RangeId, u64)) {
+        match self.waits.iter_mut().find(|(r, _)| *r == range) {
+            Some(wait) => wait.1 = wait.1.max(before),
+            None => self.waits.push((range, before)),
+        }
+    }
 }
 
 /// The writes proposed from here that wait for their answer, by their proposal's sequence
@@ -2058,41 +2069,70 @@ impl Store {
             return;
         }
         let wait = (left, self.next_seq);
-        let fence = self.fences.entry(left).or_insert_with(|| Fence {
-            waits: Vec::new(),
-            queued: Vec::new(),
-        });
-        fence.waits.push(wait);
+        let waits = {
+            let fence = self.fences.entry(left).or_default();
+            fence.wait_for(wait);
+            fence.waits.clone()
+        };
         // The right half also waits for what `left` still queues: it may hold its keys.
-        let waits = fence.waits.clone();
-        let queued = Vec::new();
-        self.fences.insert(right, Fence { waits, queued });
+        let fence = self.fences.entry(right).or_default();
+        for wait in waits {
+            fence.wait_for(wait);
+        }
     }
 
     /// Proposes what fenced ranges held, for those whose earlier writes are no longer in
     /// flight (see [`Store::fence`]).
     fn lift_fences(&mut self) {
-        loop {
-            let clear = |(&range, f): (&RangeId, &Fence)| {
-                (f.waits.iter()).all(|&(r, before)| {
-                    (r == range || !self.fences.contains_key(&r))
-                        && !(self.writes.0.iter())
-                            .any(|(&seq, w)| w.range == r && w.client && seq <= before)
+        if self.fences.is_empty() {
+            return;
+        }
+        // The first sequence number of each range's client writes in flight: one pass over
+        // them, however many fences wait.
+        let mut first: HashMap<RangeId, u64> = HashMap::new();
+        for (&seq, w) in self.writes.0.iter().filter(|(_, w)| w.client) {
+            let e = first.entry(w.range).or_insert(seq);
+            *e = (*e).min(seq);
+        }
+        let mut lifted = true;
+        while lifted {
+            lifted = false;
+            let clear: Vec<RangeId> = (self.fences.iter())
+                .filter(|(&range, f)| {
+                    (f.waits.iter()).all(|&(r, before)| {
+                        (r == range || !self.fences.contains_key(&r))
+                            && first.get(&r).is_none_or(|&seq| seq > before)
+                    })
                 })
-            };
-            let Some(range) = self.fences.iter().find(|&f| clear(f)).map(|(r, _)| *r) else {
-                return;
-            };
-            let fence = self.fences.remove(&range).expect("just found");
-            for (payload, reply, deadline) in fence.queued {
-                self.propose_now(range, payload, reply, deadline);
-            }
-            // A range split off this one meanwhile waits for these too.
-            let next_seq = self.next_seq;
-            for f in self.fences.values_mut() {
-                for wait in f.waits.iter_mut().filter(|(r, _)| *r == range) {
-                    wait.1 = next_seq;
+                .map(|(&range, _)| range)
+                .collect();
+            for range in clear {
+                // Lifting one may hold another back again (its wait moved on, below).
+                let Some(fence) = self.fences.get(&range) else {
+                    continue;
+                };
+                let still = (fence.waits.iter()).all(|&(r, before)| {
+                    (r == range || !self.fences.contains_key(&r))
+                        && first.get(&r).is_none_or(|&seq| seq > before)
+                });
+                if !still {
+                    continue;
                 }
+                let fence = self.fences.remove(&range).expect("just seen");
+                for (payload, reply, deadline) in fence.queued {
+                    self.propose_now(range, payload, reply, deadline);
+                    if self.writes.0.get(&self.next_seq).is_some_and(|w| w.client) {
+                        first.entry(range).or_insert(self.next_seq);
+                    }
+                }
+                // A range split off this one meanwhile waits for these too.
+                let next_seq = self.next_seq;
+                for f in self.fences.values_mut() {
+                    for wait in f.waits.iter_mut().filter(|(r, _)| *r == range) {
+                        wait.1 = next_seq;
+                    }
+                }
+                lifted = true;
             }
         }
     }
@@ -2100,13 +2140,13 @@ impl Store {
     /// Answers the proposals fenced ranges queued past their deadline: never sent, so not
     /// applied.
     fn expire_queued(&mut self, now: Instant) {
-        for f in self.fences.values_mut() {
+        for (&range, f) in self.fences.iter_mut() {
             let (late, queued) = std::mem::take(&mut f.queued)
                 .into_iter()
                 .partition(|(_, _, deadline)| *deadline <= now);
             f.queued = queued;
             for (_, reply, _) in late {
-                reply.send(Err(StoreError::Unsent));
+                reply.send(Err(StoreError::Unsent(range)));
             }
         }
     }
@@ -4531,7 +4571,10 @@ mod tests {
                 Instant::now(),
             );
             s.expire();
-            assert!(matches!(late.try_recv(), Ok(Err(StoreError::Unsent))));
+            assert!(matches!(
+                late.try_recv(),
+                Ok(Err(StoreError::Unsent(RangeId(9))))
+            ));
             apply_next(&mut s, RangeId(1), first, mset);
             assert_eq!(
                 pending_ranges(&s),
