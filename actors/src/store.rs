@@ -2094,9 +2094,7 @@ impl Store {
             let e = first.entry(w.range).or_insert(seq);
             *e = (*e).min(seq);
         }
-        let mut lifted = true;
-        while lifted {
-            lifted = false;
+        loop {
             let clear: Vec<RangeId> = (self.fences.iter())
                 .filter(|(&range, f)| {
                     (f.waits.iter()).all(|&(r, before)| {
@@ -2106,6 +2104,9 @@ impl Store {
                 })
                 .map(|(&range, _)| range)
                 .collect();
+            if clear.is_empty() {
+                return;
+            }
             // None of these waits on another (each waits on no range fenced but itself), so
             // lifting one leaves the others clear.
             for range in clear {
@@ -2123,7 +2124,6 @@ impl Store {
                         wait.1 = next_seq;
                     }
                 }
-                lifted = true;
             }
         }
     }
