@@ -1321,8 +1321,7 @@ impl MultiRaft {
         if g.awaiting_callback.is_some() {
             return;
         }
-        let held = std::mem::take(&mut g.held);
-        self.propose_held(range, held);
+        self.propose_held(range);
         self.dirty.insert(range);
     }
 
@@ -1352,7 +1351,11 @@ impl MultiRaft {
 
     /// Proposes what `range` held, in order, as it would have been when it came: this node's
     /// commands in a row together (in as few messages as they fit), as they come from the Store.
-    fn propose_held(&mut self, range: RangeId, held: VecDeque<Held>) {
+    fn propose_held(&mut self, range: RangeId) {
+        let Some(g) = self.groups.get_mut(&range) else {
+            return;
+        };
+        let held = std::mem::take(&mut g.held);
         let mut commands = Vec::new();
         for h in held {
             match h {
@@ -2762,9 +2765,7 @@ impl MultiRaft {
             .copied()
             .collect();
         for range in retry {
-            let g = self.groups.get_mut(&range).expect("just seen");
-            let held = std::mem::take(&mut g.held);
-            self.propose_held(range, held);
+            self.propose_held(range);
             self.dirty.insert(range);
         }
         let mut moved = Vec::new();
@@ -3438,8 +3439,7 @@ impl Handler<ChangeApplied> for MultiRaft {
                 proposal,
             });
         }
-        let held = std::mem::take(&mut g.held);
-        self.propose_held(msg.range, held);
+        self.propose_held(msg.range);
         self.mark_dirty(msg.range, ctx);
     }
 }

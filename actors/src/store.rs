@@ -475,9 +475,6 @@ struct PendingWrite {
     /// The proposal's boot: its sequence number alone is its key in [`PendingWrites`].
     boot: u64,
     range: RangeId,
-    /// A client's, answered within the request timeout (not an admin command's, given a
-    /// minute): what a fence waits for (see [`Store::fence`]).
-    client: bool,
     reply: Waiter,
     deadline: Instant,
 }
@@ -1037,13 +1034,11 @@ impl Store {
         deadline: Instant,
     ) {
         let proposal = self.next_proposal();
-        let client = deadline <= Instant::now() + self.settings.request_timeout;
         self.writes.insert(
             proposal,
             PendingWrite {
                 boot: proposal.boot,
                 range,
-                client,
                 reply,
                 deadline,
             },
@@ -2063,8 +2058,9 @@ impl Store {
     /// (answered, or sent again, which goes first: see [`Store::propose_now`]), then go in
     /// the order they came.
     fn fence(&mut self, left: RangeId, right: RangeId) {
+        let client = self.clients_by();
         let in_flight = self.fences.contains_key(&left)
-            || (self.writes.0.values()).any(|w| w.range == left && w.client);
+            || (self.writes.0.values()).any(|w| w.range == left && w.deadline <= client);
         if !in_flight {
             return;
         }
@@ -2081,6 +2077,12 @@ impl Store {
         }
     }
 
+    /// The latest deadline of a client's write proposed by now: an admin command's, given a
+    /// minute, comes later. A fence waits for clients' writes only (see [`Store::fence`]).
+    fn clients_by(&self) -> Instant {
+        Instant::now() + self.settings.request_timeout
+    }
+
     /// Proposes what fenced ranges held, for those whose earlier writes are no longer in
     /// flight (see [`Store::fence`]).
     fn lift_fences(&mut self) {
@@ -2090,7 +2092,8 @@ impl Store {
         // The first sequence number of each range's client writes in flight: one pass over
         // them, however many fences wait.
         let mut first: HashMap<RangeId, u64> = HashMap::new();
-        for (&seq, w) in self.writes.0.iter().filter(|(_, w)| w.client) {
+        let client = self.clients_by();
+        for (&seq, w) in (self.writes.0.iter()).filter(|(_, w)| w.deadline <= client) {
             let e = first.entry(w.range).or_insert(seq);
             *e = (*e).min(seq);
         }
@@ -2113,7 +2116,7 @@ impl Store {
                 let fence = self.fences.remove(&range).expect("just seen");
                 for (payload, reply, deadline) in fence.queued {
                     self.propose_now(range, payload, reply, deadline);
-                    if self.writes.0.get(&self.next_seq).is_some_and(|w| w.client) {
+                    if (self.writes.0.get(&self.next_seq)).is_some_and(|w| w.deadline <= client) {
                         first.entry(range).or_insert(self.next_seq);
                     }
                 }
